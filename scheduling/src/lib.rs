@@ -1,0 +1,1 @@
+//! Placement library (see the scheduling issue).
