@@ -1,1 +1,30 @@
+//! Keel's device models.
+//!
+//! Devices here are state machines with injected I/O: they see guest accesses as calls
+//! ([`bus::BusDevice`]), raise interrupts through triggers, and write output to caller-supplied
+//! writers. Nothing in this crate touches KVM, so every device is unit-testable without a VM;
+//! `vmm-core` wires them to KVM.
+//!
+//! - [`bus`]: port-I/O and MMIO buses that route accesses by address and reject overlaps.
+//! - [`legacy`]: the 16550 UART (COM1), the i8042 reset line and the CMOS RTC.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use devices::bus::{Bus, BusKind};
+//! use devices::legacy::{EventFdTrigger, Serial, COM1_PORT_BASE, SERIAL_PORT_LEN};
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//!
+//! let irq = EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap());
+//! let serial = Arc::new(Mutex::new(Serial::new(irq, Vec::new()).unwrap()));
+//! let mut pio = Bus::new(BusKind::Pio);
+//! pio.insert("com1", COM1_PORT_BASE, SERIAL_PORT_LEN, serial.clone()).unwrap();
+//! for byte in b"ok" {
+//!     pio.write(COM1_PORT_BASE, &[*byte]); // the guest's `out 0x3f8, al`
+//! }
+//! assert_eq!(serial.lock().unwrap().output(), b"ok");
+//! ```
 
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod legacy;

@@ -1,0 +1,308 @@
+//! The MC146818 CMOS real-time clock at ports 0x70 (index) / 0x71 (data).
+//!
+//! Guests read the wall-clock time at boot from here; without it Linux logs "Unable to read
+//! current time from RTC" after polling for about two seconds. The time comes from an injected
+//! [`Clock`], so tests can pin it. The device reports time in BCD or binary and in 24- or
+//! 12-hour format as status register B asks. It deliberately does not keep a guest-set time or
+//! raise alarm/periodic interrupts: writes to the time registers are ignored (logged), and the
+//! rest of the 128-byte CMOS RAM is plain storage.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::debug;
+
+use crate::bus::BusDevice;
+
+/// First port: the index register (bit 7 masks NMIs on real hardware).
+pub const RTC_PORT_BASE: u64 = 0x70;
+/// Ports 0x70 and 0x71.
+pub const RTC_PORT_LEN: u64 = 2;
+
+const REG_SECONDS: u8 = 0x00;
+const REG_MINUTES: u8 = 0x02;
+const REG_HOURS: u8 = 0x04;
+const REG_WEEKDAY: u8 = 0x06;
+const REG_DAY: u8 = 0x07;
+const REG_MONTH: u8 = 0x08;
+const REG_YEAR: u8 = 0x09;
+/// Status A: bit 7 is "update in progress" (never set here), bits 0-6 the divider and rate.
+const REG_STATUS_A: u8 = 0x0a;
+/// Status B: bit 1 selects 24-hour mode, bit 2 binary (instead of BCD) data.
+const REG_STATUS_B: u8 = 0x0b;
+/// Status C: interrupt flags (always clear: no interrupts are raised).
+const REG_STATUS_C: u8 = 0x0c;
+/// Status D: bit 7 says the RAM and time are valid (battery good).
+const REG_STATUS_D: u8 = 0x0d;
+/// Century, as PC firmware (and the ACPI FADT default) places it.
+const REG_CENTURY: u8 = 0x32;
+
+const STATUS_A_DEFAULT: u8 = 0x26; // 32.768 kHz time base, 1.024 kHz rate
+const STATUS_B_24H: u8 = 0x02;
+const STATUS_B_BINARY: u8 = 0x04;
+const STATUS_D_VALID: u8 = 0x80;
+const HOUR_PM: u8 = 0x80;
+const INDEX_MASK: u8 = 0x7f;
+
+/// A source of wall-clock time.
+pub trait Clock: Send {
+    /// Seconds since the Unix epoch, UTC.
+    fn unix_seconds(&self) -> i64;
+}
+
+/// The host's real-time clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_seconds(&self) -> i64 {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// A calendar date and time of day, UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DateTime {
+    year: i64,
+    month: u8,
+    day: u8,
+    weekday: u8, // 1 = Sunday, as the RTC counts
+    hour: u8,
+    minute: u8,
+    second: u8,
+}
+
+impl DateTime {
+    /// Converts Unix seconds to a civil date (proleptic Gregorian calendar).
+    fn from_unix(seconds: i64) -> Self {
+        let days = seconds.div_euclid(86_400);
+        let secs_of_day = seconds.rem_euclid(86_400);
+        // Days since 0000-03-01, in 400-year eras (Howard Hinnant's civil_from_days).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        // 1970-01-01 was a Thursday (weekday 5 when Sunday is 1).
+        let weekday = (days + 4).rem_euclid(7) + 1;
+        DateTime {
+            year,
+            month: month as u8,
+            day: day as u8,
+            weekday: weekday as u8,
+            hour: (secs_of_day / 3600) as u8,
+            minute: (secs_of_day / 60 % 60) as u8,
+            second: (secs_of_day % 60) as u8,
+        }
+    }
+}
+
+fn to_bcd(value: u8) -> u8 {
+    ((value / 10) << 4) | (value % 10)
+}
+
+/// The CMOS RTC and its 128 bytes of RAM.
+///
+/// ```
+/// use devices::bus::BusDevice;
+/// use devices::legacy::{Clock, CmosRtc};
+///
+/// struct Fixed;
+/// impl Clock for Fixed {
+///     fn unix_seconds(&self) -> i64 { 1_795_776_045 } // 2026-11-27 10:40:45 UTC
+/// }
+/// let mut rtc = CmosRtc::new(Fixed);
+/// let mut read = |index: u8| {
+///     rtc.write(0, &[index]);
+///     let mut data = [0u8];
+///     rtc.read(1, &mut data);
+///     data[0]
+/// };
+/// assert_eq!(read(0x09), 0x26); // year, BCD
+/// assert_eq!(read(0x32), 0x20); // century
+/// assert_eq!(read(0x04), 0x10); // hours
+/// ```
+pub struct CmosRtc<C: Clock> {
+    clock: C,
+    index: u8,
+    ram: [u8; 128],
+}
+
+impl<C: Clock> CmosRtc<C> {
+    /// Creates the RTC in 24-hour BCD mode, as PC firmware leaves it.
+    pub fn new(clock: C) -> Self {
+        let mut ram = [0u8; 128];
+        ram[usize::from(REG_STATUS_A)] = STATUS_A_DEFAULT;
+        ram[usize::from(REG_STATUS_B)] = STATUS_B_24H;
+        ram[usize::from(REG_STATUS_D)] = STATUS_D_VALID;
+        CmosRtc {
+            clock,
+            index: 0,
+            ram,
+        }
+    }
+
+    /// Presets a byte of CMOS RAM (firmware uses some for memory sizes); time and status
+    /// registers are computed and cannot be preset.
+    pub fn set_ram_byte(&mut self, index: u8, value: u8) {
+        self.ram[usize::from(index & INDEX_MASK)] = value;
+    }
+
+    fn encode(&self, value: u8) -> u8 {
+        if self.ram[usize::from(REG_STATUS_B)] & STATUS_B_BINARY != 0 {
+            value
+        } else {
+            to_bcd(value)
+        }
+    }
+
+    fn encode_hour(&self, hour: u8) -> u8 {
+        if self.ram[usize::from(REG_STATUS_B)] & STATUS_B_24H != 0 {
+            return self.encode(hour);
+        }
+        let pm = if hour >= 12 { HOUR_PM } else { 0 };
+        let twelve = match hour % 12 {
+            0 => 12,
+            h => h,
+        };
+        self.encode(twelve) | pm
+    }
+
+    fn read_register(&self, index: u8) -> u8 {
+        let now = || DateTime::from_unix(self.clock.unix_seconds());
+        match index {
+            REG_SECONDS => self.encode(now().second),
+            REG_MINUTES => self.encode(now().minute),
+            REG_HOURS => self.encode_hour(now().hour),
+            REG_WEEKDAY => self.encode(now().weekday),
+            REG_DAY => self.encode(now().day),
+            REG_MONTH => self.encode(now().month),
+            REG_YEAR => self.encode(now().year.rem_euclid(100) as u8),
+            REG_CENTURY => self.encode(now().year.div_euclid(100).clamp(0, 99) as u8),
+            REG_STATUS_C => 0,
+            _ => self.ram[usize::from(index)],
+        }
+    }
+
+    fn write_register(&mut self, index: u8, value: u8) {
+        match index {
+            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_WEEKDAY | REG_DAY | REG_MONTH
+            | REG_YEAR | REG_CENTURY => {
+                debug!("rtc: guest write {value:#x} to time register {index:#x} ignored");
+            }
+            REG_STATUS_C | REG_STATUS_D => {}
+            // Keep the divider bits but never report an update in progress.
+            REG_STATUS_A => self.ram[usize::from(index)] = value & 0x7f,
+            _ => self.ram[usize::from(index)] = value,
+        }
+    }
+}
+
+impl<C: Clock> BusDevice for CmosRtc<C> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        let Some(first) = data.first_mut() else {
+            return;
+        };
+        *first = match offset {
+            0 => self.index,
+            1 => self.read_register(self.index),
+            _ => 0xff,
+        };
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(&value) = data.first() else {
+            return;
+        };
+        match offset {
+            0 => self.index = value & INDEX_MASK,
+            1 => self.write_register(self.index, value),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(i64);
+    impl Clock for Fixed {
+        fn unix_seconds(&self) -> i64 {
+            self.0
+        }
+    }
+
+    fn read(rtc: &mut CmosRtc<Fixed>, index: u8) -> u8 {
+        rtc.write(0, &[index]);
+        let mut data = [0u8];
+        rtc.read(1, &mut data);
+        data[0]
+    }
+
+    #[test]
+    fn civil_dates_match_known_instants() {
+        let cases = [
+            (0, (1970, 1, 1, 5, 0, 0, 0)),
+            (951_782_400, (2000, 2, 29, 3, 0, 0, 0)),
+            (1_795_776_045, (2026, 11, 27, 6, 10, 40, 45)),
+            (4_107_542_399, (2100, 2, 28, 1, 23, 59, 59)),
+            (-1, (1969, 12, 31, 4, 23, 59, 59)),
+        ];
+        for (seconds, (year, month, day, weekday, hour, minute, second)) in cases {
+            let expected = DateTime {
+                year,
+                month,
+                day,
+                weekday,
+                hour,
+                minute,
+                second,
+            };
+            assert_eq!(DateTime::from_unix(seconds), expected, "at {seconds}");
+        }
+    }
+
+    #[test]
+    fn reports_bcd_24h_by_default_and_binary_12h_on_request() {
+        // 2026-11-27 22:05:09 UTC, a Friday.
+        let mut rtc = CmosRtc::new(Fixed(1_795_776_045 + 11 * 3600 + 24 * 60 + 24));
+        assert_eq!(read(&mut rtc, REG_HOURS), 0x22);
+        assert_eq!(read(&mut rtc, REG_MINUTES), 0x05);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x09);
+        assert_eq!(read(&mut rtc, REG_DAY), 0x27);
+        assert_eq!(read(&mut rtc, REG_MONTH), 0x11);
+        assert_eq!(read(&mut rtc, REG_WEEKDAY), 6);
+        assert_eq!(read(&mut rtc, REG_STATUS_D), STATUS_D_VALID);
+        assert_eq!(read(&mut rtc, REG_STATUS_A) & 0x80, 0, "no update in progress");
+
+        rtc.write(0, &[REG_STATUS_B]);
+        rtc.write(1, &[STATUS_B_BINARY]);
+        assert_eq!(read(&mut rtc, REG_HOURS), 10 | HOUR_PM);
+        assert_eq!(read(&mut rtc, REG_YEAR), 26);
+        assert_eq!(read(&mut rtc, REG_CENTURY), 20);
+    }
+
+    #[test]
+    fn time_writes_are_ignored_and_ram_is_kept() {
+        let mut rtc = CmosRtc::new(Fixed(0));
+        rtc.write(0, &[REG_SECONDS]);
+        rtc.write(1, &[0x59]);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0);
+        rtc.write(0, &[0x80 | 0x40]); // NMI-mask bit set on the index
+        rtc.write(1, &[0xab]);
+        assert_eq!(read(&mut rtc, 0x40), 0xab);
+        rtc.set_ram_byte(0x34, 7);
+        assert_eq!(read(&mut rtc, 0x34), 7);
+        let mut wide = [0u8; 4];
+        rtc.read(5, &mut wide);
+        assert_eq!(wide, [0xff; 4]);
+    }
+}

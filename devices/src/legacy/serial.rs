@@ -1,0 +1,181 @@
+//! COM1: a 16550A UART from `vm-superio` on the port-I/O bus, with input flow control.
+//!
+//! Output bytes go to a caller-supplied writer. Input is pushed in by the VMM's event loop with
+//! [`Serial::enqueue_input`]; when the guest has drained the receive FIFO the device signals
+//! [`Serial::input_drained`] so the loop can push more (the FIFO holds 64 bytes).
+
+use std::io::Write;
+
+use log::{debug, warn};
+use vm_superio::serial::SerialEvents;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::EventFdTrigger;
+use crate::bus::BusDevice;
+
+/// I/O port base of COM1.
+pub const COM1_PORT_BASE: u64 = 0x3f8;
+/// Number of ports a 16550 decodes.
+pub const SERIAL_PORT_LEN: u64 = 8;
+/// ISA IRQ line of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// Signals an eventfd when the guest empties the receive FIFO.
+struct DrainNotifier(EventFd);
+
+impl SerialEvents for DrainNotifier {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {
+        debug!("serial: output writer failed, byte lost");
+    }
+    fn in_buffer_empty(&self) {
+        if let Err(err) = self.0.write(1) {
+            warn!("serial: cannot signal input drained: {err}");
+        }
+    }
+}
+
+/// A 16550A UART with an output writer and flow-controlled input.
+///
+/// ```
+/// use devices::bus::BusDevice;
+/// use devices::legacy::{EventFdTrigger, Serial};
+/// use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+///
+/// let irq = EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap());
+/// let mut serial = Serial::new(irq, Vec::new()).unwrap();
+/// serial.write(0, b"A"); // THR
+/// assert_eq!(serial.output(), b"A");
+///
+/// assert_eq!(serial.enqueue_input(b"hi"), 2);
+/// let mut byte = [0u8];
+/// serial.read(0, &mut byte); // RBR
+/// assert_eq!(&byte, b"h");
+/// ```
+pub struct Serial<W: Write + Send> {
+    uart: vm_superio::Serial<EventFdTrigger, DrainNotifier, W>,
+    drained: EventFd,
+}
+
+impl<W: Write + Send> Serial<W> {
+    /// Creates the UART; `interrupt` is signalled when it raises its IRQ line, `out` receives
+    /// what the guest transmits.
+    pub fn new(interrupt: EventFdTrigger, out: W) -> std::io::Result<Self> {
+        let drained = EventFd::new(EFD_NONBLOCK)?;
+        let notifier = DrainNotifier(drained.try_clone()?);
+        Ok(Serial {
+            uart: vm_superio::Serial::with_events(interrupt, notifier, out),
+            drained,
+        })
+    }
+
+    /// Queues bytes for the guest to receive; returns how many fit in the FIFO (the rest must
+    /// be offered again after [`Serial::input_drained`] fires).
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        if bytes.is_empty() || self.uart.fifo_capacity() == 0 {
+            return 0;
+        }
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(count) => count,
+            Err(err) => {
+                warn!("serial: input not delivered: {err:?}");
+                0
+            }
+        }
+    }
+
+    /// Free space in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Becomes readable when the guest has read the last byte in the receive FIFO.
+    pub fn input_drained(&self) -> &EventFd {
+        &self.drained
+    }
+
+    /// The output writer.
+    pub fn output(&self) -> &W {
+        self.uart.writer()
+    }
+}
+
+impl<W: Write + Send> BusDevice for Serial<W> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // The UART has byte-wide registers; wider accesses read the first register and pad.
+        data.fill(0xff);
+        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) else {
+            return;
+        };
+        if let Err(err) = self.uart.write(offset, value) {
+            debug!("serial: write to register {offset} failed: {err:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IER: u64 = 1;
+    const LSR: u64 = 5;
+    const LSR_DATA_READY: u8 = 0x01;
+    const IER_RX_DATA: u8 = 0x01;
+
+    fn serial() -> (Serial<Vec<u8>>, EventFd) {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let serial = Serial::new(EventFdTrigger::new(irq.try_clone().unwrap()), Vec::new());
+        (serial.unwrap(), irq)
+    }
+
+    #[test]
+    fn guest_output_reaches_the_writer() {
+        let (mut serial, _) = serial();
+        for byte in b"keel\r\n" {
+            serial.write(0, &[*byte]);
+        }
+        assert_eq!(serial.output(), b"keel\r\n");
+    }
+
+    #[test]
+    fn input_is_flow_controlled_and_drain_is_signalled() {
+        let (mut serial, irq) = serial();
+        serial.write(IER, &[IER_RX_DATA]);
+        let input = vec![b'x'; 100];
+        let accepted = serial.enqueue_input(&input);
+        assert_eq!(accepted, 64, "the 16550 FIFO holds 64 bytes");
+        assert_eq!(serial.enqueue_input(&input[accepted..]), 0);
+        assert_eq!(irq.read().unwrap(), 1, "received-data interrupt raised");
+        assert!(serial.input_drained().read().is_err(), "not drained yet");
+        let mut byte = [0u8];
+        for _ in 0..64 {
+            serial.read(LSR, &mut byte);
+            assert_ne!(byte[0] & LSR_DATA_READY, 0);
+            serial.read(0, &mut byte);
+            assert_eq!(byte[0], b'x');
+        }
+        serial.read(LSR, &mut byte);
+        assert_eq!(byte[0] & LSR_DATA_READY, 0);
+        assert_eq!(serial.input_drained().read().unwrap(), 1);
+        assert_eq!(serial.input_capacity(), 64);
+    }
+
+    #[test]
+    fn odd_widths_and_offsets_do_not_panic() {
+        let (mut serial, _) = serial();
+        let mut wide = [0u8; 4];
+        serial.read(7, &mut wide);
+        serial.read(300, &mut wide);
+        serial.write(300, &[1]);
+        serial.write(0, &[]);
+        let mut empty: [u8; 0] = [];
+        serial.read(0, &mut empty);
+    }
+}
