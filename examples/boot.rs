@@ -1,1 +1,111 @@
-fn main() {}
+//! Boots a VM with Keel and shows its serial console.
+//!
+//! With no arguments it builds Keel's test guest and boots it with 2 vCPUs and 128 MiB; the
+//! guest prints a banner, starts its application processors, runs a self-check and resets the
+//! machine, and this program exits 0. `--kernel/--initrd/--cmdline` boot any kernel (stock
+//! Linux kernels need hardware KVM: see the README).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm_core::{BootProtocol, ExitReason, MemSize, SerialInput, VmBuilder, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "Boot a VM with Keel and show its serial console")]
+struct Args {
+    /// Kernel to boot (ELF or bzImage). Default: Keel's test guest, built on first use.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line. Default for the test guest: `keel.cpus=<vcpus>`; for other
+    /// kernels: `console=ttyS0 reboot=k panic=1`.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    /// Guest memory (128, 128M, 1G, ...).
+    #[arg(long, default_value = "128M")]
+    mem: MemSize,
+    /// Entry protocol: auto, pvh or linux64.
+    #[arg(long, default_value = "auto", value_parser = parse_protocol)]
+    protocol: BootProtocol,
+    /// Forward this terminal's input to the guest's serial port.
+    #[arg(long)]
+    interactive: bool,
+    /// A VM config in JSON; command-line options given explicitly are ignored for it.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline"])]
+    config: Option<PathBuf>,
+}
+
+fn parse_protocol(text: &str) -> Result<BootProtocol, String> {
+    match text {
+        "auto" => Ok(BootProtocol::Auto),
+        "pvh" => Ok(BootProtocol::Pvh),
+        "linux64" => Ok(BootProtocol::Linux64),
+        other => Err(format!("`{other}` is not one of auto, pvh, linux64")),
+    }
+}
+
+fn config_from(args: &Args) -> Result<VmConfig, String> {
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read config {}: {err}", path.display()))?;
+        return serde_json::from_str(&text)
+            .map_err(|err| format!("config {}: {err}", path.display()));
+    }
+    let (kernel, default_cmdline) = match &args.kernel {
+        Some(kernel) => (kernel.clone(), vmm_core::DEFAULT_CMDLINE.to_string()),
+        None => {
+            eprintln!("keel: building the test guest ...");
+            let guest = testkit::build_test_guest().map_err(|err| err.to_string())?;
+            (guest, format!("keel.cpus={}", args.vcpus))
+        }
+    };
+    let mut config = VmConfig::new(kernel);
+    config.vcpus = args.vcpus;
+    config.memory = args.mem;
+    config.initrd = args.initrd.clone();
+    config.cmdline = args.cmdline.clone().unwrap_or(default_cmdline);
+    config.boot_protocol = args.protocol;
+    if args.interactive {
+        config.serial.input = SerialInput::Stdin;
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    let config = match config_from(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("keel: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let vm = match VmBuilder::new(config).build() {
+        Ok(vm) => vm,
+        Err(err) => {
+            eprintln!("keel: cannot build the VM: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match vm.run() {
+        Ok(reason @ (ExitReason::Reset | ExitReason::Shutdown)) => {
+            eprintln!("keel: VM exited: {reason}");
+            ExitCode::SUCCESS
+        }
+        Ok(reason) => {
+            eprintln!("keel: VM exited: {reason}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("keel: cannot run the VM: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Keel's example binaries live next to this file:
+//!
+//! - `boot` (`cargo run --release --example boot`): boots Keel's test guest (or any kernel
+//!   given with `--kernel`) and exits 0 when the guest resets or powers off.
+//! - `placement`: runs the placement library on a cluster description.

@@ -84,7 +84,9 @@ pub enum BusError {
         len: u64,
     },
     /// The range overlaps a device already on the bus.
-    #[error("{kind} range {new} for device `{name}` overlaps {existing} of device `{existing_name}`")]
+    #[error(
+        "{kind} range {new} for device `{name}` overlaps {existing} of device `{existing_name}`"
+    )]
     Overlap {
         /// Bus the device was being added to.
         kind: BusKind,

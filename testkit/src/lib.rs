@@ -1,1 +1,202 @@
+//! Test support shared by Keel's tests, examples and benchmarks.
+//!
+//! - [`build_test_guest`] builds Keel's `no_std` test guest (`guest/`) for `x86_64-unknown-none`
+//!   and returns the ELF's path. Cargo's own lock on the guest's target directory serialises
+//!   concurrent callers, so parallel tests may all call it.
+//! - [`SharedBuffer`] is a `Write` sink that tests read while a VM writes to it.
+//! - [`ProcessResources`] counts this process's open fds, threads and memory mappings, to
+//!   prove that a VM's teardown leaves nothing behind.
 
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Errors from building the test guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `cargo` could not be started.
+    #[error("cannot run cargo to build the test guest in {dir}: {source}")]
+    Spawn {
+        /// The guest's source directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The guest did not compile.
+    #[error("building the test guest failed ({status}):\n{stderr}")]
+    Build {
+        /// Cargo's exit status.
+        status: std::process::ExitStatus,
+        /// What cargo printed.
+        stderr: String,
+    },
+    /// The build succeeded but the ELF is not where it should be.
+    #[error("the test guest was built but {0} does not exist")]
+    Missing(PathBuf),
+}
+
+/// The repository's root directory (the workspace root).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds the test guest (release profile) and returns the path of its ELF image.
+///
+/// The guest has its own target directory (`target/guest` under the workspace) so this works
+/// while the calling cargo holds the workspace's target directory.
+pub fn build_test_guest() -> Result<PathBuf, Error> {
+    let root = workspace_root();
+    let dir = root.join("guest");
+    let target_dir = root.join("target").join("guest");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(&dir)
+        .args(["build", "--release", "--quiet", "--target-dir"])
+        .arg(&target_dir);
+    // Variables a parent cargo sets for its own build must not leak into the guest's.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let output = cmd.output().map_err(|source| Error::Spawn {
+        dir: dir.clone(),
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(Error::Build {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    let elf = target_dir
+        .join("x86_64-unknown-none")
+        .join("release")
+        .join("keel-test-guest");
+    if elf.is_file() {
+        Ok(elf)
+    } else {
+        Err(Error::Missing(elf))
+    }
+}
+
+/// A cloneable in-memory `Write` sink whose contents can be awaited.
+#[derive(Clone, Default)]
+pub struct SharedBuffer {
+    inner: Arc<(Mutex<Vec<u8>>, Condvar)>,
+}
+
+impl SharedBuffer {
+    /// Creates an empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything written so far, lossily decoded.
+    pub fn text(&self) -> String {
+        let bytes = match self.inner.0.lock() {
+            Ok(bytes) => bytes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits until the text contains `needle`; returns whether it did within `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.inner;
+        let mut bytes = match lock.lock() {
+            Ok(bytes) => bytes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        loop {
+            if String::from_utf8_lossy(&bytes).contains(needle) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            bytes = match cond.wait_timeout(bytes, deadline - now) {
+                Ok((bytes, _)) => bytes,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (lock, cond) = &*self.inner;
+        match lock.lock() {
+            Ok(mut bytes) => bytes.extend_from_slice(buf),
+            Err(poisoned) => poisoned.into_inner().extend_from_slice(buf),
+        }
+        cond.notify_all();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts of this process's kernel resources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessResources {
+    /// Open file descriptors (`/proc/self/fd`).
+    pub fds: usize,
+    /// Threads (`/proc/self/task`).
+    pub threads: usize,
+    /// Memory mappings (`/proc/self/maps` lines).
+    pub mappings: usize,
+}
+
+impl ProcessResources {
+    /// Reads the current counts.
+    pub fn now() -> io::Result<Self> {
+        Ok(ProcessResources {
+            fds: std::fs::read_dir("/proc/self/fd")?.count(),
+            threads: std::fs::read_dir("/proc/self/task")?.count(),
+            mappings: std::fs::read_to_string("/proc/self/maps")?.lines().count(),
+        })
+    }
+}
+
+/// Whether `/dev/kvm` can be opened; when it cannot, the reason to print when skipping.
+pub fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(err) => Some(format!("/dev/kvm cannot be opened: {err}")),
+    }
+}
+
+/// Skips the calling test (returns early) when KVM is unavailable, printing why.
+///
+/// The marker `KEEL-KVM-SKIP` lets CI fail when tests skipped on a machine that has `/dev/kvm`.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if let Some(reason) = $crate::kvm_unavailable() {
+            eprintln!("KEEL-KVM-SKIP: {}: {reason}", module_path!());
+            return;
+        }
+    };
+}

@@ -1,1 +1,90 @@
+//! Keel's VMM core: boot a Linux-style kernel in a KVM virtual machine and run it.
+//!
+//! A [`VmConfig`] describes the VM (vCPUs, memory, kernel, initrd, command line, serial
+//! console); [`VmBuilder`] validates it, maps guest memory, loads the kernel through the PVH or
+//! Linux 64-bit boot protocol, creates the KVM VM with its in-kernel interrupt controllers,
+//! vCPUs and legacy devices; [`Vm`] runs one thread per vCPU and reports why the guest
+//! stopped ([`ExitReason`]). A [`VmHandle`] pauses, resumes, stops and watches a VM from any
+//! thread, so one process can run and manage many VMs.
+//!
+//! ```no_run
+//! use vmm_core::{ExitReason, MemSize, VmBuilder, VmConfig};
+//!
+//! let mut config = VmConfig::new("guest.elf");
+//! config.vcpus = 2;
+//! config.memory = MemSize::mib(128);
+//! let mut vm = VmBuilder::new(config).build()?;
+//! let handle = vm.handle(); // Clone + Send: give it to a control thread
+//! vm.start()?;
+//! handle.pause()?;
+//! handle.resume()?;
+//! match vm.wait() {
+//!     ExitReason::Reset | ExitReason::Shutdown => println!("guest finished"),
+//!     other => eprintln!("guest failed: {other}"),
+//! }
+//! # Ok::<(), vmm_core::Error>(())
+//! ```
+//!
+//! Layout of the crate: [`config`] (what users write), [`layout`] (guest physical map),
+//! [`memory`], [`boot`] (kernel loading, no KVM needed), [`vm`] (KVM VM), [`vcpu`] (CPUID,
+//! registers, run loop), [`state`] (lifecycle), [`event_loop`], and [`builder`] which wires
+//! them together.
 
+#![deny(missing_docs)]
+
+pub mod boot;
+pub mod builder;
+pub mod config;
+pub mod event_loop;
+pub mod layout;
+pub mod memory;
+pub mod state;
+pub mod vcpu;
+pub mod vm;
+
+pub use builder::{Vm, VmBuilder};
+pub use config::{
+    BootProtocol, ConfigError, MemSize, SerialConfig, SerialInput, SerialOutput, VmConfig,
+    DEFAULT_CMDLINE, MAX_VCPUS,
+};
+pub use state::{ExitReason, StateError, VmHandle, VmState};
+
+/// Errors from building or starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Guest memory could not be mapped.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// The kernel or initrd could not be loaded.
+    #[error(transparent)]
+    Load(#[from] boot::LoadError),
+    /// Creating the KVM VM failed.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    /// Configuring a vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// Placing a device on a bus failed.
+    #[error(transparent)]
+    Bus(#[from] devices::bus::BusError),
+    /// The serial output file could not be opened.
+    #[error("cannot open serial output file {path}: {source}")]
+    SerialFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The event loop could not start.
+    #[error(transparent)]
+    EventLoop(#[from] event_loop::EventLoopError),
+    /// A lifecycle request was invalid.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Another I/O error (eventfds, threads).
+    #[error("I/O error: {0}")]
+    Io(#[source] std::io::Error),
+}

@@ -4,8 +4,8 @@
 //! command port raises the reset trigger, which the VMM turns into a "guest reset" exit.
 
 use log::warn;
+use vm_superio::Trigger;
 
-use super::EventFdTrigger;
 use crate::bus::BusDevice;
 
 /// First port decoded by the controller (data port 0x60; command/status is 0x64).
@@ -25,20 +25,20 @@ pub const I8042_PORT_LEN: u64 = 5;
 /// i8042.write(4, &[0xfe]); // port 0x64: pulse the reset line
 /// assert_eq!(reset.read().unwrap(), 1);
 /// ```
-pub struct I8042 {
-    inner: vm_superio::I8042Device<EventFdTrigger>,
+pub struct I8042<T: Trigger> {
+    inner: vm_superio::I8042Device<T>,
 }
 
-impl I8042 {
+impl<T: Trigger> I8042<T> {
     /// Creates the controller; `reset` fires when the guest pulses the CPU reset line.
-    pub fn new(reset: EventFdTrigger) -> Self {
+    pub fn new(reset: T) -> Self {
         I8042 {
             inner: vm_superio::I8042Device::new(reset),
         }
     }
 }
 
-impl BusDevice for I8042 {
+impl<T: Trigger + Send> BusDevice for I8042<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
@@ -51,7 +51,7 @@ impl BusDevice for I8042 {
             return;
         };
         if let Err(err) = self.inner.write(offset, value) {
-            warn!("i8042: cannot signal reset: {err}");
+            warn!("i8042: cannot signal reset: {err:?}");
         }
     }
 }
@@ -59,6 +59,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::legacy::EventFdTrigger;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     #[test]

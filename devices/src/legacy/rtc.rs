@@ -281,7 +281,11 @@ mod tests {
         assert_eq!(read(&mut rtc, REG_MONTH), 0x11);
         assert_eq!(read(&mut rtc, REG_WEEKDAY), 6);
         assert_eq!(read(&mut rtc, REG_STATUS_D), STATUS_D_VALID);
-        assert_eq!(read(&mut rtc, REG_STATUS_A) & 0x80, 0, "no update in progress");
+        assert_eq!(
+            read(&mut rtc, REG_STATUS_A) & 0x80,
+            0,
+            "no update in progress"
+        );
 
         rtc.write(0, &[REG_STATUS_B]);
         rtc.write(1, &[STATUS_B_BINARY]);

@@ -1,0 +1,336 @@
+//! Wiring a VM together: [`VmBuilder`] turns a [`VmConfig`] into a ready [`Vm`].
+//!
+//! This is the one place that knows every part: it validates the config, maps guest memory,
+//! loads the kernel, creates the KVM VM and its vCPUs, puts the legacy devices on the buses and
+//! connects their interrupts. [`Vm`] then owns all of it and tears it down when dropped.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::bus::{Bus, BusKind};
+use devices::legacy::{
+    CmosRtc, EventFdTrigger, Serial, SystemClock, COM1_IRQ, COM1_PORT_BASE, I8042, I8042_PORT_BASE,
+    I8042_PORT_LEN, RTC_PORT_BASE, RTC_PORT_LEN, SERIAL_PORT_LEN,
+};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
+use log::{debug, warn};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{self, BootLayout};
+use crate::config::{SerialInput, SerialOutput, VmConfig};
+use crate::event_loop::{EventLoop, SharedSerial};
+use crate::memory;
+use crate::state::{self, Control, ExitReason, VmHandle, VmState};
+use crate::vcpu::{self, VcpuSetup};
+use crate::vm::{self, IoBuses};
+use crate::Error;
+
+/// Raises the reset line by asking the VM to exit with [`ExitReason::Reset`].
+struct ResetTrigger(Arc<Control>);
+
+impl vm_superio::Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.request_exit(ExitReason::Reset);
+        Ok(())
+    }
+}
+
+/// Builds a [`Vm`] from a [`VmConfig`], with optional caller-supplied serial I/O.
+///
+/// ```no_run
+/// use vmm_core::{ExitReason, VmBuilder, VmConfig};
+///
+/// let mut config = VmConfig::new("/path/to/vmlinux");
+/// config.vcpus = 2;
+/// let vm = VmBuilder::new(config).serial_output(std::io::stderr()).build()?;
+/// assert_eq!(vm.run()?, ExitReason::Reset);
+/// # Ok::<(), vmm_core::Error>(())
+/// ```
+pub struct VmBuilder {
+    config: VmConfig,
+    serial_output: Option<Box<dyn Write + Send>>,
+    serial_input: Option<OwnedFd>,
+}
+
+impl VmBuilder {
+    /// Starts from `config`.
+    pub fn new(config: VmConfig) -> Self {
+        VmBuilder {
+            config,
+            serial_output: None,
+            serial_input: None,
+        }
+    }
+
+    /// Sends the guest's serial output to `writer` instead of `config.serial.output`.
+    pub fn serial_output(mut self, writer: impl Write + Send + 'static) -> Self {
+        self.serial_output = Some(Box::new(writer));
+        self
+    }
+
+    /// Reads serial input from `fd` (a pipe, socket or terminal) instead of
+    /// `config.serial.input`.
+    pub fn serial_input(mut self, fd: impl Into<OwnedFd>) -> Self {
+        self.serial_input = Some(fd.into());
+        self
+    }
+
+    fn open_output(&mut self) -> Result<Box<dyn Write + Send>, Error> {
+        if let Some(writer) = self.serial_output.take() {
+            return Ok(writer);
+        }
+        Ok(match &self.config.serial.output {
+            SerialOutput::Stdout => Box::new(std::io::stdout()),
+            SerialOutput::Null => Box::new(std::io::sink()),
+            SerialOutput::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| Error::SerialFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+        })
+    }
+
+    fn open_input(&mut self) -> Result<Option<OwnedFd>, Error> {
+        if let Some(fd) = self.serial_input.take() {
+            return Ok(Some(fd));
+        }
+        match self.config.serial.input {
+            SerialInput::None => Ok(None),
+            SerialInput::Stdin => std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(Some)
+                .map_err(Error::Io),
+        }
+    }
+
+    /// Validates the config, creates the VM and loads the kernel. The vCPUs do not run until
+    /// [`Vm::start`].
+    pub fn build(mut self) -> Result<Vm, Error> {
+        self.config.validate()?;
+        state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
+        // Everything that can fail on the user's input comes before KVM is touched.
+        let memory = memory::create_guest_memory(self.config.memory.as_bytes())?;
+        let boot = boot::load(&memory, &self.config)?;
+        let kvm = vm::open_kvm(self.config.vcpus)?;
+        let vm_fd = vm::create_vm(&kvm, &memory)?;
+        let control = Control::new(self.config.vcpus as usize);
+
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|source| vm::VmError::Kvm {
+                op: "KVM_IRQFD (COM1)",
+                source,
+            })?;
+        let serial: SharedSerial = Arc::new(Mutex::new(
+            Serial::new(EventFdTrigger::new(serial_irq), self.open_output()?).map_err(Error::Io)?,
+        ));
+        let mut pio = Bus::new(BusKind::Pio);
+        pio.insert("com1", COM1_PORT_BASE, SERIAL_PORT_LEN, serial.clone())?;
+        pio.insert(
+            "i8042",
+            I8042_PORT_BASE,
+            I8042_PORT_LEN,
+            Arc::new(Mutex::new(I8042::new(ResetTrigger(control.clone())))),
+        )?;
+        pio.insert(
+            "rtc",
+            RTC_PORT_BASE,
+            RTC_PORT_LEN,
+            Arc::new(Mutex::new(CmosRtc::new(SystemClock))),
+        )?;
+        let buses = Arc::new(IoBuses {
+            pio,
+            mmio: Bus::new(BusKind::Mmio),
+        });
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| vm::VmError::Kvm {
+                op: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        let supported_msrs = kvm
+            .get_msr_index_list()
+            .map_err(|source| vm::VmError::Kvm {
+                op: "KVM_GET_MSR_INDEX_LIST",
+                source,
+            })?;
+        let setup = VcpuSetup {
+            supported_cpuid: &supported_cpuid,
+            supported_msrs: supported_msrs.as_slice(),
+            vcpu_count: self.config.vcpus,
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            entry: &boot.entry,
+        };
+        let mut vcpus = Vec::with_capacity(self.config.vcpus as usize);
+        for index in 0..self.config.vcpus {
+            let fd =
+                vm_fd
+                    .create_vcpu(u64::from(index))
+                    .map_err(|source| vcpu::VcpuError::Kvm {
+                        index,
+                        op: "KVM_CREATE_VCPU",
+                        source,
+                    })?;
+            vcpu::configure(&fd, index, &setup)?;
+            vcpus.push(fd);
+        }
+        let serial_input = self.open_input()?;
+        debug!(
+            "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
+            self.config.vcpus, self.config.memory, boot.format, boot.entry.protocol, boot.entry.rip
+        );
+        Ok(Vm {
+            control,
+            threads: Vec::new(),
+            pending_vcpus: vcpus,
+            event_loop: None,
+            serial,
+            serial_input,
+            buses,
+            boot,
+            vm_fd,
+            memory,
+        })
+    }
+}
+
+/// A VM: built by [`VmBuilder`], started with [`Vm::start`], controlled through
+/// [`Vm::handle`] from any thread.
+///
+/// Dropping a `Vm` stops it, joins its threads and closes its file descriptors and mappings.
+pub struct Vm {
+    control: Arc<Control>,
+    threads: Vec<JoinHandle<()>>,
+    pending_vcpus: Vec<VcpuFd>,
+    event_loop: Option<EventLoop>,
+    serial: SharedSerial,
+    serial_input: Option<OwnedFd>,
+    buses: Arc<IoBuses>,
+    boot: BootLayout,
+    // Declared after everything that uses them, so they are dropped last.
+    vm_fd: VmFd,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Where the kernel, initrd and boot structures were placed.
+    pub fn boot_layout(&self) -> &BootLayout {
+        &self.boot
+    }
+
+    /// The guest's memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM file descriptor.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// A handle to pause, resume, stop and watch the VM from other threads.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            control: self.control.clone(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> VmState {
+        self.control.state()
+    }
+
+    /// Starts one thread per vCPU (and the event loop when there is serial input).
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.pending_vcpus.is_empty() {
+            return Err(Error::State(state::StateError::InvalidTransition {
+                action: "start",
+                state: self.control.state(),
+            }));
+        }
+        if let Some(input) = self.serial_input.take() {
+            self.event_loop = Some(EventLoop::start_serial_input(self.serial.clone(), input)?);
+        }
+        let vcpus = std::mem::take(&mut self.pending_vcpus);
+        let count = vcpus.len();
+        self.control.mark_started(count);
+        for (index, fd) in vcpus.into_iter().enumerate() {
+            let buses = self.buses.clone();
+            let control = self.control.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("keel-vcpu-{index}"))
+                .spawn(move || vcpu::run(fd, index as u32, buses, control));
+            match spawned {
+                Ok(thread) => self.threads.push(thread),
+                Err(err) => {
+                    // The threads already started must not wait for this one.
+                    self.control.request_exit(ExitReason::Failed {
+                        vcpu: Some(index as u32),
+                        detail: format!("cannot spawn vCPU thread: {err}"),
+                    });
+                    for never_started in index..count {
+                        self.control.vcpu_exited(never_started);
+                    }
+                    return Err(Error::Io(err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the VM to exit, then joins its threads.
+    pub fn wait(&mut self) -> ExitReason {
+        let reason = self.control.wait_exit(None).unwrap_or(ExitReason::Stopped);
+        self.join();
+        reason
+    }
+
+    /// Waits up to `timeout` for the VM to exit; joins its threads when it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitReason> {
+        let reason = self.control.wait_exit(Some(timeout))?;
+        self.join();
+        Some(reason)
+    }
+
+    /// Starts the VM and waits for it to exit.
+    pub fn run(mut self) -> Result<ExitReason, Error> {
+        self.start()?;
+        Ok(self.wait())
+    }
+
+    fn join(&mut self) {
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                warn!("a vCPU thread panicked");
+            }
+        }
+        if let Some(mut event_loop) = self.event_loop.take() {
+            event_loop.stop();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.control.request_exit(ExitReason::Stopped);
+            self.join();
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The user-facing VM description ([`VmConfig`]) and its validation.
+//!
+//! A `VmConfig` is plain data (serde, so managers can store it as JSON/YAML). [`VmConfig::validate`]
+//! checks everything that can be checked before touching KVM and names the offending field in
+//! its error. Devices that need caller-supplied objects (a serial writer) are given to the
+//! builder instead: see [`crate::VmBuilder`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout;
+
+/// Most vCPUs a VM may have: xAPIC IDs are 8 bits and 0xFF is the broadcast ID.
+pub const MAX_VCPUS: u32 = 254;
+/// Least guest memory: room for the low-memory boot structures and a small kernel at 1 MiB.
+pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
+/// Longest kernel command line accepted (the x86 Linux `COMMAND_LINE_SIZE`, NUL included).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Command line used when the config gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+const PAGE_SIZE: u64 = 4096;
+
+/// A size in bytes, written in configs as an integer number of MiB or as a string with a
+/// unit (`"512K"`, `"128M"`, `"2G"`, `"4096"` bytes with a `B` suffix: `"4096B"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "SizeRepr")]
+pub struct MemSize(u64);
+
+impl MemSize {
+    /// `mib` mebibytes.
+    pub const fn mib(mib: u64) -> Self {
+        MemSize(mib << 20)
+    }
+
+    /// `bytes` bytes.
+    pub const fn bytes(bytes: u64) -> Self {
+        MemSize(bytes)
+    }
+
+    /// The size in bytes.
+    pub const fn as_bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for MemSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0;
+        if bytes != 0 && bytes.is_multiple_of(1 << 30) {
+            write!(f, "{}G", bytes >> 30)
+        } else if bytes.is_multiple_of(1 << 20) {
+            write!(f, "{}M", bytes >> 20)
+        } else if bytes.is_multiple_of(1 << 10) {
+            write!(f, "{}K", bytes >> 10)
+        } else {
+            write!(f, "{bytes}B")
+        }
+    }
+}
+
+impl FromStr for MemSize {
+    type Err = String;
+
+    /// Parses `"128"` (MiB), `"128M"`, `"1G"`, `"512K"`, `"4096B"` (case-insensitive, optional
+    /// `iB`/`B` after the unit letter).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let lower = trimmed.to_ascii_lowercase();
+        let split = lower
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(lower.len());
+        let (digits, unit) = lower.split_at(split);
+        let shift = match unit.trim() {
+            "" | "m" | "mb" | "mib" => 20,
+            "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => {
+                return Err(format!(
+                    "`{trimmed}` has an unknown unit (use B, K, M, G or T)"
+                ))
+            }
+        };
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{trimmed}` is not a size (examples: 128, 128M, 2G, 512K)"))?;
+        value
+            .checked_mul(1 << shift)
+            .map(MemSize)
+            .ok_or_else(|| format!("`{trimmed}` is too large"))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Mib(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for MemSize {
+    type Error = String;
+
+    fn try_from(repr: SizeRepr) -> Result<Self, String> {
+        match repr {
+            SizeRepr::Mib(mib) => mib
+                .checked_mul(1 << 20)
+                .map(MemSize)
+                .ok_or_else(|| format!("{mib} MiB is too large")),
+            SizeRepr::Text(text) => text.parse(),
+        }
+    }
+}
+
+impl From<MemSize> for SizeRepr {
+    fn from(size: MemSize) -> Self {
+        if size.0.is_multiple_of(1 << 20) {
+            SizeRepr::Mib(size.0 >> 20)
+        } else {
+            SizeRepr::Text(size.to_string())
+        }
+    }
+}
+
+/// Which entry protocol to boot the kernel through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// PVH when the kernel is an ELF with a PVH entry note, else the Linux 64-bit protocol.
+    #[default]
+    Auto,
+    /// The PVH boot protocol (32-bit entry, `hvm_start_info`); needs an ELF with the PVH note.
+    Pvh,
+    /// The Linux x86-64 boot protocol (64-bit entry, zero page); ELF vmlinux or bzImage.
+    Linux64,
+}
+
+/// Where the guest's serial console output goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialOutput {
+    /// This process's standard output.
+    #[default]
+    Stdout,
+    /// Discarded.
+    Null,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+}
+
+/// Where the guest's serial console input comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialInput {
+    /// No input.
+    #[default]
+    None,
+    /// This process's standard input.
+    Stdin,
+}
+
+/// The serial console (COM1) configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Output sink.
+    #[serde(default)]
+    pub output: SerialOutput,
+    /// Input source.
+    #[serde(default)]
+    pub input: SerialInput,
+}
+
+/// A VM's description.
+///
+/// ```
+/// use vmm_core::{MemSize, VmConfig};
+///
+/// let config: VmConfig = serde_json::from_str(
+///     r#"{ "vcpus": 2, "memory": "256M", "kernel": "/boot/vmlinuz" }"#,
+/// ).unwrap();
+/// assert_eq!(config.memory, MemSize::mib(256));
+/// assert_eq!(config.cmdline, vmm_core::DEFAULT_CMDLINE);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Number of vCPUs, 1 to [`MAX_VCPUS`].
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest RAM; at least [`MIN_MEMORY_BYTES`], a multiple of 4 KiB.
+    #[serde(default = "default_memory")]
+    pub memory: MemSize,
+    /// Kernel image: an ELF (vmlinux, or any PVH/Linux-64 ELF) or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Entry protocol.
+    #[serde(default)]
+    pub boot_protocol: BootProtocol,
+    /// Serial console.
+    #[serde(default)]
+    pub serial: SerialConfig,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+
+fn default_memory() -> MemSize {
+    MemSize::mib(128)
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+impl VmConfig {
+    /// A config with defaults (1 vCPU, 128 MiB, [`DEFAULT_CMDLINE`]) for `kernel`.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            vcpus: default_vcpus(),
+            memory: default_memory(),
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            boot_protocol: BootProtocol::Auto,
+            serial: SerialConfig::default(),
+        }
+    }
+
+    /// Checks every field that can be checked without KVM.
+    ///
+    /// Whether the kernel parses and the initrd fits below the kernel's limit is checked when
+    /// the kernel is loaded ([`crate::boot`]), since that needs the kernel's header.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 {
+            return Err(ConfigError::invalid("vcpus", "must be at least 1"));
+        }
+        if self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::invalid(
+                "vcpus",
+                format!(
+                    "{} is more than {MAX_VCPUS}, the most xAPIC IDs can address",
+                    self.vcpus
+                ),
+            ));
+        }
+        let memory = self.memory.as_bytes();
+        if memory < MIN_MEMORY_BYTES {
+            return Err(ConfigError::invalid(
+                "memory",
+                format!(
+                    "{} is too small: at least {} is needed",
+                    self.memory,
+                    MemSize::bytes(MIN_MEMORY_BYTES)
+                ),
+            ));
+        }
+        if !memory.is_multiple_of(PAGE_SIZE) {
+            return Err(ConfigError::invalid(
+                "memory",
+                format!("{} is not a multiple of the 4 KiB page size", self.memory),
+            ));
+        }
+        if memory > layout::MAX_MEMORY_BYTES {
+            return Err(ConfigError::invalid(
+                "memory",
+                format!(
+                    "{} is more than the {} Keel supports",
+                    self.memory,
+                    MemSize::bytes(layout::MAX_MEMORY_BYTES)
+                ),
+            ));
+        }
+        check_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+            let size = std::fs::metadata(initrd)
+                .map_err(|err| {
+                    ConfigError::invalid("initrd", format!("{}: {err}", initrd.display()))
+                })?
+                .len();
+            if size >= memory {
+                return Err(ConfigError::invalid(
+                    "initrd",
+                    format!(
+                        "{} is {} bytes, which does not fit in {} of guest memory",
+                        initrd.display(),
+                        size,
+                        self.memory
+                    ),
+                ));
+            }
+        }
+        if self.cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::invalid(
+                "cmdline",
+                format!(
+                    "{} bytes is too long: at most {} bytes",
+                    self.cmdline.len(),
+                    MAX_CMDLINE_LEN - 1
+                ),
+            ));
+        }
+        if let Some(bad) = self
+            .cmdline
+            .chars()
+            .find(|c| c.is_control() || !c.is_ascii())
+        {
+            return Err(ConfigError::invalid(
+                "cmdline",
+                format!("contains {bad:?}: only printable ASCII is allowed"),
+            ));
+        }
+        if let SerialOutput::File(path) = &self.serial.output {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid("serial.output", "file path is empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_file(field: &'static str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(ConfigError::invalid(
+            field,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(err) => Err(ConfigError::invalid(
+            field,
+            format!("cannot read {}: {err}", path.display()),
+        )),
+    }
+}
+
+/// A config field that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid VM config field `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field's name as written in a config file.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp_file(name: &str, bytes: usize) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("keel-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(&vec![0u8; bytes]).unwrap();
+        path
+    }
+
+    fn valid() -> VmConfig {
+        VmConfig::new(temp_file("kernel", 16))
+    }
+
+    fn field_of(config: &VmConfig) -> &'static str {
+        config.validate().unwrap_err().field
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        valid().validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut c = valid();
+        c.vcpus = 0;
+        assert_eq!(field_of(&c), "vcpus");
+        c.vcpus = 255;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "vcpus");
+        assert!(err.to_string().contains("255"), "{err}");
+
+        let mut c = valid();
+        c.memory = MemSize::mib(4);
+        assert_eq!(field_of(&c), "memory");
+        c.memory = MemSize::bytes((64 << 20) + 512);
+        let err = c.validate().unwrap_err();
+        assert!(err.reason.contains("4 KiB"), "{err}");
+
+        let mut c = valid();
+        c.kernel = "/nonexistent/vmlinux".into();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "kernel");
+        assert!(err.reason.contains("/nonexistent/vmlinux"), "{err}");
+        c.kernel = std::env::temp_dir();
+        assert_eq!(field_of(&c), "kernel");
+
+        let mut c = valid();
+        c.cmdline = "x".repeat(MAX_CMDLINE_LEN);
+        assert_eq!(field_of(&c), "cmdline");
+        c.cmdline = "console=ttyS0\n".into();
+        assert_eq!(field_of(&c), "cmdline");
+
+        let mut c = valid();
+        c.memory = MemSize::mib(8);
+        c.initrd = Some(temp_file("big-initrd", 8 << 20));
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "initrd");
+        assert!(err.reason.contains("does not fit"), "{err}");
+        c.initrd = Some("/nonexistent/initrd".into());
+        assert_eq!(field_of(&c), "initrd");
+    }
+
+    #[test]
+    fn sizes_parse_in_the_units_people_write() {
+        for (text, bytes) in [
+            ("128", 128 << 20),
+            ("128M", 128 << 20),
+            ("128MiB", 128 << 20),
+            ("2g", 2 << 30),
+            ("512K", 512 << 10),
+            ("4096B", 4096),
+        ] {
+            assert_eq!(text.parse::<MemSize>(), Ok(MemSize::bytes(bytes)), "{text}");
+        }
+        for bad in ["", "lots", "12X", "99999999999999999999G"] {
+            assert!(bad.parse::<MemSize>().is_err(), "{bad}");
+        }
+        assert_eq!(MemSize::mib(2048).to_string(), "2G");
+    }
+
+    #[test]
+    fn configs_round_trip_through_json_and_reject_unknown_fields() {
+        let config = valid();
+        let json = serde_json::to_string(&config).unwrap();
+        let back: VmConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config);
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "vcpu": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("vcpu"), "{err}");
+        let err =
+            serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "memory": "12X"}"#).unwrap_err();
+        assert!(err.to_string().contains("12X"), "{err}");
+    }
+}

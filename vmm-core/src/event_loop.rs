@@ -1,0 +1,190 @@
+//! The VM's event loop thread (event-manager): host-side I/O that is not a vCPU exit.
+//!
+//! Today it feeds serial input to COM1 with flow control: input is read only while the UART's
+//! receive FIFO has room, and reading resumes when the guest drains it. Devices that need host
+//! events (virtio queues, sockets) add subscribers here. The loop ends when its exit eventfd
+//! is signalled.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::legacy::Serial;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use log::{debug, warn};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The serial device as the VMM shares it between vCPU threads and the event loop.
+pub type SharedSerial = Arc<Mutex<Serial<Box<dyn Write + Send>>>>;
+
+/// Reads host input and pushes it into the UART as the FIFO has room.
+struct SerialInput {
+    serial: SharedSerial,
+    source: File,
+    drained: EventFd,
+    pending: Vec<u8>,
+    reading: bool,
+    eof: bool,
+}
+
+impl SerialInput {
+    fn deliver_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let accepted = match self.serial.lock() {
+            Ok(mut serial) => serial.enqueue_input(&self.pending),
+            Err(poisoned) => poisoned.into_inner().enqueue_input(&self.pending),
+        };
+        self.pending.drain(..accepted);
+    }
+
+    /// Reads input only while nothing is pending, so a slow guest throttles the source.
+    fn update_interest(&mut self, ops: &mut EventOps) {
+        let want = self.pending.is_empty() && !self.eof;
+        if want != self.reading {
+            let events = Events::new(&self.source, EventSet::IN);
+            let result = if want {
+                ops.add(events)
+            } else {
+                ops.remove(events)
+            };
+            if let Err(err) = result {
+                warn!("serial input: cannot update interest: {err:?}");
+            }
+            self.reading = want;
+        }
+    }
+}
+
+impl MutEventSubscriber for SerialInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(&self.drained, EventSet::IN)) {
+            warn!("serial input: cannot watch drain events: {err:?}");
+        }
+        self.update_interest(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.drained.as_raw_fd() {
+            let _ = self.drained.read();
+        } else if events.fd() == self.source.as_raw_fd() {
+            let mut buf = [0u8; 256];
+            match self.source.read(&mut buf) {
+                Ok(0) => {
+                    debug!("serial input: end of input");
+                    self.eof = true;
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => {
+                    warn!("serial input: read failed, input closed: {err}");
+                    self.eof = true;
+                }
+            }
+        }
+        self.deliver_pending();
+        self.update_interest(ops);
+    }
+}
+
+/// Ends the loop when signalled.
+struct ExitWatch {
+    exit: EventFd,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MutEventSubscriber for ExitWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(&self.exit, EventSet::IN)) {
+            warn!("event loop: cannot watch its exit eventfd: {err:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.exit.read();
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A running event loop thread.
+pub struct EventLoop {
+    exit: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Errors starting the event loop.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    /// An eventfd, epoll instance or the thread could not be created.
+    #[error("cannot start the event loop: {0}")]
+    Io(#[from] std::io::Error),
+    /// event-manager failed.
+    #[error("cannot start the event loop: {0:?}")]
+    EventManager(event_manager::Error),
+}
+
+impl EventLoop {
+    /// Starts a loop that feeds `input` to `serial`.
+    pub fn start_serial_input(
+        serial: SharedSerial,
+        input: OwnedFd,
+    ) -> Result<Self, EventLoopError> {
+        let drained = match serial.lock() {
+            Ok(serial) => serial.input_drained().try_clone()?,
+            Err(poisoned) => poisoned.into_inner().input_drained().try_clone()?,
+        };
+        let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().map_err(EventLoopError::EventManager)?;
+        manager.add_subscriber(Box::new(SerialInput {
+            serial,
+            source: File::from(input),
+            drained,
+            pending: Vec::new(),
+            reading: false,
+            eof: false,
+        }));
+        let exit = EventFd::new(EFD_NONBLOCK)?;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        manager.add_subscriber(Box::new(ExitWatch {
+            exit: exit.try_clone()?,
+            done: done.clone(),
+        }));
+        let thread = std::thread::Builder::new()
+            .name("keel-events".into())
+            .spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Err(err) = manager.run() {
+                        warn!("event loop failed: {err:?}");
+                        break;
+                    }
+                }
+            })?;
+        Ok(EventLoop {
+            exit,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop and joins its thread.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(err) = self.exit.write(1) {
+                warn!("cannot signal the event loop to stop: {err}");
+            }
+            if thread.join().is_err() {
+                warn!("event loop thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

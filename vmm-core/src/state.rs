@@ -1,0 +1,456 @@
+//! VM lifecycle: states, exit reasons, and the control block shared by the VM's threads.
+//!
+//! [`Control`] is the one place where the VM's state changes. vCPU threads park in it while the
+//! VM is paused and leave their run loops when an exit is requested; any thread holding a
+//! [`VmHandle`] can pause, resume or stop the VM and watch its state changes.
+//!
+//! Interrupting a vCPU that is inside `KVM_RUN` uses the kernel's `immediate_exit` flag plus a
+//! signal: the requester sets `immediate_exit` in the vCPU's `kvm_run` page (so a vCPU about to
+//! enter the guest returns at once) and sends `SIGRTMIN` to the thread (so one already inside
+//! returns with `EINTR`). Both happen under the control lock, and a vCPU clears the flag under
+//! the same lock right after checking for requests, so no request is missed.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+/// Why a VM stopped running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 reset line, or a reset system event).
+    Reset,
+    /// The guest powered off.
+    Shutdown,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault {
+        /// The vCPU that faulted.
+        vcpu: u32,
+    },
+    /// [`VmHandle::stop`] (or dropping the VM) asked it to stop.
+    Stopped,
+    /// KVM could not handle a guest instruction (on nested KVM, often an emulation failure).
+    InternalError {
+        /// The vCPU.
+        vcpu: u32,
+        /// KVM's suberror (1 = emulation failure).
+        suberror: u32,
+        /// Guest RIP at the failure, when it could be read.
+        rip: Option<u64>,
+    },
+    /// Entering the guest failed (invalid vCPU state).
+    EntryFailed {
+        /// The vCPU.
+        vcpu: u32,
+        /// Hardware reason code.
+        reason: u64,
+    },
+    /// The VMM failed (a KVM call returned an unexpected error, or an unexpected exit).
+    Failed {
+        /// The vCPU, when the failure was on one.
+        vcpu: Option<u32>,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Reset => f.write_str("guest reset"),
+            ExitReason::Shutdown => f.write_str("guest shutdown"),
+            ExitReason::TripleFault { vcpu } => write!(f, "triple fault on vCPU {vcpu}"),
+            ExitReason::Stopped => f.write_str("stopped on request"),
+            ExitReason::InternalError {
+                vcpu,
+                suberror,
+                rip,
+            } => {
+                write!(f, "KVM internal error (suberror {suberror}) on vCPU {vcpu}")?;
+                match rip {
+                    Some(rip) => write!(f, " at RIP {rip:#x}"),
+                    None => Ok(()),
+                }
+            }
+            ExitReason::EntryFailed { vcpu, reason } => {
+                write!(f, "guest entry failed on vCPU {vcpu} (reason {reason:#x})")
+            }
+            ExitReason::Failed {
+                vcpu: Some(vcpu),
+                detail,
+            } => {
+                write!(f, "VMM failure on vCPU {vcpu}: {detail}")
+            }
+            ExitReason::Failed { vcpu: None, detail } => write!(f, "VMM failure: {detail}"),
+        }
+    }
+}
+
+/// A VM's lifecycle state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, vCPUs not started.
+    Created,
+    /// vCPUs running guest code.
+    Running,
+    /// Every vCPU parked outside the guest.
+    Paused,
+    /// Every vCPU thread has ended.
+    Exited(ExitReason),
+}
+
+/// Errors from lifecycle requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The request does not apply in the current state.
+    #[error("cannot {action} a VM that is {state:?}")]
+    InvalidTransition {
+        /// What was asked.
+        action: &'static str,
+        /// The state it was in.
+        state: VmState,
+    },
+    /// The vCPUs did not all park in time.
+    #[error("vCPUs did not pause within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the vCPUs are asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Exit,
+}
+
+/// Per-vCPU bookkeeping for kicks.
+#[derive(Default)]
+struct VcpuSlot {
+    /// The vCPU's thread while it is alive.
+    thread: Option<libc::pthread_t>,
+    /// Address of `kvm_run.immediate_exit` while the thread is alive.
+    immediate_exit: Option<usize>,
+}
+
+struct Inner {
+    state: VmState,
+    request: Request,
+    exit: Option<ExitReason>,
+    slots: Vec<VcpuSlot>,
+    live: usize,
+    parked: usize,
+    subscribers: Vec<Sender<VmState>>,
+}
+
+/// The control block shared by a VM's threads and handles.
+pub(crate) struct Control {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+/// Signal used to kick vCPU threads out of `KVM_RUN`.
+pub(crate) fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal only has to interrupt KVM_RUN (EINTR).
+}
+
+/// Installs the (empty) kick handler once per process.
+pub(crate) fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static ONCE: Once = Once::new();
+    static RESULT: Mutex<Option<vmm_sys_util::errno::Error>> = Mutex::new(None);
+    ONCE.call_once(|| {
+        if let Err(err) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+            if let Ok(mut slot) = RESULT.lock() {
+                *slot = Some(err);
+            }
+        }
+    });
+    match RESULT.lock() {
+        Ok(slot) => slot.map_or(Ok(()), Err),
+        Err(_) => Ok(()),
+    }
+}
+
+impl Control {
+    pub(crate) fn new(vcpus: usize) -> Arc<Self> {
+        Arc::new(Control {
+            inner: Mutex::new(Inner {
+                state: VmState::Created,
+                request: Request::Run,
+                exit: None,
+                slots: (0..vcpus).map(|_| VcpuSlot::default()).collect(),
+                live: 0,
+                parked: 0,
+                subscribers: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The lock only guards plain bookkeeping; a panicking holder leaves it consistent.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_state(inner: &mut Inner, state: VmState) {
+        if inner.state == state {
+            return;
+        }
+        debug!("vm state: {:?} -> {:?}", inner.state, state);
+        inner.state = state.clone();
+        inner
+            .subscribers
+            .retain(|subscriber| subscriber.send(state.clone()).is_ok());
+    }
+
+    /// Kicks every live vCPU out of the guest. Called with the lock held.
+    fn kick_all(inner: &Inner) {
+        for slot in &inner.slots {
+            if let Some(addr) = slot.immediate_exit {
+                // SAFETY: `addr` is the address of `immediate_exit` in the vCPU's mapped
+                // `kvm_run` page. The slot holds it only while the vCPU thread is alive and
+                // owns its VcpuFd (the thread clears it under this lock before dropping the fd),
+                // and we hold the lock, so the page is mapped. KVM reads the byte on entry;
+                // an atomic store is how concurrent writers must touch it.
+                let flag = unsafe { &*(addr as *const AtomicU8) };
+                flag.store(1, Ordering::SeqCst);
+            }
+            if let Some(thread) = slot.thread {
+                // SAFETY: `thread` is a live thread: slots are cleared under this lock before
+                // their thread exits. pthread_kill only queues a signal whose handler is empty.
+                let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+                if rc != 0 {
+                    warn!("cannot kick vCPU thread: error {rc}");
+                }
+            }
+        }
+    }
+
+    /// Marks the VM running as its vCPU threads start.
+    pub(crate) fn mark_started(&self, vcpus: usize) {
+        let mut inner = self.lock();
+        inner.live = vcpus;
+        if inner.exit.is_none() {
+            Self::set_state(&mut inner, VmState::Running);
+        }
+    }
+
+    /// Registers the calling vCPU thread and its `immediate_exit` byte.
+    pub(crate) fn register_vcpu(&self, index: usize, immediate_exit: *mut u8) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(index) {
+            // SAFETY: pthread_self has no preconditions.
+            slot.thread = Some(unsafe { libc::pthread_self() });
+            slot.immediate_exit = Some(immediate_exit as usize);
+        }
+        // A request made before this thread registered could not kick it: make it see it.
+        if inner.request != Request::Run {
+            // SAFETY: the caller passes the live `immediate_exit` byte of its own vCPU.
+            unsafe { immediate_exit.write_volatile(1) };
+        }
+    }
+
+    /// Called by a vCPU thread before entering the guest: parks while paused, returns `false`
+    /// when the vCPU must leave its loop. Clears `immediate_exit` when it returns `true`.
+    pub(crate) fn before_run(&self, immediate_exit: *mut u8) -> bool {
+        let mut inner = self.lock();
+        loop {
+            match inner.request {
+                Request::Run => break,
+                Request::Exit => return false,
+                Request::Pause => {
+                    inner.parked += 1;
+                    self.changed.notify_all();
+                    while inner.request == Request::Pause {
+                        inner = self
+                            .changed
+                            .wait(inner)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    }
+                    inner.parked -= 1;
+                }
+            }
+        }
+        // SAFETY: `immediate_exit` is this thread's own live kvm_run byte; kicks write it only
+        // under the lock we hold, so clearing it here cannot lose a kick made after the check.
+        unsafe { immediate_exit.write_volatile(0) };
+        true
+    }
+
+    /// Records why the VM must exit (the first reason wins) and kicks every vCPU.
+    pub(crate) fn request_exit(&self, reason: ExitReason) {
+        let mut inner = self.lock();
+        if inner.exit.is_none() {
+            debug!("vm exit requested: {reason}");
+            inner.exit = Some(reason);
+        }
+        inner.request = Request::Exit;
+        Self::kick_all(&inner);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread as it leaves: the last one publishes the exit.
+    /// Returns `true` for the last thread.
+    pub(crate) fn vcpu_exited(&self, index: usize) -> bool {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(index) {
+            *slot = VcpuSlot::default();
+        }
+        inner.live = inner.live.saturating_sub(1);
+        if inner.live > 0 {
+            return false;
+        }
+        let reason = inner.exit.clone().unwrap_or(ExitReason::Stopped);
+        Self::set_state(&mut inner, VmState::Exited(reason));
+        self.changed.notify_all();
+        true
+    }
+
+    pub(crate) fn state(&self) -> VmState {
+        self.lock().state.clone()
+    }
+
+    pub(crate) fn subscribe(&self) -> Receiver<VmState> {
+        let (sender, receiver) = channel();
+        let mut inner = self.lock();
+        if sender.send(inner.state.clone()).is_ok() {
+            inner.subscribers.push(sender);
+        }
+        receiver
+    }
+
+    pub(crate) fn pause(&self, timeout: Duration) -> Result<(), StateError> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        match inner.state {
+            VmState::Running => {}
+            VmState::Paused => return Ok(()),
+            ref state => {
+                return Err(StateError::InvalidTransition {
+                    action: "pause",
+                    state: state.clone(),
+                })
+            }
+        }
+        inner.request = Request::Pause;
+        Self::kick_all(&inner);
+        while inner.parked < inner.live && inner.request == Request::Pause {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StateError::Timeout(timeout));
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+        if inner.request == Request::Pause {
+            Self::set_state(&mut inner, VmState::Paused);
+            Ok(())
+        } else {
+            Err(StateError::InvalidTransition {
+                action: "pause",
+                state: inner.state.clone(),
+            })
+        }
+    }
+
+    pub(crate) fn resume(&self) -> Result<(), StateError> {
+        let mut inner = self.lock();
+        match inner.state {
+            VmState::Paused => {}
+            VmState::Running if inner.request == Request::Run => return Ok(()),
+            // A pause that timed out left the request set: undo it.
+            VmState::Running if inner.request == Request::Pause => {}
+            ref state => {
+                return Err(StateError::InvalidTransition {
+                    action: "resume",
+                    state: state.clone(),
+                })
+            }
+        }
+        inner.request = Request::Run;
+        Self::set_state(&mut inner, VmState::Running);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    pub(crate) fn wait_exit(&self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut inner = self.lock();
+        loop {
+            if let VmState::Exited(reason) = &inner.state {
+                return Some(reason.clone());
+            }
+            inner = match deadline {
+                None => self
+                    .changed
+                    .wait(inner)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.changed
+                        .wait_timeout(inner, deadline - now)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner().0)
+                }
+            };
+        }
+    }
+}
+
+/// A cloneable, thread-safe handle to control a running VM and watch its state.
+///
+/// Handles stay valid after the VM exits (requests then fail with
+/// [`StateError::InvalidTransition`]).
+#[derive(Clone)]
+pub struct VmHandle {
+    pub(crate) control: Arc<Control>,
+}
+
+/// How long [`VmHandle::pause`] waits for every vCPU to park.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl VmHandle {
+    /// The current state.
+    pub fn state(&self) -> VmState {
+        self.control.state()
+    }
+
+    /// A channel that receives the current state, then every change.
+    pub fn subscribe(&self) -> Receiver<VmState> {
+        self.control.subscribe()
+    }
+
+    /// Stops every vCPU outside the guest; returns once all are parked.
+    pub fn pause(&self) -> Result<(), StateError> {
+        self.control.pause(PAUSE_TIMEOUT)
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) -> Result<(), StateError> {
+        self.control.resume()
+    }
+
+    /// Asks the VM to stop; its exit reason becomes [`ExitReason::Stopped`] unless the guest
+    /// already exited for another reason. Returns without waiting.
+    pub fn stop(&self) {
+        self.control.request_exit(ExitReason::Stopped);
+    }
+
+    /// Waits until the VM exits, or `timeout` passes (`None`).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitReason> {
+        self.control.wait_exit(Some(timeout))
+    }
+}

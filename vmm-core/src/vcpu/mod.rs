@@ -1,0 +1,180 @@
+//! vCPUs: creation and configuration ([`configure`]) and the per-thread run loop ([`run`]).
+//!
+//! The run loop is generic; what is x86-specific lives in [`cpuid`] and [`regs`].
+
+pub mod cpuid;
+pub mod regs;
+
+use std::sync::Arc;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, error, warn};
+
+use crate::boot::EntryState;
+use crate::state::{Control, ExitReason};
+use crate::vm::IoBuses;
+
+/// KVM's `KVM_SYSTEM_EVENT_*` types.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+const SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// Errors configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM call failed.
+    #[error("vCPU {index}: {op} failed: {source}")]
+    Kvm {
+        /// The vCPU.
+        index: u32,
+        /// The ioctl.
+        op: &'static str,
+        /// errno from KVM.
+        source: kvm_ioctls::Error,
+    },
+    /// Register setup failed.
+    #[error("vCPU {index}: {source}")]
+    Regs {
+        /// The vCPU.
+        index: u32,
+        /// Cause.
+        source: regs::RegsError,
+    },
+}
+
+/// What configuring a vCPU needs from the VM.
+pub struct VcpuSetup<'a> {
+    /// KVM's supported CPUID (normalised per vCPU from this).
+    pub supported_cpuid: &'a CpuId,
+    /// MSRs KVM can save and restore.
+    pub supported_msrs: &'a [u32],
+    /// vCPUs in the VM.
+    pub vcpu_count: u32,
+    /// Whether KVM emulates the TSC-deadline timer.
+    pub tsc_deadline: bool,
+    /// Entry state for the boot vCPU (index 0); application processors wait for INIT/SIPI.
+    pub entry: &'a EntryState,
+}
+
+/// Configures vCPU `index`: CPUID first (newer KVM rejects long-mode EFER before CPUID says the
+/// CPU has long mode), then MSRs, FPU, LAPIC LINT pins and, for the boot vCPU, registers.
+pub fn configure(vcpu: &VcpuFd, index: u32, setup: &VcpuSetup<'_>) -> Result<(), VcpuError> {
+    let mut cpuid = setup.supported_cpuid.clone();
+    cpuid::normalize(
+        &mut cpuid,
+        cpuid::CpuidContext {
+            vcpu_id: index,
+            vcpu_count: setup.vcpu_count,
+            tsc_deadline: setup.tsc_deadline,
+        },
+    );
+    vcpu.set_cpuid2(&cpuid).map_err(|source| VcpuError::Kvm {
+        index,
+        op: "KVM_SET_CPUID2",
+        source,
+    })?;
+    let regs_err = |source| VcpuError::Regs { index, source };
+    regs::setup_msrs(vcpu, setup.supported_msrs).map_err(regs_err)?;
+    regs::setup_fpu(vcpu).map_err(regs_err)?;
+    regs::setup_lint(vcpu).map_err(regs_err)?;
+    if index == 0 {
+        regs::setup_boot_registers(vcpu, setup.entry).map_err(regs_err)?;
+    }
+    Ok(())
+}
+
+/// What one exit asks the run loop to do.
+enum Next {
+    Continue,
+    Exit(ExitReason),
+}
+
+/// Runs vCPU `index` until the VM exits. Meant to be the body of the vCPU's thread.
+pub(crate) fn run(mut vcpu: VcpuFd, index: u32, buses: Arc<IoBuses>, control: Arc<Control>) {
+    let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+    control.register_vcpu(index as usize, immediate_exit);
+    while control.before_run(immediate_exit) {
+        let next = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, index, &buses),
+            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => Next::Continue,
+            Err(err) => Next::Exit(ExitReason::Failed {
+                vcpu: Some(index),
+                detail: format!("KVM_RUN failed: {err}"),
+            }),
+        };
+        if let Next::Exit(mut reason) = next {
+            if let ExitReason::InternalError { rip, suberror, .. } = &mut reason {
+                // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, which makes `internal` the
+                // union member KVM filled in.
+                *suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                *rip = vcpu.get_regs().ok().map(|regs| regs.rip);
+            }
+            match &reason {
+                ExitReason::Reset | ExitReason::Shutdown => debug!("vCPU {index}: {reason}"),
+                _ => error!("vCPU {index}: {reason}"),
+            }
+            control.request_exit(reason);
+        }
+    }
+    // Unregister before the fd (and its kvm_run mapping) goes away.
+    control.vcpu_exited(index as usize);
+    drop(vcpu);
+}
+
+fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &IoBuses) -> Next {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !buses.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            Next::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !buses.pio.write(u64::from(port), data) {
+                log::trace!("vCPU {index}: write to unclaimed port {port:#x} ignored");
+            }
+            Next::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !buses.mmio.read(addr, data) {
+                debug!("vCPU {index}: read from unclaimed MMIO {addr:#x}");
+                data.fill(0xff);
+            }
+            Next::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !buses.mmio.write(addr, data) {
+                debug!("vCPU {index}: write to unclaimed MMIO {addr:#x} ignored");
+            }
+            Next::Continue
+        }
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => Next::Continue,
+        VcpuExit::Shutdown => Next::Exit(ExitReason::TripleFault { vcpu: index }),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            SYSTEM_EVENT_SHUTDOWN => Next::Exit(ExitReason::Shutdown),
+            SYSTEM_EVENT_RESET => Next::Exit(ExitReason::Reset),
+            SYSTEM_EVENT_CRASH => Next::Exit(ExitReason::Failed {
+                vcpu: Some(index),
+                detail: "guest crash system event".into(),
+            }),
+            other => {
+                warn!("vCPU {index}: unknown system event {other}");
+                Next::Continue
+            }
+        },
+        VcpuExit::InternalError => Next::Exit(ExitReason::InternalError {
+            vcpu: index,
+            suberror: 0,
+            rip: None,
+        }),
+        VcpuExit::FailEntry(reason, _) => Next::Exit(ExitReason::EntryFailed {
+            vcpu: index,
+            reason,
+        }),
+        other => Next::Exit(ExitReason::Failed {
+            vcpu: Some(index),
+            detail: format!("unexpected exit {other:?}"),
+        }),
+    }
+}
