@@ -1,0 +1,666 @@
+//! The compiled, immutable cluster topology: providers, inventories, hosts and their indexes.
+//!
+//! Everything here is fixed once loaded; usage lives in [`crate::state::State`]. Names are interned into
+//! dense ids so that the hot path compares integers and indexes arrays.
+
+use super::resource::{is_valid_custom_class, AllocationRatio, ClassId, STANDARD_CLASSES};
+use super::spec::{ClusterSpec, InventorySpec, ProviderSpec, ServerGroupSpec, Taint, TaintEffect};
+use crate::error::ModelError;
+use crate::index::ClusterIndex;
+use std::collections::{BTreeMap, HashMap};
+
+/// Dense index of a host.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostId(pub u32);
+
+impl HostId {
+    /// As a `usize` index.
+    #[inline]
+    pub fn idx(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Dense index of a resource provider (hosts' tree providers first, then shared providers).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderId(pub u32);
+
+/// Dense index of a trait name.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraitId(pub u32);
+
+/// Maps names to dense ids and back.
+#[derive(Clone, Debug, Default)]
+pub struct Interner {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Interner {
+    /// The id of `name`, adding it if new.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// The id of `name`, if known.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name of `id` (`"?"` if out of range).
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("?", |s| s.as_str())
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// One resource provider after validation.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Unique name.
+    pub name: String,
+    /// Parent provider, `None` for roots and shared providers.
+    pub parent: Option<ProviderId>,
+    /// Host whose tree holds it, `None` for shared providers.
+    pub host: Option<HostId>,
+    /// Generation owner: the host index, or `hosts + k` for the k-th shared provider.
+    pub owner: u32,
+    /// Sorted traits.
+    pub traits: Vec<TraitId>,
+    /// First inventory slot.
+    pub slot_start: u32,
+    /// One past the last inventory slot.
+    pub slot_end: u32,
+}
+
+impl Provider {
+    /// Whether this provider has trait `t`.
+    #[inline]
+    pub fn has_trait(&self, t: TraitId) -> bool {
+        self.traits.binary_search(&t).is_ok()
+    }
+}
+
+/// One inventory (a provider's stock of one class), flattened into slot arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Owning provider.
+    pub provider: ProviderId,
+    /// Resource class.
+    pub class: ClassId,
+    /// `floor((total - reserved) × allocation_ratio)`.
+    pub capacity: u64,
+    /// Smallest single allocation.
+    pub min_unit: u64,
+    /// Largest single allocation.
+    pub max_unit: u64,
+    /// Allocation granularity.
+    pub step_size: u64,
+}
+
+impl Slot {
+    /// Whether a single allocation of `amount` respects min/max/step (ignoring free capacity).
+    #[inline]
+    pub fn unit_ok(&self, amount: u64) -> bool {
+        amount >= self.min_unit && amount <= self.max_unit && amount.is_multiple_of(self.step_size)
+    }
+}
+
+/// A host: a provider tree plus placement metadata.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Unique name.
+    pub name: String,
+    /// Root provider.
+    pub root: ProviderId,
+    /// First provider of the tree (providers of a tree are contiguous, root first).
+    pub provider_start: u32,
+    /// One past the last provider of the tree.
+    pub provider_end: u32,
+    /// Shared providers this host may draw from.
+    pub shared: Vec<ProviderId>,
+    /// Zone id.
+    pub zone: Option<u32>,
+    /// Rack id.
+    pub rack: Option<u32>,
+    /// Aggregate ids.
+    pub aggregates: Vec<u32>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Taints.
+    pub taints: Vec<Taint>,
+}
+
+/// The validated cluster topology.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub(crate) classes: Interner,
+    pub(crate) traits: Interner,
+    pub(crate) aggregates: Interner,
+    pub(crate) zones: Interner,
+    pub(crate) racks: Interner,
+    pub(crate) providers: Vec<Provider>,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) hosts: Vec<Host>,
+    host_by_name: HashMap<String, HostId>,
+    provider_by_name: HashMap<String, ProviderId>,
+    pub(crate) max_unit_by_class: Vec<u64>,
+    /// `hosts × classes` matrix of tree capacity per class (shared providers excluded).
+    pub(crate) host_capacity: Vec<u64>,
+    pub(crate) owner_names: Vec<String>,
+    pub(crate) index: ClusterIndex,
+    pub(crate) server_groups: Vec<ServerGroupSpec>,
+}
+
+struct Builder {
+    classes: Interner,
+    traits: Interner,
+    providers: Vec<Provider>,
+    slots: Vec<Slot>,
+    provider_by_name: HashMap<String, ProviderId>,
+}
+
+impl Builder {
+    fn add_provider(
+        &mut self,
+        name: &str,
+        parent: Option<ProviderId>,
+        host: Option<HostId>,
+        owner: u32,
+        traits: &[String],
+        inventories: &BTreeMap<String, InventorySpec>,
+    ) -> Result<ProviderId, ModelError> {
+        if name.is_empty() {
+            return Err(ModelError::Empty {
+                what: "provider".into(),
+                field: "name",
+            });
+        }
+        let id = ProviderId(self.providers.len() as u32);
+        if self.provider_by_name.insert(name.to_string(), id).is_some() {
+            return Err(ModelError::DuplicateProvider(name.to_string()));
+        }
+        let mut trait_ids: Vec<TraitId> = traits
+            .iter()
+            .map(|t| TraitId(self.traits.intern(t)))
+            .collect();
+        trait_ids.sort_unstable();
+        trait_ids.dedup();
+        let slot_start = self.slots.len() as u32;
+        for (class, inv) in inventories {
+            let class_id =
+                self.classes
+                    .get(class)
+                    .ok_or_else(|| ModelError::UnknownResourceClass {
+                        provider: name.into(),
+                        class: class.clone(),
+                    })?;
+            self.slots.push(validate_inventory(
+                name,
+                class,
+                ClassId(class_id as u16),
+                id,
+                inv,
+            )?);
+        }
+        self.providers.push(Provider {
+            name: name.to_string(),
+            parent,
+            host,
+            owner,
+            traits: trait_ids,
+            slot_start,
+            slot_end: self.slots.len() as u32,
+        });
+        Ok(id)
+    }
+
+    fn add_children(
+        &mut self,
+        children: &[ProviderSpec],
+        parent: ProviderId,
+        host: HostId,
+        depth: usize,
+    ) -> Result<(), ModelError> {
+        if depth > 8 {
+            return Err(ModelError::Parse(format!(
+                "provider tree of host {} deeper than 8 levels",
+                host.0
+            )));
+        }
+        for child in children {
+            let id = self.add_provider(
+                &child.name,
+                Some(parent),
+                Some(host),
+                host.0,
+                &child.traits,
+                &child.inventories,
+            )?;
+            self.add_children(&child.children, id, host, depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_inventory(
+    provider: &str,
+    class: &str,
+    class_id: ClassId,
+    id: ProviderId,
+    inv: &InventorySpec,
+) -> Result<Slot, ModelError> {
+    let bad = |field: &'static str, reason: String| ModelError::InvalidInventory {
+        provider: provider.to_string(),
+        class: class.to_string(),
+        field,
+        reason,
+    };
+    if inv.total <= 0 {
+        return Err(bad("total", format!("must be > 0, got {}", inv.total)));
+    }
+    if inv.reserved < 0 || inv.reserved > inv.total {
+        return Err(bad(
+            "reserved",
+            format!("must be within 0..={}, got {}", inv.total, inv.reserved),
+        ));
+    }
+    let min_unit = inv.min_unit.unwrap_or(1);
+    if min_unit <= 0 {
+        return Err(bad("min_unit", format!("must be > 0, got {min_unit}")));
+    }
+    let max_unit = inv.max_unit.unwrap_or(inv.total);
+    if max_unit < min_unit {
+        return Err(bad(
+            "max_unit",
+            format!("must be >= min_unit ({min_unit}), got {max_unit}"),
+        ));
+    }
+    let step_size = inv.step_size.unwrap_or(1);
+    if step_size <= 0 {
+        return Err(bad("step_size", format!("must be > 0, got {step_size}")));
+    }
+    let ratio_f = inv.allocation_ratio.unwrap_or(1.0);
+    let ratio = AllocationRatio::from_f64(ratio_f).ok_or_else(|| {
+        bad(
+            "allocation_ratio",
+            format!("must be a finite number > 0, got {ratio_f}"),
+        )
+    })?;
+    Ok(Slot {
+        provider: id,
+        class: class_id,
+        capacity: ratio.capacity(inv.total as u64, inv.reserved as u64),
+        min_unit: min_unit as u64,
+        max_unit: max_unit as u64,
+        step_size: step_size as u64,
+    })
+}
+
+impl Cluster {
+    /// Parses a JSON cluster description and compiles it.
+    pub fn from_json(json: &str) -> Result<Self, ModelError> {
+        let spec: ClusterSpec =
+            serde_json::from_str(json).map_err(|e| ModelError::Parse(e.to_string()))?;
+        Self::from_spec(&spec)
+    }
+
+    /// Validates and compiles a cluster description.
+    pub fn from_spec(spec: &ClusterSpec) -> Result<Self, ModelError> {
+        let mut classes = Interner::default();
+        for c in STANDARD_CLASSES {
+            classes.intern(c);
+        }
+        for c in &spec.custom_resource_classes {
+            if !is_valid_custom_class(c) {
+                return Err(ModelError::BadCustomClass(c.clone()));
+            }
+            classes.intern(c);
+        }
+        let mut b = Builder {
+            classes,
+            traits: Interner::default(),
+            providers: Vec::new(),
+            slots: Vec::new(),
+            provider_by_name: HashMap::new(),
+        };
+        let mut zones = Interner::default();
+        let mut racks = Interner::default();
+        let mut aggregates = Interner::default();
+        let mut hosts = Vec::with_capacity(spec.hosts.len());
+        let mut host_by_name = HashMap::with_capacity(spec.hosts.len());
+        let mut owner_names = Vec::with_capacity(spec.hosts.len() + spec.shared_providers.len());
+        for (i, h) in spec.hosts.iter().enumerate() {
+            let hid = HostId(i as u32);
+            let provider_start = b.providers.len() as u32;
+            let root =
+                b.add_provider(&h.name, None, Some(hid), hid.0, &h.traits, &h.inventories)?;
+            b.add_children(&h.children, root, hid, 1)?;
+            host_by_name.insert(h.name.clone(), hid);
+            owner_names.push(h.name.clone());
+            let mut aggs: Vec<u32> = h.aggregates.iter().map(|a| aggregates.intern(a)).collect();
+            aggs.sort_unstable();
+            aggs.dedup();
+            hosts.push(Host {
+                name: h.name.clone(),
+                root,
+                provider_start,
+                provider_end: b.providers.len() as u32,
+                shared: Vec::new(),
+                zone: h.zone.as_deref().map(|z| zones.intern(z)),
+                rack: h.rack.as_deref().map(|r| racks.intern(r)),
+                aggregates: aggs,
+                labels: h.labels.clone(),
+                taints: h.taints.clone(),
+            });
+        }
+        let n_hosts = hosts.len() as u32;
+        for (k, sp) in spec.shared_providers.iter().enumerate() {
+            if sp.aggregates.is_empty() {
+                return Err(ModelError::Empty {
+                    what: format!("shared provider `{}`", sp.name),
+                    field: "aggregates",
+                });
+            }
+            let pid = b.add_provider(
+                &sp.name,
+                None,
+                None,
+                n_hosts + k as u32,
+                &sp.traits,
+                &sp.inventories,
+            )?;
+            owner_names.push(sp.name.clone());
+            let aggs: Vec<u32> = sp.aggregates.iter().map(|a| aggregates.intern(a)).collect();
+            for h in hosts.iter_mut() {
+                if h.aggregates.iter().any(|a| aggs.contains(a)) {
+                    h.shared.push(pid);
+                }
+            }
+        }
+        let n_classes = b.classes.len();
+        let mut max_unit_by_class = vec![0u64; n_classes];
+        for s in &b.slots {
+            let m = &mut max_unit_by_class[s.class.0 as usize];
+            *m = (*m).max(s.max_unit.min(s.capacity));
+        }
+        let mut host_capacity = vec![0u64; hosts.len() * n_classes];
+        for (i, h) in hosts.iter().enumerate() {
+            for p in &b.providers[h.provider_start as usize..h.provider_end as usize] {
+                for s in &b.slots[p.slot_start as usize..p.slot_end as usize] {
+                    host_capacity[i * n_classes + s.class.0 as usize] += s.capacity;
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for g in &spec.server_groups {
+            crate::state::validate_server_group(g)?;
+            if !seen.insert(g.name.clone()) {
+                return Err(ModelError::InvalidServerGroup {
+                    group: g.name.clone(),
+                    reason: "defined twice".into(),
+                });
+            }
+        }
+        let mut cluster = Cluster {
+            classes: b.classes,
+            traits: b.traits,
+            aggregates,
+            zones,
+            racks,
+            providers: b.providers,
+            slots: b.slots,
+            hosts,
+            host_by_name,
+            provider_by_name: b.provider_by_name,
+            max_unit_by_class,
+            host_capacity,
+            owner_names,
+            index: ClusterIndex::default(),
+            server_groups: spec.server_groups.clone(),
+        };
+        cluster.index = ClusterIndex::build(&cluster);
+        Ok(cluster)
+    }
+
+    /// Number of hosts.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Host by id.
+    pub fn host(&self, id: HostId) -> &Host {
+        &self.hosts[id.idx()]
+    }
+
+    /// All hosts in id order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Host id by name.
+    pub fn host_id(&self, name: &str) -> Option<HostId> {
+        self.host_by_name.get(name).copied()
+    }
+
+    /// Provider id by name.
+    pub fn provider_id(&self, name: &str) -> Option<ProviderId> {
+        self.provider_by_name.get(name).copied()
+    }
+
+    /// Provider by id.
+    pub fn provider(&self, id: ProviderId) -> &Provider {
+        &self.providers[id.0 as usize]
+    }
+
+    /// Inventory slot by index.
+    pub fn slot(&self, slot: u32) -> Option<&Slot> {
+        self.slots.get(slot as usize)
+    }
+
+    /// All inventory slots.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Providers in a host's tree (root first).
+    pub fn tree(&self, host: HostId) -> &[Provider] {
+        let h = &self.hosts[host.idx()];
+        &self.providers[h.provider_start as usize..h.provider_end as usize]
+    }
+
+    /// Resource class id by name.
+    pub fn class_id(&self, name: &str) -> Option<ClassId> {
+        self.classes.get(name).map(|c| ClassId(c as u16))
+    }
+
+    /// Resource class name.
+    pub fn class_name(&self, c: ClassId) -> &str {
+        self.classes.name(u32::from(c.0))
+    }
+
+    /// Number of resource classes known.
+    pub fn class_count(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Trait id by name.
+    pub fn trait_id(&self, name: &str) -> Option<TraitId> {
+        self.traits.get(name).map(TraitId)
+    }
+
+    /// Trait name.
+    pub fn trait_name(&self, t: TraitId) -> &str {
+        self.traits.name(t.0)
+    }
+
+    /// Zone name.
+    pub fn zone_name(&self, z: u32) -> &str {
+        self.zones.name(z)
+    }
+
+    /// Number of zones.
+    pub fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+
+    /// Rack name.
+    pub fn rack_name(&self, r: u32) -> &str {
+        self.racks.name(r)
+    }
+
+    /// Number of racks.
+    pub fn rack_count(&self) -> usize {
+        self.racks.len()
+    }
+
+    /// Aggregate name.
+    pub fn aggregate_name(&self, a: u32) -> &str {
+        self.aggregates.name(a)
+    }
+
+    /// Tree capacity of class `c` on `host` (shared providers excluded).
+    #[inline]
+    pub fn host_capacity(&self, host: HostId, c: ClassId) -> u64 {
+        self.host_capacity[host.idx() * self.classes.len() + c.0 as usize]
+    }
+
+    /// Name of a generation owner (host or shared provider).
+    pub fn owner_name(&self, owner: u32) -> &str {
+        self.owner_names
+            .get(owner as usize)
+            .map_or("?", |s| s.as_str())
+    }
+
+    /// Number of generation owners (hosts + shared providers).
+    pub fn owner_count(&self) -> usize {
+        self.owner_names.len()
+    }
+
+    /// Whether provider `ancestor` is `p` or one of its ancestors.
+    pub fn is_ancestor_or_self(&self, ancestor: ProviderId, mut p: ProviderId) -> bool {
+        loop {
+            if p == ancestor {
+                return true;
+            }
+            match self.providers[p.0 as usize].parent {
+                Some(q) => p = q,
+                None => return false,
+            }
+        }
+    }
+
+    /// The indexes over hosts.
+    pub fn index(&self) -> &ClusterIndex {
+        &self.index
+    }
+
+    /// Server groups declared in the description.
+    pub fn initial_server_groups(&self) -> &[ServerGroupSpec] {
+        &self.server_groups
+    }
+
+    /// Whether a taint requires toleration to place on the host.
+    pub(crate) fn taint_blocks(t: &Taint) -> bool {
+        matches!(t.effect, TaintEffect::NoSchedule | TaintEffect::NoExecute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::spec::HostSpec;
+
+    fn one_host(inv: InventorySpec) -> ClusterSpec {
+        let mut h = HostSpec {
+            name: "h1".into(),
+            ..Default::default()
+        };
+        h.inventories.insert("VCPU".into(), inv);
+        ClusterSpec {
+            hosts: vec![h],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rejects_bad_inventories_naming_field() {
+        let cases = [
+            (InventorySpec::new(0), "total"),
+            (InventorySpec::new(-4), "total"),
+            (InventorySpec::new(4).ratio(0.0), "allocation_ratio"),
+            (InventorySpec::new(4).ratio(-1.0), "allocation_ratio"),
+            (InventorySpec::new(4).reserved(5), "reserved"),
+            (InventorySpec::new(4).step_size(0), "step_size"),
+            (InventorySpec::new(4).max_unit(0), "max_unit"),
+        ];
+        for (inv, field) in cases {
+            match Cluster::from_spec(&one_host(inv)) {
+                Err(ModelError::InvalidInventory {
+                    field: f, provider, ..
+                }) => {
+                    assert_eq!(f, field);
+                    assert_eq!(provider, "h1");
+                }
+                other => panic!("expected error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_class_and_duplicates() {
+        let mut spec = one_host(InventorySpec::new(4));
+        spec.hosts[0]
+            .inventories
+            .insert("GPU_MAGIC".into(), InventorySpec::new(1));
+        let err = Cluster::from_spec(&spec).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown resource class `GPU_MAGIC`"),
+            "{err}"
+        );
+        let mut spec = one_host(InventorySpec::new(4));
+        spec.hosts.push(spec.hosts[0].clone());
+        assert_eq!(
+            Cluster::from_spec(&spec).unwrap_err(),
+            ModelError::DuplicateProvider("h1".into())
+        );
+    }
+
+    #[test]
+    fn custom_classes_and_capacity() {
+        let mut spec = one_host(InventorySpec::new(8).ratio(4.0).reserved(2));
+        spec.custom_resource_classes.push("CUSTOM_FPGA".into());
+        spec.hosts[0]
+            .inventories
+            .insert("CUSTOM_FPGA".into(), InventorySpec::new(2));
+        let c = Cluster::from_spec(&spec).unwrap();
+        let vcpu = c.class_id("VCPU").unwrap();
+        assert_eq!(c.host_capacity(HostId(0), vcpu), 24);
+        assert_eq!(
+            c.host_capacity(HostId(0), c.class_id("CUSTOM_FPGA").unwrap()),
+            2
+        );
+        let mut bad = spec.clone();
+        bad.custom_resource_classes.push("FPGA".into());
+        assert_eq!(
+            Cluster::from_spec(&bad).unwrap_err(),
+            ModelError::BadCustomClass("FPGA".into())
+        );
+    }
+}

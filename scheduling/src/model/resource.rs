@@ -1,0 +1,104 @@
+//! Resource classes and exact allocation ratios.
+
+use serde::{Deserialize, Serialize};
+
+/// Resource classes every cluster knows (OpenStack's standard classes plus hugepages).
+/// Other classes must be declared as custom classes named `CUSTOM_*`.
+pub const STANDARD_CLASSES: &[&str] = &[
+    "VCPU",
+    "PCPU",
+    "MEMORY_MB",
+    "DISK_GB",
+    "HUGEPAGES_2M",
+    "HUGEPAGES_1G",
+    "PGPU",
+    "VGPU",
+    "VGPU_DISPLAY_HEAD",
+    "SRIOV_NET_VF",
+    "PCI_DEVICE",
+    "NET_BW_EGR_KILOBIT_PER_SEC",
+    "NET_BW_IGR_KILOBIT_PER_SEC",
+    "IPV4_ADDRESS",
+    "FPGA",
+    "MEM_ENCRYPTION_CONTEXT",
+];
+
+/// Dense index of a resource class within one cluster.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClassId(pub u16);
+
+/// Whether `name` is acceptable as a custom resource class name.
+pub fn is_valid_custom_class(name: &str) -> bool {
+    name.len() > "CUSTOM_".len()
+        && name.starts_with("CUSTOM_")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Overcommit factor stored as parts per million, so capacity checks are exact integer arithmetic.
+///
+/// ```
+/// use scheduling::model::AllocationRatio;
+/// let r = AllocationRatio::from_f64(1.5).unwrap();
+/// assert_eq!(r.capacity(10, 2), 12); // (10 - 2) * 1.5
+/// assert!(AllocationRatio::from_f64(0.0).is_none());
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AllocationRatio {
+    ppm: u64,
+}
+
+impl AllocationRatio {
+    /// 1:1, no overcommit.
+    pub const ONE: AllocationRatio = AllocationRatio { ppm: 1_000_000 };
+
+    /// Converts a float ratio, rounding to millionths; `None` unless it is finite, > 0 and ≤ 1,000,000.
+    pub fn from_f64(ratio: f64) -> Option<Self> {
+        if !ratio.is_finite() || ratio <= 0.0 || ratio > 1_000_000.0 {
+            return None;
+        }
+        let ppm = (ratio * 1_000_000.0).round() as u64;
+        (ppm > 0).then_some(Self { ppm })
+    }
+
+    /// The ratio in parts per million.
+    pub fn ppm(self) -> u64 {
+        self.ppm
+    }
+
+    /// Allocatable amount: `floor((total - reserved) × ratio)`, saturating at zero.
+    pub fn capacity(self, total: u64, reserved: u64) -> u64 {
+        let usable = u128::from(total.saturating_sub(reserved));
+        let cap = usable * u128::from(self.ppm) / 1_000_000;
+        u64::try_from(cap).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_class_names() {
+        assert!(is_valid_custom_class("CUSTOM_FPGA_X"));
+        assert!(!is_valid_custom_class("CUSTOM_"));
+        assert!(!is_valid_custom_class("custom_x"));
+        assert!(!is_valid_custom_class("GPU"));
+    }
+
+    #[test]
+    fn ratio_is_exact_and_floors() {
+        let r = AllocationRatio::from_f64(16.0).unwrap();
+        assert_eq!(r.capacity(64, 4), 960);
+        let r = AllocationRatio::from_f64(0.9).unwrap();
+        assert_eq!(r.capacity(10, 0), 9);
+        assert_eq!(
+            AllocationRatio::from_f64(1.0 / 3.0).unwrap().capacity(3, 0),
+            0
+        ); // 0.999999 floors to 0
+        assert!(AllocationRatio::from_f64(-1.0).is_none());
+        assert!(AllocationRatio::from_f64(f64::NAN).is_none());
+        assert_eq!(AllocationRatio::ONE.capacity(5, 9), 0);
+    }
+}

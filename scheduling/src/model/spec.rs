@@ -1,0 +1,201 @@
+//! Serde types describing a cluster, as a manager loads it from JSON or YAML.
+//!
+//! These are the *input* shapes: plain data with signed integers so that a negative total is reported as
+//! a clear error instead of a parse failure. [`crate::model::Cluster::from_spec`] validates and compiles them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A whole cluster: hosts (each a tree of resource providers), shared providers and server groups.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Custom resource classes used by inventories (`CUSTOM_*`).
+    #[serde(default)]
+    pub custom_resource_classes: Vec<String>,
+    /// Hosts (root resource providers).
+    pub hosts: Vec<HostSpec>,
+    /// Providers shared by every host of some aggregate (e.g. a storage pool).
+    #[serde(default)]
+    pub shared_providers: Vec<SharedProviderSpec>,
+    /// Server groups existing at load time.
+    #[serde(default)]
+    pub server_groups: Vec<ServerGroupSpec>,
+}
+
+/// A host: the root resource provider of a tree, with placement metadata.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Unique name (also the root provider's name).
+    pub name: String,
+    /// Availability zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Rack (or any failure domain below the zone).
+    #[serde(default)]
+    pub rack: Option<String>,
+    /// Host aggregates this host belongs to.
+    #[serde(default)]
+    pub aggregates: Vec<String>,
+    /// Labels matched by node selectors and affinity terms.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Taints; requests must tolerate `NoSchedule`/`NoExecute` ones.
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    /// Traits of the root provider.
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Inventories of the root provider, by resource class.
+    #[serde(default)]
+    pub inventories: BTreeMap<String, InventorySpec>,
+    /// Nested providers (NUMA nodes, GPUs, NIC physical functions, ...).
+    #[serde(default)]
+    pub children: Vec<ProviderSpec>,
+}
+
+/// A nested resource provider.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// Unique name.
+    pub name: String,
+    /// Traits of this provider.
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Inventories by resource class.
+    #[serde(default)]
+    pub inventories: BTreeMap<String, InventorySpec>,
+    /// Nested providers below this one.
+    #[serde(default)]
+    pub children: Vec<ProviderSpec>,
+}
+
+/// A provider outside any host tree, usable by every host in one of `aggregates`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedProviderSpec {
+    /// Unique name.
+    pub name: String,
+    /// Aggregates whose hosts may draw from this provider.
+    pub aggregates: Vec<String>,
+    /// Traits.
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Inventories by resource class.
+    #[serde(default)]
+    pub inventories: BTreeMap<String, InventorySpec>,
+}
+
+/// One inventory record, as in OpenStack Placement.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InventorySpec {
+    /// Physical amount. Must be > 0.
+    pub total: i64,
+    /// Amount held back for the host itself. 0 ≤ reserved ≤ total.
+    #[serde(default)]
+    pub reserved: i64,
+    /// Smallest single allocation (default 1).
+    #[serde(default)]
+    pub min_unit: Option<i64>,
+    /// Largest single allocation (default `total`).
+    #[serde(default)]
+    pub max_unit: Option<i64>,
+    /// Allocations must be multiples of this (default 1).
+    #[serde(default)]
+    pub step_size: Option<i64>,
+    /// Overcommit factor (default 1.0); must be > 0.
+    #[serde(default)]
+    pub allocation_ratio: Option<f64>,
+}
+
+impl InventorySpec {
+    /// An inventory of `total` with defaults for everything else.
+    pub fn new(total: i64) -> Self {
+        Self {
+            total,
+            reserved: 0,
+            min_unit: None,
+            max_unit: None,
+            step_size: None,
+            allocation_ratio: None,
+        }
+    }
+
+    /// Sets the allocation ratio.
+    pub fn ratio(mut self, ratio: f64) -> Self {
+        self.allocation_ratio = Some(ratio);
+        self
+    }
+
+    /// Sets the reserved amount.
+    pub fn reserved(mut self, reserved: i64) -> Self {
+        self.reserved = reserved;
+        self
+    }
+
+    /// Sets the max unit.
+    pub fn max_unit(mut self, max_unit: i64) -> Self {
+        self.max_unit = Some(max_unit);
+        self
+    }
+
+    /// Sets the step size.
+    pub fn step_size(mut self, step: i64) -> Self {
+        self.step_size = Some(step);
+        self
+    }
+}
+
+/// Taint effect, as in Kubernetes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum TaintEffect {
+    /// Do not place unless tolerated.
+    NoSchedule,
+    /// Avoid placing unless tolerated (scored, not filtered).
+    PreferNoSchedule,
+    /// Do not place unless tolerated (eviction semantics are the manager's).
+    NoExecute,
+}
+
+/// A taint on a host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    /// Key.
+    pub key: String,
+    /// Value (may be empty).
+    #[serde(default)]
+    pub value: String,
+    /// Effect.
+    pub effect: TaintEffect,
+}
+
+/// Server group policy (OpenStack's, including soft variants).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerGroupPolicy {
+    /// All members on one host.
+    Affinity,
+    /// At most `max_per_host` members per host.
+    AntiAffinity,
+    /// Prefer one host (scored).
+    SoftAffinity,
+    /// Prefer distinct hosts (scored).
+    SoftAntiAffinity,
+}
+
+/// A server group: members share an affinity policy and are counted for topology spread.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerGroupSpec {
+    /// Unique name.
+    pub name: String,
+    /// Policy.
+    pub policy: ServerGroupPolicy,
+    /// For anti-affinity: members allowed per host (default 1).
+    #[serde(default)]
+    pub max_per_host: Option<u32>,
+}

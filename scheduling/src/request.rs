@@ -1,0 +1,595 @@
+//! Placement requests: what a VM (or a member of a group of VMs) asks for, and its compiled form.
+//!
+//! [`PlacementRequest`] is the serde input. [`CompiledRequest`] resolves names to ids against a cluster and
+//! the state's server groups, checks amounts, and computes the equivalence key shared by identical requests.
+
+use crate::error::RequestError;
+use crate::model::{ClassId, Cluster, ServerGroupPolicy, TaintEffect, TraitId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+/// Most resource entries (over all groups) a request may carry; keeps the fit search allocation-free.
+pub const MAX_RESOURCE_ENTRIES: usize = 16;
+/// Most named request groups.
+pub const MAX_GROUPS: usize = 8;
+
+/// How named request groups relate to each other (OpenStack `group_policy`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupPolicy {
+    /// Groups may share a provider.
+    #[default]
+    None,
+    /// Each named group must land on a different provider.
+    Isolate,
+}
+
+/// A named request group: all of its resources come from one provider (e.g. one NUMA node).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct RequestGroup {
+    /// Name, referenced by `same_subtree`.
+    pub name: String,
+    /// Resources by class.
+    pub resources: BTreeMap<String, i64>,
+    /// Traits the serving provider must have.
+    #[serde(default)]
+    pub required_traits: Vec<String>,
+    /// Traits the serving provider must not have.
+    #[serde(default)]
+    pub forbidden_traits: Vec<String>,
+}
+
+/// Label match operator.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum LabelOperator {
+    /// Label value is one of `values`.
+    In,
+    /// Label absent or value not in `values`.
+    NotIn,
+    /// Label present.
+    Exists,
+    /// Label absent.
+    DoesNotExist,
+}
+
+/// One node-affinity expression over host labels.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct LabelExpression {
+    /// Label key.
+    pub key: String,
+    /// Operator.
+    pub operator: LabelOperator,
+    /// Values for `In`/`NotIn`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl LabelExpression {
+    /// Whether host labels satisfy the expression.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.key);
+        match self.operator {
+            LabelOperator::In => v.is_some_and(|v| self.values.contains(v)),
+            LabelOperator::NotIn => v.is_none_or(|v| !self.values.contains(v)),
+            LabelOperator::Exists => v.is_some(),
+            LabelOperator::DoesNotExist => v.is_none(),
+        }
+    }
+}
+
+/// A preferred (scored) affinity term.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PreferredTerm {
+    /// Weight 1..=100.
+    pub weight: i64,
+    /// Expression.
+    pub expression: LabelExpression,
+}
+
+/// Toleration operator.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum TolerationOperator {
+    /// Key and value must match.
+    #[default]
+    Equal,
+    /// Key must match (any key when `key` is empty).
+    Exists,
+}
+
+/// A toleration of host taints (Kubernetes semantics).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    /// Taint key; empty with `Exists` tolerates everything.
+    #[serde(default)]
+    pub key: String,
+    /// Operator.
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    /// Value for `Equal`.
+    #[serde(default)]
+    pub value: String,
+    /// Effect tolerated; `None` tolerates all effects.
+    #[serde(default)]
+    pub effect: Option<TaintEffect>,
+}
+
+impl Toleration {
+    /// Whether this toleration covers `taint`.
+    pub fn tolerates(&self, taint: &crate::model::Taint) -> bool {
+        if self.effect.is_some_and(|e| e != taint.effect) {
+            return false;
+        }
+        match self.operator {
+            TolerationOperator::Exists => self.key.is_empty() || self.key == taint.key,
+            TolerationOperator::Equal => self.key == taint.key && self.value == taint.value,
+        }
+    }
+}
+
+/// Failure domain used by topology spread.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyKey {
+    /// Availability zone.
+    Zone,
+    /// Rack.
+    Rack,
+}
+
+/// What to do when a spread constraint cannot be met.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum WhenUnsatisfiable {
+    /// Hard: filter.
+    #[default]
+    DoNotSchedule,
+    /// Soft: score.
+    ScheduleAnyway,
+}
+
+/// Topology spread over the members of the request's server group.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadConstraint {
+    /// Domain key.
+    pub key: TopologyKey,
+    /// Largest allowed difference between the fullest and emptiest domain (≥ 1).
+    pub max_skew: u32,
+    /// Hard or soft.
+    #[serde(default)]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+/// A VM asking to be placed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// Consumer id (the VM's id); becomes the allocation's key.
+    pub id: String,
+    /// Resources of the unnamed group: each class may come from any provider of the host tree.
+    #[serde(default)]
+    pub resources: BTreeMap<String, i64>,
+    /// Named groups, each served by a single provider.
+    #[serde(default)]
+    pub groups: Vec<RequestGroup>,
+    /// Relation between named groups.
+    #[serde(default)]
+    pub group_policy: GroupPolicy,
+    /// Sets of named groups whose providers must lie in one subtree (e.g. a GPU under the NUMA node).
+    #[serde(default)]
+    pub same_subtree: Vec<Vec<String>>,
+    /// Traits the host (root provider) must have.
+    #[serde(default)]
+    pub required_traits: Vec<String>,
+    /// Traits the host must not have.
+    #[serde(default)]
+    pub forbidden_traits: Vec<String>,
+    /// Each inner list: the host must have at least one of these traits.
+    #[serde(default)]
+    pub any_of_traits: Vec<Vec<String>>,
+    /// Each inner list: the host must be in at least one of these aggregates.
+    #[serde(default)]
+    pub member_of: Vec<Vec<String>>,
+    /// Availability zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Required host labels.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Required node-affinity expressions (all must hold).
+    #[serde(default)]
+    pub node_affinity: Vec<LabelExpression>,
+    /// Preferred node-affinity terms (scored).
+    #[serde(default)]
+    pub preferred_affinity: Vec<PreferredTerm>,
+    /// Tolerations of host taints.
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// Server group to join.
+    #[serde(default)]
+    pub server_group: Option<String>,
+    /// Topology spread over the server group's members.
+    #[serde(default)]
+    pub topology_spread: Vec<SpreadConstraint>,
+    /// Priority (higher preempts lower).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl PlacementRequest {
+    /// A request for the unnamed-group resources `resources` (class name, amount).
+    ///
+    /// ```
+    /// let r = scheduling::PlacementRequest::new("vm1", &[("VCPU", 2), ("MEMORY_MB", 4096)]);
+    /// assert_eq!(r.resources["VCPU"], 2);
+    /// ```
+    pub fn new(id: impl Into<String>, resources: &[(&str, i64)]) -> Self {
+        Self {
+            id: id.into(),
+            resources: resources.iter().map(|(c, a)| (c.to_string(), *a)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Hash of everything but the id: identical requests share an equivalence class.
+    pub fn equivalence_key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let Self {
+            id: _,
+            resources,
+            groups,
+            group_policy,
+            same_subtree,
+            required_traits,
+            forbidden_traits,
+            any_of_traits,
+            member_of,
+            zone,
+            node_selector,
+            node_affinity,
+            preferred_affinity,
+            tolerations,
+            server_group,
+            topology_spread,
+            priority,
+        } = self;
+        (
+            resources,
+            groups,
+            group_policy,
+            same_subtree,
+            required_traits,
+            forbidden_traits,
+        )
+            .hash(&mut h);
+        (
+            any_of_traits,
+            member_of,
+            zone,
+            node_selector,
+            node_affinity,
+            preferred_affinity,
+        )
+            .hash(&mut h);
+        (tolerations, server_group, topology_spread, priority).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A trait reference that may name a trait no provider has (then nothing can satisfy it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraitRef {
+    /// Name as requested.
+    pub name: String,
+    /// Id when some provider has it.
+    pub id: Option<TraitId>,
+}
+
+/// A compiled named group.
+#[derive(Clone, Debug)]
+pub struct CompiledGroup {
+    /// Name.
+    pub name: String,
+    /// Resources.
+    pub resources: Vec<(ClassId, u64)>,
+    /// Required provider traits (`None` = unknown trait: unsatisfiable).
+    pub required: Vec<Option<TraitId>>,
+    /// Forbidden provider traits (unknown ones are dropped: trivially satisfied).
+    pub forbidden: Vec<TraitId>,
+}
+
+/// The server group a request joins, resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupRef {
+    /// Index in the state's group table.
+    pub id: u32,
+    /// Policy.
+    pub policy: ServerGroupPolicy,
+    /// Members allowed per host for anti-affinity.
+    pub max_per_host: u32,
+}
+
+/// A request resolved against a cluster and state.
+#[derive(Clone, Debug)]
+pub struct CompiledRequest {
+    /// Consumer id.
+    pub id: String,
+    /// Unnamed-group resources.
+    pub unnamed: Vec<(ClassId, u64)>,
+    /// Named groups.
+    pub groups: Vec<CompiledGroup>,
+    /// Named groups on distinct providers.
+    pub isolate: bool,
+    /// `same_subtree` as indexes into `groups`.
+    pub same_subtree: Vec<Vec<usize>>,
+    /// Host-level required traits.
+    pub required_traits: Vec<TraitRef>,
+    /// Host-level forbidden traits (known ones only).
+    pub forbidden_traits: Vec<TraitId>,
+    /// Any-of trait sets (known ones only; an empty set is unsatisfiable).
+    pub any_of_traits: Vec<Vec<TraitId>>,
+    /// Aggregate sets.
+    pub member_of: Vec<Vec<u32>>,
+    /// Zone id.
+    pub zone: Option<u32>,
+    /// Node selector pairs.
+    pub node_selector: Vec<(String, String)>,
+    /// Required affinity expressions.
+    pub node_affinity: Vec<LabelExpression>,
+    /// Preferred affinity terms.
+    pub preferred_affinity: Vec<PreferredTerm>,
+    /// Tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// Server group.
+    pub server_group: Option<GroupRef>,
+    /// Server group name.
+    pub server_group_name: Option<String>,
+    /// Spread constraints.
+    pub spread: Vec<SpreadConstraint>,
+    /// Priority.
+    pub priority: i32,
+    /// Sum of resources per class over all groups (used by scores).
+    pub totals: Vec<(ClassId, u64)>,
+    /// Equivalence key (see [`PlacementRequest::equivalence_key`]).
+    pub equivalence_key: u64,
+}
+
+impl CompiledRequest {
+    /// Total amount of class `c` requested.
+    pub fn total(&self, c: ClassId) -> u64 {
+        self.totals
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, a)| *a)
+    }
+
+    /// Whether any taint-blocking toleration covers `taint`.
+    pub fn tolerates(&self, taint: &crate::model::Taint) -> bool {
+        self.tolerations.iter().any(|t| t.tolerates(taint))
+    }
+
+    /// Resolves `req` against `cluster`; `lookup_group` resolves server group names.
+    pub fn compile(
+        req: &PlacementRequest,
+        cluster: &Cluster,
+        lookup_group: impl Fn(&str) -> Option<GroupRef>,
+    ) -> Result<Self, RequestError> {
+        let rid = || req.id.clone();
+        let invalid = |field: &'static str, reason: String| RequestError::Invalid {
+            request: req.id.clone(),
+            field,
+            reason,
+        };
+        if req.id.is_empty() {
+            return Err(invalid("id", "must not be empty".into()));
+        }
+        let mut entries = 0usize;
+        let mut totals: Vec<(ClassId, u64)> = Vec::new();
+        let mut resolve =
+            |res: &BTreeMap<String, i64>| -> Result<Vec<(ClassId, u64)>, RequestError> {
+                let mut out = Vec::with_capacity(res.len());
+                for (name, amount) in res {
+                    let c = cluster.class_id(name).ok_or_else(|| {
+                        RequestError::UnknownResourceClass {
+                            request: rid(),
+                            class: name.clone(),
+                        }
+                    })?;
+                    if *amount <= 0 {
+                        return Err(RequestError::NonPositiveAmount {
+                            request: rid(),
+                            class: name.clone(),
+                            amount: *amount,
+                        });
+                    }
+                    let amount = *amount as u64;
+                    let max_unit = cluster.max_unit_by_class[c.0 as usize];
+                    if amount > max_unit {
+                        return Err(RequestError::ExceedsMaxUnit {
+                            request: rid(),
+                            class: name.clone(),
+                            amount,
+                            max_unit,
+                        });
+                    }
+                    match totals.iter_mut().find(|(k, _)| *k == c) {
+                        Some((_, t)) => *t += amount,
+                        None => totals.push((c, amount)),
+                    }
+                    out.push((c, amount));
+                }
+                entries += out.len();
+                Ok(out)
+            };
+        let unnamed = resolve(&req.resources)?;
+        if req.groups.len() > MAX_GROUPS {
+            return Err(invalid(
+                "groups",
+                format!(
+                    "at most {MAX_GROUPS} named groups, got {}",
+                    req.groups.len()
+                ),
+            ));
+        }
+        let mut groups = Vec::with_capacity(req.groups.len());
+        for g in &req.groups {
+            if g.name.is_empty() {
+                return Err(RequestError::BadGroup {
+                    request: rid(),
+                    reason: "a named group has an empty name".into(),
+                });
+            }
+            if groups.iter().any(|x: &CompiledGroup| x.name == g.name) {
+                return Err(RequestError::BadGroup {
+                    request: rid(),
+                    reason: format!("group `{}` defined twice", g.name),
+                });
+            }
+            let resources = resolve(&g.resources)?;
+            if resources.is_empty() {
+                return Err(RequestError::BadGroup {
+                    request: rid(),
+                    reason: format!("group `{}` requests no resources", g.name),
+                });
+            }
+            groups.push(CompiledGroup {
+                name: g.name.clone(),
+                resources,
+                required: g
+                    .required_traits
+                    .iter()
+                    .map(|t| cluster.trait_id(t))
+                    .collect(),
+                forbidden: g
+                    .forbidden_traits
+                    .iter()
+                    .filter_map(|t| cluster.trait_id(t))
+                    .collect(),
+            });
+        }
+        if entries == 0 {
+            return Err(invalid(
+                "resources",
+                "the request asks for no resources".into(),
+            ));
+        }
+        if entries > MAX_RESOURCE_ENTRIES {
+            return Err(invalid(
+                "resources",
+                format!("at most {MAX_RESOURCE_ENTRIES} resource entries, got {entries}"),
+            ));
+        }
+        let mut same_subtree = Vec::new();
+        for set in &req.same_subtree {
+            let mut idx = Vec::with_capacity(set.len());
+            for name in set {
+                let i = groups.iter().position(|g| &g.name == name).ok_or_else(|| {
+                    RequestError::BadGroup {
+                        request: rid(),
+                        reason: format!("same_subtree refers to unknown group `{name}`"),
+                    }
+                })?;
+                idx.push(i);
+            }
+            same_subtree.push(idx);
+        }
+        let mut member_of = Vec::new();
+        for set in &req.member_of {
+            let mut ids = Vec::new();
+            for a in set {
+                ids.push(
+                    cluster
+                        .aggregates
+                        .get(a)
+                        .ok_or_else(|| invalid("member_of", format!("unknown aggregate `{a}`")))?,
+                );
+            }
+            if ids.is_empty() {
+                return Err(invalid("member_of", "an aggregate set is empty".into()));
+            }
+            member_of.push(ids);
+        }
+        let zone = match &req.zone {
+            None => None,
+            Some(z) => Some(
+                cluster
+                    .zones
+                    .get(z)
+                    .ok_or_else(|| invalid("zone", format!("unknown zone `{z}`")))?,
+            ),
+        };
+        let server_group = match &req.server_group {
+            None => None,
+            Some(name) => {
+                Some(
+                    lookup_group(name).ok_or_else(|| RequestError::UnknownServerGroup {
+                        request: rid(),
+                        group: name.clone(),
+                    })?,
+                )
+            }
+        };
+        if !req.topology_spread.is_empty() && server_group.is_none() {
+            return Err(invalid(
+                "topology_spread",
+                "needs `server_group` (spread counts the group's members)".into(),
+            ));
+        }
+        if req.topology_spread.iter().any(|s| s.max_skew == 0) {
+            return Err(invalid("topology_spread", "max_skew must be >= 1".into()));
+        }
+        for t in &req.preferred_affinity {
+            if !(1..=100).contains(&t.weight) {
+                return Err(invalid(
+                    "preferred_affinity",
+                    format!("weight must be within 1..=100, got {}", t.weight),
+                ));
+            }
+        }
+        Ok(CompiledRequest {
+            id: req.id.clone(),
+            unnamed,
+            groups,
+            isolate: req.group_policy == GroupPolicy::Isolate,
+            same_subtree,
+            required_traits: req
+                .required_traits
+                .iter()
+                .map(|t| TraitRef {
+                    name: t.clone(),
+                    id: cluster.trait_id(t),
+                })
+                .collect(),
+            forbidden_traits: req
+                .forbidden_traits
+                .iter()
+                .filter_map(|t| cluster.trait_id(t))
+                .collect(),
+            any_of_traits: req
+                .any_of_traits
+                .iter()
+                .map(|set| set.iter().filter_map(|t| cluster.trait_id(t)).collect())
+                .collect(),
+            member_of,
+            zone,
+            node_selector: req
+                .node_selector
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            node_affinity: req.node_affinity.clone(),
+            preferred_affinity: req.preferred_affinity.clone(),
+            tolerations: req.tolerations.clone(),
+            server_group,
+            server_group_name: req.server_group.clone(),
+            spread: req.topology_spread.clone(),
+            priority: req.priority,
+            totals,
+            equivalence_key: req.equivalence_key(),
+        })
+    }
+}

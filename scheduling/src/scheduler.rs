@@ -1,0 +1,522 @@
+//! The decision pipeline: pre-filter → filter (sampled, rotating start) → score → normalise → select, plus
+//! commit with reserve/permit. One [`Scheduler`] is one decider; several can share a
+//! [`crate::shared::SharedState`].
+//!
+//! Scale techniques: pre-filter results are cached per equivalence class (identical requests, same
+//! topology), and a request shape known infeasible is rejected at once until capacity is freed or its
+//! server group changes; only a bounded number of feasible hosts is sought, starting where the previous
+//! decision stopped; ties are broken by a seeded generator, so runs are reproducible.
+
+use crate::error::{CommitError, RequestError};
+use crate::explain::{Diagnosis, Explanation, HostScore};
+use crate::fit::FitScratch;
+use crate::framework::CycleState;
+use crate::hostset::HostSet;
+use crate::model::{Cluster, HostId, ServerGroupPolicy};
+use crate::profile::Profile;
+use crate::request::{CompiledRequest, PlacementRequest};
+use crate::rng::SplitMix64;
+use crate::state::{Claim, State};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Options of one decision.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecideOptions<'a> {
+    /// Hosts not to consider.
+    pub exclude: &'a [HostId],
+    /// Record the reason of every rejected host (slower; bypasses caches).
+    pub per_host_reasons: bool,
+    /// Return the score breakdown of every scored host.
+    pub score_breakdown: bool,
+}
+
+/// A decision: the claim to commit, and how it was reached.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The claim.
+    pub claim: Claim,
+    /// Weighted score of the chosen host.
+    pub score: i64,
+    /// Feasible hosts found (and scored).
+    pub feasible: usize,
+    /// Hosts visited by filters.
+    pub visited: usize,
+    /// Score breakdowns, when requested (best first).
+    pub breakdown: Option<Vec<HostScore>>,
+}
+
+/// No host can take the request.
+#[derive(Clone, Debug)]
+pub struct Unschedulable {
+    /// The request.
+    pub request: Arc<CompiledRequest>,
+    /// Reason counts.
+    pub diagnosis: Diagnosis,
+}
+
+impl Unschedulable {
+    /// Renders the reasons.
+    pub fn explain(&self, cluster: &Cluster) -> Explanation {
+        self.diagnosis.explain(cluster, &self.request)
+    }
+}
+
+/// Counters of a decider.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeciderStats {
+    /// Decisions made.
+    pub decisions: u64,
+    /// Pre-filter results served from the equivalence cache.
+    pub prefilter_cache_hits: u64,
+    /// Rejections served from the negative cache.
+    pub negative_cache_hits: u64,
+    /// Hosts visited by filters.
+    pub hosts_visited: u64,
+}
+
+struct CacheEntry {
+    topology_version: u64,
+    candidates: HostSet,
+    counts: Vec<(crate::explain::Reason, u32)>,
+    /// `(release_epoch, group_epoch, diagnosis)` of the last failure.
+    negative: Option<(u64, u64, Diagnosis)>,
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+/// One decider: a profile, a seeded generator, a rotating scan position and caches.
+pub struct Scheduler {
+    profile: Arc<Profile>,
+    rng: SplitMix64,
+    cursor: usize,
+    cache: HashMap<u64, CacheEntry>,
+    scratch: FitScratch,
+    feasible: Vec<HostId>,
+    feasible_allocs: Vec<(u32, u64)>,
+    feasible_ranges: Vec<(u32, u32)>,
+    scores: Vec<i64>,
+    totals: Vec<i64>,
+    candidates: HostSet,
+    stats: DeciderStats,
+}
+
+impl Scheduler {
+    /// A decider running `profile`, seeded with `seed`.
+    pub fn new(profile: Arc<Profile>, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let cursor = rng.next_u64() as usize;
+        Scheduler {
+            profile,
+            rng,
+            cursor,
+            cache: HashMap::new(),
+            scratch: FitScratch::default(),
+            feasible: Vec::new(),
+            feasible_allocs: Vec::new(),
+            feasible_ranges: Vec::new(),
+            scores: Vec::new(),
+            totals: Vec::new(),
+            candidates: HostSet::empty(0),
+            stats: DeciderStats::default(),
+        }
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Arc<Profile> {
+        &self.profile
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DeciderStats {
+        self.stats
+    }
+
+    fn group_epoch(state: &State, req: &CompiledRequest) -> u64 {
+        req.server_group
+            .and_then(|g| state.group(g.id))
+            .map_or(0, |g| g.epoch)
+    }
+
+    fn prefilter(&mut self, cx: &mut CycleState<'_>, diag: &mut Diagnosis, use_cache: bool) {
+        let req = cx.request;
+        let cacheable = use_cache && self.profile.pre_filters.iter().all(|p| p.cacheable(req));
+        let topo = cx.state.topology_version();
+        if cacheable {
+            if let Some(e) = self.cache.get(&req.equivalence_key) {
+                if e.topology_version == topo {
+                    self.candidates.copy_from(&e.candidates);
+                    for (r, n) in &e.counts {
+                        diag.add_n(*r, *n);
+                    }
+                    self.stats.prefilter_cache_hits += 1;
+                    // Pre-filters that compute cycle data (e.g. spread minimums) still run; they only
+                    // read state and leave the candidates alone.
+                    let mut sink = Diagnosis::new(0, false);
+                    for p in self
+                        .profile
+                        .pre_filters
+                        .iter()
+                        .filter(|p| p.sets_cycle_data())
+                    {
+                        p.pre_filter(cx, &mut self.candidates, &mut sink);
+                    }
+                    return;
+                }
+            }
+        }
+        self.candidates.copy_from(cx.cluster.index().all());
+        for p in &self.profile.pre_filters {
+            p.pre_filter(cx, &mut self.candidates, diag);
+        }
+        if cacheable {
+            if self.cache.len() >= CACHE_LIMIT {
+                self.cache.clear();
+            }
+            self.cache.insert(
+                req.equivalence_key,
+                CacheEntry {
+                    topology_version: topo,
+                    candidates: self.candidates.clone(),
+                    counts: diag.counts.clone(),
+                    negative: None,
+                },
+            );
+        }
+    }
+
+    /// Decides where `req` should go, without changing `state`.
+    pub fn decide(
+        &mut self,
+        state: &State,
+        req: &Arc<CompiledRequest>,
+        opts: &DecideOptions<'_>,
+    ) -> Result<Decision, Unschedulable> {
+        self.stats.decisions += 1;
+        let cluster = state.cluster().as_ref();
+        let use_cache = opts.exclude.is_empty() && !opts.per_host_reasons;
+        let group_epoch = Self::group_epoch(state, req);
+        if use_cache {
+            if let Some(CacheEntry {
+                topology_version,
+                negative: Some((rel, ge, diag)),
+                ..
+            }) = self.cache.get(&req.equivalence_key)
+            {
+                if *topology_version == state.topology_version()
+                    && *rel == state.release_epoch()
+                    && *ge == group_epoch
+                {
+                    self.stats.negative_cache_hits += 1;
+                    return Err(Unschedulable {
+                        request: req.clone(),
+                        diagnosis: diag.clone(),
+                    });
+                }
+            }
+        }
+        let mut diag = Diagnosis::new(cluster.host_count(), opts.per_host_reasons);
+        let mut cx = CycleState::new(state, req, opts.exclude);
+        self.prefilter(&mut cx, &mut diag, use_cache);
+
+        let profile = self.profile.clone();
+        let filters: Vec<&dyn crate::framework::FilterPlugin> = profile
+            .filters
+            .iter()
+            .map(|f| f.as_ref())
+            .filter(|f| f.applies(req))
+            .collect();
+        let n_candidates = self.candidates.count();
+        let target = profile.sampling.target(n_candidates);
+        self.feasible.clear();
+        self.feasible_allocs.clear();
+        self.feasible_ranges.clear();
+        let n_hosts = cluster.host_count().max(1);
+        let mut visited = 0usize;
+        let mut last = self.cursor % n_hosts;
+        'hosts: for h in self.candidates.iter_from(self.cursor % n_hosts) {
+            visited += 1;
+            last = h;
+            let host = HostId(h as u32);
+            for f in &filters {
+                if let Err(reason) = f.filter(&cx, &mut self.scratch, host) {
+                    diag.add(host, reason);
+                    continue 'hosts;
+                }
+            }
+            let start = self.feasible_allocs.len() as u32;
+            self.feasible_allocs
+                .extend_from_slice(self.scratch.allocations());
+            self.feasible_ranges
+                .push((start, self.feasible_allocs.len() as u32));
+            self.feasible.push(host);
+            if self.feasible.len() >= target {
+                break;
+            }
+        }
+        self.cursor = last + 1;
+        self.stats.hosts_visited += visited as u64;
+
+        if self.feasible.is_empty() {
+            if use_cache {
+                if let Some(e) = self.cache.get_mut(&req.equivalence_key) {
+                    e.negative = Some((state.release_epoch(), group_epoch, diag.clone()));
+                }
+            }
+            return Err(Unschedulable {
+                request: req.clone(),
+                diagnosis: diag,
+            });
+        }
+
+        // Score: one column per applicable plugin, normalised, then weighted.
+        let nf = self.feasible.len();
+        self.totals.clear();
+        self.totals.resize(nf, 0);
+        let mut parts: Vec<Vec<(&'static str, i64, i64)>> = if opts.score_breakdown {
+            vec![Vec::new(); nf]
+        } else {
+            Vec::new()
+        };
+        for (plugin, weight) in profile.scores.iter().filter(|(p, _)| p.applies(req)) {
+            self.scores.clear();
+            self.scores
+                .extend(self.feasible.iter().map(|h| plugin.score(&cx, *h)));
+            plugin.normalize(&mut self.scores);
+            for (i, s) in self.scores.iter().enumerate() {
+                self.totals[i] += s * weight;
+                if opts.score_breakdown {
+                    parts[i].push((plugin.name(), *s, *weight));
+                }
+            }
+        }
+        let mut best = 0usize;
+        let mut ties = 1u64;
+        for i in 1..nf {
+            if self.totals[i] > self.totals[best] {
+                best = i;
+                ties = 1;
+            } else if self.totals[i] == self.totals[best] {
+                ties += 1;
+                if self.rng.below(ties) == 0 {
+                    best = i;
+                }
+            }
+        }
+        let host = self.feasible[best];
+        let (a, b) = self.feasible_ranges[best];
+        let allocations = self.feasible_allocs[a as usize..b as usize].to_vec();
+        let mut generations = vec![(host.0, state.generation(host.0))];
+        for (slot, _) in &allocations {
+            if let Some(s) = cluster.slot(*slot) {
+                let owner = cluster.provider(s.provider).owner;
+                if !generations.iter().any(|(o, _)| *o == owner) {
+                    generations.push((owner, state.generation(owner)));
+                }
+            }
+        }
+        let group_epoch = req.server_group.and_then(|g| {
+            let hard = matches!(
+                g.policy,
+                ServerGroupPolicy::Affinity | ServerGroupPolicy::AntiAffinity
+            );
+            (hard || !req.spread.is_empty()).then_some(group_epoch)
+        });
+        let breakdown = opts.score_breakdown.then(|| {
+            let mut v: Vec<HostScore> = self
+                .feasible
+                .iter()
+                .zip(parts)
+                .enumerate()
+                .map(|(i, (h, parts))| HostScore {
+                    host: cluster.host(*h).name.clone(),
+                    total: self.totals[i],
+                    parts,
+                })
+                .collect();
+            v.sort_by(|x, y| y.total.cmp(&x.total).then_with(|| x.host.cmp(&y.host)));
+            v
+        });
+        Ok(Decision {
+            claim: Claim {
+                request: req.clone(),
+                host,
+                allocations,
+                generations,
+                group_epoch,
+            },
+            score: self.totals[best],
+            feasible: nf,
+            visited,
+            breakdown,
+        })
+    }
+
+    /// Runs reserve and permit plugins, then commits. On any failure reserve is undone and `state` is unchanged.
+    pub fn commit(&self, state: &mut State, claim: Claim) -> Result<(), CommitError> {
+        for (i, r) in self.profile.reserve.iter().enumerate() {
+            if let Err(reason) = r.reserve(state, &claim) {
+                for u in self.profile.reserve[..i].iter().rev() {
+                    u.unreserve(state, &claim);
+                }
+                return Err(CommitError::Denied {
+                    plugin: r.name(),
+                    reason,
+                });
+            }
+        }
+        let undo = |state: &State, claim: &Claim| {
+            for u in self.profile.reserve.iter().rev() {
+                u.unreserve(state, claim);
+            }
+        };
+        for p in &self.profile.permit {
+            if let Err(reason) = p.permit(state, &claim) {
+                undo(state, &claim);
+                return Err(CommitError::Denied {
+                    plugin: p.name(),
+                    reason,
+                });
+            }
+        }
+        let copy = if self.profile.reserve.is_empty() {
+            None
+        } else {
+            Some(claim.clone())
+        };
+        state.commit(claim).inspect_err(|_| {
+            if let Some(c) = &copy {
+                undo(state, c);
+            }
+        })
+    }
+}
+
+/// One resource of a placement, by name.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PlacedResource {
+    /// Provider name.
+    pub provider: String,
+    /// Resource class name.
+    pub class: String,
+    /// Amount.
+    pub amount: u64,
+}
+
+/// A committed placement, by name.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Placement {
+    /// Consumer id.
+    pub consumer: String,
+    /// Host name.
+    pub host: String,
+    /// What was allocated where: named groups first (in request order, each group's classes in name
+    /// order), then the unnamed group's classes in name order.
+    pub resources: Vec<PlacedResource>,
+}
+
+impl Placement {
+    /// Describes a claim by names.
+    pub fn from_claim(cluster: &Cluster, claim: &Claim) -> Self {
+        Placement {
+            consumer: claim.request.id.clone(),
+            host: cluster.host(claim.host).name.clone(),
+            resources: claim
+                .allocations
+                .iter()
+                .filter_map(|(slot, amount)| {
+                    let s = cluster.slot(*slot)?;
+                    Some(PlacedResource {
+                        provider: cluster.provider(s.provider).name.clone(),
+                        class: cluster.class_name(s.class).to_string(),
+                        amount: *amount,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Why a placement failed.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum PlaceError {
+    /// The request is invalid.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// No host fits.
+    #[error("{}", .0.summary)]
+    Unschedulable(Explanation),
+    /// The commit failed (after retries, for concurrency conflicts).
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// Single-threaded convenience: a state plus one decider.
+pub struct Placer {
+    state: State,
+    scheduler: Scheduler,
+}
+
+impl Placer {
+    /// A placer over `cluster` with `profile`, seeded with `seed`.
+    pub fn new(cluster: Arc<Cluster>, profile: Profile, seed: u64) -> Self {
+        Placer {
+            state: State::new(cluster),
+            scheduler: Scheduler::new(Arc::new(profile), seed),
+        }
+    }
+
+    /// The state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The state, mutably (release, resize, server groups, host enable/disable).
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// The decider.
+    pub fn scheduler(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
+
+    /// Both halves at once.
+    pub fn parts(&mut self) -> (&mut State, &mut Scheduler) {
+        (&mut self.state, &mut self.scheduler)
+    }
+
+    /// Decides and commits.
+    pub fn place(&mut self, req: &PlacementRequest) -> Result<Placement, PlaceError> {
+        let compiled = self.state.compile(req)?;
+        self.place_compiled(&compiled, &DecideOptions::default())
+    }
+
+    /// Decides and commits an already compiled request.
+    pub fn place_compiled(
+        &mut self,
+        req: &Arc<CompiledRequest>,
+        opts: &DecideOptions<'_>,
+    ) -> Result<Placement, PlaceError> {
+        let decision = self
+            .scheduler
+            .decide(&self.state, req, opts)
+            .map_err(|u| PlaceError::Unschedulable(u.explain(self.state.cluster())))?;
+        let placement = Placement::from_claim(self.state.cluster(), &decision.claim);
+        self.scheduler.commit(&mut self.state, decision.claim)?;
+        Ok(placement)
+    }
+
+    /// Decides without committing, with options (explanations, score breakdowns).
+    pub fn decide(
+        &mut self,
+        req: &PlacementRequest,
+        opts: &DecideOptions<'_>,
+    ) -> Result<Decision, PlaceError> {
+        let compiled = self.state.compile(req)?;
+        self.scheduler
+            .decide(&self.state, &compiled, opts)
+            .map_err(|u| PlaceError::Unschedulable(u.explain(self.state.cluster())))
+    }
+}

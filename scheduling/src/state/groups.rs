@@ -1,0 +1,106 @@
+//! Server group membership, counted per host, zone and rack for affinity and topology spread.
+
+use crate::error::ModelError;
+use crate::model::{Cluster, HostId, ServerGroupPolicy, ServerGroupSpec};
+use std::collections::HashMap;
+
+/// Checks a server group definition.
+pub fn validate_server_group(g: &ServerGroupSpec) -> Result<(), ModelError> {
+    if g.name.is_empty() {
+        return Err(ModelError::Empty {
+            what: "server group".into(),
+            field: "name",
+        });
+    }
+    if g.max_per_host == Some(0) {
+        return Err(ModelError::InvalidServerGroup {
+            group: g.name.clone(),
+            reason: "max_per_host must be >= 1".into(),
+        });
+    }
+    if g.max_per_host.is_some() && g.policy != ServerGroupPolicy::AntiAffinity {
+        return Err(ModelError::InvalidServerGroup {
+            group: g.name.clone(),
+            reason: "max_per_host only applies to anti-affinity".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Live membership of one server group.
+#[derive(Clone, Debug)]
+pub struct ServerGroupState {
+    /// Definition.
+    pub spec: ServerGroupSpec,
+    /// Members per host (only hosts with members).
+    pub per_host: HashMap<u32, u32>,
+    /// Members per zone id.
+    pub per_zone: Vec<u32>,
+    /// Members per rack id.
+    pub per_rack: Vec<u32>,
+    /// Total members.
+    pub members: u32,
+    /// Bumped on every membership change (claims on this group check it).
+    pub epoch: u64,
+}
+
+impl ServerGroupState {
+    pub(crate) fn new(spec: ServerGroupSpec, cluster: &Cluster) -> Self {
+        Self {
+            spec,
+            per_host: HashMap::new(),
+            per_zone: vec![0; cluster.zone_count()],
+            per_rack: vec![0; cluster.rack_count()],
+            members: 0,
+            epoch: 0,
+        }
+    }
+
+    /// Members on `host`.
+    #[inline]
+    pub fn on_host(&self, host: HostId) -> u32 {
+        if self.members == 0 {
+            return 0;
+        }
+        self.per_host.get(&host.0).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn add(&mut self, cluster: &Cluster, host: HostId) {
+        *self.per_host.entry(host.0).or_insert(0) += 1;
+        let h = cluster.host(host);
+        if let Some(z) = h.zone {
+            self.per_zone[z as usize] += 1;
+        }
+        if let Some(r) = h.rack {
+            self.per_rack[r as usize] += 1;
+        }
+        self.members += 1;
+        self.epoch += 1;
+    }
+
+    pub(crate) fn remove(&mut self, cluster: &Cluster, host: HostId) {
+        if let Some(n) = self.per_host.get_mut(&host.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(&host.0);
+            }
+        }
+        let h = cluster.host(host);
+        if let Some(z) = h.zone {
+            self.per_zone[z as usize] = self.per_zone[z as usize].saturating_sub(1);
+        }
+        if let Some(r) = h.rack {
+            self.per_rack[r as usize] = self.per_rack[r as usize].saturating_sub(1);
+        }
+        self.members = self.members.saturating_sub(1);
+        self.epoch += 1;
+    }
+
+    /// Members allowed per host under this group's policy (anti-affinity only).
+    pub fn max_per_host(&self) -> u32 {
+        match self.spec.policy {
+            ServerGroupPolicy::AntiAffinity => self.spec.max_per_host.unwrap_or(1),
+            _ => u32::MAX,
+        }
+    }
+}

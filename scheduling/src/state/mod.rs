@@ -1,0 +1,470 @@
+//! Mutable placement state: usage per inventory, allocations, generations, server group membership.
+//!
+//! All mutation goes through [`State::commit`], [`State::release`], [`State::resize`] and
+//! [`State::migrate`]; each validates everything before touching anything, so a failed call leaves the
+//! state exactly as it was. Every provider tree (host) and shared provider carries a generation that is
+//! bumped on each change: a [`Claim`] decided against an older generation is refused (optimistic
+//! concurrency, as in OpenStack Placement).
+
+mod groups;
+
+pub use groups::{validate_server_group, ServerGroupState};
+
+use crate::error::{CommitError, RequestError, StateError};
+use crate::fit::{fit_host, FitScratch};
+use crate::hostset::HostSet;
+use crate::model::{Cluster, HostId, ServerGroupSpec};
+use crate::request::{CompiledRequest, GroupRef, PlacementRequest};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A VM's allocation: which host, and how much of which inventory slots.
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    /// Host.
+    pub host: HostId,
+    /// `(slot, amount)` pairs.
+    pub slots: Vec<(u32, u64)>,
+    /// The request that produced it (kept for migration, preemption and evacuation).
+    pub request: Arc<CompiledRequest>,
+}
+
+/// A decided placement waiting to be committed.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The request.
+    pub request: Arc<CompiledRequest>,
+    /// Chosen host.
+    pub host: HostId,
+    /// `(slot, amount)` pairs to allocate.
+    pub allocations: Vec<(u32, u64)>,
+    /// `(owner, generation)` of every provider tree touched, as seen by the decision.
+    pub generations: Vec<(u32, u64)>,
+    /// Server group epoch seen by the decision (for hard affinity / spread requests).
+    pub group_epoch: Option<u64>,
+}
+
+/// The mutable side of placement.
+#[derive(Clone, Debug)]
+pub struct State {
+    cluster: Arc<Cluster>,
+    used: Vec<u64>,
+    host_used: Vec<u64>,
+    generation: Vec<u64>,
+    vm_count: Vec<u32>,
+    disabled: HostSet,
+    allocations: HashMap<String, Allocation>,
+    groups: Vec<ServerGroupState>,
+    group_by_name: HashMap<String, u32>,
+    release_epoch: u64,
+    topology_version: u64,
+}
+
+impl State {
+    /// Empty state for `cluster`, with the cluster's declared server groups.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        let n_hosts = cluster.host_count();
+        let mut s = State {
+            used: vec![0; cluster.slots().len()],
+            host_used: vec![0; n_hosts * cluster.class_count()],
+            generation: vec![0; cluster.owner_count()],
+            vm_count: vec![0; n_hosts],
+            disabled: HostSet::empty(n_hosts),
+            allocations: HashMap::new(),
+            groups: Vec::new(),
+            group_by_name: HashMap::new(),
+            release_epoch: 0,
+            topology_version: 0,
+            cluster,
+        };
+        let initial: Vec<ServerGroupSpec> = s.cluster.initial_server_groups().to_vec();
+        for g in initial {
+            let id = s.groups.len() as u32;
+            s.group_by_name.insert(g.name.clone(), id);
+            s.groups.push(ServerGroupState::new(g, &s.cluster));
+        }
+        s
+    }
+
+    /// The cluster topology.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Creates a server group.
+    pub fn create_server_group(&mut self, spec: ServerGroupSpec) -> Result<u32, StateError> {
+        validate_server_group(&spec)?;
+        if self.group_by_name.contains_key(&spec.name) {
+            return Err(StateError::DuplicateServerGroup(spec.name));
+        }
+        let id = self.groups.len() as u32;
+        self.group_by_name.insert(spec.name.clone(), id);
+        self.groups.push(ServerGroupState::new(spec, &self.cluster));
+        Ok(id)
+    }
+
+    /// Server group by id.
+    pub fn group(&self, id: u32) -> Option<&ServerGroupState> {
+        self.groups.get(id as usize)
+    }
+
+    /// Server group id by name.
+    pub fn group_id(&self, name: &str) -> Option<u32> {
+        self.group_by_name.get(name).copied()
+    }
+
+    /// Resolves a request against the cluster and this state's server groups.
+    pub fn compile(&self, req: &PlacementRequest) -> Result<Arc<CompiledRequest>, RequestError> {
+        CompiledRequest::compile(req, &self.cluster, |name| {
+            let id = self.group_id(name)?;
+            let g = &self.groups[id as usize];
+            Some(GroupRef {
+                id,
+                policy: g.spec.policy,
+                max_per_host: g.max_per_host(),
+            })
+        })
+        .map(Arc::new)
+    }
+
+    /// Amount used of inventory `slot`.
+    #[inline]
+    pub fn used(&self, slot: u32) -> u64 {
+        self.used[slot as usize]
+    }
+
+    /// Usage of every slot.
+    pub fn used_slots(&self) -> &[u64] {
+        &self.used
+    }
+
+    /// Used amount of class `c` in the tree of `host`.
+    #[inline]
+    pub fn host_used(&self, host: HostId, c: crate::model::ClassId) -> u64 {
+        self.host_used[host.idx() * self.cluster.class_count() + c.0 as usize]
+    }
+
+    /// Number of VMs on `host`.
+    #[inline]
+    pub fn vm_count(&self, host: HostId) -> u32 {
+        self.vm_count[host.idx()]
+    }
+
+    /// Generation of an owner (host index, or `hosts + k` for shared provider k).
+    #[inline]
+    pub fn generation(&self, owner: u32) -> u64 {
+        self.generation[owner as usize]
+    }
+
+    /// Whether `host` is disabled.
+    pub fn is_disabled(&self, host: HostId) -> bool {
+        self.disabled.contains(host.idx())
+    }
+
+    /// Disabled hosts.
+    pub fn disabled(&self) -> &HostSet {
+        &self.disabled
+    }
+
+    /// Enables or disables a host (failure, maintenance). Existing allocations stay.
+    pub fn set_host_enabled(&mut self, host: HostId, enabled: bool) {
+        if enabled {
+            self.disabled.remove(host.idx());
+        } else {
+            self.disabled.insert(host.idx());
+        }
+        self.topology_version += 1;
+        self.release_epoch += 1;
+    }
+
+    /// Bumped whenever capacity may have been freed (release, resize, migration, enabling a host).
+    pub fn release_epoch(&self) -> u64 {
+        self.release_epoch
+    }
+
+    /// Bumped whenever hosts are enabled or disabled.
+    pub fn topology_version(&self) -> u64 {
+        self.topology_version
+    }
+
+    /// All allocations by consumer id.
+    pub fn allocations(&self) -> &HashMap<String, Allocation> {
+        &self.allocations
+    }
+
+    /// The allocation of `consumer`.
+    pub fn allocation(&self, consumer: &str) -> Option<&Allocation> {
+        self.allocations.get(consumer)
+    }
+
+    /// Validates a claim without applying it. `moving` names a consumer whose current allocation the claim
+    /// replaces (migration), which exempts it from the duplicate check.
+    pub fn check(&self, claim: &Claim, moving: Option<&str>) -> Result<(), CommitError> {
+        let c = &self.cluster;
+        let id = &claim.request.id;
+        if moving != Some(id.as_str()) && self.allocations.contains_key(id) {
+            return Err(CommitError::DuplicateConsumer(id.clone()));
+        }
+        if claim.host.idx() >= c.host_count() {
+            return Err(CommitError::HostDisabled(format!("#{}", claim.host.0)));
+        }
+        if self.is_disabled(claim.host) {
+            return Err(CommitError::HostDisabled(c.host(claim.host).name.clone()));
+        }
+        for &(owner, expected) in &claim.generations {
+            let found = *self
+                .generation
+                .get(owner as usize)
+                .ok_or(CommitError::UnknownSlot(owner))?;
+            if found != expected {
+                return Err(CommitError::GenerationConflict {
+                    owner: c.owner_name(owner).to_string(),
+                    expected,
+                    found,
+                });
+            }
+        }
+        if let (Some(g), Some(epoch)) = (claim.request.server_group, claim.group_epoch) {
+            let gs = self
+                .groups
+                .get(g.id as usize)
+                .ok_or(CommitError::GroupChanged(format!("#{}", g.id)))?;
+            if gs.epoch != epoch {
+                return Err(CommitError::GroupChanged(gs.spec.name.clone()));
+            }
+        }
+        // Defensive: even with matching generations, re-check every slot (the claim may be hand-made).
+        for (i, &(slot, _)) in claim.allocations.iter().enumerate() {
+            let s = c.slot(slot).ok_or(CommitError::UnknownSlot(slot))?;
+            let owner = c.provider(s.provider).owner;
+            let in_tree = c.provider(s.provider).host == Some(claim.host);
+            let shared_ok = c.host(claim.host).shared.contains(&s.provider);
+            if !in_tree && !shared_ok {
+                return Err(CommitError::UnknownSlot(slot));
+            }
+            if !claim.generations.iter().any(|(o, _)| *o == owner) {
+                return Err(CommitError::GenerationConflict {
+                    owner: c.owner_name(owner).to_string(),
+                    expected: u64::MAX,
+                    found: self.generation[owner as usize],
+                });
+            }
+            let total: u64 = claim.allocations[..=i]
+                .iter()
+                .filter(|(x, _)| *x == slot)
+                .map(|(_, a)| *a)
+                .sum();
+            let mut used = self.used[slot as usize];
+            if let Some(m) = moving.and_then(|m| self.allocations.get(m)) {
+                used -= m
+                    .slots
+                    .iter()
+                    .filter(|(x, _)| *x == slot)
+                    .map(|(_, a)| *a)
+                    .sum::<u64>();
+            }
+            if used + total > s.capacity {
+                return Err(CommitError::OverCapacity {
+                    provider: c.provider(s.provider).name.clone(),
+                    class: c.class_name(s.class).to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a claim: checks generations, group epoch and capacity, then allocates. On error nothing changes.
+    pub fn commit(&mut self, claim: Claim) -> Result<(), CommitError> {
+        self.check(&claim, None)?;
+        self.apply(claim.host, claim.allocations, claim.request);
+        Ok(())
+    }
+
+    fn apply(&mut self, host: HostId, slots: Vec<(u32, u64)>, request: Arc<CompiledRequest>) {
+        let nc = self.cluster.class_count();
+        for &(slot, amount) in &slots {
+            self.used[slot as usize] += amount;
+            let s = self.cluster.slots()[slot as usize];
+            let p = self.cluster.provider(s.provider);
+            if p.host == Some(host) {
+                self.host_used[host.idx() * nc + s.class.0 as usize] += amount;
+            }
+            self.generation[p.owner as usize] += 1;
+        }
+        self.generation[host.idx()] += 1;
+        self.vm_count[host.idx()] += 1;
+        if let Some(g) = request.server_group {
+            self.groups[g.id as usize].add(&self.cluster, host);
+        }
+        self.allocations.insert(
+            request.id.clone(),
+            Allocation {
+                host,
+                slots,
+                request,
+            },
+        );
+    }
+
+    fn unapply(&mut self, alloc: &Allocation) {
+        let nc = self.cluster.class_count();
+        let host = alloc.host;
+        for &(slot, amount) in &alloc.slots {
+            self.used[slot as usize] -= amount;
+            let s = self.cluster.slots()[slot as usize];
+            let p = self.cluster.provider(s.provider);
+            if p.host == Some(host) {
+                self.host_used[host.idx() * nc + s.class.0 as usize] -= amount;
+            }
+            self.generation[p.owner as usize] += 1;
+        }
+        self.generation[host.idx()] += 1;
+        self.vm_count[host.idx()] -= 1;
+        if let Some(g) = alloc.request.server_group {
+            self.groups[g.id as usize].remove(&self.cluster, host);
+        }
+        self.release_epoch += 1;
+    }
+
+    /// Frees a consumer's allocation and returns it.
+    pub fn release(&mut self, consumer: &str) -> Result<Allocation, StateError> {
+        let alloc = self
+            .allocations
+            .remove(consumer)
+            .ok_or_else(|| StateError::UnknownConsumer(consumer.into()))?;
+        self.unapply(&alloc);
+        Ok(alloc)
+    }
+
+    /// Replaces a consumer's allocation by `claim` (a migration decided elsewhere), atomically.
+    pub fn migrate(&mut self, consumer: &str, claim: Claim) -> Result<(), StateError> {
+        if !self.allocations.contains_key(consumer) {
+            return Err(StateError::UnknownConsumer(consumer.into()));
+        }
+        if claim.request.id != consumer {
+            return Err(StateError::UnknownConsumer(claim.request.id.clone()));
+        }
+        self.check(&claim, Some(consumer))?;
+        self.release(consumer)?;
+        self.apply(claim.host, claim.allocations, claim.request);
+        Ok(())
+    }
+
+    /// Changes a consumer's resources in place (same host). On failure the state is unchanged.
+    pub fn resize(&mut self, consumer: &str, new: &PlacementRequest) -> Result<(), ResizeError> {
+        if new.id != consumer {
+            return Err(ResizeError::Request(RequestError::Invalid {
+                request: new.id.clone(),
+                field: "id",
+                reason: format!("must equal the consumer being resized (`{consumer}`)"),
+            }));
+        }
+        let old = self
+            .allocations
+            .get(consumer)
+            .cloned()
+            .ok_or_else(|| ResizeError::UnknownConsumer(consumer.into()))?;
+        let mut compiled =
+            CompiledRequest::clone(&*self.compile(new).map_err(ResizeError::Request)?);
+        // Keep group membership as it is: resizing does not change a VM's server group.
+        compiled.server_group = old.request.server_group;
+        for &(slot, amount) in &old.slots {
+            self.used[slot as usize] -= amount;
+        }
+        let mut scratch = FitScratch::default();
+        let fit = fit_host(&self.cluster, &self.used, &compiled, old.host, &mut scratch);
+        for &(slot, amount) in &old.slots {
+            self.used[slot as usize] += amount;
+        }
+        if let Err(reason) = fit {
+            return Err(ResizeError::DoesNotFit(
+                reason.describe(&self.cluster, &compiled),
+            ));
+        }
+        let alloc = self
+            .allocations
+            .remove(consumer)
+            .ok_or_else(|| ResizeError::UnknownConsumer(consumer.into()))?;
+        self.unapply(&alloc);
+        self.apply(old.host, scratch.take_allocations(), Arc::new(compiled));
+        Ok(())
+    }
+
+    /// Recomputes usage, VM counts and group membership from the allocations and compares them with the
+    /// incremental bookkeeping. Returns every discrepancy found (empty = consistent).
+    pub fn check_consistency(&self) -> Vec<String> {
+        let c = &self.cluster;
+        let nc = c.class_count();
+        let mut used = vec![0u64; self.used.len()];
+        let mut host_used = vec![0u64; self.host_used.len()];
+        let mut vms = vec![0u32; self.vm_count.len()];
+        let mut members: Vec<HashMap<u32, u32>> = vec![HashMap::new(); self.groups.len()];
+        let mut problems = Vec::new();
+        for (id, a) in &self.allocations {
+            if a.request.id != *id {
+                problems.push(format!(
+                    "allocation keyed `{id}` belongs to `{}`",
+                    a.request.id
+                ));
+            }
+            vms[a.host.idx()] += 1;
+            for &(slot, amount) in &a.slots {
+                used[slot as usize] += amount;
+                let s = c.slots()[slot as usize];
+                if c.provider(s.provider).host == Some(a.host) {
+                    host_used[a.host.idx() * nc + s.class.0 as usize] += amount;
+                }
+            }
+            if let Some(g) = a.request.server_group {
+                *members[g.id as usize].entry(a.host.0).or_insert(0) += 1;
+            }
+        }
+        for (i, (&mine, &theirs)) in used.iter().zip(&self.used).enumerate() {
+            let s = c.slots()[i];
+            if mine != theirs {
+                problems.push(format!(
+                    "{} on `{}`: allocations sum to {mine}, bookkeeping says {theirs}",
+                    c.class_name(s.class),
+                    c.provider(s.provider).name
+                ));
+            }
+            if mine > s.capacity {
+                problems.push(format!(
+                    "{} on `{}`: {mine} allocated exceeds capacity {}",
+                    c.class_name(s.class),
+                    c.provider(s.provider).name,
+                    s.capacity
+                ));
+            }
+        }
+        if host_used != self.host_used {
+            problems.push("per-host usage totals differ from allocations".into());
+        }
+        if vms != self.vm_count {
+            problems.push("per-host VM counts differ from allocations".into());
+        }
+        for (g, m) in self.groups.iter().zip(&members) {
+            if &g.per_host != m {
+                problems.push(format!(
+                    "server group `{}` membership differs from allocations",
+                    g.spec.name
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Why a resize failed. The allocation is unchanged.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ResizeError {
+    /// No such consumer.
+    #[error("unknown consumer `{0}`")]
+    UnknownConsumer(String),
+    /// The new request is invalid.
+    #[error(transparent)]
+    Request(RequestError),
+    /// The new size does not fit on the current host.
+    #[error("new size does not fit on the current host: {0}")]
+    DoesNotFit(String),
+}
