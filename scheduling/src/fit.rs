@@ -160,7 +160,8 @@ fn group_failure(c: &Cluster, used: &[u64], req: &CompiledRequest, h: &Host) -> 
                 for slot in p.slot_start..p.slot_end {
                     let sl = &c.slots()[slot as usize];
                     if sl.class == class {
-                        unit_seen |= sl.unit_ok(amount);
+                        // An amount above the whole capacity reads as "insufficient", not as a unit rule.
+                        unit_seen |= sl.unit_ok(amount) || amount > sl.capacity;
                         capacity_ok |=
                             sl.unit_ok(amount) && used[slot as usize] + amount <= sl.capacity;
                     }
@@ -204,7 +205,9 @@ pub fn fit_host(
                 if s.class != class {
                     continue;
                 }
-                if s.unit_ok(amount) {
+                if amount > s.capacity {
+                    unit_seen = true;
+                } else if s.unit_ok(amount) {
                     unit_seen = true;
                     if used[slot as usize] + pending(&scratch.allocs, slot) + amount <= s.capacity {
                         scratch.allocs.push((slot, amount));

@@ -30,6 +30,9 @@ pub struct DecideOptions<'a> {
     pub per_host_reasons: bool,
     /// Return the score breakdown of every scored host.
     pub score_breakdown: bool,
+    /// Retry number after commit conflicts: from 1 on, the choice is randomised among the best
+    /// `2^attempt` hosts so that deciders racing for the same best host spread out.
+    pub attempt: u32,
 }
 
 /// A decision: the claim to commit, and how it was reached.
@@ -304,6 +307,12 @@ impl Scheduler {
                 }
             }
         }
+        if opts.attempt > 0 && nf > 1 {
+            let k = (1usize << opts.attempt.min(16)).min(nf);
+            let mut order: Vec<usize> = (0..nf).collect();
+            order.sort_unstable_by(|a, b| self.totals[*b].cmp(&self.totals[*a]));
+            best = order[self.rng.below(k as u64) as usize];
+        }
         let host = self.feasible[best];
         let (a, b) = self.feasible_ranges[best];
         let allocations = self.feasible_allocs[a as usize..b as usize].to_vec();
@@ -506,6 +515,15 @@ impl Placer {
         let placement = Placement::from_claim(self.state.cluster(), &decision.claim);
         self.scheduler.commit(&mut self.state, decision.claim)?;
         Ok(placement)
+    }
+
+    /// Decides an already compiled request without committing.
+    pub fn decide_compiled(
+        &mut self,
+        req: &Arc<CompiledRequest>,
+        opts: &DecideOptions<'_>,
+    ) -> Result<Decision, Unschedulable> {
+        self.scheduler.decide(&self.state, req, opts)
     }
 
     /// Decides without committing, with options (explanations, score breakdowns).

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// How many times a decider retries after a conflict before giving up.
-pub const MAX_RETRIES: usize = 16;
+pub const MAX_RETRIES: u32 = 64;
 
 /// A state shared by deciders.
 #[derive(Debug)]
@@ -67,11 +67,15 @@ impl SharedState {
     ) -> Result<Placement, PlaceError> {
         let compiled = self.read().compile(req)?;
         let mut last = None;
-        for _ in 0..MAX_RETRIES {
+        for attempt in 0..MAX_RETRIES {
             let decision = {
                 let st = self.read();
+                let opts = DecideOptions {
+                    attempt,
+                    ..Default::default()
+                };
                 scheduler
-                    .decide(&st, &compiled, &DecideOptions::default())
+                    .decide(&st, &compiled, &opts)
                     .map_err(|u| PlaceError::Unschedulable(u.explain(st.cluster())))?
             };
             let mut st = self.write();

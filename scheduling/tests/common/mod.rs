@@ -215,7 +215,10 @@ impl Validator {
                 v.push(format!("{id}: provider {} has no {}", r.provider, r.class));
                 continue;
             };
-            if r.amount < inv.min_unit || r.amount > inv.max_unit || !r.amount.is_multiple_of(inv.step) {
+            if r.amount < inv.min_unit
+                || r.amount > inv.max_unit
+                || !r.amount.is_multiple_of(inv.step)
+            {
                 v.push(format!(
                     "{id}: {} {} violates unit rules on {}",
                     r.amount, r.class, r.provider

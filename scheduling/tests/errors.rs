@@ -1,0 +1,373 @@
+//! Bad input gives clear errors naming the field and reason; a failed commit leaves the state unchanged.
+
+use scheduling::model::{ClusterSpec, HostSpec, InventorySpec, ServerGroupPolicy, ServerGroupSpec};
+use scheduling::request::RequestGroup;
+use scheduling::{
+    Cluster, CommitError, DecideOptions, ModelError, PlacementRequest, Placer, Profile, StateError,
+};
+use std::sync::Arc;
+
+fn cluster_json(inventory: &str) -> String {
+    format!(r#"{{"hosts": [{{"name": "h1", "inventories": {{{inventory}}}}}]}}"#)
+}
+
+#[test]
+fn bad_inventories_from_json_name_field_and_value() {
+    let cases = [
+        (
+            r#""VCPU": {"total": -8}"#,
+            "field `total` must be > 0, got -8",
+        ),
+        (
+            r#""VCPU": {"total": 0}"#,
+            "field `total` must be > 0, got 0",
+        ),
+        (
+            r#""VCPU": {"total": 8, "allocation_ratio": 0}"#,
+            "field `allocation_ratio` must be a finite number > 0, got 0",
+        ),
+        (
+            r#""VCPU": {"total": 8, "allocation_ratio": -2.5}"#,
+            "got -2.5",
+        ),
+        (
+            r#""VCPU": {"total": 8, "reserved": 9}"#,
+            "field `reserved` must be within 0..=8, got 9",
+        ),
+        (
+            r#""VCPU": {"total": 8, "min_unit": 4, "max_unit": 2}"#,
+            "field `max_unit` must be >= min_unit (4), got 2",
+        ),
+        (
+            r#""NOT_A_CLASS": {"total": 8}"#,
+            "unknown resource class `NOT_A_CLASS`",
+        ),
+    ];
+    for (inv, expected) in cases {
+        let err = Cluster::from_json(&cluster_json(inv))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "{inv}: got `{err}`, expected `{expected}`"
+        );
+        assert!(err.contains("h1"), "names the provider: {err}");
+    }
+    let err = Cluster::from_json(r#"{"hosts": [{"name": "h1", "bogus": 1}]}"#).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Parse(ref m) if m.contains("bogus")),
+        "{err}"
+    );
+}
+
+fn small() -> Placer {
+    hosts(3)
+}
+
+fn hosts(n: usize) -> Placer {
+    let mut spec = ClusterSpec::default();
+    for i in 0..n {
+        let mut h = HostSpec {
+            name: format!("h{i}"),
+            zone: Some("z".into()),
+            ..Default::default()
+        };
+        h.inventories
+            .insert("VCPU".into(), InventorySpec::new(8).max_unit(4));
+        h.inventories
+            .insert("MEMORY_MB".into(), InventorySpec::new(8192).step_size(256));
+        spec.hosts.push(h);
+    }
+    Placer::new(
+        Arc::new(Cluster::from_spec(&spec).unwrap()),
+        Profile::default(),
+        1,
+    )
+}
+
+#[test]
+fn bad_requests_are_rejected_before_scheduling() {
+    let mut p = small();
+    let err = |p: &mut Placer, r: PlacementRequest| p.place(&r).unwrap_err().to_string();
+    assert_eq!(
+        err(&mut p, PlacementRequest::new("a", &[("VCPU", 5)])),
+        "request `a`: 5 VCPU exceeds the largest max_unit in the cluster (4)"
+    );
+    assert_eq!(
+        err(&mut p, PlacementRequest::new("a", &[("GPU", 1)])),
+        "request `a`: unknown resource class `GPU`"
+    );
+    assert_eq!(
+        err(&mut p, PlacementRequest::new("a", &[("VCPU", 0)])),
+        "request `a`: VCPU amount must be > 0, got 0"
+    );
+    assert_eq!(
+        err(&mut p, PlacementRequest::new("a", &[])),
+        "request `a`: field `resources` the request asks for no resources"
+    );
+    let mut r = PlacementRequest::new("a", &[("VCPU", 1)]);
+    r.server_group = Some("nope".into());
+    assert_eq!(err(&mut p, r), "request `a`: unknown server group `nope`");
+    let mut r = PlacementRequest::new("a", &[("VCPU", 1)]);
+    r.groups.push(RequestGroup {
+        name: "g1".into(),
+        ..Default::default()
+    });
+    r.groups[0].resources.insert("MEMORY_MB".into(), 256);
+    r.same_subtree.push(vec!["g1".into(), "g2".into()]);
+    assert_eq!(
+        err(&mut p, r),
+        "request `a`: same_subtree refers to unknown group `g2`"
+    );
+    let mut r = PlacementRequest::new("a", &[("VCPU", 1)]);
+    r.zone = Some("mars".into());
+    assert_eq!(
+        err(&mut p, r),
+        "request `a`: field `zone` unknown zone `mars`"
+    );
+    // Step size is per inventory: a host-level reason, not a request error.
+    assert_eq!(
+        err(&mut p, PlacementRequest::new("a", &[("MEMORY_MB", 100)])),
+        "0/3 hosts available: 3 MEMORY_MB outside min_unit/max_unit/step_size"
+    );
+    assert!(p.state().allocations().is_empty());
+}
+
+#[test]
+fn failed_commit_leaves_state_unchanged() {
+    let mut p = small();
+    p.place(&PlacementRequest::new("first", &[("VCPU", 2)]))
+        .unwrap();
+    let req = p
+        .state()
+        .compile(&PlacementRequest::new("second", &[("VCPU", 4)]))
+        .unwrap();
+    let decision = p.decide_compiled(&req, &DecideOptions::default()).unwrap();
+    // Someone else commits to the same host in between.
+    let other = p
+        .state()
+        .compile(&PlacementRequest::new("other", &[("VCPU", 4)]))
+        .unwrap();
+    let mut other_decision = p
+        .decide_compiled(&other, &DecideOptions::default())
+        .unwrap();
+    other_decision.claim.host = decision.claim.host;
+    other_decision.claim.allocations = decision.claim.allocations.clone();
+    other_decision.claim.generations = decision.claim.generations.clone();
+    p.state_mut().commit(other_decision.claim).unwrap();
+
+    let before = p.state().clone();
+    let err = p.state_mut().commit(decision.claim.clone()).unwrap_err();
+    assert!(
+        matches!(err, CommitError::GenerationConflict { .. }),
+        "{err}"
+    );
+    let after = p.state();
+    assert_eq!(before.used_slots(), after.used_slots());
+    assert_eq!(before.allocations().len(), after.allocations().len());
+    for o in 0..3 {
+        assert_eq!(before.generation(o), after.generation(o));
+    }
+    // Duplicate consumer and over-capacity hand-made claims are refused the same way.
+    let mut dup = decision.claim.clone();
+    dup.request = p
+        .state()
+        .compile(&PlacementRequest::new("first", &[("VCPU", 1)]))
+        .unwrap();
+    dup.generations = vec![(dup.host.0, p.state().generation(dup.host.0))];
+    assert_eq!(
+        p.state_mut().commit(dup.clone()).unwrap_err(),
+        CommitError::DuplicateConsumer("first".into())
+    );
+    let mut big = dup;
+    big.request = p
+        .state()
+        .compile(&PlacementRequest::new("big", &[("VCPU", 4)]))
+        .unwrap();
+    big.allocations = vec![
+        (big.allocations[0].0, 4),
+        (big.allocations[0].0, 4),
+        (big.allocations[0].0, 4),
+    ];
+    assert!(matches!(
+        p.state_mut().commit(big).unwrap_err(),
+        CommitError::OverCapacity { .. }
+    ));
+    assert_eq!(before.used_slots(), p.state().used_slots());
+    assert!(p.state().check_consistency().is_empty());
+}
+
+#[test]
+fn release_resize_and_migrate_bookkeeping() {
+    let mut p = hosts(1);
+    p.place(&PlacementRequest::new(
+        "a",
+        &[("VCPU", 2), ("MEMORY_MB", 1024)],
+    ))
+    .unwrap();
+    p.place(&PlacementRequest::new(
+        "b",
+        &[("VCPU", 2), ("MEMORY_MB", 4096)],
+    ))
+    .unwrap();
+    assert!(matches!(
+        p.state_mut().release("zzz"),
+        Err(StateError::UnknownConsumer(_))
+    ));
+    // Resize up in place (a's own usage is credited); a resize that does not fit changes nothing.
+    p.state_mut()
+        .resize(
+            "a",
+            &PlacementRequest::new("a", &[("VCPU", 4), ("MEMORY_MB", 4096)]),
+        )
+        .unwrap();
+    let before = p.state().used_slots().to_vec();
+    assert_eq!(before, vec![8192, 6]); // MEMORY_MB, VCPU slots
+    let err = p
+        .state_mut()
+        .resize(
+            "a",
+            &PlacementRequest::new("a", &[("MEMORY_MB", 4096 + 256)]),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "new size does not fit on the current host: insufficient MEMORY_MB"
+    );
+    assert_eq!(before, p.state().used_slots());
+    assert!(p.state().check_consistency().is_empty());
+
+    let mut p = small();
+    p.place(&PlacementRequest::new(
+        "a",
+        &[("VCPU", 2), ("MEMORY_MB", 1024)],
+    ))
+    .unwrap();
+    let host = p.state().allocation("a").unwrap().host;
+    // Migrate elsewhere.
+    let req = p.state().allocation("a").unwrap().request.clone();
+    let d = p
+        .decide_compiled(
+            &req,
+            &DecideOptions {
+                exclude: &[host],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_ne!(d.claim.host, host);
+    p.state_mut().migrate("a", d.claim).unwrap();
+    assert_ne!(p.state().allocation("a").unwrap().host, host);
+    assert_eq!(p.state().allocations().len(), 1);
+    assert!(p.state().check_consistency().is_empty());
+    p.state_mut().release("a").unwrap();
+    assert!(p.state().used_slots().iter().all(|u| *u == 0));
+}
+
+#[test]
+fn server_group_definitions_are_validated() {
+    let mut p = small();
+    let g = ServerGroupSpec {
+        name: "g".into(),
+        policy: ServerGroupPolicy::Affinity,
+        max_per_host: Some(2),
+    };
+    let err = p
+        .state_mut()
+        .create_server_group(g)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "server group `g`: max_per_host only applies to anti-affinity"
+    );
+    let g = ServerGroupSpec {
+        name: "g".into(),
+        policy: ServerGroupPolicy::AntiAffinity,
+        max_per_host: Some(0),
+    };
+    assert!(p
+        .state_mut()
+        .create_server_group(g)
+        .unwrap_err()
+        .to_string()
+        .contains("max_per_host must be >= 1"));
+    let g = ServerGroupSpec {
+        name: "g".into(),
+        policy: ServerGroupPolicy::AntiAffinity,
+        max_per_host: Some(2),
+    };
+    p.state_mut().create_server_group(g.clone()).unwrap();
+    assert_eq!(
+        p.state_mut()
+            .create_server_group(g)
+            .unwrap_err()
+            .to_string(),
+        "server group `g` already exists"
+    );
+}
+
+#[test]
+fn explanations_count_reasons_and_list_hosts_on_request() {
+    let json = r#"{"hosts": [
+        {"name": "gpu", "traits": ["HW_GPU"], "inventories": {"VCPU": {"total": 4}, "MEMORY_MB": {"total": 1024}}},
+        {"name": "small", "inventories": {"VCPU": {"total": 4}, "MEMORY_MB": {"total": 1024}}},
+        {"name": "tainted", "taints": [{"key": "maint", "effect": "NoSchedule"}],
+         "inventories": {"VCPU": {"total": 64}, "MEMORY_MB": {"total": 65536}}},
+        {"name": "big", "inventories": {"VCPU": {"total": 64}, "MEMORY_MB": {"total": 65536}}}
+    ]}"#;
+    let mut p = Placer::new(
+        Arc::new(Cluster::from_json(json).unwrap()),
+        Profile::default(),
+        3,
+    );
+    let mut r = PlacementRequest::new("vm", &[("VCPU", 2), ("MEMORY_MB", 2048)]);
+    r.required_traits.push("HW_GPU".into());
+    let e = p.place(&r).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "0/4 hosts available: 3 missing trait HW_GPU, 1 insufficient MEMORY_MB"
+    );
+    let r = PlacementRequest::new("vm", &[("VCPU", 8), ("MEMORY_MB", 512)]);
+    let d = p
+        .decide(
+            &r,
+            &DecideOptions {
+                per_host_reasons: true,
+                score_breakdown: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(p.state().cluster().host(d.claim.host).name, "big");
+    let b = d.breakdown.unwrap();
+    assert_eq!(b.len(), 1);
+    assert!(b[0]
+        .parts
+        .iter()
+        .any(|(name, _, _)| *name == "LeastAllocated"));
+    p.place(&PlacementRequest::new("fill", &[("VCPU", 30)]))
+        .unwrap();
+    let r = PlacementRequest::new("vm", &[("VCPU", 40)]);
+    let e = p.decide(
+        &r,
+        &DecideOptions {
+            per_host_reasons: true,
+            ..Default::default()
+        },
+    );
+    let Err(scheduling::PlaceError::Unschedulable(x)) = e else {
+        panic!("{e:?}")
+    };
+    let mut per_host = x.per_host.unwrap();
+    per_host.sort();
+    assert_eq!(
+        per_host,
+        vec![
+            ("big".to_string(), "insufficient VCPU".to_string()),
+            ("gpu".into(), "insufficient VCPU".into()),
+            ("small".into(), "insufficient VCPU".into()),
+            ("tainted".into(), "untolerated taint maint=".into()),
+        ]
+    );
+}
