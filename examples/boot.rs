@@ -36,6 +36,9 @@ struct Args {
     /// Forward this terminal's input to the guest's serial port.
     #[arg(long)]
     interactive: bool,
+    /// Print `keel-stats:` lines at exit: peak RSS and guest RAM resident (for benchmarks).
+    #[arg(long)]
+    stats: bool,
     /// A VM config in JSON; command-line options given explicitly are ignored for it.
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline"])]
     config: Option<PathBuf>,
@@ -87,25 +90,39 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let vm = match VmBuilder::new(config).build() {
+    let mut vm = match VmBuilder::new(config).build() {
         Ok(vm) => vm,
         Err(err) => {
             eprintln!("keel: cannot build the VM: {err}");
             return ExitCode::from(2);
         }
     };
-    match vm.run() {
-        Ok(reason @ (ExitReason::Reset | ExitReason::Shutdown)) => {
-            eprintln!("keel: VM exited: {reason}");
-            ExitCode::SUCCESS
-        }
-        Ok(reason) => {
-            eprintln!("keel: VM exited: {reason}");
-            ExitCode::FAILURE
-        }
-        Err(err) => {
-            eprintln!("keel: cannot run the VM: {err}");
-            ExitCode::FAILURE
-        }
+    if let Err(err) = vm.start() {
+        eprintln!("keel: cannot start the VM: {err}");
+        return ExitCode::FAILURE;
     }
+    let reason = vm.wait();
+    eprintln!("keel: VM exited: {reason}");
+    if args.stats {
+        print_stats(&vm);
+    }
+    match reason {
+        ExitReason::Reset | ExitReason::Shutdown => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Peak RSS of this process and how much of it is guest RAM.
+fn print_stats(vm: &vmm_core::Vm) {
+    let hwm_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let guest_kib = vmm_core::memory::resident_bytes(vm.memory()).unwrap_or(0) / 1024;
+    eprintln!("keel-stats: vmhwm_kib={hwm_kib} guest_resident_kib={guest_kib}");
 }

@@ -188,13 +188,18 @@ pub fn kvm_unavailable() -> Option<String> {
     }
 }
 
-/// Skips the calling test (returns early) when KVM is unavailable, printing why.
+/// Skips the calling test (returns early) when KVM is unavailable, printing why
+/// (`KEEL-KVM-SKIP: ...`).
 ///
-/// The marker `KEEL-KVM-SKIP` lets CI fail when tests skipped on a machine that has `/dev/kvm`.
+/// When the environment variable `KEEL_REQUIRE_KVM=1` is set (CI sets it on machines that
+/// have `/dev/kvm`), an unusable KVM fails the test instead, so KVM tests cannot silently skip.
 #[macro_export]
 macro_rules! require_kvm {
     () => {
         if let Some(reason) = $crate::kvm_unavailable() {
+            if std::env::var_os("KEEL_REQUIRE_KVM").is_some_and(|v| v == "1") {
+                panic!("KEEL_REQUIRE_KVM=1 but {reason}");
+            }
             eprintln!("KEEL-KVM-SKIP: {}: {reason}", module_path!());
             return;
         }

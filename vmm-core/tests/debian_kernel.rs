@@ -4,7 +4,8 @@
 //!
 //! Kernels come from `scripts/fetch-debian-kernel.sh`. The directories are taken from
 //! `KEEL_DEBIAN_KERNELS` (colon-separated) or `~/.cache/keel/debian-*`. Without any, the tests
-//! print `KEEL-DEBIAN-SKIP` and return; `.ci/run` fetches the kernels and fails on that marker.
+//! print `KEEL-DEBIAN-SKIP` and return; `.ci/run` fetches the kernels and sets
+//! `KEEL_DEBIAN_KERNELS`, which makes missing kernels a failure.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -47,7 +48,11 @@ fn kernel_dirs() -> Vec<PathBuf> {
         .filter(|d| d.join("vmlinuz").is_file() && d.join("vmlinux").is_file())
         .collect();
     if usable.is_empty() {
-        eprintln!("KEEL-DEBIAN-SKIP: no Debian kernel found (run scripts/fetch-debian-kernel.sh)");
+        let reason = "no Debian kernel found (run scripts/fetch-debian-kernel.sh)";
+        if std::env::var_os("KEEL_DEBIAN_KERNELS").is_some() {
+            panic!("KEEL_DEBIAN_KERNELS is set but {reason}");
+        }
+        eprintln!("KEEL-DEBIAN-SKIP: {reason}");
     }
     usable
 }
