@@ -25,6 +25,19 @@
 //! # Ok::<(), vmm_core::Error>(())
 //! ```
 //!
+//! Bad input is refused before anything is created, with the field named:
+//!
+//! ```
+//! use vmm_core::{Error, VmBuilder, VmConfig};
+//!
+//! let mut config = VmConfig::new("/no/such/kernel");
+//! config.vcpus = 0;
+//! match VmBuilder::new(config).build() {
+//!     Err(Error::Config(err)) => assert_eq!(err.field, "vcpus"),
+//!     _ => unreachable!("0 vCPUs is refused"),
+//! }
+//! ```
+//!
 //! Layout of the crate: [`config`] (what users write), [`layout`] (guest physical map),
 //! [`memory`], [`boot`] (kernel loading, no KVM needed), [`vm`] (KVM VM), [`vcpu`] (CPUID,
 //! registers, run loop), [`state`] (lifecycle), [`event_loop`], and [`builder`] which wires

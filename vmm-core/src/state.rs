@@ -1,6 +1,6 @@
 //! VM lifecycle: states, exit reasons, and the control block shared by the VM's threads.
 //!
-//! [`Control`] is the one place where the VM's state changes. vCPU threads park in it while the
+//! The control block is the one place where the VM's state changes. vCPU threads park in it while the
 //! VM is paused and leave their run loops when an exit is requested; any thread holding a
 //! [`VmHandle`] can pause, resume or stop the VM and watch its state changes.
 //!

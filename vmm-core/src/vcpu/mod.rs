@@ -1,4 +1,4 @@
-//! vCPUs: creation and configuration ([`configure`]) and the per-thread run loop ([`run`]).
+//! vCPUs: creation and configuration ([`configure`]) and the per-thread run loop.
 //!
 //! The run loop is generic; what is x86-specific lives in [`cpuid`] and [`regs`].
 
