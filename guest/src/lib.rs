@@ -1,0 +1,14 @@
+//! Hardware-independent parts of Keel's test guest.
+//!
+//! Everything here is plain computation over bytes and integers, so it builds for the host as well
+//! and its unit tests run with `cargo test --target x86_64-unknown-linux-gnu --lib`. The binary
+//! (`src/main.rs`) adds what needs the machine: the boot assembly, the UART, the local APIC and the
+//! exit paths.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+pub mod bootinfo;
+pub mod cmdline;
+pub mod selfcheck;
+pub mod sync;
