@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use devices::bus::{Bus, BusKind};
 use devices::legacy::{
-    CmosRtc, EventFdTrigger, Serial, SystemClock, COM1_IRQ, COM1_PORT_BASE, I8042, I8042_PORT_BASE,
-    I8042_PORT_LEN, RTC_PORT_BASE, RTC_PORT_LEN, SERIAL_PORT_LEN,
+    AcpiPm, CmosRtc, EventFdTrigger, Serial, SystemClock, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN,
+    COM1_IRQ, COM1_PORT_BASE, I8042, I8042_PORT_BASE, I8042_PORT_LEN, RTC_PORT_BASE, RTC_PORT_LEN,
+    SERIAL_PORT_LEN,
 };
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
@@ -22,6 +23,7 @@ use log::{debug, warn};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::acpi;
 use crate::boot::{self, BootLayout};
 use crate::config::{SerialInput, SerialOutput, VmConfig};
 use crate::event_loop::{EventLoop, SharedSerial};
@@ -31,14 +33,15 @@ use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
 use crate::Error;
 
-/// Raises the reset line by asking the VM to exit with [`ExitReason::Reset`].
-struct ResetTrigger(Arc<Control>);
+/// A device line (reset, power off) that ends the VM with a given exit reason, synchronously
+/// from the vCPU thread whose I/O raised it.
+struct ExitTrigger(Arc<Control>, ExitReason);
 
-impl vm_superio::Trigger for ResetTrigger {
+impl vm_superio::Trigger for ExitTrigger {
     type E = std::convert::Infallible;
 
     fn trigger(&self) -> Result<(), Self::E> {
-        self.0.request_exit(ExitReason::Reset);
+        self.0.request_exit(self.1.clone());
         Ok(())
     }
 }
@@ -124,7 +127,8 @@ impl VmBuilder {
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
         // Everything that can fail on the user's input comes before KVM is touched.
         let memory = memory::create_guest_memory(self.config.memory.as_bytes())?;
-        let boot = boot::load(&memory, &self.config)?;
+        let acpi = acpi::write_tables(&memory, self.config.vcpus)?;
+        let boot = boot::load(&memory, &self.config, Some(acpi.rsdp))?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         let vm_fd = vm::create_vm(&kvm, &memory)?;
         let control = Control::new(self.config.vcpus as usize);
@@ -145,7 +149,19 @@ impl VmBuilder {
             "i8042",
             I8042_PORT_BASE,
             I8042_PORT_LEN,
-            Arc::new(Mutex::new(I8042::new(ResetTrigger(control.clone())))),
+            Arc::new(Mutex::new(I8042::new(ExitTrigger(
+                control.clone(),
+                ExitReason::Reset,
+            )))),
+        )?;
+        pio.insert(
+            "acpi-pm",
+            ACPI_PM_PORT_BASE,
+            ACPI_PM_PORT_LEN,
+            Arc::new(Mutex::new(AcpiPm::new(
+                ExitTrigger(control.clone(), ExitReason::Shutdown),
+                ExitTrigger(control.clone(), ExitReason::Reset),
+            ))),
         )?;
         pio.insert(
             "rtc",

@@ -5,7 +5,8 @@
 //! 0x0000_0520  IDT used at entry (empty)      0x0000_7000  zero page (Linux boot_params)
 //! 0x0000_8ff0  boot stack top                 0x0000_9000  PML4, PDPT (0xa000), PD (0xb000)
 //! 0x0001_0000  reserved for guest AP startup  0x0002_0000  kernel command line
-//! 0x0009_fc00  EBDA (not RAM)                 0x0010_0000  kernel (1 MiB)
+//! 0x0009_fc00  EBDA (not RAM)                 0x000e_0000  ACPI tables (not RAM)
+//! 0x0010_0000  kernel (1 MiB)
 //! 0xc000_0000  32-bit device hole (PCI MMIO, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000) up to 4 GiB
 //! 0x1_0000_0000  RAM above the hole, when the VM has more than 3 GiB
 //! ```
@@ -41,6 +42,10 @@ pub const PDE_START: u64 = 0xb000;
 pub const AP_TRAMPOLINE_START: u64 = 0x10000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
+/// ACPI tables (RSDP first), in the BIOS area Linux scans for the RSDP.
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the area for ACPI tables.
+pub const ACPI_END: u64 = 0x100000;
 /// Start of the Extended BIOS Data Area: RAM below it is usable, the rest of the first MiB is not.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Where kernels are loaded and where "high" memory starts.

@@ -45,6 +45,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod boot;
 pub mod builder;
 pub mod config;
@@ -74,6 +75,9 @@ pub enum Error {
     /// The kernel or initrd could not be loaded.
     #[error(transparent)]
     Load(#[from] boot::LoadError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// Creating the KVM VM failed.
     #[error(transparent)]
     Vm(#[from] vm::VmError),

@@ -214,3 +214,15 @@ fn dropping_a_running_vm_stops_it() {
     drop(vm);
     assert_eq!(handle.state(), VmState::Exited(ExitReason::Stopped));
 }
+
+#[test]
+fn acpi_power_off_ends_the_vm_with_shutdown() {
+    require_kvm!();
+    // The guest writes SLP_EN | SLP_TYP=5 to the FADT's sleep control register (port 0x600).
+    let (reason, console) = run_to_exit(config(1, BootProtocol::Pvh, "keel.exit=s5"));
+    assert_eq!(reason, ExitReason::Shutdown, "console:\n{console}");
+    assert!(
+        console.contains("keel-guest: exit via=s5"),
+        "console:\n{console}"
+    );
+}

@@ -170,7 +170,7 @@ fn bzimage_zero_page_e820_cmdline_and_initrd_are_right() {
         let initrd_path = initrd(3 << 20);
         let config = config(&kernel, BootProtocol::Auto, 512, &initrd_path);
         let mem = memory(&config);
-        let layout_ = boot::load(&mem, &config).unwrap();
+        let layout_ = boot::load(&mem, &config, Some(layout::ACPI_START)).unwrap();
         let header = boot::read_setup_header(&kernel).unwrap();
 
         assert_eq!(layout_.format, KernelFormat::BzImage);
@@ -197,6 +197,7 @@ fn bzimage_zero_page_e820_cmdline_and_initrd_are_right() {
         assert_ne!({ hdr.loadflags } & 1, 0, "LOADED_HIGH");
         assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
         assert_eq!({ params.ext_cmd_line_ptr }, 0);
+        assert_eq!({ params.acpi_rsdp_addr }, layout::ACPI_START);
         assert_eq!(read_cstring(&mem, layout::CMDLINE_START), config.cmdline);
         check_e820(&params, 512 << 20);
 
@@ -235,7 +236,7 @@ fn vmlinux_boots_through_pvh_with_start_info_memmap_and_module() {
         let initrd_path = initrd(1 << 20);
         let config = config(&kernel, BootProtocol::Auto, 256, &initrd_path);
         let mem = memory(&config);
-        let layout_ = boot::load(&mem, &config).unwrap();
+        let layout_ = boot::load(&mem, &config, Some(layout::ACPI_START)).unwrap();
         assert_eq!(layout_.format, KernelFormat::Elf);
         assert_eq!(layout_.entry.protocol, EntryProtocol::Pvh);
         assert_eq!(layout_.entry.rip, pvh_entry);
@@ -244,6 +245,7 @@ fn vmlinux_boots_through_pvh_with_start_info_memmap_and_module() {
         let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, 0x336e_c578);
         assert_eq!(info.version, 1);
+        assert_eq!(info.rsdp_paddr, layout::ACPI_START);
         assert_eq!(read_cstring(&mem, info.cmdline_paddr), config.cmdline);
         let expected = layout::memory_map(256 << 20);
         assert_eq!(info.memmap_entries as usize, expected.len());
@@ -272,7 +274,7 @@ fn vmlinux_through_the_linux_64_bit_protocol_enters_at_e_entry() {
         let initrd_path = initrd(1 << 20);
         let config = config(&kernel, BootProtocol::Linux64, 256, &initrd_path);
         let mem = memory(&config);
-        let layout_ = boot::load(&mem, &config).unwrap();
+        let layout_ = boot::load(&mem, &config, None).unwrap();
         assert_eq!(layout_.entry.protocol, EntryProtocol::Linux64);
         assert_eq!(layout_.entry.rip, e_entry);
         let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
@@ -298,7 +300,7 @@ fn an_initrd_too_large_for_guest_memory_fails_before_boot() {
         let initrd_path = initrd(100 << 20);
         let config = config(&kernel, BootProtocol::Auto, 128, &initrd_path);
         let mem = memory(&config);
-        let err = boot::load(&mem, &config).unwrap_err();
+        let err = boot::load(&mem, &config, None).unwrap_err();
         assert!(matches!(err, LoadError::InitrdDoesNotFit { .. }), "{err}");
         assert!(
             err.to_string().contains(&initrd_path.display().to_string()),
@@ -320,7 +322,7 @@ fn a_truncated_kernel_image_fails_before_boot() {
         File::create(&cut).unwrap().write_all(&bytes).unwrap();
         let config = VmConfig::new(&cut);
         let mem = memory(&config);
-        let err = boot::load(&mem, &config).unwrap_err();
+        let err = boot::load(&mem, &config, None).unwrap_err();
         assert!(matches!(err, LoadError::Kernel { .. }), "{err}");
         std::fs::remove_file(&cut).unwrap();
     }

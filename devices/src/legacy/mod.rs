@@ -1,4 +1,5 @@
-//! Legacy PC devices: the 16550 UART, the i8042 controller's reset line and the CMOS RTC.
+//! Legacy PC devices: the 16550 UART, the i8042 controller's reset line, the CMOS RTC and the
+//! hardware-reduced ACPI power management registers.
 //!
 //! Each wraps a plain state machine (from `vm-superio` where it has one) behind [`BusDevice`]
 //! so the VMM can put it on the port-I/O bus. Interrupts and resets leave through
@@ -6,11 +7,16 @@
 //!
 //! [`BusDevice`]: crate::bus::BusDevice
 
+mod acpi_pm;
 mod i8042;
 mod rtc;
 mod serial;
 mod trigger;
 
+pub use acpi_pm::{
+    AcpiPm, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE,
+    SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+};
 pub use i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 pub use rtc::{Clock, CmosRtc, SystemClock, RTC_PORT_BASE, RTC_PORT_LEN};
 pub use serial::{Serial, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};

@@ -37,6 +37,7 @@ pub fn write_boot_structures(
     header: Option<&setup_header>,
     cmdline_len: u32,
     initrd: Option<(u64, u64)>,
+    acpi_rsdp: Option<u64>,
     map: &[MemoryMapEntry],
 ) -> Result<(), LoadError> {
     write_page_tables(mem)?;
@@ -62,6 +63,8 @@ pub fn write_boot_structures(
         params.hdr.ramdisk_size = size as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
+    // Boot protocol 2.14+: where the RSDP is, so the kernel need not scan for it.
+    params.acpi_rsdp_addr = acpi_rsdp.unwrap_or(0);
     if map.len() > params.e820_table.len() {
         return Err(LoadError::Write {
             what: "e820 map",

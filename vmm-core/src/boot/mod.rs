@@ -194,8 +194,13 @@ fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
 }
 
 /// Loads the kernel, initrd and command line of `config` into `mem` and writes the boot
-/// structures of the chosen protocol. `config` must have been validated.
-pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootLayout, LoadError> {
+/// structures of the chosen protocol, pointing the guest at the ACPI RSDP when there is one.
+/// `config` must have been validated.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    acpi_rsdp: Option<u64>,
+) -> Result<BootLayout, LoadError> {
     let path = config.kernel.as_path();
     let mut kernel = File::open(path).map_err(io_error("kernel", path))?;
     let format = detect_format(&mut kernel, path)?;
@@ -273,7 +278,14 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootLayout, Load
     let cmdline_len = config.cmdline.len() as u32 + 1;
     let entry = match protocol {
         EntryProtocol::Linux64 => {
-            linux::write_boot_structures(mem, header.as_ref(), cmdline_len, initrd, &map)?;
+            linux::write_boot_structures(
+                mem,
+                header.as_ref(),
+                cmdline_len,
+                initrd,
+                acpi_rsdp,
+                &map,
+            )?;
             let rip = match format {
                 // startup_64 sits 0x200 bytes into the protected-mode part of a bzImage.
                 KernelFormat::BzImage => kernel_start + 0x200,
@@ -288,7 +300,7 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootLayout, Load
             }
         }
         EntryProtocol::Pvh => {
-            pvh::write_start_info(mem, initrd, &map)?;
+            pvh::write_start_info(mem, initrd, acpi_rsdp, &map)?;
             EntryState {
                 protocol,
                 rip: pvh_entry.unwrap_or(kernel_start),

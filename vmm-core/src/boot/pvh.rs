@@ -19,10 +19,12 @@ pub const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 /// Version 1 adds the memory map.
 const START_INFO_VERSION: u32 = 1;
 
-/// Writes `hvm_start_info` (with command line, memory map and initrd module) and the PVH GDT.
+/// Writes `hvm_start_info` (with command line, ACPI RSDP, memory map and initrd module) and the
+/// PVH GDT.
 pub fn write_start_info(
     mem: &GuestMemoryMmap,
     initrd: Option<(u64, u64)>,
+    acpi_rsdp: Option<u64>,
     map: &[MemoryMapEntry],
 ) -> Result<(), LoadError> {
     write_gdt(mem, &gdt::GDT_PVH)?;
@@ -40,6 +42,7 @@ pub fn write_start_info(
         magic: XEN_HVM_START_MAGIC,
         version: START_INFO_VERSION,
         cmdline_paddr: layout::CMDLINE_START,
+        rsdp_paddr: acpi_rsdp.unwrap_or(0),
         memmap_paddr: layout::PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
         nr_modules: u32::from(initrd.is_some()),

@@ -1,0 +1,209 @@
+//! ACPI tables for distribution kernels: RSDP, XSDT, FADT, MADT and DSDT.
+//!
+//! Debian's cloud kernels are built without MP-table parsing, so they find application
+//! processors only through the MADT, and they power off through ACPI. Keel describes a
+//! hardware-reduced ACPI platform (as Cloud Hypervisor and Firecracker do): no SCI, no PM timer,
+//! no fixed-feature buttons; sleep control/status and reset registers in I/O space
+//! ([`devices::legacy::AcpiPm`]); a DSDT that names the serial port, the RTC and the `\_S5`
+//! sleep type. The tables are built with the `acpi_tables` crate and placed in the BIOS area
+//! at [`layout::ACPI_START`], which the e820 map marks reserved.
+//!
+//! The MADT carries no interrupt source overrides on purpose: KVM's default GSI routing sends
+//! ISA IRQ *n* to IOAPIC pin *n*, which is exactly what ACPI assumes when no override is given.
+
+use acpi_tables::fadt::{FADTBuilder, Flags, PmProfile};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use devices::legacy::{
+    ACPI_PM_PORT_BASE, COM1_IRQ, COM1_PORT_BASE, RESET_OFFSET, RESET_VALUE, RTC_PORT_BASE,
+    S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout;
+
+const OEM_ID: [u8; 6] = *b"KEEL  ";
+const OEM_REVISION: u32 = 1;
+/// DSDT revision 2 and later use 64-bit integers.
+const DSDT_REVISION: u8 = 6;
+/// FADT IA-PC boot flags: no VGA, no CMOS RTC probing restrictions, no 8042 advertised (the
+/// i8042 model is only a reset line, so drivers should not probe it).
+const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+/// CMOS index of the century register, which the FADT advertises.
+const RTC_CENTURY_INDEX: u8 = 0x32;
+/// "KEELKVM" hypervisor vendor identity in the FADT.
+const HYPERVISOR_ID: u64 = u64::from_le_bytes(*b"KEELKVM\0");
+
+/// Errors writing the tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The tables do not fit in the BIOS area.
+    #[error("ACPI tables need {needed} bytes; the area at {start:#x} holds {available}")]
+    TooLarge {
+        /// Bytes needed.
+        needed: u64,
+        /// Area start.
+        start: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// Guest memory rejected a write.
+    #[error("cannot write ACPI table {table} at {addr:#x}: {detail}")]
+    Write {
+        /// Table signature.
+        table: &'static str,
+        /// Guest address.
+        addr: u64,
+        /// Cause.
+        detail: String,
+    },
+}
+
+/// Where each table went, for tests and debugging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcpiLayout {
+    /// RSDP (what the guest is told through the zero page or PVH start info).
+    pub rsdp: u64,
+    /// XSDT.
+    pub xsdt: u64,
+    /// FADT.
+    pub fadt: u64,
+    /// MADT.
+    pub madt: u64,
+    /// DSDT.
+    pub dsdt: u64,
+    /// First byte after the tables.
+    pub end: u64,
+}
+
+fn io_register(port: u64) -> GAS {
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
+}
+
+/// The DSDT: COM1, the RTC and the S5 sleep type.
+fn dsdt() -> Sdt {
+    let mut table = Sdt::new(
+        *b"DSDT",
+        36,
+        DSDT_REVISION,
+        OEM_ID,
+        *b"KEELDSDT",
+        OEM_REVISION,
+    );
+
+    let com1_io = aml::IO::new(COM1_PORT_BASE as u16, COM1_PORT_BASE as u16, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let com1_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let com1_crs = aml::Name::new("_CRS".into(), &com1_crs);
+    let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
+
+    let rtc_io = aml::IO::new(RTC_PORT_BASE as u16, RTC_PORT_BASE as u16, 1, 2);
+    let rtc_crs = aml::ResourceTemplate::new(vec![&rtc_io]);
+    let rtc_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
+    let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
+    let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
+
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc]).to_aml_bytes(&mut table);
+    // \_S5: the SLP_TYP value the guest writes to enter soft-off.
+    let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE]);
+    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut table);
+    table
+}
+
+fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
+    let mut builder = FADTBuilder::new(OEM_ID, *b"KEELFACP", OEM_REVISION)
+        .dsdt_64(dsdt)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton) // no fixed-feature power button
+        .flag(Flags::SlpButton) // no fixed-feature sleep button
+        .flag(Flags::ResetRegSup)
+        .preferred_pm_profile(PmProfile::EnterpriseServer);
+    builder.century = RTC_CENTURY_INDEX;
+    builder.iapc_boot_arch = IAPC_BOOT_ARCH_VGA_NOT_PRESENT.into();
+    builder.reset_reg = io_register(ACPI_PM_PORT_BASE + RESET_OFFSET);
+    builder.reset_value = RESET_VALUE;
+    builder.sleep_control_reg = io_register(ACPI_PM_PORT_BASE + SLEEP_CONTROL_OFFSET);
+    builder.sleep_status_reg = io_register(ACPI_PM_PORT_BASE + SLEEP_STATUS_OFFSET);
+    builder.hypervisor_vendor_identity = HYPERVISOR_ID.into();
+    builder.finalize()
+}
+
+fn madt(vcpus: u32) -> MADT {
+    let mut madt = MADT::new(
+        OEM_ID,
+        *b"KEELMADT",
+        OEM_REVISION,
+        LocalInterruptController::Address(layout::LAPIC_START as u32),
+    );
+    for id in 0..vcpus {
+        // vCPU index = ACPI processor UID = APIC ID (see vcpu::cpuid); at most 254.
+        let id = id as u8;
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    // The IOAPIC's ID follows the local APIC IDs so the two never collide.
+    madt.add_structure(IoApic::new(vcpus as u8, layout::IOAPIC_START as u32, 0));
+    madt
+}
+
+fn bytes_of(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// Writes the tables for `vcpus` vCPUs at [`layout::ACPI_START`] and returns where they went.
+pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u32) -> Result<AcpiLayout, AcpiError> {
+    let align = |addr: u64| addr.div_ceil(16) * 16;
+    // The RSDP goes first, in the area Linux scans, at a 16-byte boundary.
+    let rsdp_addr = layout::ACPI_START;
+    let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
+    let dsdt = bytes_of(&dsdt());
+    let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
+    let fadt = bytes_of(&fadt(dsdt_addr));
+    let madt_addr = align(fadt_addr + fadt.len() as u64);
+    let madt = bytes_of(&madt(vcpus));
+    let xsdt_addr = align(madt_addr + madt.len() as u64);
+    let mut xsdt_table = XSDT::new(OEM_ID, *b"KEELXSDT", OEM_REVISION);
+    xsdt_table.add_entry(fadt_addr);
+    xsdt_table.add_entry(madt_addr);
+    let xsdt = bytes_of(&xsdt_table);
+    let end = xsdt_addr + xsdt.len() as u64;
+    if end > layout::ACPI_END {
+        return Err(AcpiError::TooLarge {
+            needed: end - layout::ACPI_START,
+            start: layout::ACPI_START,
+            available: layout::ACPI_END - layout::ACPI_START,
+        });
+    }
+    let rsdp = bytes_of(&Rsdp::new(OEM_ID, xsdt_addr));
+    for (table, addr, bytes) in [
+        ("RSDP", rsdp_addr, &rsdp),
+        ("DSDT", dsdt_addr, &dsdt),
+        ("FACP", fadt_addr, &fadt),
+        ("APIC", madt_addr, &madt),
+        ("XSDT", xsdt_addr, &xsdt),
+    ] {
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(|err| AcpiError::Write {
+                table,
+                addr,
+                detail: err.to_string(),
+            })?;
+    }
+    Ok(AcpiLayout {
+        rsdp: rsdp_addr,
+        xsdt: xsdt_addr,
+        fadt: fadt_addr,
+        madt: madt_addr,
+        dsdt: dsdt_addr,
+        end,
+    })
+}
