@@ -1,1 +1,520 @@
-fn main() {}
+//! Placement benchmark: workloads W1–W5 on generated clusters of 1k, 5k and 20k hosts.
+//!
+//! `cargo bench -p benches --bench placement` prints one table; `PLACEMENT_QUICK=1` (or `-- --quick`) runs a
+//! smoke version (1k hosts, fewer requests). Single-decider numbers are single-threaded (one core).
+
+use scheduling::generator::{self, ClusterShape};
+use scheduling::model::ClassId;
+use scheduling::report::{shape_aware_lower_bound, summary, volume_lower_bound};
+use scheduling::rng::SplitMix64;
+use scheduling::{
+    Cluster, DecideOptions, PlaceError, PlacementRequest, Placer, Policy, Profile, Scheduler,
+    SharedState,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Config {
+    sizes: Vec<usize>,
+    w1: usize,
+    w3: usize,
+    w4: usize,
+    w5: usize,
+    w2_cap: usize,
+    conflict_ops: usize,
+}
+
+fn config() -> Config {
+    let quick =
+        std::env::var_os("PLACEMENT_QUICK").is_some() || std::env::args().any(|a| a == "--quick");
+    if quick {
+        Config {
+            sizes: vec![1000],
+            w1: 5000,
+            w3: 3000,
+            w4: 3000,
+            w5: 5000,
+            w2_cap: 60_000,
+            conflict_ops: 4000,
+        }
+    } else {
+        Config {
+            sizes: vec![1000, 5000, 20000],
+            w1: 50_000,
+            w3: 30_000,
+            w4: 30_000,
+            w5: 50_000,
+            w2_cap: 2_000_000,
+            conflict_ops: 40_000,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+}
+
+struct Row {
+    size: usize,
+    name: String,
+    n: usize,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    note: String,
+}
+
+fn print_header() {
+    println!(
+        "{:>6} {:<34} {:>8} {:>12} {:>9} {:>9} {:>9}  notes",
+        "hosts", "workload", "n", "placements/s", "p50 µs", "p99 µs", "max µs"
+    );
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{:>6} {:<34} {:>8} {:>12.0} {:>9.1} {:>9.1} {:>9.1}  {}",
+        r.size, r.name, r.n, r.rate, r.p50, r.p99, r.max, r.note
+    );
+}
+
+fn row(size: usize, name: &str, mut lat: Latencies, total: Duration, note: String) -> Row {
+    let n = lat.0.len();
+    Row {
+        size,
+        name: name.to_string(),
+        n,
+        rate: n as f64 / total.as_secs_f64().max(1e-9),
+        p50: lat.pct(0.5),
+        p99: lat.pct(0.99),
+        max: lat.pct(1.0),
+        note,
+    }
+}
+
+struct Env {
+    cluster: Arc<Cluster>,
+    vcpu: ClassId,
+    mem: ClassId,
+    vcpu_capacity: u64,
+}
+
+fn env(size: usize) -> Env {
+    let spec = generator::cluster(ClusterShape::new(size, 42));
+    let cluster = Arc::new(Cluster::from_spec(&spec).expect("generated cluster is valid"));
+    let vcpu = cluster.class_id("VCPU").expect("standard class");
+    let mem = cluster.class_id("MEMORY_MB").expect("standard class");
+    let vcpu_capacity = cluster
+        .slots()
+        .iter()
+        .filter(|s| s.class == vcpu)
+        .map(|s| s.capacity)
+        .sum();
+    Env {
+        cluster,
+        vcpu,
+        mem,
+        vcpu_capacity,
+    }
+}
+
+/// Places mixed VMs until `fraction` of vCPU capacity is allocated.
+fn prefill(p: &mut Placer, e: &Env, fraction: f64, seed: u64) -> usize {
+    let mut r = SplitMix64::new(seed);
+    let target = (e.vcpu_capacity as f64 * fraction) as u64;
+    let mut used = 0u64;
+    let mut i = 0;
+    let mut failures = 0;
+    while used < target && failures < 100 {
+        let req = generator::mixed_request(&mut r, format!("pre{i}"));
+        i += 1;
+        let v = req.resources["VCPU"] as u64;
+        match p.place(&req) {
+            Ok(_) => used += v,
+            Err(_) => failures += 1,
+        }
+    }
+    i
+}
+
+fn run_requests(p: &mut Placer, reqs: &[PlacementRequest]) -> (Latencies, Duration, usize) {
+    let mut lat = Latencies(Vec::with_capacity(reqs.len()));
+    let mut failed = 0;
+    let start = Instant::now();
+    for req in reqs {
+        let t = Instant::now();
+        let ok = p.place(req).is_ok();
+        let dt = t.elapsed().as_nanos() as u64;
+        if ok {
+            lat.0.push(dt);
+        } else {
+            failed += 1;
+        }
+    }
+    (lat, start.elapsed(), failed)
+}
+
+fn w1(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Spread), 1);
+    prefill(&mut p, e, 0.2, 7);
+    let reqs = generator::homogeneous(c.w1, "w1-").requests;
+    // Decide only: compile + decide, no commit (state stays at the prefill level).
+    let mut lat = Latencies::default();
+    let start = Instant::now();
+    for r in &reqs {
+        let t = Instant::now();
+        let ok = p.decide(r, &DecideOptions::default()).is_ok();
+        if ok {
+            lat.0.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    rows.push(row(
+        size,
+        "W1 decide-only (spread)",
+        lat,
+        start.elapsed(),
+        String::new(),
+    ));
+    let (lat, total, failed) = run_requests(&mut p, &reqs);
+    let stats = p.scheduler().stats();
+    rows.push(row(
+        size,
+        "W1 decide+commit (spread)",
+        lat,
+        total,
+        format!(
+            "after 20% prefill; failed {failed}; hosts visited/decision {:.1}",
+            stats.hosts_visited as f64 / stats.decisions.max(1) as f64
+        ),
+    ));
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Pack), 1);
+    prefill(&mut p, e, 0.2, 7);
+    let (lat, total, _) = run_requests(&mut p, &reqs);
+    rows.push(row(
+        size,
+        "W1 decide+commit (pack)",
+        lat,
+        total,
+        String::new(),
+    ));
+
+    // Time to reject an infeasible request: 700 GB on a GPU host (GPU hosts have 2 × 192 GB).
+    let infeasible = |i: i64| {
+        let mut r =
+            PlacementRequest::new(format!("x{i}"), &[("VCPU", 2), ("MEMORY_MB", 700_000 + i)]);
+        r.required_traits.push("HW_GPU".into());
+        r
+    };
+    let mut cold = Latencies::default();
+    let start = Instant::now();
+    let mut summary_line = String::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        let err = p.place(&infeasible(i));
+        cold.0.push(t.elapsed().as_nanos() as u64);
+        if let Err(PlaceError::Unschedulable(x)) = err {
+            summary_line = x.summary;
+        }
+    }
+    rows.push(row(
+        size,
+        "reject infeasible (cold)",
+        cold,
+        start.elapsed(),
+        summary_line,
+    ));
+    let mut warm = Latencies::default();
+    let start = Instant::now();
+    let same = infeasible(0);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let _ = p.place(&same);
+        warm.0.push(t.elapsed().as_nanos() as u64);
+    }
+    rows.push(row(
+        size,
+        "reject infeasible (equiv. cache)",
+        warm,
+        start.elapsed(),
+        String::new(),
+    ));
+}
+
+fn w2(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
+    for policy in [Policy::Pack, Policy::Spread] {
+        let profile = Profile::for_policy(policy);
+        let mut p = Placer::new(e.cluster.clone(), profile, 3);
+        let mut r = SplitMix64::new(11);
+        let (mut lo, mut hi) = (f64::MAX, 0f64);
+        let mut lat = Latencies::default();
+        let (mut dv, mut dm) = (0u64, 0u64);
+        let mut half: Option<(usize, usize, usize)> = None;
+        let start = Instant::now();
+        for i in 0..c.w2_cap {
+            let req = generator::mixed_request(&mut r, format!("w2-{i}"));
+            let t = Instant::now();
+            match p.place(&req) {
+                Ok(_) => {
+                    lat.0.push(t.elapsed().as_nanos() as u64);
+                    let (v, m) = (
+                        req.resources["VCPU"] as u64,
+                        req.resources["MEMORY_MB"] as u64,
+                    );
+                    dv += v;
+                    dm += m;
+                    lo = lo.min(m as f64 / v as f64);
+                    hi = hi.max(m as f64 / v as f64);
+                    if half.is_none() && dv * 2 >= e.vcpu_capacity {
+                        let used = (0..e.cluster.host_count())
+                            .filter(|h| p.state().vm_count(scheduling::HostId(*h as u32)) > 0)
+                            .count();
+                        half = Some((
+                            used,
+                            volume_lower_bound(&e.cluster, &[(e.vcpu, dv), (e.mem, dm)]),
+                            shape_aware_lower_bound(&e.cluster, (e.vcpu, dv), (e.mem, dm), lo, hi),
+                        ));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let total = start.elapsed();
+        let s = summary(p.state(), &[(e.vcpu, 1), (e.mem, 2048)]);
+        let lb = volume_lower_bound(&e.cluster, &[(e.vcpu, dv), (e.mem, dm)]);
+        let shape_lb = shape_aware_lower_bound(&e.cluster, (e.vcpu, dv), (e.mem, dm), lo, hi);
+        let class = |n: &str| {
+            s.classes
+                .iter()
+                .find(|u| u.class == n)
+                .map_or(0.0, |u| u.percent)
+        };
+        let stranded = |n: &str| {
+            s.classes
+                .iter()
+                .find(|u| u.class == n)
+                .map_or(0.0, |u| u.stranded as f64 * 100.0 / u.capacity as f64)
+        };
+        let half_note = half.map_or(String::new(), |(u, lb, slb)| {
+            format!(
+                "; at 50% vCPU demand: {u} hosts vs LB {lb} = {:.3}x, vs shape LB {slb} = {:.3}x",
+                u as f64 / lb.max(1) as f64,
+                u as f64 / slb.max(1) as f64
+            )
+        });
+        rows.push(row(
+            size,
+            &format!("W2 mixed until 1st failure ({})", format!("{policy:?}").to_lowercase()),
+            lat,
+            total,
+            format!(
+                "full: {} hosts used vs LB {lb} = {:.3}x (shape LB {shape_lb}); VCPU {:.1}% MEM {:.1}% used; stranded VCPU {:.1}% MEM {:.1}%{half_note}",
+                s.hosts_used,
+                s.hosts_used as f64 / lb.max(1) as f64,
+                class("VCPU"),
+                class("MEMORY_MB"),
+                stranded("VCPU"),
+                stranded("MEMORY_MB"),
+            ),
+        ));
+    }
+}
+
+fn w3(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Spread), 5);
+    prefill(&mut p, e, 0.2, 7);
+    let w = generator::anti_affinity(c.w3, 13, "w3-");
+    for g in &w.server_groups {
+        p.state_mut()
+            .create_server_group(g.clone())
+            .expect("fresh group");
+    }
+    let (lat, total, failed) = run_requests(&mut p, &w.requests);
+    rows.push(row(
+        size,
+        "W3 anti-affinity 3-10 + zone spread",
+        lat,
+        total,
+        format!("{} groups; failed {failed}", w.server_groups.len()),
+    ));
+}
+
+fn w4(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Spread), 6);
+    prefill(&mut p, e, 0.2, 7);
+    let w = generator::numa_pinned(c.w4, 17, "w4-");
+    let (lat, total, failed) = run_requests(&mut p, &w.requests);
+    rows.push(row(
+        size,
+        "W4 NUMA-pinned + hugepages",
+        lat,
+        total,
+        format!("failed {failed}"),
+    ));
+}
+
+fn w5(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Balanced), 8);
+    let mut r = SplitMix64::new(19);
+    let target = (e.vcpu_capacity as f64 * 0.85) as u64;
+    let mut used = 0u64;
+    let mut live: Vec<(String, u64)> = Vec::new();
+    let mut i = 0usize;
+    let mut failures = 0;
+    while used < target && failures < 100 {
+        let req = generator::mixed_request(&mut r, format!("c{i}"));
+        i += 1;
+        if p.place(&req).is_ok() {
+            let v = req.resources["VCPU"] as u64;
+            used += v;
+            live.push((req.id.clone(), v));
+        } else {
+            failures += 1;
+        }
+    }
+    let mut lat = Latencies::default();
+    let mut failed = 0;
+    let start = Instant::now();
+    for _ in 0..c.w5 {
+        // Departure then arrival keeps utilisation around 85%.
+        let k = r.below(live.len() as u64) as usize;
+        let (id, v) = live.swap_remove(k);
+        let _ = p.state_mut().release(&id);
+        used -= v;
+        let req = generator::mixed_request(&mut r, format!("c{i}"));
+        i += 1;
+        let t = Instant::now();
+        if p.place(&req).is_ok() {
+            lat.0.push(t.elapsed().as_nanos() as u64);
+            let v = req.resources["VCPU"] as u64;
+            used += v;
+            live.push((req.id.clone(), v));
+        } else {
+            failed += 1;
+        }
+    }
+    rows.push(row(
+        size,
+        "W5 churn at 85% (balanced)",
+        lat,
+        start.elapsed(),
+        format!(
+            "release+place pairs; placement failures {failed}; vCPU util {:.1}%",
+            used as f64 * 100.0 / e.vcpu_capacity as f64
+        ),
+    ));
+}
+
+fn conflicts(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
+    for deciders in [1usize, 2, 4] {
+        let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Spread), 1);
+        prefill(&mut p, e, 0.2, 7);
+        let shared = Arc::new(SharedState::new(p.state().clone()));
+        let profile = Arc::new(Profile::for_policy(Policy::Spread));
+        let per = c.conflict_ops / deciders;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..deciders)
+            .map(|t| {
+                let shared = shared.clone();
+                let profile = profile.clone();
+                std::thread::spawn(move || {
+                    let mut s = Scheduler::new(profile, 100 + t as u64);
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let req = PlacementRequest::new(
+                            format!("t{t}-{i}"),
+                            &[("VCPU", 2), ("MEMORY_MB", 4096)],
+                        );
+                        let t0 = Instant::now();
+                        if shared.place(&mut s, &req).is_ok() {
+                            lat.push(t0.elapsed().as_nanos() as u64);
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut lat = Latencies::default();
+        for h in handles {
+            lat.0.extend(h.join().unwrap_or_default());
+        }
+        let total = start.elapsed();
+        let commits = shared.commits();
+        let conflicts = shared.conflicts();
+        rows.push(row(
+            size,
+            &format!("W1 shared state, {deciders} decider(s)"),
+            lat,
+            total,
+            format!(
+                "conflicts {conflicts} / {} commit attempts = {:.2}%",
+                commits + conflicts,
+                conflicts as f64 * 100.0 / (commits + conflicts).max(1) as f64
+            ),
+        ));
+    }
+}
+
+type Section = fn(usize, &Env, &Config, &mut Vec<Row>);
+
+fn main() {
+    let c = config();
+    println!("# Keel placement benchmark (single decider = one thread; conflict rows use threads on this machine)");
+    for &size in &c.sizes {
+        let t = Instant::now();
+        let e = env(size);
+        let build = t.elapsed();
+        println!(
+            "\n## {size} hosts ({} inventories), generated, validated and indexed in {:.1} ms",
+            e.cluster.slots().len(),
+            build.as_secs_f64() * 1e3
+        );
+        print_header();
+        let mut rows = Vec::new();
+        let only = std::env::var("PLACEMENT_ONLY").unwrap_or_default();
+        let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+        let sections: [(&str, Section); 6] = [
+            ("w1", w1),
+            ("w3", w3),
+            ("w4", w4),
+            ("w5", w5),
+            ("w2", w2),
+            ("conflicts", conflicts),
+        ];
+        for (name, section) in sections {
+            if run(name) {
+                let n = rows.len();
+                section(size, &e, &c, &mut rows);
+                rows[n..].iter().for_each(print_row);
+            }
+        }
+        let w1p99 = rows
+            .iter()
+            .find(|r| r.name.starts_with("W1 decide+commit (spread)"))
+            .map_or(0.0, |r| r.p99);
+        let w1rate = rows
+            .iter()
+            .find(|r| r.name.starts_with("W1 decide+commit (spread)"))
+            .map_or(0.0, |r| r.rate);
+        let w3rate = rows
+            .iter()
+            .find(|r| r.name.starts_with("W3"))
+            .map_or(0.0, |r| r.rate);
+        println!(
+            "-- W3 cost vs W1: {:.2}x (time per placement); W1 decide+commit {:.0}/s, p99 {:.1} µs",
+            w1rate / w3rate.max(1e-9),
+            w1rate,
+            w1p99
+        );
+    }
+}

@@ -54,6 +54,17 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Whether the reason is about inventory fit (which, until capacity is freed, can only get worse).
+    pub fn is_resource(&self) -> bool {
+        matches!(
+            self,
+            Reason::Insufficient(_)
+                | Reason::UnitConstraint(_)
+                | Reason::GroupUnsatisfiable(_)
+                | Reason::GroupLayout
+        )
+    }
+
     /// Human-readable reason, resolving ids through the cluster and request.
     pub fn describe(&self, cluster: &Cluster, req: &CompiledRequest) -> String {
         let group_name = || req.server_group_name.clone().unwrap_or_else(|| "?".into());

@@ -47,15 +47,12 @@ pub trait PreFilterPlugin: Send + Sync {
     fn name(&self) -> &'static str;
     /// Removes hosts from `candidates`, recording why in `diag` (see [`restrict`] and [`exclude`]).
     fn pre_filter(&self, cx: &mut CycleState<'_>, candidates: &mut HostSet, diag: &mut Diagnosis);
-    /// Whether the result depends only on the request and the topology (so it may be cached per
-    /// equivalence class). Plugins reading usage or membership must return `false` for such requests.
+    /// Whether, for this request, the result depends only on the request fields hashed into
+    /// [`CompiledRequest::prefilter_key`] and the topology (so it may be cached). Plugins that read
+    /// usage or membership, or write cycle data, must return `false` for such requests: they then run on
+    /// every decision, after the cached ones.
     fn cacheable(&self, _request: &CompiledRequest) -> bool {
         true
-    }
-    /// Whether the plugin writes data into the [`CycleState`] (then it also runs when the candidate set
-    /// comes from the equivalence cache).
-    fn sets_cycle_data(&self) -> bool {
-        false
     }
 }
 

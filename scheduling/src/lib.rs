@@ -57,6 +57,7 @@ pub mod index;
 pub mod model;
 pub mod plugins;
 pub mod profile;
+pub mod report;
 pub mod request;
 pub mod rng;
 pub mod scheduler;
@@ -66,7 +67,7 @@ pub mod state;
 pub use error::{CommitError, ModelError, RequestError, StateError};
 pub use explain::{Diagnosis, Explanation, HostScore, Reason};
 pub use model::{Cluster, ClusterSpec, HostId};
-pub use profile::{Policy, Profile, Sampling};
+pub use profile::{Policy, Profile, Sampling, ScanOrder};
 pub use request::PlacementRequest;
 pub use scheduler::{
     DecideOptions, Decision, PlaceError, Placement, Placer, Scheduler, Unschedulable,

@@ -85,6 +85,18 @@ impl Sampling {
     }
 }
 
+/// In which order hosts are visited by the filters.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanOrder {
+    /// Host order, starting where the previous decision stopped (kube-scheduler).
+    #[default]
+    Rotating,
+    /// Fullest hosts first (by dominant utilisation bucket), rotating within a bucket: with a bounded
+    /// sample, packing policies still see the hosts they prefer.
+    FullestFirst,
+}
+
 /// The plugins of each extension point, with score weights.
 pub struct Profile {
     /// Name shown in reports.
@@ -101,6 +113,8 @@ pub struct Profile {
     pub permit: Vec<Box<dyn PermitPlugin>>,
     /// Sampling.
     pub sampling: Sampling,
+    /// Visiting order.
+    pub scan_order: ScanOrder,
 }
 
 impl std::fmt::Debug for Profile {
@@ -149,6 +163,7 @@ impl Profile {
             Box::new(TaintToleration),
             Box::new(ResourceClassPresence),
             Box::new(ServerGroupAffinity),
+            Box::new(ServerGroupAntiAffinityPre),
             Box::new(TopologySpreadPre),
         ];
         let filters: Vec<Box<dyn FilterPlugin>> = vec![
@@ -161,7 +176,9 @@ impl Profile {
                 (Box::new(LeastAllocated), 2),
                 (Box::new(BalancedAllocation), 1),
             ],
-            Policy::Pack => vec![(Box::new(MostAllocated), 3), (Box::new(StrandedAware), 1)],
+            // Alignment dominates: on mixed host shapes, matching the VM's shape to the free space
+            // strands far less than pure best-fit (measured in benches/placement.rs, W2).
+            Policy::Pack => vec![(Box::new(MostAllocated), 1), (Box::new(Alignment), 3)],
             Policy::Balanced => vec![
                 (Box::new(BalancedAllocation), 2),
                 (Box::new(LeastAllocated), 1),
@@ -171,22 +188,21 @@ impl Profile {
                 (Box::new(BalancedAllocation), 1),
             ],
             Policy::EvenVmCount => vec![(Box::new(EvenVmCount), 2), (Box::new(LeastAllocated), 1)],
-            Policy::StrandedAware => {
-                vec![(Box::new(StrandedAware), 2), (Box::new(MostAllocated), 1)]
-            }
+            Policy::StrandedAware => vec![
+                (Box::new(StrandedAware), 2),
+                (Box::new(Alignment), 1),
+                (Box::new(MostAllocated), 1),
+            ],
         };
         scores.push((Box::new(ServerGroupSoft), 2));
         scores.push((Box::new(PreferredAffinity), 1));
         scores.push((Box::new(TaintPreference), 1));
         scores.push((Box::new(SpreadPreference), 2));
-        let sampling = match policy {
-            // Packing quality depends on seeing the fullest hosts; look wider.
-            Policy::Pack | Policy::PowerSaving | Policy::StrandedAware => Sampling {
-                min_feasible: 64,
-                percentage: 0,
-                max_feasible: 512,
-            },
-            _ => Sampling::default(),
+        // Packing policies visit the fullest hosts first, so a bounded sample still sees the hosts
+        // they prefer; spreading policies rotate through all hosts.
+        let scan_order = match policy {
+            Policy::Pack | Policy::PowerSaving | Policy::StrandedAware => ScanOrder::FullestFirst,
+            _ => ScanOrder::Rotating,
         };
         Profile {
             name: format!("{policy:?}").to_lowercase(),
@@ -195,13 +211,20 @@ impl Profile {
             scores,
             reserve: Vec::new(),
             permit: Vec::new(),
-            sampling,
+            sampling: Sampling::default(),
+            scan_order,
         }
     }
 
     /// Replaces the sampling configuration.
     pub fn with_sampling(mut self, sampling: Sampling) -> Self {
         self.sampling = sampling;
+        self
+    }
+
+    /// Replaces the scan order.
+    pub fn with_scan_order(mut self, order: ScanOrder) -> Self {
+        self.scan_order = order;
         self
     }
 

@@ -280,6 +280,47 @@ impl PlacementRequest {
     }
 }
 
+impl PlacementRequest {
+    /// Hash of the resource part of the request (see [`CompiledRequest::fit_key`]).
+    pub fn fit_key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.resources,
+            &self.groups,
+            &self.group_policy,
+            &self.same_subtree,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// Hash of the fields static pre-filters depend on (see [`CompiledRequest::prefilter_key`]).
+    pub fn prefilter_key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let classes: Vec<&String> = self
+            .resources
+            .keys()
+            .chain(self.groups.iter().flat_map(|g| g.resources.keys()))
+            .collect();
+        (
+            classes,
+            &self.required_traits,
+            &self.forbidden_traits,
+            &self.any_of_traits,
+        )
+            .hash(&mut h);
+        (
+            &self.member_of,
+            &self.zone,
+            &self.node_selector,
+            &self.node_affinity,
+            &self.tolerations,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
 /// A trait reference that may name a trait no provider has (then nothing can satisfy it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraitRef {
@@ -356,6 +397,12 @@ pub struct CompiledRequest {
     pub totals: Vec<(ClassId, u64)>,
     /// Equivalence key (see [`PlacementRequest::equivalence_key`]).
     pub equivalence_key: u64,
+    /// Hash of the resource part (amounts, named groups, group policy, same_subtree): requests with the
+    /// same key fit on exactly the same hosts given the same usage.
+    pub fit_key: u64,
+    /// Hash of the fields the static pre-filters read (resource classes, traits, aggregates, zone,
+    /// labels, tolerations): requests differing only in amounts or server group share cached candidates.
+    pub prefilter_key: u64,
 }
 
 impl CompiledRequest {
@@ -590,6 +637,8 @@ impl CompiledRequest {
             priority: req.priority,
             totals,
             equivalence_key: req.equivalence_key(),
+            prefilter_key: req.prefilter_key(),
+            fit_key: req.fit_key(),
         })
     }
 }

@@ -13,10 +13,10 @@ use crate::fit::FitScratch;
 use crate::framework::CycleState;
 use crate::hostset::HostSet;
 use crate::model::{Cluster, HostId, ServerGroupPolicy};
-use crate::profile::Profile;
+use crate::profile::{Profile, ScanOrder};
 use crate::request::{CompiledRequest, PlacementRequest};
 use crate::rng::SplitMix64;
-use crate::state::{Claim, State};
+use crate::state::{Claim, State, FILL_BUCKETS};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,11 +83,28 @@ struct CacheEntry {
     topology_version: u64,
     candidates: HostSet,
     counts: Vec<(crate::explain::Reason, u32)>,
-    /// `(release_epoch, group_epoch, diagnosis)` of the last failure.
-    negative: Option<(u64, u64, Diagnosis)>,
+}
+
+/// Hosts found too full for one resource shape: valid until capacity is freed (usage only grows
+/// meanwhile, so an infeasible host stays infeasible). Lets scans skip full hosts in O(1).
+struct FitMemo {
+    release_epoch: u64,
+    topology_version: u64,
+    infeasible: HostSet,
+    reasons: Vec<crate::explain::Reason>,
+}
+
+/// The last failure of an equivalence class: valid while nothing was freed and its group is unchanged.
+struct NegativeEntry {
+    topology_version: u64,
+    release_epoch: u64,
+    group_epoch: u64,
+    diagnosis: Diagnosis,
 }
 
 const CACHE_LIMIT: usize = 4096;
+/// Fit memos hold a reason per host, so keep fewer of them.
+const MEMO_LIMIT: usize = 64;
 
 /// One decider: a profile, a seeded generator, a rotating scan position and caches.
 pub struct Scheduler {
@@ -95,6 +112,8 @@ pub struct Scheduler {
     rng: SplitMix64,
     cursor: usize,
     cache: HashMap<u64, CacheEntry>,
+    negative: HashMap<u64, NegativeEntry>,
+    memo: HashMap<u64, FitMemo>,
     scratch: FitScratch,
     feasible: Vec<HostId>,
     feasible_allocs: Vec<(u32, u64)>,
@@ -115,6 +134,8 @@ impl Scheduler {
             rng,
             cursor,
             cache: HashMap::new(),
+            negative: HashMap::new(),
+            memo: HashMap::new(),
             scratch: FitScratch::default(),
             feasible: Vec::new(),
             feasible_allocs: Vec::new(),
@@ -142,51 +163,110 @@ impl Scheduler {
             .map_or(0, |g| g.epoch)
     }
 
+    /// Runs the pre-filters. Those whose result depends only on the request's static fields and the
+    /// topology are served from the equivalence cache (keyed by [`CompiledRequest::prefilter_key`]); the
+    /// others (server group, spread) run every time on the cached result.
     fn prefilter(&mut self, cx: &mut CycleState<'_>, diag: &mut Diagnosis, use_cache: bool) {
         let req = cx.request;
-        let cacheable = use_cache && self.profile.pre_filters.iter().all(|p| p.cacheable(req));
+        let profile = self.profile.clone();
         let topo = cx.state.topology_version();
-        if cacheable {
-            if let Some(e) = self.cache.get(&req.equivalence_key) {
-                if e.topology_version == topo {
+        let hit = use_cache
+            && match self.cache.get(&req.prefilter_key) {
+                Some(e) if e.topology_version == topo => {
                     self.candidates.copy_from(&e.candidates);
                     for (r, n) in &e.counts {
                         diag.add_n(*r, *n);
                     }
-                    self.stats.prefilter_cache_hits += 1;
-                    // Pre-filters that compute cycle data (e.g. spread minimums) still run; they only
-                    // read state and leave the candidates alone.
-                    let mut sink = Diagnosis::new(0, false);
-                    for p in self
-                        .profile
-                        .pre_filters
-                        .iter()
-                        .filter(|p| p.sets_cycle_data())
-                    {
-                        p.pre_filter(cx, &mut self.candidates, &mut sink);
-                    }
-                    return;
+                    true
                 }
+                _ => false,
+            };
+        if hit {
+            self.stats.prefilter_cache_hits += 1;
+        } else {
+            self.candidates.copy_from(cx.cluster.index().all());
+            for p in profile.pre_filters.iter().filter(|p| p.cacheable(req)) {
+                p.pre_filter(cx, &mut self.candidates, diag);
+            }
+            if use_cache {
+                if self.cache.len() >= CACHE_LIMIT {
+                    self.cache.clear();
+                }
+                self.cache.insert(
+                    req.prefilter_key,
+                    CacheEntry {
+                        topology_version: topo,
+                        candidates: self.candidates.clone(),
+                        counts: diag.counts.clone(),
+                    },
+                );
             }
         }
-        self.candidates.copy_from(cx.cluster.index().all());
-        for p in &self.profile.pre_filters {
+        for p in profile.pre_filters.iter().filter(|p| !p.cacheable(req)) {
             p.pre_filter(cx, &mut self.candidates, diag);
         }
-        if cacheable {
-            if self.cache.len() >= CACHE_LIMIT {
-                self.cache.clear();
+    }
+
+    /// Runs the filters on one host; records it if feasible. Returns whether enough hosts were found.
+    fn visit(
+        &mut self,
+        cx: &CycleState<'_>,
+        filters: &[&dyn crate::framework::FilterPlugin],
+        host: HostId,
+        diag: &mut Diagnosis,
+        target: usize,
+        memo: &mut Option<FitMemo>,
+    ) -> bool {
+        if let Some(m) = memo.as_ref() {
+            if m.infeasible.contains(host.idx()) {
+                diag.add(host, m.reasons[host.idx()]);
+                return false;
             }
-            self.cache.insert(
-                req.equivalence_key,
-                CacheEntry {
-                    topology_version: topo,
-                    candidates: self.candidates.clone(),
-                    counts: diag.counts.clone(),
-                    negative: None,
-                },
-            );
         }
+        for f in filters {
+            if let Err(reason) = f.filter(cx, &mut self.scratch, host) {
+                diag.add(host, reason);
+                if let (Some(m), true) = (memo.as_mut(), reason.is_resource()) {
+                    m.infeasible.insert(host.idx());
+                    m.reasons[host.idx()] = reason;
+                }
+                return false;
+            }
+        }
+        let start = self.feasible_allocs.len() as u32;
+        self.feasible_allocs
+            .extend_from_slice(self.scratch.allocations());
+        self.feasible_ranges
+            .push((start, self.feasible_allocs.len() as u32));
+        self.feasible.push(host);
+        self.feasible.len() >= target
+    }
+
+    /// The fit memo of `req`'s resource shape, reset if capacity was freed since it was filled.
+    fn take_memo(
+        &mut self,
+        state: &State,
+        req: &CompiledRequest,
+        enabled: bool,
+    ) -> Option<FitMemo> {
+        if !enabled {
+            return None;
+        }
+        let n = state.cluster().host_count();
+        let mut m = self.memo.remove(&req.fit_key).unwrap_or_else(|| FitMemo {
+            release_epoch: state.release_epoch(),
+            topology_version: state.topology_version(),
+            infeasible: HostSet::empty(n),
+            reasons: vec![crate::explain::Reason::Excluded; n],
+        });
+        if m.release_epoch != state.release_epoch()
+            || m.topology_version != state.topology_version()
+        {
+            m.infeasible = HostSet::empty(n);
+            m.release_epoch = state.release_epoch();
+            m.topology_version = state.topology_version();
+        }
+        Some(m)
     }
 
     /// Decides where `req` should go, without changing `state`.
@@ -201,20 +281,15 @@ impl Scheduler {
         let use_cache = opts.exclude.is_empty() && !opts.per_host_reasons;
         let group_epoch = Self::group_epoch(state, req);
         if use_cache {
-            if let Some(CacheEntry {
-                topology_version,
-                negative: Some((rel, ge, diag)),
-                ..
-            }) = self.cache.get(&req.equivalence_key)
-            {
-                if *topology_version == state.topology_version()
-                    && *rel == state.release_epoch()
-                    && *ge == group_epoch
+            if let Some(n) = self.negative.get(&req.equivalence_key) {
+                if n.topology_version == state.topology_version()
+                    && n.release_epoch == state.release_epoch()
+                    && n.group_epoch == group_epoch
                 {
                     self.stats.negative_cache_hits += 1;
                     return Err(Unschedulable {
                         request: req.clone(),
-                        diagnosis: diag.clone(),
+                        diagnosis: n.diagnosis.clone(),
                     });
                 }
             }
@@ -237,35 +312,76 @@ impl Scheduler {
         self.feasible_ranges.clear();
         let n_hosts = cluster.host_count().max(1);
         let mut visited = 0usize;
-        let mut last = self.cursor % n_hosts;
-        'hosts: for h in self.candidates.iter_from(self.cursor % n_hosts) {
-            visited += 1;
-            last = h;
-            let host = HostId(h as u32);
-            for f in &filters {
-                if let Err(reason) = f.filter(&cx, &mut self.scratch, host) {
-                    diag.add(host, reason);
-                    continue 'hosts;
+        let candidates = std::mem::take(&mut self.candidates);
+        let mut memo = self.take_memo(state, req, use_cache);
+        match profile.scan_order {
+            ScanOrder::Rotating => {
+                let mut last = self.cursor % n_hosts;
+                for h in candidates.iter_from(self.cursor % n_hosts) {
+                    last = h;
+                    visited += 1;
+                    if self.visit(
+                        &cx,
+                        &filters,
+                        HostId(h as u32),
+                        &mut diag,
+                        target,
+                        &mut memo,
+                    ) {
+                        break;
+                    }
                 }
+                self.cursor = last + 1;
             }
-            let start = self.feasible_allocs.len() as u32;
-            self.feasible_allocs
-                .extend_from_slice(self.scratch.allocations());
-            self.feasible_ranges
-                .push((start, self.feasible_allocs.len() as u32));
-            self.feasible.push(host);
-            if self.feasible.len() >= target {
-                break;
+            ScanOrder::FullestFirst => {
+                let rotation = self.cursor;
+                'buckets: for b in (0..FILL_BUCKETS).rev() {
+                    let list = state.fill_bucket(b);
+                    let len = list.len();
+                    for j in 0..len {
+                        let h = list[(rotation + j) % len] as usize;
+                        if !candidates.contains(h) {
+                            continue;
+                        }
+                        visited += 1;
+                        if self.visit(
+                            &cx,
+                            &filters,
+                            HostId(h as u32),
+                            &mut diag,
+                            target,
+                            &mut memo,
+                        ) {
+                            break 'buckets;
+                        }
+                    }
+                }
+                self.cursor = self.cursor.wrapping_add(visited.max(1));
             }
         }
-        self.cursor = last + 1;
+        self.candidates = candidates;
+        if let Some(m) = memo {
+            if self.memo.len() >= MEMO_LIMIT {
+                self.memo.clear();
+            }
+            self.memo.insert(req.fit_key, m);
+        }
         self.stats.hosts_visited += visited as u64;
 
         if self.feasible.is_empty() {
             if use_cache {
-                if let Some(e) = self.cache.get_mut(&req.equivalence_key) {
-                    e.negative = Some((state.release_epoch(), group_epoch, diag.clone()));
+                if self.negative.len() >= CACHE_LIMIT {
+                    self.negative.clear();
                 }
+                self.negative.insert(
+                    req.equivalence_key,
+                    NegativeEntry {
+                        topology_version: state.topology_version(),
+                        release_epoch: state.release_epoch(),
+                        group_epoch,
+                        diagnosis: diag.clone(),
+                    },
+                );
             }
             return Err(Unschedulable {
                 request: req.clone(),

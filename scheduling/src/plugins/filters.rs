@@ -195,40 +195,85 @@ impl PreFilterPlugin for ServerGroupAffinity {
     }
 }
 
-/// Computes, per hard spread constraint, the smallest member count over its domains.
+/// Topology spread: computes each constraint's minimum domain count (for the filter and scores) and
+/// removes the domains where one more member would exceed a hard constraint's `max_skew`.
 pub struct TopologySpreadPre;
 
 impl PreFilterPlugin for TopologySpreadPre {
     fn name(&self) -> &'static str {
         "TopologySpread"
     }
-    fn sets_cycle_data(&self) -> bool {
-        true
+    fn cacheable(&self, request: &CompiledRequest) -> bool {
+        request.spread.is_empty()
     }
-    fn pre_filter(
-        &self,
-        cx: &mut CycleState<'_>,
-        _candidates: &mut HostSet,
-        _diag: &mut Diagnosis,
-    ) {
+    fn pre_filter(&self, cx: &mut CycleState<'_>, candidates: &mut HostSet, diag: &mut Diagnosis) {
         let (Some(g), false) = (cx.request.server_group, cx.request.spread.is_empty()) else {
             return;
         };
         let Some(gs) = cx.state.group(g.id) else {
             return;
         };
-        cx.spread_min = cx
-            .request
-            .spread
-            .iter()
-            .map(|s| {
-                let counts = match s.key {
-                    TopologyKey::Zone => &gs.per_zone,
-                    TopologyKey::Rack => &gs.per_rack,
-                };
-                counts.iter().copied().min().unwrap_or(0)
-            })
-            .collect();
+        let ix = cx.cluster.index();
+        let mut mins = Vec::with_capacity(cx.request.spread.len());
+        for (i, s) in cx.request.spread.iter().enumerate() {
+            let counts = match s.key {
+                TopologyKey::Zone => &gs.per_zone,
+                TopologyKey::Rack => &gs.per_rack,
+            };
+            let min = counts.iter().copied().min().unwrap_or(0);
+            mins.push(min);
+            if s.when_unsatisfiable != WhenUnsatisfiable::DoNotSchedule {
+                continue;
+            }
+            // Hosts without the key are never eligible; domains at the skew limit are removed.
+            let mut keep = HostSet::empty(candidates.universe());
+            for (d, count) in counts.iter().enumerate() {
+                if count + 1 - min <= s.max_skew {
+                    keep.union_with(match s.key {
+                        TopologyKey::Zone => ix.in_zone(d as u32),
+                        TopologyKey::Rack => ix.in_rack(d as u32),
+                    });
+                }
+            }
+            restrict(candidates, &keep, Reason::TopologySpread(i as u16), diag);
+        }
+        cx.spread_min = mins;
+    }
+}
+
+/// Hard anti-affinity: removes the hosts already holding `max_per_host` members (O(members)).
+pub struct ServerGroupAntiAffinityPre;
+
+impl PreFilterPlugin for ServerGroupAntiAffinityPre {
+    fn name(&self) -> &'static str {
+        "ServerGroupAntiAffinity"
+    }
+    fn cacheable(&self, request: &CompiledRequest) -> bool {
+        !request
+            .server_group
+            .is_some_and(|g| g.policy == ServerGroupPolicy::AntiAffinity)
+    }
+    fn pre_filter(&self, cx: &mut CycleState<'_>, candidates: &mut HostSet, diag: &mut Diagnosis) {
+        let Some(g) = cx.request.server_group else {
+            return;
+        };
+        if g.policy != ServerGroupPolicy::AntiAffinity {
+            return;
+        }
+        let Some(gs) = cx.state.group(g.id) else {
+            return;
+        };
+        let reason = if g.max_per_host == 1 {
+            Reason::AntiAffinity
+        } else {
+            Reason::MaxPerHost
+        };
+        for (h, n) in &gs.per_host {
+            if *n >= g.max_per_host && candidates.contains(*h as usize) {
+                candidates.remove(*h as usize);
+                diag.add(HostId(*h), reason);
+            }
+        }
     }
 }
 

@@ -60,6 +60,35 @@ impl ScorePlugin for MostAllocated {
     }
 }
 
+/// Alignment (Tetris-style): prefer hosts whose free capacity has the same shape as the request, so
+/// memory-heavy VMs go where memory is plentiful relative to CPUs and vice versa. Scores the cosine of
+/// the angle between the request and the free capacity, each normalised by the host's capacity.
+pub struct Alignment;
+
+impl ScorePlugin for Alignment {
+    fn name(&self) -> &'static str {
+        "Alignment"
+    }
+    fn score(&self, cx: &CycleState<'_>, host: HostId) -> i64 {
+        let (mut dot, mut rr, mut ff) = (0f64, 0f64, 0f64);
+        for &(c, amount) in &cx.request.totals {
+            let cap = cx.cluster.host_capacity(host, c);
+            if cap == 0 {
+                continue;
+            }
+            let r = amount as f64 / cap as f64;
+            let f = cap.saturating_sub(cx.state.host_used(host, c)) as f64 / cap as f64;
+            dot += r * f;
+            rr += r * r;
+            ff += f * f;
+        }
+        if rr == 0.0 || ff == 0.0 {
+            return 0;
+        }
+        (100.0 * dot / (rr.sqrt() * ff.sqrt())).round() as i64
+    }
+}
+
 /// Balanced: prefer hosts whose per-class utilisations stay close to each other.
 pub struct BalancedAllocation;
 

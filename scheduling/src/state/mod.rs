@@ -52,6 +52,7 @@ pub struct State {
     host_used: Vec<u64>,
     generation: Vec<u64>,
     vm_count: Vec<u32>,
+    fill: FillBuckets,
     disabled: HostSet,
     allocations: HashMap<String, Allocation>,
     groups: Vec<ServerGroupState>,
@@ -69,6 +70,7 @@ impl State {
             host_used: vec![0; n_hosts * cluster.class_count()],
             generation: vec![0; cluster.owner_count()],
             vm_count: vec![0; n_hosts],
+            fill: FillBuckets::new(n_hosts),
             disabled: HostSet::empty(n_hosts),
             allocations: HashMap::new(),
             groups: Vec::new(),
@@ -293,6 +295,7 @@ impl State {
         }
         self.generation[host.idx()] += 1;
         self.vm_count[host.idx()] += 1;
+        self.refill(host);
         if let Some(g) = request.server_group {
             self.groups[g.id as usize].add(&self.cluster, host);
         }
@@ -320,10 +323,35 @@ impl State {
         }
         self.generation[host.idx()] += 1;
         self.vm_count[host.idx()] -= 1;
+        self.refill(host);
         if let Some(g) = alloc.request.server_group {
             self.groups[g.id as usize].remove(&self.cluster, host);
         }
         self.release_epoch += 1;
+    }
+
+    /// Dominant utilisation of a host's tree: the highest used/capacity over its inventories, in
+    /// `0..FILL_BUCKETS` steps.
+    fn refill(&mut self, host: HostId) {
+        let c = &self.cluster;
+        let mut worst = 0u64;
+        for p in c.tree(host) {
+            for slot in p.slot_start..p.slot_end {
+                let s = &c.slots()[slot as usize];
+                if let Some(b) =
+                    (self.used[slot as usize] * FILL_BUCKETS as u64).checked_div(s.capacity)
+                {
+                    worst = worst.max(b);
+                }
+            }
+        }
+        self.fill.set(host, (worst as usize).min(FILL_BUCKETS - 1));
+    }
+
+    /// Hosts whose dominant utilisation falls in `bucket` (0 = emptiest, `FILL_BUCKETS - 1` = fullest),
+    /// in no particular order: lets packing policies visit the fullest hosts first.
+    pub fn fill_bucket(&self, bucket: usize) -> &[u32] {
+        self.fill.buckets.get(bucket).map_or(&[], |b| b.as_slice())
     }
 
     /// Frees a consumer's allocation and returns it.
@@ -440,6 +468,17 @@ impl State {
         if host_used != self.host_used {
             problems.push("per-host usage totals differ from allocations".into());
         }
+        let bucketed: usize = self.fill.buckets.iter().map(|b| b.len()).sum();
+        if bucketed != self.vm_count.len()
+            || self.fill.buckets.iter().enumerate().any(|(i, b)| {
+                b.iter().enumerate().any(|(pos, h)| {
+                    self.fill.bucket_of[*h as usize] as usize != i
+                        || self.fill.position[*h as usize] as usize != pos
+                })
+            })
+        {
+            problems.push("utilisation buckets are inconsistent".into());
+        }
         if vms != self.vm_count {
             problems.push("per-host VM counts differ from allocations".into());
         }
@@ -452,6 +491,45 @@ impl State {
             }
         }
         problems
+    }
+}
+
+/// Number of utilisation buckets of [`State::fill_bucket`].
+pub const FILL_BUCKETS: usize = 20;
+
+/// Hosts grouped by dominant utilisation, updated in O(1) per change.
+#[derive(Clone, Debug)]
+struct FillBuckets {
+    buckets: Vec<Vec<u32>>,
+    bucket_of: Vec<u8>,
+    position: Vec<u32>,
+}
+
+impl FillBuckets {
+    fn new(n_hosts: usize) -> Self {
+        let mut buckets = vec![Vec::new(); FILL_BUCKETS];
+        buckets[0] = (0..n_hosts as u32).collect();
+        FillBuckets {
+            buckets,
+            bucket_of: vec![0; n_hosts],
+            position: (0..n_hosts as u32).collect(),
+        }
+    }
+
+    fn set(&mut self, host: HostId, bucket: usize) {
+        let h = host.idx();
+        let old = self.bucket_of[h] as usize;
+        if old == bucket {
+            return;
+        }
+        let pos = self.position[h] as usize;
+        self.buckets[old].swap_remove(pos);
+        if let Some(&moved) = self.buckets[old].get(pos) {
+            self.position[moved as usize] = pos as u32;
+        }
+        self.position[h] = self.buckets[bucket].len() as u32;
+        self.buckets[bucket].push(h as u32);
+        self.bucket_of[h] = bucket as u8;
     }
 }
 
