@@ -28,3 +28,4 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,645 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2, section 4.2).
+//!
+//! [`MmioTransport`] is a [`BusDevice`] for a 4 KiB MMIO window. It keeps the driver's queue
+//! set-up and feature negotiation, activates the device when the driver writes `DRIVER_OK`, and
+//! forwards queue notifications to it. Interrupts set bits in the interrupt status register and
+//! signal an eventfd that the VMM connects to an (edge-triggered) interrupt line.
+//!
+//! Only the modern interface is offered: a driver that does not accept `VIRTIO_F_VERSION_1`
+//! fails feature negotiation.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use log::{debug, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{status, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+
+/// Size of one device's MMIO window.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+
+/// "virt", little endian.
+const MAGIC_VALUE: u32 = 0x7472_6976;
+/// Modern virtio-mmio.
+const MMIO_VERSION: u32 = 2;
+/// Vendor ID reported to the driver ("KEEL").
+pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"KEEL");
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+/// Device-specific configuration space starts here.
+const CONFIG_SPACE: u64 = 0x100;
+
+/// Interrupt status bit: a queue's used ring was updated.
+pub const INT_USED_RING: u32 = 1;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// The interrupt side of an MMIO transport: status bits plus an eventfd to raise the line.
+pub struct MmioInterrupt {
+    status: AtomicU32,
+    line: EventFd,
+}
+
+impl MmioInterrupt {
+    /// Bits currently pending (the driver reads them from `InterruptStatus`).
+    pub fn pending(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+}
+
+impl VirtioInterrupt for MmioInterrupt {
+    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
+        let bit = match kind {
+            InterruptKind::Queue(_) => INT_USED_RING,
+            InterruptKind::Config => INT_CONFIG,
+        };
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.line.write(1)
+    }
+}
+
+/// A shared virtio device behind a transport.
+pub type SharedVirtioDevice = Arc<Mutex<dyn VirtioDevice>>;
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: SharedVirtioDevice,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<MmioInterrupt>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u32,
+    activated: bool,
+    invalid_queue_size: bool,
+}
+
+/// Errors creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A queue size the device declared is not a power of two up to 32768.
+    #[error("device declares an invalid queue size {0}")]
+    QueueSize(u16),
+}
+
+fn lock(device: &SharedVirtioDevice) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MmioTransport {
+    /// Puts `device` behind an MMIO window; `interrupt_line` is signalled on interrupts.
+    pub fn new(
+        device: SharedVirtioDevice,
+        mem: GuestMemoryMmap,
+        interrupt_line: EventFd,
+    ) -> Result<Self, TransportError> {
+        let queues = Self::fresh_queues(&device)?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt: Arc::new(MmioInterrupt {
+                status: AtomicU32::new(0),
+                line: interrupt_line,
+            }),
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+            invalid_queue_size: false,
+        })
+    }
+
+    fn fresh_queues(device: &SharedVirtioDevice) -> Result<Vec<Queue>, TransportError> {
+        let sizes = lock(device).queue_max_sizes().to_vec();
+        sizes
+            .into_iter()
+            .map(|size| Queue::new(size).map_err(|_| TransportError::QueueSize(size)))
+            .collect()
+    }
+
+    /// The interrupt state (shared with the device once activated).
+    pub fn interrupt(&self) -> &Arc<MmioInterrupt> {
+        &self.interrupt
+    }
+
+    /// The device status the driver last wrote (plus `DEVICE_NEEDS_RESET` if set).
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Whether the device has been activated.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        // Queue set-up cannot change once the device runs.
+        if self.activated {
+            return None;
+        }
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn features_page(features: u64, select: u32) -> u32 {
+        match select {
+            0 => features as u32,
+            1 => (features >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MAGIC_VALUE,
+            REG_VERSION => MMIO_VERSION,
+            REG_DEVICE_ID => lock(&self.device).device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => Self::features_page(
+                lock(&self.device).avail_features(),
+                self.device_features_select,
+            ),
+            REG_QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.pending(),
+            REG_STATUS => u32::from(self.status),
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            REG_DRIVER_FEATURES => {
+                if self.status & status::FEATURES_OK != 0 {
+                    warn!("virtio-mmio: driver changed features after FEATURES_OK; ignored");
+                    return;
+                }
+                match self.driver_features_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            REG_QUEUE_SEL => self.queue_select = value,
+            REG_QUEUE_NUM => {
+                let select = self.queue_select;
+                if let Some(queue) = self.selected_queue() {
+                    let max = u32::from(queue.max_size());
+                    if value == 0 || value > max || !value.is_power_of_two() {
+                        // virtio-queue would keep the old size; the driver would then lay out
+                        // its rings for a size the device does not use. Refuse to start instead.
+                        warn!("virtio-mmio: queue {select} size {value} is invalid (max {max})");
+                        self.invalid_queue_size = true;
+                    } else {
+                        queue.set_size(value as u16);
+                    }
+                }
+            }
+            REG_QUEUE_READY => {
+                if let Some(queue) = self.selected_queue() {
+                    queue.set_ready(value == 1);
+                }
+            }
+            REG_QUEUE_DESC_LOW => {
+                self.set_queue_address(|q| q.set_desc_table_address(Some(value), None))
+            }
+            REG_QUEUE_DESC_HIGH => {
+                self.set_queue_address(|q| q.set_desc_table_address(None, Some(value)))
+            }
+            REG_QUEUE_DRIVER_LOW => {
+                self.set_queue_address(|q| q.set_avail_ring_address(Some(value), None))
+            }
+            REG_QUEUE_DRIVER_HIGH => {
+                self.set_queue_address(|q| q.set_avail_ring_address(None, Some(value)))
+            }
+            REG_QUEUE_DEVICE_LOW => {
+                self.set_queue_address(|q| q.set_used_ring_address(Some(value), None))
+            }
+            REG_QUEUE_DEVICE_HIGH => {
+                self.set_queue_address(|q| q.set_used_ring_address(None, Some(value)))
+            }
+            REG_QUEUE_NOTIFY => {
+                if self.activated {
+                    let index = value as u16;
+                    if usize::from(index) < self.queues.len() {
+                        lock(&self.device).queue_notify(index);
+                    } else {
+                        debug!("virtio-mmio: notify for unknown queue {value}");
+                    }
+                }
+            }
+            REG_INTERRUPT_ACK => {
+                self.interrupt.status.fetch_and(!value, Ordering::SeqCst);
+            }
+            REG_STATUS => self.write_status(value as u8),
+            _ => debug!("virtio-mmio: write {value:#x} to unknown register {offset:#x}"),
+        }
+    }
+
+    fn set_queue_address(&mut self, set: impl FnOnce(&mut Queue)) {
+        if self.status & status::DRIVER_OK != 0 {
+            return;
+        }
+        if let Some(queue) = self.selected_queue() {
+            set(queue);
+        }
+    }
+
+    fn write_status(&mut self, value: u8) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let added = value & !self.status;
+        if added & status::FEATURES_OK != 0 {
+            let offered = lock(&self.device).avail_features();
+            let acked = self.driver_features;
+            if acked & !offered != 0 || acked & VIRTIO_F_VERSION_1 == 0 {
+                warn!(
+                    "virtio-mmio: driver features {acked:#x} not acceptable (offered {offered:#x}, VERSION_1 required)"
+                );
+                // Leave FEATURES_OK clear: the driver reads it back and gives up.
+                self.status = value & !status::FEATURES_OK;
+                return;
+            }
+            lock(&self.device).set_acked_features(acked);
+        }
+        self.status = value;
+        if added & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        if self.invalid_queue_size {
+            self.status |= status::DEVICE_NEEDS_RESET;
+            return;
+        }
+        let ready: Vec<&Queue> = self.queues.iter().filter(|q| q.ready()).collect();
+        if let Some(bad) = ready.iter().position(|q| !q.is_valid(&self.mem)) {
+            warn!("virtio-mmio: queue {bad} set up with an invalid size or address");
+            self.status |= status::DEVICE_NEEDS_RESET;
+            return;
+        }
+        // The device gets its own copies; the transport keeps answering register reads.
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .filter(|q| q.ready())
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
+        let Ok(queues) = queues else {
+            warn!("virtio-mmio: queue state cannot be copied");
+            self.status |= status::DEVICE_NEEDS_RESET;
+            return;
+        };
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        match lock(&self.device).activate(self.mem.clone(), interrupt, queues) {
+            Ok(()) => self.activated = true,
+            Err(err) => {
+                warn!("virtio-mmio: device activation failed: {err}");
+                self.status |= status::DEVICE_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated && !lock(&self.device).reset() {
+            warn!("virtio-mmio: device cannot be reset");
+            self.status |= status::DEVICE_NEEDS_RESET;
+            return;
+        }
+        self.activated = false;
+        self.invalid_queue_size = false;
+        self.status = 0;
+        self.driver_features = 0;
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.interrupt.status.store(0, Ordering::SeqCst);
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            data.fill(0);
+            lock(&self.device).read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            debug!(
+                "virtio-mmio: {}-byte read at {offset:#x} is not a register access",
+                data.len()
+            );
+            data.fill(0xff);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            lock(&self.device).write_config(offset - CONFIG_SPACE, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::ActivateError;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    /// A device double that records what the transport tells it.
+    #[derive(Default)]
+    struct Recorder {
+        acked: u64,
+        activated_queues: Option<usize>,
+        notified: Vec<u16>,
+        resets: usize,
+        config: [u8; 8],
+        interrupt: Option<Arc<dyn VirtioInterrupt>>,
+    }
+
+    impl VirtioDevice for Recorder {
+        fn device_type(&self) -> u32 {
+            crate::virtio::TYPE_RNG
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked = features;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, byte) in data.iter_mut().enumerate() {
+                *byte = self.config.get(offset as usize + i).copied().unwrap_or(0);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            for (i, byte) in data.iter().enumerate() {
+                if let Some(slot) = self.config.get_mut(offset as usize + i) {
+                    *slot = *byte;
+                }
+            }
+        }
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            interrupt: Arc<dyn VirtioInterrupt>,
+            queues: Vec<Queue>,
+        ) -> Result<(), ActivateError> {
+            self.activated_queues = Some(queues.len());
+            self.interrupt = Some(interrupt);
+            Ok(())
+        }
+        fn queue_notify(&mut self, index: u16) {
+            self.notified.push(index);
+        }
+        fn reset(&mut self) -> bool {
+            self.resets += 1;
+            self.activated_queues = None;
+            true
+        }
+    }
+
+    struct Driver {
+        transport: MmioTransport,
+        device: Arc<Mutex<Recorder>>,
+        line: EventFd,
+    }
+
+    impl Driver {
+        fn new() -> Self {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+            let device = Arc::new(Mutex::new(Recorder::default()));
+            let line = EventFd::new(EFD_NONBLOCK).unwrap();
+            let transport =
+                MmioTransport::new(device.clone(), mem, line.try_clone().unwrap()).unwrap();
+            Driver {
+                transport,
+                device,
+                line,
+            }
+        }
+
+        fn read(&mut self, offset: u64) -> u32 {
+            let mut data = [0u8; 4];
+            self.transport.read(offset, &mut data);
+            u32::from_le_bytes(data)
+        }
+
+        fn write(&mut self, offset: u64, value: u32) {
+            self.transport.write(offset, &value.to_le_bytes());
+        }
+
+        /// Sets up queue `index` with `size` entries at a valid, aligned place in memory.
+        fn setup_queue(&mut self, index: u32, size: u32) {
+            let base = 0x10000 * u64::from(index + 1);
+            self.write(REG_QUEUE_SEL, index);
+            self.write(REG_QUEUE_NUM, size);
+            self.write(REG_QUEUE_DESC_LOW, base as u32);
+            self.write(REG_QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+            self.write(REG_QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+            self.write(REG_QUEUE_READY, 1);
+        }
+
+        fn negotiate(&mut self, features: u64) -> bool {
+            self.write(REG_STATUS, u32::from(status::ACKNOWLEDGE));
+            self.write(REG_STATUS, u32::from(status::ACKNOWLEDGE | status::DRIVER));
+            self.write(REG_DRIVER_FEATURES_SEL, 0);
+            self.write(REG_DRIVER_FEATURES, features as u32);
+            self.write(REG_DRIVER_FEATURES_SEL, 1);
+            self.write(REG_DRIVER_FEATURES, (features >> 32) as u32);
+            self.write(
+                REG_STATUS,
+                u32::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+            );
+            self.read(REG_STATUS) as u8 & status::FEATURES_OK != 0
+        }
+
+        fn driver_ok(&mut self) {
+            let all =
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+            self.write(REG_STATUS, u32::from(all));
+        }
+    }
+
+    #[test]
+    fn identifies_as_a_modern_virtio_mmio_device() {
+        let mut d = Driver::new();
+        assert_eq!(d.read(REG_MAGIC), MAGIC_VALUE);
+        assert_eq!(d.read(REG_VERSION), 2);
+        assert_eq!(d.read(REG_DEVICE_ID), crate::virtio::TYPE_RNG);
+        assert_eq!(d.read(REG_VENDOR_ID), VENDOR_ID);
+        d.write(REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(d.read(REG_DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
+        d.write(REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(d.read(REG_DEVICE_FEATURES), 1);
+        d.write(REG_QUEUE_SEL, 1);
+        assert_eq!(d.read(REG_QUEUE_NUM_MAX), 16);
+        d.write(REG_QUEUE_SEL, 7);
+        assert_eq!(d.read(REG_QUEUE_NUM_MAX), 0, "no queue 7");
+    }
+
+    #[test]
+    fn full_driver_handshake_activates_and_routes_notifications() {
+        let mut d = Driver::new();
+        assert!(d.negotiate(VIRTIO_F_VERSION_1 | 1));
+        assert_eq!(d.device.lock().unwrap().acked, VIRTIO_F_VERSION_1 | 1);
+        d.setup_queue(0, 16);
+        d.setup_queue(1, 8);
+        d.driver_ok();
+        assert!(d.transport.is_activated());
+        assert_eq!(d.device.lock().unwrap().activated_queues, Some(2));
+        d.write(REG_QUEUE_NOTIFY, 1);
+        d.write(REG_QUEUE_NOTIFY, 9); // no such queue: ignored
+        assert_eq!(d.device.lock().unwrap().notified, vec![1]);
+
+        // The device interrupts; the driver sees the status bit and acknowledges it.
+        let interrupt = d.device.lock().unwrap().interrupt.clone().unwrap();
+        interrupt.trigger(InterruptKind::Queue(0)).unwrap();
+        assert_eq!(d.line.read().unwrap(), 1);
+        assert_eq!(d.read(REG_INTERRUPT_STATUS), INT_USED_RING);
+        d.write(REG_INTERRUPT_ACK, INT_USED_RING);
+        assert_eq!(d.read(REG_INTERRUPT_STATUS), 0);
+
+        // Queue set-up is frozen once running.
+        d.write(REG_QUEUE_SEL, 0);
+        d.write(REG_QUEUE_NUM, 4);
+        d.write(REG_QUEUE_READY, 0);
+        assert_eq!(d.read(REG_QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn features_without_version_1_or_not_offered_are_refused() {
+        let mut d = Driver::new();
+        assert!(!d.negotiate(1), "legacy drivers are refused");
+        let mut d = Driver::new();
+        assert!(
+            !d.negotiate(VIRTIO_F_VERSION_1 | 1 << 5),
+            "bit 5 was not offered"
+        );
+        d.driver_ok();
+        assert!(!d.transport.is_activated());
+    }
+
+    #[test]
+    fn invalid_queue_sizes_mark_the_device_as_needing_reset() {
+        let mut d = Driver::new();
+        assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        d.setup_queue(0, 12); // not a power of two
+        d.driver_ok();
+        assert!(!d.transport.is_activated());
+        assert_ne!(d.read(REG_STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        d.write(REG_STATUS, 0);
+        assert_eq!(d.read(REG_STATUS), 0);
+        assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        d.setup_queue(0, 16);
+        d.driver_ok();
+        assert!(d.transport.is_activated());
+    }
+
+    #[test]
+    fn reset_returns_to_the_initial_state_and_config_space_is_forwarded() {
+        let mut d = Driver::new();
+        assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        d.setup_queue(0, 16);
+        d.driver_ok();
+        d.transport.write(CONFIG_SPACE + 2, &[0xab, 0xcd]);
+        let mut config = [0u8; 4];
+        d.transport.read(CONFIG_SPACE, &mut config);
+        assert_eq!(config, [0, 0, 0xab, 0xcd]);
+        assert_eq!(d.read(REG_CONFIG_GENERATION), 1);
+        d.write(REG_STATUS, 0);
+        assert!(!d.transport.is_activated());
+        assert_eq!(d.device.lock().unwrap().resets, 1);
+        d.write(REG_QUEUE_SEL, 0);
+        assert_eq!(d.read(REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn odd_accesses_do_not_panic() {
+        let mut d = Driver::new();
+        let mut two = [0u8; 2];
+        d.transport.read(REG_MAGIC, &mut two);
+        assert_eq!(two, [0xff, 0xff]);
+        d.transport.write(REG_STATUS + 1, &[1, 2, 3, 4]);
+        d.transport.write(REG_STATUS, &[1]);
+        d.transport.read(CONFIG_SPACE + 0xfff, &mut two);
+        d.write(0xf00, 1);
+    }
+}

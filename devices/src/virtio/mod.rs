@@ -1,0 +1,120 @@
+//! Virtio devices and their transports.
+//!
+//! A device ([`VirtioDevice`]) is a state machine over its virtqueues: it offers features,
+//! exposes a config space, and once the driver has set it up it is *activated* with guest
+//! memory, its queues and an interrupt ([`VirtioInterrupt`]). It then processes a queue whenever
+//! the driver notifies it ([`VirtioDevice::queue_notify`]). Devices with host-side event
+//! sources (a TAP device, sockets) also implement `event_manager::MutEventSubscriber` so the
+//! VMM's event loop can drive them. Nothing here knows KVM: transports raise interrupts through
+//! the [`VirtioInterrupt`] trait and tests drive devices with virtio-queue's mock driver.
+//!
+//! Transports: [`mmio`] (virtio-mmio version 2).
+
+pub mod mmio;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Device ID of a network card.
+pub const TYPE_NET: u32 = 1;
+/// Device ID of a block device.
+pub const TYPE_BLOCK: u32 = 2;
+/// Device ID of an entropy source.
+pub const TYPE_RNG: u32 = 4;
+/// Device ID of a vsock device.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Feature bit: the device conforms to virtio 1.x (modern). Keel's transports require it.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: descriptors may be indirect tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// Feature bit: used/available event index suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// Device status bits written by the driver (virtio 1.2, 2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u8 = 1;
+    /// The guest knows how to drive it.
+    pub const DRIVER: u8 = 2;
+    /// The driver is set up and ready.
+    pub const DRIVER_OK: u8 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u8 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u8 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u8 = 128;
+}
+
+/// What an interrupt signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// The device put buffers in the used ring of this queue.
+    Queue(u16),
+    /// The device's configuration space changed.
+    Config,
+}
+
+/// How a device interrupts the driver; implemented by each transport.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Raises the interrupt for `kind`.
+    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()>;
+}
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver gave the device the wrong number of queues.
+    #[error("device expects {expected} queues, the driver set up {got}")]
+    QueueCount {
+        /// Queues the device needs.
+        expected: usize,
+        /// Queues the driver made ready.
+        got: usize,
+    },
+    /// A host-side resource (file, TAP, socket) failed.
+    #[error("device backend failed: {0}")]
+    Backend(String),
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID ([`TYPE_BLOCK`], ...).
+    fn device_type(&self) -> u32;
+
+    /// Largest size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers (include [`VIRTIO_F_VERSION_1`]).
+    fn avail_features(&self) -> u64;
+
+    /// Records the features the driver accepted; the transport passes only offered bits.
+    fn set_acked_features(&mut self, features: u64);
+
+    /// Reads device configuration space at `offset`; bytes beyond it read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes device configuration space; ignored by devices without writable fields.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// Starts the device with the queues the driver made ready (index order).
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+
+    /// Processes queue `index` after the driver notified it. Errors in guest data never panic:
+    /// the device completes bad requests with an error status or skips them.
+    fn queue_notify(&mut self, index: u16);
+
+    /// Returns the device to its initial state (driver wrote status 0). Returns `false` when
+    /// the device cannot be reset, and then needs to stay marked as needing a reset.
+    fn reset(&mut self) -> bool;
+}
