@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout;
 
+mod devices;
+pub use devices::{parse_mac, DiskConfig, NetConfig, RngConfig, VsockConfig, SECTOR_SIZE};
+
 /// Most vCPUs a VM may have: xAPIC IDs are 8 bits and 0xFF is the broadcast ID.
 pub const MAX_VCPUS: u32 = 254;
 /// Least guest memory: room for the low-memory boot structures and a small kernel at 1 MiB.
@@ -210,6 +213,22 @@ pub struct VmConfig {
     /// Serial console.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// Disks (virtio-blk).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Network cards (virtio-net on TAP).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Entropy device (virtio-rng).
+    #[serde(default)]
+    pub rng: Option<RngConfig>,
+    /// Also describe virtio-mmio devices on the kernel command line (`virtio_mmio.device=`),
+    /// for kernels built with `VIRTIO_MMIO_CMDLINE_DEVICES`; they are always in the DSDT.
+    #[serde(default)]
+    pub virtio_mmio_cmdline: bool,
 }
 
 fn default_vcpus() -> u32 {
@@ -235,6 +254,11 @@ impl VmConfig {
             cmdline: default_cmdline(),
             boot_protocol: BootProtocol::Auto,
             serial: SerialConfig::default(),
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            rng: None,
+            virtio_mmio_cmdline: false,
         }
     }
 
@@ -322,6 +346,12 @@ impl VmConfig {
                 format!("contains {bad:?}: only printable ASCII is allowed"),
             ));
         }
+        devices::validate_devices(
+            &self.disks,
+            &self.nets,
+            self.vsock.as_ref(),
+            self.rng.as_ref(),
+        )?;
         if let SerialOutput::File(path) = &self.serial.output {
             if path.as_os_str().is_empty() {
                 return Err(ConfigError::invalid("serial.output", "file path is empty"));
