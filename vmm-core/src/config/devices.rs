@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn disks_must_exist_and_be_whole_sectors() {
         let good = disk("root", image("good.img", 4096));
-        validate_devices(&[good.clone()], &[], None, None).unwrap();
+        validate_devices(std::slice::from_ref(&good), &[], None, None).unwrap();
         let missing = disk("d", "/no/such/disk.img".into());
         assert_eq!(
             field(validate_devices(&[missing], &[], None, None)),
@@ -307,7 +307,7 @@ mod tests {
             mac: Some("ff:ff:ff:ff:ff:ff".into()),
         };
         assert_eq!(
-            field(validate_devices(&[], &[nic.clone()], None, None)),
+            field(validate_devices(&[], std::slice::from_ref(&nic), None, None)),
             "nets.mac"
         );
         let long = NetConfig {
