@@ -4,8 +4,8 @@
 //! processors only through the MADT, and they power off through ACPI. Keel describes a
 //! hardware-reduced ACPI platform (as Cloud Hypervisor and Firecracker do): no SCI, no PM timer,
 //! no fixed-feature buttons; sleep control/status and reset registers in I/O space
-//! ([`devices::legacy::AcpiPm`]); a DSDT that names the serial port, the RTC and the `\_S5`
-//! sleep type. The tables are built with the `acpi_tables` crate and placed in the BIOS area
+//! ([`devices::legacy::AcpiPm`]); a DSDT that names the serial port, the RTC, each virtio-mmio
+//! device (`LNRO0005`, what Linux's virtio-mmio ACPI driver matches) and the `\_S5` sleep type. The tables are built with the `acpi_tables` crate and placed in the BIOS area
 //! at [`layout::ACPI_START`], which the e820 map marks reserved.
 //!
 //! The MADT carries no interrupt source overrides on purpose: KVM's default GSI routing sends
@@ -26,6 +26,7 @@ use devices::legacy::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::device_manager::MmioDeviceInfo;
 use crate::layout;
 
 const OEM_ID: [u8; 6] = *b"KEEL  ";
@@ -86,8 +87,29 @@ fn io_register(port: u64) -> GAS {
     GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
 }
 
-/// The DSDT: COM1, the RTC and the S5 sleep type.
-fn dsdt() -> Sdt {
+/// One virtio-mmio device as Linux's ACPI driver for it (`LNRO0005`) expects it.
+struct MmioDeviceAml {
+    name: String,
+    uid: u32,
+    base: u32,
+    size: u32,
+    irq: u32,
+}
+
+impl Aml for MmioDeviceAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let window = aml::Memory32Fixed::new(true, self.base, self.size);
+        let irq = aml::Interrupt::new(true, true, false, false, self.irq);
+        let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
+        let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+        let uid = aml::Name::new("_UID".into(), &self.uid);
+        let crs = aml::Name::new("_CRS".into(), &crs);
+        aml::Device::new(self.name.as_str().into(), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+    }
+}
+
+/// The DSDT: COM1, the RTC, virtio-mmio devices and the S5 sleep type.
+fn dsdt(mmio_devices: &[MmioDeviceInfo]) -> Sdt {
     let mut table = Sdt::new(
         *b"DSDT",
         36,
@@ -111,7 +133,20 @@ fn dsdt() -> Sdt {
     let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
 
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc]).to_aml_bytes(&mut table);
+    let virtio: Vec<MmioDeviceAml> = mmio_devices
+        .iter()
+        .enumerate()
+        .map(|(index, device)| MmioDeviceAml {
+            name: format!("VR{index:02X}"),
+            uid: index as u32,
+            base: device.base as u32,
+            size: device.size as u32,
+            irq: device.irq,
+        })
+        .collect();
+    let mut children: Vec<&dyn Aml> = vec![&com1, &rtc];
+    children.extend(virtio.iter().map(|device| device as &dyn Aml));
+    aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut table);
     // \_S5: the SLP_TYP value the guest writes to enter soft-off.
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut table);
@@ -159,13 +194,18 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// Writes the tables for `vcpus` vCPUs at [`layout::ACPI_START`] and returns where they went.
-pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u32) -> Result<AcpiLayout, AcpiError> {
+/// Writes the tables for `vcpus` vCPUs and the given virtio-mmio devices at
+/// [`layout::ACPI_START`] and returns where they went.
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    vcpus: u32,
+    mmio_devices: &[MmioDeviceInfo],
+) -> Result<AcpiLayout, AcpiError> {
     let align = |addr: u64| addr.div_ceil(16) * 16;
     // The RSDP goes first, in the area Linux scans, at a 16-byte boundary.
     let rsdp_addr = layout::ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = bytes_of(&dsdt());
+    let dsdt = bytes_of(&dsdt(mmio_devices));
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = bytes_of(&fadt(dsdt_addr));
     let madt_addr = align(fadt_addr + fadt.len() as u64);

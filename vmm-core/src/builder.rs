@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::acpi;
 use crate::boot::{self, BootLayout};
 use crate::config::{SerialInput, SerialOutput, VmConfig};
-use crate::event_loop::{EventLoop, SharedSerial};
+use crate::event_loop::{EventLoop, EventLoopBuilder, SharedSerial};
 use crate::memory;
 use crate::state::{self, Control, ExitReason, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
@@ -127,7 +127,7 @@ impl VmBuilder {
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
         // Everything that can fail on the user's input comes before KVM is touched.
         let memory = memory::create_guest_memory(self.config.memory.as_bytes())?;
-        let acpi = acpi::write_tables(&memory, self.config.vcpus)?;
+        let acpi = acpi::write_tables(&memory, self.config.vcpus, &[])?;
         let boot = boot::load(&memory, &self.config, Some(acpi.rsdp))?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         let vm_fd = vm::create_vm(&kvm, &memory)?;
@@ -206,7 +206,10 @@ impl VmBuilder {
             vcpu::configure(&fd, index, &setup)?;
             vcpus.push(fd);
         }
-        let serial_input = self.open_input()?;
+        let mut events = EventLoopBuilder::new()?;
+        if let Some(input) = self.open_input()? {
+            events.add_serial_input(serial.clone(), input)?;
+        }
         debug!(
             "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
             self.config.vcpus, self.config.memory, boot.format, boot.entry.protocol, boot.entry.rip
@@ -216,8 +219,7 @@ impl VmBuilder {
             threads: Vec::new(),
             pending_vcpus: vcpus,
             event_loop: None,
-            serial,
-            serial_input,
+            events: Some(events),
             buses,
             boot,
             vm_fd,
@@ -235,8 +237,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     pending_vcpus: Vec<VcpuFd>,
     event_loop: Option<EventLoop>,
-    serial: SharedSerial,
-    serial_input: Option<OwnedFd>,
+    events: Option<EventLoopBuilder>,
     buses: Arc<IoBuses>,
     boot: BootLayout,
     // Declared after everything that uses them, so they are dropped last.
@@ -280,8 +281,10 @@ impl Vm {
                 state: self.control.state(),
             }));
         }
-        if let Some(input) = self.serial_input.take() {
-            self.event_loop = Some(EventLoop::start_serial_input(self.serial.clone(), input)?);
+        if let Some(events) = self.events.take() {
+            if !events.is_empty() {
+                self.event_loop = Some(events.start()?);
+            }
         }
         let vcpus = std::mem::take(&mut self.pending_vcpus);
         let count = vcpus.len();

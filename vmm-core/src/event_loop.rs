@@ -128,19 +128,38 @@ pub enum EventLoopError {
     EventManager(event_manager::Error),
 }
 
-impl EventLoop {
-    /// Starts a loop that feeds `input` to `serial`.
-    pub fn start_serial_input(
+/// Collects subscribers while the VM is built; [`EventLoopBuilder::start`] runs them.
+pub struct EventLoopBuilder {
+    manager: EventManager<Box<dyn MutEventSubscriber + Send>>,
+    subscribers: usize,
+}
+
+impl EventLoopBuilder {
+    /// Creates the epoll instance.
+    pub fn new() -> Result<Self, EventLoopError> {
+        Ok(EventLoopBuilder {
+            manager: EventManager::new().map_err(EventLoopError::EventManager)?,
+            subscribers: 0,
+        })
+    }
+
+    /// Adds a subscriber (a device with host-side event sources, for example).
+    pub fn add_subscriber(&mut self, subscriber: Box<dyn MutEventSubscriber + Send>) {
+        self.manager.add_subscriber(subscriber);
+        self.subscribers += 1;
+    }
+
+    /// Feeds `input` to `serial` with flow control.
+    pub fn add_serial_input(
+        &mut self,
         serial: SharedSerial,
         input: OwnedFd,
-    ) -> Result<Self, EventLoopError> {
+    ) -> Result<(), EventLoopError> {
         let drained = match serial.lock() {
             Ok(serial) => serial.input_drained().try_clone()?,
             Err(poisoned) => poisoned.into_inner().input_drained().try_clone()?,
         };
-        let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
-            EventManager::new().map_err(EventLoopError::EventManager)?;
-        manager.add_subscriber(Box::new(SerialInput {
+        self.add_subscriber(Box::new(SerialInput {
             serial,
             source: File::from(input),
             drained,
@@ -148,12 +167,23 @@ impl EventLoop {
             reading: false,
             eof: false,
         }));
+        Ok(())
+    }
+
+    /// Whether nothing was added (then no thread is needed).
+    pub fn is_empty(&self) -> bool {
+        self.subscribers == 0
+    }
+
+    /// Starts the loop's thread.
+    pub fn start(mut self) -> Result<EventLoop, EventLoopError> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        manager.add_subscriber(Box::new(ExitWatch {
+        self.manager.add_subscriber(Box::new(ExitWatch {
             exit: exit.try_clone()?,
             done: done.clone(),
         }));
+        let mut manager = self.manager;
         let thread = std::thread::Builder::new()
             .name("keel-events".into())
             .spawn(move || {
@@ -169,7 +199,9 @@ impl EventLoop {
             thread: Some(thread),
         })
     }
+}
 
+impl EventLoop {
     /// Stops the loop and joins its thread.
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {

@@ -49,6 +49,7 @@ pub mod acpi;
 pub mod boot;
 pub mod builder;
 pub mod config;
+pub mod device_manager;
 pub mod event_loop;
 pub mod layout;
 pub mod memory;

@@ -1,7 +1,7 @@
 //! The ACPI tables Keel writes are found by following the RSDP the way a guest does, have valid
 //! checksums, and disassemble cleanly with ACPICA's `iasl -d` (Debian `acpica-tools`) into what
 //! Keel meant: one local APIC per vCPU, the IOAPIC, a hardware-reduced FADT with Keel's sleep and
-//! reset registers, and a DSDT with COM1, the RTC and `\_S5`.
+//! reset registers, and a DSDT with COM1, the RTC, a virtio-mmio device and `\_S5`.
 //!
 //! Without `iasl` the disassembly test prints `KEEL-IASL-SKIP` and returns, unless
 //! `KEEL_REQUIRE_TOOLS=1` (set by `.ci/run`), which makes it fail.
@@ -9,6 +9,7 @@
 use std::process::Command;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_core::device_manager::MmioDeviceInfo;
 use vmm_core::{acpi, layout};
 
 fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
@@ -62,7 +63,14 @@ fn tables_from_rsdp(mem: &GuestMemoryMmap, rsdp_addr: u64) -> Vec<([u8; 4], Vec<
 
 fn written(vcpus: u32) -> (GuestMemoryMmap, acpi::AcpiLayout) {
     let mem = vmm_core::memory::create_guest_memory(64 << 20).unwrap();
-    let layout = acpi::write_tables(&mem, vcpus).unwrap();
+    let virtio = [MmioDeviceInfo {
+        id: "disk0".into(),
+        device_type: 2,
+        base: 0xd000_0000,
+        size: 0x1000,
+        irq: 5,
+    }];
+    let layout = acpi::write_tables(&mem, vcpus, &virtio).unwrap();
     (mem, layout)
 }
 
@@ -182,6 +190,8 @@ fn iasl_disassembles_every_table_into_what_keel_meant() {
                 assert!(dsl.contains("PNP0B00"), "{dsl}");
                 assert!(dsl.contains("_S5_"), "{dsl}");
                 assert!(dsl.contains("0x03F8"), "{dsl}");
+                assert!(dsl.contains("\"LNRO0005\""), "virtio-mmio device:\n{dsl}");
+                assert!(dsl.contains("0xD0000000"), "virtio-mmio window:\n{dsl}");
             }
             _ => {}
         }

@@ -307,7 +307,12 @@ mod tests {
             mac: Some("ff:ff:ff:ff:ff:ff".into()),
         };
         assert_eq!(
-            field(validate_devices(&[], std::slice::from_ref(&nic), None, None)),
+            field(validate_devices(
+                &[],
+                std::slice::from_ref(&nic),
+                None,
+                None
+            )),
             "nets.mac"
         );
         let long = NetConfig {

@@ -1,0 +1,197 @@
+//! Placement of virtio-mmio devices: MMIO windows, interrupt lines, KVM irqfds, and how the
+//! guest learns about them (DSDT entries, optional `virtio_mmio.device=` command-line entries).
+
+use std::sync::{Arc, Mutex};
+
+use devices::bus::Bus;
+use devices::virtio::mmio::{MmioTransport, SharedVirtioDevice, MMIO_WINDOW_SIZE};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// First virtio-mmio window, in the 32-bit device hole below the IOAPIC.
+pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+/// ISA/IOAPIC lines free for virtio-mmio devices (0 timer, 1 keyboard, 2 cascade, 3-4 serial,
+/// 8 RTC are taken).
+const FREE_IRQS: [u32; 18] = [
+    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+];
+
+/// Where a virtio-mmio device lives, as the guest must be told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MmioDeviceInfo {
+    /// Device id from the config.
+    pub id: String,
+    /// Virtio device type.
+    pub device_type: u32,
+    /// Window base address.
+    pub base: u64,
+    /// Window size.
+    pub size: u64,
+    /// Interrupt line (GSI), edge-triggered.
+    pub irq: u32,
+}
+
+impl MmioDeviceInfo {
+    /// The Linux command-line entry describing this device.
+    pub fn cmdline_entry(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size / 1024,
+            self.base,
+            self.irq
+        )
+    }
+}
+
+/// Errors placing a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    /// No interrupt line is left.
+    #[error("device `{0}`: no free interrupt line left for another virtio-mmio device")]
+    NoIrq(String),
+    /// Creating the interrupt eventfd or registering it with KVM failed.
+    #[error("device `{id}`: cannot connect its interrupt line {irq}: {detail}")]
+    Irq {
+        /// Device id.
+        id: String,
+        /// The line.
+        irq: u32,
+        /// Cause.
+        detail: String,
+    },
+    /// The transport refused the device.
+    #[error("device `{id}`: {source}")]
+    Transport {
+        /// Device id.
+        id: String,
+        /// Cause.
+        source: devices::virtio::mmio::TransportError,
+    },
+    /// The MMIO bus refused the window.
+    #[error(transparent)]
+    Bus(#[from] devices::bus::BusError),
+}
+
+/// Plans where each virtio-mmio device goes (before KVM exists, so the command line and ACPI
+/// tables can be written first), then attaches the devices to the VM.
+#[derive(Debug, Default)]
+pub struct VirtioMmioDevices {
+    devices: Vec<MmioDeviceInfo>,
+}
+
+impl VirtioMmioDevices {
+    /// Gives each `(id, device type)` a window and an interrupt line, in order.
+    pub fn plan(devices: &[(String, u32)]) -> Result<Self, DeviceManagerError> {
+        let devices = devices
+            .iter()
+            .enumerate()
+            .map(|(index, (id, device_type))| {
+                let irq = *FREE_IRQS
+                    .get(index)
+                    .ok_or_else(|| DeviceManagerError::NoIrq(id.clone()))?;
+                Ok(MmioDeviceInfo {
+                    id: id.clone(),
+                    device_type: *device_type,
+                    base: MMIO_DEVICES_START + index as u64 * MMIO_WINDOW_SIZE,
+                    size: MMIO_WINDOW_SIZE,
+                    irq,
+                })
+            })
+            .collect::<Result<Vec<_>, DeviceManagerError>>()?;
+        Ok(VirtioMmioDevices { devices })
+    }
+
+    /// Puts `device` (planned as `info`) on `bus` behind an MMIO transport and connects its
+    /// interrupt line through a KVM irqfd.
+    pub fn attach(
+        info: &MmioDeviceInfo,
+        vm: &VmFd,
+        bus: &mut Bus,
+        mem: &GuestMemoryMmap,
+        device: SharedVirtioDevice,
+    ) -> Result<(), DeviceManagerError> {
+        let irq_error = |detail: String| DeviceManagerError::Irq {
+            id: info.id.clone(),
+            irq: info.irq,
+            detail,
+        };
+        let line = EventFd::new(EFD_NONBLOCK).map_err(|err| irq_error(err.to_string()))?;
+        vm.register_irqfd(&line, info.irq)
+            .map_err(|err| irq_error(err.to_string()))?;
+        let transport = MmioTransport::new(device, mem.clone(), line).map_err(|source| {
+            DeviceManagerError::Transport {
+                id: info.id.clone(),
+                source,
+            }
+        })?;
+        bus.insert(
+            &info.id,
+            info.base,
+            info.size,
+            Arc::new(Mutex::new(transport)),
+        )?;
+        Ok(())
+    }
+
+    /// The planned devices.
+    pub fn devices(&self) -> &[MmioDeviceInfo] {
+        &self.devices
+    }
+
+    /// The `virtio_mmio.device=` entries for every device, space-separated.
+    pub fn cmdline_entries(&self) -> String {
+        self.devices
+            .iter()
+            .map(MmioDeviceInfo::cmdline_entry)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_entries_use_linux_syntax() {
+        let info = MmioDeviceInfo {
+            id: "d".into(),
+            device_type: 2,
+            base: 0xd000_1000,
+            size: 0x1000,
+            irq: 6,
+        };
+        assert_eq!(info.cmdline_entry(), "virtio_mmio.device=4K@0xd0001000:6");
+    }
+
+    #[test]
+    fn plans_give_distinct_windows_and_lines_until_lines_run_out() {
+        let wanted: Vec<(String, u32)> =
+            (0..FREE_IRQS.len()).map(|i| (format!("d{i}"), 2)).collect();
+        let plan = VirtioMmioDevices::plan(&wanted).unwrap();
+        let mut bases: Vec<u64> = plan.devices().iter().map(|d| d.base).collect();
+        let mut irqs: Vec<u32> = plan.devices().iter().map(|d| d.irq).collect();
+        bases.dedup();
+        irqs.sort();
+        irqs.dedup();
+        assert_eq!((bases.len(), irqs.len()), (wanted.len(), wanted.len()));
+        assert!(
+            !irqs.contains(&4) && !irqs.contains(&8),
+            "serial and RTC lines stay free"
+        );
+        let mut too_many = wanted.clone();
+        too_many.push(("extra".into(), 2));
+        assert!(matches!(
+            VirtioMmioDevices::plan(&too_many),
+            Err(DeviceManagerError::NoIrq(id)) if id == "extra"
+        ));
+    }
+
+    #[test]
+    fn windows_stay_below_the_ioapic() {
+        let last = MMIO_DEVICES_START + FREE_IRQS.len() as u64 * MMIO_WINDOW_SIZE;
+        assert!(last <= crate::layout::IOAPIC_START);
+        const { assert!(MMIO_DEVICES_START >= crate::layout::MMIO_GAP_START) };
+    }
+}
