@@ -91,7 +91,10 @@ fn summarize(name: &str, samples: &[Sample]) -> Summary {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let firsts: Vec<f64> = samples.iter().map(|s| ms(s.first_byte)).collect();
     let exits: Vec<f64> = samples.iter().map(|s| ms(s.exit)).collect();
-    let rss: Vec<f64> = samples.iter().map(|s| s.maxrss_kib as f64 / 1024.0).collect();
+    let rss: Vec<f64> = samples
+        .iter()
+        .map(|s| s.maxrss_kib as f64 / 1024.0)
+        .collect();
     let summary = Summary {
         first_min: min(&firsts),
         first_median: median(firsts),
@@ -122,7 +125,15 @@ fn main() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--quiet", "--release", "-p", "examples", "--example", "boot"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "examples",
+            "--example",
+            "boot",
+        ])
         .status()
         .expect("cargo runs");
     assert!(built.success(), "building the boot example failed");
@@ -138,19 +149,35 @@ fn main() {
         let mut cmd = Command::new(&keel);
         cmd.arg("--kernel")
             .arg(&guest)
-            .args(["--vcpus", &VCPUS.to_string(), "--mem", &format!("{MEM_MIB}M")])
+            .args([
+                "--vcpus",
+                &VCPUS.to_string(),
+                "--mem",
+                &format!("{MEM_MIB}M"),
+            ])
             .args(["--cmdline", &cmdline, "--stats"]);
         cmd
     };
     let qemu_cmd = || {
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-M", "microvm,x-option-roms=off,rtc=on", "-enable-kvm", "-cpu", "host,-arch-capabilities"])
-            .args(["-m", &MEM_MIB.to_string(), "-smp", &VCPUS.to_string()])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .args(["-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-            .arg("-kernel")
-            .arg(&guest)
-            .args(["-append", &cmdline]);
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=on",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ])
+        .args(["-m", &MEM_MIB.to_string(), "-smp", &VCPUS.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args([
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ])
+        .arg("-kernel")
+        .arg(&guest)
+        .args(["-append", &cmdline]);
         cmd
     };
 
