@@ -10,6 +10,31 @@ use core::fmt;
 /// Default spacing of `keel.ticks` lines, in TSC ticks.
 pub const DEFAULT_TICK_TSC: u64 = 20_000_000;
 
+/// Default of `keel.blk_sectors`: sectors the virtio-blk test writes and reads back.
+pub const DEFAULT_BLK_SECTORS: u64 = 8;
+
+/// Default of `keel.blk_start`: the first sector the virtio-blk test writes (sector 0 is only read).
+pub const DEFAULT_BLK_START: u64 = 1;
+
+/// Default of `keel.net_frames`: frames the virtio-net test sends.
+pub const DEFAULT_NET_FRAMES: u32 = 3;
+
+/// Default of `keel.vsock_port`: the host port the virtio-vsock test connects to.
+pub const DEFAULT_VSOCK_PORT: u32 = 5000;
+
+/// Default of `keel.vsock_listen`: the guest port on which the virtio-vsock test accepts a connection.
+pub const DEFAULT_VSOCK_LISTEN: u32 = 6000;
+
+/// Default of `keel.virtio_wait_tsc`: TSC ticks the virtio tests wait for a device or a peer (about 4 s
+/// at 2.5 GHz).
+pub const DEFAULT_VIRTIO_WAIT_TSC: u64 = 10_000_000_000;
+
+/// Most sectors `keel.blk_sectors` may ask for.
+pub const MAX_BLK_SECTORS: u64 = 4096;
+
+/// Most frames `keel.net_frames` may ask for.
+pub const MAX_NET_FRAMES: u32 = 1000;
+
 /// The most vCPUs the guest supports (the BSP and 254 APs: every xAPIC ID but the broadcast one).
 pub const MAX_CPUS: u32 = 255;
 
@@ -28,6 +53,58 @@ pub struct Options {
     pub fault: Option<Fault>,
     /// `keel.exit=...`: how to end the VM.
     pub exit_plan: ExitPlan,
+    /// The virtio device tests.
+    pub virtio: VirtioOptions,
+}
+
+/// What the command line asks of the virtio drivers (`keel.blk`, `keel.rng`, `keel.net`,
+/// `keel.vsock` and their parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioOptions {
+    /// `keel.blk`: test every virtio-blk device.
+    pub blk: bool,
+    /// `keel.blk_sectors=N`: sectors to write, flush and read back.
+    pub blk_sectors: u64,
+    /// `keel.blk_start=S`: the first of them.
+    pub blk_start: u64,
+    /// `keel.rng`: test the first virtio-rng device.
+    pub rng: bool,
+    /// `keel.net`: test the first virtio-net device.
+    pub net: bool,
+    /// `keel.net_frames=N`: frames to send.
+    pub net_frames: u32,
+    /// `keel.vsock`: test the first virtio-vsock device.
+    pub vsock: bool,
+    /// `keel.vsock_port=P`: the host (CID 2) port to connect to.
+    pub vsock_port: u32,
+    /// `keel.vsock_listen=Q`: the guest port to accept a connection on.
+    pub vsock_listen: u32,
+    /// `keel.virtio_wait_tsc=T`: TSC ticks to wait for a device's answer or a peer's packet.
+    pub wait_tsc: u64,
+}
+
+impl VirtioOptions {
+    /// Whether any virtio test is enabled.
+    pub fn any(&self) -> bool {
+        self.blk || self.rng || self.net || self.vsock
+    }
+}
+
+impl Default for VirtioOptions {
+    fn default() -> Self {
+        Self {
+            blk: false,
+            blk_sectors: DEFAULT_BLK_SECTORS,
+            blk_start: DEFAULT_BLK_START,
+            rng: false,
+            net: false,
+            net_frames: DEFAULT_NET_FRAMES,
+            vsock: false,
+            vsock_port: DEFAULT_VSOCK_PORT,
+            vsock_listen: DEFAULT_VSOCK_LISTEN,
+            wait_tsc: DEFAULT_VIRTIO_WAIT_TSC,
+        }
+    }
 }
 
 impl Default for Options {
@@ -39,6 +116,7 @@ impl Default for Options {
             echo: false,
             fault: None,
             exit_plan: ExitPlan::default(),
+            virtio: VirtioOptions::default(),
         }
     }
 }
@@ -217,10 +295,60 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                 options.exit_plan = ExitPlan::parse(value)
                     .ok_or(error("1 to 4 of reset,debug,s5,halt separated by commas"))?;
             }
-            ("keel.cpus" | "keel.ticks" | "keel.tick_tsc" | "keel.fault" | "keel.exit", None) => {
+            ("keel.blk", None) => options.virtio.blk = true,
+            ("keel.rng", None) => options.virtio.rng = true,
+            ("keel.net", None) => options.virtio.net = true,
+            ("keel.vsock", None) => options.virtio.vsock = true,
+            ("keel.blk_sectors", Some(value)) => {
+                options.virtio.blk_sectors = parse_number(value)
+                    .filter(|count| (1..=MAX_BLK_SECTORS).contains(count))
+                    .ok_or(error("a sector count from 1 to 4096"))?;
+            }
+            ("keel.blk_start", Some(value)) => {
+                options.virtio.blk_start = parse_number(value)
+                    .filter(|start| *start < 1 << 40)
+                    .ok_or(error("a sector number below 2^40"))?;
+            }
+            ("keel.net_frames", Some(value)) => {
+                options.virtio.net_frames = parse_number(value)
+                    .filter(|count| (1..=u64::from(MAX_NET_FRAMES)).contains(count))
+                    .ok_or(error("a frame count from 1 to 1000"))?
+                    as u32;
+            }
+            ("keel.vsock_port" | "keel.vsock_listen", Some(value)) => {
+                let port = parse_number(value)
+                    .and_then(|port| u32::try_from(port).ok())
+                    .ok_or(error("a 32-bit port number"))?;
+                if key == "keel.vsock_port" {
+                    options.virtio.vsock_port = port;
+                } else {
+                    options.virtio.vsock_listen = port;
+                }
+            }
+            ("keel.virtio_wait_tsc", Some(value)) => {
+                options.virtio.wait_tsc = parse_number(value)
+                    .filter(|ticks| *ticks > 0)
+                    .ok_or(error("a positive number of TSC ticks"))?;
+            }
+            (
+                "keel.cpus"
+                | "keel.ticks"
+                | "keel.tick_tsc"
+                | "keel.fault"
+                | "keel.exit"
+                | "keel.blk_sectors"
+                | "keel.blk_start"
+                | "keel.net_frames"
+                | "keel.vsock_port"
+                | "keel.vsock_listen"
+                | "keel.virtio_wait_tsc",
+                None,
+            ) => {
                 return Err(error("a value after '='"));
             }
-            ("keel.echo", Some(_)) => return Err(error("keel.echo without a value")),
+            ("keel.echo" | "keel.blk" | "keel.rng" | "keel.net" | "keel.vsock", Some(_)) => {
+                return Err(error("the option without a value"));
+            }
             _ => {}
         }
     }
@@ -273,6 +401,37 @@ mod tests {
     }
 
     #[test]
+    fn virtio_options_are_understood() {
+        let virtio = parse("keel.blk keel.rng keel.net keel.vsock")
+            .unwrap()
+            .virtio;
+        assert!(virtio.blk && virtio.rng && virtio.net && virtio.vsock && virtio.any());
+        assert_eq!(
+            VirtioOptions {
+                blk: false,
+                rng: false,
+                net: false,
+                vsock: false,
+                ..virtio
+            },
+            VirtioOptions::default()
+        );
+        assert!(!VirtioOptions::default().any());
+        let virtio = parse(
+            "keel.blk_sectors=16 keel.blk_start=0x10 keel.net_frames=5 keel.vsock_port=1234 \
+             keel.vsock_listen=0xffffffff keel.virtio_wait_tsc=1000",
+        )
+        .unwrap()
+        .virtio;
+        assert_eq!(virtio.blk_sectors, 16);
+        assert_eq!(virtio.blk_start, 16);
+        assert_eq!(virtio.net_frames, 5);
+        assert_eq!(virtio.vsock_port, 1234);
+        assert_eq!(virtio.vsock_listen, u32::MAX);
+        assert_eq!(virtio.wait_tsc, 1000);
+    }
+
+    #[test]
     fn unknown_tokens_are_ignored() {
         assert_eq!(
             parse("quiet keel.unknown=1 keelcpus=9 root=/dev/vda"),
@@ -296,6 +455,15 @@ mod tests {
             "keel.exit=reset,,s5",
             "keel.exit=poweroff",
             "keel.exit=reset,debug,s5,halt,reset",
+            "keel.blk=1",
+            "keel.vsock=yes",
+            "keel.blk_sectors=0",
+            "keel.blk_sectors=4097",
+            "keel.blk_start",
+            "keel.net_frames=0",
+            "keel.vsock_port=0x100000000",
+            "keel.vsock_listen=",
+            "keel.virtio_wait_tsc=0",
         ] {
             let error = parse(token).unwrap_err();
             assert_eq!(error.token, token);

@@ -12,3 +12,4 @@ pub mod bootinfo;
 pub mod cmdline;
 pub mod selfcheck;
 pub mod sync;
+pub mod virtio;

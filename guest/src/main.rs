@@ -14,6 +14,7 @@
 mod boot;
 mod console;
 mod cpu;
+mod drivers;
 mod exit;
 mod interrupts;
 mod serial;
@@ -70,6 +71,8 @@ pub extern "C" fn keel_main(boot_info_addr: u64, protocol: u32) -> ! {
         Ok(value) => report!("selfcheck ok value={value}"),
         Err(error) => report!("FAIL selfcheck {error}"),
     }
+
+    drivers::run(boot.cmdline(), &options.virtio);
 
     if let Some(count) = options.ticks {
         tick(count, options.tick_tsc);

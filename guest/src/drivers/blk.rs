@@ -1,0 +1,207 @@
+//! virtio-blk (virtio 1.2, section 5.2): identify the disk, write a pattern, flush, read it back.
+//!
+//! Every request is one chain: a 16-byte header the device reads, an optional data buffer, and a
+//! status byte the device writes. Data moves in chunks of up to [`CHUNK_SECTORS`] sectors.
+
+use keel_test_guest::cmdline::VirtioOptions;
+use keel_test_guest::virtio::blk::{
+    check_pattern, fill_pattern, request_header, F_FLUSH, F_RO, HEADER_LEN, ID_LEN, SECTOR_SIZE,
+    S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT,
+};
+use keel_test_guest::virtio::{byte_sum, Printable};
+
+use super::deadline;
+use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue};
+use super::transport::{DriverError, Transport};
+use crate::console::report;
+
+/// Sectors per data request.
+const CHUNK_SECTORS: usize = 8;
+
+/// Runs the block test on device number `number` (counted among block devices from 0).
+pub fn test(transport: &Transport, number: usize, options: &VirtioOptions) {
+    let result = Disk::open(transport, options).and_then(|mut disk| disk.run(number, options));
+    match result {
+        Ok(()) => {}
+        Err(Failure::Driver(error)) => report!("FAIL virtio-blk dev={number} {error}"),
+        Err(Failure::Status { what, status }) => {
+            report!("FAIL virtio-blk dev={number} {what} status={status}")
+        }
+        Err(Failure::Range { end, capacity }) => {
+            report!("FAIL virtio-blk dev={number} sectors up to {end} beyond capacity {capacity}")
+        }
+        Err(Failure::Mismatch { sector, offset }) => report!(
+            "FAIL virtio-blk dev={number} read back differs at sector {sector} offset {offset}"
+        ),
+    }
+    transport.reset();
+}
+
+enum Failure {
+    Driver(DriverError),
+    /// The device answered a request with a status other than OK.
+    Status {
+        what: &'static str,
+        status: u8,
+    },
+    /// The test's sectors do not fit on the disk.
+    Range {
+        end: u64,
+        capacity: u64,
+    },
+    /// What was read back is not what was written.
+    Mismatch {
+        sector: u64,
+        offset: usize,
+    },
+}
+
+impl From<DriverError> for Failure {
+    fn from(error: DriverError) -> Self {
+        Self::Driver(error)
+    }
+}
+
+struct Disk<'a> {
+    transport: &'a Transport,
+    queue: Virtqueue,
+    features: u64,
+    header: DmaBuffer,
+    status: DmaBuffer,
+    data: DmaBuffer,
+    wait: u64,
+}
+
+impl<'a> Disk<'a> {
+    fn open(transport: &'a Transport, options: &VirtioOptions) -> Result<Self, Failure> {
+        let features = transport.negotiate(0, 1 << F_RO | 1 << F_FLUSH)?;
+        // SAFETY: the previous driver reset its device before returning.
+        let mut arena = unsafe { DmaArena::take() };
+        let queue = Virtqueue::new(transport, 0, &mut arena)?;
+        let header = arena.alloc(HEADER_LEN, 16)?;
+        let status = arena.alloc(1, 1)?;
+        let data = arena.alloc(CHUNK_SECTORS * SECTOR_SIZE, 4096)?;
+        transport.driver_ok()?;
+        Ok(Self {
+            transport,
+            queue,
+            features,
+            header,
+            status,
+            data,
+            wait: options.wait_tsc,
+        })
+    }
+
+    fn run(&mut self, number: usize, options: &VirtioOptions) -> Result<(), Failure> {
+        let capacity = self.transport.config_u64(0);
+        let id = self.data.slice(0, ID_LEN);
+        self.request(T_GET_ID, 0, Some(Segment::writable(id)), "get-id")?;
+        id.with_bytes(|bytes| {
+            report!(
+                "virtio-blk dev={number} capacity={capacity} id={}",
+                Printable {
+                    bytes,
+                    limit: ID_LEN
+                }
+            )
+        });
+
+        if self.features & 1 << F_RO != 0 {
+            let sum = self.sector0_sum()?;
+            report!("virtio-blk dev={number} read-only sector0_sum={sum}");
+            let sector = self.data.slice(0, SECTOR_SIZE);
+            sector.with_bytes(|bytes| fill_pattern(bytes, options.blk_start));
+            let status = self.submit(T_OUT, options.blk_start, Some(Segment::readable(sector)))?;
+            report!("virtio-blk dev={number} write-refused status={status}");
+            if status == S_OK {
+                report!("FAIL virtio-blk dev={number} write to a read-only device succeeded");
+            }
+            return Ok(());
+        }
+
+        let start = options.blk_start;
+        let end = start + options.blk_sectors;
+        if end > capacity {
+            return Err(Failure::Range { end, capacity });
+        }
+        let mut sector = start;
+        while sector < end {
+            let chunk = self.chunk(sector, end);
+            chunk.with_bytes(|bytes| fill_pattern(bytes, sector));
+            self.request(T_OUT, sector, Some(Segment::readable(chunk)), "write")?;
+            sector += (chunk.len() / SECTOR_SIZE) as u64;
+        }
+        let flushed = if self.features & 1 << F_FLUSH != 0 {
+            self.request(T_FLUSH, 0, None, "flush")?;
+            "flushed"
+        } else {
+            "unflushed"
+        };
+        let mut sector = start;
+        while sector < end {
+            let chunk = self.chunk(sector, end);
+            chunk.with_bytes(|bytes| bytes.fill(0));
+            self.request(T_IN, sector, Some(Segment::writable(chunk)), "read")?;
+            if let Some((sector, offset)) = chunk.with_bytes(|bytes| check_pattern(bytes, sector)) {
+                return Err(Failure::Mismatch { sector, offset });
+            }
+            sector += (chunk.len() / SECTOR_SIZE) as u64;
+        }
+        let sum = self.sector0_sum()?;
+        report!(
+            "virtio-blk dev={number} wrote={} start={start} {flushed} verified sector0_sum={sum}",
+            options.blk_sectors
+        );
+        Ok(())
+    }
+
+    /// The part of the data buffer for the sectors from `sector` up to at most `end`.
+    fn chunk(&self, sector: u64, end: u64) -> DmaBuffer {
+        let sectors = (end - sector).min(CHUNK_SECTORS as u64) as usize;
+        self.data.slice(0, sectors * SECTOR_SIZE)
+    }
+
+    fn sector0_sum(&mut self) -> Result<u32, Failure> {
+        let sector = self.data.slice(0, SECTOR_SIZE);
+        self.request(T_IN, 0, Some(Segment::writable(sector)), "read sector 0")?;
+        Ok(sector.with_bytes(|bytes| byte_sum(bytes)))
+    }
+
+    /// Runs one request and fails unless its status is OK.
+    fn request(
+        &mut self,
+        request_type: u32,
+        sector: u64,
+        data: Option<Segment>,
+        what: &'static str,
+    ) -> Result<(), Failure> {
+        match self.submit(request_type, sector, data)? {
+            S_OK => Ok(()),
+            status => Err(Failure::Status { what, status }),
+        }
+    }
+
+    /// Runs one request and returns its status byte.
+    fn submit(
+        &mut self,
+        request_type: u32,
+        sector: u64,
+        data: Option<Segment>,
+    ) -> Result<u8, DriverError> {
+        self.header
+            .with_bytes(|bytes| bytes.copy_from_slice(&request_header(request_type, sector)));
+        // A value no device writes, so a request completed without a status shows.
+        self.status.with_bytes(|bytes| bytes[0] = 0xff);
+        let header = Segment::readable(self.header);
+        let status = Segment::writable(self.status);
+        match data {
+            Some(data) => self.queue.submit(&[header, data, status])?,
+            None => self.queue.submit(&[header, status])?,
+        };
+        self.transport.notify(self.queue.index());
+        self.queue
+            .wait_used(self.transport, deadline(self.wait), "a block request")?;
+        Ok(self.status.with_bytes(|bytes| bytes[0]))
+    }
+}

@@ -1,0 +1,7 @@
+//! stub
+use super::transport::Transport;
+use crate::console::report;
+use keel_test_guest::cmdline::VirtioOptions;
+pub fn test(_transport: &Transport, _options: &VirtioOptions) {
+    report!("FAIL virtio-net not implemented");
+}
