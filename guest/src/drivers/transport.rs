@@ -234,6 +234,12 @@ impl Transport {
         self.write(REG_QUEUE_NOTIFY, u32::from(index));
     }
 
+    /// A byte of the configuration space.
+    pub fn config_u8(&self, offset: u64) -> u8 {
+        // SAFETY: as for `read`; byte access to the configuration space is allowed by the spec.
+        unsafe { core::ptr::read_volatile((self.base + CONFIG + offset) as *const u8) }
+    }
+
     /// A 64-bit field of the configuration space, read as two 32-bit halves and retried until the
     /// configuration generation shows both halves came from the same configuration.
     pub fn config_u64(&self, offset: u64) -> u64 {
