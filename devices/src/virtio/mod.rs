@@ -10,6 +10,7 @@
 //!
 //! Transports: [`mmio`] (virtio-mmio version 2).
 
+pub mod block;
 pub mod mmio;
 
 use std::sync::Arc;
