@@ -1376,13 +1376,8 @@ mod tests {
                 used <= count,
                 "round {round}: at most one used entry per head"
             );
-            for n in 0..used {
-                let (_, len) = driver.used(n);
-                assert!(
-                    len <= 4096 + 1 || len == 0,
-                    "round {round}: used length {len}"
-                );
-            }
+            // Used lengths are not checked: buffers may overlap the rings at address 0, so the
+            // device's own writes can land in the used ring.
             assert!(interrupt.count() <= 1);
             assert!(block.reset());
         }

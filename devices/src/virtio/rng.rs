@@ -1,0 +1,462 @@
+//! virtio-rng: an entropy source for the guest (virtio 1.2, section 5.4).
+//!
+//! [`VirtioRng`] fills every device-writable buffer the driver offers with bytes from an
+//! [`EntropySource`] — the host's `getrandom(2)` ([`HostRandom`]) in production, a deterministic
+//! source in tests. A chain with any device-readable descriptor, or with a buffer outside guest
+//! memory, is returned untouched (used length 0). At most [`MAX_BYTES_PER_REQUEST`] bytes are
+//! produced per chain, so a guest offering huge buffers cannot make the VMM do unbounded work;
+//! the used length tells the driver how much it got. There is no rate limiting.
+
+use std::io;
+use std::sync::Arc;
+
+use log::{debug, warn};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
+
+use super::{
+    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1,
+};
+
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most bytes of entropy returned for one chain.
+pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+/// Most descriptors looked at in one chain; longer chains are rejected.
+const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+/// Bytes drawn from the source at a time.
+const CHUNK_LEN: usize = 4096;
+
+/// Where random bytes come from.
+pub trait EntropySource: Send {
+    /// Fills all of `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// The host kernel's random number generator, through `getrandom(2)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostRandom;
+
+impl EntropySource for HostRandom {
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // SAFETY: the pointer and length describe `rest`, a live, writable byte slice; the
+            // kernel writes at most `rest.len()` bytes into it.
+            let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            // Short reads happen for large requests and on signals: keep going.
+            done += ret as usize;
+        }
+        Ok(())
+    }
+}
+
+/// What the device needs once the driver has set it up.
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    queue: Queue,
+}
+
+/// A virtio entropy device.
+///
+/// ```
+/// use devices::virtio::rng::VirtioRng;
+/// use devices::virtio::{VirtioDevice, TYPE_RNG};
+///
+/// let rng = VirtioRng::new();
+/// assert_eq!(rng.device_type(), TYPE_RNG);
+/// assert_eq!(rng.queue_max_sizes(), &[256]);
+/// ```
+pub struct VirtioRng<E: EntropySource = HostRandom> {
+    source: E,
+    queue_sizes: [u16; 1],
+    acked_features: u64,
+    buffer: Vec<u8>,
+    active: Option<Active>,
+}
+
+impl VirtioRng<HostRandom> {
+    /// A device backed by the host's `getrandom(2)`.
+    pub fn new() -> Self {
+        Self::with_source(HostRandom)
+    }
+}
+
+impl Default for VirtioRng<HostRandom> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a chain is returned without entropy.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum ChainError {
+    #[error("descriptor {0} is not device-writable")]
+    ReadOnly(usize),
+    #[error("descriptor {index} ({len} bytes at {addr:#x}) is outside guest memory")]
+    OutsideMemory { index: usize, addr: u64, len: u32 },
+    #[error("chain has more than {MAX_DESCRIPTORS} descriptors or does not end")]
+    TooLong,
+}
+
+/// Checks the descriptors of one chain; returns them if all are writable guest memory.
+fn writable_buffers<M: GuestMemory>(
+    chain: impl IntoIterator<Item = Descriptor>,
+    mem: &M,
+) -> Result<Vec<Descriptor>, ChainError> {
+    let descs: Vec<Descriptor> = chain.into_iter().take(MAX_DESCRIPTORS + 1).collect();
+    if descs.len() > MAX_DESCRIPTORS || descs.last().is_some_and(Descriptor::has_next) {
+        return Err(ChainError::TooLong);
+    }
+    for (index, desc) in descs.iter().enumerate() {
+        if !desc.is_write_only() {
+            return Err(ChainError::ReadOnly(index));
+        }
+        let len = desc.len();
+        if len != 0 && !mem.check_range(desc.addr(), len as usize, Permissions::Write) {
+            return Err(ChainError::OutsideMemory {
+                index,
+                addr: desc.addr().raw_value(),
+                len,
+            });
+        }
+    }
+    Ok(descs)
+}
+
+impl<E: EntropySource> VirtioRng<E> {
+    /// A device drawing from `source`.
+    pub fn with_source(source: E) -> Self {
+        VirtioRng {
+            source,
+            queue_sizes: [QUEUE_SIZE],
+            acked_features: 0,
+            buffer: vec![0u8; CHUNK_LEN],
+            active: None,
+        }
+    }
+
+    /// Fills the chain's buffers, up to the per-request cap; returns the bytes written.
+    fn fill_chain(
+        source: &mut E,
+        buffer: &mut [u8],
+        mem: &GuestMemoryMmap,
+        descs: &[Descriptor],
+    ) -> u32 {
+        let mut written = 0usize;
+        for desc in descs {
+            let len = (desc.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
+            let mut done = 0usize;
+            while done < len {
+                let chunk = (len - done).min(buffer.len());
+                let buf = &mut buffer[..chunk];
+                if let Err(err) = source.fill(buf) {
+                    warn!("virtio-rng: entropy source failed: {err}");
+                    return written as u32;
+                }
+                let addr = desc.addr().unchecked_add(done as u64);
+                if let Err(err) = mem.write_slice(buf, addr) {
+                    warn!("virtio-rng: write to guest at {:#x} failed: {err}", addr.0);
+                    return written as u32;
+                }
+                done += chunk;
+                written += chunk;
+            }
+            if written == MAX_BYTES_PER_REQUEST {
+                break;
+            }
+        }
+        // At most MAX_BYTES_PER_REQUEST: fits in u32.
+        written as u32
+    }
+
+    /// Serves every available chain; returns how many went back to the driver.
+    fn process_queue(&mut self) -> usize {
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
+        let mem = &active.mem;
+        let mut completed = 0;
+        while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let used_len = match writable_buffers(chain, mem) {
+                Ok(descs) => Self::fill_chain(&mut self.source, &mut self.buffer, mem, &descs),
+                Err(err) => {
+                    debug!("virtio-rng: chain {head} rejected: {err}");
+                    0
+                }
+            };
+            match active.queue.add_used(mem, head, used_len) {
+                Ok(()) => completed += 1,
+                Err(err) => warn!("virtio-rng: cannot return chain {head}: {err}"),
+            }
+        }
+        completed
+    }
+}
+
+impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & VIRTIO_F_VERSION_1;
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        // virtio-rng has no configuration space.
+        data.fill(0);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        mut queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let queue = queues.remove(0);
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queue,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        if index != 0 {
+            debug!("virtio-rng: notify for unknown queue {index}");
+            return;
+        }
+        if self.process_queue() == 0 {
+            return;
+        }
+        if let Some(active) = self.active.as_mut() {
+            match active.queue.needs_notification(&active.mem) {
+                Ok(false) => {}
+                Ok(true) | Err(_) => {
+                    if let Err(err) = active.interrupt.trigger(InterruptKind::Queue(0)) {
+                        warn!("virtio-rng: cannot raise the queue interrupt: {err}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        self.acked_features = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::virtio::block::testing::{guest_memory, Driver, Rng, DATA, F_NEXT, MEM_SIZE};
+
+    /// A deterministic source: byte `n` of its output is `n as u8 ^ salt`, so tests can tell
+    /// exactly which bytes reached the guest. Counts the bytes it produced.
+    struct CountingSource {
+        produced: Arc<Mutex<usize>>,
+        fail: bool,
+    }
+
+    impl EntropySource for CountingSource {
+        fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+            if self.fail {
+                return Err(io::Error::other("no entropy"));
+            }
+            let mut produced = self.produced.lock().unwrap();
+            for byte in buf.iter_mut() {
+                *byte = (*produced as u8) ^ 0x5a;
+                *produced += 1;
+            }
+            Ok(())
+        }
+    }
+
+    fn counting_rng(fail: bool) -> (VirtioRng<CountingSource>, Arc<Mutex<usize>>) {
+        let produced = Arc::new(Mutex::new(0));
+        let source = CountingSource {
+            produced: produced.clone(),
+            fail,
+        };
+        (VirtioRng::with_source(source), produced)
+    }
+
+    fn expected(from: usize, len: usize) -> Vec<u8> {
+        (from..from + len).map(|n| n as u8 ^ 0x5a).collect()
+    }
+
+    #[test]
+    fn fills_writable_buffers() {
+        let (mut rng, _) = counting_rng(false);
+        let mem = guest_memory();
+        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let interrupt = driver.activate(&mut rng);
+        let head = driver.add_chain(&[(DATA, 100, true), (DATA + 0x1000, 5000, true)]);
+        rng.queue_notify(0);
+        assert_eq!(driver.used_idx(), 1);
+        assert_eq!(driver.used(0), (u32::from(head), 5100));
+        assert_eq!(driver.read(DATA, 100), expected(0, 100));
+        assert_eq!(driver.read(DATA + 0x1000, 5000), expected(100, 5000));
+        assert_eq!(
+            interrupt.raised.lock().unwrap()[..],
+            [InterruptKind::Queue(0)]
+        );
+    }
+
+    #[test]
+    fn host_random_fills_large_buffers() {
+        let mut buf = vec![0u8; 1 << 20];
+        HostRandom.fill(&mut buf).unwrap();
+        // 1 MiB of zeroes from getrandom would mean the buffer was not filled.
+        let zeroes = buf.iter().filter(|&&b| b == 0).count();
+        assert!(zeroes < buf.len() / 128, "{zeroes} zero bytes in 1 MiB");
+        let mut empty = [];
+        HostRandom.fill(&mut empty).unwrap();
+
+        let mut rng = VirtioRng::new();
+        let mem = guest_memory();
+        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        driver.activate(&mut rng);
+        driver.add_chain(&[(DATA, 4096, true)]);
+        rng.queue_notify(0);
+        assert_eq!(driver.used(0).1, 4096);
+        assert_ne!(driver.read(DATA, 4096), vec![0u8; 4096]);
+    }
+
+    #[test]
+    fn rejects_device_readable_and_out_of_memory_descriptors() {
+        let (mut rng, produced) = counting_rng(false);
+        let mem = guest_memory();
+        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        driver.activate(&mut rng);
+        driver.write(DATA, &[0xee; 64]);
+        let end = MEM_SIZE as u64;
+        driver.add_chain(&[(DATA, 64, false)]);
+        driver.add_chain(&[(DATA, 32, true), (DATA + 32, 32, false)]);
+        driver.add_chain(&[(end - 16, 32, true)]);
+        driver.add_chain(&[(u64::MAX - 8, 16, true)]);
+        rng.queue_notify(0);
+        assert_eq!(driver.used_idx(), 4);
+        for n in 0..4 {
+            assert_eq!(
+                driver.used(n).1,
+                0,
+                "chain {n} returned with nothing written"
+            );
+        }
+        assert_eq!(
+            driver.read(DATA, 64),
+            vec![0xee; 64],
+            "guest memory untouched"
+        );
+        assert_eq!(*produced.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn caps_the_bytes_per_request() {
+        let (mut rng, produced) = counting_rng(false);
+        let mem = guest_memory();
+        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        driver.activate(&mut rng);
+        let huge = (MEM_SIZE as u64 - DATA) as u32;
+        driver.add_chain(&[(DATA, 1000, true), (DATA + 0x1000, huge - 0x1000, true)]);
+        driver.add_chain(&[(DATA, u32::MAX, true)]);
+        rng.queue_notify(0);
+        assert_eq!(driver.used(0).1 as usize, MAX_BYTES_PER_REQUEST);
+        assert_eq!(driver.used(1).1, 0, "4 GiB is outside guest memory");
+        assert_eq!(*produced.lock().unwrap(), MAX_BYTES_PER_REQUEST);
+        let tail = DATA + 0x1000 + (MAX_BYTES_PER_REQUEST - 1000) as u64;
+        assert_eq!(
+            driver.read(tail, 16),
+            vec![0u8; 16],
+            "nothing beyond the cap"
+        );
+    }
+
+    #[test]
+    fn source_failures_and_odd_chains_return_empty() {
+        let (mut rng, _) = counting_rng(true);
+        let mem = guest_memory();
+        let mut driver = Driver::new(&mem, 8);
+        driver.activate(&mut rng);
+        driver.add_chain(&[(DATA, 64, true)]);
+        driver.add_chain(&[(DATA, 0, true)]);
+        // A descriptor pointing at itself: the chain never ends.
+        driver.add_raw(2, &[Descriptor::new(DATA, 64, F_NEXT | 2, 2)]);
+        rng.queue_notify(0);
+        assert_eq!(driver.used_idx(), 3);
+        for n in 0..3 {
+            assert_eq!(driver.used(n).1, 0);
+        }
+        rng.queue_notify(1);
+        assert!(rng.reset());
+        rng.queue_notify(0);
+        let mut config = [0xffu8; 4];
+        rng.read_config(0, &mut config);
+        assert_eq!(config, [0; 4], "no config space");
+        assert_eq!(rng.avail_features(), VIRTIO_F_VERSION_1);
+    }
+
+    #[test]
+    fn random_chains_never_panic() {
+        let (mut rng, produced) = counting_rng(false);
+        let mem = guest_memory();
+        let mut gen = Rng::new(7);
+        let addrs = [0, DATA, MEM_SIZE as u64 - 8, u64::MAX - 4];
+        let lens = [0, 1, 512, 70_000, u32::MAX];
+        for _ in 0..300 {
+            let mut driver = Driver::new(&mem, 16);
+            driver.activate(&mut rng);
+            let count = 1 + gen.below(16) as u16;
+            let descs: Vec<Descriptor> = (0..count)
+                .map(|_| {
+                    let addr = addrs[gen.below(addrs.len() as u64) as usize];
+                    let len = lens[gen.below(lens.len() as u64) as usize];
+                    Descriptor::new(addr, len, gen.below(8) as u16, gen.below(20) as u16)
+                })
+                .collect();
+            driver.add_raw(0, &descs);
+            let before = *produced.lock().unwrap();
+            rng.queue_notify(0);
+            // Buffers may overlap the rings (address 0), so the used ring can hold anything the
+            // device wrote there; the source's count is what proves the cap.
+            let drawn = *produced.lock().unwrap() - before;
+            assert!(
+                drawn <= usize::from(count) * MAX_BYTES_PER_REQUEST,
+                "{drawn} bytes"
+            );
+            assert!(rng.reset());
+        }
+    }
+}
