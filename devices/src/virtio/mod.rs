@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 use std::sync::Arc;

@@ -1,0 +1,678 @@
+//! The virtio-net device: queues, feature negotiation, config space and the event-loop glue.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, error, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
+use super::chain::{ChainBuffers, Direction};
+use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
+use super::header::{VirtioNetHeader, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN};
+use super::tap::{Tap, TapError};
+use super::{features, LINK_UP};
+use crate::virtio::{
+    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+
+/// Index of the receive queue.
+pub const RX_QUEUE: u16 = 0;
+/// Index of the transmit queue.
+pub const TX_QUEUE: u16 = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest frame in either direction, virtio-net header included: a 64 KiB segmentation-offload
+/// packet plus its Ethernet header (virtio's 65562-byte buffer requirement).
+pub const MAX_FRAME_LEN: usize = VIRTIO_NET_HDR_LEN + 65_550;
+/// Shortest transmit chain: the header plus an Ethernet header.
+const MIN_TX_LEN: usize = VIRTIO_NET_HDR_LEN + 14;
+/// Frames moved per event before returning to the event loop (fairness across devices).
+const RX_BATCH: usize = 64;
+/// Config space: 6 bytes of MAC, then the 16-bit link status.
+const CONFIG_LEN: usize = 8;
+
+/// Why a device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] NetConfigError),
+    /// The TAP interface could not be set up.
+    #[error("net `{id}`: field `tap`: {source}")]
+    Tap {
+        /// The device.
+        id: String,
+        /// What failed.
+        source: TapError,
+    },
+    /// The receive-kick eventfd could not be created.
+    #[error("net `{id}`: cannot create eventfd: {source}")]
+    EventFd {
+        /// The device.
+        id: String,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Counters of what the device did; every dropped frame or chain is counted once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetMetrics {
+    /// Frames handed to the backend.
+    pub tx_frames: u64,
+    /// Bytes handed to the backend, headers included.
+    pub tx_bytes: u64,
+    /// Transmit chains dropped as malformed (direction, range, length or header).
+    pub tx_malformed: u64,
+    /// Transmit frames the backend refused.
+    pub tx_backend_errors: u64,
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Bytes delivered to the guest, headers included.
+    pub rx_bytes: u64,
+    /// Frames dropped because they could never fit the guest's buffers.
+    pub rx_dropped: u64,
+    /// Receive chains returned unused because they were malformed.
+    pub rx_malformed_chains: u64,
+    /// Times receive stopped because the guest had no buffers.
+    pub rx_stalls: u64,
+    /// Backend read errors.
+    pub rx_backend_errors: u64,
+}
+
+/// Whether receive can continue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxState {
+    /// The backend has no more frames for now; poll it again when it becomes readable.
+    BackendDrained,
+    /// The backend may have more frames but the guest has no free buffers (or the device is
+    /// not active); stop polling the backend until the driver notifies the receive queue.
+    WaitingForBuffers,
+}
+
+/// What happened to one received frame.
+enum Delivery {
+    Delivered,
+    Dropped,
+    NoBuffers,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    rx: Queue,
+    tx: Queue,
+}
+
+/// A virtio-net device.
+///
+/// Created from a [`NetConfig`] (opening the TAP) or around any [`NetBackend`]. Once active,
+/// transmit runs when the driver notifies queue 1; receive runs from the VMM's event loop: the
+/// device is an `event_manager::MutEventSubscriber` that watches the backend and an internal
+/// eventfd kicked when the driver adds receive buffers.
+///
+/// ```no_run
+/// use std::sync::{Arc, Mutex};
+/// use devices::virtio::net::{MacAddress, Net, NetConfig, TapSource};
+/// use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+///
+/// let mac: MacAddress = "52:54:00:12:34:56".parse().unwrap();
+/// let net = Net::new(NetConfig {
+///     id: "eth0".into(),
+///     tap: TapSource::Name("tap0".into()),
+///     mac: Some(mac.bytes()),
+/// })
+/// .unwrap();
+/// let net = Arc::new(Mutex::new(net));
+/// let mut event_loop = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+/// event_loop.add_subscriber(net.clone());
+/// // ... put `net` behind a virtio-mmio transport, then run `event_loop.run()` in a thread.
+/// ```
+pub struct Net {
+    id: String,
+    mac: Option<MacAddress>,
+    backend: Box<dyn NetBackend>,
+    avail_features: u64,
+    acked_features: u64,
+    active: Option<Active>,
+    /// One frame read from the backend, waiting for receive buffers when `rx_pending` is set.
+    rx_frame: Vec<u8>,
+    rx_pending: Option<usize>,
+    tx_frame: Vec<u8>,
+    rx_kick: EventFd,
+    backend_armed: bool,
+    metrics: NetMetrics,
+}
+
+impl Net {
+    /// Validates `config` and opens its TAP interface.
+    pub fn new(config: NetConfig) -> Result<Self, NetError> {
+        config.validate()?;
+        let tap = match config.tap {
+            TapSource::Name(name) => Tap::open(&name),
+            TapSource::Fd(fd) => Tap::from_fd(fd),
+        }
+        .map_err(|source| NetError::Tap {
+            id: config.id.clone(),
+            source,
+        })?;
+        // `validate` has checked the address.
+        let mac = config.mac.and_then(|mac| MacAddress::new(mac).ok());
+        Self::with_backend(config.id, mac, Box::new(tap))
+    }
+
+    /// Creates the device around `backend` (a TAP, or a test double).
+    pub fn with_backend(
+        id: String,
+        mac: Option<MacAddress>,
+        backend: Box<dyn NetBackend>,
+    ) -> Result<Self, NetError> {
+        let rx_kick = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::EventFd {
+            id: id.clone(),
+            source,
+        })?;
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | features::STATUS
+            | features::MRG_RXBUF
+            | features::CSUM
+            | features::GUEST_CSUM
+            | features::GUEST_TSO4
+            | features::GUEST_TSO6
+            | features::GUEST_UFO
+            | features::HOST_TSO4
+            | features::HOST_TSO6
+            | features::HOST_UFO;
+        if mac.is_some() {
+            avail_features |= features::MAC;
+        }
+        Ok(Net {
+            id,
+            mac,
+            backend,
+            avail_features,
+            acked_features: 0,
+            active: None,
+            rx_frame: vec![0; MAX_FRAME_LEN],
+            rx_pending: None,
+            tx_frame: vec![0; MAX_FRAME_LEN],
+            rx_kick,
+            backend_armed: false,
+            metrics: NetMetrics::default(),
+        })
+    }
+
+    /// The device's identifier.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What the device has done so far.
+    pub fn metrics(&self) -> &NetMetrics {
+        &self.metrics
+    }
+
+    /// Whether the driver has activated the device.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The offloads the backend may use, from what the driver accepted. TSO and UFO depend on
+    /// checksum offload (virtio 1.2, 5.1.3.1), so they are only enabled together with it.
+    fn backend_offloads(acked: u64) -> u32 {
+        if acked & features::GUEST_CSUM == 0 {
+            return 0;
+        }
+        let mut flags = OFFLOAD_CSUM;
+        if acked & features::GUEST_TSO4 != 0 {
+            flags |= OFFLOAD_TSO4;
+        }
+        if acked & features::GUEST_TSO6 != 0 {
+            flags |= OFFLOAD_TSO6;
+        }
+        if acked & features::GUEST_UFO != 0 {
+            flags |= OFFLOAD_UFO;
+        }
+        flags
+    }
+
+    fn signal(interrupt: &Arc<dyn VirtioInterrupt>, queue: u16, id: &str) {
+        if let Err(err) = interrupt.trigger(InterruptKind::Queue(queue)) {
+            error!("net `{id}`: cannot raise interrupt for queue {queue}: {err}");
+        }
+    }
+
+    /// Sends every frame the driver queued on the transmit queue to the backend.
+    fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut completed = false;
+        loop {
+            if let Err(err) = active.tx.disable_notification(&active.mem) {
+                warn!("net `{}`: tx queue: {err}", self.id);
+            }
+            while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+                let head = chain.head_index();
+                transmit_chain(
+                    &self.id,
+                    &active.mem,
+                    chain,
+                    self.acked_features,
+                    &mut self.tx_frame,
+                    self.backend.as_mut(),
+                    &mut self.metrics,
+                );
+                if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
+                    warn!(
+                        "net `{}`: tx queue: cannot complete chain {head}: {err}",
+                        self.id
+                    );
+                }
+                completed = true;
+            }
+            match active.tx.enable_notification(&active.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(err) => {
+                    warn!("net `{}`: tx queue: {err}", self.id);
+                    break;
+                }
+            }
+        }
+        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            Self::signal(&active.interrupt, TX_QUEUE, &self.id);
+        }
+    }
+
+    /// Moves frames from the backend into the guest's receive buffers until the backend has
+    /// none left or the guest has no room. The event loop calls this when the backend is
+    /// readable or the driver added buffers; VMMs that poll may call it directly.
+    pub fn receive(&mut self) -> RxState {
+        if self.active.is_none() {
+            return RxState::WaitingForBuffers;
+        }
+        for _ in 0..RX_BATCH {
+            if let Some(len) = self.rx_pending {
+                match self.deliver_frame(len) {
+                    Delivery::NoBuffers => {
+                        self.metrics.rx_stalls += 1;
+                        return RxState::WaitingForBuffers;
+                    }
+                    Delivery::Delivered | Delivery::Dropped => self.rx_pending = None,
+                }
+            }
+            match self.backend.recv(&mut self.rx_frame) {
+                Ok(len) if len < VIRTIO_NET_HDR_LEN => {
+                    debug!(
+                        "net `{}`: backend delivered a {len}-byte frame; dropped",
+                        self.id
+                    );
+                    self.metrics.rx_dropped += 1;
+                }
+                Ok(len) => self.rx_pending = Some(len),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return RxState::BackendDrained
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    warn!("net `{}`: backend read failed: {err}", self.id);
+                    self.metrics.rx_backend_errors += 1;
+                    return RxState::BackendDrained;
+                }
+            }
+        }
+        // Batch exhausted: deliver what we hold if we can, and come back on the next event.
+        if let Some(len) = self.rx_pending {
+            match self.deliver_frame(len) {
+                Delivery::NoBuffers => {
+                    self.metrics.rx_stalls += 1;
+                    return RxState::WaitingForBuffers;
+                }
+                Delivery::Delivered | Delivery::Dropped => self.rx_pending = None,
+            }
+        }
+        RxState::BackendDrained
+    }
+
+    /// Copies the pending frame of `len` bytes into receive chains, merging several when the
+    /// driver negotiated `MRG_RXBUF`.
+    fn deliver_frame(&mut self, len: usize) -> Delivery {
+        let Some(active) = self.active.as_mut() else {
+            return Delivery::NoBuffers;
+        };
+        let id = &self.id;
+        let mergeable = self.acked_features & features::MRG_RXBUF != 0;
+        // Chains popped since the first usable one: rolled back together if the frame waits.
+        let mut chains: Vec<ChainBuffers> = Vec::new();
+        let mut deferred_bad: Vec<u16> = Vec::new();
+        let mut popped_since_first = 0u16;
+        let mut capacity = 0usize;
+        let mut signal = false;
+        let outcome = loop {
+            if capacity >= len {
+                break Delivery::Delivered;
+            }
+            let Some(chain) = next_chain(&mut active.rx, &active.mem, id) else {
+                break Delivery::NoBuffers;
+            };
+            let head = chain.head_index();
+            if !chains.is_empty() {
+                popped_since_first += 1;
+            }
+            let usable =
+                match ChainBuffers::new(&active.mem, chain, Direction::DeviceWrites, MAX_FRAME_LEN)
+                {
+                    Ok(buffers) if chains.is_empty() && buffers.len() < VIRTIO_NET_HDR_LEN => {
+                        debug!(
+                            "net `{id}`: rx chain {head} has {} bytes, less than a header",
+                            buffers.len()
+                        );
+                        None
+                    }
+                    Ok(buffers) if buffers.is_empty() => None,
+                    Ok(buffers) => Some(buffers),
+                    Err(err) => {
+                        debug!("net `{id}`: rx chain {head} unusable: {err}");
+                        None
+                    }
+                };
+            match usable {
+                None => {
+                    self.metrics.rx_malformed_chains += 1;
+                    if chains.is_empty() {
+                        // Nothing of this frame is in flight yet: return the chain right away.
+                        if let Err(err) = active.rx.add_used(&active.mem, head, 0) {
+                            warn!("net `{id}`: rx queue: {err}");
+                        }
+                        signal = true;
+                    } else {
+                        deferred_bad.push(head);
+                    }
+                }
+                Some(buffers) => {
+                    if chains.is_empty() {
+                        popped_since_first = 1;
+                    }
+                    capacity += buffers.len();
+                    chains.push(buffers);
+                    if !mergeable && capacity < len {
+                        debug!(
+                            "net `{id}`: {len}-byte frame does not fit a {capacity}-byte buffer"
+                        );
+                        break Delivery::Dropped;
+                    }
+                    if capacity < len && popped_since_first >= active.rx.size() {
+                        debug!("net `{id}`: {len}-byte frame does not fit the whole receive ring");
+                        break Delivery::Dropped;
+                    }
+                }
+            }
+        };
+
+        if matches!(outcome, Delivery::Delivered) {
+            let count = chains.len() as u16;
+            self.rx_frame[NUM_BUFFERS_OFFSET..VIRTIO_NET_HDR_LEN]
+                .copy_from_slice(&count.to_le_bytes());
+            let mut offset = 0usize;
+            for buffers in &chains {
+                let written = match buffers.write_at(&active.mem, 0, &self.rx_frame[offset..len]) {
+                    Ok(written) => written,
+                    Err(err) => {
+                        warn!("net `{id}`: rx copy failed: {err}");
+                        0
+                    }
+                };
+                offset += written;
+                if let Err(err) = active
+                    .rx
+                    .add_used(&active.mem, buffers.head(), written as u32)
+                {
+                    warn!("net `{id}`: rx queue: {err}");
+                }
+            }
+            for head in deferred_bad {
+                if let Err(err) = active.rx.add_used(&active.mem, head, 0) {
+                    warn!("net `{id}`: rx queue: {err}");
+                }
+            }
+            self.metrics.rx_frames += 1;
+            self.metrics.rx_bytes += len as u64;
+            signal = true;
+        } else {
+            // Give the chains back for a later frame (the driver still owns them).
+            for _ in 0..popped_since_first {
+                active.rx.go_to_previous_position();
+            }
+            if matches!(outcome, Delivery::Dropped) {
+                self.metrics.rx_dropped += 1;
+            }
+        }
+        if signal && active.rx.needs_notification(&active.mem).unwrap_or(true) {
+            Self::signal(&active.interrupt, RX_QUEUE, id);
+        }
+        outcome
+    }
+
+    fn set_backend_armed(&mut self, ops: &mut EventOps, armed: bool) {
+        let Some(fd) = self.backend.ready_fd() else {
+            return;
+        };
+        if armed == self.backend_armed {
+            return;
+        }
+        let events = Events::new_raw(fd, EventSet::IN);
+        let result = if armed {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
+        match result {
+            Ok(()) => self.backend_armed = armed,
+            Err(err) => error!(
+                "net `{}`: cannot {} backend polling: {err:?}",
+                self.id,
+                if armed { "resume" } else { "pause" }
+            ),
+        }
+    }
+
+    fn kick_rx(&self) {
+        if let Err(err) = self.rx_kick.write(1) {
+            error!("net `{}`: cannot kick receive: {err}", self.id);
+        }
+    }
+}
+
+/// Takes the next receive chain; when the ring looks empty, re-enables driver notifications
+/// (with event-index this publishes `avail_event`) and looks once more.
+fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    id: &str,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        return Some(chain);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        Ok(false) => None,
+        Err(err) => {
+            warn!("net `{id}`: rx queue: {err}");
+            None
+        }
+    }
+}
+
+/// Gathers one transmit chain into `frame`, checks it, and sends it to `backend`. Malformed
+/// chains are counted and dropped; the caller completes the chain either way.
+pub(crate) fn transmit_chain(
+    id: &str,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    acked_features: u64,
+    frame: &mut [u8],
+    backend: &mut dyn NetBackend,
+    metrics: &mut NetMetrics,
+) {
+    let buffers = match ChainBuffers::new(mem, chain, Direction::DeviceReads, frame.len()) {
+        Ok(buffers) if buffers.len() >= MIN_TX_LEN => buffers,
+        Ok(buffers) => {
+            debug!(
+                "net `{id}`: {}-byte tx chain is shorter than a header and an Ethernet header",
+                buffers.len()
+            );
+            metrics.tx_malformed += 1;
+            return;
+        }
+        Err(err) => {
+            debug!("net `{id}`: tx chain dropped: {err}");
+            metrics.tx_malformed += 1;
+            return;
+        }
+    };
+    let len = match buffers.read_at(mem, 0, frame) {
+        Ok(len) => len,
+        Err(err) => {
+            debug!("net `{id}`: tx chain dropped: {err}");
+            metrics.tx_malformed += 1;
+            return;
+        }
+    };
+    let frame = &frame[..len];
+    // At least MIN_TX_LEN bytes were read, so the header parses.
+    let Some(header) = VirtioNetHeader::parse(frame) else {
+        metrics.tx_malformed += 1;
+        return;
+    };
+    if let Err(err) = header.validate_tx(len - VIRTIO_NET_HDR_LEN, acked_features) {
+        debug!("net `{id}`: tx frame dropped: {err}");
+        metrics.tx_malformed += 1;
+        return;
+    }
+    match backend.send(frame) {
+        Ok(()) => {
+            metrics.tx_frames += 1;
+            metrics.tx_bytes += len as u64;
+        }
+        Err(err) => {
+            debug!("net `{id}`: backend refused a {len}-byte frame: {err}");
+            metrics.tx_backend_errors += 1;
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; CONFIG_LEN];
+        if let Some(mac) = self.mac {
+            config[..6].copy_from_slice(&mac.bytes());
+        }
+        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= CONFIG_LEN {
+            return;
+        }
+        let count = data.len().min(CONFIG_LEN - start);
+        data[..count].copy_from_slice(&config[start..start + count]);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        let Ok([mut rx, mut tx]) = <[Queue; 2]>::try_from(queues) else {
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: self.queue_max_sizes().len(),
+            });
+        };
+        let offloads = Self::backend_offloads(self.acked_features);
+        self.backend.set_offload(offloads).map_err(|err| {
+            ActivateError::Backend(format!(
+                "net `{}`: TUNSETOFFLOAD {offloads:#x}: {err}",
+                self.id
+            ))
+        })?;
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            rx,
+            tx,
+        });
+        // The driver may have queued frames before DRIVER_OK; and receive can start.
+        self.process_tx();
+        self.kick_rx();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        match index {
+            RX_QUEUE => self.kick_rx(),
+            TX_QUEUE => self.process_tx(),
+            _ => debug!("net `{}`: notify for unknown queue {index}", self.id),
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        self.rx_pending = None;
+        self.acked_features = 0;
+        if let Err(err) = self.backend.set_offload(0) {
+            warn!("net `{}`: cannot clear offloads on reset: {err}", self.id);
+        }
+        true
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(&self.rx_kick, EventSet::IN)) {
+            error!("net `{}`: cannot register receive kick: {err:?}", self.id);
+        }
+        self.set_backend_armed(ops, true);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.rx_kick.as_raw_fd() {
+            // Drain the counter; a failed read only means it was already zero.
+            let _ = self.rx_kick.read();
+        } else if Some(fd) != self.backend.ready_fd() {
+            warn!("net `{}`: event for unknown descriptor {fd}", self.id);
+            return;
+        }
+        let state = self.receive();
+        self.set_backend_armed(ops, state == RxState::BackendDrained);
+    }
+}
