@@ -70,6 +70,8 @@ pub enum DriverError {
     Timeout(&'static str),
     /// The device set DEVICE_NEEDS_RESET.
     NeedsReset,
+    /// A packet longer than the driver's buffer for it.
+    TooLong(usize),
 }
 
 impl fmt::Display for DriverError {
@@ -87,6 +89,7 @@ impl fmt::Display for DriverError {
             Self::QueueFull(index) => write!(f, "queue {index} has no free descriptors"),
             Self::Timeout(what) => write!(f, "timeout waiting for {what}"),
             Self::NeedsReset => f.write_str("device set DEVICE_NEEDS_RESET"),
+            Self::TooLong(len) => write!(f, "packet of {len} bytes too long for the buffer"),
         }
     }
 }

@@ -5,6 +5,11 @@
 //! bytes after it. Each side tells the other, in every header, how much receive buffer space the
 //! connection has (`buf_alloc`) and how many bytes it has consumed so far (`fwd_cnt`); a sender may
 //! have at most `buf_alloc - (bytes sent - fwd_cnt)` bytes in flight.
+//!
+//! [`Session`] is the guest's whole test protocol over an abstract [`PacketIo`], so host tests can
+//! play the host's side; the driver (`src/drivers/vsock.rs`) supplies the virtqueues.
+
+use core::fmt;
 
 /// Length of the packet header.
 pub const HEADER_LEN: usize = 44;
@@ -209,6 +214,303 @@ impl Connection {
     }
 }
 
+/// Payload bytes one received packet can carry (the driver's receive buffers hold a header and
+/// this much).
+pub const MAX_PAYLOAD: usize = 980;
+
+/// What the guest sends on the connection it opens.
+pub const GREETING: &[u8] = b"hello from guest";
+
+/// The guest's port for the connection it opens.
+pub const GUEST_PORT: u32 = 49152;
+
+/// A received packet, copied out of its buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Packet {
+    /// The header.
+    pub header: Header,
+    /// Payload storage; the first `payload_len` bytes are the payload.
+    pub payload: [u8; MAX_PAYLOAD],
+    /// Payload bytes present (RW packets only: the header's `len`, clamped to what arrived).
+    pub payload_len: usize,
+}
+
+impl Packet {
+    /// Copies a packet out of what the device wrote; `None` if that is shorter than a header.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let header = Header::from_bytes(bytes)?;
+        let present = bytes.len() - HEADER_LEN;
+        let payload_len = if header.op == OP_RW {
+            (header.len as usize).min(present).min(MAX_PAYLOAD)
+        } else {
+            0
+        };
+        let mut payload = [0u8; MAX_PAYLOAD];
+        payload[..payload_len].copy_from_slice(&bytes[HEADER_LEN..HEADER_LEN + payload_len]);
+        Some(Self {
+            header,
+            payload,
+            payload_len,
+        })
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload[..self.payload_len]
+    }
+}
+
+/// Moving packets between a [`Session`] and the device, and telling time.
+pub trait PacketIo {
+    /// What can go wrong with the device.
+    type Error;
+    /// Sends one packet (waiting until the device has taken it).
+    fn send(&mut self, header: &Header, payload: &[u8]) -> Result<(), Self::Error>;
+    /// The next received packet, or `None` once [`now`](Self::now) has passed `end`.
+    fn receive(&mut self, end: u64) -> Result<Option<Packet>, Self::Error>;
+    /// The current time, in the unit of the session's waits (TSC ticks in the guest).
+    fn now(&mut self) -> u64;
+}
+
+/// Why a connection step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure<E> {
+    /// The device failed.
+    Io(E),
+    /// Nothing arrived in time; the text says what was awaited.
+    Timeout(&'static str),
+    /// The peer sent RST or SHUTDOWN (the op) while the step (the text) was not done.
+    Closed(&'static str, u16),
+    /// The peer gives no credit for the bytes to send (this much is free).
+    NoCredit(u32),
+}
+
+impl<E> From<E> for Failure<E> {
+    fn from(error: E) -> Self {
+        Self::Io(error)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(error) => error.fmt(f),
+            Self::Timeout(what) => write!(f, "timeout waiting for {what}"),
+            Self::Closed(when, op) => write!(f, "peer sent op {op} while {when}"),
+            Self::NoCredit(free) => write!(f, "peer credit {free} too small"),
+        }
+    }
+}
+
+/// The guest's side of the vsock test: one stream connection at a time over a [`PacketIo`].
+///
+/// Packets for no open connection get a RST, except a connection request to the listening port,
+/// which is kept for [`accept`](Self::accept) however early it arrives.
+pub struct Session<Io> {
+    io: Io,
+    cid: u64,
+    listen_port: u32,
+    buf_alloc: u32,
+    wait: u64,
+    early_request: Option<Header>,
+}
+
+impl<Io: PacketIo> Session<Io> {
+    /// A session of the guest with CID `cid`, accepting on `listen_port`, advertising `buf_alloc`
+    /// bytes of receive space per connection and waiting up to `wait` time units for each step.
+    pub fn new(io: Io, cid: u64, listen_port: u32, buf_alloc: u32, wait: u64) -> Self {
+        Self {
+            io,
+            cid,
+            listen_port,
+            buf_alloc,
+            wait,
+            early_request: None,
+        }
+    }
+
+    /// The packet mover, e.g. to reach the device after the session.
+    pub fn io(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    fn deadline(&mut self, wait: u64) -> u64 {
+        self.io.now().saturating_add(wait)
+    }
+
+    /// Connects to the host's `port`, sends [`GREETING`] and returns the connection and the
+    /// peer's first RW packet. Close the connection with [`close`](Self::close).
+    pub fn connect(&mut self, port: u32) -> Result<(Connection, Packet), Failure<Io::Error>> {
+        let mut connection = Connection::new(self.cid, GUEST_PORT, HOST_CID, port, self.buf_alloc);
+        self.io.send(&connection.header(OP_REQUEST, 0, 0), &[])?;
+        let end = self.deadline(self.wait);
+        loop {
+            let packet = self
+                .next_on(&mut connection, end)?
+                .ok_or(Failure::Timeout("the response"))?;
+            match packet.header.op {
+                OP_RESPONSE => break,
+                op @ (OP_RST | OP_SHUTDOWN) => return Err(Failure::Closed("connecting", op)),
+                _ => {}
+            }
+        }
+        self.send_data(&mut connection, GREETING)?;
+        let reply = self.read(&mut connection, "waiting for the reply")?;
+        Ok((connection, reply))
+    }
+
+    /// Waits for a connection request to the listening port, accepts it, reads one RW packet and
+    /// sends its payload back upper-cased. Returns the connection and the packet read. Close the
+    /// connection with [`close`](Self::close).
+    pub fn accept(&mut self) -> Result<(Connection, Packet), Failure<Io::Error>> {
+        let request = match self.early_request.take() {
+            Some(request) => request,
+            None => self.wait_for_request()?,
+        };
+        let mut connection = Connection::new(
+            self.cid,
+            self.listen_port,
+            request.src_cid,
+            request.src_port,
+            self.buf_alloc,
+        );
+        connection.update_peer_credit(&request);
+        self.io.send(&connection.header(OP_RESPONSE, 0, 0), &[])?;
+        let packet = self.read(&mut connection, "waiting for data")?;
+        let mut echo = packet.payload;
+        let echo = &mut echo[..packet.payload_len];
+        echo.make_ascii_uppercase();
+        self.send_data(&mut connection, echo)?;
+        Ok((connection, packet))
+    }
+
+    /// Ends a connection. The side that opened it (`initiator`) shuts down first and waits for the
+    /// peer's RST; the accepting side waits for the peer to shut down. Either way the guest sends
+    /// its own RST unless the peer sent one. Waits a quarter of the usual time.
+    pub fn close(
+        &mut self,
+        connection: &mut Connection,
+        initiator: bool,
+    ) -> Result<(), Failure<Io::Error>> {
+        if initiator {
+            let flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+            self.io
+                .send(&connection.header(OP_SHUTDOWN, 0, flags), &[])?;
+        }
+        let end = self.deadline(self.wait / 4);
+        while let Some(packet) = self.next_on(connection, end)? {
+            match packet.header.op {
+                OP_RST => return Ok(()),
+                OP_SHUTDOWN => break,
+                _ => {}
+            }
+        }
+        self.io.send(&connection.header(OP_RST, 0, 0), &[])?;
+        Ok(())
+    }
+
+    /// The next RW packet of `connection`, counted as consumed.
+    fn read(
+        &mut self,
+        connection: &mut Connection,
+        step: &'static str,
+    ) -> Result<Packet, Failure<Io::Error>> {
+        let end = self.deadline(self.wait);
+        loop {
+            let packet = self
+                .next_on(connection, end)?
+                .ok_or(Failure::Timeout("data"))?;
+            match packet.header.op {
+                OP_RW => {
+                    connection.consumed(packet.payload_len as u32);
+                    return Ok(packet);
+                }
+                op @ (OP_RST | OP_SHUTDOWN) => return Err(Failure::Closed(step, op)),
+                _ => {}
+            }
+        }
+    }
+
+    fn wait_for_request(&mut self) -> Result<Header, Failure<Io::Error>> {
+        let end = self.deadline(self.wait);
+        loop {
+            let packet = self
+                .io
+                .receive(end)?
+                .ok_or(Failure::Timeout("a connection request"))?;
+            self.stray(&packet.header)?;
+            if let Some(request) = self.early_request.take() {
+                return Ok(request);
+            }
+        }
+    }
+
+    /// Sends `payload` as one RW packet once the peer's credit allows it (asking for credit if it
+    /// does not yet).
+    fn send_data(
+        &mut self,
+        connection: &mut Connection,
+        payload: &[u8],
+    ) -> Result<(), Failure<Io::Error>> {
+        let len = payload.len() as u32;
+        if connection.peer_free() < len {
+            self.io
+                .send(&connection.header(OP_CREDIT_REQUEST, 0, 0), &[])?;
+            let end = self.deadline(self.wait);
+            while connection.peer_free() < len {
+                match self.next_on(connection, end)? {
+                    Some(packet) if matches!(packet.header.op, OP_RST | OP_SHUTDOWN) => {
+                        return Err(Failure::Closed("waiting for credit", packet.header.op))
+                    }
+                    Some(_) => {}
+                    None => return Err(Failure::NoCredit(connection.peer_free())),
+                }
+            }
+        }
+        self.io.send(&connection.header(OP_RW, len, 0), payload)?;
+        connection.sent(len);
+        Ok(())
+    }
+
+    /// The next packet of `connection` (its credit information taken, credit requests answered),
+    /// handling packets for anything else on the way; `None` at `end`.
+    fn next_on(
+        &mut self,
+        connection: &mut Connection,
+        end: u64,
+    ) -> Result<Option<Packet>, Failure<Io::Error>> {
+        while let Some(packet) = self.io.receive(end)? {
+            if !connection.owns(&packet.header) {
+                self.stray(&packet.header)?;
+                continue;
+            }
+            connection.update_peer_credit(&packet.header);
+            if packet.header.op == OP_CREDIT_REQUEST {
+                self.io
+                    .send(&connection.header(OP_CREDIT_UPDATE, 0, 0), &[])?;
+                continue;
+            }
+            return Ok(Some(packet));
+        }
+        Ok(None)
+    }
+
+    /// A packet for no open connection: keep an early connection request to the listening port,
+    /// answer anything else but a RST with a RST.
+    fn stray(&mut self, header: &Header) -> Result<(), Failure<Io::Error>> {
+        let for_listener = header.op == OP_REQUEST
+            && header.socket_type == TYPE_STREAM
+            && header.dst_cid == self.cid
+            && header.dst_port == self.listen_port;
+        if for_listener && self.early_request.is_none() {
+            self.early_request = Some(*header);
+        } else if header.op != OP_RST {
+            self.io.send(&header.reset_reply(), &[])?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +610,280 @@ mod tests {
         connection.sent(4);
         assert_eq!(connection.tx_cnt, 2);
         assert_eq!(connection.peer_free(), 6);
+    }
+
+    /// The host side of a session: packets queued for the guest, packets the guest sent, and a
+    /// reaction that answers each packet the guest sends.
+    struct FakeHost<F> {
+        to_guest: std::collections::VecDeque<Packet>,
+        from_guest: Vec<(Header, Vec<u8>)>,
+        time: u64,
+        react: F,
+    }
+
+    type Reply = Vec<(Header, Vec<u8>)>;
+
+    fn packet(header: Header, payload: &[u8]) -> Packet {
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        Packet::parse(&bytes).unwrap()
+    }
+
+    impl<F: FnMut(&Header, &[u8]) -> Reply> PacketIo for FakeHost<F> {
+        type Error = &'static str;
+
+        fn send(&mut self, header: &Header, payload: &[u8]) -> Result<(), Self::Error> {
+            assert_eq!(header.len as usize, payload.len());
+            self.from_guest.push((*header, payload.to_vec()));
+            for (reply, data) in (self.react)(header, payload) {
+                self.to_guest.push_back(packet(reply, &data));
+            }
+            Ok(())
+        }
+
+        fn receive(&mut self, end: u64) -> Result<Option<Packet>, Self::Error> {
+            self.time += 1;
+            match self.to_guest.pop_front() {
+                Some(packet) => Ok(Some(packet)),
+                None => {
+                    self.time = self.time.max(end + 1);
+                    Ok(None)
+                }
+            }
+        }
+
+        fn now(&mut self) -> u64 {
+            self.time
+        }
+    }
+
+    const GUEST_CID: u64 = 3;
+
+    fn session<F: FnMut(&Header, &[u8]) -> Reply>(
+        queued: Vec<Packet>,
+        react: F,
+    ) -> Session<FakeHost<F>> {
+        let host = FakeHost {
+            to_guest: queued.into(),
+            from_guest: Vec::new(),
+            time: 0,
+            react,
+        };
+        Session::new(host, GUEST_CID, 6000, 3920, 1000)
+    }
+
+    /// A packet from the host's `port` to the guest's `guest_port`.
+    fn from_host(port: u32, guest_port: u32, op: u16, len: u32, buf_alloc: u32) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: GUEST_CID,
+            src_port: port,
+            dst_port: guest_port,
+            len,
+            socket_type: TYPE_STREAM,
+            op,
+            buf_alloc,
+            ..Header::default()
+        }
+    }
+
+    /// A well-behaved host: listens on 5000 (replies "hi guest" to data), and talks to guest port
+    /// 6000 from port 1234 (sends "ping keel" once accepted, then shuts down).
+    fn host(header: &Header, payload: &[u8]) -> Reply {
+        assert_eq!(header.src_cid, GUEST_CID);
+        assert_eq!(header.dst_cid, HOST_CID);
+        assert_eq!(header.socket_type, TYPE_STREAM);
+        let answer = |op, data: &[u8]| {
+            let mut reply = header.reset_reply();
+            reply.op = op;
+            reply.len = data.len() as u32;
+            reply.buf_alloc = 64;
+            reply.fwd_cnt = if op == OP_RW { payload.len() as u32 } else { 0 };
+            vec![(reply, data.to_vec())]
+        };
+        match (header.dst_port, header.op) {
+            (5000, OP_REQUEST) => answer(OP_RESPONSE, b""),
+            (5000, OP_RW) => answer(OP_RW, b"hi guest"),
+            (5000, OP_SHUTDOWN) => answer(OP_RST, b""),
+            (1234, OP_RESPONSE) => answer(OP_RW, b"ping keel"),
+            (1234, OP_RW) => answer(OP_SHUTDOWN, b""),
+            _ => vec![],
+        }
+    }
+
+    fn ops(sent: &[(Header, Vec<u8>)]) -> Vec<(u32, u16)> {
+        sent.iter()
+            .map(|(header, _)| (header.dst_port, header.op))
+            .collect()
+    }
+
+    #[test]
+    fn session_connects_then_accepts_an_early_request() {
+        let early = packet(from_host(1234, 6000, OP_REQUEST, 0, 100), b"");
+        let mut session = session(vec![early], host);
+        let (mut connection, reply) = session.connect(5000).unwrap();
+        assert_eq!(reply.payload(), b"hi guest");
+        assert_eq!((connection.fwd_cnt, connection.tx_cnt), (8, 16));
+        session.close(&mut connection, true).unwrap();
+        let (mut connection, got) = session.accept().unwrap();
+        assert_eq!(got.payload(), b"ping keel");
+        session.close(&mut connection, false).unwrap();
+
+        let sent = &session.io().from_guest;
+        assert_eq!(
+            ops(sent),
+            [
+                (5000, OP_REQUEST),
+                (5000, OP_RW),
+                (5000, OP_SHUTDOWN),
+                (1234, OP_RESPONSE),
+                (1234, OP_RW),
+                (1234, OP_RST),
+            ]
+        );
+        for (header, _) in sent {
+            let port = if header.dst_port == 5000 {
+                GUEST_PORT
+            } else {
+                6000
+            };
+            assert_eq!(header.src_port, port);
+            assert_eq!(header.buf_alloc, 3920);
+        }
+        assert_eq!(sent[1].1, GREETING);
+        assert_eq!(sent[2].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+        assert_eq!(sent[2].0.fwd_cnt, 8);
+        assert_eq!(sent[4].1, b"PING KEEL");
+        assert_eq!(sent[4].0.fwd_cnt, 9);
+    }
+
+    #[test]
+    fn refused_and_silent_peers_fail() {
+        let mut refused = session(vec![], |header: &Header, _: &[u8]| {
+            vec![(header.reset_reply(), vec![])]
+        });
+        assert_eq!(
+            refused.connect(5000).unwrap_err(),
+            Failure::Closed("connecting", OP_RST)
+        );
+        let mut silent = session(vec![], |_: &Header, _: &[u8]| vec![]);
+        assert_eq!(
+            silent.connect(5000).unwrap_err(),
+            Failure::Timeout("the response")
+        );
+        assert_eq!(
+            silent.accept().unwrap_err(),
+            Failure::Timeout("a connection request")
+        );
+        // A peer that never sends data after accepting.
+        let request = packet(from_host(1234, 6000, OP_REQUEST, 0, 100), b"");
+        let mut mute = session(vec![request], |_: &Header, _: &[u8]| vec![]);
+        assert_eq!(mute.accept().unwrap_err(), Failure::Timeout("data"));
+        // Closing against a silent peer ends with the guest's own RST.
+        let (mut connection, _) = {
+            let mut talker = session(vec![], host);
+            let result = talker.connect(5000).unwrap();
+            (result.0, result.1)
+        };
+        silent.close(&mut connection, true).unwrap();
+        assert_eq!(
+            ops(&silent.io().from_guest)[1..],
+            [(5000, OP_SHUTDOWN), (5000, OP_RST)]
+        );
+    }
+
+    #[test]
+    fn credit_is_requested_and_granted() {
+        let mut stingy = session(vec![], |header: &Header, _: &[u8]| {
+            let mut reply = header.reset_reply();
+            match header.op {
+                OP_REQUEST => {
+                    reply.op = OP_RESPONSE;
+                    reply.buf_alloc = 8;
+                    // The host asks for the guest's credit before anything else.
+                    let mut ask = reply;
+                    ask.op = OP_CREDIT_REQUEST;
+                    vec![(ask, vec![]), (reply, vec![])]
+                }
+                OP_CREDIT_REQUEST => {
+                    reply.op = OP_CREDIT_UPDATE;
+                    reply.buf_alloc = 64;
+                    vec![(reply, vec![])]
+                }
+                OP_RW => {
+                    reply.op = OP_RW;
+                    reply.len = 2;
+                    reply.buf_alloc = 64;
+                    vec![(reply, b"ok".to_vec())]
+                }
+                _ => vec![],
+            }
+        });
+        let (connection, reply) = stingy.connect(5000).unwrap();
+        assert_eq!(reply.payload(), b"ok");
+        assert_eq!(connection.peer_buf_alloc, 64);
+        assert_eq!(
+            ops(&stingy.io().from_guest),
+            [
+                (5000, OP_REQUEST),
+                (5000, OP_CREDIT_UPDATE),
+                (5000, OP_CREDIT_REQUEST),
+                (5000, OP_RW),
+            ]
+        );
+
+        let mut never = session(vec![], |header: &Header, _: &[u8]| {
+            let mut reply = header.reset_reply();
+            reply.op = if header.op == OP_REQUEST {
+                OP_RESPONSE
+            } else {
+                OP_CREDIT_UPDATE
+            };
+            reply.buf_alloc = 4;
+            vec![(reply, vec![])]
+        });
+        assert_eq!(never.connect(5000).unwrap_err(), Failure::NoCredit(4));
+    }
+
+    #[test]
+    fn strays_get_a_reset_except_resets_and_the_first_listen_request() {
+        let queued = vec![
+            packet(from_host(77, 4242, OP_RW, 3, 64), b"abc"),
+            packet(from_host(77, 4242, OP_RST, 0, 64), b""),
+            packet(from_host(1234, 6000, OP_REQUEST, 0, 64), b""),
+            packet(from_host(1235, 6000, OP_REQUEST, 0, 64), b""),
+        ];
+        let mut session = session(queued, |_: &Header, _: &[u8]| vec![]);
+        assert_eq!(
+            session.connect(5000).unwrap_err(),
+            Failure::Timeout("the response")
+        );
+        let sent = &session.io().from_guest;
+        assert_eq!(
+            ops(sent),
+            [(5000, OP_REQUEST), (77, OP_RST), (1235, OP_RST)]
+        );
+        assert_eq!(sent[1].0.src_port, 4242);
+        // The kept request is accepted later; the peer then stays silent.
+        assert_eq!(session.accept().unwrap_err(), Failure::Timeout("data"));
+        let last = session.io().from_guest.last().unwrap().0;
+        assert_eq!(
+            (last.op, last.dst_port, last.src_port),
+            (OP_RESPONSE, 1234, 6000)
+        );
+    }
+
+    #[test]
+    fn packets_parse_with_clamped_payloads() {
+        let header = from_host(1, 2, OP_RW, 10, 0);
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(b"abc");
+        let packet = Packet::parse(&bytes).unwrap();
+        assert_eq!(packet.payload(), b"abc");
+        let request = from_host(1, 2, OP_REQUEST, 5, 0);
+        let mut bytes = request.to_bytes().to_vec();
+        bytes.extend_from_slice(b"xxxxx");
+        assert_eq!(Packet::parse(&bytes).unwrap().payload(), b"");
+        assert!(Packet::parse(&bytes[..HEADER_LEN - 1]).is_none());
     }
 }
