@@ -4,8 +4,8 @@
 //! The boot assembly (`boot.rs`) enters [`keel_main`] on the bootstrap processor in long mode, with
 //! its own GDT, page tables, IDT and stack and with interrupts enabled. From there the guest prints
 //! the boot protocol, command line and memory size, starts the other vCPUs, runs an integer
-//! self-check, does what the command line asks (ticks, serial echo, a deliberate fault) and ends the
-//! VM. `README.md` documents the output lines, which are the protocol Keel's host tests parse.
+//! self-check, does what the command line asks (virtio device tests, ticks, serial echo, a deliberate
+//! fault) and ends the VM. `README.md` documents the output lines, which are the protocol Keel's host tests parse.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
