@@ -54,6 +54,28 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Packs a resource reason (see [`Reason::is_resource`]) into 32 bits; other reasons map to 0.
+    pub fn to_code(&self) -> u32 {
+        match *self {
+            Reason::Insufficient(c) => (1 << 16) | u32::from(c.0),
+            Reason::UnitConstraint(c) => (2 << 16) | u32::from(c.0),
+            Reason::GroupUnsatisfiable(i) => (3 << 16) | u32::from(i),
+            Reason::GroupLayout => 4 << 16,
+            _ => 0,
+        }
+    }
+
+    /// Inverse of [`Reason::to_code`] (0 and unknown codes decode as [`Reason::GroupLayout`]).
+    pub fn from_code(code: u32) -> Reason {
+        let v = (code & 0xffff) as u16;
+        match code >> 16 {
+            1 => Reason::Insufficient(ClassId(v)),
+            2 => Reason::UnitConstraint(ClassId(v)),
+            3 => Reason::GroupUnsatisfiable(v),
+            _ => Reason::GroupLayout,
+        }
+    }
+
     /// Whether the reason is about inventory fit (which, until capacity is freed, can only get worse).
     pub fn is_resource(&self) -> bool {
         matches!(
@@ -140,6 +162,26 @@ impl Reason {
             },
             Reason::Plugin(name) => format!("rejected by {name}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_reasons_round_trip_through_codes() {
+        for r in [
+            Reason::Insufficient(ClassId(3)),
+            Reason::UnitConstraint(ClassId(65535)),
+            Reason::GroupUnsatisfiable(7),
+            Reason::GroupLayout,
+        ] {
+            assert!(r.is_resource());
+            assert_eq!(Reason::from_code(r.to_code()), r);
+        }
+        assert!(!Reason::AntiAffinity.is_resource());
+        assert_eq!(Reason::AntiAffinity.to_code(), 0);
     }
 }
 

@@ -316,6 +316,56 @@ pub fn dedicated_request(id: String, cpus: i64) -> PlacementRequest {
     req
 }
 
+/// A demo stream of `n` events for a cluster from [`cluster`]: mixed VMs, anti-affinity groups with
+/// zone spread, NUMA-pinned, GPU and dedicated VMs, about 10% releases, and two requests nothing can
+/// satisfy (to show explanations).
+pub fn demo_stream(n: usize, seed: u64) -> crate::request::RequestStream {
+    use crate::request::StreamEvent;
+    let mut r = SplitMix64::new(seed);
+    let mut events = Vec::with_capacity(n + 2);
+    let mut live: Vec<String> = Vec::new();
+    let mut groups = Vec::new();
+    let mut i = 0usize;
+    while events.len() < n {
+        i += 1;
+        let roll = r.below(100);
+        if roll < 10 && !live.is_empty() {
+            let k = r.below(live.len() as u64) as usize;
+            events.push(StreamEvent::Release(live.swap_remove(k)));
+            continue;
+        }
+        let reqs = match roll {
+            10..=14 => {
+                let w = anti_affinity(
+                    r.range_inclusive(3, 8) as usize,
+                    r.next_u64(),
+                    &format!("web{i}-"),
+                );
+                groups.extend(w.server_groups);
+                w.requests
+            }
+            15..=19 => numa_pinned(1, r.next_u64(), &format!("numa{i}-")).requests,
+            20..=23 => vec![gpu_request(format!("gpu{i}"))],
+            24..=26 => vec![dedicated_request(format!("hpc{i}"), 8)],
+            _ => vec![mixed_request(&mut r, format!("vm{i}"))],
+        };
+        for req in reqs {
+            live.push(req.id.clone());
+            events.push(StreamEvent::Place(Box::new(req)));
+        }
+    }
+    let mut big = PlacementRequest::new("too-big-gpu", &[("VCPU", 8), ("MEMORY_MB", 700_000)]);
+    big.required_traits.push("HW_GPU".into());
+    events.push(StreamEvent::Place(Box::new(big)));
+    let mut fpga = PlacementRequest::new("needs-fpga", &[("VCPU", 2), ("MEMORY_MB", 4096)]);
+    fpga.required_traits.push("CUSTOM_FPGA_XILINX".into());
+    events.push(StreamEvent::Place(Box::new(fpga)));
+    crate::request::RequestStream {
+        server_groups: groups,
+        events,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +380,40 @@ mod tests {
         assert_eq!(c.zone_count(), 3);
         let gpu = c.index().with_trait(c.trait_id("HW_GPU").unwrap()).count();
         assert!((10..=60).contains(&gpu), "gpu hosts {gpu}");
+    }
+
+    #[test]
+    fn demo_stream_places_and_explains() {
+        use crate::request::StreamEvent;
+        let spec = cluster(ClusterShape::new(100, 1));
+        let mut p = crate::Placer::new(
+            std::sync::Arc::new(Cluster::from_spec(&spec).unwrap()),
+            crate::Profile::default(),
+            1,
+        );
+        let stream = demo_stream(400, 2);
+        for g in &stream.server_groups {
+            p.state_mut().create_server_group(g.clone()).unwrap();
+        }
+        let (mut ok, mut failed) = (0, Vec::new());
+        for e in &stream.events {
+            match e {
+                StreamEvent::Place(r) => match p.place(r) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push((r.id.clone(), e.to_string())),
+                },
+                StreamEvent::Release(id) => {
+                    p.state_mut().release(id).ok();
+                }
+            }
+        }
+        assert!(ok > 300, "{ok}");
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert_eq!(
+            failed[1].1,
+            "0/100 hosts available: 100 missing trait CUSTOM_FPGA_XILINX"
+        );
+        assert!(p.state().check_consistency().is_empty());
     }
 
     #[test]

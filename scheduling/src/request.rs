@@ -642,3 +642,34 @@ impl CompiledRequest {
         })
     }
 }
+
+/// One event of a request stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// Place a VM.
+    Place(Box<PlacementRequest>),
+    /// Release a VM by consumer id.
+    Release(String),
+}
+
+/// A stream of requests as a manager would replay it: server groups to create, then events in order.
+///
+/// ```
+/// let s: scheduling::request::RequestStream = serde_json::from_str(r#"{
+///   "server_groups": [{"name": "web", "policy": "anti-affinity"}],
+///   "events": [
+///     {"place": {"id": "vm1", "resources": {"VCPU": 2}, "server_group": "web"}},
+///     {"release": "vm1"}
+///   ]}"#).unwrap();
+/// assert_eq!(s.events.len(), 2);
+/// ```
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestStream {
+    /// Server groups to create before the events.
+    #[serde(default)]
+    pub server_groups: Vec<crate::model::ServerGroupSpec>,
+    /// Events in order.
+    pub events: Vec<StreamEvent>,
+}

@@ -8,7 +8,7 @@
 //! decision stopped; ties are broken by a seeded generator, so runs are reproducible.
 
 use crate::error::{CommitError, RequestError};
-use crate::explain::{Diagnosis, Explanation, HostScore};
+use crate::explain::{Diagnosis, Explanation, HostScore, Reason};
 use crate::fit::FitScratch;
 use crate::framework::CycleState;
 use crate::hostset::HostSet;
@@ -82,7 +82,7 @@ pub struct DeciderStats {
 struct CacheEntry {
     topology_version: u64,
     candidates: HostSet,
-    counts: Vec<(crate::explain::Reason, u32)>,
+    counts: Vec<(Reason, u32)>,
 }
 
 /// Hosts found too full for one resource shape: valid until capacity is freed (usage only grows
@@ -91,7 +91,8 @@ struct FitMemo {
     release_epoch: u64,
     topology_version: u64,
     infeasible: HostSet,
-    reasons: Vec<crate::explain::Reason>,
+    /// Compact resource reason per host (see [`Reason::to_code`]); zero-initialised lazily by the OS.
+    reasons: Vec<u32>,
 }
 
 /// The last failure of an equivalence class: valid while nothing was freed and its group is unchanged.
@@ -219,7 +220,7 @@ impl Scheduler {
     ) -> bool {
         if let Some(m) = memo.as_ref() {
             if m.infeasible.contains(host.idx()) {
-                diag.add(host, m.reasons[host.idx()]);
+                diag.add(host, Reason::from_code(m.reasons[host.idx()]));
                 return false;
             }
         }
@@ -228,7 +229,7 @@ impl Scheduler {
                 diag.add(host, reason);
                 if let (Some(m), true) = (memo.as_mut(), reason.is_resource()) {
                     m.infeasible.insert(host.idx());
-                    m.reasons[host.idx()] = reason;
+                    m.reasons[host.idx()] = reason.to_code();
                 }
                 return false;
             }
@@ -257,7 +258,7 @@ impl Scheduler {
             release_epoch: state.release_epoch(),
             topology_version: state.topology_version(),
             infeasible: HostSet::empty(n),
-            reasons: vec![crate::explain::Reason::Excluded; n],
+            reasons: vec![0; n],
         });
         if m.release_epoch != state.release_epoch()
             || m.topology_version != state.topology_version()
