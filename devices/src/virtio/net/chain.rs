@@ -6,7 +6,8 @@
 //! in guest memory and that the total stays under a limit; copying in and out is then
 //! infallible except for guest memory changing under us. Shared by virtio-net and virtio-vsock.
 
-use virtio_queue::DescriptorChain;
+use log::warn;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 /// Why a descriptor chain is unusable.
@@ -178,6 +179,26 @@ impl ChainBuffers {
                 .map_err(|_| ChainError::Access(addr.raw_value()))
         })?;
         Ok(count)
+    }
+}
+
+/// Takes the next chain a device fills; when the ring looks empty, re-enables driver
+/// notifications (in event-index mode this publishes `avail_event`) and looks once more, so
+/// the driver's next buffer is sure to be notified.
+pub fn pop_or_enable_notification<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        return Some(chain);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        Ok(false) => None,
+        Err(err) => {
+            warn!("virtio: cannot enable queue notifications: {err}");
+            None
+        }
     }
 }
 

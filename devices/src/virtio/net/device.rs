@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
-use super::chain::{ChainBuffers, Direction};
+use super::chain::{pop_or_enable_notification, ChainBuffers, Direction};
 use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
 use super::header::{VirtioNetHeader, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN};
 use super::tap::{Tap, TapError};
@@ -360,7 +360,7 @@ impl Net {
             if capacity >= len {
                 break Delivery::Delivered;
             }
-            let Some(chain) = next_chain(&mut active.rx, &active.mem, id) else {
+            let Some(chain) = pop_or_enable_notification(&mut active.rx, &active.mem) else {
                 break Delivery::NoBuffers;
             };
             let head = chain.head_index();
@@ -487,26 +487,6 @@ impl Net {
     fn kick_rx(&self) {
         if let Err(err) = self.rx_kick.write(1) {
             error!("net `{}`: cannot kick receive: {err}", self.id);
-        }
-    }
-}
-
-/// Takes the next receive chain; when the ring looks empty, re-enables driver notifications
-/// (with event-index this publishes `avail_event`) and looks once more.
-fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-    id: &str,
-) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    if let Some(chain) = queue.pop_descriptor_chain(mem) {
-        return Some(chain);
-    }
-    match queue.enable_notification(mem) {
-        Ok(true) => queue.pop_descriptor_chain(mem),
-        Ok(false) => None,
-        Err(err) => {
-            warn!("net `{id}`: rx queue: {err}");
-            None
         }
     }
 }

@@ -1,0 +1,357 @@
+//! The virtio-vsock device: queues, config space and the event-loop glue around the muxer.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, error, warn};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::config::{VsockConfig, VsockConfigError};
+use super::muxer::{MuxerError, VsockMuxer};
+use super::packet::{validate_tx, HDR_LEN, MAX_PAYLOAD};
+use crate::virtio::net::chain::{pop_or_enable_notification, ChainBuffers, Direction};
+use crate::virtio::{
+    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+
+/// Index of the receive queue (device to guest packets).
+pub const RX_QUEUE: u16 = 0;
+/// Index of the transmit queue (guest to device packets).
+pub const TX_QUEUE: u16 = 1;
+/// Index of the event queue (unused: no transport resets are sent).
+pub const EVENT_QUEUE: u16 = 2;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Why a device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] VsockConfigError),
+    /// The Unix-socket backend could not start.
+    #[error("vsock `{id}`: field `uds_path`: {source}")]
+    Backend {
+        /// The device.
+        id: String,
+        /// What failed.
+        source: MuxerError,
+    },
+}
+
+/// Counters of what the device did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VsockMetrics {
+    /// Packets from the guest handed to the muxer.
+    pub tx_packets: u64,
+    /// Packets from the guest dropped as malformed (chain or header).
+    pub tx_malformed: u64,
+    /// Packets delivered to the guest.
+    pub rx_packets: u64,
+    /// Receive chains returned unused because they were malformed.
+    pub rx_malformed_chains: u64,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    rx: Queue,
+    tx: Queue,
+}
+
+/// A virtio-vsock device with a Unix-socket backend.
+///
+/// Transmit and receive run when the driver notifies a queue; host sockets are watched by the
+/// VMM's event loop through `event_manager::MutEventSubscriber` (one descriptor: the muxer's
+/// epoll set).
+///
+/// ```no_run
+/// use devices::virtio::vsock::{Vsock, VsockConfig};
+///
+/// let vsock = Vsock::new(VsockConfig {
+///     id: "vsock0".into(),
+///     guest_cid: 3,
+///     uds_path: "/run/keel/vm1.vsock".into(),
+/// })
+/// .unwrap();
+/// // A host process then connects to /run/keel/vm1.vsock and writes "CONNECT 52\n".
+/// # drop(vsock);
+/// ```
+pub struct Vsock {
+    id: String,
+    guest_cid: u64,
+    muxer: VsockMuxer,
+    acked_features: u64,
+    active: Option<Active>,
+    packet: Vec<u8>,
+    metrics: VsockMetrics,
+}
+
+impl Vsock {
+    /// Validates `config` and starts listening on its Unix socket.
+    pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
+        config.validate()?;
+        let muxer = VsockMuxer::new(config.guest_cid, &config.uds_path).map_err(|source| {
+            VsockError::Backend {
+                id: config.id.clone(),
+                source,
+            }
+        })?;
+        Ok(Vsock {
+            id: config.id,
+            guest_cid: config.guest_cid,
+            muxer,
+            acked_features: 0,
+            active: None,
+            packet: vec![0; HDR_LEN + MAX_PAYLOAD],
+            metrics: VsockMetrics::default(),
+        })
+    }
+
+    /// What the device has done so far.
+    pub fn metrics(&self) -> &VsockMetrics {
+        &self.metrics
+    }
+
+    /// The muxer (connections and host sockets).
+    pub fn muxer(&self) -> &VsockMuxer {
+        &self.muxer
+    }
+
+    /// Handles ready host sockets and delivers what they produced. The event loop calls this
+    /// when the muxer's descriptor is readable; VMMs that poll may call it directly.
+    pub fn handle_host_events(&mut self) {
+        self.muxer.process_host_events();
+        self.process_rx();
+    }
+
+    fn signal(interrupt: &Arc<dyn VirtioInterrupt>, queue: u16, id: &str) {
+        if let Err(err) = interrupt.trigger(InterruptKind::Queue(queue)) {
+            error!("vsock `{id}`: cannot raise interrupt for queue {queue}: {err}");
+        }
+    }
+
+    fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let id = &self.id;
+        let mut completed = false;
+        loop {
+            if let Err(err) = active.tx.disable_notification(&active.mem) {
+                warn!("vsock `{id}`: tx queue: {err}");
+            }
+            while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+                let head = chain.head_index();
+                let packet = &mut self.packet;
+                let parsed =
+                    ChainBuffers::new(&active.mem, chain, Direction::DeviceReads, packet.len())
+                        .map_err(|err| err.to_string())
+                        .and_then(|buffers| {
+                            let read = buffers
+                                .read_at(&active.mem, 0, packet)
+                                .map_err(|err| err.to_string())?;
+                            Ok((buffers.len(), read))
+                        });
+                match parsed {
+                    Ok((chain_len, read)) => {
+                        match validate_tx(&packet[..read], chain_len, self.guest_cid) {
+                            Ok(header) => {
+                                let data = &packet[HDR_LEN..HDR_LEN + header.len as usize];
+                                self.muxer.send_pkt(&header, data);
+                                self.metrics.tx_packets += 1;
+                            }
+                            Err(err) => {
+                                debug!("vsock `{id}`: tx packet dropped: {err}");
+                                self.metrics.tx_malformed += 1;
+                                if err.warrants_reset() {
+                                    if let Some(header) =
+                                        super::packet::PacketHeader::parse(&packet[..read])
+                                    {
+                                        self.muxer.queue_reset(&header);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        debug!("vsock `{id}`: tx chain dropped: {err}");
+                        self.metrics.tx_malformed += 1;
+                    }
+                }
+                if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
+                    warn!("vsock `{id}`: tx queue: {err}");
+                }
+                completed = true;
+            }
+            match active.tx.enable_notification(&active.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(err) => {
+                    warn!("vsock `{id}`: tx queue: {err}");
+                    break;
+                }
+            }
+        }
+        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            Self::signal(&active.interrupt, TX_QUEUE, id);
+        }
+        // Requests, resets and credit updates the packets caused.
+        self.process_rx();
+    }
+
+    fn process_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let id = &self.id;
+        let mut completed = false;
+        while self.muxer.has_pending_rx() {
+            let Some(chain) = pop_or_enable_notification(&mut active.rx, &active.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let buffers =
+                match ChainBuffers::new(&active.mem, chain, Direction::DeviceWrites, usize::MAX) {
+                    Ok(buffers) if buffers.len() >= HDR_LEN => buffers,
+                    result => {
+                        debug!(
+                            "vsock `{id}`: rx chain {head} unusable: {:?}",
+                            result.map(|b| b.len())
+                        );
+                        self.metrics.rx_malformed_chains += 1;
+                        if let Err(err) = active.rx.add_used(&active.mem, head, 0) {
+                            warn!("vsock `{id}`: rx queue: {err}");
+                        }
+                        completed = true;
+                        continue;
+                    }
+                };
+            let room = (buffers.len() - HDR_LEN).min(MAX_PAYLOAD);
+            let Some(header) = self
+                .muxer
+                .recv_pkt(&mut self.packet[HDR_LEN..HDR_LEN + room])
+            else {
+                // Nothing after all (a socket had no data): the chain stays with the driver.
+                active.rx.go_to_previous_position();
+                break;
+            };
+            self.packet[..HDR_LEN].copy_from_slice(&header.to_bytes());
+            let len = HDR_LEN + header.len as usize;
+            let written = match buffers.write_at(&active.mem, 0, &self.packet[..len]) {
+                Ok(written) => written,
+                Err(err) => {
+                    warn!("vsock `{id}`: rx copy failed: {err}");
+                    0
+                }
+            };
+            if let Err(err) = active.rx.add_used(&active.mem, head, written as u32) {
+                warn!("vsock `{id}`: rx queue: {err}");
+            }
+            self.metrics.rx_packets += 1;
+            completed = true;
+        }
+        if completed && active.rx.needs_notification(&active.mem).unwrap_or(true) {
+            Self::signal(&active.interrupt, RX_QUEUE, id);
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= config.len() {
+            return;
+        }
+        let count = data.len().min(config.len() - start);
+        data[..count].copy_from_slice(&config[start..start + count]);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let Ok([mut rx, mut tx, _event]) = <[Queue; 3]>::try_from(queues) else {
+            return Err(ActivateError::QueueCount { expected: 3, got });
+        };
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            rx,
+            tx,
+        });
+        self.process_tx();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        match index {
+            RX_QUEUE => self.process_rx(),
+            TX_QUEUE => self.process_tx(),
+            EVENT_QUEUE => {}
+            _ => debug!("vsock `{}`: notify for unknown queue {index}", self.id),
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        self.active = None;
+        self.acked_features = 0;
+        self.muxer.reset();
+        true
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new_raw(self.muxer.epoll_fd(), EventSet::IN)) {
+            error!("vsock `{}`: cannot register host sockets: {err:?}", self.id);
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.muxer.epoll_fd() {
+            self.handle_host_events();
+        } else {
+            warn!(
+                "vsock `{}`: event for unknown descriptor {}",
+                self.id,
+                events.fd()
+            );
+        }
+    }
+}
+
+impl AsRawFd for Vsock {
+    /// The muxer's epoll descriptor, for VMMs that register it themselves.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.muxer.epoll_fd()
+    }
+}
