@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::acpi;
 use crate::boot::{self, BootLayout};
 use crate::config::{SerialInput, SerialOutput, VmConfig};
+use crate::device_manager::{self, VirtioMmioDevices};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedSerial};
 use crate::memory;
 use crate::state::{self, Control, ExitReason, VmHandle, VmState};
@@ -127,8 +128,22 @@ impl VmBuilder {
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
         // Everything that can fail on the user's input comes before KVM is touched.
         let memory = memory::create_guest_memory(self.config.memory.as_bytes())?;
-        let acpi = acpi::write_tables(&memory, self.config.vcpus, &[])?;
-        let boot = boot::load(&memory, &self.config, Some(acpi.rsdp))?;
+        let virtio = device_manager::create_virtio_devices(&self.config)?;
+        let planned: Vec<(String, u32)> = virtio
+            .iter()
+            .map(|entry| (entry.id.clone(), entry.device_type()))
+            .collect();
+        let mmio_plan = VirtioMmioDevices::plan(&planned)?;
+        let acpi = acpi::write_tables(&memory, self.config.vcpus, mmio_plan.devices())?;
+        let boot_config = if self.config.virtio_mmio_cmdline && !planned.is_empty() {
+            let mut with_devices = self.config.clone();
+            with_devices.cmdline =
+                format!("{} {}", self.config.cmdline, mmio_plan.cmdline_entries());
+            with_devices
+        } else {
+            self.config.clone()
+        };
+        let boot = boot::load(&memory, &boot_config, Some(acpi.rsdp))?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         let vm_fd = vm::create_vm(&kvm, &memory)?;
         let control = Control::new(self.config.vcpus as usize);
@@ -169,10 +184,15 @@ impl VmBuilder {
             RTC_PORT_LEN,
             Arc::new(Mutex::new(CmosRtc::new(SystemClock))),
         )?;
-        let buses = Arc::new(IoBuses {
-            pio,
-            mmio: Bus::new(BusKind::Mmio),
-        });
+        let mut mmio = Bus::new(BusKind::Mmio);
+        let mut events = EventLoopBuilder::new()?;
+        for (entry, info) in virtio.into_iter().zip(mmio_plan.devices()) {
+            VirtioMmioDevices::attach(info, &vm_fd, &mut mmio, &memory, entry.device)?;
+            if let Some(subscriber) = entry.subscriber {
+                events.add_subscriber(subscriber);
+            }
+        }
+        let buses = Arc::new(IoBuses { pio, mmio });
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -206,7 +226,6 @@ impl VmBuilder {
             vcpu::configure(&fd, index, &setup)?;
             vcpus.push(fd);
         }
-        let mut events = EventLoopBuilder::new()?;
         if let Some(input) = self.open_input()? {
             events.add_serial_input(serial.clone(), input)?;
         }

@@ -3,11 +3,17 @@
 
 use std::sync::{Arc, Mutex};
 
+use devices::virtio::block::{BlockConfig, VirtioBlock};
+use devices::virtio::rng::VirtioRng;
+use event_manager::MutEventSubscriber;
+
 use devices::bus::Bus;
 use devices::virtio::mmio::{MmioTransport, SharedVirtioDevice, MMIO_WINDOW_SIZE};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::VmConfig;
 
 /// First virtio-mmio window, in the 32-bit device hole below the IOAPIC.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
@@ -71,6 +77,68 @@ pub enum DeviceManagerError {
     /// The MMIO bus refused the window.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),
+    /// A device could not be created from its config (file, TAP or socket problems).
+    #[error("device `{id}`: {detail}")]
+    Create {
+        /// Device id.
+        id: String,
+        /// What went wrong, naming the config field.
+        detail: String,
+    },
+}
+
+/// A virtio device created from the config, before it is placed.
+pub struct VirtioDeviceEntry {
+    /// Device id from the config.
+    pub id: String,
+    /// The device.
+    pub device: SharedVirtioDevice,
+    /// Host-side event handling for the event loop, for devices that have any.
+    pub subscriber: Option<Box<dyn MutEventSubscriber + Send>>,
+}
+
+impl VirtioDeviceEntry {
+    fn new<D: devices::virtio::VirtioDevice + 'static>(id: &str, device: D) -> Self {
+        VirtioDeviceEntry {
+            id: id.to_string(),
+            device: Arc::new(Mutex::new(device)),
+            subscriber: None,
+        }
+    }
+
+    /// The device's virtio type.
+    pub fn device_type(&self) -> u32 {
+        match self.device.lock() {
+            Ok(device) => device.device_type(),
+            Err(poisoned) => poisoned.into_inner().device_type(),
+        }
+    }
+}
+
+/// Creates every virtio device the config asks for, in a fixed order (disks, network cards,
+/// vsock, rng), opening their host-side resources. Runs before KVM is touched, so a missing
+/// image or a bad TAP name fails early.
+pub fn create_virtio_devices(
+    config: &VmConfig,
+) -> Result<Vec<VirtioDeviceEntry>, DeviceManagerError> {
+    let mut entries = Vec::new();
+    for disk in &config.disks {
+        let block = VirtioBlock::new(&BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            direct: disk.direct,
+            id: disk.id.clone(),
+        })
+        .map_err(|err| DeviceManagerError::Create {
+            id: disk.id.clone(),
+            detail: err.to_string(),
+        })?;
+        entries.push(VirtioDeviceEntry::new(&disk.id, block));
+    }
+    if let Some(rng) = &config.rng {
+        entries.push(VirtioDeviceEntry::new(&rng.id, VirtioRng::new()));
+    }
+    Ok(entries)
 }
 
 /// Plans where each virtio-mmio device goes (before KVM exists, so the command line and ACPI

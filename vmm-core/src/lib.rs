@@ -85,6 +85,9 @@ pub enum Error {
     /// Configuring a vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    /// Creating or placing a virtio device failed.
+    #[error(transparent)]
+    Device(#[from] device_manager::DeviceManagerError),
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),

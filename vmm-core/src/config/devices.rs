@@ -12,6 +12,8 @@ use super::ConfigError;
 
 /// Sector size of virtio-blk.
 pub const SECTOR_SIZE: u64 = 512;
+/// Longest disk id: it is the virtio-blk serial number (`GET_ID`), 20 bytes.
+pub const MAX_DISK_ID_LEN: usize = 20;
 /// Longest Linux network interface name (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest Unix socket path (sun_path holds 108 bytes including the NUL).
@@ -186,6 +188,15 @@ pub fn validate_devices(
     let mut ids = HashSet::new();
     for disk in disks {
         check_id(&mut ids, "disks.id", &disk.id)?;
+        if disk.id.len() > MAX_DISK_ID_LEN {
+            return Err(ConfigError::invalid(
+                "disks.id",
+                format!(
+                    "id `{}` is longer than {MAX_DISK_ID_LEN} bytes (it is the disk's serial number)",
+                    disk.id
+                ),
+            ));
+        }
         check_disk(disk)?;
     }
     for net in nets {
