@@ -55,6 +55,7 @@ pub mod generator;
 pub mod hostset;
 pub mod index;
 pub mod model;
+pub mod ops;
 pub mod plugins;
 pub mod profile;
 pub mod report;
