@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::{BlockConfig, VirtioBlock};
+use devices::virtio::net::{Net, NetConfig as NetDeviceConfig, TapSource};
 use devices::virtio::rng::VirtioRng;
+use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
 use event_manager::MutEventSubscriber;
 
 use devices::bus::Bus;
@@ -13,7 +15,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::VmConfig;
+use crate::config::{parse_mac, VmConfig};
 
 /// First virtio-mmio window, in the 32-bit device hole below the IOAPIC.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
@@ -106,6 +108,19 @@ impl VirtioDeviceEntry {
         }
     }
 
+    /// A device that also handles host-side events in the event loop.
+    fn with_events<D>(id: &str, device: D) -> Self
+    where
+        D: devices::virtio::VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let shared = Arc::new(Mutex::new(device));
+        VirtioDeviceEntry {
+            id: id.to_string(),
+            device: shared.clone(),
+            subscriber: Some(Box::new(shared)),
+        }
+    }
+
     /// The device's virtio type.
     pub fn device_type(&self) -> u32 {
         match self.device.lock() {
@@ -134,6 +149,39 @@ pub fn create_virtio_devices(
             detail: err.to_string(),
         })?;
         entries.push(VirtioDeviceEntry::new(&disk.id, block));
+    }
+    for nic in &config.nets {
+        let mac = nic
+            .mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()
+            .map_err(|reason| DeviceManagerError::Create {
+                id: nic.id.clone(),
+                detail: format!("field `mac`: {reason}"),
+            })?;
+        let net = Net::new(NetDeviceConfig {
+            id: nic.id.clone(),
+            tap: TapSource::Name(nic.tap.clone()),
+            mac,
+        })
+        .map_err(|err| DeviceManagerError::Create {
+            id: nic.id.clone(),
+            detail: err.to_string(),
+        })?;
+        entries.push(VirtioDeviceEntry::with_events(&nic.id, net));
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(VsockDeviceConfig {
+            id: vsock.id.clone(),
+            guest_cid: vsock.guest_cid,
+            uds_path: vsock.uds_path.clone(),
+        })
+        .map_err(|err| DeviceManagerError::Create {
+            id: vsock.id.clone(),
+            detail: err.to_string(),
+        })?;
+        entries.push(VirtioDeviceEntry::with_events(&vsock.id, device));
     }
     if let Some(rng) = &config.rng {
         entries.push(VirtioDeviceEntry::new(&rng.id, VirtioRng::new()));

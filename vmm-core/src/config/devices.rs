@@ -43,7 +43,8 @@ pub struct NetConfig {
     pub id: String,
     /// Name of the TAP interface (created if missing, when the process may).
     pub tap: String,
-    /// MAC address as `52:54:00:12:34:56`; a random locally administered one when absent.
+    /// MAC address as `52:54:00:12:34:56`; when absent the device offers none and the guest
+    /// picks its own.
     #[serde(default)]
     pub mac: Option<String>,
 }
