@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
 use vmm_core::{BootProtocol, ExitReason, MemSize, SerialInput, VmBuilder, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,21 @@ struct Args {
     /// Forward this terminal's input to the guest's serial port.
     #[arg(long)]
     interactive: bool,
+    /// Add a virtio-blk disk: `PATH[,ro][,direct][,id=ID]` (repeatable).
+    #[arg(long = "disk", value_name = "PATH[,ro][,direct][,id=ID]")]
+    disks: Vec<String>,
+    /// Add a virtio-net card on a TAP device: `TAP[,mac=52:54:00:12:34:56][,id=ID]` (repeatable).
+    #[arg(long = "net", value_name = "TAP[,mac=MAC][,id=ID]")]
+    nets: Vec<String>,
+    /// Add a vsock device: `CID,UDS_PATH`.
+    #[arg(long, value_name = "CID,UDS_PATH")]
+    vsock: Option<String>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// Also describe virtio-mmio devices with `virtio_mmio.device=` on the command line.
+    #[arg(long)]
+    virtio_mmio_cmdline: bool,
     /// Print `keel-stats:` lines at exit: peak RSS and guest RAM resident (for benchmarks).
     #[arg(long)]
     stats: bool,
@@ -77,7 +93,72 @@ fn config_from(args: &Args) -> Result<VmConfig, String> {
     if args.interactive {
         config.serial.input = SerialInput::Stdin;
     }
+    for (index, spec) in args.disks.iter().enumerate() {
+        config.disks.push(parse_disk(index, spec)?);
+    }
+    for (index, spec) in args.nets.iter().enumerate() {
+        config.nets.push(parse_net(index, spec)?);
+    }
+    if let Some(spec) = &args.vsock {
+        let (cid, path) = spec
+            .split_once(',')
+            .ok_or_else(|| format!("--vsock `{spec}`: expected CID,UDS_PATH"))?;
+        config.vsock = Some(VsockConfig {
+            id: "vsock0".into(),
+            guest_cid: cid
+                .parse()
+                .map_err(|_| format!("--vsock `{spec}`: `{cid}` is not a number"))?,
+            uds_path: path.into(),
+        });
+    }
+    if args.rng {
+        config.rng = Some(RngConfig { id: "rng0".into() });
+    }
+    config.virtio_mmio_cmdline = args.virtio_mmio_cmdline;
     Ok(config)
+}
+
+/// `PATH[,ro][,direct][,id=ID]`
+fn parse_disk(index: usize, spec: &str) -> Result<DiskConfig, String> {
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    let mut disk = DiskConfig {
+        id: format!("disk{index}"),
+        path: path.into(),
+        read_only: false,
+        direct: false,
+    };
+    for option in parts {
+        match option {
+            "ro" => disk.read_only = true,
+            "direct" => disk.direct = true,
+            _ => match option.strip_prefix("id=") {
+                Some(id) => disk.id = id.to_string(),
+                None => return Err(format!("--disk `{spec}`: unknown option `{option}`")),
+            },
+        }
+    }
+    Ok(disk)
+}
+
+/// `TAP[,mac=MAC][,id=ID]`
+fn parse_net(index: usize, spec: &str) -> Result<NetConfig, String> {
+    let mut parts = spec.split(',');
+    let mut net = NetConfig {
+        id: format!("net{index}"),
+        tap: parts.next().unwrap_or_default().to_string(),
+        mac: None,
+    };
+    for option in parts {
+        if let Some(mac) = option.strip_prefix("mac=") {
+            net.mac = Some(mac.to_string());
+        } else if let Some(id) = option.strip_prefix("id=") {
+            net.id = id.to_string();
+        } else {
+            return Err(format!("--net `{spec}`: unknown option `{option}`"));
+        }
+    }
+    Ok(net)
 }
 
 fn main() -> ExitCode {
