@@ -1,7 +1,7 @@
 //! Why hosts were rejected, and how the chosen host was scored.
 //!
 //! Filters return a [`Reason`] (a small `Copy` value, cheap to count on the hot path); a [`Diagnosis`] counts
-//! them, and [`Diagnosis::summary`] renders what users see, such as
+//! them, and [`Diagnosis::explain`] renders what users see, such as
 //! `0/5000 hosts available: 3120 insufficient MEMORY_MB, 1500 missing trait HW_GPU, 380 anti-affinity`.
 
 use crate::model::{ClassId, Cluster, HostId, TraitId};
