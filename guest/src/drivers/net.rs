@@ -12,7 +12,6 @@ use super::deadline;
 use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue};
 use super::transport::{DriverError, Transport};
 use crate::console::report;
-use crate::cpu::rdtsc;
 
 /// Receive buffers kept posted.
 const RX_BUFFERS: usize = 4;
@@ -71,14 +70,9 @@ fn run(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError
 
     let end = deadline(options.wait_tsc);
     loop {
-        let Some((head, len)) = rx.pop_used() else {
-            if rdtsc() > end {
-                transport.check()?;
-                report!("FAIL virtio-net no frame received");
-                return Ok(());
-            }
-            core::hint::spin_loop();
-            continue;
+        let Some((head, len)) = rx.poll_used(transport, end)? else {
+            report!("FAIL virtio-net no frame received");
+            return Ok(());
         };
         let slot = posted
             .iter_mut()

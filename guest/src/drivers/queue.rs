@@ -22,6 +22,9 @@ pub const DMA_ARENA_SIZE: usize = 32 * 1024;
 /// The largest queue the drivers set up.
 pub const MAX_QUEUE_SIZE: u16 = 16;
 
+/// TSC ticks between repeated notifications of a queue the driver waits on (about 20 ms).
+pub const RENOTIFY_TICKS: u64 = 50_000_000;
+
 const PAGE_SIZE: usize = 4096;
 const AVAIL_OFFSET: usize = 0x400;
 const USED_OFFSET: usize = 0x800;
@@ -315,22 +318,42 @@ impl Virtqueue {
         Some((head, len))
     }
 
-    /// Waits until the device returns a chain or the TSC passes `deadline`.
+    /// Waits until the device returns a chain (`Some`) or the TSC passes `deadline` (`None`).
+    ///
+    /// While waiting, the queue is notified again every [`RENOTIFY_TICKS`]: spurious notifications
+    /// are harmless, and a device may miss the first one (vhost-user back ends drop kicks that
+    /// arrive before the VMM has enabled the ring, which a fast driver can outrun).
+    pub fn poll_used(
+        &mut self,
+        transport: &Transport,
+        deadline: u64,
+    ) -> Result<Option<(u16, u32)>, DriverError> {
+        let mut next_notify = rdtsc().saturating_add(RENOTIFY_TICKS);
+        loop {
+            if let Some(used) = self.pop_used() {
+                return Ok(Some(used));
+            }
+            let now = rdtsc();
+            if now > deadline {
+                transport.check()?;
+                return Ok(None);
+            }
+            if now > next_notify {
+                transport.notify(self.index);
+                next_notify = now.saturating_add(RENOTIFY_TICKS);
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Like [`poll_used`](Self::poll_used), but a timeout is an error naming `what` was awaited.
     pub fn wait_used(
         &mut self,
         transport: &Transport,
         deadline: u64,
         what: &'static str,
     ) -> Result<(u16, u32), DriverError> {
-        loop {
-            if let Some(used) = self.pop_used() {
-                return Ok(used);
-            }
-            if rdtsc() > deadline {
-                transport.check()?;
-                return Err(DriverError::Timeout(what));
-            }
-            core::hint::spin_loop();
-        }
+        self.poll_used(transport, deadline)?
+            .ok_or(DriverError::Timeout(what))
     }
 }

@@ -152,13 +152,8 @@ impl PacketIo for Queues<'_> {
 
     fn receive(&mut self, end: u64) -> Result<Option<Packet>, DriverError> {
         loop {
-            let Some((head, len)) = self.rx.pop_used() else {
-                if rdtsc() > end {
-                    self.transport.check()?;
-                    return Ok(None);
-                }
-                core::hint::spin_loop();
-                continue;
+            let Some((head, len)) = self.rx.poll_used(self.transport, end)? else {
+                return Ok(None);
             };
             let Some((posted_head, Some(buffer))) = self
                 .rx_posted
