@@ -7,6 +7,8 @@
 //!
 //! - [`bus`]: port-I/O and MMIO buses that route accesses by address and reject overlaps.
 //! - [`legacy`]: the 16550 UART (COM1), the i8042 reset line and the CMOS RTC.
+//! - [`pci`]: PCI bus 0 (config space, CF8/CFC and ECAM access, BAR windows) and MSI-X.
+//! - [`virtio`]: virtio devices and their MMIO and PCI transports.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -28,4 +30,5 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
 pub mod virtio;

@@ -8,12 +8,15 @@
 //! VMM's event loop can drive them. Nothing here knows KVM: transports raise interrupts through
 //! the [`VirtioInterrupt`] trait and tests drive devices with virtio-queue's mock driver.
 //!
-//! Transports: [`mmio`] (virtio-mmio version 2).
+//! Transports: [`mmio`] (virtio-mmio version 2) and [`pci`] (modern virtio-PCI), with the
+//! transport-independent negotiation and queue set-up in [`transport`].
 
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod rng;
+pub mod transport;
 pub mod vsock;
 
 use std::sync::Arc;
