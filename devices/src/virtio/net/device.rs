@@ -259,7 +259,9 @@ impl Net {
             if let Err(err) = active.tx.disable_notification(&active.mem) {
                 warn!("net `{}`: tx queue: {err}", self.id);
             }
+            let mut popped = false;
             while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+                popped = true;
                 let head = chain.head_index();
                 transmit_chain(
                     &self.id,
@@ -278,8 +280,17 @@ impl Net {
                 }
                 completed = true;
             }
+            // A broken available index makes the ring look non-empty while nothing pops:
+            // only go round again if this pass made progress.
             match active.tx.enable_notification(&active.mem) {
-                Ok(true) => continue,
+                Ok(true) if popped => continue,
+                Ok(true) => {
+                    warn!(
+                        "net `{}`: tx queue: available index is inconsistent",
+                        self.id
+                    );
+                    break;
+                }
                 Ok(false) => break,
                 Err(err) => {
                     warn!("net `{}`: tx queue: {err}", self.id);

@@ -144,7 +144,9 @@ impl Vsock {
             if let Err(err) = active.tx.disable_notification(&active.mem) {
                 warn!("vsock `{id}`: tx queue: {err}");
             }
+            let mut popped = false;
             while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+                popped = true;
                 let head = chain.head_index();
                 let packet = &mut self.packet;
                 let parsed =
@@ -187,8 +189,14 @@ impl Vsock {
                 }
                 completed = true;
             }
+            // A broken available index makes the ring look non-empty while nothing pops:
+            // only go round again if this pass made progress.
             match active.tx.enable_notification(&active.mem) {
-                Ok(true) => continue,
+                Ok(true) if popped => continue,
+                Ok(true) => {
+                    warn!("vsock `{id}`: tx queue: available index is inconsistent");
+                    break;
+                }
                 Ok(false) => break,
                 Err(err) => {
                     warn!("vsock `{id}`: tx queue: {err}");
