@@ -7,12 +7,18 @@
 //! stable-toolchain smoke test (`tests/smoke.rs`), which runs every entry of [`TARGETS`].
 
 pub mod block;
+pub mod net;
 pub mod rng;
 pub mod support;
+pub mod vsock;
 
 /// A fuzz target: takes any bytes, panics only on a bug.
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its libFuzzer binary.
-pub const TARGETS: &[(&str, Target)] =
-    &[("block_request", block::block_request), ("rng", rng::rng)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("block_request", block::block_request),
+    ("rng", rng::rng),
+    ("net_header", net::net_header),
+    ("vsock_packet", vsock::vsock_packet),
+];
