@@ -115,6 +115,7 @@ pub struct Scheduler {
     cache: HashMap<u64, CacheEntry>,
     negative: HashMap<u64, NegativeEntry>,
     memo: HashMap<u64, FitMemo>,
+    skipped: Vec<u32>,
     scratch: FitScratch,
     feasible: Vec<HostId>,
     feasible_allocs: Vec<(u32, u64)>,
@@ -137,6 +138,7 @@ impl Scheduler {
             cache: HashMap::new(),
             negative: HashMap::new(),
             memo: HashMap::new(),
+            skipped: Vec::new(),
             scratch: FitScratch::default(),
             feasible: Vec::new(),
             feasible_allocs: Vec::new(),
@@ -220,7 +222,8 @@ impl Scheduler {
     ) -> bool {
         if let Some(m) = memo.as_ref() {
             if m.infeasible.contains(host.idx()) {
-                diag.add(host, Reason::from_code(m.reasons[host.idx()]));
+                // Counted into the diagnosis only if the decision fails (see `decide`).
+                self.skipped.push(host.0);
                 return false;
             }
         }
@@ -315,6 +318,7 @@ impl Scheduler {
         let mut visited = 0usize;
         let candidates = std::mem::take(&mut self.candidates);
         let mut memo = self.take_memo(state, req, use_cache);
+        self.skipped.clear();
         match profile.scan_order {
             ScanOrder::Rotating => {
                 let mut last = self.cursor % n_hosts;
@@ -361,6 +365,13 @@ impl Scheduler {
             }
         }
         self.candidates = candidates;
+        if self.feasible.is_empty() {
+            if let Some(m) = memo.as_ref() {
+                for h in &self.skipped {
+                    diag.add(HostId(*h), Reason::from_code(m.reasons[*h as usize]));
+                }
+            }
+        }
         if let Some(m) = memo {
             if self.memo.len() >= MEMO_LIMIT {
                 self.memo.clear();
