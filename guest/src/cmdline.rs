@@ -29,6 +29,22 @@ pub const DEFAULT_VSOCK_LISTEN: u32 = 6000;
 /// at 2.5 GHz).
 pub const DEFAULT_VIRTIO_WAIT_TSC: u64 = 10_000_000_000;
 
+/// Default of `keel.bench_ops`: requests (randread) or frames (net) a benchmark runs.
+pub const DEFAULT_BENCH_OPS: u64 = 2000;
+
+/// Default of `keel.bench_bytes`: bytes the seqwrite and vsock benchmarks move (4 MiB).
+pub const DEFAULT_BENCH_BYTES: u64 = 4 << 20;
+
+/// Default of `keel.bench_depth`: requests a benchmark keeps in flight at most.
+pub const DEFAULT_BENCH_DEPTH: u16 = 16;
+
+/// Most requests `keel.bench_depth` may ask for (the bench queues have 64 descriptors, and a block
+/// request takes three).
+pub const MAX_BENCH_DEPTH: u64 = 21;
+
+/// Most bytes `keel.bench_bytes` may ask for (1 TiB).
+pub const MAX_BENCH_BYTES: u64 = 1 << 40;
+
 /// Most sectors `keel.blk_sectors` may ask for.
 pub const MAX_BLK_SECTORS: u64 = 4096;
 
@@ -81,12 +97,55 @@ pub struct VirtioOptions {
     pub vsock_listen: u32,
     /// `keel.virtio_wait_tsc=T`: TSC ticks to wait for a device's answer or a peer's packet.
     pub wait_tsc: u64,
+    /// `keel.blk_bench=randread|seqwrite`: benchmark the first block device instead of testing.
+    pub blk_bench: Option<BlkBench>,
+    /// `keel.net_bench`: benchmark sending on the first network device instead of testing it.
+    pub net_bench: bool,
+    /// `keel.vsock_bench`: benchmark streaming to the host instead of testing the socket device.
+    pub vsock_bench: bool,
+    /// `keel.bench_ops=N`: requests (randread) or frames (net) to time.
+    pub bench_ops: u64,
+    /// `keel.bench_bytes=B`: bytes to write (seqwrite) or stream (vsock).
+    pub bench_bytes: u64,
+    /// `keel.bench_depth=D`: requests (or packets) kept in flight at most.
+    pub bench_depth: u16,
+}
+
+/// A block benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkBench {
+    /// 4 KiB reads at pseudo-random 4 KiB-aligned offsets.
+    RandRead,
+    /// Sequential 64 KiB writes from sector 0, then a flush.
+    SeqWrite,
+}
+
+impl BlkBench {
+    /// The name used on the command line and in `bench` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RandRead => "randread",
+            Self::SeqWrite => "seqwrite",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::RandRead, Self::SeqWrite]
+            .into_iter()
+            .find(|bench| bench.name() == name)
+    }
 }
 
 impl VirtioOptions {
     /// Whether any virtio test is enabled.
     pub fn any(&self) -> bool {
-        self.blk || self.rng || self.net || self.vsock
+        self.blk
+            || self.rng
+            || self.net
+            || self.vsock
+            || self.blk_bench.is_some()
+            || self.net_bench
+            || self.vsock_bench
     }
 }
 
@@ -103,6 +162,12 @@ impl Default for VirtioOptions {
             vsock_port: DEFAULT_VSOCK_PORT,
             vsock_listen: DEFAULT_VSOCK_LISTEN,
             wait_tsc: DEFAULT_VIRTIO_WAIT_TSC,
+            blk_bench: None,
+            net_bench: false,
+            vsock_bench: false,
+            bench_ops: DEFAULT_BENCH_OPS,
+            bench_bytes: DEFAULT_BENCH_BYTES,
+            bench_depth: DEFAULT_BENCH_DEPTH,
         }
     }
 }
@@ -299,6 +364,28 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             ("keel.rng", None) => options.virtio.rng = true,
             ("keel.net", None) => options.virtio.net = true,
             ("keel.vsock", None) => options.virtio.vsock = true,
+            ("keel.net_bench", None) => options.virtio.net_bench = true,
+            ("keel.vsock_bench", None) => options.virtio.vsock_bench = true,
+            ("keel.blk_bench", Some(value)) => {
+                options.virtio.blk_bench =
+                    Some(BlkBench::from_name(value).ok_or(error("randread or seqwrite"))?);
+            }
+            ("keel.bench_ops", Some(value)) => {
+                options.virtio.bench_ops = parse_number(value)
+                    .filter(|count| (1..=1 << 32).contains(count))
+                    .ok_or(error("a count from 1 to 2^32"))?;
+            }
+            ("keel.bench_bytes", Some(value)) => {
+                options.virtio.bench_bytes = parse_number(value)
+                    .filter(|bytes| (1..=MAX_BENCH_BYTES).contains(bytes))
+                    .ok_or(error("a byte count from 1 to 2^40"))?;
+            }
+            ("keel.bench_depth", Some(value)) => {
+                options.virtio.bench_depth = parse_number(value)
+                    .filter(|depth| (1..=MAX_BENCH_DEPTH).contains(depth))
+                    .ok_or(error("a request count from 1 to 21"))?
+                    as u16;
+            }
             ("keel.blk_sectors", Some(value)) => {
                 options.virtio.blk_sectors = parse_number(value)
                     .filter(|count| (1..=MAX_BLK_SECTORS).contains(count))
@@ -341,12 +428,20 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                 | "keel.net_frames"
                 | "keel.vsock_port"
                 | "keel.vsock_listen"
-                | "keel.virtio_wait_tsc",
+                | "keel.virtio_wait_tsc"
+                | "keel.blk_bench"
+                | "keel.bench_ops"
+                | "keel.bench_bytes"
+                | "keel.bench_depth",
                 None,
             ) => {
                 return Err(error("a value after '='"));
             }
-            ("keel.echo" | "keel.blk" | "keel.rng" | "keel.net" | "keel.vsock", Some(_)) => {
+            (
+                "keel.echo" | "keel.blk" | "keel.rng" | "keel.net" | "keel.vsock"
+                | "keel.net_bench" | "keel.vsock_bench",
+                Some(_),
+            ) => {
                 return Err(error("the option without a value"));
             }
             _ => {}
@@ -432,6 +527,32 @@ mod tests {
     }
 
     #[test]
+    fn bench_options_are_understood() {
+        let virtio = parse("keel.blk_bench=randread keel.net_bench keel.vsock_bench")
+            .unwrap()
+            .virtio;
+        assert_eq!(virtio.blk_bench, Some(BlkBench::RandRead));
+        assert!(virtio.net_bench && virtio.vsock_bench && virtio.any());
+        assert!(!virtio.blk && !virtio.net && !virtio.vsock);
+        assert_eq!(
+            (virtio.bench_ops, virtio.bench_bytes, virtio.bench_depth),
+            (DEFAULT_BENCH_OPS, DEFAULT_BENCH_BYTES, DEFAULT_BENCH_DEPTH)
+        );
+        let virtio = parse(
+            "keel.blk_bench=seqwrite keel.bench_ops=7 keel.bench_bytes=0x10000 keel.bench_depth=1",
+        )
+        .unwrap()
+        .virtio;
+        assert_eq!(virtio.blk_bench, Some(BlkBench::SeqWrite));
+        assert_eq!(BlkBench::SeqWrite.name(), "seqwrite");
+        assert_eq!(
+            (virtio.bench_ops, virtio.bench_bytes, virtio.bench_depth),
+            (7, 0x10000, 1)
+        );
+        assert!(parse("keel.blk_bench=seqwrite").unwrap().virtio.any());
+    }
+
+    #[test]
     fn unknown_tokens_are_ignored() {
         assert_eq!(
             parse("quiet keel.unknown=1 keelcpus=9 root=/dev/vda"),
@@ -464,6 +585,12 @@ mod tests {
             "keel.vsock_port=0x100000000",
             "keel.vsock_listen=",
             "keel.virtio_wait_tsc=0",
+            "keel.blk_bench=write",
+            "keel.blk_bench",
+            "keel.net_bench=1",
+            "keel.bench_ops=0",
+            "keel.bench_bytes=0",
+            "keel.bench_depth=22",
         ] {
             let error = parse(token).unwrap_err();
             assert_eq!(error.token, token);

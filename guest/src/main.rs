@@ -28,6 +28,7 @@ use keel_test_guest::bootinfo::{
 };
 use keel_test_guest::cmdline::{self, Fault};
 use keel_test_guest::selfcheck;
+use keel_test_guest::virtio::bench::{BENCH_MEMORY_BASE, BENCH_MEMORY_SIZE};
 
 use console::{report, report_urgent, with_console};
 use serial::COM1;
@@ -72,7 +73,8 @@ pub extern "C" fn keel_main(boot_info_addr: u64, protocol: u32) -> ! {
         Err(error) => report!("FAIL selfcheck {error}"),
     }
 
-    drivers::run(boot.cmdline(), &options.virtio);
+    let bench_ram = boot.is_ram(BENCH_MEMORY_BASE, BENCH_MEMORY_SIZE);
+    drivers::run(boot.cmdline(), &options.virtio, bench_ram);
 
     if let Some(count) = options.ticks {
         tick(count, options.tick_tsc);

@@ -3,7 +3,10 @@
 //! Every request is one chain: a 16-byte header the device reads, an optional data buffer, and a
 //! status byte the device writes. Data moves in chunks of up to [`CHUNK_SECTORS`] sectors.
 
-use keel_test_guest::cmdline::VirtioOptions;
+use keel_test_guest::cmdline::{BlkBench, VirtioOptions};
+use keel_test_guest::virtio::bench::{
+    write_chunk, write_count, RandomBlocks, BENCH_QUEUE_SIZE, READ_SIZE, WRITE_CHUNK,
+};
 use keel_test_guest::virtio::blk::{
     check_pattern, fill_pattern, request_header, F_FLUSH, F_RO, HEADER_LEN, ID_LEN, SECTOR_SIZE,
     S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT,
@@ -11,7 +14,7 @@ use keel_test_guest::virtio::blk::{
 use keel_test_guest::virtio::{byte_sum, Printable};
 
 use super::deadline;
-use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue};
+use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue, MAX_QUEUE_SIZE};
 use super::transport::{DriverError, Transport};
 use crate::console::report;
 
@@ -20,7 +23,28 @@ const CHUNK_SECTORS: usize = 8;
 
 /// Runs the block test on device number `number` (counted among block devices from 0).
 pub fn test(transport: &Transport, number: usize, options: &VirtioOptions) {
-    let result = Disk::open(transport, options).and_then(|mut disk| disk.run(number, options));
+    let result = Disk::open(transport, options, MAX_QUEUE_SIZE)
+        .and_then(|mut disk| disk.run(number, options));
+    report_failure(number, result);
+    transport.reset();
+}
+
+/// Runs block benchmark `bench` on device number `number`, with data buffers in `memory` (at
+/// least one [`WRITE_CHUNK`] per descriptor of a [`BENCH_QUEUE_SIZE`] queue).
+pub fn bench(
+    transport: &Transport,
+    number: usize,
+    options: &VirtioOptions,
+    bench: BlkBench,
+    memory: DmaBuffer,
+) {
+    let result = Disk::open(transport, options, BENCH_QUEUE_SIZE)
+        .and_then(|mut disk| disk.bench(number, options, bench, memory));
+    report_failure(number, result);
+    transport.reset();
+}
+
+fn report_failure(number: usize, result: Result<(), Failure>) {
     match result {
         Ok(()) => {}
         Err(Failure::Driver(error)) => report!("FAIL virtio-blk dev={number} {error}"),
@@ -34,7 +58,6 @@ pub fn test(transport: &Transport, number: usize, options: &VirtioOptions) {
             "FAIL virtio-blk dev={number} read back differs at sector {sector} offset {offset}"
         ),
     }
-    transport.reset();
 }
 
 enum Failure {
@@ -69,18 +92,28 @@ struct Disk<'a> {
     header: DmaBuffer,
     status: DmaBuffer,
     data: DmaBuffer,
+    /// One request header per descriptor (the benchmarks index them by head descriptor).
+    headers: DmaBuffer,
+    /// One status byte per descriptor.
+    statuses: DmaBuffer,
     wait: u64,
 }
 
 impl<'a> Disk<'a> {
-    fn open(transport: &'a Transport, options: &VirtioOptions) -> Result<Self, Failure> {
+    fn open(
+        transport: &'a Transport,
+        options: &VirtioOptions,
+        queue_size: u16,
+    ) -> Result<Self, Failure> {
         let features = transport.negotiate(0, 1 << F_RO | 1 << F_FLUSH)?;
         // SAFETY: the previous driver reset its device before returning.
         let mut arena = unsafe { DmaArena::take() };
-        let queue = Virtqueue::new(transport, 0, &mut arena)?;
+        let queue = Virtqueue::with_size(transport, 0, &mut arena, queue_size)?;
         let header = arena.alloc(HEADER_LEN, 16)?;
         let status = arena.alloc(1, 1)?;
         let data = arena.alloc(CHUNK_SECTORS * SECTOR_SIZE, 4096)?;
+        let headers = arena.alloc(HEADER_LEN * usize::from(queue.size()), 16)?;
+        let statuses = arena.alloc(usize::from(queue.size()), 1)?;
         transport.driver_ok()?;
         Ok(Self {
             transport,
@@ -89,8 +122,127 @@ impl<'a> Disk<'a> {
             header,
             status,
             data,
+            headers,
+            statuses,
             wait: options.wait_tsc,
         })
+    }
+
+    /// The benchmark: prints its setup, `bench <name> start`, runs the requests, prints
+    /// `bench <name> end ops=<n> bytes=<b>`.
+    fn bench(
+        &mut self,
+        number: usize,
+        options: &VirtioOptions,
+        bench: BlkBench,
+        memory: DmaBuffer,
+    ) -> Result<(), Failure> {
+        let capacity = self.transport.config_u64(0);
+        let name = bench.name();
+        // Three descriptors per request.
+        let depth = options.bench_depth.min(self.queue.size() / 3).max(1);
+        let flush = self.features & 1 << F_FLUSH != 0;
+        match bench {
+            BlkBench::RandRead => {
+                let blocks = capacity / (READ_SIZE / SECTOR_SIZE as u64);
+                if blocks == 0 {
+                    return Err(Failure::Range {
+                        end: READ_SIZE / SECTOR_SIZE as u64,
+                        capacity,
+                    });
+                }
+                let ops = options.bench_ops;
+                report!(
+                    "bench {name} dev={number} capacity={capacity} ops={ops} size={READ_SIZE} depth={depth}"
+                );
+                let mut random = RandomBlocks::new(blocks);
+                report!("bench {name} start");
+                self.pipeline(ops, depth, "read", |head, _| {
+                    let data =
+                        memory.slice(usize::from(head) * READ_SIZE as usize, READ_SIZE as usize);
+                    (T_IN, random.next_sector(), Segment::writable(data))
+                })?;
+                report!("bench {name} end ops={ops} bytes={}", ops * READ_SIZE);
+            }
+            BlkBench::SeqWrite => {
+                let total = options.bench_bytes;
+                let end = total.div_ceil(SECTOR_SIZE as u64);
+                if end > capacity {
+                    return Err(Failure::Range { end, capacity });
+                }
+                let ops = write_count(total);
+                report!(
+                    "bench {name} dev={number} capacity={capacity} ops={ops} size={WRITE_CHUNK} depth={depth} flush={flush}"
+                );
+                report!("bench {name} start");
+                self.pipeline(ops, depth, "write", |head, index| {
+                    let (sector, len) = write_chunk(index, total);
+                    let data = memory.slice(usize::from(head) * WRITE_CHUNK as usize, len as usize);
+                    (T_OUT, sector, Segment::readable(data))
+                })?;
+                if flush {
+                    self.request(T_FLUSH, 0, None, "flush")?;
+                }
+                report!("bench {name} end ops={ops} bytes={total}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `count` requests, keeping up to `depth` in flight: `next(head, index)` gives request
+    /// `index`'s type, sector and data buffer. Notifies once per batch of new requests and fails on
+    /// the first status other than OK.
+    fn pipeline(
+        &mut self,
+        count: u64,
+        depth: u16,
+        what: &'static str,
+        mut next: impl FnMut(u16, u64) -> (u32, u64, Segment),
+    ) -> Result<(), Failure> {
+        let mut submitted = 0u64;
+        let mut done = 0u64;
+        let mut in_flight = 0u16;
+        while done < count {
+            let mut added = false;
+            while in_flight < depth && submitted < count && self.queue.free() >= 3 {
+                let head = self.queue.next_head();
+                let (request_type, sector, data) = next(head, submitted);
+                let header = self
+                    .headers
+                    .slice(usize::from(head) * HEADER_LEN, HEADER_LEN);
+                header.with_bytes(|bytes| {
+                    bytes.copy_from_slice(&request_header(request_type, sector))
+                });
+                let status = self.statuses.slice(usize::from(head), 1);
+                status.with_bytes(|bytes| bytes[0] = 0xff);
+                self.queue
+                    .submit(&[Segment::readable(header), data, Segment::writable(status)])?;
+                submitted += 1;
+                in_flight += 1;
+                added = true;
+            }
+            if added {
+                self.transport.notify(self.queue.index());
+            }
+            let mut used = Some(self.queue.wait_used(
+                self.transport,
+                deadline(self.wait),
+                "a block request",
+            )?);
+            while let Some((head, _)) = used {
+                let status = self
+                    .statuses
+                    .slice(usize::from(head), 1)
+                    .with_bytes(|bytes| bytes[0]);
+                if status != S_OK {
+                    return Err(Failure::Status { what, status });
+                }
+                done += 1;
+                in_flight = in_flight.saturating_sub(1);
+                used = self.queue.pop_used();
+            }
+        }
+        Ok(())
     }
 
     fn run(&mut self, number: usize, options: &VirtioOptions) -> Result<(), Failure> {

@@ -16,10 +16,12 @@ mod transport;
 mod vsock;
 
 use keel_test_guest::cmdline::VirtioOptions;
+use keel_test_guest::virtio::bench::{BENCH_MEMORY_BASE, BENCH_MEMORY_SIZE};
 use keel_test_guest::virtio::discovery::{self, MmioDevice};
 
 use crate::console::report;
 use crate::cpu::rdtsc;
+use queue::DmaBuffer;
 use transport::{Transport, MAGIC, VERSION_MODERN};
 
 /// Lowest base address accepted for a virtio-mmio window.
@@ -37,8 +39,10 @@ const ID_BLOCK: u32 = 2;
 const ID_ENTROPY: u32 = 4;
 const ID_VSOCK: u32 = 19;
 
-/// Runs the enabled virtio tests, then prints `virtio done`. Does nothing if none is enabled.
-pub fn run(cmdline: &str, options: &VirtioOptions) {
+/// Runs the enabled virtio tests, then the enabled benchmarks, then prints `virtio done`. Does
+/// nothing if none is enabled. `bench_ram` tells whether the benchmarks' data area
+/// (`BENCH_MEMORY_BASE`, `BENCH_MEMORY_SIZE` bytes) is RAM.
+pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
     if !options.any() {
         return;
     }
@@ -95,6 +99,38 @@ pub fn run(cmdline: &str, options: &VirtioOptions) {
         match first(ID_VSOCK) {
             Some(transport) => vsock::test(&transport, options),
             None => report!("FAIL virtio-vsock no device"),
+        }
+    }
+    if options.blk_bench.is_some() || options.net_bench || options.vsock_bench {
+        if bench_ram {
+            // SAFETY: the memory map says the area is RAM; it lies above the image, the AP
+            // trampoline and the AP stacks inside the identity-mapped first GiB, and only the one
+            // benchmark running at a time hands it to its (then reset) device.
+            let memory =
+                unsafe { DmaBuffer::from_physical(BENCH_MEMORY_BASE, BENCH_MEMORY_SIZE as usize) };
+            if let Some(bench) = options.blk_bench {
+                match first(ID_BLOCK) {
+                    Some(transport) => blk::bench(&transport, 0, options, bench, memory),
+                    None => report!("FAIL virtio-blk no device"),
+                }
+            }
+            if options.net_bench {
+                match first(ID_NET) {
+                    Some(transport) => net::bench(&transport, options),
+                    None => report!("FAIL virtio-net no device"),
+                }
+            }
+            if options.vsock_bench {
+                match first(ID_VSOCK) {
+                    Some(transport) => vsock::bench(&transport, options, memory),
+                    None => report!("FAIL virtio-vsock no device"),
+                }
+            }
+        } else {
+            report!(
+                "FAIL bench memory [{BENCH_MEMORY_BASE:#x}, {:#x}) is not RAM",
+                BENCH_MEMORY_BASE + BENCH_MEMORY_SIZE
+            );
         }
     }
     report!("virtio done");

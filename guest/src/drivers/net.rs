@@ -5,7 +5,10 @@
 //! are posted again after each frame; queue 1 transmits from one buffer, one frame at a time.
 
 use keel_test_guest::cmdline::VirtioOptions;
-use keel_test_guest::virtio::net::{host_frame, test_packet, Mac, F_MAC};
+use keel_test_guest::virtio::bench::BENCH_QUEUE_SIZE;
+use keel_test_guest::virtio::net::{
+    bench_packet, host_frame, test_packet, Mac, F_MAC, MIN_FRAME_LEN,
+};
 use keel_test_guest::virtio::Printable;
 
 use super::deadline;
@@ -31,6 +34,71 @@ pub fn test(transport: &Transport, options: &VirtioOptions) {
         report!("FAIL virtio-net {error}");
     }
     transport.reset();
+}
+
+/// The send benchmark: `keel.bench_ops` minimum-size frames, as many in flight as the transmit
+/// queue holds, all from one buffer (the device only reads it). Receive buffers are posted once and
+/// never looked at.
+pub fn bench(transport: &Transport, options: &VirtioOptions) {
+    if let Err(error) = run_bench(transport, options) {
+        report!("FAIL virtio-net {error}");
+    }
+    transport.reset();
+}
+
+fn run_bench(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {
+    transport.negotiate(1 << F_MAC, 0)?;
+    // SAFETY: the previous driver reset its device before returning.
+    let mut arena = unsafe { DmaArena::take() };
+    let mut rx = Virtqueue::new(transport, RX_QUEUE, &mut arena)?;
+    let mut tx = Virtqueue::with_size(transport, TX_QUEUE, &mut arena, BENCH_QUEUE_SIZE)?;
+    let packet = arena.alloc(TX_BUFFER_SIZE, 64)?;
+    let mut buffers = [None; RX_BUFFERS];
+    for slot in &mut buffers {
+        *slot = Some(arena.alloc(RX_BUFFER_SIZE, 64)?);
+    }
+    transport.driver_ok()?;
+    for buffer in buffers.iter().flatten() {
+        rx.submit(&[Segment::writable(*buffer)])?;
+    }
+    transport.notify(RX_QUEUE);
+
+    let mut mac = [0u8; 6];
+    for (offset, byte) in mac.iter_mut().enumerate() {
+        *byte = transport.config_u8(offset as u64);
+    }
+    let mac = Mac(mac);
+    let len = packet.with_bytes(|bytes| bench_packet(bytes, mac));
+    let frame = Segment::readable(packet.slice(0, len.ok_or(DriverError::OutOfDmaMemory)?));
+    let frames = options.bench_ops;
+    report!(
+        "bench net mac={mac} frames={frames} frame_len={MIN_FRAME_LEN} queue={}",
+        tx.size()
+    );
+    report!("bench net start");
+    let mut sent = 0u64;
+    let mut done = 0u64;
+    while done < frames {
+        let mut added = false;
+        while tx.free() > 0 && sent < frames {
+            tx.submit(&[frame])?;
+            sent += 1;
+            added = true;
+        }
+        if added {
+            transport.notify(TX_QUEUE);
+        }
+        tx.wait_used(transport, deadline(options.wait_tsc), "a sent frame")?;
+        done += 1;
+        while tx.pop_used().is_some() {
+            done += 1;
+        }
+    }
+    report!(
+        "bench net end ops={frames} bytes={}",
+        frames * MIN_FRAME_LEN as u64
+    );
+    Ok(())
 }
 
 fn run(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {

@@ -19,8 +19,12 @@ use crate::cpu::rdtsc;
 /// Bytes of DMA memory: room for the largest driver (three queue pages and its buffers).
 pub const DMA_ARENA_SIZE: usize = 32 * 1024;
 
-/// The largest queue the drivers set up.
+/// The queue size the device tests set up.
 pub const MAX_QUEUE_SIZE: u16 = 16;
+
+/// The largest queue that fits the page layout (the descriptor table fills 0x000-0x3ff); the
+/// benchmarks use it.
+pub const LARGEST_QUEUE_SIZE: u16 = 64;
 
 /// TSC ticks between repeated notifications of a queue the driver waits on (about 20 ms).
 pub const RENOTIFY_TICKS: u64 = 50_000_000;
@@ -82,6 +86,19 @@ pub struct DmaBuffer {
 }
 
 impl DmaBuffer {
+    /// Memory outside the arena, e.g. the benchmarks' data area.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr + len)` must be identity-mapped RAM that nothing but the driver holding the
+    /// buffer uses.
+    pub unsafe fn from_physical(addr: u64, len: usize) -> Self {
+        Self {
+            ptr: addr as *mut u8,
+            len,
+        }
+    }
+
     /// The guest-physical address (the arena is identity-mapped).
     pub fn addr(&self) -> u64 {
         self.ptr as u64
@@ -162,12 +179,23 @@ impl Virtqueue {
         index: u16,
         arena: &mut DmaArena,
     ) -> Result<Self, DriverError> {
+        Self::with_size(transport, index, arena, MAX_QUEUE_SIZE)
+    }
+
+    /// Like [`new`](Self::new) with up to `wanted` entries (a power of two, at most
+    /// [`LARGEST_QUEUE_SIZE`]).
+    pub fn with_size(
+        transport: &Transport,
+        index: u16,
+        arena: &mut DmaArena,
+        wanted: u16,
+    ) -> Result<Self, DriverError> {
         let max = transport.queue_num_max(index);
         if max == 0 {
             return Err(DriverError::QueueUnavailable(index));
         }
         // Sizes are powers of two; a device with a smaller maximum gets the largest that fits.
-        let mut size = MAX_QUEUE_SIZE;
+        let mut size = wanted.min(LARGEST_QUEUE_SIZE);
         while size > max {
             size /= 2;
         }
@@ -206,7 +234,7 @@ impl Virtqueue {
 
     fn at<T>(&self, offset: usize) -> *mut T {
         // SAFETY: callers pass offsets of ring fields, all inside the queue's page (the rings of
-        // MAX_QUEUE_SIZE entries fit in their 0x400-byte slots).
+        // up to LARGEST_QUEUE_SIZE entries fit in their 0x400-byte slots).
         unsafe { self.page.ptr.add(offset).cast() }
     }
 
@@ -231,6 +259,16 @@ impl Virtqueue {
                 read_volatile(self.at::<u16>(offset + 14)),
             )
         }
+    }
+
+    /// The head descriptor the next [`submit`](Self::submit) will use (if descriptors are free).
+    pub fn next_head(&self) -> u16 {
+        self.free_head
+    }
+
+    /// Free descriptors.
+    pub fn free(&self) -> u16 {
+        self.free_count
     }
 
     /// Puts a chain of `segments` on the available ring (without notifying the device) and returns

@@ -7,11 +7,12 @@
 //! events, which the driver does not act on.
 
 use keel_test_guest::cmdline::VirtioOptions;
+use keel_test_guest::virtio::bench::{BENCH_QUEUE_SIZE, VSOCK_PACKET};
 use keel_test_guest::virtio::vsock::{Header, Packet, PacketIo, Session, HEADER_LEN, MAX_PAYLOAD};
 use keel_test_guest::virtio::Printable;
 
 use super::deadline;
-use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue};
+use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue, MAX_QUEUE_SIZE};
 use super::transport::{DriverError, Transport};
 use crate::console::report;
 use crate::cpu::rdtsc;
@@ -30,13 +31,16 @@ const EVENT_SIZE: usize = 8;
 /// Payload characters shown in output lines.
 const PAYLOAD_SHOWN: usize = 64;
 
+/// Bytes reserved per bulk packet header (one per transmit descriptor).
+const BULK_HEADER_SLOT: usize = 64;
+
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const EVENT_QUEUE: u16 = 2;
 
 /// Runs the socket test: `cid`, then `connect`, then `accepted` lines.
 pub fn test(transport: &Transport, options: &VirtioOptions) {
-    match Queues::open(transport, options) {
+    match Queues::open(transport, options, None) {
         Ok(queues) => {
             let cid = transport.config_u64(0);
             report!("virtio-vsock cid={cid}");
@@ -85,6 +89,47 @@ pub fn test(transport: &Transport, options: &VirtioOptions) {
     transport.reset();
 }
 
+/// The streaming benchmark: connects to host port `keel.vsock_port`, streams `keel.bench_bytes`
+/// bytes from `memory` in RW packets of up to 64 KiB (up to `keel.bench_depth` of them queued),
+/// then closes the connection.
+pub fn bench(transport: &Transport, options: &VirtioOptions, memory: DmaBuffer) {
+    match Queues::open(transport, options, Some(memory)) {
+        Ok(queues) => {
+            let cid = transport.config_u64(0);
+            let mut session = Session::new(
+                queues,
+                cid,
+                options.vsock_listen,
+                BUF_ALLOC,
+                options.wait_tsc,
+            );
+            let port = options.vsock_port;
+            match session.open(port) {
+                Ok(mut connection) => {
+                    let total = options.bench_bytes;
+                    let packet = VSOCK_PACKET.min(memory.len() as u32);
+                    report!(
+                        "bench vsock cid={cid} port={port} bytes={total} packet={packet} depth={} peer_buf_alloc={}",
+                        options.bench_depth,
+                        connection.peer_buf_alloc
+                    );
+                    report!("bench vsock start");
+                    match session.stream(&mut connection, total, packet) {
+                        Ok(packets) => report!("bench vsock end ops={packets} bytes={total}"),
+                        Err(error) => report!("FAIL virtio-vsock stream port={port} {error}"),
+                    }
+                    if let Err(error) = session.close(&mut connection, true) {
+                        report!("FAIL virtio-vsock close port={port} {error}");
+                    }
+                }
+                Err(error) => report!("FAIL virtio-vsock connect port={port} {error}"),
+            }
+        }
+        Err(error) => report!("FAIL virtio-vsock {error}"),
+    }
+    transport.reset();
+}
+
 /// The device's queues and buffers, moving packets for a [`Session`].
 struct Queues<'a> {
     transport: &'a Transport,
@@ -94,15 +139,39 @@ struct Queues<'a> {
     rx_posted: [(u16, Option<DmaBuffer>); RX_BUFFERS],
     tx_buffer: DmaBuffer,
     wait: u64,
+    /// Bulk packets on the transmit queue that the device has not returned yet.
+    tx_in_flight: u16,
+    /// Bulk packets allowed on the transmit queue at once.
+    depth: u16,
+    /// Benchmark only: one header slot per transmit descriptor, and the bulk payload's memory.
+    bulk: Option<(DmaBuffer, DmaBuffer)>,
 }
 
 impl<'a> Queues<'a> {
-    fn open(transport: &'a Transport, options: &VirtioOptions) -> Result<Self, DriverError> {
+    /// Sets the device up; with `bulk` memory (the benchmark) the transmit queue is as large as
+    /// the benchmarks' queues.
+    fn open(
+        transport: &'a Transport,
+        options: &VirtioOptions,
+        bulk: Option<DmaBuffer>,
+    ) -> Result<Self, DriverError> {
         transport.negotiate(0, 0)?;
         // SAFETY: the previous driver reset its device before returning.
         let mut arena = unsafe { DmaArena::take() };
         let mut rx = Virtqueue::new(transport, RX_QUEUE, &mut arena)?;
-        let tx = Virtqueue::new(transport, TX_QUEUE, &mut arena)?;
+        let tx_size = if bulk.is_some() {
+            BENCH_QUEUE_SIZE
+        } else {
+            MAX_QUEUE_SIZE
+        };
+        let tx = Virtqueue::with_size(transport, TX_QUEUE, &mut arena, tx_size)?;
+        let bulk = match bulk {
+            Some(memory) => Some((
+                arena.alloc(BULK_HEADER_SLOT * usize::from(tx.size()), 64)?,
+                memory,
+            )),
+            None => None,
+        };
         let mut events = Virtqueue::new(transport, EVENT_QUEUE, &mut arena)?;
         let mut rx_posted = [(0, None); RX_BUFFERS];
         for slot in &mut rx_posted {
@@ -122,11 +191,45 @@ impl<'a> Queues<'a> {
         Ok(Self {
             transport,
             rx,
-            tx,
             rx_posted,
             tx_buffer,
             wait: options.wait_tsc,
+            tx_in_flight: 0,
+            // Two descriptors per bulk packet; one more chain for a control packet.
+            depth: options.bench_depth.min(tx.size() / 2 - 1).max(1),
+            bulk,
+            tx,
         })
+    }
+
+    /// Waits for one transmitted packet to come back, then takes any others that have.
+    fn reclaim(&mut self) -> Result<(), DriverError> {
+        self.tx
+            .wait_used(self.transport, deadline(self.wait), "a sent packet")?;
+        self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
+        while self.tx.pop_used().is_some() {
+            self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    /// The packet in receive buffer `head` (`len` bytes written), posting the buffer again.
+    fn take(&mut self, head: u16, len: u32) -> Result<Option<Packet>, DriverError> {
+        let Some((posted_head, Some(buffer))) = self
+            .rx_posted
+            .iter_mut()
+            .find(|(posted_head, buffer)| *posted_head == head && buffer.is_some())
+        else {
+            // A head the driver never posted: nothing to read or post again.
+            return Ok(None);
+        };
+        let buffer = *buffer;
+        let packet =
+            buffer.with_bytes(|bytes| Packet::parse(&bytes[..(len as usize).min(bytes.len())]));
+        *posted_head = self.rx.submit(&[Segment::writable(buffer)])?;
+        self.transport.notify(RX_QUEUE);
+        // A packet shorter than a header is dropped.
+        Ok(packet)
     }
 }
 
@@ -134,6 +237,8 @@ impl PacketIo for Queues<'_> {
     type Error = DriverError;
 
     fn send(&mut self, header: &Header, payload: &[u8]) -> Result<(), DriverError> {
+        // Control packets go one at a time, after every bulk packet, through one buffer.
+        self.drain()?;
         let len = HEADER_LEN + payload.len();
         if len > self.tx_buffer.len() {
             return Err(DriverError::TooLong(len));
@@ -155,24 +260,54 @@ impl PacketIo for Queues<'_> {
             let Some((head, len)) = self.rx.poll_used(self.transport, end)? else {
                 return Ok(None);
             };
-            let Some((posted_head, Some(buffer))) = self
-                .rx_posted
-                .iter_mut()
-                .find(|(posted_head, buffer)| *posted_head == head && buffer.is_some())
-            else {
-                // A head the driver never posted: nothing to read or post again.
-                continue;
-            };
-            let buffer = *buffer;
-            let packet =
-                buffer.with_bytes(|bytes| Packet::parse(&bytes[..(len as usize).min(bytes.len())]));
-            *posted_head = self.rx.submit(&[Segment::writable(buffer)])?;
-            self.transport.notify(RX_QUEUE);
-            // A packet shorter than a header is dropped.
-            if packet.is_some() {
-                return Ok(packet);
+            if let Some(packet) = self.take(head, len)? {
+                return Ok(Some(packet));
             }
         }
+    }
+
+    fn poll(&mut self) -> Result<Option<Packet>, DriverError> {
+        while let Some((head, len)) = self.rx.pop_used() {
+            if let Some(packet) = self.take(head, len)? {
+                return Ok(Some(packet));
+            }
+        }
+        Ok(None)
+    }
+
+    fn send_bulk(&mut self, header: &Header) -> Result<(), DriverError> {
+        let Some((headers, memory)) = self.bulk else {
+            return Err(DriverError::TooLong(header.len as usize));
+        };
+        let len = header.len as usize;
+        if len > memory.len() {
+            return Err(DriverError::TooLong(len));
+        }
+        while self.tx.pop_used().is_some() {
+            self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
+        }
+        while self.tx_in_flight >= self.depth || self.tx.free() < 2 {
+            self.reclaim()?;
+        }
+        let slot = headers.slice(
+            usize::from(self.tx.next_head()) * BULK_HEADER_SLOT,
+            HEADER_LEN,
+        );
+        slot.with_bytes(|bytes| bytes.copy_from_slice(&header.to_bytes()));
+        self.tx.submit(&[
+            Segment::readable(slot),
+            Segment::readable(memory.slice(0, len)),
+        ])?;
+        self.tx_in_flight += 1;
+        self.transport.notify(TX_QUEUE);
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), DriverError> {
+        while self.tx_in_flight > 0 {
+            self.reclaim()?;
+        }
+        Ok(())
     }
 
     fn now(&mut self) -> u64 {

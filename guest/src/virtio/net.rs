@@ -54,6 +54,19 @@ pub fn test_packet(packet: &mut [u8], source: Mac, index: u32) -> Option<usize> 
     Some(len)
 }
 
+/// What payloads of the frames `keel.net_bench` sends start with.
+pub const BENCH_PAYLOAD: &[u8] = b"KEEL-BENCH";
+
+/// Writes into `packet` the virtio-net header and the minimum-size broadcast frame from `source`
+/// that `keel.net_bench` sends over and over (payload [`BENCH_PAYLOAD`]); returns its length.
+pub fn bench_packet(packet: &mut [u8], source: Mac) -> Option<usize> {
+    let len = test_packet(packet, source, 0)?;
+    let payload = &mut packet[HEADER_LEN + ETHERNET_HEADER_LEN..len];
+    payload.fill(0);
+    payload[..BENCH_PAYLOAD.len()].copy_from_slice(BENCH_PAYLOAD);
+    Some(len)
+}
+
 /// The payload of a received packet (header included) if its frame has the test EtherType and its
 /// payload starts with [`HOST_PAYLOAD_PREFIX`]; the frame's length comes with it.
 pub fn host_frame(packet: &[u8]) -> Option<(usize, &[u8])> {
@@ -108,6 +121,15 @@ mod tests {
         test_packet(&mut packet, MAC, 0).unwrap();
         assert!(packet[26..].starts_with(b"KEEL-GUEST 0\0"));
         assert_eq!(test_packet(&mut [0; 71], MAC, 1), None);
+    }
+
+    #[test]
+    fn bench_packet_layout() {
+        let mut packet = [0xaau8; 128];
+        assert_eq!(bench_packet(&mut packet, MAC), Some(72));
+        assert_eq!(packet[HEADER_LEN + 12..HEADER_LEN + 14], [0x88, 0xb5]);
+        assert!(packet[26..].starts_with(b"KEEL-BENCH\0"));
+        assert!(packet[36..72].iter().all(|byte| *byte == 0));
     }
 
     #[test]

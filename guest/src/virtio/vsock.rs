@@ -270,6 +270,13 @@ pub trait PacketIo {
     fn receive(&mut self, end: u64) -> Result<Option<Packet>, Self::Error>;
     /// The current time, in the unit of the session's waits (TSC ticks in the guest).
     fn now(&mut self) -> u64;
+    /// Queues an RW packet whose `header.len` payload bytes come from the mover's bulk data (the
+    /// benchmark's), without waiting for the device to take it.
+    fn send_bulk(&mut self, header: &Header) -> Result<(), Self::Error>;
+    /// A received packet if one is there, without waiting.
+    fn poll(&mut self) -> Result<Option<Packet>, Self::Error>;
+    /// Waits until the device has taken every packet queued by [`send_bulk`](Self::send_bulk).
+    fn drain(&mut self) -> Result<(), Self::Error>;
 }
 
 /// Why a connection step failed.
@@ -341,6 +348,14 @@ impl<Io: PacketIo> Session<Io> {
     /// Connects to the host's `port`, sends [`GREETING`] and returns the connection and the
     /// peer's first RW packet. Close the connection with [`close`](Self::close).
     pub fn connect(&mut self, port: u32) -> Result<(Connection, Packet), Failure<Io::Error>> {
+        let mut connection = self.open(port)?;
+        self.send_data(&mut connection, GREETING)?;
+        let reply = self.read(&mut connection, "waiting for the reply")?;
+        Ok((connection, reply))
+    }
+
+    /// Connects to the host's `port` and returns the connection, nothing sent on it yet.
+    pub fn open(&mut self, port: u32) -> Result<Connection, Failure<Io::Error>> {
         let mut connection = Connection::new(self.cid, GUEST_PORT, HOST_CID, port, self.buf_alloc);
         self.io.send(&connection.header(OP_REQUEST, 0, 0), &[])?;
         let end = self.deadline(self.wait);
@@ -354,9 +369,87 @@ impl<Io: PacketIo> Session<Io> {
                 _ => {}
             }
         }
-        self.send_data(&mut connection, GREETING)?;
-        let reply = self.read(&mut connection, "waiting for the reply")?;
-        Ok((connection, reply))
+        Ok(connection)
+    }
+
+    /// Streams `total` bytes of bulk data on `connection` in RW packets of up to `max_packet`
+    /// bytes, as fast as the peer's credit allows, and returns the packets sent once the device
+    /// has taken them all. Packets arriving meanwhile are handled without waiting for them; when
+    /// the credit runs out the guest waits for the peer's update (a sixty-fourth of the wait) and
+    /// then asks for one.
+    pub fn stream(
+        &mut self,
+        connection: &mut Connection,
+        total: u64,
+        max_packet: u32,
+    ) -> Result<u64, Failure<Io::Error>> {
+        let mut left = total;
+        let mut packets = 0u64;
+        while left > 0 {
+            while let Some(packet) = self.io.poll()? {
+                self.absorb(connection, &packet, "streaming")?;
+            }
+            let len = left
+                .min(u64::from(max_packet))
+                .min(u64::from(connection.peer_free())) as u32;
+            if len == 0 {
+                self.wait_for_credit(connection)?;
+                continue;
+            }
+            self.io.send_bulk(&connection.header(OP_RW, len, 0))?;
+            connection.sent(len);
+            left -= u64::from(len);
+            packets += 1;
+        }
+        self.io.drain()?;
+        Ok(packets)
+    }
+
+    /// Takes a packet that arrived while streaming: a stray is handled as such; on the
+    /// connection, credit is taken, credit requests answered, data counted as consumed, and a RST
+    /// or SHUTDOWN ends the stream.
+    fn absorb(
+        &mut self,
+        connection: &mut Connection,
+        packet: &Packet,
+        step: &'static str,
+    ) -> Result<(), Failure<Io::Error>> {
+        if !connection.owns(&packet.header) {
+            return self.stray(&packet.header);
+        }
+        connection.update_peer_credit(&packet.header);
+        match packet.header.op {
+            OP_CREDIT_REQUEST => self
+                .io
+                .send(&connection.header(OP_CREDIT_UPDATE, 0, 0), &[])?,
+            op @ (OP_RST | OP_SHUTDOWN) => return Err(Failure::Closed(step, op)),
+            OP_RW => connection.consumed(packet.payload_len as u32),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Waits until the peer gives credit: first for its own update, then after asking.
+    fn wait_for_credit(&mut self, connection: &mut Connection) -> Result<(), Failure<Io::Error>> {
+        let mut asked = false;
+        let mut end = self.deadline(self.wait / 64);
+        loop {
+            match self.io.receive(end)? {
+                Some(packet) => {
+                    self.absorb(connection, &packet, "waiting for credit")?;
+                    if connection.peer_free() > 0 {
+                        return Ok(());
+                    }
+                }
+                None if !asked => {
+                    self.io
+                        .send(&connection.header(OP_CREDIT_REQUEST, 0, 0), &[])?;
+                    asked = true;
+                    end = self.deadline(self.wait);
+                }
+                None => return Err(Failure::NoCredit(connection.peer_free())),
+            }
+        }
     }
 
     /// Waits for a connection request to the listening port, accepts it, reads one RW packet and
@@ -655,6 +748,19 @@ mod tests {
         fn now(&mut self) -> u64 {
             self.time
         }
+
+        fn send_bulk(&mut self, header: &Header) -> Result<(), Self::Error> {
+            let payload = vec![0x42; header.len as usize];
+            self.send(header, &payload)
+        }
+
+        fn poll(&mut self) -> Result<Option<Packet>, Self::Error> {
+            Ok(self.to_guest.pop_front())
+        }
+
+        fn drain(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
     }
 
     const GUEST_CID: u64 = 3;
@@ -870,6 +976,73 @@ mod tests {
         assert_eq!(
             (last.op, last.dst_port, last.src_port),
             (OP_RESPONSE, 1234, 6000)
+        );
+    }
+
+    /// A host that accepts connections to 5000 with `buf_alloc` bytes of credit and, if `updates`,
+    /// answers every RW packet with a CREDIT_UPDATE for everything received so far.
+    fn sink(buf_alloc: u32, updates: bool) -> impl FnMut(&Header, &[u8]) -> Reply {
+        let mut received = 0u32;
+        move |header: &Header, payload: &[u8]| {
+            let mut reply = header.reset_reply();
+            reply.buf_alloc = buf_alloc;
+            match header.op {
+                OP_REQUEST => reply.op = OP_RESPONSE,
+                OP_RW if updates => {
+                    received += payload.len() as u32;
+                    reply.op = OP_CREDIT_UPDATE;
+                }
+                OP_CREDIT_REQUEST => reply.op = OP_CREDIT_UPDATE,
+                _ => return vec![],
+            }
+            reply.fwd_cnt = received;
+            vec![(reply, vec![])]
+        }
+    }
+
+    #[test]
+    fn stream_sends_bulk_packets_within_credit() {
+        let mut eager = session(vec![], sink(100, true));
+        let mut connection = eager.open(5000).unwrap();
+        assert_eq!(eager.stream(&mut connection, 230, 60), Ok(4));
+        assert_eq!(connection.tx_cnt, 230);
+        let sent = &eager.io().from_guest;
+        let lens: Vec<_> = sent[1..].iter().map(|(h, _)| (h.op, h.len)).collect();
+        assert_eq!(lens, [(OP_RW, 60), (OP_RW, 60), (OP_RW, 60), (OP_RW, 50)]);
+
+        // Without updates the credit runs out after 100 bytes; the guest asks once, then fails.
+        let mut stingy = session(vec![], sink(100, false));
+        let mut connection = stingy.open(5000).unwrap();
+        assert_eq!(
+            stingy.stream(&mut connection, 230, 60),
+            Err(Failure::NoCredit(0))
+        );
+        assert_eq!(
+            ops(&stingy.io().from_guest),
+            [
+                (5000, OP_REQUEST),
+                (5000, OP_RW),
+                (5000, OP_RW),
+                (5000, OP_CREDIT_REQUEST),
+            ]
+        );
+        assert_eq!(stingy.io().from_guest[2].0.len, 40);
+
+        // A reset while streaming ends the stream.
+        let mut rude = session(vec![], |header: &Header, _: &[u8]| {
+            let mut reply = header.reset_reply();
+            reply.buf_alloc = 100;
+            reply.op = if header.op == OP_REQUEST {
+                OP_RESPONSE
+            } else {
+                OP_RST
+            };
+            vec![(reply, vec![])]
+        });
+        let mut connection = rude.open(5000).unwrap();
+        assert_eq!(
+            rude.stream(&mut connection, 230, 60),
+            Err(Failure::Closed("streaming", OP_RST))
         );
     }
 
