@@ -371,3 +371,71 @@ fn explanations_count_reasons_and_list_hosts_on_request() {
         ]
     );
 }
+
+mod plugins {
+    use scheduling::framework::{PermitPlugin, ReservePlugin};
+    use scheduling::state::{Claim, State};
+    use scheduling::{Cluster, CommitError, PlacementRequest, Placer, Profile};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+
+    /// Allows at most `limit` VMs per host (a permit plugin a manager might add).
+    struct MaxVmsPerHost(u32);
+
+    impl PermitPlugin for MaxVmsPerHost {
+        fn name(&self) -> &'static str {
+            "MaxVmsPerHost"
+        }
+        fn permit(&self, state: &State, claim: &Claim) -> Result<(), String> {
+            if state.vm_count(claim.host) >= self.0 {
+                return Err(format!("host already runs {} VMs", self.0));
+            }
+            Ok(())
+        }
+    }
+
+    /// Counts reservations; unreserve must undo them.
+    struct Counter(Arc<AtomicI64>);
+
+    impl ReservePlugin for Counter {
+        fn name(&self) -> &'static str {
+            "Counter"
+        }
+        fn reserve(&self, _: &State, _: &Claim) -> Result<(), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn unreserve(&self, _: &State, _: &Claim) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn permit_denial_unreserves_and_leaves_state_unchanged() {
+        let json = r#"{"hosts": [{"name": "a", "inventories": {"VCPU": {"total": 8}}}]}"#;
+        let reserved = Arc::new(AtomicI64::new(0));
+        let profile = Profile::default()
+            .with_reserve(Box::new(Counter(reserved.clone())))
+            .with_permit(Box::new(MaxVmsPerHost(2)));
+        let mut p = Placer::new(Arc::new(Cluster::from_json(json).unwrap()), profile, 1);
+        p.place(&PlacementRequest::new("v1", &[("VCPU", 1)]))
+            .unwrap();
+        p.place(&PlacementRequest::new("v2", &[("VCPU", 1)]))
+            .unwrap();
+        let before = p.state().used_slots().to_vec();
+        let err = p
+            .place(&PlacementRequest::new("v3", &[("VCPU", 1)]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "permit plugin `MaxVmsPerHost` rejected: host already runs 2 VMs"
+        );
+        assert!(matches!(
+            err,
+            scheduling::PlaceError::Commit(CommitError::Denied { .. })
+        ));
+        assert_eq!(reserved.load(Ordering::SeqCst), 2);
+        assert_eq!(before, p.state().used_slots());
+        assert_eq!(p.state().allocations().len(), 2);
+    }
+}
