@@ -1,11 +1,15 @@
-//! ACPI tables for distribution kernels: RSDP, XSDT, FADT, MADT and DSDT.
+//! ACPI tables for distribution kernels: RSDP, XSDT, FADT, MADT and DSDT, plus MCFG when
+//! virtio devices sit on PCI.
 //!
 //! Debian's cloud kernels are built without MP-table parsing, so they find application
 //! processors only through the MADT, and they power off through ACPI. Keel describes a
 //! hardware-reduced ACPI platform (as Cloud Hypervisor and Firecracker do): no SCI, no PM timer,
 //! no fixed-feature buttons; sleep control/status and reset registers in I/O space
 //! ([`devices::legacy::AcpiPm`]); a DSDT that names the serial port, the RTC, each virtio-mmio
-//! device (`LNRO0005`, what Linux's virtio-mmio ACPI driver matches) and the `\_S5` sleep type. The tables are built with the `acpi_tables` crate and placed in the BIOS area
+//! device (`LNRO0005`, what Linux's virtio-mmio ACPI driver matches) and the `\_S5` sleep type.
+//! With the PCI transport the DSDT also has the PCI host bridge (`PNP0A08`, bus 0, ports
+//! 0xCF8..0xCFF, the 32- and 64-bit BAR windows) and a motherboard resource (`PNP0C02`)
+//! reserving the ECAM window that the MCFG table points Linux at. The tables are built with the `acpi_tables` crate and placed in the BIOS area
 //! at [`layout::ACPI_START`], which the e820 map marks reserved.
 //!
 //! The MADT carries no interrupt source overrides on purpose: KVM's default GSI routing sends
@@ -16,6 +20,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -24,10 +29,12 @@ use devices::legacy::{
     ACPI_PM_PORT_BASE, COM1_IRQ, COM1_PORT_BASE, RESET_OFFSET, RESET_VALUE, RTC_PORT_BASE,
     S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
 };
+use devices::pci::bus::{PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::device_manager::MmioDeviceInfo;
 use crate::layout;
+use crate::pci::PciHostInfo;
 
 const OEM_ID: [u8; 6] = *b"KEEL  ";
 const OEM_REVISION: u32 = 1;
@@ -79,6 +86,8 @@ pub struct AcpiLayout {
     pub madt: u64,
     /// DSDT.
     pub dsdt: u64,
+    /// MCFG, present with the PCI transport.
+    pub mcfg: Option<u64>,
     /// First byte after the tables.
     pub end: u64,
 }
@@ -108,8 +117,70 @@ impl Aml for MmioDeviceAml {
     }
 }
 
-/// The DSDT: COM1, the RTC, virtio-mmio devices and the S5 sleep type.
-fn dsdt(mmio_devices: &[MmioDeviceInfo]) -> Sdt {
+/// The PCI host bridge of segment 0, bus 0 (`PNP0A08`, compatible with `PNP0A03`).
+struct PciHostBridgeAml<'a>(&'a PciHostInfo);
+
+impl Aml for PciHostBridgeAml<'_> {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let host = self.0;
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+        let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+        let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+        let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+        let buses = aml::AddressSpace::new_bus_number(0u16, 0u16);
+        let config_ports = aml::IO::new(
+            PCI_CONFIG_IO_PORT as u16,
+            PCI_CONFIG_IO_PORT as u16,
+            1,
+            PCI_CONFIG_IO_PORT_LEN as u8,
+        );
+        let mmio32 = aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            host.mmio32.start as u32,
+            (host.mmio32.end - 1) as u32,
+            None,
+        );
+        let mmio64 = aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            host.mmio64.start,
+            host.mmio64.end - 1,
+            None,
+        );
+        let crs = aml::ResourceTemplate::new(vec![&buses, &config_ports, &mmio32, &mmio64]);
+        let crs = aml::Name::new("_CRS".into(), &crs);
+        aml::Device::new(
+            "PCI0".into(),
+            vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+        )
+        .to_aml_bytes(sink);
+
+        // Linux uses the MCFG area only if a motherboard resource reserves it.
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let ecam = aml::Memory32Fixed::new(
+            false,
+            host.ecam.start as u32,
+            (host.ecam.end - host.ecam.start) as u32,
+        );
+        let crs = aml::ResourceTemplate::new(vec![&ecam]);
+        let crs = aml::Name::new("_CRS".into(), &crs);
+        aml::Device::new("MBRD".into(), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
+    }
+}
+
+/// The MCFG: where ECAM for segment 0, bus 0 is.
+fn mcfg(host: &PciHostInfo) -> MCFG {
+    let mut table = MCFG::new(OEM_ID, *b"KEELMCFG", OEM_REVISION);
+    table.add_ecam(host.ecam.start, 0, 0, 0);
+    table
+}
+
+/// The DSDT: COM1, the RTC, virtio-mmio devices, the PCI host bridge and the S5 sleep type.
+fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
     let mut table = Sdt::new(
         *b"DSDT",
         36,
@@ -146,6 +217,10 @@ fn dsdt(mmio_devices: &[MmioDeviceInfo]) -> Sdt {
         .collect();
     let mut children: Vec<&dyn Aml> = vec![&com1, &rtc];
     children.extend(virtio.iter().map(|device| device as &dyn Aml));
+    let pci_host = pci.map(PciHostBridgeAml);
+    if let Some(host) = &pci_host {
+        children.push(host);
+    }
     aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut table);
     // \_S5: the SLP_TYP value the guest writes to enter soft-off.
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE]);
@@ -201,19 +276,34 @@ pub fn write_tables(
     vcpus: u32,
     mmio_devices: &[MmioDeviceInfo],
 ) -> Result<AcpiLayout, AcpiError> {
+    write_tables_with_pci(mem, vcpus, mmio_devices, None)
+}
+
+/// [`write_tables`], plus the PCI host bridge and an MCFG table when `pci` is given.
+pub fn write_tables_with_pci(
+    mem: &GuestMemoryMmap,
+    vcpus: u32,
+    mmio_devices: &[MmioDeviceInfo],
+    pci: Option<&PciHostInfo>,
+) -> Result<AcpiLayout, AcpiError> {
     let align = |addr: u64| addr.div_ceil(16) * 16;
     // The RSDP goes first, in the area Linux scans, at a 16-byte boundary.
     let rsdp_addr = layout::ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = bytes_of(&dsdt(mmio_devices));
+    let dsdt = bytes_of(&dsdt(mmio_devices, pci));
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = bytes_of(&fadt(dsdt_addr));
     let madt_addr = align(fadt_addr + fadt.len() as u64);
     let madt = bytes_of(&madt(vcpus));
-    let xsdt_addr = align(madt_addr + madt.len() as u64);
+    let mcfg_addr = align(madt_addr + madt.len() as u64);
+    let mcfg = pci.map(|host| bytes_of(&mcfg(host))).unwrap_or_default();
+    let xsdt_addr = align(mcfg_addr + mcfg.len() as u64);
     let mut xsdt_table = XSDT::new(OEM_ID, *b"KEELXSDT", OEM_REVISION);
     xsdt_table.add_entry(fadt_addr);
     xsdt_table.add_entry(madt_addr);
+    if pci.is_some() {
+        xsdt_table.add_entry(mcfg_addr);
+    }
     let xsdt = bytes_of(&xsdt_table);
     let end = xsdt_addr + xsdt.len() as u64;
     if end > layout::ACPI_END {
@@ -229,6 +319,7 @@ pub fn write_tables(
         ("DSDT", dsdt_addr, &dsdt),
         ("FACP", fadt_addr, &fadt),
         ("APIC", madt_addr, &madt),
+        ("MCFG", mcfg_addr, &mcfg),
         ("XSDT", xsdt_addr, &xsdt),
     ] {
         mem.write_slice(bytes, GuestAddress(addr))
@@ -244,6 +335,7 @@ pub fn write_tables(
         fadt: fadt_addr,
         madt: madt_addr,
         dsdt: dsdt_addr,
+        mcfg: pci.map(|_| mcfg_addr),
         end,
     })
 }

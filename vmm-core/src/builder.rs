@@ -25,10 +25,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi;
 use crate::boot::{self, BootLayout};
-use crate::config::{SerialInput, SerialOutput, VmConfig};
+use crate::config::{SerialInput, SerialOutput, VirtioTransport, VmConfig};
 use crate::device_manager::{self, VirtioMmioDevices};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedSerial};
 use crate::memory;
+use crate::pci::VirtioPciDevices;
 use crate::state::{self, Control, ExitReason, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
@@ -133,9 +134,24 @@ impl VmBuilder {
             .iter()
             .map(|entry| (entry.id.clone(), entry.device_type()))
             .collect();
-        let mmio_plan = VirtioMmioDevices::plan(&planned)?;
-        let acpi = acpi::write_tables(&memory, self.config.vcpus, mmio_plan.devices())?;
-        let boot_config = if self.config.virtio_mmio_cmdline && !planned.is_empty() {
+        // --- virtio transport choice: one plan is empty ---
+        let (mmio_plan, pci_plan) = match self.config.virtio_transport {
+            VirtioTransport::Mmio => (VirtioMmioDevices::plan(&planned)?, None),
+            VirtioTransport::Pci => (
+                VirtioMmioDevices::default(),
+                Some(VirtioPciDevices::plan(
+                    &planned,
+                    self.config.memory.as_bytes(),
+                )?),
+            ),
+        };
+        let acpi = acpi::write_tables_with_pci(
+            &memory,
+            self.config.vcpus,
+            mmio_plan.devices(),
+            pci_plan.as_ref().map(VirtioPciDevices::host),
+        )?;
+        let boot_config = if self.config.virtio_mmio_cmdline && !mmio_plan.devices().is_empty() {
             let mut with_devices = self.config.clone();
             with_devices.cmdline =
                 format!("{} {}", self.config.cmdline, mmio_plan.cmdline_entries());
@@ -145,7 +161,8 @@ impl VmBuilder {
         };
         let boot = boot::load(&memory, &boot_config, Some(acpi.rsdp))?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
-        let vm_fd = vm::create_vm(&kvm, &memory)?;
+        // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
+        let vm_fd = Arc::new(vm::create_vm(&kvm, &memory)?);
         let control = Control::new(self.config.vcpus as usize);
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
@@ -186,11 +203,20 @@ impl VmBuilder {
         )?;
         let mut mmio = Bus::new(BusKind::Mmio);
         let mut events = EventLoopBuilder::new()?;
-        for (entry, info) in virtio.into_iter().zip(mmio_plan.devices()) {
-            VirtioMmioDevices::attach(info, &vm_fd, &mut mmio, &memory, entry.device)?;
+        let mut pci_devices = Vec::new();
+        for (index, entry) in virtio.into_iter().enumerate() {
+            match mmio_plan.devices().get(index) {
+                Some(info) => {
+                    VirtioMmioDevices::attach(info, &vm_fd, &mut mmio, &memory, entry.device)?
+                }
+                None => pci_devices.push(entry.device),
+            }
             if let Some(subscriber) = entry.subscriber {
                 events.add_subscriber(subscriber);
             }
+        }
+        if let Some(plan) = &pci_plan {
+            plan.attach(&vm_fd, &mut pio, &mut mmio, &memory, pci_devices)?;
         }
         let buses = Arc::new(IoBuses { pio, mmio });
 
@@ -260,7 +286,7 @@ pub struct Vm {
     buses: Arc<IoBuses>,
     boot: BootLayout,
     // Declared after everything that uses them, so they are dropped last.
-    vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
 }
 
@@ -278,6 +304,12 @@ impl Vm {
     /// The KVM VM file descriptor.
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm_fd
+    }
+
+    /// The port-I/O and MMIO buses vCPU exits are dispatched to (tests use them to act as the
+    /// guest would, e.g. reading PCI config space through port 0xCFC).
+    pub fn io_buses(&self) -> &IoBuses {
+        &self.buses
     }
 
     /// A handle to pause, resume, stop and watch the VM from other threads.

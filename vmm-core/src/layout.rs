@@ -7,7 +7,9 @@
 //! 0x0001_0000  reserved for guest AP startup  0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA (not RAM)                 0x000e_0000  ACPI tables (not RAM)
 //! 0x0010_0000  kernel (1 MiB)
-//! 0xc000_0000  32-bit device hole (PCI MMIO, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000) up to 4 GiB
+//! 0xc000_0000  32-bit device hole up to 4 GiB: PCI BARs 0xc000_0000, virtio-mmio 0xd000_0000,
+//!              PCI ECAM 0xe000_0000 (1 MiB, ACPI-reserved), IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! above RAM    64-bit PCI BAR window (16 GiB, 1 GiB aligned)
 //! 0x1_0000_0000  RAM above the hole, when the VM has more than 3 GiB
 //! ```
 //!
@@ -54,6 +56,32 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit device hole (4 GiB).
 pub const MMIO_GAP_END: u64 = 1 << 32;
+// --- PCI (virtio-pci transport) ---
+/// 32-bit window PCI BARs are assigned from (below the virtio-mmio windows).
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+/// Size of the 32-bit PCI BAR window.
+pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
+/// ECAM (PCI Express enhanced configuration) window; bus 0 only, so 1 MiB. Reserved for Linux
+/// through an ACPI motherboard resource (`PNP0C02`) in the DSDT, not in e820: the e820 map is
+/// built without knowing the transport (see [`crate::acpi`]).
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window (one bus).
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// Size of the 64-bit PCI BAR window placed above RAM.
+pub const PCI_MMIO64_SIZE: u64 = 16 << 30;
+
+/// The 64-bit PCI BAR window for a VM with `memory_bytes` of RAM: from the first 1 GiB
+/// boundary at or above both 4 GiB and the end of RAM.
+pub fn pci_mmio64_window(memory_bytes: u64) -> std::ops::Range<u64> {
+    let ram_end = ram_regions(memory_bytes)
+        .iter()
+        .map(|(start, size)| start.0 + size)
+        .max()
+        .unwrap_or(0);
+    let start = ram_end.max(MMIO_GAP_END).next_multiple_of(1 << 30);
+    start..start + PCI_MMIO64_SIZE
+}
+// --- end PCI ---
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.

@@ -40,8 +40,8 @@
 //!
 //! Layout of the crate: [`config`] (what users write), [`layout`] (guest physical map),
 //! [`memory`], [`boot`] (kernel loading, no KVM needed), [`vm`] (KVM VM), [`vcpu`] (CPUID,
-//! registers, run loop), [`state`] (lifecycle), [`event_loop`], and [`builder`] which wires
-//! them together.
+//! registers, run loop), [`state`] (lifecycle), [`event_loop`], [`device_manager`] (virtio-mmio)
+//! and [`pci`] (virtio-PCI, MSI-X routing), and [`builder`] which wires them together.
 
 #![deny(missing_docs)]
 
@@ -53,14 +53,15 @@ pub mod device_manager;
 pub mod event_loop;
 pub mod layout;
 pub mod memory;
+pub mod pci;
 pub mod state;
 pub mod vcpu;
 pub mod vm;
 
 pub use builder::{Vm, VmBuilder};
 pub use config::{
-    BootProtocol, ConfigError, MemSize, SerialConfig, SerialInput, SerialOutput, VmConfig,
-    DEFAULT_CMDLINE, MAX_VCPUS,
+    BootProtocol, ConfigError, MemSize, SerialConfig, SerialInput, SerialOutput, VirtioTransport,
+    VmConfig, DEFAULT_CMDLINE, MAX_VCPUS,
 };
 pub use state::{ExitReason, StateError, VmHandle, VmState};
 
@@ -88,6 +89,9 @@ pub enum Error {
     /// Creating or placing a virtio device failed.
     #[error(transparent)]
     Device(#[from] device_manager::DeviceManagerError),
+    /// Placing a virtio-PCI device or connecting its MSI-X vectors failed.
+    #[error(transparent)]
+    Pci(#[from] pci::PciError),
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),

@@ -22,6 +22,8 @@ pub const MAX_VCPUS: u32 = 254;
 pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
 /// Longest kernel command line accepted (the x86 Linux `COMMAND_LINE_SIZE`, NUL included).
 pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Most virtio devices with the PCI transport (bus 0 slots minus the host bridge).
+pub const MAX_PCI_DEVICES: usize = 31;
 /// Command line used when the config gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
@@ -143,6 +145,18 @@ pub enum BootProtocol {
     Linux64,
 }
 
+/// How virtio devices are attached to the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioTransport {
+    /// virtio-mmio windows described in the DSDT (and optionally on the command line).
+    /// The default while Keel's test guest only has virtio-mmio drivers.
+    #[default]
+    Mmio,
+    /// Modern virtio-PCI functions behind a PCI host bridge (ECAM + ports 0xCF8), MSI-X only.
+    Pci,
+}
+
 /// Where the guest's serial console output goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -229,6 +243,9 @@ pub struct VmConfig {
     /// for kernels built with `VIRTIO_MMIO_CMDLINE_DEVICES`; they are always in the DSDT.
     #[serde(default)]
     pub virtio_mmio_cmdline: bool,
+    /// Transport for every virtio device: `"mmio"` (default) or `"pci"`.
+    #[serde(default)]
+    pub virtio_transport: VirtioTransport,
 }
 
 fn default_vcpus() -> u32 {
@@ -259,6 +276,7 @@ impl VmConfig {
             vsock: None,
             rng: None,
             virtio_mmio_cmdline: false,
+            virtio_transport: VirtioTransport::Mmio,
         }
     }
 
@@ -352,6 +370,25 @@ impl VmConfig {
             self.vsock.as_ref(),
             self.rng.as_ref(),
         )?;
+        if self.virtio_transport == VirtioTransport::Pci {
+            let count = self.disks.len()
+                + self.nets.len()
+                + usize::from(self.vsock.is_some())
+                + usize::from(self.rng.is_some());
+            // Bus 0 has 32 slots and the host bridge takes one.
+            if count > MAX_PCI_DEVICES {
+                return Err(ConfigError::invalid(
+                    "virtio_transport",
+                    format!("{count} virtio devices do not fit on PCI bus 0 (at most {MAX_PCI_DEVICES})"),
+                ));
+            }
+            if self.virtio_mmio_cmdline {
+                return Err(ConfigError::invalid(
+                    "virtio_mmio_cmdline",
+                    "describes virtio-mmio devices, but virtio_transport is \"pci\"",
+                ));
+            }
+        }
         if let SerialOutput::File(path) = &self.serial.output {
             if path.as_os_str().is_empty() {
                 return Err(ConfigError::invalid("serial.output", "file path is empty"));
@@ -460,6 +497,36 @@ mod tests {
         assert!(err.reason.contains("does not fit"), "{err}");
         c.initrd = Some("/nonexistent/initrd".into());
         assert_eq!(field_of(&c), "initrd");
+    }
+
+    #[test]
+    fn virtio_transport_parses_defaults_to_mmio_and_is_validated() {
+        let config: VmConfig = serde_json::from_str(r#"{"kernel": "k"}"#).unwrap();
+        assert_eq!(config.virtio_transport, VirtioTransport::Mmio);
+        let config: VmConfig =
+            serde_json::from_str(r#"{"kernel": "k", "virtio_transport": "pci"}"#).unwrap();
+        assert_eq!(config.virtio_transport, VirtioTransport::Pci);
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "virtio_transport": "isa"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("isa"), "{err}");
+
+        let mut c = valid();
+        c.virtio_transport = VirtioTransport::Pci;
+        c.validate().unwrap();
+        c.virtio_mmio_cmdline = true;
+        assert_eq!(field_of(&c), "virtio_mmio_cmdline");
+        c.virtio_mmio_cmdline = false;
+        c.disks = (0..32)
+            .map(|i| DiskConfig {
+                id: format!("d{i}"),
+                path: temp_file("disk", 512),
+                read_only: true,
+                direct: false,
+            })
+            .collect();
+        assert_eq!(field_of(&c), "virtio_transport");
+        c.disks.truncate(31);
+        c.validate().unwrap();
     }
 
     #[test]
