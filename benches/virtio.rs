@@ -1,0 +1,785 @@
+//! Virtio throughput benchmark: Keel's `boot` example and QEMU `-M microvm` run the same test guest
+//! (`guest/`, modern virtio-mmio, devices listed with `virtio_mmio.device=` on the command line) in
+//! its benchmark modes, in alternating runs.
+//!
+//! `cargo bench -p benches --bench virtio [-- RUNS]` (default 5 runs per VMM and workload;
+//! `-- 1` or `KEEL_BENCH_QUICK=1` is a quick smoke run with smaller workloads).
+//! `KEEL_BENCH_DIRECT=1` opens the disk image with O_DIRECT (Keel `,direct`, QEMU `cache=none`);
+//! by default both go through the host's page cache.
+//!
+//! Workloads (guest/README.md, "Benchmarks"):
+//! - `blk randread`: 4 KiB reads at pseudo-random 4 KiB-aligned offsets of a 64 MiB raw image,
+//!   16 in flight;
+//! - `blk seqwrite`: sequential 64 KiB writes over a region, 16 in flight, then one FLUSH;
+//! - `net tx`: minimum-size frames (EtherType 0x88b5) guest -> host through a TAP device, drained
+//!   and counted by the host on an AF_PACKET socket;
+//! - `vsock stream` (Keel only): one guest connection to a host Unix socket (`<uds>_<port>`,
+//!   Firecracker-style) streaming bytes in 64 KiB RW packets. QEMU would need a vhost-user vsock
+//!   back end (none installed; there is no /dev/vhost-vsock here either).
+//!
+//! The guest prints `keel-guest: bench <name> start` right before its timed loop and
+//! `keel-guest: bench <name> end ops=<n> bytes=<b>` right after; the host takes the time between the
+//! arrival of the two lines on each VMM's stdout (both VMMs write the serial console to stdout at
+//! least once per line, so the line ends are comparable). The end line's own output (~10 ms of
+//! guest console work on this host) is inside the window; the workloads are sized to run ~1 s+.
+//!
+//! On this project's nested PVM host all guest code runs in KVM's instruction emulator at roughly a
+//! million instructions a second (guest/README.md, "Platform"), so the guest's own per-request work
+//! bounds every number: read them as "on this nested PVM host", and compare the two VMMs as ratios.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+const MEM_MIB: u32 = 128;
+const IMAGE_BYTES: u64 = 64 << 20;
+const GUEST_CID: u32 = 3;
+const VSOCK_PORT: u32 = 5000;
+const MAC: &str = "52:54:00:12:34:56";
+const ETHERTYPE_BENCH: u16 = 0x88b5;
+/// A run that has not printed its end line by then is killed and counted as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Vmm {
+    Keel,
+    Qemu,
+}
+
+impl Vmm {
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::Keel => "keel",
+            Vmm::Qemu => "qemu microvm",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    RandRead,
+    SeqWrite,
+    NetTx,
+    Vsock,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::RandRead => "blk randread 4K",
+            Workload::SeqWrite => "blk seqwrite 64K",
+            Workload::NetTx => "net tx 60B frames",
+            Workload::Vsock => "vsock stream 64K",
+        }
+    }
+
+    /// The guest's bench name (in its start and end lines).
+    fn guest_name(self) -> &'static str {
+        match self {
+            Workload::RandRead => "randread",
+            Workload::SeqWrite => "seqwrite",
+            Workload::NetTx => "net",
+            Workload::Vsock => "vsock",
+        }
+    }
+
+    /// Operations per second (true) or megabytes per second (false).
+    fn per_op(self) -> bool {
+        matches!(self, Workload::RandRead | Workload::NetTx)
+    }
+}
+
+/// Sizes of the workloads.
+struct Sizes {
+    randread_ops: u64,
+    seqwrite_bytes: u64,
+    net_frames: u64,
+    vsock_bytes: u64,
+}
+
+/// What one run measured.
+struct Sample {
+    secs: f64,
+    ops: u64,
+    bytes: u64,
+    /// Frames or bytes the host received (net, vsock).
+    host_count: Option<u64>,
+}
+
+impl Sample {
+    fn rate(&self, workload: Workload) -> f64 {
+        if workload.per_op() {
+            self.ops as f64 / self.secs
+        } else {
+            self.bytes as f64 / self.secs / 1e6
+        }
+    }
+}
+
+/// Runs one VM to its end: the time between the guest's start and end lines, and the end line's
+/// counts. Kills the VM after [`RUN_TIMEOUT`].
+fn run_vm(mut cmd: Command, bench: &str) -> Result<(Duration, u64, u64), String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child: Child = cmd
+        .spawn()
+        .map_err(|err| format!("cannot start {cmd:?}: {err}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines_rx) = mpsc::channel::<(Instant, String)>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let start_line = format!("keel-guest: bench {bench} start");
+    let end_prefix = format!("keel-guest: bench {bench} end ");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let mut start = None;
+    let mut result = None;
+    let mut console = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok((at, line)) => {
+                let line = line.trim_end().to_string();
+                if line == start_line {
+                    start = Some(at);
+                } else if let Some(rest) = line.strip_prefix(&end_prefix) {
+                    let field = |name: &str| -> Option<u64> {
+                        rest.split_whitespace()
+                            .find_map(|kv| kv.strip_prefix(name)?.parse().ok())
+                    };
+                    if let (Some(begin), Some(ops), Some(bytes)) =
+                        (start, field("ops="), field("bytes="))
+                    {
+                        result = Some((at - begin, ops, bytes));
+                    }
+                }
+                console.push_str(&line);
+                console.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                console.push_str("(killed after the timeout)\n");
+                break;
+            }
+        }
+    }
+    let status = child.wait().map_err(|err| err.to_string())?;
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+    match result {
+        Some(result) if !console.contains("FAIL") => Ok(result),
+        _ => Err(format!(
+            "run failed ({status}):\n{console}{}",
+            stderr
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("  stderr: {l}\n"))
+                .collect::<String>()
+        )),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn command_works(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A raw image of [`IMAGE_BYTES`] with nonzero contents (no holes), fresh for each run.
+fn fresh_image(path: &Path) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for byte in chunk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::File::create(path)?;
+    for _ in 0..IMAGE_BYTES / chunk.len() as u64 {
+        std::io::Write::write_all(&mut file, &chunk)?;
+    }
+    file.sync_all()
+}
+
+/// A persistent TAP device (created with `ip tuntap`, brought up, deleted on drop) with an
+/// AF_PACKET socket counting the benchmark's frames in a thread.
+struct Tap {
+    name: String,
+    frames: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    drainer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tap {
+    fn create(name: &str) -> Result<Self, String> {
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|err| format!("ip: {err}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let _ = ip(&["link", "del", name]);
+        ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+        let mut tap = Tap {
+            name: name.to_string(),
+            frames: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            drainer: None,
+        };
+        ip(&["link", "set", "dev", name, "up"])?;
+        let socket = packet_socket(name).map_err(|err| format!("AF_PACKET on {name}: {err}"))?;
+        let frames = tap.frames.clone();
+        let stop = tap.stop.clone();
+        tap.drainer = Some(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `buf` is writable for its length; the socket stays open in this thread.
+                let n = unsafe {
+                    libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
+                if n >= 24 && buf[14..24] == *b"KEEL-BENCH" {
+                    frames.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        Ok(tap)
+    }
+
+    /// Frames counted so far.
+    fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(drainer) = self.drainer.take() {
+            let _ = drainer.join();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// An AF_PACKET socket bound to `ifname` for EtherType 0x88b5, with a large receive buffer and a
+/// 100 ms receive timeout.
+fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(ifname).expect("no NUL in the name");
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let protocol = i32::from(ETHERTYPE_BENCH.to_be());
+    // SAFETY: plain socket creation; the fd is owned right after.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETHERTYPE_BENCH.to_be();
+    addr.sll_ifindex = ifindex;
+    // SAFETY: `addr` is a valid sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let rcvbuf: libc::c_int = 32 << 20;
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: valid option values of the sizes given (SO_RCVBUFFORCE needs CAP_NET_ADMIN, which
+    // creating the TAP needed too; plain SO_RCVBUF is the fallback).
+    unsafe {
+        let size = std::mem::size_of::<libc::c_int>() as u32;
+        let value = (&rcvbuf as *const libc::c_int).cast();
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            value,
+            size,
+        ) != 0
+        {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                value,
+                size,
+            );
+        }
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+struct Bench {
+    keel: PathBuf,
+    guest: PathBuf,
+    dir: PathBuf,
+    direct: bool,
+    sizes: Sizes,
+}
+
+impl Bench {
+    fn cmdline(&self, workload: Workload) -> String {
+        let mode = match workload {
+            Workload::RandRead => format!(
+                "keel.blk_bench=randread keel.bench_ops={}",
+                self.sizes.randread_ops
+            ),
+            Workload::SeqWrite => format!(
+                "keel.blk_bench=seqwrite keel.bench_bytes={}",
+                self.sizes.seqwrite_bytes
+            ),
+            Workload::NetTx => format!("keel.net_bench keel.bench_ops={}", self.sizes.net_frames),
+            Workload::Vsock => format!(
+                "keel.vsock_bench keel.vsock_port={VSOCK_PORT} keel.bench_bytes={}",
+                self.sizes.vsock_bytes
+            ),
+        };
+        format!("keel.cpus=1 {mode}")
+    }
+
+    fn keel_cmd(&self, workload: Workload) -> Command {
+        let mut cmd = Command::new(&self.keel);
+        cmd.arg("--kernel")
+            .arg(&self.guest)
+            .args(["--vcpus", "1", "--mem", &format!("{MEM_MIB}M")])
+            .args([
+                "--cmdline",
+                &self.cmdline(workload),
+                "--virtio-mmio-cmdline",
+            ]);
+        cmd
+    }
+
+    fn qemu_cmd(&self, workload: Workload) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=on,acpi=off",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ])
+        .args(["-m", &MEM_MIB.to_string(), "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args([
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-global",
+            "virtio-mmio.force-legacy=false",
+        ])
+        .arg("-kernel")
+        .arg(&self.guest)
+        .args(["-append", &self.cmdline(workload)]);
+        cmd
+    }
+
+    fn image(&self, vmm: Vmm) -> PathBuf {
+        self.dir
+            .join(format!("{}.img", vmm.name().replace(' ', "-")))
+    }
+
+    /// One run of `workload` under `vmm`.
+    fn run(&self, vmm: Vmm, workload: Workload, tap: Option<&Tap>) -> Result<Sample, String> {
+        let mut cmd = match vmm {
+            Vmm::Keel => self.keel_cmd(workload),
+            Vmm::Qemu => self.qemu_cmd(workload),
+        };
+        let mut vsock_server = None;
+        let mut vsock_dir = None;
+        match workload {
+            Workload::RandRead | Workload::SeqWrite => {
+                let image = self.image(vmm);
+                fresh_image(&image).map_err(|err| format!("image {}: {err}", image.display()))?;
+                match vmm {
+                    Vmm::Keel => {
+                        let direct = if self.direct { ",direct" } else { "" };
+                        cmd.arg("--disk")
+                            .arg(format!("{}{direct}", image.display()));
+                    }
+                    Vmm::Qemu => {
+                        let cache = if self.direct { ",cache=none" } else { "" };
+                        cmd.args([
+                            "-drive",
+                            &format!("id=d0,file={},format=raw,if=none{cache}", image.display()),
+                            "-device",
+                            "virtio-blk-device,drive=d0",
+                        ]);
+                    }
+                }
+            }
+            Workload::NetTx => {
+                let tap = tap.expect("net runs get a TAP");
+                match vmm {
+                    Vmm::Keel => {
+                        cmd.args(["--net", &format!("{},mac={MAC}", tap.name)]);
+                    }
+                    Vmm::Qemu => {
+                        cmd.args([
+                            "-netdev",
+                            &format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name),
+                            "-device",
+                            &format!("virtio-net-device,netdev=n0,mac={MAC}"),
+                        ]);
+                    }
+                }
+            }
+            Workload::Vsock => {
+                let dir = self.dir.join(format!("vsock-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).map_err(|err| err.to_string())?;
+                let uds = dir.join("v.sock");
+                let listener = std::os::unix::net::UnixListener::bind(
+                    dir.join(format!("v.sock_{VSOCK_PORT}")),
+                )
+                .map_err(|err| format!("listen: {err}"))?;
+                vsock_server = Some(std::thread::spawn(move || -> u64 {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        return 0;
+                    };
+                    let _ = stream.set_read_timeout(Some(RUN_TIMEOUT));
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut total = 0u64;
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    total
+                }));
+                cmd.args(["--vsock", &format!("{GUEST_CID},{}", uds.display())]);
+                vsock_dir = Some(dir);
+            }
+        }
+        let frames_before = tap.map(Tap::frames);
+        let outcome = run_vm(cmd, workload.guest_name());
+        let host_count = match workload {
+            Workload::NetTx => {
+                // Let the drainer take what is still queued on the socket.
+                std::thread::sleep(Duration::from_millis(300));
+                tap.map(|tap| tap.frames() - frames_before.unwrap_or(0))
+            }
+            Workload::Vsock => {
+                if outcome.is_err() {
+                    // Unblock a server still waiting for the guest's connection.
+                    if let Some(dir) = &vsock_dir {
+                        let _ = std::os::unix::net::UnixStream::connect(
+                            dir.join(format!("v.sock_{VSOCK_PORT}")),
+                        );
+                    }
+                }
+                vsock_server.take().and_then(|server| server.join().ok())
+            }
+            _ => None,
+        };
+        if let Some(dir) = vsock_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let (elapsed, ops, bytes) = outcome?;
+        Ok(Sample {
+            secs: elapsed.as_secs_f64(),
+            ops,
+            bytes,
+            host_count,
+        })
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let quick = runs == 1 || std::env::var_os("KEEL_BENCH_QUICK").is_some_and(|v| v == "1");
+    let direct = std::env::var_os("KEEL_BENCH_DIRECT").is_some_and(|v| v == "1");
+    let sizes = if quick {
+        Sizes {
+            randread_ops: 500,
+            seqwrite_bytes: 8 << 20,
+            net_frames: 500,
+            vsock_bytes: 8 << 20,
+        }
+    } else {
+        Sizes {
+            randread_ops: 2000,
+            seqwrite_bytes: 48 << 20,
+            net_frames: 2000,
+            vsock_bytes: 64 << 20,
+        }
+    };
+
+    if let Some(reason) = testkit::kvm_unavailable() {
+        println!("virtio benchmark skipped: {reason}");
+        return;
+    }
+    let guest = testkit::build_test_guest().unwrap_or_else(|err| panic!("{err}"));
+    let root = testkit::workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "examples",
+            "--example",
+            "boot",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "building the boot example failed");
+    // Images live under target/ (a disk, not tmpfs: O_DIRECT works there).
+    let dir = root.join(format!("target/virtio-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let bench = Bench {
+        keel: root.join("target/release/examples/boot"),
+        guest,
+        dir: dir.clone(),
+        direct,
+        sizes,
+    };
+
+    let qemu = command_works("qemu-system-x86_64", "--version");
+    let tun = Path::new("/dev/net/tun").exists();
+    let ip = command_works("ip", "-V");
+
+    println!(
+        "virtio benchmark: test guest, 1 vCPU, {MEM_MIB} MiB, modern virtio-mmio; {runs} alternating run(s) per VMM{}",
+        if quick { " (quick sizes)" } else { "" }
+    );
+    println!(
+        "  sizes: randread {} x 4 KiB (16 in flight), seqwrite {} MiB in 64 KiB (16 in flight) + FLUSH, net {} frames, vsock {} MiB; disk I/O {}",
+        bench.sizes.randread_ops,
+        bench.sizes.seqwrite_bytes >> 20,
+        bench.sizes.net_frames,
+        bench.sizes.vsock_bytes >> 20,
+        if direct { "O_DIRECT (keel ,direct / qemu cache=none)" } else { "through the host page cache" }
+    );
+    println!("  NOTE: on this nested PVM host guest code is emulated (~1M instructions/s): the guest's per-request work bounds these numbers.");
+    if !qemu {
+        println!("  qemu-system-x86_64 not found: QEMU columns skipped (install qemu-system-x86)");
+    }
+
+    let mut table: Vec<(Workload, Vec<Sample>, Vec<Sample>, Vec<String>)> = Vec::new();
+    for workload in [
+        Workload::RandRead,
+        Workload::SeqWrite,
+        Workload::NetTx,
+        Workload::Vsock,
+    ] {
+        let mut notes = Vec::new();
+        let mut vmms = vec![Vmm::Keel];
+        if workload == Workload::Vsock {
+            notes.push("QEMU not run: it would need a vhost-user vsock back end (vhost-device-vsock), not installed; no /dev/vhost-vsock either".to_string());
+        } else if qemu {
+            vmms.push(Vmm::Qemu);
+        }
+        let mut taps: Vec<Option<Tap>> = vec![None, None];
+        if workload == Workload::NetTx {
+            if !tun || !ip {
+                println!(
+                    "{:<18} skipped: {}",
+                    workload.name(),
+                    if !tun {
+                        "/dev/net/tun is missing"
+                    } else {
+                        "the ip command is missing"
+                    }
+                );
+                continue;
+            }
+            let mut failed = None;
+            for (index, vmm) in vmms.iter().enumerate() {
+                let name = format!(
+                    "kvb{}{}",
+                    if *vmm == Vmm::Keel { 'k' } else { 'q' },
+                    std::process::id() % 100_000
+                );
+                match Tap::create(&name) {
+                    Ok(tap) => taps[index] = Some(tap),
+                    Err(err) => failed = Some(err),
+                }
+            }
+            if let Some(err) = failed {
+                println!(
+                    "{:<18} skipped: cannot set up a TAP: {err}",
+                    workload.name()
+                );
+                continue;
+            }
+        }
+        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        for run in 0..runs {
+            for (index, vmm) in vmms.iter().enumerate() {
+                match bench.run(*vmm, workload, taps[index].as_ref()) {
+                    Ok(sample) => {
+                        let unit = if workload.per_op() { "ops/s" } else { "MB/s" };
+                        let host = match (workload, sample.host_count) {
+                            (Workload::NetTx, Some(frames)) => {
+                                format!(", host saw {frames} frames")
+                            }
+                            (Workload::Vsock, Some(bytes)) => format!(", host got {bytes} bytes"),
+                            _ => String::new(),
+                        };
+                        println!(
+                            "  {:<18} run {:>2} {:<13} {:>9.1} {unit} ({} ops, {:.3} s{host})",
+                            workload.name(),
+                            run + 1,
+                            vmm.name(),
+                            sample.rate(workload),
+                            sample.ops,
+                            sample.secs
+                        );
+                        samples[index].push(sample);
+                    }
+                    Err(err) => {
+                        println!(
+                            "  {:<18} run {:>2} {:<13} FAILED: {err}",
+                            workload.name(),
+                            run + 1,
+                            vmm.name()
+                        );
+                    }
+                }
+            }
+        }
+        let [keel, qemu_samples] = samples;
+        table.push((workload, keel, qemu_samples, notes));
+        drop(taps);
+    }
+
+    println!();
+    println!(
+        "{:<18} {:>7} | {:>14} {:>14} | {:>9} | host-side",
+        "workload (median)", "unit", "keel", "qemu microvm", "keel/qemu"
+    );
+    for (workload, keel, qemu_samples, notes) in &table {
+        let unit = if workload.per_op() { "ops/s" } else { "MB/s" };
+        let rate = |samples: &[Sample]| median(samples.iter().map(|s| s.rate(*workload)).collect());
+        let keel_rate = rate(keel);
+        let qemu_rate = rate(qemu_samples);
+        let show = |value: f64, samples: &[Sample]| {
+            if samples.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{value:.1} ({}/{runs})", samples.len())
+            }
+        };
+        let ratio = if keel.is_empty() || qemu_samples.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", keel_rate / qemu_rate)
+        };
+        let host = |samples: &[Sample]| -> String {
+            match workload {
+                Workload::NetTx => {
+                    let rates: Vec<f64> = samples
+                        .iter()
+                        .filter_map(|s| Some(s.host_count? as f64 / s.secs))
+                        .collect();
+                    let lost: u64 = samples
+                        .iter()
+                        .map(|s| s.ops.saturating_sub(s.host_count.unwrap_or(0)))
+                        .sum();
+                    format!("{:.1} frames/s seen, {lost} lost", median(rates))
+                }
+                Workload::Vsock => {
+                    let short = samples
+                        .iter()
+                        .filter(|s| s.host_count != Some(s.bytes))
+                        .count();
+                    format!(
+                        "all bytes arrived in {}/{} runs",
+                        samples.len() - short,
+                        samples.len()
+                    )
+                }
+                _ => String::new(),
+            }
+        };
+        let host_text = match workload {
+            Workload::NetTx => format!("keel {}; qemu {}", host(keel), host(qemu_samples)),
+            Workload::Vsock => format!("keel {}", host(keel)),
+            _ => String::new(),
+        };
+        println!(
+            "{:<18} {unit:>7} | {:>14} {:>14} | {ratio:>9} | {host_text}",
+            workload.name(),
+            show(keel_rate, keel),
+            show(qemu_rate, qemu_samples),
+        );
+        for note in notes {
+            println!("{:<18} note: {note}", "");
+        }
+    }
+    println!("(ratio > 1: Keel faster; (n/{runs}) = successful runs)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
