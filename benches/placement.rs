@@ -402,7 +402,15 @@ fn w3(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
         "W3 anti-affinity 3-10 + zone spread",
         lat,
         total,
-        format!("{} groups; failed {failed}", w.server_groups.len()),
+        {
+            let st = p.scheduler().stats();
+            format!(
+                "{} groups; failed {failed}; hosts visited/decision {:.1}, prefilter cache hits {:.0}%",
+                w.server_groups.len(),
+                st.hosts_visited as f64 / st.decisions.max(1) as f64,
+                st.prefilter_cache_hits as f64 * 100.0 / st.decisions.max(1) as f64
+            )
+        },
     ));
 }
 
