@@ -125,11 +125,21 @@ enum Request {
     Exit,
 }
 
+/// A pthread handle. glibc makes `pthread_t` an integer, musl a pointer; either way it is an
+/// opaque id that any thread of the process may pass to `pthread_kill`.
+#[derive(Clone, Copy)]
+struct ThreadHandle(libc::pthread_t);
+
+// SAFETY: a pthread_t is an opaque identifier, not memory this process dereferences; POSIX lets
+// any thread of the process use it (pthread_kill). Liveness is guaranteed separately: handles are
+// removed from their slot, under the control lock, before their thread exits.
+unsafe impl Send for ThreadHandle {}
+
 /// Per-vCPU bookkeeping for kicks.
 #[derive(Default)]
 struct VcpuSlot {
     /// The vCPU's thread while it is alive.
-    thread: Option<libc::pthread_t>,
+    thread: Option<ThreadHandle>,
     /// Address of `kvm_run.immediate_exit` while the thread is alive.
     immediate_exit: Option<usize>,
 }
@@ -225,7 +235,7 @@ impl Control {
             if let Some(thread) = slot.thread {
                 // SAFETY: `thread` is a live thread: slots are cleared under this lock before
                 // their thread exits. pthread_kill only queues a signal whose handler is empty.
-                let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+                let rc = unsafe { libc::pthread_kill(thread.0, kick_signal()) };
                 if rc != 0 {
                     warn!("cannot kick vCPU thread: error {rc}");
                 }
@@ -247,7 +257,7 @@ impl Control {
         let mut inner = self.lock();
         if let Some(slot) = inner.slots.get_mut(index) {
             // SAFETY: pthread_self has no preconditions.
-            slot.thread = Some(unsafe { libc::pthread_self() });
+            slot.thread = Some(ThreadHandle(unsafe { libc::pthread_self() }));
             slot.immediate_exit = Some(immediate_exit as usize);
         }
         // A request made before this thread registered could not kick it: make it see it.
