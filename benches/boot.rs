@@ -1,6 +1,9 @@
 //! Boot benchmark: process start -> first serial byte -> process exit, for Keel's `boot`
 //! example and for QEMU `-M microvm` on the same test guest, in alternating runs.
 //!
+//! Keel is measured twice: the static musl build (the lean deployment build, as Firecracker
+//! ships) and the default glibc build, whose RSS includes ~1.2 MiB of touched glibc pages.
+//!
 //! `cargo bench -p benches --bench boot [-- RUNS]` (default 20 runs each). Prints min and median
 //! of both times, their ratio, and peak RSS (ru_maxrss). For Keel it also prints peak RSS
 //! beyond guest RAM (VmHWM minus guest pages resident at exit, reported by `--stats`).
@@ -123,9 +126,13 @@ fn main() {
     let guest = testkit::build_test_guest().unwrap_or_else(|err| panic!("{err}"));
     let root = testkit::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let built = Command::new(cargo)
-        .current_dir(&root)
-        .args([
+    let mut keel_builds = Vec::new();
+    for (name, target) in [
+        ("keel (musl)", Some("x86_64-unknown-linux-musl")),
+        ("keel (glibc)", None),
+    ] {
+        let mut build = Command::new(&cargo);
+        build.current_dir(&root).args([
             "build",
             "--quiet",
             "--release",
@@ -133,11 +140,18 @@ fn main() {
             "examples",
             "--example",
             "boot",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(built.success(), "building the boot example failed");
-    let keel = root.join("target/release/examples/boot");
+        ]);
+        if let Some(target) = target {
+            build.args(["--target", target]);
+        }
+        let built = build.status().expect("cargo runs");
+        assert!(built.success(), "building the boot example ({name}) failed");
+        let dir = match target {
+            Some(target) => root.join("target").join(target).join("release"),
+            None => root.join("target/release"),
+        };
+        keel_builds.push((name, dir.join("examples/boot")));
+    }
     let cmdline = format!("keel.cpus={VCPUS}");
     let qemu_available = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -145,8 +159,8 @@ fn main() {
         .status()
         .is_ok_and(|s| s.success());
 
-    let keel_cmd = || {
-        let mut cmd = Command::new(&keel);
+    let keel_cmd = |keel: &std::path::Path| {
+        let mut cmd = Command::new(keel);
         cmd.arg("--kernel")
             .arg(&guest)
             .args([
@@ -184,33 +198,38 @@ fn main() {
     println!(
         "boot benchmark: test guest, {VCPUS} vCPUs, {MEM_MIB} MiB, {runs} alternating runs each"
     );
-    let mut keel_samples = Vec::new();
+    let mut keel_samples: Vec<Vec<Sample>> = keel_builds.iter().map(|_| Vec::new()).collect();
     let mut qemu_samples = Vec::new();
     for _ in 0..runs {
-        keel_samples.push(run(keel_cmd()));
+        for ((_, path), samples) in keel_builds.iter().zip(keel_samples.iter_mut()) {
+            samples.push(run(keel_cmd(path)));
+        }
         if qemu_available {
             qemu_samples.push(run(qemu_cmd()));
         }
     }
-    let keel_summary = summarize("keel", &keel_samples);
-    let beyond: Vec<f64> = keel_samples
-        .iter()
-        .filter_map(|s| s.beyond_guest_kib.map(|k| k as f64 / 1024.0))
-        .collect();
-    println!(
-        "keel           peak RSS beyond guest RAM: median {:.2} MiB, max {:.2} MiB (target <= 3 MiB)",
-        median(beyond.clone()),
-        beyond.iter().copied().fold(0.0, f64::max)
-    );
-    if qemu_available {
-        let qemu_summary = summarize("qemu microvm", &qemu_samples);
-        println!(
-            "ratio keel/qemu: exit min {:.2}  exit median {:.2}  first byte median {:.2}  (target exit <= 0.50)",
-            keel_summary.exit_min / qemu_summary.exit_min,
-            keel_summary.exit_median / qemu_summary.exit_median,
-            keel_summary.first_median / qemu_summary.first_median
-        );
-    } else {
+    let qemu_summary = qemu_available.then(|| summarize("qemu microvm", &qemu_samples));
+    if !qemu_available {
         println!("qemu-system-x86_64 not found: install qemu-system-x86 to compare");
+    }
+    for ((name, _), samples) in keel_builds.iter().zip(&keel_samples) {
+        let summary = summarize(name, samples);
+        let beyond: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.beyond_guest_kib.map(|k| k as f64 / 1024.0))
+            .collect();
+        println!(
+            "{name:<14} peak RSS beyond guest RAM: median {:.2} MiB, max {:.2} MiB (target <= 3 MiB)",
+            median(beyond.clone()),
+            beyond.iter().copied().fold(0.0, f64::max)
+        );
+        if let Some(qemu) = &qemu_summary {
+            println!(
+                "{name:<14} ratio to qemu: exit min {:.2}  exit median {:.2}  first byte median {:.2}  (target exit <= 0.50)",
+                summary.exit_min / qemu.exit_min,
+                summary.exit_median / qemu.exit_median,
+                summary.first_median / qemu.first_median
+            );
+        }
     }
 }
