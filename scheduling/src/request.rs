@@ -354,7 +354,8 @@ pub struct GroupRef {
     pub max_per_host: u32,
 }
 
-/// A request resolved against a cluster and state.
+/// A request resolved against a cluster and state. Its ids are only meaningful for that cluster:
+/// obtain it from [`crate::state::State::compile`] of the state it is decided and committed on.
 #[derive(Clone, Debug)]
 pub struct CompiledRequest {
     /// Consumer id.

@@ -226,6 +226,12 @@ impl State {
                 });
             }
         }
+        if let Some(g) = claim.request.server_group {
+            // A request compiled against another state could name a group this one lacks.
+            if self.groups.get(g.id as usize).is_none() {
+                return Err(CommitError::GroupChanged(format!("#{}", g.id)));
+            }
+        }
         if let (Some(g), Some(epoch)) = (claim.request.server_group, claim.group_epoch) {
             let gs = self
                 .groups
