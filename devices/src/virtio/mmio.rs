@@ -1,22 +1,24 @@
 //! The virtio-mmio transport, version 2 (virtio 1.2, section 4.2).
 //!
-//! [`MmioTransport`] is a [`BusDevice`] for a 4 KiB MMIO window. It keeps the driver's queue
-//! set-up and feature negotiation, activates the device when the driver writes `DRIVER_OK`, and
-//! forwards queue notifications to it. Interrupts set bits in the interrupt status register and
+//! [`MmioTransport`] is a [`BusDevice`] for a 4 KiB MMIO window: it maps the virtio-mmio
+//! register layout onto the transport-independent [`TransportState`] (feature negotiation, queue
+//! set-up, activation on `DRIVER_OK`, notifications, reset), shared with virtio-pci. Interrupts set bits in the interrupt status register and
 //! signal an eventfd that the VMM connects to an (edge-triggered) interrupt line.
 //!
 //! Only the modern interface is offered: a driver that does not accept `VIRTIO_F_VERSION_1`
 //! fails feature negotiation.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use log::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use log::debug;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{status, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+pub use super::transport::TransportError;
+use super::transport::{AddressHalf, QueueRing, TransportState};
+pub use super::SharedVirtioDevice;
+use super::{InterruptKind, VirtioInterrupt};
 use crate::bus::BusDevice;
 
 /// Size of one device's MMIO window.
@@ -84,37 +86,10 @@ impl VirtioInterrupt for MmioInterrupt {
     }
 }
 
-/// A shared virtio device behind a transport.
-pub type SharedVirtioDevice = Arc<Mutex<dyn VirtioDevice>>;
-
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
-    device: SharedVirtioDevice,
-    mem: GuestMemoryMmap,
+    state: TransportState,
     interrupt: Arc<MmioInterrupt>,
-    queues: Vec<Queue>,
-    queue_select: u32,
-    device_features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
-    status: u8,
-    config_generation: u32,
-    activated: bool,
-    invalid_queue_size: bool,
-}
-
-/// Errors creating a transport.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// A queue size the device declared is not a power of two up to 32768.
-    #[error("device declares an invalid queue size {0}")]
-    QueueSize(u16),
-}
-
-fn lock(device: &SharedVirtioDevice) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MmioTransport {
@@ -124,32 +99,13 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         interrupt_line: EventFd,
     ) -> Result<Self, TransportError> {
-        let queues = Self::fresh_queues(&device)?;
         Ok(MmioTransport {
-            device,
-            mem,
+            state: TransportState::new(device, mem, "virtio-mmio")?,
             interrupt: Arc::new(MmioInterrupt {
                 status: AtomicU32::new(0),
                 line: interrupt_line,
             }),
-            queues,
-            queue_select: 0,
-            device_features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
-            status: 0,
-            config_generation: 0,
-            activated: false,
-            invalid_queue_size: false,
         })
-    }
-
-    fn fresh_queues(device: &SharedVirtioDevice) -> Result<Vec<Queue>, TransportError> {
-        let sizes = lock(device).queue_max_sizes().to_vec();
-        sizes
-            .into_iter()
-            .map(|size| Queue::new(size).map_err(|_| TransportError::QueueSize(size)))
-            .collect()
     }
 
     /// The interrupt state (shared with the device once activated).
@@ -159,51 +115,26 @@ impl MmioTransport {
 
     /// The device status the driver last wrote (plus `DEVICE_NEEDS_RESET` if set).
     pub fn status(&self) -> u8 {
-        self.status
+        self.state.status()
     }
 
     /// Whether the device has been activated.
     pub fn is_activated(&self) -> bool {
-        self.activated
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        // Queue set-up cannot change once the device runs.
-        if self.activated {
-            return None;
-        }
-        self.queues.get_mut(self.queue_select as usize)
-    }
-
-    fn features_page(features: u64, select: u32) -> u32 {
-        match select {
-            0 => features as u32,
-            1 => (features >> 32) as u32,
-            _ => 0,
-        }
+        self.state.is_activated()
     }
 
     fn read_register(&self, offset: u64) -> u32 {
         match offset {
             REG_MAGIC => MAGIC_VALUE,
             REG_VERSION => MMIO_VERSION,
-            REG_DEVICE_ID => lock(&self.device).device_type(),
+            REG_DEVICE_ID => self.state.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => Self::features_page(
-                lock(&self.device).avail_features(),
-                self.device_features_select,
-            ),
-            REG_QUEUE_NUM_MAX => self
-                .queues
-                .get(self.queue_select as usize)
-                .map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => self
-                .queues
-                .get(self.queue_select as usize)
-                .map_or(0, |q| u32::from(q.ready())),
+            REG_DEVICE_FEATURES => self.state.device_features(),
+            REG_QUEUE_NUM_MAX => u32::from(self.state.queue_max_size()),
+            REG_QUEUE_READY => u32::from(self.state.queue_ready()),
             REG_INTERRUPT_STATUS => self.interrupt.pending(),
-            REG_STATUS => u32::from(self.status),
-            REG_CONFIG_GENERATION => self.config_generation,
+            REG_STATUS => u32::from(self.state.status()),
+            REG_CONFIG_GENERATION => self.state.config_generation(),
             _ => {
                 debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
@@ -212,165 +143,32 @@ impl MmioTransport {
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
+        use AddressHalf::{High, Low};
+        use QueueRing::{Descriptors, Device, Driver};
         match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_select = value,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            REG_DRIVER_FEATURES => {
-                if self.status & status::FEATURES_OK != 0 {
-                    warn!("virtio-mmio: driver changed features after FEATURES_OK; ignored");
-                    return;
-                }
-                match self.driver_features_select {
-                    0 => {
-                        self.driver_features =
-                            (self.driver_features & !0xffff_ffff) | u64::from(value)
-                    }
-                    1 => {
-                        self.driver_features =
-                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                    }
-                    _ => {}
-                }
-            }
-            REG_QUEUE_SEL => self.queue_select = value,
-            REG_QUEUE_NUM => {
-                let select = self.queue_select;
-                if let Some(queue) = self.selected_queue() {
-                    let max = u32::from(queue.max_size());
-                    if value == 0 || value > max || !value.is_power_of_two() {
-                        // virtio-queue would keep the old size; the driver would then lay out
-                        // its rings for a size the device does not use. Refuse to start instead.
-                        warn!("virtio-mmio: queue {select} size {value} is invalid (max {max})");
-                        self.invalid_queue_size = true;
-                    } else {
-                        queue.set_size(value as u16);
-                    }
-                }
-            }
-            REG_QUEUE_READY => {
-                if let Some(queue) = self.selected_queue() {
-                    queue.set_ready(value == 1);
-                }
-            }
-            REG_QUEUE_DESC_LOW => {
-                self.set_queue_address(|q| q.set_desc_table_address(Some(value), None))
-            }
-            REG_QUEUE_DESC_HIGH => {
-                self.set_queue_address(|q| q.set_desc_table_address(None, Some(value)))
-            }
-            REG_QUEUE_DRIVER_LOW => {
-                self.set_queue_address(|q| q.set_avail_ring_address(Some(value), None))
-            }
-            REG_QUEUE_DRIVER_HIGH => {
-                self.set_queue_address(|q| q.set_avail_ring_address(None, Some(value)))
-            }
-            REG_QUEUE_DEVICE_LOW => {
-                self.set_queue_address(|q| q.set_used_ring_address(Some(value), None))
-            }
-            REG_QUEUE_DEVICE_HIGH => {
-                self.set_queue_address(|q| q.set_used_ring_address(None, Some(value)))
-            }
-            REG_QUEUE_NOTIFY => {
-                if self.activated {
-                    let index = value as u16;
-                    if usize::from(index) < self.queues.len() {
-                        lock(&self.device).queue_notify(index);
-                    } else {
-                        debug!("virtio-mmio: notify for unknown queue {value}");
-                    }
-                }
-            }
+            REG_DEVICE_FEATURES_SEL => self.state.set_device_features_select(value),
+            REG_DRIVER_FEATURES_SEL => self.state.set_driver_features_select(value),
+            REG_DRIVER_FEATURES => self.state.set_driver_features(value),
+            REG_QUEUE_SEL => self.state.set_queue_select(value),
+            REG_QUEUE_NUM => self.state.set_queue_size(value),
+            REG_QUEUE_READY => self.state.set_queue_ready(value == 1),
+            REG_QUEUE_DESC_LOW => self.state.set_queue_address(Descriptors, Low, value),
+            REG_QUEUE_DESC_HIGH => self.state.set_queue_address(Descriptors, High, value),
+            REG_QUEUE_DRIVER_LOW => self.state.set_queue_address(Driver, Low, value),
+            REG_QUEUE_DRIVER_HIGH => self.state.set_queue_address(Driver, High, value),
+            REG_QUEUE_DEVICE_LOW => self.state.set_queue_address(Device, Low, value),
+            REG_QUEUE_DEVICE_HIGH => self.state.set_queue_address(Device, High, value),
+            REG_QUEUE_NOTIFY => self.state.notify(value),
             REG_INTERRUPT_ACK => {
                 self.interrupt.status.fetch_and(!value, Ordering::SeqCst);
             }
-            REG_STATUS => self.write_status(value as u8),
+            REG_STATUS => {
+                let interrupt = self.interrupt.clone();
+                if self.state.write_status(value as u8, move || interrupt) {
+                    self.interrupt.status.store(0, Ordering::SeqCst);
+                }
+            }
             _ => debug!("virtio-mmio: write {value:#x} to unknown register {offset:#x}"),
-        }
-    }
-
-    fn set_queue_address(&mut self, set: impl FnOnce(&mut Queue)) {
-        if self.status & status::DRIVER_OK != 0 {
-            return;
-        }
-        if let Some(queue) = self.selected_queue() {
-            set(queue);
-        }
-    }
-
-    fn write_status(&mut self, value: u8) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        let added = value & !self.status;
-        if added & status::FEATURES_OK != 0 {
-            let offered = lock(&self.device).avail_features();
-            let acked = self.driver_features;
-            if acked & !offered != 0 || acked & VIRTIO_F_VERSION_1 == 0 {
-                warn!(
-                    "virtio-mmio: driver features {acked:#x} not acceptable (offered {offered:#x}, VERSION_1 required)"
-                );
-                // Leave FEATURES_OK clear: the driver reads it back and gives up.
-                self.status = value & !status::FEATURES_OK;
-                return;
-            }
-            lock(&self.device).set_acked_features(acked);
-        }
-        self.status = value;
-        if added & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 {
-            self.activate();
-        }
-    }
-
-    fn activate(&mut self) {
-        if self.invalid_queue_size {
-            self.status |= status::DEVICE_NEEDS_RESET;
-            return;
-        }
-        let ready: Vec<&Queue> = self.queues.iter().filter(|q| q.ready()).collect();
-        if let Some(bad) = ready.iter().position(|q| !q.is_valid(&self.mem)) {
-            warn!("virtio-mmio: queue {bad} set up with an invalid size or address");
-            self.status |= status::DEVICE_NEEDS_RESET;
-            return;
-        }
-        // The device gets its own copies; the transport keeps answering register reads.
-        let queues: Result<Vec<Queue>, _> = self
-            .queues
-            .iter()
-            .filter(|q| q.ready())
-            .map(|q| Queue::try_from(q.state()))
-            .collect();
-        let Ok(queues) = queues else {
-            warn!("virtio-mmio: queue state cannot be copied");
-            self.status |= status::DEVICE_NEEDS_RESET;
-            return;
-        };
-        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
-        match lock(&self.device).activate(self.mem.clone(), interrupt, queues) {
-            Ok(()) => self.activated = true,
-            Err(err) => {
-                warn!("virtio-mmio: device activation failed: {err}");
-                self.status |= status::DEVICE_NEEDS_RESET;
-            }
-        }
-    }
-
-    fn reset(&mut self) {
-        if self.activated && !lock(&self.device).reset() {
-            warn!("virtio-mmio: device cannot be reset");
-            self.status |= status::DEVICE_NEEDS_RESET;
-            return;
-        }
-        self.activated = false;
-        self.invalid_queue_size = false;
-        self.status = 0;
-        self.driver_features = 0;
-        self.queue_select = 0;
-        self.device_features_select = 0;
-        self.driver_features_select = 0;
-        self.interrupt.status.store(0, Ordering::SeqCst);
-        for queue in &mut self.queues {
-            queue.reset();
         }
     }
 }
@@ -378,8 +176,7 @@ impl MmioTransport {
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
-            data.fill(0);
-            lock(&self.device).read_config(offset - CONFIG_SPACE, data);
+            self.state.read_config(offset - CONFIG_SPACE, data);
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
@@ -395,8 +192,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
-            lock(&self.device).write_config(offset - CONFIG_SPACE, data);
-            self.config_generation = self.config_generation.wrapping_add(1);
+            self.state.write_config(offset - CONFIG_SPACE, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -415,8 +211,11 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::virtio::ActivateError;
+    use crate::virtio::{status, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 

@@ -87,6 +87,9 @@ pub enum ActivateError {
     Backend(String),
 }
 
+/// A virtio device shared between its transport (vCPU threads) and the event loop.
+pub type SharedVirtioDevice = std::sync::Arc<std::sync::Mutex<dyn VirtioDevice>>;
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// Virtio device ID ([`TYPE_BLOCK`], ...).

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::debug;
 use vm_memory::GuestMemoryMmap;
 
-use super::mmio::{SharedVirtioDevice, TransportError};
+use super::transport::TransportError;
 use super::transport::{AddressHalf, QueueRing, TransportState};
+use super::SharedVirtioDevice;
 use super::{InterruptKind, VirtioInterrupt, TYPE_BLOCK, TYPE_NET};
 use crate::pci::bus::PciDevice;
 use crate::pci::configuration::{BarInfo, BarMove, PciConfigError, PciConfiguration, PciHeader};

@@ -3,7 +3,7 @@
 //!
 //! [`TransportState`] follows virtio 1.2 section 3.1 and is what both a register layout
 //! (virtio-PCI's common configuration structure, virtio-mmio's registers) and its interrupt
-//! mechanism sit on. It mirrors the behaviour of [`super::mmio::MmioTransport`]: only modern
+//! mechanism sit on. Both the virtio-mmio and virtio-pci transports use it: only modern
 //! drivers (`VIRTIO_F_VERSION_1`) are accepted, queue set-up freezes once the device runs, an
 //! invalid queue size or address marks the device `DEVICE_NEEDS_RESET` instead of starting it
 //! with rings the driver laid out differently, and writing status 0 resets the device.
@@ -14,8 +14,15 @@ use log::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::mmio::{SharedVirtioDevice, TransportError};
-use super::{status, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{status, SharedVirtioDevice, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+
+/// Errors creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A queue size the device declared is not a power of two up to 32768.
+    #[error("device declares an invalid queue size {0}")]
+    QueueSize(u16),
+}
 
 /// Which half of a 64-bit queue address a driver writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
