@@ -569,7 +569,7 @@ fn main() {
     } else {
         Sizes {
             randread_ops: 2000,
-            seqwrite_bytes: 48 << 20,
+            seqwrite_bytes: IMAGE_BYTES,
             net_frames: 2000,
             vsock_bytes: 64 << 20,
         }
