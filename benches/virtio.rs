@@ -373,6 +373,9 @@ fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A workload's samples under Keel and QEMU, and notes to print with them.
+type Row = (Workload, Vec<Sample>, Vec<Sample>, Vec<String>);
+
 struct Bench {
     keel: PathBuf,
     guest: PathBuf,
@@ -628,7 +631,7 @@ fn main() {
         println!("  qemu-system-x86_64 not found: QEMU columns skipped (install qemu-system-x86)");
     }
 
-    let mut table: Vec<(Workload, Vec<Sample>, Vec<Sample>, Vec<String>)> = Vec::new();
+    let mut table: Vec<Row> = Vec::new();
     for workload in [
         Workload::RandRead,
         Workload::SeqWrite,
