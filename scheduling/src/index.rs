@@ -17,6 +17,8 @@ pub struct ClusterIndex {
     by_aggregate: Vec<HostSet>,
     by_zone: Vec<HostSet>,
     by_rack: Vec<HostSet>,
+    with_zone: HostSet,
+    with_rack: HostSet,
     by_label: HashMap<(String, String), HostSet>,
     by_label_key: HashMap<String, HostSet>,
     blocking_taints: Vec<(Taint, HostSet)>,
@@ -34,6 +36,8 @@ impl ClusterIndex {
             by_zone: vec![HostSet::empty(n); cluster.zones.len()],
             by_rack: vec![HostSet::empty(n); cluster.racks.len()],
             by_class: vec![HostSet::empty(n); cluster.class_count()],
+            with_zone: HostSet::empty(n),
+            with_rack: HostSet::empty(n),
             ..Default::default()
         };
         for (i, h) in cluster.hosts().iter().enumerate() {
@@ -49,9 +53,11 @@ impl ClusterIndex {
             }
             if let Some(z) = h.zone {
                 ix.by_zone[z as usize].insert(i);
+                ix.with_zone.insert(i);
             }
             if let Some(r) = h.rack {
                 ix.by_rack[r as usize].insert(i);
+                ix.with_rack.insert(i);
             }
             for (k, v) in &h.labels {
                 ix.by_label
@@ -109,6 +115,14 @@ impl ClusterIndex {
     /// Hosts in rack `r`.
     pub fn in_rack(&self, r: u32) -> &HostSet {
         self.by_rack.get(r as usize).unwrap_or(&self.none)
+    }
+
+    /// Hosts that have a value for the topology key (a zone, or a rack).
+    pub fn with_topology_key(&self, key: crate::request::TopologyKey) -> &HostSet {
+        match key {
+            crate::request::TopologyKey::Zone => &self.with_zone,
+            crate::request::TopologyKey::Rack => &self.with_rack,
+        }
     }
 
     /// Hosts labelled `key=value`.

@@ -226,16 +226,17 @@ impl PreFilterPlugin for TopologySpreadPre {
                 continue;
             }
             // Hosts without the key are never eligible; domains at the skew limit are removed.
-            let mut keep = HostSet::empty(candidates.universe());
+            let reason = Reason::TopologySpread(i as u16);
+            restrict(candidates, ix.with_topology_key(s.key), reason, diag);
             for (d, count) in counts.iter().enumerate() {
-                if count + 1 - min <= s.max_skew {
-                    keep.union_with(match s.key {
+                if count + 1 - min > s.max_skew {
+                    let domain = match s.key {
                         TopologyKey::Zone => ix.in_zone(d as u32),
                         TopologyKey::Rack => ix.in_rack(d as u32),
-                    });
+                    };
+                    exclude(candidates, domain, reason, diag);
                 }
             }
-            restrict(candidates, &keep, Reason::TopologySpread(i as u16), diag);
         }
         cx.spread_min = mins;
     }
