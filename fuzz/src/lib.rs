@@ -10,6 +10,7 @@ pub mod block;
 pub mod net;
 pub mod rng;
 pub mod support;
+pub mod transport;
 pub mod vsock;
 
 /// A fuzz target: takes any bytes, panics only on a bug.
@@ -21,4 +22,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rng", rng::rng),
     ("net_header", net::net_header),
     ("vsock_packet", vsock::vsock_packet),
+    ("mmio_registers", transport::mmio_registers),
+    ("pci_config", transport::pci_config),
 ];

@@ -63,7 +63,12 @@ impl<'a> Input<'a> {
         u64::from(self.u32()) | (u64::from(self.u32()) << 32)
     }
 
-    /// Whatever is left.
+    /// How many bytes are left.
+    pub fn rest_len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Everything not yet consumed.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.0)
     }
