@@ -5,7 +5,8 @@
 //! `cargo bench -p benches --bench virtio [-- RUNS]` (default 5 runs per VMM and workload;
 //! `-- 1` or `KEEL_BENCH_QUICK=1` is a quick smoke run with smaller workloads).
 //! `KEEL_BENCH_DIRECT=1` opens the disk image with O_DIRECT (Keel `,direct`, QEMU `cache=none`);
-//! by default both go through the host's page cache.
+//! by default both go through the host's page cache. `KEEL_BENCH_ONLY=randread,seqwrite,net,vsock`
+//! (any of them) runs only those workloads.
 //!
 //! Workloads (guest/README.md, "Benchmarks"):
 //! - `blk randread`: 4 KiB reads at pseudo-random 4 KiB-aligned offsets of a 64 MiB raw image,
@@ -631,6 +632,7 @@ fn main() {
         println!("  qemu-system-x86_64 not found: QEMU columns skipped (install qemu-system-x86)");
     }
 
+    let only = std::env::var("KEEL_BENCH_ONLY").unwrap_or_default();
     let mut table: Vec<Row> = Vec::new();
     for workload in [
         Workload::RandRead,
@@ -638,6 +640,9 @@ fn main() {
         Workload::NetTx,
         Workload::Vsock,
     ] {
+        if !only.is_empty() && !only.split(',').any(|name| name == workload.guest_name()) {
+            continue;
+        }
         let mut notes = Vec::new();
         let mut vmms = vec![Vmm::Keel];
         if workload == Workload::Vsock {
