@@ -207,7 +207,11 @@ impl VmBuilder {
         for (index, entry) in virtio.into_iter().enumerate() {
             match mmio_plan.devices().get(index) {
                 Some(info) => {
-                    VirtioMmioDevices::attach(info, &vm_fd, &mut mmio, &memory, entry.device)?
+                    let notifier =
+                        VirtioMmioDevices::attach(info, &vm_fd, &mut mmio, &memory, entry.device)?;
+                    if let Some(notifier) = notifier {
+                        events.add_subscriber(Box::new(notifier));
+                    }
                 }
                 None => pci_devices.push(entry.device),
             }

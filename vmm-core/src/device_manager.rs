@@ -7,12 +7,15 @@ use devices::virtio::block::{BlockConfig, VirtioBlock};
 use devices::virtio::net::{Net, NetConfig as NetDeviceConfig, TapSource};
 use devices::virtio::rng::VirtioRng;
 use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
-use event_manager::MutEventSubscriber;
+use event_manager::{EventOps, Events, MutEventSubscriber};
 
 use devices::bus::Bus;
-use devices::virtio::mmio::{MmioTransport, SharedVirtioDevice, MMIO_WINDOW_SIZE};
-use kvm_ioctls::VmFd;
+use devices::virtio::mmio::{
+    MmioTransport, SharedVirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{parse_mac, VmConfig};
@@ -87,6 +90,75 @@ pub enum DeviceManagerError {
         /// What went wrong, naming the config field.
         detail: String,
     },
+}
+
+/// Processes a device's queues when the driver notifies them through a KVM ioeventfd: the
+/// driver's write to `QueueNotify` completes in the kernel without an exit to the VMM, and this
+/// event-loop subscriber runs the device while the vCPU goes on.
+pub struct QueueNotifier {
+    id: String,
+    device: SharedVirtioDevice,
+    queues: Vec<EventFd>,
+}
+
+impl QueueNotifier {
+    /// One ioeventfd per queue on the QueueNotify register of `info`'s window, matching the
+    /// queue index. On any failure the ones registered so far are removed and `None` returned.
+    fn register(info: &MmioDeviceInfo, vm: &VmFd, device: SharedVirtioDevice) -> Option<Self> {
+        let count = match device.lock() {
+            Ok(device) => device.queue_max_sizes().len(),
+            Err(poisoned) => poisoned.into_inner().queue_max_sizes().len(),
+        };
+        let address = IoEventAddress::Mmio(info.base + QUEUE_NOTIFY_OFFSET);
+        let mut queues: Vec<EventFd> = Vec::with_capacity(count);
+        for index in 0..count as u32 {
+            let registered = EventFd::new(EFD_NONBLOCK).and_then(|fd| {
+                vm.register_ioevent(&fd, &address, index)
+                    .map_err(|err| std::io::Error::from_raw_os_error(err.errno()))?;
+                Ok(fd)
+            });
+            match registered {
+                Ok(fd) => queues.push(fd),
+                Err(err) => {
+                    log::warn!(
+                        "device `{}`: no ioeventfd for queue {index} ({err}); notifications stay on the vCPU thread",
+                        info.id
+                    );
+                    for (index, fd) in queues.iter().enumerate() {
+                        let _ = vm.unregister_ioevent(fd, &address, index as u32);
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(QueueNotifier {
+            id: info.id.clone(),
+            device,
+            queues,
+        })
+    }
+}
+
+impl MutEventSubscriber for QueueNotifier {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, fd) in self.queues.iter().enumerate() {
+            if let Err(err) = ops.add(Events::with_data(fd, index as u32, EventSet::IN)) {
+                log::warn!("device `{}`: cannot watch queue {index}: {err:?}", self.id);
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data();
+        if let Some(fd) = self.queues.get(index as usize) {
+            // The count of notifications does not matter: one pass drains the queue.
+            let _ = fd.read();
+            match self.device.lock() {
+                Ok(mut device) => device.queue_notify(index as u16),
+                Err(poisoned) => poisoned.into_inner().queue_notify(index as u16),
+            }
+        }
+    }
 }
 
 /// A virtio device created from the config, before it is placed.
@@ -218,15 +290,17 @@ impl VirtioMmioDevices {
         Ok(VirtioMmioDevices { devices })
     }
 
-    /// Puts `device` (planned as `info`) on `bus` behind an MMIO transport and connects its
-    /// interrupt line through a KVM irqfd.
+    /// Puts `device` (planned as `info`) on `bus` behind an MMIO transport, connects its
+    /// interrupt line through a KVM irqfd, and its queue notifications through KVM ioeventfds.
+    /// Returns the event-loop subscriber that processes the notified queues (`None` if KVM
+    /// refused the ioeventfds: the transport then handles notifications on the vCPU thread).
     pub fn attach(
         info: &MmioDeviceInfo,
         vm: &VmFd,
         bus: &mut Bus,
         mem: &GuestMemoryMmap,
         device: SharedVirtioDevice,
-    ) -> Result<(), DeviceManagerError> {
+    ) -> Result<Option<QueueNotifier>, DeviceManagerError> {
         let irq_error = |detail: String| DeviceManagerError::Irq {
             id: info.id.clone(),
             irq: info.irq,
@@ -235,19 +309,20 @@ impl VirtioMmioDevices {
         let line = EventFd::new(EFD_NONBLOCK).map_err(|err| irq_error(err.to_string()))?;
         vm.register_irqfd(&line, info.irq)
             .map_err(|err| irq_error(err.to_string()))?;
-        let transport = MmioTransport::new(device, mem.clone(), line).map_err(|source| {
-            DeviceManagerError::Transport {
-                id: info.id.clone(),
-                source,
-            }
-        })?;
+        let transport =
+            MmioTransport::new(device.clone(), mem.clone(), line).map_err(|source| {
+                DeviceManagerError::Transport {
+                    id: info.id.clone(),
+                    source,
+                }
+            })?;
         bus.insert(
             &info.id,
             info.base,
             info.size,
             Arc::new(Mutex::new(transport)),
         )?;
-        Ok(())
+        Ok(QueueNotifier::register(info, vm, device))
     }
 
     /// The planned devices.

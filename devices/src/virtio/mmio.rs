@@ -44,6 +44,9 @@ const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
 const REG_QUEUE_NOTIFY: u64 = 0x050;
+/// Offset of the QueueNotify register, where a VMM may place an ioeventfd per queue (the
+/// driver writes the queue index, 32 bits wide).
+pub const QUEUE_NOTIFY_OFFSET: u64 = REG_QUEUE_NOTIFY;
 const REG_INTERRUPT_STATUS: u64 = 0x060;
 const REG_INTERRUPT_ACK: u64 = 0x064;
 const REG_STATUS: u64 = 0x070;

@@ -121,7 +121,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
 
     /// Processes queue `index` after the driver notified it. Errors in guest data never panic:
-    /// the device completes bad requests with an error status or skips them.
+    /// the device completes bad requests with an error status or skips them. May be called
+    /// before activation or after a reset (notifications delivered through an ioeventfd bypass
+    /// the transport); the device then does nothing.
     fn queue_notify(&mut self, index: u16);
 
     /// Returns the device to its initial state (driver wrote status 0). Returns `false` when
