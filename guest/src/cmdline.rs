@@ -83,6 +83,8 @@ pub struct VirtioOptions {
     pub blk_sectors: u64,
     /// `keel.blk_start=S`: the first of them.
     pub blk_start: u64,
+    /// `keel.pci`: also look for virtio devices on PCI bus 0 (virtio-pci transport).
+    pub pci: bool,
     /// `keel.rng`: test the first virtio-rng device.
     pub rng: bool,
     /// `keel.net`: test the first virtio-net device.
@@ -137,9 +139,10 @@ impl BlkBench {
 }
 
 impl VirtioOptions {
-    /// Whether any virtio test is enabled.
+    /// Whether any virtio test is enabled, or `keel.pci` asks for the PCI devices to be listed.
     pub fn any(&self) -> bool {
-        self.blk
+        self.pci
+            || self.blk
             || self.rng
             || self.net
             || self.vsock
@@ -155,6 +158,7 @@ impl Default for VirtioOptions {
             blk: false,
             blk_sectors: DEFAULT_BLK_SECTORS,
             blk_start: DEFAULT_BLK_START,
+            pci: false,
             rng: false,
             net: false,
             net_frames: DEFAULT_NET_FRAMES,
@@ -362,6 +366,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             }
             ("keel.blk", None) => options.virtio.blk = true,
             ("keel.rng", None) => options.virtio.rng = true,
+            ("keel.pci", None) => options.virtio.pci = true,
             ("keel.net", None) => options.virtio.net = true,
             ("keel.vsock", None) => options.virtio.vsock = true,
             ("keel.net_bench", None) => options.virtio.net_bench = true,
@@ -439,7 +444,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             }
             (
                 "keel.echo" | "keel.blk" | "keel.rng" | "keel.net" | "keel.vsock"
-                | "keel.net_bench" | "keel.vsock_bench",
+                | "keel.net_bench" | "keel.vsock_bench" | "keel.pci",
                 Some(_),
             ) => {
                 return Err(error("the option without a value"));
@@ -512,6 +517,9 @@ mod tests {
             VirtioOptions::default()
         );
         assert!(!VirtioOptions::default().any());
+        let virtio = parse("keel.pci").unwrap().virtio;
+        assert!(virtio.pci && virtio.any() && !virtio.blk);
+        assert!(parse("keel.pci=1").is_err());
         let virtio = parse(
             "keel.blk_sectors=16 keel.blk_start=0x10 keel.net_frames=5 keel.vsock_port=1234 \
              keel.vsock_listen=0xffffffff keel.virtio_wait_tsc=1000",

@@ -20,6 +20,30 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// Writes a 16-bit word to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nostack, preserves_flags)) }
+}
+
+/// Writes a 32-bit doubleword to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    }
+}
+
+/// Reads a 32-bit doubleword from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `inb`.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags))
+    }
+    value
+}
+
 /// The time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc only reads the counter; user-mode restrictions (CR4.TSD) do not apply in ring

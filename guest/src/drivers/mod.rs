@@ -1,7 +1,8 @@
-//! Minimal polling virtio drivers over virtio-mmio (modern, version 2) for Keel's device tests.
+//! Minimal polling virtio drivers over virtio-mmio (modern, version 2) and virtio-pci (modern) for
+//! Keel's device tests.
 //!
 //! [`run`] finds the devices the command line lists (`virtio_mmio.device=`), checks each window,
-//! and runs the tests the `keel.blk`, `keel.rng`, `keel.net` and `keel.vsock` options enable: every
+//! with `keel.pci` also the virtio functions on PCI bus 0 (`pci.rs`), and runs the tests the `keel.blk`, `keel.rng`, `keel.net` and `keel.vsock` options enable: every
 //! block device, and the first entropy, network and socket device. Drivers run one after another on
 //! the BSP, poll used rings with a TSC deadline, and reset their device when done. Interrupts are
 //! never enabled on the devices' side (the IRQ numbers are ignored).
@@ -10,6 +11,7 @@
 
 mod blk;
 mod net;
+mod pci;
 mod queue;
 mod rng;
 mod transport;
@@ -24,7 +26,7 @@ use crate::cpu::rdtsc;
 use queue::DmaBuffer;
 use transport::{Transport, MAGIC, VERSION_MODERN};
 
-/// Lowest base address accepted for a virtio-mmio window.
+/// Lowest base address accepted for a virtio-mmio window or a virtio-pci structure.
 const MMIO_LOW: u64 = 0xc000_0000;
 /// End of the accepted range: the xAPIC page and everything after it are off limits.
 const MMIO_HIGH: u64 = 0xfec0_0000;
@@ -65,6 +67,15 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
                 None => report!("virtio-mmio {:#x} ignored: too many devices", device.base),
             }
         }
+    }
+    if options.pci {
+        pci::scan(|transport, id| match devices.get_mut(count) {
+            Some(slot) => {
+                *slot = Some((transport, id));
+                count += 1;
+            }
+            None => report!("virtio-pci device {id} ignored: too many devices"),
+        });
     }
     let found = || devices.iter().flatten();
     let first = |id| {

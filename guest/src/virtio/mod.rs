@@ -1,5 +1,6 @@
 //! Hardware-free parts of the guest's virtio drivers: finding virtio-mmio devices on the command
-//! line, and the byte layouts and test data of the block, network and vsock tests.
+//! line and reading virtio-pci configuration spaces (`pci`), and the byte layouts and test data of
+//! the block, network and vsock tests.
 //!
 //! The drivers themselves (`src/drivers/` of the binary) touch the MMIO registers and the rings;
 //! everything here is plain computation so that host unit tests can check it.
@@ -8,6 +9,7 @@ pub mod bench;
 pub mod blk;
 pub mod discovery;
 pub mod net;
+pub mod pci;
 pub mod vsock;
 
 /// Sum of bytes modulo 2^32: the checksum the block test prints for sector 0.

@@ -1,0 +1,108 @@
+//! virtio-pci discovery: bus 0 through configuration mechanism #1 (ports 0xCF8/0xCFC).
+//!
+//! [`scan`] looks at function 0 of devices 0–31, and for each modern virtio function (vendor
+//! 0x1AF4, device 0x1040 + type) reads BAR 0, enables memory decoding and bus mastering, finds the
+//! virtio structures through the capability list and builds a [`Transport`]. The guest assigns no
+//! BARs: it uses the addresses the VMM programmed, which must lie where it maps device memory.
+
+use keel_test_guest::virtio::pci::{self, Bar, Structure, Structures};
+
+use super::transport::{PciLayout, Transport};
+use super::{MMIO_HIGH, MMIO_LOW};
+use crate::console::report;
+use crate::cpu::{inl, outl, outw};
+
+const CONFIG_ADDRESS: u16 = 0xcf8;
+const CONFIG_DATA: u16 = 0xcfc;
+/// Device numbers on a bus.
+const DEVICES: u8 = 32;
+
+/// Configuration mechanism #1 address of `reg` of bus 0, `device`, function 0.
+fn address(device: u8, reg: u8) -> u32 {
+    0x8000_0000 | u32::from(device) << 11 | u32::from(reg & 0xfc)
+}
+
+/// A dword of the configuration space of bus 0, `device`, function 0.
+fn read(device: u8, reg: u8) -> u32 {
+    outl(CONFIG_ADDRESS, address(device, reg));
+    inl(CONFIG_DATA)
+}
+
+/// Writes the 16-bit half of a dword at `reg` (which must be 2-aligned).
+fn write16(device: u8, reg: u8, value: u16) {
+    outl(CONFIG_ADDRESS, address(device, reg));
+    outw(CONFIG_DATA + u16::from(reg & 2), value);
+}
+
+/// Calls `found(transport, virtio type)` for every usable virtio function on bus 0.
+pub fn scan(mut found: impl FnMut(Transport, u32)) {
+    for device in 0..DEVICES {
+        let id = read(device, pci::REG_ID);
+        let Some(virtio_type) = pci::virtio_type(id) else {
+            continue;
+        };
+        let config = |reg| read(device, reg);
+        let bar0 = match pci::bar(config, 0) {
+            Bar::Memory(address) => address,
+            Bar::Unsupported => {
+                report!("FAIL virtio-pci 00:{device:02x}.0 bar0 is not a memory BAR");
+                continue;
+            }
+        };
+        report!("virtio-pci 00:{device:02x}.0 device {virtio_type} bar0={bar0:#x}");
+        if bar0 == 0 {
+            report!("FAIL virtio-pci bar0 unassigned 00:{device:02x}.0");
+            continue;
+        }
+        let command = read(device, pci::REG_COMMAND) as u16;
+        write16(
+            device,
+            pci::REG_COMMAND,
+            command | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER,
+        );
+        let structures = pci::structures(config);
+        if let Some(name) = structures.missing() {
+            report!("FAIL virtio-pci 00:{device:02x}.0 no {name} capability");
+            continue;
+        }
+        match layout(device, &structures) {
+            // SAFETY: every structure lies in the uncached device memory below the xAPIC
+            // (checked by `layout`), in a BAR of this function, whose memory decoding is now on;
+            // only the drivers, one at a time, use the transport.
+            Ok(layout) => found(unsafe { Transport::pci(layout) }, virtio_type),
+            Err((name, address)) => report!(
+                "FAIL virtio-pci 00:{device:02x}.0 {name} structure at {address:#x} outside \
+                 {MMIO_LOW:#x}-{MMIO_HIGH:#x}"
+            ),
+        }
+    }
+}
+
+/// The structures' addresses, or the name and address of one the guest cannot reach.
+fn layout(device: u8, structures: &Structures) -> Result<PciLayout, (&'static str, u64)> {
+    let locate = |structure: Option<Structure>, name: &'static str| {
+        let structure = structure.ok_or((name, 0))?;
+        let base = match pci::bar(|reg| read(device, reg), structure.bar) {
+            Bar::Memory(base) => base,
+            Bar::Unsupported => return Err((name, 0)),
+        };
+        let address = base + u64::from(structure.offset);
+        let end = address + u64::from(structure.length);
+        if address < MMIO_LOW || end > MMIO_HIGH || base == 0 {
+            return Err((name, address));
+        }
+        Ok((address, u64::from(structure.length)))
+    };
+    let (common, _) = locate(structures.common, "common")?;
+    let (notify, notify_len) = locate(structures.notify, "notify")?;
+    let (isr, _) = locate(structures.isr, "isr")?;
+    let (device_cfg, _) = locate(structures.device, "device")?;
+    Ok(PciLayout {
+        common,
+        notify,
+        notify_len,
+        notify_multiplier: structures.notify_multiplier,
+        isr,
+        device: device_cfg,
+    })
+}

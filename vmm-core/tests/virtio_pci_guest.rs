@@ -1,0 +1,168 @@
+//! End-to-end virtio over PCI on /dev/kvm: Keel's test guest scans PCI bus 0 through ports
+//! 0xCF8/0xCFC (`keel.pci`), drives Keel's virtio-pci functions with its polling drivers (common
+//! configuration, notification area, device configuration in BAR 0; MSI-X vectors set to "none")
+//! and the host checks the results, as `virtio_guest.rs` does for virtio-mmio.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testkit::{require_kvm, SharedBuffer};
+use vmm_core::config::{DiskConfig, RngConfig};
+use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn guest_config(cmdline: &str) -> VmConfig {
+    let mut config = VmConfig::new(testkit::build_test_guest().unwrap());
+    config.vcpus = 1;
+    config.memory = MemSize::mib(128);
+    config.boot_protocol = BootProtocol::Pvh;
+    config.cmdline = format!("keel.cpus=1 keel.pci {cmdline}");
+    config.virtio_transport = VirtioTransport::Pci;
+    config
+}
+
+fn run(config: VmConfig) -> (ExitReason, String) {
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .build()
+        .unwrap_or_else(|err| panic!("build: {err}"));
+    vm.start().unwrap();
+    let reason = vm
+        .wait_timeout(TIMEOUT)
+        .unwrap_or_else(|| panic!("guest did not exit:\n{}", out.text()));
+    (reason, out.text())
+}
+
+fn image(name: &str, sectors: usize, fill: impl Fn(usize) -> u8) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-virtio-pci-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let bytes: Vec<u8> = (0..sectors * 512).map(fill).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The pattern the guest writes (guest/README.md): byte `i` of sector `s`.
+fn pattern(sector: u64, offset: u64) -> u8 {
+    (((sector * 31 + offset * 7) ^ 0x5a) & 0xff) as u8
+}
+
+/// The `virtio-pci 00:<dd>.0 device <type> bar0=<hex>` lines: (slot, type, BAR 0).
+fn pci_devices(console: &str) -> Vec<(u8, u32, u64)> {
+    console
+        .lines()
+        .filter_map(|line| line.split("keel-guest: virtio-pci 00:").nth(1))
+        .map(|rest| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let slot = u8::from_str_radix(fields[0].trim_end_matches(".0"), 16).unwrap();
+            assert_eq!(fields[1], "device", "{rest}");
+            let kind = fields[2].parse().unwrap();
+            let bar = fields[3].strip_prefix("bar0=0x").unwrap();
+            (slot, kind, u64::from_str_radix(bar, 16).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn guest_drives_blk_and_rng_over_virtio_pci() {
+    require_kvm!();
+    let path = image("rw.img", 64, |i| (i % 251) as u8);
+    let ro_path = image("ro.img", 16, |_| 7);
+    let ro_before = std::fs::read(&ro_path).unwrap();
+    let mut config = guest_config("keel.blk keel.rng keel.blk_start=3 keel.blk_sectors=5");
+    config.disks.push(DiskConfig {
+        id: "disk0".into(),
+        path: path.clone(),
+        read_only: false,
+        direct: false,
+    });
+    config.disks.push(DiskConfig {
+        id: "ro".into(),
+        path: ro_path.clone(),
+        read_only: true,
+        direct: false,
+    });
+    config.rng = Some(RngConfig { id: "rng0".into() });
+    let (reason, console) = run(config);
+    assert_eq!(reason, ExitReason::Reset, "{console}");
+    assert!(!console.contains("FAIL"), "{console}");
+    assert!(!console.contains("virtio-mmio"), "{console}");
+
+    // Three functions on bus 0 (the host bridge is 00:00.0), BARs pre-assigned in the 32-bit
+    // window, all different.
+    let devices = pci_devices(&console);
+    let mut kinds: Vec<u32> = devices.iter().map(|d| d.1).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, [2, 2, 4], "{console}");
+    for (slot, _, bar) in &devices {
+        assert!(*slot > 0, "{console}");
+        assert!((0xc000_0000..0xd000_0000).contains(bar), "{console}");
+    }
+    let mut bars: Vec<u64> = devices.iter().map(|d| d.2).collect();
+    bars.sort_unstable();
+    bars.dedup();
+    assert_eq!(bars.len(), 3, "{console}");
+
+    // Block: written, flushed, read back, and in the image.
+    assert!(
+        console.contains("virtio-blk dev=0 capacity=64 id=disk0"),
+        "{console}"
+    );
+    let sector0_sum: u32 = (0..512u32).map(|i| i % 251).sum();
+    assert!(
+        console.contains(&format!(
+            "virtio-blk dev=0 wrote=5 start=3 flushed verified sector0_sum={sector0_sum}"
+        )),
+        "{console}"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    for sector in 3..8u64 {
+        for offset in 0..512u64 {
+            assert_eq!(
+                bytes[(sector * 512 + offset) as usize],
+                pattern(sector, offset),
+                "sector {sector} byte {offset}"
+            );
+        }
+    }
+    assert_eq!(
+        bytes[8 * 512],
+        ((8 * 512) % 251) as u8,
+        "sector 8 untouched"
+    );
+
+    // The read-only disk refuses the write.
+    assert!(
+        console.contains("virtio-blk dev=1 capacity=16 id=ro"),
+        "{console}"
+    );
+    assert!(
+        console.contains("virtio-blk dev=1 read-only sector0_sum=3584"),
+        "{console}"
+    );
+    assert!(
+        console.contains("virtio-blk dev=1 write-refused status=1"),
+        "{console}"
+    );
+    assert_eq!(
+        std::fs::read(&ro_path).unwrap(),
+        ro_before,
+        "image unchanged"
+    );
+
+    // Entropy.
+    let line = console
+        .lines()
+        .find(|l| l.contains("virtio-rng bytes="))
+        .unwrap_or_else(|| panic!("{console}"));
+    let distinct: u32 = line
+        .rsplit("distinct=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(line.contains("bytes=64"), "{line}");
+    assert!(distinct > 30, "{line}");
+    assert!(console.contains("virtio done"), "{console}");
+}
