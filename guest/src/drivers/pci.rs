@@ -1,9 +1,10 @@
 //! virtio-pci discovery: bus 0 through configuration mechanism #1 (ports 0xCF8/0xCFC).
 //!
 //! [`scan`] looks at function 0 of devices 0–31, and for each modern virtio function (vendor
-//! 0x1AF4, device 0x1040 + type) reads BAR 0, enables memory decoding and bus mastering, finds the
-//! virtio structures through the capability list and builds a [`Transport`]. The guest assigns no
-//! BARs: it uses the addresses the VMM programmed, which must lie where it maps device memory.
+//! 0x1AF4, device 0x1040 + type) reports BAR 0 (where Keel puts every structure; QEMU uses BAR 4),
+//! enables memory decoding and bus mastering, finds the virtio structures through the capability
+//! list, reads the BARs they name and builds a [`Transport`]. The guest assigns no BARs: it uses
+//! the addresses the VMM or firmware programmed, which must lie where it maps device memory.
 
 use keel_test_guest::virtio::pci::{self, Bar, Structure, Structures};
 
@@ -42,18 +43,12 @@ pub fn scan(mut found: impl FnMut(Transport, u32)) {
             continue;
         };
         let config = |reg| read(device, reg);
+        // BAR 0 as the VMM left it (the raw register if it is no memory BAR).
         let bar0 = match pci::bar(config, 0) {
             Bar::Memory(address) => address,
-            Bar::Unsupported => {
-                report!("FAIL virtio-pci 00:{device:02x}.0 bar0 is not a memory BAR");
-                continue;
-            }
+            Bar::Unsupported => u64::from(read(device, pci::REG_BAR0)),
         };
         report!("virtio-pci 00:{device:02x}.0 device {virtio_type} bar0={bar0:#x}");
-        if bar0 == 0 {
-            report!("FAIL virtio-pci bar0 unassigned 00:{device:02x}.0");
-            continue;
-        }
         let command = read(device, pci::REG_COMMAND) as u16;
         write16(
             device,
@@ -70,7 +65,13 @@ pub fn scan(mut found: impl FnMut(Transport, u32)) {
             // (checked by `layout`), in a BAR of this function, whose memory decoding is now on;
             // only the drivers, one at a time, use the transport.
             Ok(layout) => found(unsafe { Transport::pci(layout) }, virtio_type),
-            Err((name, address)) => report!(
+            Err(Unusable::Unassigned(bar)) => {
+                report!("FAIL virtio-pci bar{bar} unassigned 00:{device:02x}.0");
+            }
+            Err(Unusable::NotMemory(bar)) => {
+                report!("FAIL virtio-pci 00:{device:02x}.0 bar{bar} is not a memory BAR");
+            }
+            Err(Unusable::Outside(name, address)) => report!(
                 "FAIL virtio-pci 00:{device:02x}.0 {name} structure at {address:#x} outside \
                  {MMIO_LOW:#x}-{MMIO_HIGH:#x}"
             ),
@@ -78,18 +79,33 @@ pub fn scan(mut found: impl FnMut(Transport, u32)) {
     }
 }
 
-/// The structures' addresses, or the name and address of one the guest cannot reach.
-fn layout(device: u8, structures: &Structures) -> Result<PciLayout, (&'static str, u64)> {
+/// Why a function's structures cannot be used.
+enum Unusable {
+    /// A structure's BAR reads 0: nobody assigned it an address.
+    Unassigned(u8),
+    /// A structure's BAR is an I/O BAR (or a 64-bit BAR in slot 5).
+    NotMemory(u8),
+    /// A structure lies where the guest maps no device memory.
+    Outside(&'static str, u64),
+}
+
+/// The structures' addresses (all four are present: `Structures::missing` was checked).
+fn layout(device: u8, structures: &Structures) -> Result<PciLayout, Unusable> {
     let locate = |structure: Option<Structure>, name: &'static str| {
-        let structure = structure.ok_or((name, 0))?;
+        let structure = structure.unwrap_or(Structure {
+            bar: 0,
+            offset: 0,
+            length: 0,
+        });
         let base = match pci::bar(|reg| read(device, reg), structure.bar) {
+            Bar::Memory(0) => return Err(Unusable::Unassigned(structure.bar)),
             Bar::Memory(base) => base,
-            Bar::Unsupported => return Err((name, 0)),
+            Bar::Unsupported => return Err(Unusable::NotMemory(structure.bar)),
         };
         let address = base + u64::from(structure.offset);
         let end = address + u64::from(structure.length);
-        if address < MMIO_LOW || end > MMIO_HIGH || base == 0 {
-            return Err((name, address));
+        if address < MMIO_LOW || end > MMIO_HIGH {
+            return Err(Unusable::Outside(name, address));
         }
         Ok((address, u64::from(structure.length)))
     };
