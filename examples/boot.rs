@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
+use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VirtioTransport, VsockConfig};
 use vmm_core::{BootProtocol, ExitReason, MemSize, SerialInput, VmBuilder, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -49,7 +49,11 @@ struct Args {
     /// Add a virtio-rng device.
     #[arg(long)]
     rng: bool,
-    /// Also describe virtio-mmio devices with `virtio_mmio.device=` on the command line.
+    /// Virtio transport: pci (default) or mmio.
+    #[arg(long, default_value = "pci", value_parser = parse_transport)]
+    transport: VirtioTransport,
+    /// Also describe virtio-mmio devices with `virtio_mmio.device=` on the command line
+    /// (implies `--transport mmio`).
     #[arg(long)]
     virtio_mmio_cmdline: bool,
     /// Print `keel-stats:` lines at exit: peak RSS and guest RAM resident (for benchmarks).
@@ -66,6 +70,14 @@ fn parse_protocol(text: &str) -> Result<BootProtocol, String> {
         "pvh" => Ok(BootProtocol::Pvh),
         "linux64" => Ok(BootProtocol::Linux64),
         other => Err(format!("`{other}` is not one of auto, pvh, linux64")),
+    }
+}
+
+fn parse_transport(text: &str) -> Result<VirtioTransport, String> {
+    match text {
+        "pci" => Ok(VirtioTransport::Pci),
+        "mmio" => Ok(VirtioTransport::Mmio),
+        other => Err(format!("`{other}` is not one of pci, mmio")),
     }
 }
 
@@ -114,7 +126,11 @@ fn config_from(args: &Args) -> Result<VmConfig, String> {
     if args.rng {
         config.rng = Some(RngConfig { id: "rng0".into() });
     }
+    config.virtio_transport = args.transport;
     config.virtio_mmio_cmdline = args.virtio_mmio_cmdline;
+    if args.virtio_mmio_cmdline {
+        config.virtio_transport = VirtioTransport::Mmio;
+    }
     Ok(config)
 }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::require_kvm;
-use vmm_core::config::DiskConfig;
+use vmm_core::config::{DiskConfig, VirtioTransport};
 use vmm_core::{BootProtocol, MemSize, VmBuilder, VmConfig};
 
 const CHILD_ENV: &str = "KEEL_DURABILITY_CHILD";
@@ -32,6 +32,7 @@ fn child_vmm() {
     config.boot_protocol = BootProtocol::Pvh;
     config.cmdline =
         "keel.cpus=1 keel.blk keel.blk_start=2 keel.blk_sectors=16 keel.ticks=0".into();
+    config.virtio_transport = VirtioTransport::Mmio;
     config.virtio_mmio_cmdline = true;
     config.disks.push(DiskConfig {
         id: "disk0".into(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use testkit::{require_kvm, SharedBuffer};
-use vmm_core::config::{DiskConfig, RngConfig};
+use vmm_core::config::{DiskConfig, RngConfig, VirtioTransport};
 use vmm_core::{BootProtocol, ExitReason, MemSize, VmBuilder, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -16,6 +16,7 @@ fn guest_config(cmdline: &str) -> VmConfig {
     config.memory = MemSize::mib(128);
     config.boot_protocol = BootProtocol::Pvh;
     config.cmdline = format!("keel.cpus=1 {cmdline}");
+    config.virtio_transport = VirtioTransport::Mmio;
     config.virtio_mmio_cmdline = true;
     config
 }

@@ -1,12 +1,12 @@
-//! Virtio over PCI, as far as it can be checked without a PCI-capable guest driver (Keel's test
-//! guest has only virtio-mmio drivers, so an end-to-end virtio-PCI run waits for one):
+//! Virtio over PCI at the level of the platform (the test guest drives the devices end to end in
+//! `virtio_pci_guest.rs`):
 //!
 //! - the ACPI tables describe the host bridge and ECAM, and `iasl -d` reads them back
 //!   (`KEEL-IASL-SKIP` without iasl, a failure with `KEEL_REQUIRE_TOOLS=1`);
 //! - on /dev/kvm, a VM with virtio-PCI devices builds, its config space answers through the
 //!   VM's own port and MMIO buses (0xCF8/0xCFC and ECAM), BAR 0 answers at the pre-assigned
-//!   address, programming an MSI-X vector installs a GSI route in KVM, and the test guest
-//!   (which ignores PCI) boots and exits cleanly.
+//!   address, programming an MSI-X vector installs a GSI route in KVM, and the test guest boots
+//!   with PCI devices present and exits cleanly.
 
 use std::process::Command;
 use std::time::Duration;

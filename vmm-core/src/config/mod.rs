@@ -150,10 +150,10 @@ pub enum BootProtocol {
 #[serde(rename_all = "lowercase")]
 pub enum VirtioTransport {
     /// virtio-mmio windows described in the DSDT (and optionally on the command line).
-    /// The default while Keel's test guest only has virtio-mmio drivers.
-    #[default]
     Mmio,
     /// Modern virtio-PCI functions behind a PCI host bridge (ECAM + ports 0xCF8), MSI-X only.
+    /// The default: every current Linux driver stack has it built in or as a module.
+    #[default]
     Pci,
 }
 
@@ -276,7 +276,7 @@ impl VmConfig {
             vsock: None,
             rng: None,
             virtio_mmio_cmdline: false,
-            virtio_transport: VirtioTransport::Mmio,
+            virtio_transport: VirtioTransport::Pci,
         }
     }
 
@@ -500,12 +500,13 @@ mod tests {
     }
 
     #[test]
-    fn virtio_transport_parses_defaults_to_mmio_and_is_validated() {
+    fn virtio_transport_parses_defaults_to_pci_and_is_validated() {
         let config: VmConfig = serde_json::from_str(r#"{"kernel": "k"}"#).unwrap();
-        assert_eq!(config.virtio_transport, VirtioTransport::Mmio);
-        let config: VmConfig =
-            serde_json::from_str(r#"{"kernel": "k", "virtio_transport": "pci"}"#).unwrap();
         assert_eq!(config.virtio_transport, VirtioTransport::Pci);
+        assert_eq!(VmConfig::new("k").virtio_transport, VirtioTransport::Pci);
+        let config: VmConfig =
+            serde_json::from_str(r#"{"kernel": "k", "virtio_transport": "mmio"}"#).unwrap();
+        assert_eq!(config.virtio_transport, VirtioTransport::Mmio);
         let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "k", "virtio_transport": "isa"}"#)
             .unwrap_err();
         assert!(err.to_string().contains("isa"), "{err}");
