@@ -1,0 +1,309 @@
+//! Scenarios shared by the virtio end-to-end tests, run over each transport: the test guest
+//! drives a device and the host plays the other side (a TAP interface, Unix sockets).
+#![allow(dead_code)] // each test binary uses the scenarios it needs
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testkit::SharedBuffer;
+use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
+
+/// How long a guest may take (all guest code is emulated on nested PVM hosts).
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The test guest with one vCPU, set up to find its devices on `transport`.
+pub fn guest_config(transport: VirtioTransport, cmdline: &str) -> VmConfig {
+    let mut config = VmConfig::new(testkit::build_test_guest().unwrap());
+    config.vcpus = 1;
+    config.memory = MemSize::mib(128);
+    config.boot_protocol = BootProtocol::Pvh;
+    config.virtio_transport = transport;
+    match transport {
+        VirtioTransport::Mmio => {
+            config.cmdline = format!("keel.cpus=1 {cmdline}");
+            config.virtio_mmio_cmdline = true;
+        }
+        VirtioTransport::Pci => config.cmdline = format!("keel.cpus=1 keel.pci {cmdline}"),
+    }
+    config
+}
+
+/// Boots `config` to its exit; returns the exit reason and the console.
+pub fn run(config: VmConfig) -> (ExitReason, String) {
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .build()
+        .unwrap_or_else(|err| panic!("build: {err}"));
+    vm.start().unwrap();
+    let reason = vm
+        .wait_timeout(TIMEOUT)
+        .unwrap_or_else(|| panic!("guest did not exit:\n{}", out.text()));
+    (reason, out.text())
+}
+
+/// A raw image of `sectors` sectors filled by `fill(byte index)`.
+pub fn image(name: &str, sectors: usize, fill: impl Fn(usize) -> u8) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-virtio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let bytes: Vec<u8> = (0..sectors * 512).map(fill).collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The pattern the guest writes (guest/README.md): byte `offset` of sector `sector`.
+pub fn pattern(sector: u64, offset: u64) -> u8 {
+    (((sector * 31 + offset * 7) ^ 0x5a) & 0xff) as u8
+}
+
+/// A raw AF_PACKET socket on one interface, for EtherType 0x88b5 frames (test-side peer).
+pub struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+pub const ETHERTYPE_TEST: u16 = 0x88b5;
+
+impl PacketSocket {
+    pub fn open(ifname: &str) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: plain socket creation; the fd is owned below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETHERTYPE_TEST.to_be()),
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETHERTYPE_TEST.to_be();
+        addr.sll_ifindex = ifindex;
+        use std::os::fd::AsRawFd;
+        // SAFETY: `addr` is a valid sockaddr_ll of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: valid option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETHERTYPE_TEST.to_be();
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: `frame` and `addr` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Frames cross a real TAP device both ways: three from the guest, one from the host.
+/// Returns the console, or `None` (with a printed reason) where /dev/net/tun is missing.
+pub fn net_round_trip(transport: VirtioTransport, tap: &str) -> Option<String> {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("KEEL-TAP-SKIP: /dev/net/tun is missing");
+        return None;
+    }
+    let tap = tap.to_string();
+    let mut config = guest_config(transport, "keel.net keel.net_frames=3");
+    config.nets.push(vmm_core::config::NetConfig {
+        id: "net0".into(),
+        tap: tap.clone(),
+        mac: Some("52:54:00:12:34:56".into()),
+    });
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .build()
+        .unwrap_or_else(|err| panic!("build: {err}"));
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "dev", &tap, "up"])
+        .status()
+        .unwrap();
+    assert!(up.success(), "ip link set {tap} up");
+    let socket = PacketSocket::open(&tap).unwrap();
+    vm.start().unwrap();
+
+    // Guest -> host: three broadcast frames from the configured MAC.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while seen.len() < 3 && std::time::Instant::now() < deadline {
+        if let Some(frame) = socket.recv() {
+            assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
+            assert_eq!(
+                &frame[6..12],
+                &[0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                "source MAC"
+            );
+            let payload = String::from_utf8_lossy(&frame[14..])
+                .trim_end_matches('\0')
+                .to_string();
+            seen.push(payload);
+        }
+    }
+    assert_eq!(
+        seen,
+        ["KEEL-GUEST 0", "KEEL-GUEST 1", "KEEL-GUEST 2"],
+        "{}",
+        out.text()
+    );
+
+    // Host -> guest.
+    let mut frame = vec![
+        0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5,
+    ];
+    frame.extend_from_slice(b"KEEL-HOST hello from host");
+    let expected = "virtio-net rx len=39 payload=KEEL-HOST hello from host";
+    while !out.wait_for(expected, Duration::from_millis(500)) {
+        assert!(std::time::Instant::now() < deadline, "{}", out.text());
+        socket.send(&frame).unwrap();
+    }
+    let reason = vm.wait_timeout(TIMEOUT);
+    assert_eq!(reason, Some(ExitReason::Reset), "{}", out.text());
+    let console = out.text();
+    assert!(
+        console.contains("virtio-net mac=52:54:00:12:34:56 sent=3"),
+        "{console}"
+    );
+    assert!(!console.contains("FAIL"), "{console}");
+    Some(console)
+}
+
+/// vsock connections in both directions over Unix sockets (Firecracker's host-side model).
+/// Returns the console.
+pub fn vsock_both_ways(transport: VirtioTransport, dir_name: &str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = std::env::temp_dir().join(format!("{dir_name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uds = dir.join("v.sock");
+    // Guest-initiated connections to host port 5000 arrive on `<uds>_5000`.
+    let listener = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+    let mut config = guest_config(
+        transport,
+        "keel.vsock keel.vsock_port=5000 keel.vsock_listen=6000",
+    );
+    config.vsock = Some(vmm_core::config::VsockConfig {
+        id: "vsock0".into(),
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .build()
+        .unwrap_or_else(|err| panic!("build: {err}"));
+    vm.start().unwrap();
+
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).to_string();
+        stream.write_all(b"hi guest").unwrap();
+        got
+    });
+    assert!(
+        out.wait_for("virtio-vsock connect port=5000", TIMEOUT),
+        "{}",
+        out.text()
+    );
+    assert_eq!(server.join().unwrap(), "hello from guest");
+    assert!(
+        out.wait_for("virtio-vsock connect port=5000 reply=hi guest", TIMEOUT),
+        "{}",
+        out.text()
+    );
+
+    // Host-initiated: CONNECT through the device's socket, as with Firecracker.
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.set_read_timeout(Some(TIMEOUT)).unwrap();
+    host.write_all(b"CONNECT 6000\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(host.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("OK "),
+        "{line:?}; console:\n{}",
+        out.text()
+    );
+    host.write_all(b"ping from host").unwrap();
+    let mut echo = [0u8; 14];
+    host.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"PING FROM HOST");
+    drop(host);
+
+    let reason = vm.wait_timeout(TIMEOUT);
+    let console = out.text();
+    assert_eq!(reason, Some(ExitReason::Reset), "{console}");
+    assert!(console.contains("virtio-vsock cid=3"), "{console}");
+    assert!(
+        console.contains("virtio-vsock accepted port=6000 got=ping from host"),
+        "{console}"
+    );
+    assert!(!console.contains("FAIL"), "{console}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    console
+}
