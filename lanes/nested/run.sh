@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# The nested lane: boots stock Debian kernels under Keel on hardware-style KVM.
+#
+# This machine's own KVM cannot run stock kernels (see README.md), so the lane starts an L1 Debian
+# kernel under QEMU in pure emulation (TCG) with an AMD SVM CPU; L1 gets a real /dev/kvm, and its
+# /init (l1-init.sh) boots each case's L2 kernel with Keel and reports marker lines on the serial
+# console, which this script parses. Needs root on Debian (apt); no /dev/kvm needed.
+#
+# Usage: lanes/nested/run.sh [--cases "6.12:1 6.12:2 6.1:1"] [--bench] [options]; --help for all.
+set -euo pipefail
+
+lane_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$lane_dir/../.." && pwd)
+out=$repo/target/nested-lane
+cache=${KEEL_CACHE:-$HOME/.cache/keel}
+# shellcheck source=SCRIPTDIR/modules.sh
+source "$lane_dir/modules.sh"
+
+cases="6.12:1 6.12:2 6.1:1"
+bench=0
+bench_runs=3
+l1_kernel=6.12
+l1_smp=1
+l1_cpu="EPYC,+svm"
+l1_threads=multi
+case_timeout=120
+shutdown_grace=15
+mem_mib=256
+qemu_machine=pc
+keel_bin=
+keel_args=
+verbose=0
+l2_cmdline="console=ttyS0 reboot=k panic=-1 quiet"
+l2_image=vmlinuz
+
+usage() {
+  cat <<EOF
+Usage: $0 [options]
+  --cases "K:N ..."    cases to run: L2 kernel K (6.12 or 6.1) with N vCPUs [$cases]
+  --bench              also boot each case under QEMU -accel kvm inside L1 and compare
+  --bench-runs N       rounds of QEMU and Keel boots per case for --bench [$bench_runs]
+  --l1 K               L1 kernel [$l1_kernel]
+  --l1-smp N           L1 vCPUs (TCG threads) [$l1_smp]
+  --l1-threads multi|single
+                       TCG threading for L1: one host thread per vCPU, or all on one [$l1_threads]
+  --l1-cpu MODEL       QEMU CPU model for L1; needs SVM [$l1_cpu]
+  --case-timeout S     kill an L2 VMM after S seconds [$case_timeout]
+  --qemu-machine M     machine type for --bench: pc or microvm [$qemu_machine]
+  --l2-cmdline TEXT    L2 kernel command line [$l2_cmdline]
+  --l2-image vmlinuz|vmlinux
+                       boot L2 from the bzImage (Linux boot protocol) or from the ELF inside it
+                       (PVH entry: no decompressor in L2) [$l2_image]
+  --keel-args "ARGS"   extra arguments for Keel in L1 (e.g. devices, for the L2 modules hook)
+  --keel-bin PATH      use this static Keel boot binary instead of building examples/boot
+  --verbose            show the whole L1 console while it runs (it is always logged)
+Environment: KEEL_CACHE (downloads, default ~/.cache/keel), KEEL_LOG (RUST_LOG for Keel in L1).
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cases) cases=$2; shift ;;
+    --bench) bench=1 ;;
+    --bench-runs) bench=1; bench_runs=$2; shift ;;
+    --l1) l1_kernel=$2; shift ;;
+    --l1-smp) l1_smp=$2; shift ;;
+    --l1-cpu) l1_cpu=$2; shift ;;
+    --l1-threads) l1_threads=$2; shift ;;
+    --case-timeout) case_timeout=$2; shift ;;
+    --qemu-machine) qemu_machine=$2; shift ;;
+    --l2-cmdline) l2_cmdline=$2; shift ;;
+    --l2-image) l2_image=$2; shift ;;
+    --keel-bin) keel_bin=$(realpath "$2"); shift ;;
+    --keel-args) keel_args=$2; shift ;;
+    --verbose) verbose=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "nested-lane: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { echo "nested-lane: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# Kernels are named by the Debian meta-package that tracks them; run time resolves the version.
+meta_package() {
+  case $1 in
+    6.1) echo linux-image-cloud-amd64 ;;
+    6.12) echo linux-image-6.12-cloud-amd64 ;;
+    *) die "unknown kernel '$1' (known: 6.1, 6.12)" ;;
+  esac
+}
+
+for c in $cases; do
+  [[ $c =~ ^[0-9.]+:[1-9][0-9]*$ ]] || die "bad case '$c': expected <kernel>:<vcpus>, e.g. 6.12:2"
+  meta_package "${c%%:*}" > /dev/null
+done
+meta_package "$l1_kernel" > /dev/null
+[[ $l2_image =~ ^vmlinu[zx]$ ]] || die "--l2-image must be vmlinuz or vmlinux"
+for n in "$bench_runs" "$l1_smp" "$case_timeout"; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || die "'$n' is not a positive number"
+done
+l2_kernels=$(for c in $cases; do echo "${c%%:*}"; done | sort -u)
+
+# ldd says so for static binaries (glibc: "statically linked"/"not a dynamic executable").
+is_static() { { ldd "$1" 2>&1 || true; } | grep -q -e 'statically linked' -e 'not a dynamic executable'; }
+
+# --- 1. Host packages ----------------------------------------------------------------------------
+install_packages() {
+  local missing=() pkg
+  for pkg in qemu-system-x86 busybox-static cpio zstd lz4 xz-utils; do
+    dpkg-query -W -f='${Status}' "$pkg" 2> /dev/null | grep -q 'ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}; run as root or install them"
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+}
+command -v dpkg-query > /dev/null || die "this lane needs a Debian host (dpkg, apt)"
+install_packages
+busybox=$(command -v busybox) || die "busybox not found"
+is_static "$busybox" || die "$busybox is not static (install busybox-static)"
+
+# --- 2. Kernels ----------------------------------------------------------------------------------
+kernel_dir() { echo "$cache/debian-$1"; }
+# shellcheck disable=SC2086 # l2_kernels is a list of words
+for k in $(printf '%s\n' $l2_kernels "$l1_kernel" | sort -u); do
+  say "kernel $k: $(meta_package "$k")"
+  "$repo/scripts/fetch-debian-kernel.sh" "$(meta_package "$k")" "$(kernel_dir "$k")" > /dev/null \
+    || die "cannot fetch kernel $k"
+done
+
+# --- 3. Keel -------------------------------------------------------------------------------------
+# L1 has no libraries, so the binary must be static: the musl target.
+if [ -z "$keel_bin" ]; then
+  say "building Keel's boot example (x86_64-unknown-linux-musl, static)"
+  (cd "$repo" && CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build -q --release \
+    --target x86_64-unknown-linux-musl -p examples --example boot) \
+    || die "cargo build of examples/boot for x86_64-unknown-linux-musl failed"
+  keel_bin=$repo/target/x86_64-unknown-linux-musl/release/examples/boot
+fi
+[ -x "$keel_bin" ] || die "no Keel binary at $keel_bin"
+is_static "$keel_bin" || die "$keel_bin is not static; L1 has no libraries"
+
+# --- Cached initramfs parts ----------------------------------------------------------------------
+# build_part <output> <builder> <input-file>...: runs "<builder> <output>" only when the names or
+# contents of the inputs changed since the last build (their hash is kept in <output>.inputs).
+build_part() {
+  local output=$1 builder=$2 sum
+  shift 2
+  sum=$({ printf '%s\n' "$builder" "$@"; cat "$@"; } | sha256sum | cut -d' ' -f1)
+  if [ -s "$output" ] && [ "$(cat "$output.inputs" 2> /dev/null)" = "$sum" ]; then
+    return 0
+  fi
+  say "building $(basename "$output")"
+  mkdir -p "$(dirname "$output")"
+  "$builder" "$output.tmp"
+  mv "$output.tmp" "$output"
+  echo "$sum" > "$output.inputs"
+}
+
+# pack <dir> [compressor]: a newc cpio archive of dir's contents, owned by root, on stdout.
+# Linux unpacks concatenated archives, so each part of an initramfs can be built on its own.
+pack() {
+  (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | ${2:-cat}
+}
+
+# A fresh staging directory with busybox and an /init.
+stage() {
+  local dir=$1 init=$2
+  rm -rf "$dir"
+  mkdir -p "$dir"/{bin,dev,proc,sys,tmp,lib/modules}
+  cp "$busybox" "$dir/bin/busybox"
+  install -m 755 "$init" "$dir/init"
+}
+
+# --- 4. L2 initramfs, one per L2 kernel (it carries that kernel's modules) -----------------------
+l2_modules() { sed 's/#.*//' "$lane_dir/l2-modules.list" | xargs; }
+build_l2_initrd() {
+  local output=$1 staging=$out/staging/l2-$k
+  stage "$staging" "$lane_dir/l2-init.sh"
+  # shellcheck disable=SC2046 # the list is module names, one word each
+  copy_modules "$(kernel_dir "$k")/modules" "$staging/lib/modules" $(l2_modules)
+  pack "$staging" "gzip -9" > "$output"
+}
+for k in $l2_kernels; do
+  build_part "$out/l2/$k/initrd.cpio.gz" build_l2_initrd "$busybox" "$lane_dir/l2-init.sh" \
+    "$lane_dir/l2-modules.list" "$lane_dir/modules.sh" "$(kernel_dir "$k")/version"
+done
+
+# --- 5. L1 initramfs: base (busybox, init, KVM modules) + Keel + L2 images [+ QEMU] + config -----
+build_l1_base() {
+  local staging=$out/staging/l1-base
+  stage "$staging" "$lane_dir/l1-init.sh"
+  copy_modules "$(kernel_dir "$l1_kernel")/modules" "$staging/lib/modules" kvm_amd
+  pack "$staging" "gzip -9" > "$1"
+}
+build_part "$out/l1/base.cpio.gz" build_l1_base "$busybox" "$lane_dir/l1-init.sh" \
+  "$lane_dir/modules.sh" "$(kernel_dir "$l1_kernel")/version"
+
+build_keel_part() {
+  local staging=$out/staging/keel
+  rm -rf "$staging" && mkdir -p "$staging/bin"
+  cp "$keel_bin" "$staging/bin/keel"
+  pack "$staging" "gzip -6" > "$1"
+}
+build_part "$out/l1/keel.cpio.gz" build_keel_part "$keel_bin"
+
+# The L2 kernels are compressed already: an uncompressed archive spares L1 a slow decompression.
+l2_inputs=()
+for k in $l2_kernels; do l2_inputs+=("$(kernel_dir "$k")/$l2_image" "$out/l2/$k/initrd.cpio.gz"); done
+build_l2_part() {
+  local staging=$out/staging/l2-images k
+  rm -rf "$staging"
+  for k in $l2_kernels; do
+    mkdir -p "$staging/l2/$k"
+    cp "$(kernel_dir "$k")/$l2_image" "$staging/l2/$k/$l2_image"
+    cp "$out/l2/$k/initrd.cpio.gz" "$staging/l2/$k/initrd.cpio.gz"
+  done
+  pack "$staging" > "$1"
+}
+build_part "$out/l1/l2-images.cpio" build_l2_part "${l2_inputs[@]}"
+
+# For --bench: this host's QEMU, its libraries at their own paths, and the firmware it loads.
+qemu_bin=$(command -v qemu-system-x86_64)
+qemu_libs() { ldd "$qemu_bin" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}'; }
+qemu_firmware() {
+  local name dir
+  # pc: SeaBIOS, its Linux loader and the TPR patching ROM; microvm: qboot.
+  # pvh.bin: the option ROM that boots an ELF kernel through its PVH entry (--l2-image vmlinux).
+  for name in bios-256k.bin linuxboot_dma.bin kvmvapic.bin bios-microvm.bin pvh.bin; do
+    for dir in /usr/share/qemu /usr/share/seabios; do
+      [ -e "$dir/$name" ] && { echo "$dir/$name"; break; }
+    done
+  done
+}
+build_qemu_part() {
+  local staging=$out/staging/qemu lib file
+  rm -rf "$staging" && mkdir -p "$staging/qemu/bin" "$staging/qemu/share"
+  cp "$qemu_bin" "$staging/qemu/bin/"
+  for lib in $(qemu_libs); do
+    mkdir -p "$staging$(dirname "$lib")"
+    cp -L "$lib" "$staging$lib"
+  done
+  for file in $(qemu_firmware); do cp -L "$file" "$staging/qemu/share/"; done
+  pack "$staging" "gzip -6" > "$1"
+}
+parts=("$out/l1/base.cpio.gz" "$out/l1/keel.cpio.gz" "$out/l1/l2-images.cpio")
+if [ "$bench" = 1 ]; then
+  # shellcheck disable=SC2046
+  build_part "$out/l1/qemu.cpio.gz" build_qemu_part "$qemu_bin" $(qemu_libs) $(qemu_firmware)
+  parts+=("$out/l1/qemu.cpio.gz")
+fi
+
+# The run's settings, read by l1-init.sh; small, so rebuilt every time.
+conf=$out/staging/conf
+rm -rf "$conf" && mkdir -p "$conf/etc"
+cat > "$conf/etc/lane.conf" <<EOF
+CASES="$cases"
+BENCH_RUNS=$(( bench * bench_runs ))
+MEM_MIB=$mem_mib
+L2_CMDLINE="$l2_cmdline"
+CASE_TIMEOUT=$case_timeout
+SHUTDOWN_GRACE=$shutdown_grace
+KEEL_LOG="${KEEL_LOG:-warn}"
+QEMU_MACHINE=$qemu_machine
+L2_IMAGE=$l2_image
+KEEL_ARGS="$keel_args"
+EOF
+pack "$conf" > "$out/l1/conf.cpio"
+# Linux finds an uncompressed archive only at a 4-byte aligned offset and skips zero bytes
+# between archives, so each part is padded to a multiple of 4.
+for part in "${parts[@]}" "$out/l1/conf.cpio"; do
+  cat "$part"
+  head -c $(( (4 - $(stat -c %s "$part") % 4) % 4 )) /dev/zero
+done > "$out/l1/initrd.img"
+rm -rf "$out/staging"   # the parts are what is cached; the copies they were packed from are not
+
+# --- 6. Run L1 -----------------------------------------------------------------------------------
+# A hard limit for the whole run: L1's boot plus every case's worst time (QEMU's too with --bench).
+ncases=$(wc -w <<< "$cases")
+hard_timeout=$(( 180 + ncases * (case_timeout + shutdown_grace + 5) * (1 + 2 * bench * bench_runs) ))
+stamp=$(date +%Y%m%d-%H%M%S)
+log=$out/console-$stamp.log
+ln -sfn "$(basename "$log")" "$out/console.log"
+# Keep the logs of the last 20 runs.
+find "$out" -maxdepth 1 -name 'console-*.log' | sort | head -n -19 | xargs -r rm -f
+say "booting L1 ($l1_kernel, -smp $l1_smp, $l1_threads-threaded TCG, -cpu $l1_cpu) with cases: $cases; log: $log"
+started=$(date +%s)
+set +e
+# stdin from /dev/null: QEMU leaves the terminal alone and Ctrl-C stops the run. -net none: no
+# NIC, so SeaBIOS does not spend emulated time in the iPXE option ROM.
+timeout -k 10 "$hard_timeout" qemu-system-x86_64 -accel "tcg,thread=$l1_threads" -cpu "$l1_cpu" -smp "$l1_smp" \
+  -m 2048 -nographic -no-reboot -net none -kernel "$(kernel_dir "$l1_kernel")/vmlinuz" \
+  -initrd "$out/l1/initrd.img" -append "console=ttyS0 panic=-1 quiet" < /dev/null 2>&1 \
+  | sed -u 's/\r$//' | tee "$log" \
+  | if [ "$verbose" = 1 ]; then cat; else grep --line-buffered -e '^KEEL-' || true; fi
+qemu_status=${PIPESTATUS[0]}
+set -e
+elapsed=$(( $(date +%s) - started ))
+[ "$qemu_status" = 124 ] && say "L1 did not finish within ${hard_timeout}s and was killed"
+
+# --- Results -------------------------------------------------------------------------------------
+failed=0
+echo
+row='%-8s %-6s %-5s %-15s %-7s %-6s %-13s %-12s %-7s %s\n'
+# shellcheck disable=SC2059 # one format for the header and the rows
+printf "$row" case status exit vm_exit boot_s nproc memtotal_kib clocksource wall_s reason
+for c in $cases; do
+  line=$(grep -m1 "^KEEL-LANE case=$c " "$log" || true)
+  if [ -z "$line" ]; then
+    printf '%-8s %-6s (no result line)\n' "$c" missing
+    failed=1
+    continue
+  fi
+  # shellcheck disable=SC2086 # the line is key=value words
+  # shellcheck disable=SC2154,SC2059 # the variables come from the line's key=value words
+  (declare ${line#KEEL-LANE } 2> /dev/null
+   printf "$row" "$case" "$status" "$exit" "$vm_exit" "$boot_s" "$nproc" "$memtotal_kib" \
+     "$clocksource" "$wall_s" "$reason")
+  grep -q "^KEEL-LANE case=$c status=pass " "$log" || failed=1
+done
+if [ "$bench" = 1 ]; then
+  # Boot times here swing with the host's load (TCG shares two cores with other work), so the
+  # minimum over the rounds is the figure to compare, as for the other VMM benchmarks.
+  echo
+  awk '/^KEEL-BENCH / {
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+      key = f["kernel"] " " f["vcpus"]
+      if (!(key in n)) order[++keys] = key
+      n[key]++
+      if (f["keel_s"] != "-" && (!(key in k) || f["keel_s"] + 0 < k[key])) k[key] = f["keel_s"] + 0
+      if (f["qemu_s"] != "-" && (!(key in q) || f["qemu_s"] + 0 < q[key])) q[key] = f["qemu_s"] + 0
+    }
+    END {
+      printf "%-7s %-6s %-5s %-11s %-11s %s\n", "kernel", "vcpus", "runs", "keel_min_s", "qemu_min_s", "keel/qemu"
+      for (i = 1; i <= keys; i++) {
+        key = order[i]
+        split(key, p, " ")
+        ratio = (key in k && key in q && q[key] > 0) ? sprintf("%.2f", k[key] / q[key]) : "-"
+        printf "%-7s %-6s %-5s %-11s %-11s %s\n", p[1], p[2], n[key], \
+          (key in k) ? sprintf("%.2f", k[key]) : "-", (key in q) ? sprintf("%.2f", q[key]) : "-", ratio
+      }
+    }' "$log"
+fi
+grep '^KEEL-LANE l1 ' "$log" || true
+for k in $l2_kernels; do echo "L2 kernel $k: $(cat "$(kernel_dir "$k")/version")"; done
+echo "L1 kernel $l1_kernel: $(cat "$(kernel_dir "$l1_kernel")/version"); L1 run: ${elapsed}s; log: $log"
+# What a failure looks like, so that the log need not be opened for the common cases.
+for c in $cases; do
+  grep -q "^KEEL-LANE case=$c status=pass " "$log" && continue
+  echo "--- $c: last lines of the L2 console and Keel's stderr"
+  grep -F -e "L2|$c| " -e "VMM|$c| " "$log" | tail -n 15 || true
+done
+if ! grep -q '^KEEL-LANE done' "$log"; then
+  say "L1 did not finish (no 'KEEL-LANE done'; QEMU status $qemu_status): see $log"
+  grep -E '^\[ *[0-9.]+\] .*(Oops|BUG|panic|Call Trace)' "$log" | head -n 5 || true
+  failed=1
+fi
+[ "$failed" = 0 ] || { say "FAILED"; exit 1; }
+say "all cases passed"
