@@ -134,6 +134,7 @@ done
 # --- 3. Keel -------------------------------------------------------------------------------------
 # L1 has no libraries, so the binary must be static: the musl target.
 if [ -z "$keel_bin" ]; then
+  command -v cargo > /dev/null || die "cargo not found: install Rust with rustup (the repo pins the toolchain)"
   say "building Keel's boot example (x86_64-unknown-linux-musl, static)"
   (cd "$repo" && CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build -q --release \
     --target x86_64-unknown-linux-musl -p examples --example boot) \
