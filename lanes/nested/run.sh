@@ -178,6 +178,7 @@ stage() {
 
 # --- 4. L2 initramfs, one per L2 kernel (it carries that kernel's modules) -----------------------
 l2_modules() { sed 's/#.*//' "$lane_dir/l2-modules.list" | xargs; }
+# Builds the initramfs of kernel $k (set by the loop below; build_part passes only the output).
 build_l2_initrd() {
   local output=$1 staging=$out/staging/l2-$k
   stage "$staging" "$lane_dir/l2-init.sh"
