@@ -263,6 +263,29 @@ fn madt(vcpus: u32) -> MADT {
     madt
 }
 
+/// MADT flag: the platform also has dual 8259 PICs (KVM's in-kernel irqchip does). Without it
+/// Linux reserves no legacy IRQs and numbers ISA interrupts dynamically (COM1 as IRQ 24).
+const MADT_PCAT_COMPAT: u32 = 1;
+/// Offset of the MADT's flags field (after the 36-byte header and the LAPIC address).
+const MADT_FLAGS_OFFSET: usize = 40;
+/// Offset of the checksum byte in every ACPI table header.
+const TABLE_CHECKSUM_OFFSET: usize = 9;
+
+/// The MADT with its flags set. acpi_tables 0.2 always writes flags 0, so they are patched into
+/// the serialized table and its checksum fixed.
+fn madt_bytes(vcpus: u32) -> Vec<u8> {
+    let mut bytes = bytes_of(&madt(vcpus));
+    if let Some(flags) = bytes.get_mut(MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4) {
+        flags.copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    }
+    if bytes.len() > TABLE_CHECKSUM_OFFSET {
+        bytes[TABLE_CHECKSUM_OFFSET] = 0;
+        let sum = bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b));
+        bytes[TABLE_CHECKSUM_OFFSET] = 0u8.wrapping_sub(sum);
+    }
+    bytes
+}
+
 fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     let mut bytes = Vec::new();
     table.to_aml_bytes(&mut bytes);
@@ -294,7 +317,7 @@ pub fn write_tables_with_pci(
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = bytes_of(&fadt(dsdt_addr));
     let madt_addr = align(fadt_addr + fadt.len() as u64);
-    let madt = bytes_of(&madt(vcpus));
+    let madt = madt_bytes(vcpus);
     let mcfg_addr = align(madt_addr + madt.len() as u64);
     let mcfg = pci.map(|host| bytes_of(&mcfg(host))).unwrap_or_default();
     let xsdt_addr = align(mcfg_addr + mcfg.len() as u64);

@@ -230,15 +230,8 @@ impl VmBuilder {
                 op: "KVM_GET_SUPPORTED_CPUID",
                 source,
             })?;
-        let supported_msrs = kvm
-            .get_msr_index_list()
-            .map_err(|source| vm::VmError::Kvm {
-                op: "KVM_GET_MSR_INDEX_LIST",
-                source,
-            })?;
         let setup = VcpuSetup {
             supported_cpuid: &supported_cpuid,
-            supported_msrs: supported_msrs.as_slice(),
             vcpu_count: self.config.vcpus,
             tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
             entry: &boot.entry,

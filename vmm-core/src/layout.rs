@@ -148,6 +148,14 @@ pub fn memory_map(memory_bytes: u64) -> Vec<MemoryMapEntry> {
             kind: E820_RAM,
         });
     }
+    // Linux uses an MCFG (ECAM) window only if the firmware reserves it; the DSDT's motherboard
+    // resource does too, but the e820 entry avoids the "not reserved" detour at boot.
+    map.push(MemoryMapEntry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|entry| entry.addr);
     map
 }
 
@@ -166,7 +174,14 @@ mod tests {
             .map(|e| e.size)
             .sum();
         assert_eq!(ram, (128 << 20) - (HIMEM_START - EBDA_START));
-        assert_eq!(map.last().map(|e| e.addr + e.size), Some(128 << 20));
+        let last_ram = map.iter().filter(|e| e.kind == E820_RAM).last();
+        assert_eq!(last_ram.map(|e| e.addr + e.size), Some(128 << 20));
+        assert!(
+            map.iter()
+                .any(|e| e.addr == PCI_ECAM_START && e.kind == E820_RESERVED),
+            "the ECAM window is reserved"
+        );
+        assert!(map.windows(2).all(|w| w[0].addr < w[1].addr), "sorted");
     }
 
     #[test]
@@ -177,7 +192,7 @@ mod tests {
         assert_eq!(regions[0], (GuestAddress(0), MMIO_GAP_START));
         assert_eq!(regions[1], (GuestAddress(1 << 32), memory - MMIO_GAP_START));
         let map = memory_map(memory);
-        for entry in &map {
+        for entry in map.iter().filter(|e| e.kind == E820_RAM) {
             let end = entry.addr + entry.size;
             assert!(
                 end <= MMIO_GAP_START || entry.addr >= MMIO_GAP_END,

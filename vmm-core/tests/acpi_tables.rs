@@ -101,6 +101,11 @@ fn madt_lists_one_enabled_local_apic_per_vcpu_and_the_ioapic() {
         let (mem, acpi_layout) = written(vcpus);
         let madt = table(&mem, acpi_layout.madt);
         assert_eq!(u32_at(&madt, 36), layout::LAPIC_START as u32);
+        assert_eq!(
+            u32_at(&madt, 40) & 1,
+            1,
+            "PCAT_COMPAT: the in-kernel 8259s exist"
+        );
         let mut apic_ids = Vec::new();
         let mut ioapics = Vec::new();
         let mut at = 44;

@@ -159,7 +159,12 @@ fn check_e820(params: &boot_params, memory_bytes: u64) {
         let (addr, size, kind) = (entry.addr, entry.size, entry.r#type);
         assert_eq!((addr, size, kind), (want.addr, want.size, want.kind));
     }
-    let top = expected.iter().map(|e| e.addr + e.size).max().unwrap();
+    let top = expected
+        .iter()
+        .filter(|e| e.kind == layout::E820_RAM)
+        .map(|e| e.addr + e.size)
+        .max()
+        .unwrap();
     assert_eq!(top, memory_bytes, "RAM ends at the configured size");
 }
 

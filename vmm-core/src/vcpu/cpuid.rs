@@ -39,6 +39,8 @@ const LEAF6_EAX_ARAT: u32 = 1 << 2;
 /// Leaf 0xB/0x1F level types.
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
+/// Leaf 0x8000_0001 ECX (AMD): core multi-processing legacy mode.
+const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 /// KVM's paravirtual CPUID base leaf ("KVMKVMKVM").
 const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
 
@@ -91,7 +93,6 @@ pub fn normalize(cpuid: &mut CpuId, ctx: CpuidContext) {
     let count = ctx.vcpu_count.max(1);
     let apic_id = ctx.vcpu_id;
     let core_bits = id_width(count);
-    let has_topology_leaf = cpuid.as_slice().iter().any(|e| e.function == 0xb);
 
     for entry in cpuid.as_mut_slice() {
         match entry.function {
@@ -144,7 +145,14 @@ pub fn normalize(cpuid: &mut CpuId, ctx: CpuidContext) {
                 entry.ecx = 0;
                 entry.edx = 0;
             }
-            0xb | 0x1f => topology_level(entry, apic_id, count, core_bits),
+            0x8000_0001 if vendor == Vendor::Amd => {
+                // CmpLegacy: the package has more than one core (as leaf 1's HTT says).
+                if count > 1 {
+                    entry.ecx |= AMD_ECX_CMP_LEGACY;
+                } else {
+                    entry.ecx &= !AMD_ECX_CMP_LEGACY;
+                }
+            }
             0x8000_0008 if vendor == Vendor::Amd => {
                 // ECX[15:12]: APIC ID bits for cores; ECX[7:0]: cores in the package - 1.
                 entry.ecx = (entry.ecx & !0xf0ff) | (core_bits << 12) | ((count - 1) & 0xff);
@@ -162,27 +170,42 @@ pub fn normalize(cpuid: &mut CpuId, ctx: CpuidContext) {
         }
     }
 
-    // Give the guest the x2APIC topology leaf even when the host's CPUID lacks it (AMD), so the
-    // vCPU count is discoverable the same way everywhere.
-    if !has_topology_leaf {
-        for index in 0..2 {
+    rebuild_topology_leaves(cpuid, apic_id, count, core_bits);
+}
+
+/// Replaces the extended topology leaves (0xB, and 0x1F when the host has it) with complete
+/// ones: SMT level, core level and the terminating invalid level. KVM's supported CPUID may
+/// carry only some sub-leaves (on AMD hosts, often sub-leaf 0 alone); a guest that finds no core
+/// level counts every vCPU as its own package, and Linux then distrusts the TSC across packages.
+fn rebuild_topology_leaves(cpuid: &mut CpuId, apic_id: u32, count: u32, core_bits: u32) {
+    let has_0x1f = cpuid.as_slice().iter().any(|e| e.function == 0x1f);
+    let mut kept: Vec<kvm_cpuid_entry2> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| e.function != 0xb && e.function != 0x1f)
+        .copied()
+        .collect();
+    let leaves: &[u32] = if has_0x1f { &[0xb, 0x1f] } else { &[0xb] };
+    for &function in leaves {
+        for index in 0..3 {
             let mut entry = kvm_cpuid_entry2 {
-                function: 0xb,
+                function,
                 index,
                 flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
                 ..Default::default()
             };
             topology_level(&mut entry, apic_id, count, core_bits);
-            if cpuid.push(entry).is_err() {
-                log::warn!("cpuid: no room to add topology leaf 0xb");
-                break;
-            }
+            kept.push(entry);
         }
-        for entry in cpuid.as_mut_slice() {
-            if entry.function == 0 && entry.eax < 0xb {
-                entry.eax = 0xb;
-            }
+    }
+    for entry in kept.iter_mut() {
+        if entry.function == 0 && entry.eax < 0xb {
+            entry.eax = 0xb;
         }
+    }
+    match CpuId::from_entries(&kept) {
+        Ok(rebuilt) => *cpuid = rebuilt,
+        Err(err) => log::warn!("cpuid: cannot rebuild the topology leaves: {err:?}"),
     }
 }
 
@@ -323,6 +346,34 @@ mod tests {
         );
         assert_eq!(find(&cpuid, 0xb, 1).ebx, 2);
         assert_eq!(find(&cpuid, 0xb, 0).edx, 1);
+    }
+
+    #[test]
+    fn a_partial_topology_leaf_is_completed() {
+        // What KVM reports on some AMD hosts: leaf 0xB with sub-leaf 0 only.
+        let mut cpuid = CpuId::from_entries(&[
+            entry(0, 0, 0x10, 0, 0, 0),
+            entry(1, 0, 0, 0, 0, 0),
+            entry(0xb, 0, 1, 1, 0x100, 0),
+        ])
+        .unwrap();
+        normalize(
+            &mut cpuid,
+            CpuidContext {
+                vcpu_id: 1,
+                vcpu_count: 2,
+                tsc_deadline: false,
+            },
+        );
+        let core = find(&cpuid, 0xb, 1);
+        assert_eq!((core.ebx, core.ecx >> 8, core.edx), (2, LEVEL_TYPE_CORE, 1));
+        assert_eq!(find(&cpuid, 0xb, 2).ecx >> 8, 0, "terminating level");
+        let leaf_0xb = cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == 0xb)
+            .count();
+        assert_eq!(leaf_0xb, 3, "no duplicate sub-leaves");
     }
 
     #[test]

@@ -47,8 +47,6 @@ pub enum VcpuError {
 pub struct VcpuSetup<'a> {
     /// KVM's supported CPUID (normalised per vCPU from this).
     pub supported_cpuid: &'a CpuId,
-    /// MSRs KVM can save and restore.
-    pub supported_msrs: &'a [u32],
     /// vCPUs in the VM.
     pub vcpu_count: u32,
     /// Whether KVM emulates the TSC-deadline timer.
@@ -75,7 +73,7 @@ pub fn configure(vcpu: &VcpuFd, index: u32, setup: &VcpuSetup<'_>) -> Result<(),
         source,
     })?;
     let regs_err = |source| VcpuError::Regs { index, source };
-    regs::setup_msrs(vcpu, setup.supported_msrs).map_err(regs_err)?;
+    regs::setup_msrs(vcpu).map_err(regs_err)?;
     regs::setup_fpu(vcpu).map_err(regs_err)?;
     regs::setup_lint(vcpu).map_err(regs_err)?;
     if index == 0 {

@@ -67,9 +67,11 @@ fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
     move |source| RegsError::Kvm { op, source }
 }
 
-/// Boot MSRs, filtered to those KVM knows (`supported`).
-pub fn setup_msrs(vcpu: &VcpuFd, supported: &[u32]) -> Result<(), RegsError> {
-    let entries: Vec<kvm_msr_entry> = [
+/// Boot MSRs. The system-call MSRs must be accepted; MISC_ENABLE and the MTRR default type are
+/// set where KVM accepts them (they are not in `KVM_GET_MSR_INDEX_LIST`, yet without the MTRR
+/// default type Linux finds "all blank" MTRRs and turns PAT off).
+pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    const REQUIRED: [(u32, u64); 8] = [
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
         (MSR_IA32_SYSENTER_EIP, 0),
@@ -78,26 +80,38 @@ pub fn setup_msrs(vcpu: &VcpuFd, supported: &[u32]) -> Result<(), RegsError> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
+    ];
+    const BEST_EFFORT: [(u32, u64); 3] = [
         (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
-    ]
-    .into_iter()
-    .filter(|(index, _)| supported.contains(index))
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
-    .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(RegsError::MsrList)?;
-    let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
-    if set != entries.len() {
-        return Err(RegsError::Msrs {
-            set,
-            wanted: entries.len(),
-            failed: entries[set].index,
-        });
+    ];
+    let mut pending: Vec<kvm_msr_entry> = REQUIRED
+        .iter()
+        .chain(BEST_EFFORT.iter())
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let wanted = pending.len();
+    // KVM_SET_MSRS stops at the first MSR it refuses; skip that one and go on with the rest.
+    while !pending.is_empty() {
+        let msrs = Msrs::from_entries(&pending).map_err(RegsError::MsrList)?;
+        let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+        let Some(refused) = pending.get(set).map(|entry| entry.index) else {
+            break;
+        };
+        if REQUIRED.iter().any(|&(index, _)| index == refused) {
+            return Err(RegsError::Msrs {
+                set,
+                wanted,
+                failed: refused,
+            });
+        }
+        log::debug!("KVM refused boot MSR {refused:#x}; left at its reset value");
+        pending.drain(..=set);
     }
     Ok(())
 }
