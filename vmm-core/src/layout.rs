@@ -174,7 +174,7 @@ mod tests {
             .map(|e| e.size)
             .sum();
         assert_eq!(ram, (128 << 20) - (HIMEM_START - EBDA_START));
-        let last_ram = map.iter().filter(|e| e.kind == E820_RAM).last();
+        let last_ram = map.iter().rfind(|e| e.kind == E820_RAM);
         assert_eq!(last_ram.map(|e| e.addr + e.size), Some(128 << 20));
         assert!(
             map.iter()
