@@ -125,18 +125,20 @@ field() {
 }
 
 # --- Cases -------------------------------------------------------------------------------------
-# A case is <kernel>:<vcpus>, e.g. 6.12:2: boot /l2/<kernel>/$L2_IMAGE (the bzImage "vmlinuz" or
-# the ELF "vmlinux") with its initramfs.
+# A case is <kernel>:<vcpus>[:<action>], e.g. 6.12:2 or 6.12:1:panic: boot /l2/<kernel>/$L2_IMAGE
+# (the bzImage "vmlinuz" or the ELF "vmlinux") with its initramfs; L2 then powers off (the
+# default), reboots or panics.
 # It passes when L2 printed its marker with the right CPU count, about MEM of memory and the
-# kvm-clock clocksource, and Keel then exited 0 because the guest powered off.
+# kvm-clock clocksource, and Keel then exited 0 with the exit reason the action implies
+# ("guest shutdown" for poweroff, "guest reset" for reboot and for a panic with panic=-1).
 min_memtotal_kib=$(( MEM_MIB * 1024 * 78 / 100 ))   # the kernel keeps ~10-20% for itself
 
-# run_keel <tag> <kernel> <vcpus>: one boot under Keel (results as set by run_vmm).
+# run_keel <tag> <kernel> <vcpus> [action]: one boot under Keel (results as set by run_vmm).
 run_keel() {
   # shellcheck disable=SC2086 # KEEL_ARGS is a list of words
   run_vmm "$1" env RUST_LOG="$KEEL_LOG" /bin/keel --kernel "/l2/$2/$L2_IMAGE" \
-    --initrd "/l2/$2/initrd.cpio.gz" --vcpus "$3" --mem "${MEM_MIB}M" --cmdline "$L2_CMDLINE" \
-    $KEEL_ARGS
+    --initrd "/l2/$2/initrd.cpio.gz" --vcpus "$3" --mem "${MEM_MIB}M" \
+    --cmdline "$L2_CMDLINE keel.l2_action=${4:-poweroff}" $KEEL_ARGS
 }
 
 # run_qemu <tag> <kernel> <vcpus>: the same guest under QEMU with KVM, as the reference.
@@ -147,8 +149,12 @@ run_qemu() {
     -kernel "/l2/$2/$L2_IMAGE" -initrd "/l2/$2/initrd.cpio.gz" -append "$L2_CMDLINE"
 }
 
-# judge <case> <vcpus>: prints the case's KEEL-LANE line from run_vmm's results.
+# judge <case> <vcpus> <action>: prints the case's KEEL-LANE line from run_vmm's results.
 judge() {
+  case $3 in
+    reboot|panic) expected_exit="guest reset" ;;
+    *) expected_exit="guest shutdown" ;;
+  esac
   now
   wall_cs=$(( NOW - start ))
   nproc=$(field nproc "$MARKER")
@@ -164,7 +170,8 @@ judge() {
   [ -z "$L2_ERRORS" ] || reasons="$reasons,l2-error"
   [ -z "$KILLED" ] || reasons="$reasons,$KILLED"
   [ -n "$KILLED" ] || [ "$STATUS" = 0 ] || reasons="$reasons,exit-status"
-  [ -n "$KILLED" ] || grep -q 'VM exited: guest shutdown' /tmp/stderr || reasons="$reasons,no-shutdown-exit"
+  [ -n "$KILLED" ] || grep -q "VM exited: $expected_exit" /tmp/stderr \
+    || reasons="$reasons,not-$(echo "$expected_exit" | tr ' ' '-')-exit"
   status=pass
   [ -z "$reasons" ] || status=fail
   echo "KEEL-LANE case=$1 status=$status exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")" \
@@ -176,16 +183,21 @@ seconds_or_dash() { if [ -n "$1" ]; then seconds "$1"; else echo -; fi; }
 
 for case in $CASES; do
   kernel=${case%%:*}
-  vcpus=${case#*:}
-  run_keel "$case" "$kernel" "$vcpus"
-  judge "$case" "$vcpus"
+  rest=${case#*:}
+  vcpus=${rest%%:*}
+  action=poweroff
+  [ "$rest" = "$vcpus" ] || action=${rest#*:}
+  run_keel "$case" "$kernel" "$vcpus" "$action"
+  judge "$case" "$vcpus" "$action"
+  # Bench rounds only for the plain power-off cases.
+  [ "$action" = poweroff ] || continue
 
   # --bench: BENCH_RUNS rounds of QEMU then Keel (the first round reuses the boot above), one
   # KEEL-BENCH line each; time runs from starting the VMM to the L2 marker line.
   round=1
   while [ "$round" -le "$BENCH_RUNS" ]; do
     if [ "$round" -gt 1 ]; then
-      run_keel "$case#$round" "$kernel" "$vcpus"
+      run_keel "$case#$round" "$kernel" "$vcpus" "$action"
     fi
     keel_cs=$BOOT_CS
     keel_uptime=$(field uptime "$MARKER")

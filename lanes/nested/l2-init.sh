@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # /init of the L2 guest: the stock Debian kernel that Keel (or QEMU, for --bench) boots inside L1.
-# It reports what the kernel found in one marker line and powers the machine off, so the VMM's
-# exit is part of the test. No `set -e`: a failed mount must not stop the marker line.
+# It reports what the kernel found in one marker line and ends the machine (power off, reboot or
+# panic, as the case asks), so the VMM's exit is part of the test. No `set -e`: a failed mount must not stop the marker line.
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -27,5 +27,15 @@ tsc_flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -e '^constant_t
 clocksources=$(tr ' ' ',' < /sys/devices/system/clocksource/clocksource0/available_clocksource)
 echo "KEEL-L2-INFO clocksources=${clocksources%,} tsc_flags=${tsc_flags%,}"
 
-# -f: no init system to tell; the kernel powers off (ACPI S5) or, failing that, halts.
-poweroff -f
+# How to end, from keel.l2_action= on the command line: power off (ACPI S5; the VMM should
+# report "guest shutdown"), reboot (reboot=k: the i8042 reset line, "guest reset"), or panic
+# (panic=-1 reboots at once: "guest reset"). -f: there is no init system to tell.
+action=poweroff
+for word in $(cat /proc/cmdline); do
+  case $word in keel.l2_action=*) action=${word#keel.l2_action=} ;; esac
+done
+case $action in
+  reboot) reboot -f ;;
+  panic) echo c > /proc/sysrq-trigger ;;
+  *) poweroff -f ;;
+esac

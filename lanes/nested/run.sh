@@ -6,7 +6,7 @@
 # /init (l1-init.sh) boots each case's L2 kernel with Keel and reports marker lines on the serial
 # console, which this script parses. Needs root on Debian (apt); no /dev/kvm needed.
 #
-# Usage: lanes/nested/run.sh [--cases "6.12:1 6.12:2 6.1:1"] [--bench] [options]; --help for all.
+# Usage: lanes/nested/run.sh [--cases "6.12:1 6.12:2 6.1:1 6.12:1:reboot"] [--bench] [options]; --help for all.
 set -euo pipefail
 
 lane_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,7 +16,7 @@ cache=${KEEL_CACHE:-$HOME/.cache/keel}
 # shellcheck source=SCRIPTDIR/modules.sh
 source "$lane_dir/modules.sh"
 
-cases="6.12:1 6.12:2 6.1:1"
+cases="6.12:1 6.12:2 6.1:1 6.12:1:reboot 6.12:1:panic"
 bench=0
 bench_runs=3
 l1_kernel=6.12
@@ -36,7 +36,9 @@ l2_image=vmlinuz
 usage() {
   cat <<EOF
 Usage: $0 [options]
-  --cases "K:N ..."    cases to run: L2 kernel K (6.12 or 6.1) with N vCPUs [$cases]
+  --cases "K:N[:A] ..." cases to run: L2 kernel K (6.12 or 6.1) with N vCPUs, ending with
+                       action A: poweroff (default; expects a "guest shutdown" exit), reboot
+                       or panic (panic=-1; both expect "guest reset") [$cases]
   --bench              also boot each case under QEMU -accel kvm inside L1 and compare
   --bench-runs N       rounds of QEMU and Keel boots per case for --bench [$bench_runs]
   --l1 K               L1 kernel [$l1_kernel]
@@ -92,7 +94,8 @@ meta_package() {
 }
 
 for c in $cases; do
-  [[ $c =~ ^[0-9.]+:[1-9][0-9]*$ ]] || die "bad case '$c': expected <kernel>:<vcpus>, e.g. 6.12:2"
+  [[ $c =~ ^[0-9.]+:[1-9][0-9]*(:(poweroff|reboot|panic))?$ ]] \
+    || die "bad case '$c': expected <kernel>:<vcpus>[:poweroff|reboot|panic], e.g. 6.12:2"
   meta_package "${c%%:*}" > /dev/null
 done
 meta_package "$l1_kernel" > /dev/null
@@ -306,13 +309,13 @@ elapsed=$(( $(date +%s) - started ))
 # --- Results -------------------------------------------------------------------------------------
 failed=0
 echo
-row='%-8s %-6s %-5s %-15s %-7s %-6s %-13s %-12s %-7s %s\n'
+row='%-15s %-6s %-5s %-15s %-7s %-6s %-13s %-12s %-7s %s\n'
 # shellcheck disable=SC2059 # one format for the header and the rows
 printf "$row" case status exit vm_exit boot_s nproc memtotal_kib clocksource wall_s reason
 for c in $cases; do
   line=$(grep -m1 "^KEEL-LANE case=$c " "$log" || true)
   if [ -z "$line" ]; then
-    printf '%-8s %-6s (no result line)\n' "$c" missing
+    printf '%-15s %-6s (no result line)\n' "$c" missing
     failed=1
     continue
   fi
