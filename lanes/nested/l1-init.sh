@@ -149,7 +149,8 @@ run_qemu() {
     -kernel "/l2/$2/$L2_IMAGE" -initrd "/l2/$2/initrd.cpio.gz" -append "$L2_CMDLINE"
 }
 
-# judge <case> <vcpus> <action>: prints the case's KEEL-LANE line from run_vmm's results.
+# judge <case> <vcpus> <action>: sets JUDGED (the case's KEEL-LANE line, from run_vmm's results)
+# and JUDGED_STATUS (pass or fail).
 judge() {
   case $3 in
     reboot|panic) expected_exit="guest reset" ;;
@@ -172,12 +173,12 @@ judge() {
   [ -n "$KILLED" ] || [ "$STATUS" = 0 ] || reasons="$reasons,exit-status"
   [ -n "$KILLED" ] || grep -q "VM exited: $expected_exit" /tmp/stderr \
     || reasons="$reasons,not-$(echo "$expected_exit" | tr ' ' '-')-exit"
-  status=pass
-  [ -z "$reasons" ] || status=fail
-  echo "KEEL-LANE case=$1 status=$status exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")" \
-    "nproc=$nproc memtotal_kib=$memtotal clocksource=$clocksource" \
-    "uptime_s=$(field uptime "$MARKER") wall_s=$(seconds $wall_cs) vm_exit=${vm_exit:--}" \
-    "reason=${reasons#,}"
+  JUDGED_STATUS=pass
+  [ -z "$reasons" ] || JUDGED_STATUS=fail
+  JUDGED="KEEL-LANE case=$1 status=$JUDGED_STATUS exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")"
+  JUDGED="$JUDGED nproc=$nproc memtotal_kib=$memtotal clocksource=$clocksource"
+  JUDGED="$JUDGED uptime_s=$(field uptime "$MARKER") wall_s=$(seconds $wall_cs)"
+  JUDGED="$JUDGED vm_exit=${vm_exit:--} reason=${reasons#,}"
 }
 seconds_or_dash() { if [ -n "$1" ]; then seconds "$1"; else echo -; fi; }
 
@@ -189,6 +190,15 @@ for case in $CASES; do
   [ "$rest" = "$vcpus" ] || action=${rest#*:}
   run_keel "$case" "$kernel" "$vcpus" "$action"
   judge "$case" "$vcpus" "$action"
+  # One retry, reported: rarely (seen once in about 20 lane runs) the L2 marker line arrives
+  # empty on the console while the lines after it arrive intact. Under investigation; a second
+  # failure fails the case.
+  if [ "$JUDGED_STATUS" = fail ]; then
+    echo "KEEL-LANE-RETRY case=$case first_attempt: ${JUDGED#KEEL-LANE case=$case }"
+    run_keel "$case~retry" "$kernel" "$vcpus" "$action"
+    judge "$case" "$vcpus" "$action"
+  fi
+  echo "$JUDGED"
   # Bench rounds only for the plain power-off cases.
   [ "$action" = poweroff ] || continue
 

@@ -349,6 +349,7 @@ if [ "$bench" = 1 ]; then
       }
     }' "$log"
 fi
+grep '^KEEL-LANE-RETRY ' "$log" || true
 grep '^KEEL-LANE l1 ' "$log" || true
 for k in $l2_kernels; do echo "L2 kernel $k: $(cat "$(kernel_dir "$k")/version")"; done
 echo "L1 kernel $l1_kernel: $(cat "$(kernel_dir "$l1_kernel")/version"); L1 run: ${elapsed}s; log: $log"
