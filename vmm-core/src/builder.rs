@@ -48,6 +48,38 @@ impl vm_superio::Trigger for ExitTrigger {
     }
 }
 
+/// The port-I/O bus with the legacy devices: COM1, the i8042 reset line, the ACPI power
+/// management registers (power off, reset) and the CMOS RTC.
+fn legacy_devices(control: &Arc<Control>, serial: SharedSerial) -> Result<Bus, Error> {
+    let mut pio = Bus::new(BusKind::Pio);
+    pio.insert("com1", COM1_PORT_BASE, SERIAL_PORT_LEN, serial)?;
+    pio.insert(
+        "i8042",
+        I8042_PORT_BASE,
+        I8042_PORT_LEN,
+        Arc::new(Mutex::new(I8042::new(ExitTrigger(
+            control.clone(),
+            ExitReason::Reset,
+        )))),
+    )?;
+    pio.insert(
+        "acpi-pm",
+        ACPI_PM_PORT_BASE,
+        ACPI_PM_PORT_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(
+            ExitTrigger(control.clone(), ExitReason::Shutdown),
+            ExitTrigger(control.clone(), ExitReason::Reset),
+        ))),
+    )?;
+    pio.insert(
+        "rtc",
+        RTC_PORT_BASE,
+        RTC_PORT_LEN,
+        Arc::new(Mutex::new(CmosRtc::new(SystemClock))),
+    )?;
+    Ok(pio)
+}
+
 /// Builds a [`Vm`] from a [`VmConfig`], with optional caller-supplied serial I/O.
 ///
 /// ```no_run
@@ -175,32 +207,7 @@ impl VmBuilder {
         let serial: SharedSerial = Arc::new(Mutex::new(
             Serial::new(EventFdTrigger::new(serial_irq), self.open_output()?).map_err(Error::Io)?,
         ));
-        let mut pio = Bus::new(BusKind::Pio);
-        pio.insert("com1", COM1_PORT_BASE, SERIAL_PORT_LEN, serial.clone())?;
-        pio.insert(
-            "i8042",
-            I8042_PORT_BASE,
-            I8042_PORT_LEN,
-            Arc::new(Mutex::new(I8042::new(ExitTrigger(
-                control.clone(),
-                ExitReason::Reset,
-            )))),
-        )?;
-        pio.insert(
-            "acpi-pm",
-            ACPI_PM_PORT_BASE,
-            ACPI_PM_PORT_LEN,
-            Arc::new(Mutex::new(AcpiPm::new(
-                ExitTrigger(control.clone(), ExitReason::Shutdown),
-                ExitTrigger(control.clone(), ExitReason::Reset),
-            ))),
-        )?;
-        pio.insert(
-            "rtc",
-            RTC_PORT_BASE,
-            RTC_PORT_LEN,
-            Arc::new(Mutex::new(CmosRtc::new(SystemClock))),
-        )?;
+        let mut pio = legacy_devices(&control, serial.clone())?;
         let mut mmio = Bus::new(BusKind::Mmio);
         let mut events = EventLoopBuilder::new()?;
         let mut pci_devices = Vec::new();
