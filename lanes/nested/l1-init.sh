@@ -86,6 +86,7 @@ run_vmm() {
   MARKER=
   BOOT_CS=
   L2_ERRORS=
+  VIRTIO=
   now
   start=$NOW
   "$@" > /tmp/console 2> /tmp/stderr < /dev/null &
@@ -98,6 +99,7 @@ run_vmm() {
     echo "L2|$tag| $line"
     case $line in
       *"KEEL-L2-ERROR"*) L2_ERRORS=1 ;;
+      *"KEEL-L2-VIRTIO "*) VIRTIO=${line#*KEEL-L2-VIRTIO } ;;
       *"KEEL-L2 "*)
         if [ -z "$MARKER" ]; then
           now
@@ -169,6 +171,10 @@ judge() {
   [ -z "$MARKER" ] || [ "$memtotal" -gt "$min_memtotal_kib" ] 2> /dev/null || reasons="$reasons,memtotal"
   [ -z "$MARKER" ] || [ "$clocksource" = kvm-clock ] || reasons="$reasons,clocksource"
   [ -z "$L2_ERRORS" ] || reasons="$reasons,l2-error"
+  # Keel offers a virtio-rng (over virtio-pci, the default transport): the stock kernel must bind
+  # it, read entropy from it and take MSI-X interrupts doing so.
+  [ -z "$MARKER" ] || [ "$(field rng "$VIRTIO")" = virtio_rng.0 ] || reasons="$reasons,virtio-rng"
+  [ -z "$MARKER" ] || [ "$(field msix_irqs "$VIRTIO")" -gt 0 ] 2> /dev/null || reasons="$reasons,msix"
   [ -z "$KILLED" ] || reasons="$reasons,$KILLED"
   [ -n "$KILLED" ] || [ "$STATUS" = 0 ] || reasons="$reasons,exit-status"
   [ -n "$KILLED" ] || grep -q "VM exited: $expected_exit" /tmp/stderr \
@@ -178,7 +184,8 @@ judge() {
   JUDGED="KEEL-LANE case=$1 status=$JUDGED_STATUS exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")"
   JUDGED="$JUDGED nproc=$nproc memtotal_kib=$memtotal clocksource=$clocksource"
   JUDGED="$JUDGED uptime_s=$(field uptime "$MARKER") wall_s=$(seconds $wall_cs)"
-  JUDGED="$JUDGED vm_exit=${vm_exit:--} reason=${reasons#,}"
+  JUDGED="$JUDGED vm_exit=${vm_exit:--} virtio_rng=$(field rng "$VIRTIO")"
+  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO") reason=${reasons#,}"
 }
 seconds_or_dash() { if [ -n "$1" ]; then seconds "$1"; else echo -; fi; }
 

@@ -27,6 +27,17 @@ tsc_flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -e '^constant_t
 clocksources=$(tr ' ' ',' < /sys/devices/system/clocksource/clocksource0/available_clocksource)
 echo "KEEL-L2-INFO clocksources=${clocksources%,} tsc_flags=${tsc_flags%,}"
 
+# virtio: which hardware RNG the kernel bound (virtio_rng.0 when the VMM offers virtio-rng), 16
+# bytes read from it, and how many virtio MSI-X interrupts arrived meanwhile (6.12 names the chip
+# PCI-MSIX, 6.1 PCI-MSI).
+rng=$(cat /sys/class/misc/hw_random/rng_current 2> /dev/null)
+bytes=$(dd if=/dev/hwrng bs=16 count=1 2> /dev/null | od -An -tx1 | tr -d ' \n')
+msix=0
+for count in $(grep -i 'msi.*virtio' /proc/interrupts | awk '{ print $2 }'); do
+  msix=$(( msix + count ))
+done
+echo "KEEL-L2-VIRTIO rng=${rng:-none} bytes=${bytes:-none} msix_irqs=$msix"
+
 # How to end, from keel.l2_action= on the command line: power off (ACPI S5; the VMM should
 # report "guest shutdown"), reboot (reboot=k: the i8042 reset line, "guest reset"), or panic
 # (panic=-1 reboots at once: "guest reset"). -f: there is no init system to tell.

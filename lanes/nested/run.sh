@@ -28,7 +28,8 @@ shutdown_grace=15
 mem_mib=256
 qemu_machine=pc
 keel_bin=
-keel_args=
+# Every Keel boot offers a virtio-rng over virtio-pci, which the L2 kernel must drive (MSI-X).
+keel_args="--rng"
 verbose=0
 l2_cmdline="console=ttyS0 reboot=k panic=-1 quiet"
 l2_image=vmlinuz
