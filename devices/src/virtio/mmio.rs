@@ -217,66 +217,10 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::virtio::{status, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
-    use virtio_queue::Queue;
+    use crate::virtio::recorder::Recorder;
+    use crate::virtio::{status, VIRTIO_F_VERSION_1};
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    /// A device double that records what the transport tells it.
-    #[derive(Default)]
-    struct Recorder {
-        acked: u64,
-        activated_queues: Option<usize>,
-        notified: Vec<u16>,
-        resets: usize,
-        config: [u8; 8],
-        interrupt: Option<Arc<dyn VirtioInterrupt>>,
-    }
-
-    impl VirtioDevice for Recorder {
-        fn device_type(&self) -> u32 {
-            crate::virtio::TYPE_RNG
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 16]
-        }
-        fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | 1
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.acked = features;
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, byte) in data.iter_mut().enumerate() {
-                *byte = self.config.get(offset as usize + i).copied().unwrap_or(0);
-            }
-        }
-        fn write_config(&mut self, offset: u64, data: &[u8]) {
-            for (i, byte) in data.iter().enumerate() {
-                if let Some(slot) = self.config.get_mut(offset as usize + i) {
-                    *slot = *byte;
-                }
-            }
-        }
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            interrupt: Arc<dyn VirtioInterrupt>,
-            queues: Vec<Queue>,
-        ) -> Result<(), ActivateError> {
-            self.activated_queues = Some(queues.len());
-            self.interrupt = Some(interrupt);
-            Ok(())
-        }
-        fn queue_notify(&mut self, index: u16) {
-            self.notified.push(index);
-        }
-        fn reset(&mut self) -> bool {
-            self.resets += 1;
-            self.activated_queues = None;
-            true
-        }
-    }
 
     struct Driver {
         transport: MmioTransport,
@@ -287,7 +231,7 @@ mod tests {
     impl Driver {
         fn new() -> Self {
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-            let device = Arc::new(Mutex::new(Recorder::default()));
+            let device = Arc::new(Mutex::new(Recorder::new(crate::virtio::TYPE_RNG)));
             let line = EventFd::new(EFD_NONBLOCK).unwrap();
             let transport =
                 MmioTransport::new(device.clone(), mem, line.try_clone().unwrap()).unwrap();

@@ -15,6 +15,8 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod pci;
+#[cfg(test)]
+mod recorder;
 pub mod rng;
 pub mod transport;
 pub mod vsock;

@@ -534,67 +534,11 @@ mod tests {
     };
     use crate::pci::msix::tests::RecordingRoute;
     use crate::pci::msix::{MsiMessage, MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK};
-    use crate::virtio::{status, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
-    use virtio_queue::Queue;
+    use crate::virtio::recorder::Recorder;
+    use crate::virtio::{status, VIRTIO_F_VERSION_1};
     use vm_memory::GuestAddress;
 
     const BAR: u64 = 0xc000_0000;
-
-    /// A device double that records what the transport tells it.
-    #[derive(Default)]
-    struct Recorder {
-        acked: u64,
-        activated_queues: Option<usize>,
-        notified: Vec<u16>,
-        resets: usize,
-        config: [u8; 8],
-        interrupt: Option<Arc<dyn VirtioInterrupt>>,
-    }
-
-    impl VirtioDevice for Recorder {
-        fn device_type(&self) -> u32 {
-            TYPE_NET
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 16]
-        }
-        fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | 1
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.acked = features;
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, byte) in data.iter_mut().enumerate() {
-                *byte = self.config.get(offset as usize + i).copied().unwrap_or(0);
-            }
-        }
-        fn write_config(&mut self, offset: u64, data: &[u8]) {
-            for (i, byte) in data.iter().enumerate() {
-                if let Some(slot) = self.config.get_mut(offset as usize + i) {
-                    *slot = *byte;
-                }
-            }
-        }
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            interrupt: Arc<dyn VirtioInterrupt>,
-            queues: Vec<Queue>,
-        ) -> Result<(), ActivateError> {
-            self.activated_queues = Some(queues.len());
-            self.interrupt = Some(interrupt);
-            Ok(())
-        }
-        fn queue_notify(&mut self, index: u16) {
-            self.notified.push(index);
-        }
-        fn reset(&mut self) -> bool {
-            self.resets += 1;
-            self.activated_queues = None;
-            true
-        }
-    }
 
     /// A driver poking a virtio-PCI function the way Linux's virtio_pci_modern does.
     struct Driver {
@@ -606,7 +550,7 @@ mod tests {
     impl Driver {
         fn new() -> Self {
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-            let device = Arc::new(Mutex::new(Recorder::default()));
+            let device = Arc::new(Mutex::new(Recorder::new(TYPE_NET)));
             let route = Arc::new(RecordingRoute::default());
             let pci = VirtioPciDevice::new(device.clone(), mem, BAR, route.clone()).unwrap();
             Driver { pci, device, route }
@@ -954,7 +898,7 @@ mod tests {
     #[test]
     fn config_space_and_bar_are_reachable_through_the_bus() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let device = Arc::new(Mutex::new(Recorder::default()));
+        let device = Arc::new(Mutex::new(Recorder::new(TYPE_NET)));
         let pci =
             VirtioPciDevice::new(device, mem, BAR, Arc::new(RecordingRoute::default())).unwrap();
         let bus = Arc::new(Mutex::new(PciBus::new()));
