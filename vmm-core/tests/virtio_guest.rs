@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{image, pattern, run};
+use common::{image, run};
 use testkit::require_kvm;
 use vmm_core::config::{DiskConfig, RngConfig, VirtioTransport};
 use vmm_core::{ExitReason, VmConfig};
@@ -37,21 +37,7 @@ fn guest_writes_flushes_and_reads_back_blocks_that_land_in_the_image() {
         )),
         "{console}"
     );
-    let bytes = std::fs::read(&path).unwrap();
-    for sector in 3..8u64 {
-        for offset in 0..512u64 {
-            assert_eq!(
-                bytes[(sector * 512 + offset) as usize],
-                pattern(sector, offset),
-                "sector {sector} byte {offset}"
-            );
-        }
-    }
-    assert_eq!(
-        bytes[8 * 512],
-        ((8 * 512) % 251) as u8,
-        "sector 8 untouched"
-    );
+    common::assert_pattern_written(&path, 3..8, |i| (i % 251) as u8);
 }
 
 #[test]

@@ -52,6 +52,32 @@ pub fn image(name: &str, sectors: usize, fill: impl Fn(usize) -> u8) -> PathBuf 
     path
 }
 
+/// Checks that `image` holds the guest's pattern in `sectors` and, in the sector after them,
+/// still the original fill (`fill(byte index)`, as given to [`image`]).
+pub fn assert_pattern_written(
+    image: &std::path::Path,
+    sectors: std::ops::Range<u64>,
+    fill: impl Fn(usize) -> u8,
+) {
+    let bytes = std::fs::read(image).unwrap();
+    for sector in sectors.clone() {
+        for offset in 0..512u64 {
+            assert_eq!(
+                bytes[(sector * 512 + offset) as usize],
+                pattern(sector, offset),
+                "sector {sector} byte {offset}"
+            );
+        }
+    }
+    let after = (sectors.end * 512) as usize;
+    assert_eq!(
+        bytes[after],
+        fill(after),
+        "sector {} untouched",
+        sectors.end
+    );
+}
+
 /// The pattern the guest writes (guest/README.md): byte `offset` of sector `sector`.
 pub fn pattern(sector: u64, offset: u64) -> u8 {
     (((sector * 31 + offset * 7) ^ 0x5a) & 0xff) as u8
