@@ -13,6 +13,14 @@
 //! and empty slots read as all ones, as on real hardware. It deliberately does not model
 //! bridges, multi-function devices, I/O BARs or INTx routing.
 //!
+//! When the guest moves a BAR, the bus re-routes it and tells every
+//! [`BarRelocationListener`] where the BAR was and now is decoded ([`BarRelocation`]), so the
+//! VMM can move what it keeps at BAR addresses outside the bus (KVM ioeventfds on a virtio
+//! notification area). The bus keeps decoding a BAR at its last applied address while the
+//! driver has memory decoding turned off (see [`PciConfiguration::take_bar_moves`]); listeners
+//! therefore see exactly the bus's own address map, and an address is never decoded for two
+//! BARs.
+//!
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use devices::bus::BusDevice;
@@ -73,6 +81,34 @@ pub trait PciDevice: Send {
 
 /// A PCI function shared between the bus and its owner.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+/// The bus re-routed a BAR the guest moved: where it was decoded before and where it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarRelocation {
+    /// Device number (slot) of the function on bus 0.
+    pub slot: u8,
+    /// BAR index.
+    pub index: usize,
+    /// BAR size in bytes.
+    pub size: u64,
+    /// Address the bus decoded the BAR at until now; `None` when it decoded it nowhere (an
+    /// earlier move put it on top of another BAR).
+    pub old_address: Option<u64>,
+    /// Address the bus decodes the BAR at from now on; `None` when the new address overlaps
+    /// another BAR or wraps around, so that nothing decodes it.
+    pub new_address: Option<u64>,
+}
+
+/// Learns about every BAR relocation on a bus (the VMM's side of BAR moves; the bus itself knows
+/// nothing of KVM).
+///
+/// Called on the vCPU thread whose config write moved the BAR, with the bus locked and before
+/// that write completes: the guest cannot reach the BAR at its new address through the bus
+/// until the listener returns. A listener must not lock the bus.
+pub trait BarRelocationListener: Send + Sync {
+    /// The BAR described by `relocation` moved.
+    fn bar_relocated(&self, relocation: &BarRelocation);
+}
 
 fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -164,6 +200,7 @@ struct Slot {
 pub struct PciBus {
     slots: Vec<Option<Slot>>,
     bars: BTreeMap<u64, BarMapping>,
+    listeners: Vec<Arc<dyn BarRelocationListener>>,
 }
 
 impl Default for PciBus {
@@ -183,7 +220,13 @@ impl PciBus {
         PciBus {
             slots,
             bars: BTreeMap::new(),
+            listeners: Vec::new(),
         }
+    }
+
+    /// Tells `listener` about every BAR the bus re-routes from now on.
+    pub fn add_relocation_listener(&mut self, listener: Arc<dyn BarRelocationListener>) {
+        self.listeners.push(listener);
     }
 
     /// Puts `device` in the first free slot and maps its BARs; returns the slot (device number).
@@ -249,12 +292,14 @@ impl PciBus {
                 "pci: {name} BAR {} moved {:#x} -> {:#x}",
                 bar_move.index, bar_move.old_address, bar_move.new_address
             );
-            if let Some(mapping) = self.bars.get(&bar_move.old_address) {
-                if mapping.slot == slot && mapping.index == bar_move.index {
+            let old_address = match self.bars.get(&bar_move.old_address) {
+                Some(mapping) if mapping.slot == slot && mapping.index == bar_move.index => {
                     self.bars.remove(&bar_move.old_address);
+                    Some(bar_move.old_address)
                 }
-            }
-            if bar_move.new_address.checked_add(bar_move.size).is_none()
+                _ => None,
+            };
+            let new_address = if bar_move.new_address.checked_add(bar_move.size).is_none()
                 || self
                     .overlapping(bar_move.new_address, bar_move.size)
                     .is_some()
@@ -263,9 +308,24 @@ impl PciBus {
                     "pci: {name} BAR {} moved to {:#x}, which overlaps another BAR or wraps; it is not decoded",
                     bar_move.index, bar_move.new_address
                 );
+                None
+            } else {
+                self.map_bar(slot, bar_move.index, bar_move.new_address, bar_move.size);
+                Some(bar_move.new_address)
+            };
+            if old_address == new_address {
                 continue;
             }
-            self.map_bar(slot, bar_move.index, bar_move.new_address, bar_move.size);
+            let relocation = BarRelocation {
+                slot: slot as u8,
+                index: bar_move.index,
+                size: bar_move.size,
+                old_address,
+                new_address,
+            };
+            for listener in &self.listeners {
+                listener.bar_relocated(&relocation);
+            }
         }
     }
 
@@ -646,6 +706,114 @@ mod tests {
         window.read(0x1000, &mut data);
         assert_eq!(data, [0xff; 4], "the old range is gone");
         assert_eq!(lock(&bus).bar_map(), vec![(0xc000_5000, 0x1000, 1, 0)]);
+    }
+
+    /// Records every relocation the bus reports.
+    #[derive(Default)]
+    struct RecordingListener(Mutex<Vec<BarRelocation>>);
+
+    impl BarRelocationListener for RecordingListener {
+        fn bar_relocated(&self, relocation: &BarRelocation) {
+            self.0.lock().unwrap().push(*relocation);
+        }
+    }
+
+    impl RecordingListener {
+        fn take(&self) -> Vec<BarRelocation> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    fn write_config(bus: &Arc<Mutex<PciBus>>, device: u32, reg: usize, value: u32) {
+        let mut io = PciConfigIo::new(bus.clone());
+        io.write(0, &address(device, 0, reg as u32));
+        io.write(4, &value.to_le_bytes());
+    }
+
+    /// Moves BAR 0 of `device` the way Linux does: decoding off, both halves, decoding on.
+    fn move_bar0(bus: &Arc<Mutex<PciBus>>, device: u32, to: u64) {
+        write_config(bus, device, REG_COMMAND_STATUS, 0);
+        write_config(bus, device, REG_BAR0, to as u32);
+        write_config(bus, device, REG_BAR0 + 1, (to >> 32) as u32);
+        write_config(
+            bus,
+            device,
+            REG_COMMAND_STATUS,
+            u32::from(COMMAND_MEMORY_SPACE),
+        );
+    }
+
+    #[test]
+    fn listeners_learn_where_a_moved_bar_was_and_is_decoded() {
+        let bus = Arc::new(Mutex::new(PciBus::new()));
+        let listener = Arc::new(RecordingListener::default());
+        {
+            let mut bus = lock(&bus);
+            bus.add_device("a", Endpoint::shared(0xc000_0000)).unwrap();
+            bus.add_device("b", Endpoint::shared(0xc000_1000)).unwrap();
+            bus.add_relocation_listener(listener.clone());
+        }
+        // Enabling decoding at the firmware address, and size probing, move nothing.
+        write_config(&bus, 1, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY_SPACE));
+        write_config(&bus, 1, REG_BAR0, 0xffff_ffff);
+        write_config(&bus, 1, REG_BAR0, 0xc000_0000);
+        assert_eq!(listener.take(), vec![]);
+
+        move_bar0(&bus, 1, 0x1_0000_0000);
+        assert_eq!(
+            listener.take(),
+            vec![BarRelocation {
+                slot: 1,
+                index: 0,
+                size: 0x1000,
+                old_address: Some(0xc000_0000),
+                new_address: Some(0x1_0000_0000),
+            }]
+        );
+        // Toggling decoding without a new address reports nothing.
+        write_config(&bus, 1, REG_COMMAND_STATUS, 0);
+        write_config(&bus, 1, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY_SPACE));
+        assert_eq!(listener.take(), vec![]);
+
+        // Onto device 2's BAR: no longer decoded anywhere.
+        move_bar0(&bus, 1, 0xc000_1000);
+        let lost = listener.take();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(
+            (lost[0].old_address, lost[0].new_address),
+            (Some(0x1_0000_0000), None)
+        );
+        assert_eq!(lock(&bus).bar_map(), vec![(0xc000_1000, 0x1000, 2, 0)]);
+        // From nowhere to an address that wraps: still nowhere, nothing to report.
+        move_bar0(&bus, 1, 0xffff_ffff_ffff_f000);
+        assert_eq!(listener.take(), vec![]);
+        // Back to a free address: decoded again, from nowhere.
+        move_bar0(&bus, 1, 0xc000_4000);
+        assert_eq!(
+            listener.take(),
+            vec![BarRelocation {
+                slot: 1,
+                index: 0,
+                size: 0x1000,
+                old_address: None,
+                new_address: Some(0xc000_4000),
+            }]
+        );
+        // Device 2 moves: the listener is told its slot.
+        move_bar0(&bus, 2, 0xc000_8000);
+        let moved = listener.take();
+        assert_eq!(
+            moved
+                .iter()
+                .map(|r| (r.slot, r.old_address, r.new_address))
+                .collect::<Vec<_>>(),
+            vec![(2, Some(0xc000_1000), Some(0xc000_8000))]
+        );
+        let map = lock(&bus).bar_map();
+        assert_eq!(
+            map,
+            vec![(0xc000_4000, 0x1000, 1, 0), (0xc000_8000, 0x1000, 2, 0)]
+        );
     }
 
     #[test]

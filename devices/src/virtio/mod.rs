@@ -21,6 +21,7 @@ pub mod rng;
 pub mod transport;
 pub mod vsock;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -71,6 +72,39 @@ pub enum InterruptKind {
 pub trait VirtioInterrupt: Send + Sync {
     /// Raises the interrupt for `kind`.
     fn trigger(&self, kind: InterruptKind) -> std::io::Result<()>;
+}
+
+/// How many queue notifications reached a device, by the path they took: trapped on a vCPU
+/// thread (an MMIO exit the transport handled) or through a KVM ioeventfd processed on the event
+/// loop. Shared between the transport, the VMM's ioeventfd handler and whoever watches them (tests,
+/// statistics); counting is lock-free.
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    vcpu: AtomicU64,
+    ioeventfd: AtomicU64,
+}
+
+impl NotifyStats {
+    /// Counts a notification the transport handled on a vCPU thread.
+    pub fn record_vcpu(&self) {
+        self.vcpu.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a notification delivered through an ioeventfd.
+    pub fn record_ioeventfd(&self) {
+        self.ioeventfd.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notifications handled on a vCPU thread so far.
+    pub fn vcpu(&self) -> u64 {
+        self.vcpu.load(Ordering::Relaxed)
+    }
+
+    /// Notifications delivered through an ioeventfd so far (each eventfd wake-up counts once,
+    /// however many writes KVM folded into it).
+    pub fn ioeventfd(&self) -> u64 {
+        self.ioeventfd.load(Ordering::Relaxed)
+    }
 }
 
 /// Why a device could not be activated.

@@ -16,11 +16,23 @@
 //! Negotiation, status and queue handling are [`TransportState`]'s, shared with the other
 //! transports' semantics. Interrupts are MSI-X only: a device raises the vector the driver
 //! assigned to the queue (or to configuration changes) through [`MsixTable`], which delivers
-//! through the [`MsiInterruptRoute`] the VMM injects. Queue notifications call
-//! [`super::VirtioDevice::queue_notify`] synchronously on the vCPU thread, as virtio-mmio does.
+//! through the [`MsiInterruptRoute`] the VMM injects.
 //!
-//! Not provided: legacy (transitional) devices, INTx, the `VIRTIO_PCI_CAP_PCI_CFG` access
-//! window, shared memory regions, and per-queue reset.
+//! Queue notifications: `queue_notify_off` of queue n is n, so every queue has a notification
+//! address of its own ([`queue_notify_offset`]) and the VMM can hang one KVM ioeventfd on each
+//! (any write width, no data match) and run [`super::VirtioDevice::queue_notify`] off the vCPU
+//! thread. A notification that still reaches [`PciDevice::write_bar`] (KVM refused the ioeventfd,
+//! or the driver went through `VIRTIO_PCI_CAP_PCI_CFG`) is handled synchronously on the vCPU
+//! thread. [`NotifyStats`] counts both paths. When the driver moves BAR 0, the PCI bus reports it
+//! to its [`crate::pci::bus::BarRelocationListener`]s, so the VMM can move the ioeventfds along.
+//!
+//! `VIRTIO_PCI_CAP_PCI_CFG` (4.1.4.9): the driver writes `cap.bar`, `cap.offset` and
+//! `cap.length`, then reading `pci_cfg_data` reads `cap.length` bytes of BAR 0 at `cap.offset`
+//! into it, and writing it writes its first `cap.length` bytes there. An access with a BAR other
+//! than 0, a length other than 1, 2 or 4, an offset not aligned to the length or a range beyond
+//! BAR 0 is ignored: no BAR access happens and `pci_cfg_data` keeps its contents.
+//!
+//! Not provided: legacy (transitional) devices, INTx, shared memory regions, and per-queue reset.
 
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +43,7 @@ use vm_memory::GuestMemoryMmap;
 use super::transport::TransportError;
 use super::transport::{AddressHalf, QueueRing, TransportState};
 use super::SharedVirtioDevice;
-use super::{InterruptKind, VirtioInterrupt, TYPE_BLOCK, TYPE_NET};
+use super::{InterruptKind, NotifyStats, VirtioInterrupt, TYPE_BLOCK, TYPE_NET};
 use crate::pci::bus::PciDevice;
 use crate::pci::configuration::{BarInfo, BarMove, PciConfigError, PciConfiguration, PciHeader};
 use crate::pci::msix::{MsiInterruptRoute, MsixTable, MSIX_CAPABILITY_ID};
@@ -61,6 +73,15 @@ pub const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
 pub const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
 /// `cfg_type` of the device-specific configuration.
 pub const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+/// `cfg_type` of the PCI configuration access capability (BAR access through config space).
+pub const VIRTIO_PCI_CAP_PCI_CFG: u8 = 5;
+/// Length of `struct virtio_pci_cfg_cap`: the generic capability plus `pci_cfg_data`.
+const PCI_CFG_CAP_LEN: u8 = 20;
+/// Offsets inside `struct virtio_pci_cfg_cap`.
+const PCI_CFG_BAR: usize = 4;
+const PCI_CFG_OFFSET: usize = 8;
+const PCI_CFG_LENGTH: usize = 12;
+const PCI_CFG_DATA: usize = 16;
 
 /// Where the structures live in BAR 0.
 pub const COMMON_CFG_OFFSET: u64 = 0x0000;
@@ -101,6 +122,12 @@ const QUEUE_NOTIFY_OFF: u64 = 0x1e;
 const QUEUE_DESC: u64 = 0x20;
 const QUEUE_DRIVER: u64 = 0x28;
 const QUEUE_DEVICE: u64 = 0x30;
+
+/// Offset in BAR 0 of queue `index`'s notification address. `queue_notify_off` of a queue is its
+/// index, so no two queues share an address.
+pub fn queue_notify_offset(index: u16) -> u64 {
+    NOTIFY_CFG_OFFSET + u64::from(index) * u64::from(NOTIFY_OFF_MULTIPLIER)
+}
 
 /// ISR bit: a queue was used.
 pub const ISR_QUEUE: u8 = 1;
@@ -174,6 +201,9 @@ pub struct VirtioPciDevice {
     state: TransportState,
     interrupt: Arc<PciInterrupt>,
     msix_capability: usize,
+    /// Config space offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability.
+    pci_cfg_capability: usize,
+    notify_stats: Arc<NotifyStats>,
 }
 
 /// The PCI class code Keel reports for a virtio device type.
@@ -259,6 +289,16 @@ impl VirtioPciDevice {
         let msix_offset = config.add_capability(&msix_capability)?;
         // The driver may write the enable and function-mask bits of message control.
         config.set_writable(msix_offset / 4, 0xc000_0000);
+        // The access window starts out empty: BAR 0, offset 0, length 0.
+        let mut pci_cfg = virtio_capability(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, None);
+        pci_cfg[2] = PCI_CFG_CAP_LEN;
+        pci_cfg.extend_from_slice(&[0; 4]);
+        let pci_cfg_offset = config.add_capability(&pci_cfg)?;
+        // `cap.bar` (a byte of its dword), `cap.offset`, `cap.length` and `pci_cfg_data`.
+        config.set_writable((pci_cfg_offset + PCI_CFG_BAR) / 4, 0xff);
+        for field in [PCI_CFG_OFFSET, PCI_CFG_LENGTH, PCI_CFG_DATA] {
+            config.set_writable((pci_cfg_offset + field) / 4, 0xffff_ffff);
+        }
         let interrupt = Arc::new(PciInterrupt {
             isr: AtomicU8::new(0),
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
@@ -272,7 +312,64 @@ impl VirtioPciDevice {
             state,
             interrupt,
             msix_capability: msix_offset,
+            pci_cfg_capability: pci_cfg_offset,
+            notify_stats: Arc::new(NotifyStats::default()),
         })
+    }
+
+    /// The device's notification counters; the transport counts the notifications it handles on
+    /// the vCPU thread, the VMM's ioeventfd handler the others.
+    pub fn notify_stats(&self) -> Arc<NotifyStats> {
+        self.notify_stats.clone()
+    }
+
+    /// Config register of `pci_cfg_data`.
+    fn pci_cfg_data_register(&self) -> usize {
+        (self.pci_cfg_capability + PCI_CFG_DATA) / 4
+    }
+
+    /// The BAR 0 range the `VIRTIO_PCI_CAP_PCI_CFG` window selects, as `(offset, length)`, or
+    /// `None` when the driver programmed it with a BAR other than 0, a length other than 1, 2 or
+    /// 4, a misaligned offset or a range beyond BAR 0.
+    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+        let cap = self.pci_cfg_capability;
+        let bar = self.config.read_byte(cap + PCI_CFG_BAR);
+        let offset = u64::from(self.config.read_register((cap + PCI_CFG_OFFSET) / 4));
+        let length = self.config.read_register((cap + PCI_CFG_LENGTH) / 4);
+        let valid = bar == 0
+            && matches!(length, 1 | 2 | 4)
+            && offset.is_multiple_of(u64::from(length))
+            && offset + u64::from(length) <= VIRTIO_PCI_BAR_SIZE;
+        if !valid {
+            debug!(
+                "virtio-pci: PCI_CFG access with bar {bar}, offset {offset:#x}, length {length} ignored"
+            );
+            return None;
+        }
+        Some((offset, length as usize))
+    }
+
+    /// The driver reads `pci_cfg_data`: fill it from BAR 0 through the window.
+    fn pci_cfg_read(&mut self) {
+        let Some((offset, length)) = self.pci_cfg_window() else {
+            return;
+        };
+        let mut data = [0u8; 4];
+        self.read_bar(0, offset, &mut data[..length]);
+        let reg = self.pci_cfg_data_register();
+        self.config.write_register(reg, 0, &data[..length]);
+    }
+
+    /// The driver wrote `pci_cfg_data`: write its first `cap.length` bytes to BAR 0.
+    fn pci_cfg_write(&mut self) {
+        let Some((offset, length)) = self.pci_cfg_window() else {
+            return;
+        };
+        let data = self
+            .config
+            .read_register(self.pci_cfg_data_register())
+            .to_le_bytes();
+        self.write_bar(0, offset, &data[..length]);
     }
 
     /// The device status the driver last wrote (plus `DEVICE_NEEDS_RESET` if set).
@@ -430,6 +527,9 @@ fn in_region(offset: u64, len: usize, start: u64, size: u64) -> bool {
 
 impl PciDevice for VirtioPciDevice {
     fn read_config_register(&mut self, reg: usize) -> u32 {
+        if reg == self.pci_cfg_data_register() {
+            self.pci_cfg_read();
+        }
         self.config.read_register(reg)
     }
 
@@ -438,6 +538,8 @@ impl PciDevice for VirtioPciDevice {
         if reg == self.msix_capability / 4 {
             let control = (self.config.read_register(reg) >> 16) as u16;
             self.interrupt.msix().set_message_control(control);
+        } else if reg == self.pci_cfg_data_register() {
+            self.pci_cfg_write();
         }
         moves
     }
@@ -504,9 +606,12 @@ impl PciDevice for VirtioPciDevice {
         } else if in_region(offset, len, NOTIFY_CFG_OFFSET, NOTIFY_CFG_SIZE) {
             // The address names the queue; the value (the queue index) is not needed.
             let slot = offset - NOTIFY_CFG_OFFSET;
-            if slot.is_multiple_of(u64::from(NOTIFY_OFF_MULTIPLIER)) {
-                self.state
-                    .notify((slot / u64::from(NOTIFY_OFF_MULTIPLIER)) as u32);
+            let queue = slot / u64::from(NOTIFY_OFF_MULTIPLIER);
+            if slot.is_multiple_of(u64::from(NOTIFY_OFF_MULTIPLIER))
+                && queue < self.state.num_queues() as u64
+            {
+                self.notify_stats.record_vcpu();
+                self.state.notify(queue as u32);
             }
         } else if in_region(
             offset,
@@ -681,6 +786,9 @@ mod tests {
                         assert_eq!(config_byte(&mut d.pci, at + 2), 20, "cap_len");
                         assert_eq!(config_u32(&mut d.pci, at + 16), NOTIFY_OFF_MULTIPLIER);
                     }
+                    if cfg_type == VIRTIO_PCI_CAP_PCI_CFG {
+                        assert_eq!(config_byte(&mut d.pci, at + 2), 20, "cap_len");
+                    }
                     virtio.push((cfg_type, offset, length));
                 }
                 MSIX_CAPABILITY_ID => msix = Some(at),
@@ -703,6 +811,7 @@ mod tests {
                     DEVICE_CFG_OFFSET,
                     DEVICE_CFG_SIZE
                 ),
+                (VIRTIO_PCI_CAP_PCI_CFG, 0, 0),
             ]
         );
         let msix = msix.expect("an MSI-X capability");
@@ -739,10 +848,17 @@ mod tests {
         d.driver_ok();
         assert!(d.pci.is_activated());
         assert_eq!(d.device.lock().unwrap().activated_queues, Some(2));
-        d.write(NOTIFY_CFG_OFFSET + 4, 2, 1);
+        assert_eq!(queue_notify_offset(1), NOTIFY_CFG_OFFSET + 4);
+        d.write(queue_notify_offset(1), 2, 1);
         d.write(NOTIFY_CFG_OFFSET + 40, 2, 10); // no such queue: ignored
         d.write(NOTIFY_CFG_OFFSET + 2, 2, 0); // not a notification slot
         assert_eq!(d.device.lock().unwrap().notified, vec![1]);
+        let stats = d.pci.notify_stats();
+        assert_eq!(
+            (stats.vcpu(), stats.ioeventfd()),
+            (1, 0),
+            "one trapped notify"
+        );
         // Queue set-up is frozen once running.
         d.write(QUEUE_SELECT, 2, 0);
         d.write(QUEUE_SIZE, 2, 4);
@@ -869,6 +985,132 @@ mod tests {
         d.set_status(0);
         assert_eq!(d.device.lock().unwrap().resets, 1);
         assert!(!d.pci.is_activated());
+    }
+
+    /// Config space offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability.
+    fn pci_cfg_capability(d: &mut Driver) -> usize {
+        capabilities(&mut d.pci)
+            .into_iter()
+            .find(|(at, id)| {
+                *id == VENDOR_CAPABILITY_ID
+                    && config_byte(&mut d.pci, at + 3) == VIRTIO_PCI_CAP_PCI_CFG
+            })
+            .expect("a PCI_CFG capability")
+            .0
+    }
+
+    impl Driver {
+        /// Programs the PCI_CFG window: `cap.bar`, `cap.offset`, `cap.length`.
+        fn pci_cfg_window(&mut self, bar: u8, offset: u32, length: u32) {
+            let cap = pci_cfg_capability(self);
+            self.config_write(cap + PCI_CFG_BAR, &[bar]);
+            self.config_write(cap + PCI_CFG_OFFSET, &offset.to_le_bytes());
+            self.config_write(cap + PCI_CFG_LENGTH, &length.to_le_bytes());
+        }
+
+        /// Reads `pci_cfg_data` with one dword config read (one BAR access).
+        fn pci_cfg_read(&mut self) -> u32 {
+            let cap = pci_cfg_capability(self);
+            self.pci.read_config_register((cap + PCI_CFG_DATA) / 4)
+        }
+
+        fn pci_cfg_write(&mut self, data: &[u8]) {
+            let cap = pci_cfg_capability(self);
+            self.config_write(cap + PCI_CFG_DATA, data);
+        }
+    }
+
+    #[test]
+    fn pci_cfg_capability_reaches_bar0_through_config_space() {
+        let mut d = Driver::new();
+        let cap = pci_cfg_capability(&mut d);
+        // The window fields read back what the driver wrote; the header is read-only.
+        d.pci_cfg_window(0, DEVICE_STATUS as u32, 1);
+        assert_eq!(config_byte(&mut d.pci, cap + PCI_CFG_BAR), 0);
+        assert_eq!(config_u32(&mut d.pci, cap + PCI_CFG_OFFSET), 0x14);
+        assert_eq!(config_u32(&mut d.pci, cap + PCI_CFG_LENGTH), 1);
+        d.config_write(cap, &[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(config_byte(&mut d.pci, cap), VENDOR_CAPABILITY_ID);
+        assert_eq!(config_byte(&mut d.pci, cap + 2), PCI_CFG_CAP_LEN);
+
+        // A one-byte write of the device status through config space reaches the device.
+        d.pci_cfg_write(&[status::ACKNOWLEDGE]);
+        assert_eq!(d.read(DEVICE_STATUS, 1), u64::from(status::ACKNOWLEDGE));
+        // Two-byte read: the number of queues.
+        d.pci_cfg_window(0, NUM_QUEUES as u32, 2);
+        assert_eq!(d.pci_cfg_read() & 0xffff, 2);
+        // Four bytes of device configuration, written through the BAR and read through config.
+        d.write(DEVICE_CFG_OFFSET + 4, 4, 0x1234_5678);
+        d.pci_cfg_window(0, DEVICE_CFG_OFFSET as u32 + 4, 4);
+        assert_eq!(d.pci_cfg_read(), 0x1234_5678);
+        // Written through config, read through the BAR; bytes past cap.length are not written.
+        d.pci_cfg_window(0, DEVICE_CFG_OFFSET as u32, 2);
+        d.pci_cfg_write(&0xaabb_ccddu32.to_le_bytes());
+        assert_eq!(d.read(DEVICE_CFG_OFFSET, 4), 0xccdd);
+
+        // A notification through the window is handled on the vCPU thread and counted there.
+        assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        d.setup_queue(0, 16, 1);
+        d.setup_queue(1, 16, 2);
+        d.driver_ok();
+        d.pci_cfg_window(0, queue_notify_offset(1) as u32, 2);
+        d.pci_cfg_write(&1u16.to_le_bytes());
+        assert_eq!(d.device.lock().unwrap().notified, vec![1]);
+        assert_eq!(d.pci.notify_stats().vcpu(), 1);
+        // Reading the ISR through the window clears it, as a BAR read does.
+        d.device
+            .lock()
+            .unwrap()
+            .interrupt
+            .clone()
+            .unwrap()
+            .trigger(InterruptKind::Queue(0))
+            .unwrap();
+        d.pci_cfg_window(0, ISR_CFG_OFFSET as u32, 1);
+        assert_eq!(d.pci_cfg_read() & 0xff, u32::from(ISR_QUEUE));
+        assert_eq!(d.read(ISR_CFG_OFFSET, 1), 0);
+    }
+
+    #[test]
+    fn pci_cfg_ignores_bad_windows_without_touching_the_bar() {
+        let mut d = Driver::new();
+        d.write(DEVICE_CFG_OFFSET, 4, 0x0807_0605);
+        // A valid read leaves a known value in pci_cfg_data.
+        d.pci_cfg_window(0, DEVICE_CFG_OFFSET as u32, 4);
+        assert_eq!(d.pci_cfg_read(), 0x0807_0605);
+        for (bar, offset, length) in [
+            (1u8, DEVICE_STATUS as u32, 1u32), // no BAR 1
+            (5, DEVICE_STATUS as u32, 1),
+            (0xff, DEVICE_STATUS as u32, 1),
+            (0, DEVICE_STATUS as u32, 0), // lengths other than 1, 2, 4
+            (0, DEVICE_STATUS as u32, 3),
+            (0, DEVICE_STATUS as u32, 8),
+            (0, DEVICE_STATUS as u32, u32::MAX),
+            (0, DEVICE_STATUS as u32 + 1, 2), // misaligned
+            (0, DEVICE_STATUS as u32 + 2, 4),
+            (0, VIRTIO_PCI_BAR_SIZE as u32, 1), // beyond BAR 0
+            (0, VIRTIO_PCI_BAR_SIZE as u32 - 2, 4),
+            (0, u32::MAX - 3, 4),
+        ] {
+            d.pci_cfg_window(bar, offset, length);
+            assert_eq!(
+                d.pci_cfg_read(),
+                0x0807_0605,
+                "bar {bar} offset {offset:#x} length {length}: data unchanged"
+            );
+            d.pci_cfg_write(&[status::ACKNOWLEDGE, 0, 0, 0]);
+            assert_eq!(
+                d.read(DEVICE_STATUS, 1),
+                0,
+                "bar {bar} offset {offset:#x} length {length}: nothing written"
+            );
+            // Restore the sentinel the write above left in pci_cfg_data.
+            d.pci_cfg_write(&0x0807_0605u32.to_le_bytes());
+        }
+        // The last byte of BAR 0 is reachable.
+        d.pci_cfg_window(0, VIRTIO_PCI_BAR_SIZE as u32 - 1, 1);
+        d.pci_cfg_read();
+        assert_eq!(d.device.lock().unwrap().notified, Vec::<u16>::new());
     }
 
     #[test]
