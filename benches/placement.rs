@@ -7,7 +7,9 @@
 
 use scheduling::generator::{self, ClusterShape};
 use scheduling::model::ClassId;
-use scheduling::report::{shape_aware_lower_bound, summary, volume_lower_bound};
+use scheduling::report::{
+    shape_aware_capacity, shape_aware_lower_bound, summary, volume_lower_bound,
+};
 use scheduling::rng::SplitMix64;
 use scheduling::{
     Cluster, DecideOptions, PlaceError, PlacementRequest, Placer, Policy, Profile, Scheduler,
@@ -308,6 +310,18 @@ fn w1(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
     ));
 }
 
+/// Hosts with at least one VM.
+fn hosts_used(p: &Placer) -> usize {
+    (0..p.state().cluster().host_count())
+        .filter(|h| p.state().vm_count(scheduling::HostId(*h as u32)) > 0)
+        .count()
+}
+
+/// Fill levels (share of the cluster's vCPU capacity requested so far) at which W2 reports hosts
+/// used against the lower bounds: before the cluster is full, "hosts used" measures packing; at the
+/// first failure every usable host is used and only the demand that fitted still tells policies apart.
+const W2_CHECKPOINTS: [u64; 3] = [25, 50, 75];
+
 fn w2(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
     for policy in [Policy::Pack, Policy::Spread] {
         let profile = Profile::for_policy(policy);
@@ -316,7 +330,8 @@ fn w2(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
         let (mut lo, mut hi) = (f64::MAX, 0f64);
         let mut lat = Latencies::default();
         let (mut dv, mut dm) = (0u64, 0u64);
-        let mut half: Option<(usize, usize, usize)> = None;
+        let mut marks: Vec<String> = Vec::new();
+        let mut worst_shape = 0f64;
         let start = Clock::now();
         for i in 0..c.w2_cap {
             let req = generator::mixed_request(&mut r, format!("w2-{i}"));
@@ -332,15 +347,24 @@ fn w2(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
                     dm += m;
                     lo = lo.min(m as f64 / v as f64);
                     hi = hi.max(m as f64 / v as f64);
-                    if half.is_none() && dv * 2 >= e.vcpu_capacity {
-                        let used = (0..e.cluster.host_count())
-                            .filter(|h| p.state().vm_count(scheduling::HostId(*h as u32)) > 0)
-                            .count();
-                        half = Some((
-                            used,
-                            volume_lower_bound(&e.cluster, &[(e.vcpu, dv), (e.mem, dm)]),
-                            shape_aware_lower_bound(&e.cluster, (e.vcpu, dv), (e.mem, dm), lo, hi),
-                        ));
+                    if let Some(&pct) = W2_CHECKPOINTS.get(marks.len()) {
+                        if dv * 100 >= e.vcpu_capacity * pct {
+                            let used = hosts_used(&p);
+                            let lb = volume_lower_bound(&e.cluster, &[(e.vcpu, dv), (e.mem, dm)]);
+                            let slb = shape_aware_lower_bound(
+                                &e.cluster,
+                                (e.vcpu, dv),
+                                (e.mem, dm),
+                                lo,
+                                hi,
+                            );
+                            let ratio = used as f64 / slb.max(1) as f64;
+                            worst_shape = worst_shape.max(ratio);
+                            marks.push(format!(
+                                "{pct}%: {used} vs shape LB {slb} = {ratio:.3}x (volume LB {lb} = {:.3}x)",
+                                used as f64 / lb.max(1) as f64
+                            ));
+                        }
                     }
                 }
                 Err(_) => break,
@@ -350,6 +374,7 @@ fn w2(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
         let s = summary(p.state(), &[(e.vcpu, 1), (e.mem, 2048)]);
         let lb = volume_lower_bound(&e.cluster, &[(e.vcpu, dv), (e.mem, dm)]);
         let shape_lb = shape_aware_lower_bound(&e.cluster, (e.vcpu, dv), (e.mem, dm), lo, hi);
+        let (cap_v, cap_m) = shape_aware_capacity(&e.cluster, e.vcpu, e.mem, lo, hi);
         let class = |n: &str| {
             s.classes
                 .iter()
@@ -362,22 +387,19 @@ fn w2(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
                 .find(|u| u.class == n)
                 .map_or(0.0, |u| u.stranded as f64 * 100.0 / u.capacity as f64)
         };
-        let half_note = half.map_or(String::new(), |(u, lb, slb)| {
-            format!(
-                "; at 50% vCPU demand: {u} hosts vs LB {lb} = {:.3}x, vs shape LB {slb} = {:.3}x",
-                u as f64 / lb.max(1) as f64,
-                u as f64 / slb.max(1) as f64
-            )
-        });
         rows.push(row(
             size,
             &format!("W2 mixed until 1st failure ({})", format!("{policy:?}").to_lowercase()),
             lat,
             total,
             format!(
-                "full: {} hosts used vs LB {lb} = {:.3}x (shape LB {shape_lb}); VCPU {:.1}% MEM {:.1}% used; stranded VCPU {:.1}% MEM {:.1}%{half_note}",
+                "hosts used vs LB at vCPU demand {}; worst vs shape LB {worst_shape:.3}x; at 1st failure: {} hosts vs shape LB {shape_lb} = {:.3}x, vs volume LB {lb} = {:.3}x, placed {:.1}% of the vCPU and {:.1}% of the memory any packing of this mix could hold; VCPU {:.1}% MEM {:.1}% used; stranded VCPU {:.1}% MEM {:.1}%",
+                marks.join(", "),
                 s.hosts_used,
+                s.hosts_used as f64 / shape_lb.max(1) as f64,
                 s.hosts_used as f64 / lb.max(1) as f64,
+                dv as f64 * 100.0 / cap_v.max(1.0),
+                dm as f64 * 100.0 / cap_m.max(1.0),
                 class("VCPU"),
                 class("MEMORY_MB"),
                 stranded("VCPU"),

@@ -128,10 +128,38 @@ pub fn volume_lower_bound(cluster: &Cluster, demand: &[(ClassId, u64)]) -> usize
     bound
 }
 
+/// What host `h` can hold of classes `a` and `b` when every VM asks for between `min_ratio` and
+/// `max_ratio` units of `b` per unit of `a`: at most `min(cap_a, cap_b / min_ratio)` of `a` (each unit
+/// of `a` brings at least `min_ratio` of `b`) and at most `min(cap_b, cap_a × max_ratio)` of `b`.
+fn shape_capacity(
+    cluster: &Cluster,
+    h: HostId,
+    a: ClassId,
+    b: ClassId,
+    min_ratio: f64,
+    max_ratio: f64,
+) -> (f64, f64) {
+    let (x, y) = (
+        cluster.host_capacity(h, a) as f64,
+        cluster.host_capacity(h, b) as f64,
+    );
+    let ea = if min_ratio > 0.0 {
+        x.min(y / min_ratio)
+    } else {
+        x
+    };
+    (ea, y.min(x * max_ratio))
+}
+
 /// A tighter, shape-aware volume bound for two classes `a` and `b` (e.g. VCPU and MEMORY_MB) when
-/// every VM asks for between `min_ratio` and `max_ratio` units of `b` per unit of `a`: a host can hold
-/// at most `min(cap_a, cap_b / min_ratio)` of `a` and `min(cap_b, cap_a × max_ratio)` of `b`, since
-/// whichever class runs out first ends its packing. Then as [`volume_lower_bound`] with those capacities.
+/// every VM asks for between `min_ratio` and `max_ratio` units of `b` per unit of `a`.
+///
+/// Why it is a lower bound: on any host, the VMs' `a` sum to at most `cap_a`, and since each brings at
+/// least `min_ratio` of `b` per unit of `a`, also to at most `cap_b / min_ratio`; likewise their `b` sum
+/// to at most `min(cap_b, cap_a × max_ratio)`. Any packing's hosts must therefore cover the demand with
+/// these effective capacities, and the fewest hosts that can do so are the largest ones, as in
+/// [`volume_lower_bound`]. With `min_ratio = 0` and `max_ratio = ∞` it equals the volume bound, so it is
+/// never weaker.
 pub fn shape_aware_lower_bound(
     cluster: &Cluster,
     (a, demand_a): (ClassId, u64),
@@ -151,22 +179,27 @@ pub fn shape_aware_lower_bound(
         }
         k
     };
-    let hosts = (0..cluster.host_count()).map(|h| HostId(h as u32));
-    let (ca, cb): (Vec<f64>, Vec<f64>) = hosts
-        .map(|h| {
-            let (x, y) = (
-                cluster.host_capacity(h, a) as f64,
-                cluster.host_capacity(h, b) as f64,
-            );
-            let ea = if min_ratio > 0.0 {
-                x.min(y / min_ratio)
-            } else {
-                x
-            };
-            (ea, y.min(x * max_ratio))
-        })
+    let (ca, cb): (Vec<f64>, Vec<f64>) = (0..cluster.host_count())
+        .map(|h| shape_capacity(cluster, HostId(h as u32), a, b, min_ratio, max_ratio))
         .unzip();
     cover(demand_a, ca).max(cover(demand_b, cb))
+}
+
+/// The most of classes `a` and `b` that any packing of VMs with `b`/`a` ratios in
+/// `min_ratio..=max_ratio` can hold on the whole cluster (the sums of the effective capacities of
+/// [`shape_aware_lower_bound`]). Placed demand divided by this tells how close a packing came to the
+/// cluster's real capacity for that mix, which the plain volume cannot (memory-heavy hosts' memory is
+/// unreachable for VMs that bring too little memory per vCPU).
+pub fn shape_aware_capacity(
+    cluster: &Cluster,
+    a: ClassId,
+    b: ClassId,
+    min_ratio: f64,
+    max_ratio: f64,
+) -> (f64, f64) {
+    (0..cluster.host_count())
+        .map(|h| shape_capacity(cluster, HostId(h as u32), a, b, min_ratio, max_ratio))
+        .fold((0.0, 0.0), |(sa, sb), (x, y)| (sa + x, sb + y))
 }
 
 /// An SVG grid with one cell per host; the cell's two halves show the utilisation of `classes[0]` and
@@ -266,6 +299,16 @@ mod tests {
         assert_eq!(
             shape_aware_lower_bound(c, (vcpu, 11), (mem, 22528), 2048.0, 2048.0),
             2
+        );
+        // With 2048 MB per vCPU, a holds 4 vCPUs and b 2: 6 of the 12 vCPUs are reachable.
+        assert_eq!(
+            shape_aware_capacity(c, vcpu, mem, 2048.0, 2048.0),
+            (6.0, 12288.0)
+        );
+        // Without a shape it is the plain capacity.
+        assert_eq!(
+            shape_aware_capacity(c, vcpu, mem, 0.0, f64::INFINITY),
+            (12.0, 12288.0)
         );
     }
 
