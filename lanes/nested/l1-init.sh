@@ -10,6 +10,16 @@
 # No `set -e`: one failing case must not stop the others. /etc/lane.conf (written by run.sh)
 # sets CASES, BENCH_RUNS, MEM_MIB, L2_CMDLINE, L2_IMAGE, CASE_TIMEOUT, SHUTDOWN_GRACE, KEEL_LOG,
 # KEEL_ARGS and QEMU_MACHINE.
+# As PID 1 this shell would inherit every orphaned process (a watchdog's `sleep` outliving its
+# subshell, the device cases' helpers) and get a SIGCHLD when each ends. busybox's `read`
+# throws away a partly read line when a signal interrupts it, so run_vmm's console reader lost
+# marker lines that arrived in two writes around such a signal (measured: "KEEL-L2 ..." then
+# "\r\n" with a SIGCHLD between gave an empty line). The cases therefore run in a child shell,
+# and PID 1 only reaps orphans and powers off.
+if [ "$$" = 1 ]; then
+  /bin/busybox sh "$0"
+  /bin/busybox poweroff -f
+fi
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -74,10 +84,12 @@ dmesg -n 1
 #   BOOT_CS centiseconds from starting the VMM to the KEEL-L2 line ("" if none)
 #   MARKER  the KEEL-L2 line's fields ("" if none)
 #   L2_ERRORS  1 if L2 reported a KEEL-L2-ERROR line (e.g. a module failed to load)
+#   VIRTIO, DEVICES  the fields of the KEEL-L2-VIRTIO and KEEL-L2-DEVICES lines
 #   KILLED  why the VMM was killed: "timeout", "no-exit-after-poweroff" or ""
 # The VMM's stderr is echoed afterwards, prefixed with "VMM|<tag>| ", and left in /tmp/stderr.
-# Two watchdogs kill it: one after CASE_TIMEOUT, and one SHUTDOWN_GRACE seconds after the marker
-# (L2 powers off right after printing it), so a VM that does not end costs little time.
+# Two watchdogs kill it: one after CASE_TIMEOUT, and one SHUTDOWN_GRACE seconds after the
+# KEEL-L2-END line (L2 powers off, reboots or panics right after it), so a VM that does not end
+# costs little time.
 run_vmm() {
   tag=$1
   shift
@@ -87,6 +99,7 @@ run_vmm() {
   BOOT_CS=
   L2_ERRORS=
   VIRTIO=
+  DEVICES=
   now
   start=$NOW
   "$@" > /tmp/console 2> /tmp/stderr < /dev/null &
@@ -100,20 +113,27 @@ run_vmm() {
     case $line in
       *"KEEL-L2-ERROR"*) L2_ERRORS=1 ;;
       *"KEEL-L2-VIRTIO "*) VIRTIO=${line#*KEEL-L2-VIRTIO } ;;
+      *"KEEL-L2-DEVICES "*) DEVICES=${line#*KEEL-L2-DEVICES } ;;
+      *"KEEL-L2-END"*)
+        if [ -z "$grace" ]; then
+          (sleep "$SHUTDOWN_GRACE"; echo no-exit-after-poweroff > /tmp/killed; kill -KILL $pid) 2> /dev/null &
+          grace=$!
+        fi
+        ;;
       *"KEEL-L2 "*)
         if [ -z "$MARKER" ]; then
           now
           BOOT_CS=$(( NOW - start ))
           MARKER=${line#*KEEL-L2 }
-          (sleep "$SHUTDOWN_GRACE"; echo no-exit-after-poweroff > /tmp/killed; kill -KILL $pid) 2> /dev/null &
-          grace=$!
         fi
         ;;
     esac
   done < /tmp/console
   wait $pid
   STATUS=$?
+  # Reaped here, so their SIGCHLD cannot interrupt the next case's console reader.
   kill $watchdog $grace 2> /dev/null
+  wait $watchdog $grace 2> /dev/null
   KILLED=$(cat /tmp/killed 2> /dev/null)
   while IFS= read -r line; do echo "VMM|$tag| $line"; done < /tmp/stderr
 }
@@ -129,7 +149,9 @@ field() {
 # --- Cases -------------------------------------------------------------------------------------
 # A case is <kernel>:<vcpus>[:<action>], e.g. 6.12:2 or 6.12:1:panic: boot /l2/<kernel>/$L2_IMAGE
 # (the bzImage "vmlinuz" or the ELF "vmlinux") with its initramfs; L2 then powers off (the
-# default), reboots or panics.
+# default), reboots or panics. "devices" and "devices-mmio" also give L2 a virtio-blk disk, a
+# virtio-net card and a virtio-vsock device (over virtio-pci or virtio-mmio), which L2 drives
+# (l2-devices.sh) and L1 checks from the host side (judge_devices), then power off.
 # It passes when L2 printed its marker with the right CPU count, about MEM of memory and the
 # kvm-clock clocksource, and Keel then exited 0 with the exit reason the action implies
 # ("guest shutdown" for poweroff, "guest reset" for reboot and for a panic with panic=-1).
@@ -137,10 +159,19 @@ min_memtotal_kib=$(( MEM_MIB * 1024 * 78 / 100 ))   # the kernel keeps ~10-20% f
 
 # run_keel <tag> <kernel> <vcpus> [action]: one boot under Keel (results as set by run_vmm).
 run_keel() {
-  # shellcheck disable=SC2086 # KEEL_ARGS is a list of words
+  l2_args="keel.l2_action=${4:-poweroff}"
+  device_args=
+  case ${4:-} in
+    devices*)
+      l2_args="keel.l2_action=poweroff keel.l2_devices=1 keel.l2_token=$TOKEN"
+      device_args="--disk /tmp/disk.img,id=lanedisk --net keel0 --vsock 3,/tmp/vsock.sock"
+      [ "$4" != devices-mmio ] || device_args="$device_args --transport mmio"
+      ;;
+  esac
+  # shellcheck disable=SC2086 # KEEL_ARGS and device_args are lists of words
   run_vmm "$1" env RUST_LOG="$KEEL_LOG" /bin/keel --kernel "/l2/$2/$L2_IMAGE" \
     --initrd "/l2/$2/initrd.cpio.gz" --vcpus "$3" --mem "${MEM_MIB}M" \
-    --cmdline "$L2_CMDLINE keel.l2_action=${4:-poweroff}" $KEEL_ARGS
+    --cmdline "$L2_CMDLINE $l2_args" $KEEL_ARGS $device_args
 }
 
 # run_qemu <tag> <kernel> <vcpus>: the same guest under QEMU with KVM, as the reference.
@@ -149,6 +180,59 @@ run_qemu() {
     -accel kvm -cpu host -smp "$3" -m "${MEM_MIB}M" -nodefaults -no-user-config \
     -display none -serial stdio -monitor none -no-reboot \
     -kernel "/l2/$2/$L2_IMAGE" -initrd "/l2/$2/initrd.cpio.gz" -append "$L2_CMDLINE"
+}
+
+# prepare_devices: the host side of a device case, before Keel starts. A fresh copy of the empty
+# ext4 image; a token L2 must write to the disk and send over vsock; the vsock peers; and the L1
+# end of the TAP, addressed once Keel has created it. The helpers are started as grandchildren
+# (`( ... & )`), so that they belong to PID 1 and their exits cannot interrupt run_vmm's reader.
+prepare_devices() {
+  cp /l2/disk.ext4 /tmp/disk.img
+  TOKEN=$(tr -d '-' < /proc/sys/kernel/random/uuid)
+  rm -f /tmp/vsock.sock /tmp/vsock.sock_5000 /tmp/g2h.out /tmp/h2g.out /tmp/tap.out
+  # Guest to host: L2 connects to host port 5000, i.e. this Unix socket.
+  ( vsock --timeout-s 60 host-listen /tmp/vsock.sock_5000 > /tmp/g2h.out 2>&1 & )
+  # Host to guest: CONNECT 5001 through Keel's socket, retried until L2 listens.
+  ( vsock --retry-s 100 --timeout-s 30 host-connect /tmp/vsock.sock 5001 "from-l1-$TOKEN" \
+      > /tmp/h2g.out 2>&1 & )
+  ( (i=0
+     while [ ! -e /sys/class/net/keel0 ] && [ $i -lt 600 ]; do sleep 0.2; i=$(( i + 1 )); done
+     ip addr add 10.0.2.1/24 dev keel0 && ip link set keel0 up && echo up) > /tmp/tap.out 2>&1 & )
+}
+
+# judge_devices <action>: what L2 reported against what L1 sees on its side of each device. Appends to
+# $reasons and sets DEVICE_FIELDS for the case line.
+judge_devices() {
+  d_blk=$(field blk "$DEVICES")
+  d_sha=$(field blk_sha256 "$DEVICES")
+  d_ping=$(field ping_rx "$DEVICES")
+  [ -n "$DEVICES" ] || reasons="$reasons,no-devices-line"
+  want_transport=pci
+  [ "$1" != devices-mmio ] || want_transport=mmio
+  [ "$(field transport "$DEVICES")" = "$want_transport" ] || reasons="$reasons,transport"
+  # Disk: mount the image L2 wrote through virtio-blk and read its files back.
+  host_sha=none
+  host_token=none
+  mkdir -p /mnt
+  if mount -t ext4 -o ro,loop /tmp/disk.img /mnt; then
+    host_sha=$(sha256sum /mnt/keel-lane.bin 2> /dev/null | cut -d' ' -f1)
+    host_token=$(cat /mnt/keel-lane.token 2> /dev/null)
+    umount /mnt
+  fi
+  [ "$d_blk" = ok ] || reasons="$reasons,blk-$d_blk"
+  [ "$(field blk_serial "$DEVICES")" = lanedisk ] || reasons="$reasons,blk-serial"
+  [ -n "$host_sha" ] && [ "$host_sha" = "$d_sha" ] || reasons="$reasons,blk-readback"
+  [ "$host_token" = "$TOKEN" ] || reasons="$reasons,blk-token"
+  # Network: L2 pinged L1's end of the TAP (3 echo requests out, replies back).
+  [ "$(field net "$DEVICES")" = ok ] || reasons="$reasons,net-$(field net "$DEVICES")"
+  [ "$(cat /tmp/tap.out 2> /dev/null)" = up ] || reasons="$reasons,tap-setup"
+  # vsock both ways: each side must have received the other's line with the token.
+  [ "$(cat /tmp/g2h.out 2> /dev/null)" = "from-l2-$TOKEN" ] || reasons="$reasons,vsock-g2h-host"
+  [ "$(field vsock_g2h "$DEVICES")" = "echo_from-l2-$TOKEN" ] || reasons="$reasons,vsock-g2h-guest"
+  [ "$(field vsock_h2g "$DEVICES")" = "from-l1-$TOKEN" ] || reasons="$reasons,vsock-h2g-guest"
+  [ "$(cat /tmp/h2g.out 2> /dev/null)" = "echo from-l1-$TOKEN" ] || reasons="$reasons,vsock-h2g-host"
+  DEVICE_FIELDS=" transport=$(field transport "$DEVICES") blk=$d_blk readback=$([ "$host_sha" = "$d_sha" ] && echo ok || echo bad)"
+  DEVICE_FIELDS="$DEVICE_FIELDS ping_rx=$d_ping vsock=$(field vsock_h2g "$DEVICES" | cut -c1-8)"
 }
 
 # judge <case> <vcpus> <action>: sets JUDGED (the case's KEEL-LANE line, from run_vmm's results)
@@ -171,10 +255,13 @@ judge() {
   [ -z "$MARKER" ] || [ "$memtotal" -gt "$min_memtotal_kib" ] 2> /dev/null || reasons="$reasons,memtotal"
   [ -z "$MARKER" ] || [ "$clocksource" = kvm-clock ] || reasons="$reasons,clocksource"
   [ -z "$L2_ERRORS" ] || reasons="$reasons,l2-error"
-  # Keel offers a virtio-rng (over virtio-pci, the default transport): the stock kernel must bind
-  # it, read entropy from it and take MSI-X interrupts doing so.
+  # Keel offers a virtio-rng (virtio-pci unless the case says mmio): the stock kernel must bind
+  # it and read entropy from it; over PCI it must take MSI-X interrupts doing so.
   [ -z "$MARKER" ] || [ "$(field rng "$VIRTIO")" = virtio_rng.0 ] || reasons="$reasons,virtio-rng"
-  [ -z "$MARKER" ] || [ "$(field msix_irqs "$VIRTIO")" -gt 0 ] 2> /dev/null || reasons="$reasons,msix"
+  [ -z "$MARKER" ] || [ "$3" = devices-mmio ] || [ "$(field msix_irqs "$VIRTIO")" -gt 0 ] 2> /dev/null \
+    || reasons="$reasons,msix"
+  DEVICE_FIELDS=
+  case $3 in devices*) judge_devices "$3" ;; esac
   [ -z "$KILLED" ] || reasons="$reasons,$KILLED"
   [ -n "$KILLED" ] || [ "$STATUS" = 0 ] || reasons="$reasons,exit-status"
   [ -n "$KILLED" ] || grep -q "VM exited: $expected_exit" /tmp/stderr \
@@ -185,7 +272,7 @@ judge() {
   JUDGED="$JUDGED nproc=$nproc memtotal_kib=$memtotal clocksource=$clocksource"
   JUDGED="$JUDGED uptime_s=$(field uptime "$MARKER") wall_s=$(seconds $wall_cs)"
   JUDGED="$JUDGED vm_exit=${vm_exit:--} virtio_rng=$(field rng "$VIRTIO")"
-  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO") reason=${reasons#,}"
+  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO")$DEVICE_FIELDS reason=${reasons#,}"
 }
 seconds_or_dash() { if [ -n "$1" ]; then seconds "$1"; else echo -; fi; }
 
@@ -195,16 +282,9 @@ for case in $CASES; do
   vcpus=${rest%%:*}
   action=poweroff
   [ "$rest" = "$vcpus" ] || action=${rest#*:}
+  case $action in devices*) prepare_devices ;; esac
   run_keel "$case" "$kernel" "$vcpus" "$action"
   judge "$case" "$vcpus" "$action"
-  # One retry, reported: rarely (seen once in about 20 lane runs) the L2 marker line arrives
-  # empty on the console while the lines after it arrive intact. Under investigation; a second
-  # failure fails the case.
-  if [ "$JUDGED_STATUS" = fail ]; then
-    echo "KEEL-LANE-RETRY case=$case first_attempt: ${JUDGED#KEEL-LANE case=$case }"
-    run_keel "$case~retry" "$kernel" "$vcpus" "$action"
-    judge "$case" "$vcpus" "$action"
-  fi
   echo "$JUDGED"
   # Bench rounds only for the plain power-off cases.
   [ "$action" = poweroff ] || continue

@@ -9,13 +9,30 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
-# Hook for device tests: modules listed in lanes/nested/l2-modules.list are copied, from this
-# same kernel's package, into /lib/modules with their dependencies, and loaded here in order.
-if [ -s /lib/modules/load-order ]; then
+# keel.l2_* words on the command line: what to do (run.sh's cases set them).
+action=poweroff
+devices=
+token=
+for word in $(cat /proc/cmdline); do
+  case $word in
+    keel.l2_action=*) action=${word#keel.l2_action=} ;;
+    keel.l2_devices=*) devices=${word#keel.l2_devices=} ;;
+    keel.l2_token=*) token=${word#keel.l2_token=} ;;
+  esac
+done
+
+# load_modules <dir>: insmod the modules <dir>/load-order lists, in order (run.sh copies them,
+# with their dependencies, from this same kernel's package). One already loaded is skipped.
+load_modules() {
+  [ -s "$1/load-order" ] || return 0
   while read -r module; do
-    insmod "/lib/modules/$module.ko" || echo "KEEL-L2-ERROR insmod $module failed"
-  done < /lib/modules/load-order
-fi
+    [ -d "/sys/module/$module" ] && continue
+    insmod "$1/$module.ko" || echo "KEEL-L2-ERROR insmod $module failed"
+  done < "$1/load-order"
+}
+# Always: lanes/nested/l2-modules.list. For the device cases: l2-device-modules.list.
+load_modules /lib/modules
+[ -z "$devices" ] || load_modules /lib/modules/devices
 
 read -r uptime _ < /proc/uptime
 memtotal=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)
@@ -38,13 +55,14 @@ for count in $(grep -i 'msi.*virtio' /proc/interrupts | awk '{ print $2 }'); do
 done
 echo "KEEL-L2-VIRTIO rng=${rng:-none} bytes=${bytes:-none} msix_irqs=$msix"
 
-# How to end, from keel.l2_action= on the command line: power off (ACPI S5; the VMM should
-# report "guest shutdown"), reboot (reboot=k: the i8042 reset line, "guest reset"), or panic
-# (panic=-1 reboots at once: "guest reset"). -f: there is no init system to tell.
-action=poweroff
-for word in $(cat /proc/cmdline); do
-  case $word in keel.l2_action=*) action=${word#keel.l2_action=} ;; esac
-done
+# shellcheck source=l2-devices.sh # installed as /devices.sh; it uses $token
+[ -z "$devices" ] || . /devices.sh
+
+# How to end, from keel.l2_action=: power off (ACPI S5; the VMM should report "guest
+# shutdown"), reboot (reboot=k: the i8042 reset line, "guest reset"), or panic (panic=-1 reboots
+# at once: "guest reset"). -f: there is no init system to tell. KEEL-L2-END tells L1 that the
+# VM should end now.
+echo "KEEL-L2-END action=$action"
 case $action in
   reboot) reboot -f ;;
   panic) echo c > /proc/sysrq-trigger ;;

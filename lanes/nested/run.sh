@@ -6,7 +6,7 @@
 # /init (l1-init.sh) boots each case's L2 kernel with Keel and reports marker lines on the serial
 # console, which this script parses. Needs root on Debian (apt); no /dev/kvm needed.
 #
-# Usage: lanes/nested/run.sh [--cases "6.12:1 6.12:2 6.1:1 6.12:1:reboot"] [--bench] [options]; --help for all.
+# Usage: lanes/nested/run.sh [--cases "6.12:1 6.12:2:devices 6.1:1"] [--bench] [options]; --help for all.
 set -euo pipefail
 
 lane_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,7 +16,7 @@ cache=${KEEL_CACHE:-$HOME/.cache/keel}
 # shellcheck source=SCRIPTDIR/modules.sh
 source "$lane_dir/modules.sh"
 
-cases="6.12:1 6.12:2 6.1:1 6.12:1:reboot 6.12:1:panic"
+cases="6.12:1 6.12:2 6.1:1 6.12:1:reboot 6.12:1:panic 6.12:2:devices 6.1:1:devices 6.12:1:devices-mmio"
 bench=0
 bench_runs=3
 l1_kernel=6.12
@@ -37,9 +37,12 @@ l2_image=vmlinuz
 usage() {
   cat <<EOF
 Usage: $0 [options]
-  --cases "K:N[:A] ..." cases to run: L2 kernel K (6.12 or 6.1) with N vCPUs, ending with
-                       action A: poweroff (default; expects a "guest shutdown" exit), reboot
-                       or panic (panic=-1; both expect "guest reset") [$cases]
+  --cases "K:N[:A] ..." cases to run: L2 kernel K (6.12 or 6.1) with N vCPUs, doing A:
+                       poweroff (default; expects a "guest shutdown" exit), reboot or panic
+                       (panic=-1; both expect "guest reset"), devices (virtio-blk, -net,
+                       -vsock over virtio-pci, driven by L2 and checked from L1, then
+                       poweroff) or devices-mmio (the same over virtio-mmio)
+                       [$cases]
   --bench              also boot each case under QEMU -accel kvm inside L1 and compare
   --bench-runs N       rounds of QEMU and Keel boots per case for --bench [$bench_runs]
   --l1 K               L1 kernel [$l1_kernel]
@@ -55,6 +58,7 @@ Usage: $0 [options]
                        (PVH entry: no decompressor in L2) [$l2_image]
   --keel-args "ARGS"   extra arguments for Keel in L1 (e.g. devices, for the L2 modules hook)
   --keel-bin PATH      use this static Keel boot binary instead of building examples/boot
+                       (examples/vsock is taken from the same directory if it is there)
   --verbose            show the whole L1 console while it runs (it is always logged)
 Environment: KEEL_CACHE (downloads, default ~/.cache/keel), KEEL_LOG (RUST_LOG for Keel in L1).
 EOF
@@ -95,8 +99,8 @@ meta_package() {
 }
 
 for c in $cases; do
-  [[ $c =~ ^[0-9.]+:[1-9][0-9]*(:(poweroff|reboot|panic))?$ ]] \
-    || die "bad case '$c': expected <kernel>:<vcpus>[:poweroff|reboot|panic], e.g. 6.12:2"
+  [[ $c =~ ^[0-9.]+:[1-9][0-9]*(:(poweroff|reboot|panic|devices|devices-mmio))?$ ]] \
+    || die "bad case '$c': expected <kernel>:<vcpus>[:poweroff|reboot|panic|devices|devices-mmio], e.g. 6.12:2"
   meta_package "${c%%:*}" > /dev/null
 done
 meta_package "$l1_kernel" > /dev/null
@@ -112,7 +116,7 @@ is_static() { { ldd "$1" 2>&1 || true; } | grep -q -e 'statically linked' -e 'no
 # --- 1. Host packages ----------------------------------------------------------------------------
 install_packages() {
   local missing=() pkg
-  for pkg in qemu-system-x86 busybox-static cpio zstd lz4 xz-utils; do
+  for pkg in qemu-system-x86 busybox-static cpio zstd lz4 xz-utils e2fsprogs; do
     dpkg-query -W -f='${Status}' "$pkg" 2> /dev/null | grep -q 'ok installed' || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -136,17 +140,29 @@ for k in $(printf '%s\n' $l2_kernels "$l1_kernel" | sort -u); do
 done
 
 # --- 3. Keel -------------------------------------------------------------------------------------
-# L1 has no libraries, so the binary must be static: the musl target.
+# L1 has no libraries, so the binaries must be static: the musl target. examples/boot is the VMM;
+# examples/vsock is both ends of the vsock checks (in L2 over AF_VSOCK, in L1 over Unix sockets).
+musl_examples=()
 if [ -z "$keel_bin" ]; then
-  command -v cargo > /dev/null || die "cargo not found: install Rust with rustup (the repo pins the toolchain)"
-  say "building Keel's boot example (x86_64-unknown-linux-musl, static)"
-  (cd "$repo" && CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build -q --release \
-    --target x86_64-unknown-linux-musl -p examples --example boot) \
-    || die "cargo build of examples/boot for x86_64-unknown-linux-musl failed"
+  musl_examples+=(--example boot)
   keel_bin=$repo/target/x86_64-unknown-linux-musl/release/examples/boot
 fi
-[ -x "$keel_bin" ] || die "no Keel binary at $keel_bin"
-is_static "$keel_bin" || die "$keel_bin is not static; L1 has no libraries"
+vsock_bin=$(dirname "$keel_bin")/vsock
+if [ ! -x "$vsock_bin" ]; then
+  musl_examples+=(--example vsock)
+  vsock_bin=$repo/target/x86_64-unknown-linux-musl/release/examples/vsock
+fi
+if [ ${#musl_examples[@]} -gt 0 ]; then
+  command -v cargo > /dev/null || die "cargo not found: install Rust with rustup (the repo pins the toolchain)"
+  say "building Keel's examples (${musl_examples[*]}) for x86_64-unknown-linux-musl, static"
+  (cd "$repo" && CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build -q --release \
+    --target x86_64-unknown-linux-musl -p examples "${musl_examples[@]}") \
+    || die "cargo build of ${musl_examples[*]} for x86_64-unknown-linux-musl failed"
+fi
+for bin in "$keel_bin" "$vsock_bin"; do
+  [ -x "$bin" ] || die "no binary at $bin"
+  is_static "$bin" || die "$bin is not static; L1 and L2 have no libraries"
+done
 
 # --- Cached initramfs parts ----------------------------------------------------------------------
 # build_part <output> <builder> <input-file>...: runs "<builder> <output>" only when the names or
@@ -181,25 +197,32 @@ stage() {
 }
 
 # --- 4. L2 initramfs, one per L2 kernel (it carries that kernel's modules) -----------------------
-l2_modules() { sed 's/#.*//' "$lane_dir/l2-modules.list" | xargs; }
+module_list() { sed 's/#.*//' "$lane_dir/$1" | xargs; }
 # Builds the initramfs of kernel $k (set by the loop below; build_part passes only the output).
 build_l2_initrd() {
   local output=$1 staging=$out/staging/l2-$k
   stage "$staging" "$lane_dir/l2-init.sh"
-  # shellcheck disable=SC2046 # the list is module names, one word each
-  copy_modules "$(kernel_dir "$k")/modules" "$staging/lib/modules" $(l2_modules)
+  cp "$lane_dir/l2-devices.sh" "$staging/devices.sh"
+  cp "$vsock_bin" "$staging/bin/vsock"
+  # shellcheck disable=SC2046 # the lists are module names, one word each
+  copy_modules "$(kernel_dir "$k")/modules" "$staging/lib/modules" $(module_list l2-modules.list)
+  # shellcheck disable=SC2046
+  copy_modules "$(kernel_dir "$k")/modules" "$staging/lib/modules/devices" \
+    $(module_list l2-device-modules.list)
   pack "$staging" "gzip -9" > "$output"
 }
 for k in $l2_kernels; do
   build_part "$out/l2/$k/initrd.cpio.gz" build_l2_initrd "$busybox" "$lane_dir/l2-init.sh" \
-    "$lane_dir/l2-modules.list" "$lane_dir/modules.sh" "$(kernel_dir "$k")/version"
+    "$lane_dir/l2-devices.sh" "$vsock_bin" "$lane_dir/l2-modules.list" \
+    "$lane_dir/l2-device-modules.list" "$lane_dir/modules.sh" "$(kernel_dir "$k")/version"
 done
 
 # --- 5. L1 initramfs: base (busybox, init, KVM modules) + Keel + L2 images [+ QEMU] + config -----
 build_l1_base() {
   local staging=$out/staging/l1-base
   stage "$staging" "$lane_dir/l1-init.sh"
-  copy_modules "$(kernel_dir "$l1_kernel")/modules" "$staging/lib/modules" kvm_amd
+  # loop: L1 mounts the device cases' disk image to read back what L2 wrote; tun: their TAP.
+  copy_modules "$(kernel_dir "$l1_kernel")/modules" "$staging/lib/modules" kvm_amd loop tun
   pack "$staging" "gzip -9" > "$1"
 }
 build_part "$out/l1/base.cpio.gz" build_l1_base "$busybox" "$lane_dir/l1-init.sh" \
@@ -209,9 +232,10 @@ build_keel_part() {
   local staging=$out/staging/keel
   rm -rf "$staging" && mkdir -p "$staging/bin"
   cp "$keel_bin" "$staging/bin/keel"
+  cp "$vsock_bin" "$staging/bin/vsock"
   pack "$staging" "gzip -6" > "$1"
 }
-build_part "$out/l1/keel.cpio.gz" build_keel_part "$keel_bin"
+build_part "$out/l1/keel.cpio.gz" build_keel_part "$keel_bin" "$vsock_bin"
 
 # The L2 kernels are compressed already: an uncompressed archive spares L1 a slow decompression.
 l2_inputs=()
@@ -253,6 +277,19 @@ build_qemu_part() {
   pack "$staging" "gzip -6" > "$1"
 }
 parts=("$out/l1/base.cpio.gz" "$out/l1/keel.cpio.gz" "$out/l1/l2-images.cpio")
+
+# The device cases' disk: a fresh, empty ext4 file system made by this host's mkfs.ext4 (every
+# run, so no state carries over). L1 copies it for each case and mounts it afterwards.
+if [[ " $cases " == *:devices* ]]; then
+  build_disk_part() {
+    local staging=$out/staging/disk
+    rm -rf "$staging" && mkdir -p "$staging/l2"
+    mkfs.ext4 -q -F -L keel-lane "$staging/l2/disk.ext4" 32M
+    pack "$staging" "gzip -1" > "$1"
+  }
+  build_disk_part "$out/l1/disk.cpio.gz"
+  parts+=("$out/l1/disk.cpio.gz")
+fi
 if [ "$bench" = 1 ]; then
   # shellcheck disable=SC2046
   build_part "$out/l1/qemu.cpio.gz" build_qemu_part "$qemu_bin" $(qemu_libs) $(qemu_firmware)
@@ -350,7 +387,6 @@ if [ "$bench" = 1 ]; then
       }
     }' "$log"
 fi
-grep '^KEEL-LANE-RETRY ' "$log" || true
 grep '^KEEL-LANE l1 ' "$log" || true
 for k in $l2_kernels; do echo "L2 kernel $k: $(cat "$(kernel_dir "$k")/version")"; done
 echo "L1 kernel $l1_kernel: $(cat "$(kernel_dir "$l1_kernel")/version"); L1 run: ${elapsed}s; log: $log"
