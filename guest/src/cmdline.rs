@@ -73,6 +73,10 @@ pub struct Options {
     pub virtio: VirtioOptions,
 }
 
+/// How far `keel.pci_move_bar` moves BAR 0 of each virtio function (128 MiB: inside Keel's
+/// 256 MiB 32-bit PCI window at 0xc0000000, above every BAR Keel pre-assigns there).
+pub const PCI_BAR_MOVE: u64 = 0x0800_0000;
+
 /// What the command line asks of the virtio drivers (`keel.blk`, `keel.rng`, `keel.net`,
 /// `keel.vsock` and their parameters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,9 @@ pub struct VirtioOptions {
     pub blk_start: u64,
     /// `keel.pci`: also look for virtio devices on PCI bus 0 (virtio-pci transport).
     pub pci: bool,
+    /// `keel.pci_move_bar`: move BAR 0 of every virtio function up by
+    /// [`PCI_BAR_MOVE`] before using it (as an OS reassigning BARs would).
+    pub pci_move_bar: bool,
     /// `keel.rng`: test the first virtio-rng device.
     pub rng: bool,
     /// `keel.net`: test the first virtio-net device.
@@ -159,6 +166,7 @@ impl Default for VirtioOptions {
             blk_sectors: DEFAULT_BLK_SECTORS,
             blk_start: DEFAULT_BLK_START,
             pci: false,
+            pci_move_bar: false,
             rng: false,
             net: false,
             net_frames: DEFAULT_NET_FRAMES,
@@ -367,6 +375,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             ("keel.blk", None) => options.virtio.blk = true,
             ("keel.rng", None) => options.virtio.rng = true,
             ("keel.pci", None) => options.virtio.pci = true,
+            ("keel.pci_move_bar", None) => options.virtio.pci_move_bar = true,
             ("keel.net", None) => options.virtio.net = true,
             ("keel.vsock", None) => options.virtio.vsock = true,
             ("keel.net_bench", None) => options.virtio.net_bench = true,
@@ -444,7 +453,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             }
             (
                 "keel.echo" | "keel.blk" | "keel.rng" | "keel.net" | "keel.vsock"
-                | "keel.net_bench" | "keel.vsock_bench" | "keel.pci",
+                | "keel.net_bench" | "keel.vsock_bench" | "keel.pci" | "keel.pci_move_bar",
                 Some(_),
             ) => {
                 return Err(error("the option without a value"));
@@ -520,6 +529,10 @@ mod tests {
         let virtio = parse("keel.pci").unwrap().virtio;
         assert!(virtio.pci && virtio.any() && !virtio.blk);
         assert!(parse("keel.pci=1").is_err());
+        let virtio = parse("keel.pci keel.pci_move_bar").unwrap().virtio;
+        assert!(virtio.pci && virtio.pci_move_bar);
+        assert!(!parse("keel.pci").unwrap().virtio.pci_move_bar);
+        assert!(parse("keel.pci_move_bar=1").is_err());
         let virtio = parse(
             "keel.blk_sectors=16 keel.blk_start=0x10 keel.net_frames=5 keel.vsock_port=1234 \
              keel.vsock_listen=0xffffffff keel.virtio_wait_tsc=1000",

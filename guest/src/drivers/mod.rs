@@ -69,12 +69,14 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
         }
     }
     if options.pci {
-        pci::scan(|transport, id| match devices.get_mut(count) {
-            Some(slot) => {
-                *slot = Some((transport, id));
-                count += 1;
+        pci::scan(options.pci_move_bar, |transport, id| {
+            match devices.get_mut(count) {
+                Some(slot) => {
+                    *slot = Some((transport, id));
+                    count += 1;
+                }
+                None => report!("virtio-pci device {id} ignored: too many devices"),
             }
-            None => report!("virtio-pci device {id} ignored: too many devices"),
         });
     }
     let found = || devices.iter().flatten();

@@ -4,8 +4,11 @@
 //! 0x1AF4, device 0x1040 + type) reports BAR 0 (where Keel puts every structure; QEMU uses BAR 4),
 //! enables memory decoding and bus mastering, finds the virtio structures through the capability
 //! list, reads the BARs they name and builds a [`Transport`]. The guest assigns no BARs: it uses
-//! the addresses the VMM or firmware programmed, which must lie where it maps device memory.
+//! the addresses the VMM or firmware programmed, which must lie where it maps device memory;
+//! with `keel.pci_move_bar` it first moves BAR 0 up by `PCI_BAR_MOVE`, as Linux does when it
+//! reassigns a BAR (memory decoding off, both halves of the 64-bit BAR, decoding back on).
 
+use keel_test_guest::cmdline::PCI_BAR_MOVE;
 use keel_test_guest::virtio::pci::{self, Bar, Structure, Structures};
 
 use super::transport::{PciLayout, Transport};
@@ -35,8 +38,41 @@ fn write16(device: u8, reg: u8, value: u16) {
     outw(CONFIG_DATA + u16::from(reg & 2), value);
 }
 
-/// Calls `found(transport, virtio type)` for every usable virtio function on bus 0.
-pub fn scan(mut found: impl FnMut(Transport, u32)) {
+/// Writes the dword at `reg` (which must be 4-aligned).
+fn write32(device: u8, reg: u8, value: u32) {
+    outl(CONFIG_ADDRESS, address(device, reg));
+    outl(CONFIG_DATA, value);
+}
+
+/// Moves the 64-bit memory BAR 0 of `device` from `from` up by [`PCI_BAR_MOVE`], with memory
+/// decoding off meanwhile (it stays off: the caller turns it on).
+fn move_bar0(device: u8, from: u64) {
+    let to = from + PCI_BAR_MOVE;
+    if to >= MMIO_HIGH {
+        report!("FAIL virtio-pci 00:{device:02x}.0 bar0 {from:#x} cannot move up");
+        return;
+    }
+    let command = read(device, pci::REG_COMMAND) as u16;
+    write16(device, pci::REG_COMMAND, command & !pci::COMMAND_MEMORY);
+    let flags = read(device, pci::REG_BAR0) & 0xf;
+    write32(device, pci::REG_BAR0, to as u32 | flags);
+    write32(device, pci::REG_BAR0 + 4, (to >> 32) as u32);
+    match pci::bar(|reg| read(device, reg), 0) {
+        Bar::Memory(now) if now == to => {
+            report!("virtio-pci moved bar0 of 00:{device:02x}.0 from {from:#x} to {now:#x}");
+        }
+        Bar::Memory(now) => {
+            report!(
+                "FAIL virtio-pci 00:{device:02x}.0 bar0 reads {now:#x} after moving it to {to:#x}"
+            );
+        }
+        Bar::Unsupported => report!("FAIL virtio-pci 00:{device:02x}.0 bar0 is not a memory BAR"),
+    }
+}
+
+/// Calls `found(transport, virtio type)` for every usable virtio function on bus 0, after
+/// moving its BAR 0 when `move_bar` is set.
+pub fn scan(move_bar: bool, mut found: impl FnMut(Transport, u32)) {
     for device in 0..DEVICES {
         let id = read(device, pci::REG_ID);
         let Some(virtio_type) = pci::virtio_type(id) else {
@@ -49,6 +85,9 @@ pub fn scan(mut found: impl FnMut(Transport, u32)) {
             Bar::Unsupported => u64::from(read(device, pci::REG_BAR0)),
         };
         report!("virtio-pci 00:{device:02x}.0 device {virtio_type} bar0={bar0:#x}");
+        if move_bar && bar0 != 0 && matches!(pci::bar(config, 0), Bar::Memory(_)) {
+            move_bar0(device, bar0);
+        }
         let command = read(device, pci::REG_COMMAND) as u16;
         write16(
             device,
