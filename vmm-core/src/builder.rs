@@ -17,6 +17,7 @@ use devices::legacy::{
     COM1_IRQ, COM1_PORT_BASE, I8042, I8042_PORT_BASE, I8042_PORT_LEN, RTC_PORT_BASE, RTC_PORT_LEN,
     SERIAL_PORT_LEN,
 };
+use devices::virtio::NotifyStats;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use log::{debug, warn};
@@ -29,7 +30,7 @@ use crate::config::{SerialInput, SerialOutput, VirtioTransport, VmConfig};
 use crate::device_manager::{self, VirtioMmioDevices};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedSerial};
 use crate::memory;
-use crate::pci::VirtioPciDevices;
+use crate::pci::{PciAttachment, VirtioNotifyCount, VirtioPciDevices};
 use crate::state::{self, Control, ExitReason, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
@@ -226,8 +227,13 @@ impl VmBuilder {
                 events.add_subscriber(subscriber);
             }
         }
+        let mut pci_notify_stats = Vec::new();
         if let Some(plan) = &pci_plan {
-            plan.attach(&vm_fd, &mut pio, &mut mmio, &memory, pci_devices)?;
+            let attached = plan.attach(&vm_fd, &mut pio, &mut mmio, &memory, pci_devices)?;
+            for notifier in attached.notifiers {
+                events.add_subscriber(Box::new(notifier));
+            }
+            pci_notify_stats = attached.notify_stats;
         }
         let buses = Arc::new(IoBuses { pio, mmio });
 
@@ -270,6 +276,7 @@ impl VmBuilder {
             event_loop: None,
             events: Some(events),
             buses,
+            pci_notify_stats,
             boot,
             vm_fd,
             memory,
@@ -288,6 +295,8 @@ pub struct Vm {
     event_loop: Option<EventLoop>,
     events: Option<EventLoopBuilder>,
     buses: Arc<IoBuses>,
+    /// Queue notification counters of the virtio-PCI devices, by device id.
+    pci_notify_stats: Vec<(String, Arc<NotifyStats>)>,
     boot: BootLayout,
     // Declared after everything that uses them, so they are dropped last.
     vm_fd: Arc<VmFd>,
@@ -314,6 +323,12 @@ impl Vm {
     /// guest would, e.g. reading PCI config space through port 0xCFC).
     pub fn io_buses(&self) -> &IoBuses {
         &self.buses
+    }
+
+    /// How many queue notifications each virtio-PCI device received so far, on a vCPU thread
+    /// and through KVM ioeventfds (empty with the virtio-mmio transport).
+    pub fn virtio_pci_notify_counts(&self) -> Vec<VirtioNotifyCount> {
+        PciAttachment::notify_counts(&self.pci_notify_stats)
     }
 
     /// A handle to pause, resume, stop and watch the VM from other threads.

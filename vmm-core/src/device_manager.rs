@@ -1,6 +1,12 @@
 //! Placement of virtio-mmio devices: MMIO windows, interrupt lines, KVM irqfds, and how the
 //! guest learns about them (DSDT entries, optional `virtio_mmio.device=` command-line entries).
+//!
+//! Queue notifications of both transports go through KVM ioeventfds when KVM accepts them:
+//! [`QueueIoeventfds`] holds a device's eventfds and their registration (which follows a moved
+//! virtio-pci BAR, see [`crate::pci`]), and [`QueueNotifier`] is the event-loop subscriber that
+//! runs the device when one of them fires.
 
+use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::{BlockConfig, VirtioBlock};
@@ -13,7 +19,10 @@ use devices::bus::Bus;
 use devices::virtio::mmio::{
     MmioTransport, SharedVirtioDevice, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
-use kvm_ioctls::{IoEventAddress, VmFd};
+use devices::virtio::pci::queue_notify_offset;
+use devices::virtio::NotifyStats;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use log::{debug, warn};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -92,58 +101,213 @@ pub enum DeviceManagerError {
     },
 }
 
+/// Where a transport puts its queues' notification addresses, and how KVM tells queues apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyLayout {
+    /// virtio-mmio: every queue writes its index (32 bits) to `QueueNotify`; KVM matches the
+    /// value.
+    Mmio,
+    /// virtio-pci: queue `n` has an address of its own in BAR 0
+    /// ([`devices::virtio::pci::queue_notify_offset`]); KVM matches the address alone, any width
+    /// and value (Linux writes the queue index as 16 bits).
+    Pci,
+}
+
+impl NotifyLayout {
+    /// The address queue `index` notifies at when the transport's window or BAR is at `base`.
+    fn address(self, base: u64, index: u16) -> Option<IoEventAddress> {
+        let offset = match self {
+            NotifyLayout::Mmio => QUEUE_NOTIFY_OFFSET,
+            NotifyLayout::Pci => queue_notify_offset(index),
+        };
+        base.checked_add(offset).map(IoEventAddress::Mmio)
+    }
+
+    /// Registers (`assign`) or removes the ioeventfd `fd` of queue `index`.
+    fn ioctl(
+        self,
+        vm: &VmFd,
+        fd: &EventFd,
+        base: u64,
+        index: u16,
+        assign: bool,
+    ) -> std::io::Result<()> {
+        let address = self
+            .address(base, index)
+            .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "address beyond 2^64"))?;
+        let result = match (self, assign) {
+            (NotifyLayout::Mmio, true) => vm.register_ioevent(fd, &address, u32::from(index)),
+            (NotifyLayout::Mmio, false) => vm.unregister_ioevent(fd, &address, u32::from(index)),
+            (NotifyLayout::Pci, true) => vm.register_ioevent(fd, &address, NoDatamatch),
+            (NotifyLayout::Pci, false) => vm.unregister_ioevent(fd, &address, NoDatamatch),
+        };
+        result.map_err(|err| std::io::Error::from_raw_os_error(err.errno()))
+    }
+}
+
+/// One eventfd per queue of a device, and where KVM has them registered as ioeventfds.
+///
+/// The eventfds live as long as the device and the event loop keeps watching them; only their
+/// KVM registration moves ([`QueueIoeventfds::relocate`], when the guest moves a virtio-pci BAR).
+/// Dropping this leaves the registrations in place (they end with the VM).
+pub struct QueueIoeventfds {
+    id: String,
+    vm: Arc<VmFd>,
+    layout: NotifyLayout,
+    fds: Vec<EventFd>,
+    base: Option<u64>,
+}
+
+impl QueueIoeventfds {
+    /// Creates `queues` eventfds for device `id`, registered nowhere yet.
+    pub fn new(
+        id: &str,
+        vm: Arc<VmFd>,
+        layout: NotifyLayout,
+        queues: usize,
+    ) -> std::io::Result<Self> {
+        let fds = (0..queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(QueueIoeventfds {
+            id: id.to_string(),
+            vm,
+            layout,
+            fds,
+            base: None,
+        })
+    }
+
+    /// The window or BAR base address the eventfds are registered for, if any.
+    pub fn base(&self) -> Option<u64> {
+        self.base
+    }
+
+    /// Registers every queue's eventfd at its address for a window or BAR at `base` (moving
+    /// them from wherever they were). All or nothing: on failure the ones registered are removed
+    /// again, nothing stays registered, and the error is returned.
+    pub fn register(&mut self, base: u64) -> std::io::Result<()> {
+        self.unregister();
+        for (index, fd) in self.fds.iter().enumerate() {
+            let index = index as u16;
+            if let Err(err) = self.layout.ioctl(&self.vm, fd, base, index, true) {
+                for (done, fd) in self.fds.iter().enumerate().take(usize::from(index)) {
+                    let _ = self.layout.ioctl(&self.vm, fd, base, done as u16, false);
+                }
+                return Err(err);
+            }
+        }
+        self.base = Some(base);
+        Ok(())
+    }
+
+    /// Removes every registration.
+    pub fn unregister(&mut self) {
+        let Some(base) = self.base.take() else {
+            return;
+        };
+        for (index, fd) in self.fds.iter().enumerate() {
+            if let Err(err) = self.layout.ioctl(&self.vm, fd, base, index as u16, false) {
+                warn!(
+                    "device `{}`: cannot remove the ioeventfd of queue {index} at base {base:#x}: {err}",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// Follows the transport to `base` (`None`: the guest can no longer reach it): the old
+    /// registrations go first, so KVM never signals a queue for an address the device has left.
+    /// Returns whether the eventfds are registered at `base`; when KVM refuses them, the
+    /// driver's notifications exit to the VMM and the transport handles them on the vCPU thread.
+    pub fn relocate(&mut self, base: Option<u64>) -> bool {
+        self.unregister();
+        let Some(base) = base else {
+            debug!("device `{}`: queue ioeventfds removed", self.id);
+            return false;
+        };
+        match self.register(base) {
+            Ok(()) => {
+                debug!("device `{}`: queue ioeventfds at base {base:#x}", self.id);
+                true
+            }
+            Err(err) => {
+                warn!(
+                    "device `{}`: no queue ioeventfds at base {base:#x} ({err}); notifications stay on the vCPU thread",
+                    self.id
+                );
+                false
+            }
+        }
+    }
+
+    /// The event-loop subscriber that runs `device` when one of these eventfds fires, counting
+    /// each wake-up in `stats`.
+    pub fn notifier(
+        &self,
+        device: SharedVirtioDevice,
+        stats: Arc<NotifyStats>,
+    ) -> std::io::Result<QueueNotifier> {
+        Ok(QueueNotifier {
+            id: self.id.clone(),
+            device,
+            queues: self
+                .fds
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()?,
+            stats,
+        })
+    }
+
+    /// Creates and registers the eventfds of `device` (device `id`, its transport at `base`)
+    /// and returns them with their event-loop subscriber; `None` (after a warning) when an
+    /// eventfd cannot be created or KVM refuses one: the transport then handles notifications
+    /// on the vCPU thread.
+    pub fn attach(
+        id: &str,
+        vm: &Arc<VmFd>,
+        layout: NotifyLayout,
+        base: u64,
+        device: SharedVirtioDevice,
+        stats: Arc<NotifyStats>,
+    ) -> Option<(Self, QueueNotifier)> {
+        let queues = match device.lock() {
+            Ok(device) => device.queue_max_sizes().len(),
+            Err(poisoned) => poisoned.into_inner().queue_max_sizes().len(),
+        };
+        let attached = Self::new(id, vm.clone(), layout, queues).and_then(|mut ioeventfds| {
+            ioeventfds.register(base)?;
+            let notifier = ioeventfds.notifier(device, stats)?;
+            Ok((ioeventfds, notifier))
+        });
+        match attached {
+            Ok(attached) => Some(attached),
+            Err(err) => {
+                warn!(
+                    "device `{id}`: no queue ioeventfds ({err}); notifications stay on the vCPU thread"
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Processes a device's queues when the driver notifies them through a KVM ioeventfd: the
-/// driver's write to `QueueNotify` completes in the kernel without an exit to the VMM, and this
-/// event-loop subscriber runs the device while the vCPU goes on.
+/// driver's write to the notification address completes in the kernel without an exit to the
+/// VMM, and this event-loop subscriber runs the device while the vCPU goes on.
 pub struct QueueNotifier {
     id: String,
     device: SharedVirtioDevice,
     queues: Vec<EventFd>,
-}
-
-impl QueueNotifier {
-    /// One ioeventfd per queue on the QueueNotify register of `info`'s window, matching the
-    /// queue index. On any failure the ones registered so far are removed and `None` returned.
-    fn register(info: &MmioDeviceInfo, vm: &VmFd, device: SharedVirtioDevice) -> Option<Self> {
-        let count = match device.lock() {
-            Ok(device) => device.queue_max_sizes().len(),
-            Err(poisoned) => poisoned.into_inner().queue_max_sizes().len(),
-        };
-        let address = IoEventAddress::Mmio(info.base + QUEUE_NOTIFY_OFFSET);
-        let mut queues: Vec<EventFd> = Vec::with_capacity(count);
-        for index in 0..count as u32 {
-            let registered = EventFd::new(EFD_NONBLOCK).and_then(|fd| {
-                vm.register_ioevent(&fd, &address, index)
-                    .map_err(|err| std::io::Error::from_raw_os_error(err.errno()))?;
-                Ok(fd)
-            });
-            match registered {
-                Ok(fd) => queues.push(fd),
-                Err(err) => {
-                    log::warn!(
-                        "device `{}`: no ioeventfd for queue {index} ({err}); notifications stay on the vCPU thread",
-                        info.id
-                    );
-                    for (index, fd) in queues.iter().enumerate() {
-                        let _ = vm.unregister_ioevent(fd, &address, index as u32);
-                    }
-                    return None;
-                }
-            }
-        }
-        Some(QueueNotifier {
-            id: info.id.clone(),
-            device,
-            queues,
-        })
-    }
+    stats: Arc<NotifyStats>,
 }
 
 impl MutEventSubscriber for QueueNotifier {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, fd) in self.queues.iter().enumerate() {
             if let Err(err) = ops.add(Events::with_data(fd, index as u32, EventSet::IN)) {
-                log::warn!("device `{}`: cannot watch queue {index}: {err:?}", self.id);
+                warn!("device `{}`: cannot watch queue {index}: {err:?}", self.id);
             }
         }
     }
@@ -153,6 +317,7 @@ impl MutEventSubscriber for QueueNotifier {
         if let Some(fd) = self.queues.get(index as usize) {
             // The count of notifications does not matter: one pass drains the queue.
             let _ = fd.read();
+            self.stats.record_ioeventfd();
             match self.device.lock() {
                 Ok(mut device) => device.queue_notify(index as u16),
                 Err(poisoned) => poisoned.into_inner().queue_notify(index as u16),
@@ -296,7 +461,7 @@ impl VirtioMmioDevices {
     /// refused the ioeventfds: the transport then handles notifications on the vCPU thread).
     pub fn attach(
         info: &MmioDeviceInfo,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         bus: &mut Bus,
         mem: &GuestMemoryMmap,
         device: SharedVirtioDevice,
@@ -322,7 +487,16 @@ impl VirtioMmioDevices {
             info.size,
             Arc::new(Mutex::new(transport)),
         )?;
-        Ok(QueueNotifier::register(info, vm, device))
+        // Registrations on a virtio-mmio window never move: only the subscriber is kept.
+        Ok(QueueIoeventfds::attach(
+            &info.id,
+            vm,
+            NotifyLayout::Mmio,
+            info.base,
+            device,
+            Arc::new(NotifyStats::default()),
+        )
+        .map(|(_, notifier)| notifier))
     }
 
     /// The planned devices.

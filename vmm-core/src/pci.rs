@@ -11,8 +11,17 @@
 //! MSI-X: `KVM_SET_GSI_ROUTING` replaces the whole routing table, so [`GsiRoutingTable`] keeps
 //! the routes KVM installs by default (GSI 0-15 to both PICs and the IOAPIC, 16-23 to the
 //! IOAPIC; virtio-mmio and the serial port rely on them) plus one MSI route per programmed
-//! vector, and re-installs it whole when a vector's message changes. Queue notifications stay
-//! synchronous on the vCPU thread (no ioeventfd), as with virtio-mmio.
+//! vector, and re-installs it whole when a vector's message changes.
+//!
+//! Queue notifications: each device's queues get one KVM ioeventfd each, at
+//! `BAR 0 + queue_notify_offset(n)` (every queue has an address of its own, so no data match),
+//! processed by a [`QueueNotifier`] on the event loop as for virtio-mmio. When the guest moves
+//! BAR 0, the PCI bus tells a [`BarRelocationListener`] of the device's, which unregisters the
+//! ioeventfds from the old address and registers them at the new one before the guest's config
+//! write completes (or nowhere, if the bus no longer decodes the BAR). The bus keeps decoding a
+//! BAR at its last address while memory decoding is off, so the ioeventfds stay with it then too:
+//! they always sit where the bus routes the BAR. Where KVM refuses an ioeventfd, the driver's
+//! write exits to the VMM and the transport notifies the device on the vCPU thread.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -20,12 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::bus::Bus;
 use devices::pci::bus::{
-    PciBus, PciBusError, PciConfigIo, PciConfigMmio, PciMmioWindow, ECAM_BUS_SIZE,
-    PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN,
+    BarRelocation, BarRelocationListener, PciBus, PciBusError, PciConfigIo, PciConfigMmio,
+    PciMmioWindow, ECAM_BUS_SIZE, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN,
 };
 use devices::pci::msix::{MsiInterruptRoute, MsiMessage};
 use devices::virtio::mmio::SharedVirtioDevice;
 use devices::virtio::pci::{VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
+use devices::virtio::NotifyStats;
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, KvmIrqRouting,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
@@ -36,6 +46,7 @@ use log::debug;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::device_manager::{NotifyLayout, QueueIoeventfds, QueueNotifier};
 use crate::layout;
 
 /// GSIs 0..24 are the IOAPIC's pins; MSI routes start after them.
@@ -291,6 +302,58 @@ impl MsiInterruptRoute for KvmMsiRoute {
     }
 }
 
+/// Moves a device's queue ioeventfds along with its BAR 0.
+struct NotifyRelocation {
+    slot: u8,
+    ioeventfds: Mutex<QueueIoeventfds>,
+}
+
+impl BarRelocationListener for NotifyRelocation {
+    fn bar_relocated(&self, relocation: &BarRelocation) {
+        if relocation.slot == self.slot && relocation.index == 0 {
+            lock(&self.ioeventfds).relocate(relocation.new_address);
+        }
+    }
+}
+
+/// How many queue notifications a virtio-PCI device received, by the path they took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioNotifyCount {
+    /// Device id from the config.
+    pub id: String,
+    /// Handled on a vCPU thread after an MMIO exit (KVM had no ioeventfd at the address written,
+    /// or the driver went through the `VIRTIO_PCI_CAP_PCI_CFG` window).
+    pub vcpu: u64,
+    /// Delivered through a KVM ioeventfd and handled on the event loop (wake-ups; KVM may fold
+    /// several writes into one).
+    pub ioeventfd: u64,
+}
+
+/// What [`VirtioPciDevices::attach`] set up.
+pub struct PciAttachment {
+    /// The bus with every device on it.
+    pub bus: Arc<Mutex<PciBus>>,
+    /// Event-loop subscribers for the queue ioeventfds (one per device whose ioeventfds KVM
+    /// accepted).
+    pub notifiers: Vec<QueueNotifier>,
+    /// Each device's notification counters, by device id in plan order.
+    pub notify_stats: Vec<(String, Arc<NotifyStats>)>,
+}
+
+impl PciAttachment {
+    /// The current notification counts of every device.
+    pub fn notify_counts(stats: &[(String, Arc<NotifyStats>)]) -> Vec<VirtioNotifyCount> {
+        stats
+            .iter()
+            .map(|(id, stats)| VirtioNotifyCount {
+                id: id.clone(),
+                vcpu: stats.vcpu(),
+                ioeventfd: stats.ioeventfd(),
+            })
+            .collect()
+    }
+}
+
 /// Hands out naturally aligned BAR addresses from the 32-bit window, then the 64-bit one.
 #[derive(Debug, Clone)]
 pub struct BarAllocator {
@@ -408,7 +471,9 @@ impl VirtioPciDevices {
     }
 
     /// Builds the PCI bus with `devices` (in plan order) behind virtio-PCI transports, connects
-    /// their MSI-X vectors to KVM and registers config access and BAR windows on `pio`/`mmio`.
+    /// their MSI-X vectors to KVM, registers one ioeventfd per queue at its notification address
+    /// (following BAR 0 when the guest moves it), and registers config access and BAR windows on
+    /// `pio`/`mmio`. The returned notifiers belong on the event loop.
     pub fn attach(
         &self,
         vm: &Arc<VmFd>,
@@ -416,9 +481,11 @@ impl VirtioPciDevices {
         mmio: &mut Bus,
         mem: &GuestMemoryMmap,
         devices: Vec<SharedVirtioDevice>,
-    ) -> Result<Arc<Mutex<PciBus>>, PciError> {
+    ) -> Result<PciAttachment, PciError> {
         let bus = Arc::new(Mutex::new(PciBus::new()));
         let routing = Arc::new(Mutex::new(GsiRoutingTable::new()));
+        let mut notifiers = Vec::new();
+        let mut notify_stats = Vec::new();
         for (info, device) in self.devices.iter().zip(devices) {
             let queues = lock(&device).queue_max_sizes().len();
             let vectors = VirtioPciDevice::msix_vectors(queues);
@@ -429,12 +496,17 @@ impl VirtioPciDevices {
                     vectors,
                 })?;
             let route = KvmMsiRoute::new(&info.id, vm.clone(), routing.clone(), gsis)?;
-            let transport =
-                VirtioPciDevice::new(device, mem.clone(), info.bar_address, Arc::new(route))
-                    .map_err(|source| PciError::Device {
-                        id: info.id.clone(),
-                        source,
-                    })?;
+            let transport = VirtioPciDevice::new(
+                device.clone(),
+                mem.clone(),
+                info.bar_address,
+                Arc::new(route),
+            )
+            .map_err(|source| PciError::Device {
+                id: info.id.clone(),
+                source,
+            })?;
+            let stats = transport.notify_stats();
             let placed = lock(&bus).add_device(&info.id, Arc::new(Mutex::new(transport)))?;
             if placed != info.slot {
                 return Err(PciError::SlotMismatch {
@@ -443,6 +515,21 @@ impl VirtioPciDevices {
                     placed,
                 });
             }
+            if let Some((ioeventfds, notifier)) = QueueIoeventfds::attach(
+                &info.id,
+                vm,
+                NotifyLayout::Pci,
+                info.bar_address,
+                device,
+                stats.clone(),
+            ) {
+                lock(&bus).add_relocation_listener(Arc::new(NotifyRelocation {
+                    slot: placed,
+                    ioeventfds: Mutex::new(ioeventfds),
+                }));
+                notifiers.push(notifier);
+            }
+            notify_stats.push((info.id.clone(), stats));
         }
         pio.insert(
             "pci-config-io",
@@ -467,7 +554,11 @@ impl VirtioPciDevices {
                 Arc::new(Mutex::new(PciMmioWindow::new(bus.clone(), window.start))),
             )?;
         }
-        Ok(bus)
+        Ok(PciAttachment {
+            bus,
+            notifiers,
+            notify_stats,
+        })
     }
 }
 
