@@ -6,18 +6,24 @@
 //! - on /dev/kvm, a VM with virtio-PCI devices builds, its config space answers through the
 //!   VM's own port and MMIO buses (0xCF8/0xCFC and ECAM), BAR 0 answers at the pre-assigned
 //!   address, programming an MSI-X vector installs a GSI route in KVM, and the test guest boots
-//!   with PCI devices present and exits cleanly.
+//!   with PCI devices present and exits cleanly;
+//! - each queue's notification address has a KVM ioeventfd, and moving BAR 0 through config
+//!   space moves it in KVM (probed by registering a second ioeventfd at an address: KVM answers
+//!   EEXIST exactly where one is registered).
 
 use std::process::Command;
 use std::time::Duration;
 
 use devices::pci::msix::MsiMessage;
+use devices::virtio::pci::queue_notify_offset;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use testkit::{require_kvm, SharedBuffer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_core::config::{DiskConfig, RngConfig};
 use vmm_core::pci::{GsiRoutingTable, PciHostInfo, VirtioPciDevices};
 use vmm_core::{acpi, layout};
 use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
@@ -145,13 +151,8 @@ fn pci_config(with_devices: bool) -> VmConfig {
     config
 }
 
-fn config_address(device: u32, reg: u32) -> [u8; 4] {
-    (1u32 << 31 | device << 11 | reg << 2).to_le_bytes()
-}
-
-#[test]
-fn config_space_and_bars_answer_through_the_vms_buses_and_msix_reaches_kvm() {
-    require_kvm!();
+/// A VM (not started) with a disk and an entropy device on PCI, and the plan that placed them.
+fn built_with_devices() -> (vmm_core::Vm, VirtioPciDevices) {
     let config = pci_config(true);
     let plan = VirtioPciDevices::plan(
         &[("disk0".into(), 2), ("rng0".into(), 4)],
@@ -162,6 +163,17 @@ fn config_space_and_bars_answer_through_the_vms_buses_and_msix_reaches_kvm() {
         .serial_output(SharedBuffer::new())
         .build()
         .unwrap_or_else(|err| panic!("build: {err}"));
+    (vm, plan)
+}
+
+fn config_address(device: u32, reg: u32) -> [u8; 4] {
+    (1u32 << 31 | device << 11 | reg << 2).to_le_bytes()
+}
+
+#[test]
+fn config_space_and_bars_answer_through_the_vms_buses_and_msix_reaches_kvm() {
+    require_kvm!();
+    let (vm, plan) = built_with_devices();
     let buses = vm.io_buses();
     let read_config = |device: u32, reg: u32| {
         assert!(buses.pio.write(0xcf8, &config_address(device, reg)));
@@ -246,4 +258,93 @@ fn the_test_guest_boots_and_exits_with_virtio_pci_devices_present() {
         assert!(!console.contains("FAIL"), "{console}");
         assert!(console.contains("keel-guest: exit via=reset"), "{console}");
     }
+}
+
+/// Whether KVM has an ioeventfd (of any length) at MMIO `address`: registering another one there
+/// fails with EEXIST exactly then. The probe is removed again.
+fn ioeventfd_at(vm: &VmFd, address: u64) -> bool {
+    let probe = EventFd::new(EFD_NONBLOCK).unwrap();
+    let at = IoEventAddress::Mmio(address);
+    match vm.register_ioevent(&probe, &at, NoDatamatch) {
+        Ok(()) => {
+            vm.unregister_ioevent(&probe, &at, NoDatamatch).unwrap();
+            false
+        }
+        Err(err) if err.errno() == libc::EEXIST => true,
+        Err(err) => panic!("KVM_IOEVENTFD at {address:#x}: {err}"),
+    }
+}
+
+#[test]
+fn queue_ioeventfds_follow_bar0_when_the_guest_moves_it() {
+    require_kvm!();
+    let (vm, plan) = built_with_devices();
+    let (disk_bar, rng_bar) = (plan.devices()[0].bar_address, plan.devices()[1].bar_address);
+    let notify = |bar: u64, queue: u16| bar + queue_notify_offset(queue);
+    let kvm = vm.vm_fd();
+    // One ioeventfd per queue at its own address (virtio-blk and virtio-rng have one queue each).
+    assert!(ioeventfd_at(kvm, notify(disk_bar, 0)));
+    assert!(!ioeventfd_at(kvm, notify(disk_bar, 1)), "no second queue");
+    assert!(
+        !ioeventfd_at(kvm, notify(disk_bar, 0) + 2),
+        "exact address only"
+    );
+    assert!(ioeventfd_at(kvm, notify(rng_bar, 0)));
+
+    let buses = vm.io_buses();
+    let write_config = |device: u32, reg: u32, value: u32| {
+        assert!(buses.pio.write(0xcf8, &config_address(device, reg)));
+        assert!(buses.pio.write(0xcfc, &value.to_le_bytes()));
+    };
+    // Linux's order: memory decoding off, both halves of the 64-bit BAR, decoding on.
+    let move_bar0 = |device: u32, to: u64| {
+        write_config(device, 1, 0);
+        write_config(device, 4, to as u32);
+        write_config(device, 5, (to >> 32) as u32);
+        write_config(device, 1, 0b110);
+    };
+    let num_queues = |bar: u64| {
+        let mut data = [0u8; 2];
+        assert!(buses.mmio.read(bar + 0x12, &mut data));
+        u16::from_le_bytes(data)
+    };
+
+    let moved = disk_bar + 0x0800_0000;
+    move_bar0(1, moved);
+    assert!(
+        !ioeventfd_at(kvm, notify(disk_bar, 0)),
+        "gone from the old BAR"
+    );
+    assert!(
+        ioeventfd_at(kvm, notify(moved, 0)),
+        "registered at the new BAR"
+    );
+    assert!(
+        ioeventfd_at(kvm, notify(rng_bar, 0)),
+        "the other device's stay"
+    );
+    assert_eq!(num_queues(moved), 1, "the bus routes the new address");
+    assert_eq!(num_queues(disk_bar), 0xffff, "and nothing at the old one");
+
+    // Onto the rng's BAR: the bus decodes the disk nowhere, so KVM must not signal it anywhere
+    // (the rng's ioeventfd is still at its address; the disk's must not be at the old one).
+    move_bar0(1, rng_bar);
+    assert!(!ioeventfd_at(kvm, notify(moved, 0)));
+    assert_eq!(num_queues(rng_bar), 1, "the rng still answers at its BAR");
+    // Above 4 GiB, inside the 64-bit window: registered again.
+    let high = PciHostInfo::for_memory(128 << 20).mmio64.start;
+    move_bar0(1, high);
+    assert!(ioeventfd_at(kvm, notify(high, 0)));
+    assert_eq!(num_queues(high), 1);
+
+    // Notifications that reach the transport through an exit are counted as such: none so far,
+    // and this bus write is one (an ioeventfd would have caught a guest's write in KVM).
+    let counts = vm.virtio_pci_notify_counts();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(
+        (counts[0].id.as_str(), counts[0].vcpu, counts[0].ioeventfd),
+        ("disk0", 0, 0)
+    );
+    assert!(buses.mmio.write(notify(high, 0), &0u16.to_le_bytes()));
+    assert_eq!(vm.virtio_pci_notify_counts()[0].vcpu, 1);
 }

@@ -2,13 +2,18 @@
 //! 0xCF8/0xCFC (`keel.pci`), drives Keel's virtio-pci functions with its polling drivers (common
 //! configuration, notification area, device configuration in BAR 0; MSI-X vectors set to "none")
 //! and the host checks the results, as `virtio_guest.rs` does for virtio-mmio.
+//!
+//! Queue notifications: the guest's writes to the notification addresses must be caught by KVM
+//! ioeventfds (counted by the VM as `ioeventfd`, never as `vcpu` exits), also after the guest
+//! moved BAR 0 of every function (`keel.pci_move_bar`).
 
 mod common;
 
 use common::{image, run};
-use testkit::require_kvm;
+use testkit::{require_kvm, SharedBuffer};
 use vmm_core::config::{DiskConfig, RngConfig};
-use vmm_core::{ExitReason, VirtioTransport, VmConfig};
+use vmm_core::pci::VirtioNotifyCount;
+use vmm_core::{ExitReason, VirtioTransport, VmBuilder, VmConfig};
 
 fn guest_config(cmdline: &str) -> VmConfig {
     common::guest_config(VirtioTransport::Pci, cmdline)
@@ -138,4 +143,102 @@ fn vsock_connections_in_both_directions_over_virtio_pci() {
         [19],
         "one virtio-vsock function; console:\n{console}"
     );
+}
+
+/// Boots `config` to its exit; returns the exit reason, the console and the virtio-pci
+/// notification counts at the end.
+fn run_counting(config: VmConfig) -> (ExitReason, String, Vec<VirtioNotifyCount>) {
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .build()
+        .unwrap_or_else(|err| panic!("build: {err}"));
+    vm.start().unwrap();
+    let reason = vm
+        .wait_timeout(common::TIMEOUT)
+        .unwrap_or_else(|| panic!("guest did not exit:\n{}", out.text()));
+    (reason, out.text(), vm.virtio_pci_notify_counts())
+}
+
+/// A read-write disk (64 sectors, `rw.img` pattern) and an entropy device, with `options`.
+fn blk_and_rng(options: &str, image_name: &str) -> (VmConfig, std::path::PathBuf) {
+    let path = image(image_name, 64, |i| (i % 251) as u8);
+    let mut config = guest_config(&format!(
+        "keel.blk keel.rng keel.blk_start=3 keel.blk_sectors=5 {options}"
+    ));
+    config.disks.push(DiskConfig {
+        id: "disk0".into(),
+        path: path.clone(),
+        read_only: false,
+        direct: false,
+    });
+    config.rng = Some(RngConfig { id: "rng0".into() });
+    (config, path)
+}
+
+/// The guest's block and entropy tests passed and every notification took the ioeventfd path.
+fn assert_devices_worked_through_ioeventfds(
+    console: &str,
+    image: &std::path::Path,
+    counts: &[VirtioNotifyCount],
+) {
+    assert!(!console.contains("FAIL"), "{console}");
+    let sector0_sum: u32 = (0..512u32).map(|i| i % 251).sum();
+    assert!(
+        console.contains(&format!(
+            "virtio-blk dev=0 wrote=5 start=3 flushed verified sector0_sum={sector0_sum}"
+        )),
+        "{console}"
+    );
+    common::assert_pattern_written(image, 3..8, |i| (i % 251) as u8);
+    assert!(console.contains("virtio-rng bytes=64"), "{console}");
+    let ids: Vec<&str> = counts.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["disk0", "rng0"], "{counts:?}");
+    for count in counts {
+        assert!(
+            count.ioeventfd > 0,
+            "{}: no notification arrived through an ioeventfd: {counts:?}",
+            count.id
+        );
+        assert_eq!(
+            count.vcpu, 0,
+            "{}: notifications exited to the VMM instead of hitting an ioeventfd: {counts:?}",
+            count.id
+        );
+    }
+}
+
+#[test]
+fn queue_notifications_reach_the_devices_through_ioeventfds_without_vcpu_exits() {
+    require_kvm!();
+    let (config, path) = blk_and_rng("", "ioeventfd.img");
+    let (reason, console, counts) = run_counting(config);
+    assert_eq!(reason, ExitReason::Reset, "{console}");
+    assert!(!console.contains("moved bar0"), "{console}");
+    assert_devices_worked_through_ioeventfds(&console, &path, &counts);
+}
+
+#[test]
+fn devices_keep_working_through_ioeventfds_after_the_guest_moves_their_bars() {
+    require_kvm!();
+    let (config, path) = blk_and_rng("keel.pci_move_bar", "moved-bar.img");
+    let (reason, console, counts) = run_counting(config);
+    assert_eq!(reason, ExitReason::Reset, "{console}");
+    // Both functions moved from their pre-assigned BARs, 128 MiB up, still inside the window.
+    let moves: Vec<(u64, u64)> = console
+        .lines()
+        .filter_map(|line| line.split("keel-guest: virtio-pci moved bar0 of ").nth(1))
+        .map(|rest| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let hex = |text: &str| u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap();
+            assert_eq!((fields[1], fields[3]), ("from", "to"), "{rest}");
+            (hex(fields[2]), hex(fields[4]))
+        })
+        .collect();
+    assert_eq!(moves.len(), 2, "{console}");
+    for (from, to) in &moves {
+        assert_eq!(to - from, 0x0800_0000, "{console}");
+        assert!((0xc800_0000..0xd000_0000).contains(to), "{console}");
+    }
+    assert_devices_worked_through_ioeventfds(&console, &path, &counts);
 }
