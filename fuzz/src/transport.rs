@@ -1,11 +1,15 @@
 //! Transport register files: virtio-mmio registers and PCI configuration space (through ports
-//! 0xCF8/0xCFC, ECAM and the virtio-pci BAR). The input is a stream of guest accesses; a
-//! driver that does things in any order, at any width, with any value must not crash the VMM.
+//! 0xCF8/0xCFC, ECAM and the virtio-pci BAR, including the `VIRTIO_PCI_CAP_PCI_CFG` window). The
+//! input is a stream of guest accesses; a driver that does things in any order, at any width,
+//! with any value must not crash the VMM. BAR relocations the bus reports must be consistent:
+//! each starts where the previous one ended.
 
 use std::sync::{Arc, Mutex};
 
 use devices::bus::BusDevice;
-use devices::pci::bus::{PciBus, PciConfigIo, PciConfigMmio, PciMmioWindow};
+use devices::pci::bus::{
+    BarRelocation, BarRelocationListener, PciBus, PciConfigIo, PciConfigMmio, PciMmioWindow,
+};
 use devices::pci::msix::{MsiInterruptRoute, MsiMessage};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::pci::VirtioPciDevice;
@@ -103,6 +107,36 @@ impl MsiInterruptRoute for CheckedRoute {
 
 const BAR: u64 = 0xc000_0000;
 
+/// Follows the BAR through the relocations the bus reports and checks that they chain up.
+struct ChainedRelocations {
+    decoded_at: Mutex<Option<u64>>,
+}
+
+impl BarRelocationListener for ChainedRelocations {
+    fn bar_relocated(&self, relocation: &BarRelocation) {
+        let mut decoded_at = self
+            .decoded_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        assert_eq!(relocation.slot, 1, "only slot 1 has a BAR");
+        assert_eq!(relocation.index, 0);
+        assert_eq!(
+            relocation.old_address, *decoded_at,
+            "a relocation must start where the BAR was decoded"
+        );
+        assert_ne!(relocation.old_address, relocation.new_address);
+        if let Some(new) = relocation.new_address {
+            assert_eq!(new % relocation.size, 0, "BARs stay aligned");
+        }
+        *decoded_at = relocation.new_address;
+    }
+}
+
+/// ECAM offset of slot 1's configuration space.
+const SLOT1_ECAM: u64 = 1 << 15;
+/// Config space range holding the capabilities (the PCI_CFG window among them).
+const CAPABILITIES: std::ops::Range<u64> = 0x40..0xc0;
+
 /// Random accesses through CF8/CFC, ECAM and the BAR window of a virtio-pci device.
 pub fn pci_config(data: &[u8]) {
     let mut input = Input::new(data);
@@ -116,6 +150,9 @@ pub fn pci_config(data: &[u8]) {
     if bus.add_device("rng", Arc::new(Mutex::new(virtio))).is_err() {
         return;
     }
+    bus.add_relocation_listener(Arc::new(ChainedRelocations {
+        decoded_at: Mutex::new(Some(BAR)),
+    }));
     let bus = Arc::new(Mutex::new(bus));
     let mut ports = PciConfigIo::new(bus.clone());
     let mut ecam = PciConfigMmio::new(bus.clone());
@@ -125,7 +162,7 @@ pub fn pci_config(data: &[u8]) {
             break;
         }
         let access = next_access(&mut input, u64::MAX);
-        match access.selector % 3 {
+        match access.selector % 4 {
             0 => apply(
                 &mut ports,
                 &Access {
@@ -141,10 +178,20 @@ pub fn pci_config(data: &[u8]) {
                     ..access
                 },
             ),
-            _ => apply(
+            2 => apply(
                 &mut window,
                 &Access {
                     offset: access.offset & 0xffff,
+                    ..access
+                },
+            ),
+            // The device's capabilities, where the PCI_CFG window is programmed and used.
+            _ => apply(
+                &mut ecam,
+                &Access {
+                    offset: SLOT1_ECAM
+                        + CAPABILITIES.start
+                        + access.offset % (CAPABILITIES.end - CAPABILITIES.start),
                     ..access
                 },
             ),
