@@ -1,12 +1,16 @@
-//! Fuzz targets for Keel's device models.
+//! Fuzz targets for every parser a guest or a user reaches in Keel.
 //!
 //! Each target is a function from arbitrary bytes to nothing that must never panic, hang or
-//! allocate without bound. The bytes play the guest driver: they become a descriptor table, an
-//! available ring and guest memory contents for a device driven through virtio-queue's mock
-//! split queue. The same functions back the libFuzzer binaries (`fuzz_targets/`) and the
+//! allocate without bound. For the virtio targets the bytes play the guest driver: they become
+//! a descriptor table, an available ring and guest memory contents for a device driven through
+//! virtio-queue's mock split queue. Others play the guest's port I/O (legacy devices) or the
+//! user (VM configs and memory sizes, kernel images). The same functions back the libFuzzer binaries (`fuzz_targets/`) and the
 //! stable-toolchain smoke test (`tests/smoke.rs`), which runs every entry of [`TARGETS`].
 
 pub mod block;
+pub mod config;
+pub mod kernel;
+pub mod legacy;
 pub mod net;
 pub mod rng;
 pub mod support;
@@ -24,4 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vsock_packet", vsock::vsock_packet),
     ("mmio_registers", transport::mmio_registers),
     ("pci_config", transport::pci_config),
+    ("legacy_registers", legacy::legacy_registers),
+    ("vm_config", config::vm_config),
+    ("kernel_image", kernel::kernel_image),
 ];

@@ -1,6 +1,6 @@
 //! Smoke mode for the fuzz targets on the stable toolchain: runs every target in
-//! `keel_fuzz::TARGETS` over its saved corpus (`corpus/<target>/`, if any) and then over seeded
-//! random inputs for a while. `KEEL_FUZZ_SECONDS` sets the time per target (default 3),
+//! `keel_fuzz::TARGETS` over its seeds (`seeds/<target>/`) and saved corpus
+//! (`corpus/<target>/`), and then over seeded random inputs for a while. `KEEL_FUZZ_SECONDS` sets the time per target (default 3),
 //! `KEEL_FUZZ_SEED` the seed (default fixed, so failures reproduce).
 
 use std::time::{Duration, Instant};
@@ -29,11 +29,17 @@ fn every_target_survives_corpus_and_random_inputs() {
     let seconds = env_u64("KEEL_FUZZ_SECONDS", 3);
     let seed = env_u64("KEEL_FUZZ_SEED", 0x6b65_656c_6675_7a7a);
     for &(name, target) in keel_fuzz::TARGETS {
-        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("corpus")
-            .join(name);
+        // seeds/<target>/: hand-written inputs kept in git; corpus/<target>/: what cargo fuzz
+        // saved locally (ignored by git).
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut saved = 0;
-        if let Ok(entries) = std::fs::read_dir(&corpus) {
+        for dir in [
+            root.join("seeds").join(name),
+            root.join("corpus").join(name),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if let Ok(bytes) = std::fs::read(entry.path()) {
                     target(&bytes);
@@ -55,7 +61,7 @@ fn every_target_survives_corpus_and_random_inputs() {
             target(&input);
             runs += 1;
         }
-        eprintln!("{name}: {saved} corpus inputs, {runs} random inputs (seed {seed:#x})");
+        eprintln!("{name}: {saved} saved inputs, {runs} random inputs (seed {seed:#x})");
         assert!(runs > 0, "{name} ran no input");
     }
 }
