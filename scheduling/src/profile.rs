@@ -61,6 +61,15 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// For scan orders that visit the hosts a policy prefers first ([`ScanOrder::EmptiestFirst`]): the
+    /// first feasible hosts found already lie in the best utilisation bucket, so scoring a few of them
+    /// loses little and visits a quarter of the hosts of [`Sampling::default`].
+    pub const ORDERED: Sampling = Sampling {
+        min_feasible: 16,
+        percentage: 0,
+        max_feasible: 16,
+    };
+
     /// Score every feasible host (exhaustive; best quality, slowest).
     pub const EXHAUSTIVE: Sampling = Sampling {
         min_feasible: usize::MAX,
@@ -95,6 +104,9 @@ pub enum ScanOrder {
     /// Fullest hosts first (by dominant utilisation bucket), rotating within a bucket: with a bounded
     /// sample, packing policies still see the hosts they prefer.
     FullestFirst,
+    /// Emptiest hosts first (by dominant utilisation bucket), rotating within a bucket: with a bounded
+    /// sample, spreading policies still see the hosts with the most headroom.
+    EmptiestFirst,
 }
 
 /// The plugins of each extension point, with score weights.
@@ -165,6 +177,7 @@ impl Profile {
             Box::new(ServerGroupAffinity),
             Box::new(ServerGroupAntiAffinityPre),
             Box::new(TopologySpreadPre),
+            Box::new(FreeCapacity),
         ];
         let filters: Vec<Box<dyn FilterPlugin>> = vec![
             Box::new(ServerGroupAntiAffinity),
@@ -202,6 +215,7 @@ impl Profile {
         // they prefer; spreading policies rotate through all hosts.
         let scan_order = match policy {
             Policy::Pack | Policy::PowerSaving | Policy::StrandedAware => ScanOrder::FullestFirst,
+            Policy::Spread => ScanOrder::EmptiestFirst,
             _ => ScanOrder::Rotating,
         };
         Profile {
@@ -211,7 +225,11 @@ impl Profile {
             scores,
             reserve: Vec::new(),
             permit: Vec::new(),
-            sampling: Sampling::default(),
+            sampling: if scan_order == ScanOrder::EmptiestFirst {
+                Sampling::ORDERED
+            } else {
+                Sampling::default()
+            },
             scan_order,
         }
     }

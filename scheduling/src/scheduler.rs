@@ -123,6 +123,7 @@ pub struct Scheduler {
     scores: Vec<i64>,
     totals: Vec<i64>,
     candidates: HostSet,
+    scan: HostSet,
     stats: DeciderStats,
 }
 
@@ -146,6 +147,7 @@ impl Scheduler {
             scores: Vec::new(),
             totals: Vec::new(),
             candidates: HostSet::empty(0),
+            scan: HostSet::empty(0),
             stats: DeciderStats::default(),
         }
     }
@@ -338,17 +340,26 @@ impl Scheduler {
                 }
                 self.cursor = last + 1;
             }
-            ScanOrder::FullestFirst => {
-                let rotation = self.cursor;
-                'buckets: for b in (0..FILL_BUCKETS).rev() {
-                    let list = state.fill_bucket(b);
-                    let len = list.len();
-                    for j in 0..len {
-                        let h = list[(rotation + j) % len] as usize;
-                        if !candidates.contains(h) {
-                            continue;
-                        }
+            ScanOrder::FullestFirst | ScanOrder::EmptiestFirst => {
+                let rotation = self.cursor % n_hosts;
+                let mut last = None;
+                let fullest_first = profile.scan_order == ScanOrder::FullestFirst;
+                'buckets: for i in 0..FILL_BUCKETS {
+                    let b = if fullest_first {
+                        FILL_BUCKETS - 1 - i
+                    } else {
+                        i
+                    };
+                    let Some(bucket) = state.fill_bucket(b) else {
+                        continue;
+                    };
+                    self.scan.copy_from(bucket);
+                    self.scan.intersect_with(&candidates);
+                    let scan = std::mem::take(&mut self.scan);
+                    let mut done = false;
+                    for h in scan.iter_from(rotation) {
                         visited += 1;
+                        last = Some(h);
                         if self.visit(
                             &cx,
                             &filters,
@@ -357,11 +368,19 @@ impl Scheduler {
                             target,
                             &mut memo,
                         ) {
-                            break 'buckets;
+                            done = true;
+                            break;
                         }
                     }
+                    self.scan = scan;
+                    if done {
+                        break 'buckets;
+                    }
                 }
-                self.cursor = self.cursor.wrapping_add(visited.max(1));
+                // Continue after the last host visited, so successive decisions rotate.
+                if let Some(h) = last {
+                    self.cursor = h + 1;
+                }
             }
         }
         self.candidates = candidates;

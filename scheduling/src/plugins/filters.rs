@@ -162,6 +162,37 @@ impl PreFilterPlugin for ResourceClassPresence {
     }
 }
 
+/// Free capacity: removes hosts whose largest free inventory of a requested class is below the
+/// request's largest single allocation of that class, through the state's free-capacity index
+/// ([`crate::state::State::free_at_least`]): one bitset intersection per class instead of visiting full
+/// hosts one by one. Runs on every decision (usage changes), after the cached pre-filters.
+pub struct FreeCapacity;
+
+impl PreFilterPlugin for FreeCapacity {
+    fn name(&self) -> &'static str {
+        "FreeCapacity"
+    }
+    fn cacheable(&self, _request: &CompiledRequest) -> bool {
+        false
+    }
+    fn pre_filter(&self, cx: &mut CycleState<'_>, candidates: &mut HostSet, diag: &mut Diagnosis) {
+        let req = cx.request;
+        for &(c, _) in &req.totals {
+            let largest = req
+                .unnamed
+                .iter()
+                .chain(req.groups.iter().flat_map(|g| g.resources.iter()))
+                .filter(|(k, _)| *k == c)
+                .map(|(_, a)| *a)
+                .max()
+                .unwrap_or(0);
+            if let Some(keep) = cx.state.free_at_least(c, largest) {
+                restrict(candidates, keep, Reason::Insufficient(c), diag);
+            }
+        }
+    }
+}
+
 /// Hard server group affinity: once the group has members, only their host qualifies.
 pub struct ServerGroupAffinity;
 

@@ -6,6 +6,7 @@
 //! bumped on each change: a [`Claim`] decided against an older generation is refused (optimistic
 //! concurrency, as in OpenStack Placement).
 
+mod free;
 mod groups;
 
 pub use groups::{validate_server_group, ServerGroupState};
@@ -13,8 +14,9 @@ pub use groups::{validate_server_group, ServerGroupState};
 use crate::error::{CommitError, RequestError, StateError};
 use crate::fit::{fit_host, FitScratch};
 use crate::hostset::HostSet;
-use crate::model::{Cluster, HostId, ServerGroupSpec};
+use crate::model::{ClassId, Cluster, HostId, ServerGroupSpec};
 use crate::request::{CompiledRequest, GroupRef, PlacementRequest};
+use free::FreeIndex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -53,6 +55,7 @@ pub struct State {
     generation: Vec<u64>,
     vm_count: Vec<u32>,
     fill: FillBuckets,
+    free: FreeIndex,
     disabled: HostSet,
     allocations: HashMap<String, Allocation>,
     groups: Vec<ServerGroupState>,
@@ -65,8 +68,10 @@ impl State {
     /// Empty state for `cluster`, with the cluster's declared server groups.
     pub fn new(cluster: Arc<Cluster>) -> Self {
         let n_hosts = cluster.host_count();
+        let used = vec![0; cluster.slots().len()];
         let mut s = State {
-            used: vec![0; cluster.slots().len()],
+            free: FreeIndex::new(&cluster, &used),
+            used,
             host_used: vec![0; n_hosts * cluster.class_count()],
             generation: vec![0; cluster.owner_count()],
             vm_count: vec![0; n_hosts],
@@ -296,6 +301,7 @@ impl State {
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
                 self.host_used[host.idx() * nc + s.class.0 as usize] += amount;
+                self.free.update(&self.cluster, &self.used, host, s.class);
             }
             self.generation[p.owner as usize] += 1;
         }
@@ -324,6 +330,7 @@ impl State {
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
                 self.host_used[host.idx() * nc + s.class.0 as usize] -= amount;
+                self.free.update(&self.cluster, &self.used, host, s.class);
             }
             self.generation[p.owner as usize] += 1;
         }
@@ -336,28 +343,35 @@ impl State {
         self.release_epoch += 1;
     }
 
-    /// Dominant utilisation of a host's tree: the highest used/capacity over its inventories, in
-    /// `0..FILL_BUCKETS` steps.
+    /// Dominant utilisation of a host's tree: the highest used/capacity over its classes (summed over
+    /// the tree, as the resource scores see them), in `0..FILL_BUCKETS` steps.
     fn refill(&mut self, host: HostId) {
-        let c = &self.cluster;
+        let nc = self.cluster.class_count();
         let mut worst = 0u64;
-        for p in c.tree(host) {
-            for slot in p.slot_start..p.slot_end {
-                let s = &c.slots()[slot as usize];
-                if let Some(b) =
-                    (self.used[slot as usize] * FILL_BUCKETS as u64).checked_div(s.capacity)
-                {
-                    worst = worst.max(b);
-                }
+        for c in 0..nc {
+            let cap = self.cluster.host_capacity(host, ClassId(c as u16));
+            if let Some(b) =
+                (self.host_used[host.idx() * nc + c] * FILL_BUCKETS as u64).checked_div(cap)
+            {
+                worst = worst.max(b);
             }
         }
         self.fill.set(host, (worst as usize).min(FILL_BUCKETS - 1));
     }
 
-    /// Hosts whose dominant utilisation falls in `bucket` (0 = emptiest, `FILL_BUCKETS - 1` = fullest),
-    /// in no particular order: lets packing policies visit the fullest hosts first.
-    pub fn fill_bucket(&self, bucket: usize) -> &[u32] {
-        self.fill.buckets.get(bucket).map_or(&[], |b| b.as_slice())
+    /// Hosts whose dominant utilisation falls in `bucket` (0 = emptiest, `FILL_BUCKETS - 1` = fullest):
+    /// lets packing policies visit the fullest hosts first and spreading ones the emptiest. `None`
+    /// for a bucket out of range.
+    pub fn fill_bucket(&self, bucket: usize) -> Option<&HostSet> {
+        self.fill.buckets.get(bucket)
+    }
+
+    /// Hosts that may still serve a single allocation of `amount` of class `c` (see the free-capacity
+    /// index): every host whose largest free inventory of `c` in its tree reaches `amount` is included
+    /// (hosts drawing on a shared provider of `c` always are), and every included host has at least 80%
+    /// of `amount` free. `None` when nothing can be excluded (zero amount or unknown class).
+    pub fn free_at_least(&self, c: ClassId, amount: u64) -> Option<&HostSet> {
+        self.free.at_least(c, amount)
     }
 
     /// Frees a consumer's allocation and returns it.
@@ -474,16 +488,19 @@ impl State {
         if host_used != self.host_used {
             problems.push("per-host usage totals differ from allocations".into());
         }
-        let bucketed: usize = self.fill.buckets.iter().map(|b| b.len()).sum();
+        let bucketed: usize = self.fill.buckets.iter().map(|b| b.count()).sum();
         if bucketed != self.vm_count.len()
-            || self.fill.buckets.iter().enumerate().any(|(i, b)| {
-                b.iter().enumerate().any(|(pos, h)| {
-                    self.fill.bucket_of[*h as usize] as usize != i
-                        || self.fill.position[*h as usize] as usize != pos
-                })
-            })
+            || self
+                .fill
+                .buckets
+                .iter()
+                .enumerate()
+                .any(|(i, b)| b.iter().any(|h| self.fill.bucket_of[h] as usize != i))
         {
             problems.push("utilisation buckets are inconsistent".into());
+        }
+        if !self.free.consistent(c, &used) {
+            problems.push("free-capacity index differs from allocations".into());
         }
         if vms != self.vm_count {
             problems.push("per-host VM counts differ from allocations".into());
@@ -503,22 +520,20 @@ impl State {
 /// Number of utilisation buckets of [`State::fill_bucket`].
 pub const FILL_BUCKETS: usize = 20;
 
-/// Hosts grouped by dominant utilisation, updated in O(1) per change.
+/// Hosts grouped by dominant utilisation, one bitset per bucket, updated in O(1) per change.
 #[derive(Clone, Debug)]
 struct FillBuckets {
-    buckets: Vec<Vec<u32>>,
+    buckets: Vec<HostSet>,
     bucket_of: Vec<u8>,
-    position: Vec<u32>,
 }
 
 impl FillBuckets {
     fn new(n_hosts: usize) -> Self {
-        let mut buckets = vec![Vec::new(); FILL_BUCKETS];
-        buckets[0] = (0..n_hosts as u32).collect();
+        let mut buckets = vec![HostSet::empty(n_hosts); FILL_BUCKETS];
+        buckets[0] = HostSet::full(n_hosts);
         FillBuckets {
             buckets,
             bucket_of: vec![0; n_hosts],
-            position: (0..n_hosts as u32).collect(),
         }
     }
 
@@ -528,13 +543,8 @@ impl FillBuckets {
         if old == bucket {
             return;
         }
-        let pos = self.position[h] as usize;
-        self.buckets[old].swap_remove(pos);
-        if let Some(&moved) = self.buckets[old].get(pos) {
-            self.position[moved as usize] = pos as u32;
-        }
-        self.position[h] = self.buckets[bucket].len() as u32;
-        self.buckets[bucket].push(h as u32);
+        self.buckets[old].remove(h);
+        self.buckets[bucket].insert(h);
         self.bucket_of[h] = bucket as u8;
     }
 }
