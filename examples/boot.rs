@@ -40,8 +40,9 @@ struct Args {
     /// Add a virtio-blk disk: `PATH[,ro][,direct][,id=ID]` (repeatable).
     #[arg(long = "disk", value_name = "PATH[,ro][,direct][,id=ID]")]
     disks: Vec<String>,
-    /// Add a virtio-net card on a TAP device: `TAP[,mac=52:54:00:12:34:56][,id=ID]` (repeatable).
-    #[arg(long = "net", value_name = "TAP[,mac=MAC][,id=ID]")]
+    /// Add a virtio-net card on a TAP device: `TAP[,mac=52:54:00:12:34:56][,id=ID]`, or on a
+    /// TAP descriptor this process inherited: `fd=N[,...]` (repeatable).
+    #[arg(long = "net", value_name = "TAP|fd=N[,mac=MAC][,id=ID]")]
     nets: Vec<String>,
     /// Add a vsock device: `CID,UDS_PATH`.
     #[arg(long, value_name = "CID,UDS_PATH")]
@@ -157,14 +158,23 @@ fn parse_disk(index: usize, spec: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
-/// `TAP[,mac=MAC][,id=ID]`
+/// `TAP[,mac=MAC][,id=ID]` or `fd=N[,mac=MAC][,id=ID]`
 fn parse_net(index: usize, spec: &str) -> Result<NetConfig, String> {
     let mut parts = spec.split(',');
+    let first = parts.next().unwrap_or_default();
     let mut net = NetConfig {
         id: format!("net{index}"),
-        tap: parts.next().unwrap_or_default().to_string(),
+        tap: first.to_string(),
+        tap_fd: None,
         mac: None,
     };
+    if let Some(fd) = first.strip_prefix("fd=") {
+        net.tap.clear();
+        net.tap_fd = Some(
+            fd.parse()
+                .map_err(|_| format!("--net `{spec}`: `{fd}` is not a descriptor number"))?,
+        );
+    }
     for option in parts {
         if let Some(mac) = option.strip_prefix("mac=") {
             net.mac = Some(mac.to_string());

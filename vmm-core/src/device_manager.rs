@@ -397,14 +397,26 @@ pub fn create_virtio_devices(
                 id: nic.id.clone(),
                 detail: format!("field `mac`: {reason}"),
             })?;
+        let tap = match nic.tap_fd {
+            Some(fd) => {
+                TapSource::Fd(duplicate_fd(fd).map_err(|err| DeviceManagerError::Create {
+                    id: nic.id.clone(),
+                    detail: format!("field `tap_fd`: descriptor {fd}: {err}"),
+                })?)
+            }
+            None => TapSource::Name(nic.tap.clone()),
+        };
         let net = Net::new(NetDeviceConfig {
             id: nic.id.clone(),
-            tap: TapSource::Name(nic.tap.clone()),
+            tap,
             mac,
         })
         .map_err(|err| DeviceManagerError::Create {
             id: nic.id.clone(),
-            detail: err.to_string(),
+            detail: match nic.tap_fd {
+                Some(fd) => format!("field `tap_fd` ({fd}): {err}"),
+                None => format!("field `tap` ({}): {err}", nic.tap),
+            },
         })?;
         entries.push(VirtioDeviceEntry::with_events(&nic.id, net));
     }
@@ -512,6 +524,22 @@ impl VirtioMmioDevices {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// A close-on-exec duplicate of `fd`, which the caller keeps owning; fails when `fd` is not
+/// open in this process.
+fn duplicate_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::BorrowedFd;
+    // fcntl(F_GETFD) only queries the descriptor table: it tells whether `fd` is open before
+    // anything borrows it.
+    // SAFETY: F_GETFD takes no pointer and changes nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked just above) and only borrowed for the duplication; the
+    // caller owns it and keeps it open for the duration of this call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned()
 }
 
 #[cfg(test)]

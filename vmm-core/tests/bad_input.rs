@@ -115,3 +115,30 @@ fn pvh_requires_an_elf_with_the_note() {
         "{err}"
     );
 }
+
+#[test]
+fn a_tap_descriptor_that_is_closed_or_not_a_tap_is_refused_by_name() {
+    use std::os::fd::AsRawFd;
+    let kernel = temp_file("kernel-for-nic.bin", b"\x7fELF");
+    let nic = |fd: i32| vmm_core::config::NetConfig {
+        id: "nic0".into(),
+        tap: String::new(),
+        tap_fd: Some(fd),
+        mac: None,
+    };
+    // A descriptor number nothing has open (above any limit this process uses).
+    let mut closed = VmConfig::new(&kernel);
+    closed.nets.push(nic(1 << 20));
+    let err = build_error(closed).to_string();
+    assert!(err.contains("nic0") && err.contains("tap_fd"), "{err}");
+    // An open descriptor that is a regular file, not a TAP: refused, and left open.
+    let file = std::fs::File::open(&kernel).unwrap();
+    let mut not_tap = VmConfig::new(&kernel);
+    not_tap.nets.push(nic(file.as_raw_fd()));
+    let err = build_error(not_tap).to_string();
+    assert!(err.contains("nic0"), "{err}");
+    assert!(
+        file.metadata().is_ok(),
+        "the caller's descriptor stays usable"
+    );
+}

@@ -96,6 +96,16 @@ fn guest_frames_cross_a_real_tap_device_both_ways() {
 }
 
 #[test]
+fn guest_frames_cross_a_tap_the_caller_opened_and_passed_as_a_descriptor() {
+    require_kvm!();
+    common::net_round_trip_on(
+        VirtioTransport::Mmio,
+        &format!("keelfd{}", std::process::id() % 100_000),
+        true,
+    );
+}
+
+#[test]
 fn vsock_connections_in_both_directions_over_unix_sockets() {
     require_kvm!();
     let console = common::vsock_both_ways(VirtioTransport::Mmio, "keel-vsock");

@@ -41,8 +41,16 @@ pub struct DiskConfig {
 pub struct NetConfig {
     /// Unique device id.
     pub id: String,
-    /// Name of the TAP interface (created if missing, when the process may).
+    /// Name of the TAP interface (created if missing, when the process may). Empty when
+    /// `tap_fd` is given.
+    #[serde(default)]
     pub tap: String,
+    /// A TAP descriptor this process already holds, opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (e.g. passed by a privileged manager over a Unix
+    /// socket, so the VMM itself needs no `CAP_NET_ADMIN`). Keel duplicates it when the VM is
+    /// built and never closes the caller's descriptor. Exactly one of `tap` and `tap_fd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_fd: Option<i32>,
     /// MAC address as `52:54:00:12:34:56`; when absent the device offers none and the guest
     /// picks its own.
     #[serde(default)]
@@ -202,7 +210,23 @@ pub fn validate_devices(
     }
     for net in nets {
         check_id(&mut ids, "nets.id", &net.id)?;
-        if net.tap.is_empty() || net.tap.len() > MAX_IFNAME_LEN || net.tap.contains(['/', ' ']) {
+        if let Some(fd) = net.tap_fd {
+            if !net.tap.is_empty() {
+                return Err(ConfigError::invalid(
+                    "nets.tap_fd",
+                    format!("nic `{}`: give `tap` or `tap_fd`, not both", net.id),
+                ));
+            }
+            if fd < 0 {
+                return Err(ConfigError::invalid(
+                    "nets.tap_fd",
+                    format!("nic `{}`: {fd} is not a file descriptor", net.id),
+                ));
+            }
+        } else if net.tap.is_empty()
+            || net.tap.len() > MAX_IFNAME_LEN
+            || net.tap.contains(['/', ' '])
+        {
             return Err(ConfigError::invalid(
                 "nets.tap",
                 format!(
@@ -290,6 +314,7 @@ mod tests {
         let nic = NetConfig {
             id: "same".into(),
             tap: "tap0".into(),
+            tap_fd: None,
             mac: None,
         };
         assert_eq!(field(validate_devices(&[a], &[nic], None, None)), "nets.id");
@@ -316,6 +341,7 @@ mod tests {
         let nic = NetConfig {
             id: "n".into(),
             tap: "tap0".into(),
+            tap_fd: None,
             mac: Some("ff:ff:ff:ff:ff:ff".into()),
         };
         assert_eq!(
@@ -330,12 +356,48 @@ mod tests {
         let long = NetConfig {
             tap: "a-very-long-interface-name".into(),
             mac: None,
-            ..nic
+            ..nic.clone()
         };
         assert_eq!(
             field(validate_devices(&[], &[long], None, None)),
             "nets.tap"
         );
+        let nameless = NetConfig {
+            tap: String::new(),
+            mac: None,
+            ..nic.clone()
+        };
+        assert_eq!(
+            field(validate_devices(
+                &[],
+                std::slice::from_ref(&nameless),
+                None,
+                None
+            )),
+            "nets.tap"
+        );
+        let both = NetConfig {
+            tap_fd: Some(3),
+            mac: None,
+            ..nic
+        };
+        assert_eq!(
+            field(validate_devices(&[], &[both], None, None)),
+            "nets.tap_fd"
+        );
+        let negative = NetConfig {
+            tap_fd: Some(-1),
+            ..nameless.clone()
+        };
+        assert_eq!(
+            field(validate_devices(&[], &[negative], None, None)),
+            "nets.tap_fd"
+        );
+        let by_fd = NetConfig {
+            tap_fd: Some(3),
+            ..nameless
+        };
+        assert!(validate_devices(&[], &[by_fd], None, None).is_ok());
     }
 
     #[test]

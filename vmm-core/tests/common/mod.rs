@@ -187,15 +187,24 @@ impl PacketSocket {
 /// Frames cross a real TAP device both ways: three from the guest, one from the host.
 /// Returns the console, or `None` (with a printed reason) where /dev/net/tun is missing.
 pub fn net_round_trip(transport: VirtioTransport, tap: &str) -> Option<String> {
+    net_round_trip_on(transport, tap, false)
+}
+
+/// [`net_round_trip`], with the TAP given as a descriptor this test opened (`tap_fd`) when
+/// `by_fd`; the descriptor must still be open, and still the test's, after the VM is gone.
+pub fn net_round_trip_on(transport: VirtioTransport, tap: &str, by_fd: bool) -> Option<String> {
+    use std::os::fd::AsRawFd;
     if !std::path::Path::new("/dev/net/tun").exists() {
         eprintln!("KEEL-TAP-SKIP: /dev/net/tun is missing");
         return None;
     }
     let tap = tap.to_string();
     let mut config = guest_config(transport, "keel.net keel.net_frames=3");
+    let held = by_fd.then(|| devices::virtio::net::Tap::open(&tap).unwrap());
     config.nets.push(vmm_core::config::NetConfig {
         id: "net0".into(),
-        tap: tap.clone(),
+        tap: if by_fd { String::new() } else { tap.clone() },
+        tap_fd: held.as_ref().map(|tap| tap.as_raw_fd()),
         mac: Some("52:54:00:12:34:56".into()),
     });
     let out = SharedBuffer::new();
@@ -253,6 +262,12 @@ pub fn net_round_trip(transport: VirtioTransport, tap: &str) -> Option<String> {
         "{console}"
     );
     assert!(!console.contains("FAIL"), "{console}");
+    drop(vm);
+    if let Some(held) = held {
+        // SAFETY: F_GETFD takes no pointer; it only asks whether the descriptor is open.
+        let open = unsafe { libc::fcntl(held.as_raw_fd(), libc::F_GETFD) } >= 0;
+        assert!(open, "Keel closed the caller's TAP descriptor");
+    }
     Some(console)
 }
 

@@ -44,7 +44,7 @@ pub enum NetError {
     #[error(transparent)]
     Config(#[from] NetConfigError),
     /// The TAP interface could not be set up.
-    #[error("net `{id}`: field `tap`: {source}")]
+    #[error("net `{id}`: TAP device: {source}")]
     Tap {
         /// The device.
         id: String,
