@@ -18,6 +18,7 @@ use devices::legacy::{
     SERIAL_PORT_LEN,
 };
 use devices::virtio::NotifyStats;
+use event_manager::MutEventSubscriber;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use log::{debug, warn};
@@ -157,47 +158,48 @@ impl VmBuilder {
 
     /// Validates the config, creates the VM and loads the kernel. The vCPUs do not run until
     /// [`Vm::start`].
+    ///
+    /// The stages, in order: the guest image (everything that can fail on the user's input:
+    /// config, memory, device back ends, ACPI tables, kernel; no KVM yet), the KVM VM, the
+    /// device wiring, then the vCPUs.
     pub fn build(mut self) -> Result<Vm, Error> {
         self.config.validate()?;
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
-        // Everything that can fail on the user's input comes before KVM is touched.
-        let memory = memory::create_guest_memory(self.config.memory.as_bytes())?;
-        let virtio = device_manager::create_virtio_devices(&self.config)?;
-        let planned: Vec<(String, u32)> = virtio
-            .iter()
-            .map(|entry| (entry.id.clone(), entry.device_type()))
-            .collect();
-        // --- virtio transport choice: one plan is empty ---
-        let (mmio_plan, pci_plan) = match self.config.virtio_transport {
-            VirtioTransport::Mmio => (VirtioMmioDevices::plan(&planned)?, None),
-            VirtioTransport::Pci => (
-                VirtioMmioDevices::default(),
-                Some(VirtioPciDevices::plan(
-                    &planned,
-                    self.config.memory.as_bytes(),
-                )?),
-            ),
-        };
-        let acpi = acpi::write_tables_with_pci(
-            &memory,
-            self.config.vcpus,
-            mmio_plan.devices(),
-            pci_plan.as_ref().map(VirtioPciDevices::host),
-        )?;
-        let boot_config = if self.config.virtio_mmio_cmdline && !mmio_plan.devices().is_empty() {
-            let mut with_devices = self.config.clone();
-            with_devices.cmdline =
-                format!("{} {}", self.config.cmdline, mmio_plan.cmdline_entries());
-            with_devices
-        } else {
-            self.config.clone()
-        };
-        let boot = boot::load(&memory, &boot_config, Some(acpi.rsdp))?;
+        let mut image = GuestImage::prepare(&self.config)?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
-        let vm_fd = Arc::new(vm::create_vm(&kvm, &memory)?);
+        let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
         let control = Control::new(self.config.vcpus as usize);
+        let wired = self.wire_devices(&control, &vm_fd, &mut image)?;
+        let GuestImage { memory, boot, .. } = image;
+        let vcpus = create_vcpus(&kvm, &vm_fd, self.config.vcpus, &boot)?;
+        debug!(
+            "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
+            self.config.vcpus, self.config.memory, boot.format, boot.entry.protocol, boot.entry.rip
+        );
+        Ok(Vm {
+            control,
+            threads: Vec::new(),
+            pending_vcpus: vcpus,
+            event_loop: None,
+            events: Some(wired.events),
+            buses: wired.buses,
+            pci_notify_stats: wired.pci_notify_stats,
+            boot,
+            vm_fd,
+            memory,
+        })
+    }
 
+    /// Puts the legacy devices and the virtio devices (on the transport the config chose) on
+    /// the VM's buses, connects their interrupts and queue notifications to KVM, and collects
+    /// the event-loop subscribers (device back ends, notifiers, serial input).
+    fn wire_devices(
+        &mut self,
+        control: &Arc<Control>,
+        vm_fd: &Arc<VmFd>,
+        image: &mut GuestImage,
+    ) -> Result<WiredDevices, Error> {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
         vm_fd
             .register_irqfd(&serial_irq, COM1_IRQ)
@@ -208,80 +210,148 @@ impl VmBuilder {
         let serial: SharedSerial = Arc::new(Mutex::new(
             Serial::new(EventFdTrigger::new(serial_irq), self.open_output()?).map_err(Error::Io)?,
         ));
-        let mut pio = legacy_devices(&control, serial.clone())?;
+        let mut pio = legacy_devices(control, serial.clone())?;
         let mut mmio = Bus::new(BusKind::Mmio);
         let mut events = EventLoopBuilder::new()?;
         let mut pci_devices = Vec::new();
-        for (index, entry) in virtio.into_iter().enumerate() {
-            match mmio_plan.devices().get(index) {
+        for (index, entry) in image.virtio.iter().enumerate() {
+            match image.mmio_plan.devices().get(index) {
                 Some(info) => {
-                    let notifier =
-                        VirtioMmioDevices::attach(info, &vm_fd, &mut mmio, &memory, entry.device)?;
+                    let notifier = VirtioMmioDevices::attach(
+                        info,
+                        vm_fd,
+                        &mut mmio,
+                        &image.memory,
+                        entry.device.clone(),
+                    )?;
                     if let Some(notifier) = notifier {
                         events.add_subscriber(Box::new(notifier));
                     }
                 }
-                None => pci_devices.push(entry.device),
-            }
-            if let Some(subscriber) = entry.subscriber {
-                events.add_subscriber(subscriber);
+                None => pci_devices.push(entry.device.clone()),
             }
         }
+        for subscriber in std::mem::take(&mut image.subscribers) {
+            events.add_subscriber(subscriber);
+        }
         let mut pci_notify_stats = Vec::new();
-        if let Some(plan) = &pci_plan {
-            let attached = plan.attach(&vm_fd, &mut pio, &mut mmio, &memory, pci_devices)?;
+        if let Some(plan) = &image.pci_plan {
+            let attached = plan.attach(vm_fd, &mut pio, &mut mmio, &image.memory, pci_devices)?;
             for notifier in attached.notifiers {
                 events.add_subscriber(Box::new(notifier));
             }
             pci_notify_stats = attached.notify_stats;
         }
-        let buses = Arc::new(IoBuses { pio, mmio });
-
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| vm::VmError::Kvm {
-                op: "KVM_GET_SUPPORTED_CPUID",
-                source,
-            })?;
-        let setup = VcpuSetup {
-            supported_cpuid: &supported_cpuid,
-            vcpu_count: self.config.vcpus,
-            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
-            entry: &boot.entry,
-        };
-        let mut vcpus = Vec::with_capacity(self.config.vcpus as usize);
-        for index in 0..self.config.vcpus {
-            let fd =
-                vm_fd
-                    .create_vcpu(u64::from(index))
-                    .map_err(|source| vcpu::VcpuError::Kvm {
-                        index,
-                        op: "KVM_CREATE_VCPU",
-                        source,
-                    })?;
-            vcpu::configure(&fd, index, &setup)?;
-            vcpus.push(fd);
-        }
         if let Some(input) = self.open_input()? {
-            events.add_serial_input(serial.clone(), input)?;
+            events.add_serial_input(serial, input)?;
         }
-        debug!(
-            "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
-            self.config.vcpus, self.config.memory, boot.format, boot.entry.protocol, boot.entry.rip
-        );
-        Ok(Vm {
-            control,
-            threads: Vec::new(),
-            pending_vcpus: vcpus,
-            event_loop: None,
-            events: Some(events),
-            buses,
+        Ok(WiredDevices {
+            buses: Arc::new(IoBuses { pio, mmio }),
+            events,
             pci_notify_stats,
-            boot,
-            vm_fd,
-            memory,
         })
     }
+}
+
+/// What the VM will run, prepared before KVM is touched: guest memory holding the ACPI tables
+/// and the loaded kernel, the virtio devices with their host back ends open, and where each
+/// device goes. Any error here is about the user's input, and nothing of KVM exists yet.
+struct GuestImage {
+    memory: GuestMemoryMmap,
+    boot: BootLayout,
+    virtio: Vec<device_manager::VirtioDeviceEntry>,
+    /// Event-loop subscribers of the device back ends, taken by the wiring stage.
+    subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
+    /// Where virtio-mmio devices go (empty with the PCI transport).
+    mmio_plan: VirtioMmioDevices,
+    /// The PCI bus plan (only with the PCI transport).
+    pci_plan: Option<VirtioPciDevices>,
+}
+
+impl GuestImage {
+    fn prepare(config: &VmConfig) -> Result<Self, Error> {
+        let memory = memory::create_guest_memory(config.memory.as_bytes())?;
+        let mut virtio = device_manager::create_virtio_devices(config)?;
+        let subscribers = virtio
+            .iter_mut()
+            .filter_map(|entry| entry.subscriber.take())
+            .collect();
+        let planned: Vec<(String, u32)> = virtio
+            .iter()
+            .map(|entry| (entry.id.clone(), entry.device_type()))
+            .collect();
+        // One plan is empty, by the transport the config chose.
+        let (mmio_plan, pci_plan) = match config.virtio_transport {
+            VirtioTransport::Mmio => (VirtioMmioDevices::plan(&planned)?, None),
+            VirtioTransport::Pci => (
+                VirtioMmioDevices::default(),
+                Some(VirtioPciDevices::plan(&planned, config.memory.as_bytes())?),
+            ),
+        };
+        let acpi = acpi::write_tables_with_pci(
+            &memory,
+            config.vcpus,
+            mmio_plan.devices(),
+            pci_plan.as_ref().map(VirtioPciDevices::host),
+        )?;
+        let boot = if config.virtio_mmio_cmdline && !mmio_plan.devices().is_empty() {
+            let mut with_devices = config.clone();
+            with_devices.cmdline = format!("{} {}", config.cmdline, mmio_plan.cmdline_entries());
+            boot::load(&memory, &with_devices, Some(acpi.rsdp))?
+        } else {
+            boot::load(&memory, config, Some(acpi.rsdp))?
+        };
+        Ok(GuestImage {
+            memory,
+            boot,
+            virtio,
+            subscribers,
+            mmio_plan,
+            pci_plan,
+        })
+    }
+}
+
+/// The devices on their buses, and the event-loop work that serves them.
+struct WiredDevices {
+    buses: Arc<IoBuses>,
+    events: EventLoopBuilder,
+    /// Queue notification counters of the virtio-PCI devices, by device id.
+    pci_notify_stats: Vec<(String, Arc<NotifyStats>)>,
+}
+
+/// Creates and configures the vCPUs (CPUID, MSRs, registers for the boot entry), in order.
+fn create_vcpus(
+    kvm: &kvm_ioctls::Kvm,
+    vm_fd: &VmFd,
+    count: u32,
+    boot: &BootLayout,
+) -> Result<Vec<VcpuFd>, Error> {
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| vm::VmError::Kvm {
+            op: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    let setup = VcpuSetup {
+        supported_cpuid: &supported_cpuid,
+        vcpu_count: count,
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        entry: &boot.entry,
+    };
+    let mut vcpus = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let fd = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| vcpu::VcpuError::Kvm {
+                index,
+                op: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        vcpu::configure(&fd, index, &setup)?;
+        vcpus.push(fd);
+    }
+    Ok(vcpus)
 }
 
 /// A VM: built by [`VmBuilder`], started with [`Vm::start`], controlled through
