@@ -108,7 +108,6 @@ pub trait PermitPlugin: Send + Sync {
 
 /// Keeps only candidates in `keep`, counting the others under `reason`.
 pub fn restrict(candidates: &mut HostSet, keep: &HostSet, reason: Reason, diag: &mut Diagnosis) {
-    let before = candidates.count();
     if diag.per_host.is_some() {
         let removed: Vec<usize> = candidates.iter().filter(|h| !keep.contains(*h)).collect();
         for h in removed {
@@ -117,13 +116,14 @@ pub fn restrict(candidates: &mut HostSet, keep: &HostSet, reason: Reason, diag: 
         candidates.intersect_with(keep);
         return;
     }
-    candidates.intersect_with(keep);
-    diag.add_n(reason, (before - candidates.count()) as u32);
+    let removed = candidates.intersect_counting(keep);
+    if removed > 0 {
+        diag.add_n(reason, removed as u32);
+    }
 }
 
 /// Removes candidates in `drop`, counting them under `reason`.
 pub fn exclude(candidates: &mut HostSet, drop: &HostSet, reason: Reason, diag: &mut Diagnosis) {
-    let before = candidates.count();
     if diag.per_host.is_some() {
         let removed: Vec<usize> = candidates.iter().filter(|h| drop.contains(*h)).collect();
         for h in removed {
@@ -132,6 +132,8 @@ pub fn exclude(candidates: &mut HostSet, drop: &HostSet, reason: Reason, diag: &
         candidates.subtract(drop);
         return;
     }
-    candidates.subtract(drop);
-    diag.add_n(reason, (before - candidates.count()) as u32);
+    let removed = candidates.subtract_counting(drop);
+    if removed > 0 {
+        diag.add_n(reason, removed as u32);
+    }
 }

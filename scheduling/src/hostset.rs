@@ -74,6 +74,26 @@ impl HostSet {
         }
     }
 
+    /// Keeps only hosts also in `other`; returns how many were removed.
+    pub fn intersect_counting(&mut self, other: &HostSet) -> usize {
+        let mut removed = 0;
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            removed += (*a & !*b).count_ones() as usize;
+            *a &= *b;
+        }
+        removed
+    }
+
+    /// Removes every host in `other`; returns how many were removed.
+    pub fn subtract_counting(&mut self, other: &HostSet) -> usize {
+        let mut removed = 0;
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            removed += (*a & *b).count_ones() as usize;
+            *a &= !*b;
+        }
+        removed
+    }
+
     /// Removes every host in `other`.
     pub fn subtract(&mut self, other: &HostSet) {
         for (a, b) in self.words.iter_mut().zip(&other.words) {
@@ -209,6 +229,13 @@ mod tests {
         b.insert(69);
         a.subtract(&b);
         assert_eq!(a.count(), 68);
+        let mut c = HostSet::full(70);
+        assert_eq!(c.subtract_counting(&b), 2);
+        assert_eq!(c.subtract_counting(&b), 0);
+        assert_eq!(c.intersect_counting(&a), 0);
+        c.insert(1);
+        assert_eq!(c.intersect_counting(&a), 1);
+        assert_eq!(c, a);
         assert!(!a.contains(69));
         a.intersect_with(&HostSet::empty(70));
         assert_eq!(a.count(), 0);

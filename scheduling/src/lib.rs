@@ -49,6 +49,7 @@
 
 pub mod error;
 pub mod explain;
+pub mod fasthash;
 pub mod fit;
 pub mod framework;
 pub mod generator;

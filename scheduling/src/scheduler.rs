@@ -9,6 +9,7 @@
 
 use crate::error::{CommitError, RequestError};
 use crate::explain::{Diagnosis, Explanation, HostScore, Reason};
+use crate::fasthash::IntMap;
 use crate::fit::FitScratch;
 use crate::framework::CycleState;
 use crate::hostset::HostSet;
@@ -18,7 +19,6 @@ use crate::request::{CompiledRequest, PlacementRequest};
 use crate::rng::SplitMix64;
 use crate::state::{Claim, State, FILL_BUCKETS};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Options of one decision.
@@ -112,9 +112,9 @@ pub struct Scheduler {
     profile: Arc<Profile>,
     rng: SplitMix64,
     cursor: usize,
-    cache: HashMap<u64, CacheEntry>,
-    negative: HashMap<u64, NegativeEntry>,
-    memo: HashMap<u64, FitMemo>,
+    cache: IntMap<u64, CacheEntry>,
+    negative: IntMap<u64, NegativeEntry>,
+    memo: IntMap<u64, FitMemo>,
     skipped: Vec<u32>,
     scratch: FitScratch,
     feasible: Vec<HostId>,
@@ -136,9 +136,9 @@ impl Scheduler {
             profile,
             rng,
             cursor,
-            cache: HashMap::new(),
-            negative: HashMap::new(),
-            memo: HashMap::new(),
+            cache: IntMap::default(),
+            negative: IntMap::default(),
+            memo: IntMap::default(),
             skipped: Vec::new(),
             scratch: FitScratch::default(),
             feasible: Vec::new(),

@@ -1,8 +1,8 @@
 //! Server group membership, counted per host, zone and rack for affinity and topology spread.
 
 use crate::error::ModelError;
+use crate::fasthash::IntMap;
 use crate::model::{Cluster, HostId, ServerGroupPolicy, ServerGroupSpec};
-use std::collections::HashMap;
 
 /// Checks a server group definition.
 pub fn validate_server_group(g: &ServerGroupSpec) -> Result<(), ModelError> {
@@ -33,7 +33,7 @@ pub struct ServerGroupState {
     /// Definition.
     pub spec: ServerGroupSpec,
     /// Members per host (only hosts with members).
-    pub per_host: HashMap<u32, u32>,
+    pub per_host: IntMap<u32, u32>,
     /// Members per zone id.
     pub per_zone: Vec<u32>,
     /// Members per rack id.
@@ -48,7 +48,7 @@ impl ServerGroupState {
     pub(crate) fn new(spec: ServerGroupSpec, cluster: &Cluster) -> Self {
         Self {
             spec,
-            per_host: HashMap::new(),
+            per_host: IntMap::default(),
             per_zone: vec![0; cluster.zone_count()],
             per_rack: vec![0; cluster.rack_count()],
             members: 0,

@@ -446,7 +446,8 @@ impl State {
         let mut used = vec![0u64; self.used.len()];
         let mut host_used = vec![0u64; self.host_used.len()];
         let mut vms = vec![0u32; self.vm_count.len()];
-        let mut members: Vec<HashMap<u32, u32>> = vec![HashMap::new(); self.groups.len()];
+        let mut members: Vec<crate::fasthash::IntMap<u32, u32>> =
+            vec![Default::default(); self.groups.len()];
         let mut problems = Vec::new();
         for (id, a) in &self.allocations {
             if a.request.id != *id {
