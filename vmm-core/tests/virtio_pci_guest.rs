@@ -10,10 +10,10 @@
 mod common;
 
 use common::{image, run};
-use testkit::{require_kvm, SharedBuffer};
+use testkit::require_kvm;
 use vmm_core::config::{DiskConfig, RngConfig};
 use vmm_core::pci::VirtioNotifyCount;
-use vmm_core::{ExitReason, VirtioTransport, VmBuilder, VmConfig};
+use vmm_core::{ExitReason, VirtioTransport, VmConfig};
 
 fn guest_config(cmdline: &str) -> VmConfig {
     common::guest_config(VirtioTransport::Pci, cmdline)
@@ -148,16 +148,7 @@ fn vsock_connections_in_both_directions_over_virtio_pci() {
 /// Boots `config` to its exit; returns the exit reason, the console and the virtio-pci
 /// notification counts at the end.
 fn run_counting(config: VmConfig) -> (ExitReason, String, Vec<VirtioNotifyCount>) {
-    let out = SharedBuffer::new();
-    let mut vm = VmBuilder::new(config)
-        .serial_output(out.clone())
-        .build()
-        .unwrap_or_else(|err| panic!("build: {err}"));
-    vm.start().unwrap();
-    let reason = vm
-        .wait_timeout(common::TIMEOUT)
-        .unwrap_or_else(|| panic!("guest did not exit:\n{}", out.text()));
-    (reason, out.text(), vm.virtio_pci_notify_counts())
+    common::run_then(config, vmm_core::Vm::virtio_pci_notify_counts)
 }
 
 /// A read-write disk (64 sectors, `rw.img` pattern) and an entropy device, with `options`.

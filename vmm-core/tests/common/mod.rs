@@ -30,6 +30,15 @@ pub fn guest_config(transport: VirtioTransport, cmdline: &str) -> VmConfig {
 
 /// Boots `config` to its exit; returns the exit reason and the console.
 pub fn run(config: VmConfig) -> (ExitReason, String) {
+    let (reason, console, ()) = run_then(config, |_| ());
+    (reason, console)
+}
+
+/// [`run`], and what `inspect` reads from the exited VM before it is dropped.
+pub fn run_then<T>(
+    config: VmConfig,
+    inspect: impl FnOnce(&vmm_core::Vm) -> T,
+) -> (ExitReason, String, T) {
     let out = SharedBuffer::new();
     let mut vm = VmBuilder::new(config)
         .serial_output(out.clone())
@@ -39,7 +48,8 @@ pub fn run(config: VmConfig) -> (ExitReason, String) {
     let reason = vm
         .wait_timeout(TIMEOUT)
         .unwrap_or_else(|| panic!("guest did not exit:\n{}", out.text()));
-    (reason, out.text())
+    let inspected = inspect(&vm);
+    (reason, out.text(), inspected)
 }
 
 /// A raw image of `sectors` sectors filled by `fill(byte index)`.
