@@ -171,6 +171,14 @@ pub enum StateError {
     /// Server group already exists.
     #[error("server group `{0}` already exists")]
     DuplicateServerGroup(String),
+    /// The host still holds allocations.
+    #[error("host `{host}` still holds {vms} VM(s): release or evacuate them first")]
+    HostInUse {
+        /// Host name.
+        host: String,
+        /// VMs on it.
+        vms: u32,
+    },
     /// Invalid server group.
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -192,30 +192,46 @@ pub fn fit_host(
     scratch.allocs.clear();
     scratch.chosen.clear();
     scratch.steps = 0;
-    let h = c.host(host);
-    if !req.groups.is_empty() && !place_groups(c, used, req, h, 0, scratch) {
-        return Err(group_failure(c, used, req, h));
+    if !req.groups.is_empty() {
+        let h = c.host(host);
+        if !place_groups(c, used, req, h, 0, scratch) {
+            return Err(group_failure(c, used, req, h));
+        }
     }
+    // Unnamed resources: the first slot of the class, in tree order then shared providers, with room.
+    // Tree slots are contiguous and each provider has at most one slot per class, so scanning the
+    // packed class column visits the same slots as walking the providers, touching less memory.
+    let (start, end) = c.host_slots[host.idx()];
     for &(class, amount) in &req.unnamed {
-        let mut found = false;
         let mut unit_seen = false;
-        'providers: for (_, p) in providers(c, h) {
-            for slot in p.slot_start..p.slot_end {
-                let s = &c.slots()[slot as usize];
-                if s.class != class {
-                    continue;
+        let mut try_slot = |slot: u32, allocs: &mut Vec<(u32, u64)>| -> bool {
+            let s = &c.slots()[slot as usize];
+            if amount > s.capacity {
+                unit_seen = true;
+            } else if s.unit_ok(amount) {
+                unit_seen = true;
+                if used[slot as usize] + pending(allocs, slot) + amount <= s.capacity {
+                    allocs.push((slot, amount));
+                    return true;
                 }
-                if amount > s.capacity {
-                    unit_seen = true;
-                } else if s.unit_ok(amount) {
-                    unit_seen = true;
-                    if used[slot as usize] + pending(&scratch.allocs, slot) + amount <= s.capacity {
-                        scratch.allocs.push((slot, amount));
-                        found = true;
-                        break 'providers;
+            }
+            false
+        };
+        let mut found = (start..end)
+            .filter(|slot| c.slot_class[*slot as usize] == class)
+            .any(|slot| try_slot(slot, &mut scratch.allocs));
+        if !found {
+            'shared: for p in &c.host(host).shared {
+                let p = c.provider(*p);
+                for slot in p.slot_start..p.slot_end {
+                    if c.slot_class[slot as usize] == class {
+                        if try_slot(slot, &mut scratch.allocs) {
+                            found = true;
+                            break 'shared;
+                        }
+                        break;
                     }
                 }
-                break;
             }
         }
         if !found {

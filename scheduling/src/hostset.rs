@@ -37,6 +37,14 @@ impl HostSet {
         }
     }
 
+    /// Widens the universe to `len` hosts (new hosts are not members); never shrinks.
+    pub fn grow(&mut self, len: usize) {
+        if len > self.len {
+            self.words.resize(len.div_ceil(64), 0);
+            self.len = len;
+        }
+    }
+
     /// How many hosts the set ranges over (not how many it contains).
     pub fn universe(&self) -> usize {
         self.len
@@ -236,6 +244,11 @@ mod tests {
         c.insert(1);
         assert_eq!(c.intersect_counting(&a), 1);
         assert_eq!(c, a);
+        let mut g = HostSet::full(63);
+        g.grow(130);
+        assert_eq!((g.universe(), g.count()), (130, 63));
+        g.insert(129);
+        assert!(g.contains(129) && !g.contains(64));
         assert!(!a.contains(69));
         a.intersect_with(&HostSet::empty(70));
         assert_eq!(a.count(), 0);

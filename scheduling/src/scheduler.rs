@@ -269,6 +269,7 @@ impl Scheduler {
             || m.topology_version != state.topology_version()
         {
             m.infeasible = HostSet::empty(n);
+            m.reasons.resize(n, 0);
             m.release_epoch = state.release_epoch();
             m.topology_version = state.topology_version();
         }

@@ -4,7 +4,9 @@
 //! dense ids so that the hot path compares integers and indexes arrays.
 
 use super::resource::{is_valid_custom_class, AllocationRatio, ClassId, STANDARD_CLASSES};
-use super::spec::{ClusterSpec, InventorySpec, ProviderSpec, ServerGroupSpec, Taint, TaintEffect};
+use super::spec::{
+    ClusterSpec, HostSpec, InventorySpec, ProviderSpec, ServerGroupSpec, Taint, TaintEffect,
+};
 use crate::error::ModelError;
 use crate::index::ClusterIndex;
 use std::collections::{BTreeMap, HashMap};
@@ -162,6 +164,14 @@ pub struct Cluster {
     pub(crate) max_unit_by_class: Vec<u64>,
     /// `hosts × classes` matrix of tree capacity per class (shared providers excluded).
     pub(crate) host_capacity: Vec<u64>,
+    /// Per host, the contiguous range of its tree's inventory slots (tree order).
+    pub(crate) host_slots: Vec<(u32, u32)>,
+    /// Class of every slot, packed apart from [`Slot`] so fitting scans touch little memory.
+    pub(crate) slot_class: Vec<ClassId>,
+    /// Hosts with an untolerated-by-default `PreferNoSchedule` taint (checked before reading taints).
+    pub(crate) prefer_no_schedule: crate::hostset::HostSet,
+    /// Per shared provider (in owner order): its id and aggregate ids, to attach hosts added later.
+    pub(crate) shared_providers: Vec<(ProviderId, Vec<u32>)>,
     pub(crate) owner_names: Vec<String>,
     pub(crate) index: ClusterIndex,
     pub(crate) server_groups: Vec<ServerGroupSpec>,
@@ -370,6 +380,7 @@ impl Cluster {
             });
         }
         let n_hosts = hosts.len() as u32;
+        let mut shared_providers = Vec::with_capacity(spec.shared_providers.len());
         for (k, sp) in spec.shared_providers.iter().enumerate() {
             if sp.aggregates.is_empty() {
                 return Err(ModelError::Empty {
@@ -392,20 +403,7 @@ impl Cluster {
                     h.shared.push(pid);
                 }
             }
-        }
-        let n_classes = b.classes.len();
-        let mut max_unit_by_class = vec![0u64; n_classes];
-        for s in &b.slots {
-            let m = &mut max_unit_by_class[s.class.0 as usize];
-            *m = (*m).max(s.max_unit.min(s.capacity));
-        }
-        let mut host_capacity = vec![0u64; hosts.len() * n_classes];
-        for (i, h) in hosts.iter().enumerate() {
-            for p in &b.providers[h.provider_start as usize..h.provider_end as usize] {
-                for s in &b.slots[p.slot_start as usize..p.slot_end as usize] {
-                    host_capacity[i * n_classes + s.class.0 as usize] += s.capacity;
-                }
-            }
+            shared_providers.push((pid, aggs));
         }
         let mut seen = std::collections::HashSet::new();
         for g in &spec.server_groups {
@@ -428,14 +426,127 @@ impl Cluster {
             hosts,
             host_by_name,
             provider_by_name: b.provider_by_name,
-            max_unit_by_class,
-            host_capacity,
+            max_unit_by_class: Vec::new(),
+            host_capacity: Vec::new(),
+            host_slots: Vec::new(),
+            slot_class: Vec::new(),
+            prefer_no_schedule: crate::hostset::HostSet::default(),
+            shared_providers,
             owner_names,
             index: ClusterIndex::default(),
             server_groups: spec.server_groups.clone(),
         };
-        cluster.index = ClusterIndex::build(&cluster);
+        cluster.derive();
         Ok(cluster)
+    }
+
+    /// A copy of this cluster with one more host, appended: its providers, inventory slots, and any new
+    /// trait, zone, rack or aggregate names get the next free ids, so every id of the existing cluster
+    /// (hosts, providers, slots, classes, traits, zones, racks, aggregates) keeps its meaning and
+    /// requests compiled against this cluster stay valid. The new host's id is the old host count;
+    /// shared providers' generation owners move up by one (`hosts + k`). The host draws on the shared
+    /// providers of the aggregates it joins. Validation is as in [`Cluster::from_spec`]; on error
+    /// `self` is untouched.
+    pub fn with_host(&self, spec: &HostSpec) -> Result<Cluster, ModelError> {
+        let mut c = self.clone();
+        let hid = HostId(c.hosts.len() as u32);
+        if c.host_by_name.contains_key(&spec.name) {
+            return Err(ModelError::DuplicateProvider(spec.name.clone()));
+        }
+        let mut b = Builder {
+            classes: std::mem::take(&mut c.classes),
+            traits: std::mem::take(&mut c.traits),
+            providers: std::mem::take(&mut c.providers),
+            slots: std::mem::take(&mut c.slots),
+            provider_by_name: std::mem::take(&mut c.provider_by_name),
+        };
+        let provider_start = b.providers.len() as u32;
+        let root = b.add_provider(
+            &spec.name,
+            None,
+            Some(hid),
+            hid.0,
+            &spec.traits,
+            &spec.inventories,
+        )?;
+        b.add_children(&spec.children, root, hid, 1)?;
+        c.classes = b.classes;
+        c.traits = b.traits;
+        c.providers = b.providers;
+        c.slots = b.slots;
+        c.provider_by_name = b.provider_by_name;
+        let mut aggs: Vec<u32> = spec
+            .aggregates
+            .iter()
+            .map(|a| c.aggregates.intern(a))
+            .collect();
+        aggs.sort_unstable();
+        aggs.dedup();
+        let shared = c
+            .shared_providers
+            .iter()
+            .filter(|(_, sa)| aggs.iter().any(|a| sa.contains(a)))
+            .map(|(p, _)| *p)
+            .collect();
+        // Shared providers' owners follow the hosts.
+        for (p, _) in &c.shared_providers {
+            c.providers[p.0 as usize].owner += 1;
+        }
+        c.owner_names.insert(hid.idx(), spec.name.clone());
+        c.host_by_name.insert(spec.name.clone(), hid);
+        c.hosts.push(Host {
+            name: spec.name.clone(),
+            root,
+            provider_start,
+            provider_end: c.providers.len() as u32,
+            shared,
+            zone: spec.zone.as_deref().map(|z| c.zones.intern(z)),
+            rack: spec.rack.as_deref().map(|r| c.racks.intern(r)),
+            aggregates: aggs,
+            labels: spec.labels.clone(),
+            taints: spec.taints.clone(),
+        });
+        c.derive();
+        Ok(c)
+    }
+
+    /// Computes everything derived from hosts, providers and slots: per-class unit and capacity
+    /// tables, compact slot data and the indexes.
+    fn derive(&mut self) {
+        let n_classes = self.classes.len();
+        let mut max_unit_by_class = vec![0u64; n_classes];
+        for s in &self.slots {
+            let m = &mut max_unit_by_class[s.class.0 as usize];
+            *m = (*m).max(s.max_unit.min(s.capacity));
+        }
+        let mut host_capacity = vec![0u64; self.hosts.len() * n_classes];
+        let mut host_slots = Vec::with_capacity(self.hosts.len());
+        for (i, h) in self.hosts.iter().enumerate() {
+            let tree = &self.providers[h.provider_start as usize..h.provider_end as usize];
+            for p in tree {
+                for s in &self.slots[p.slot_start as usize..p.slot_end as usize] {
+                    host_capacity[i * n_classes + s.class.0 as usize] += s.capacity;
+                }
+            }
+            let start = tree.first().map_or(0, |p| p.slot_start);
+            let end = tree.last().map_or(start, |p| p.slot_end);
+            host_slots.push((start, end));
+        }
+        let mut prefer_no_schedule = crate::hostset::HostSet::empty(self.hosts.len());
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.taints
+                .iter()
+                .any(|t| t.effect == TaintEffect::PreferNoSchedule)
+            {
+                prefer_no_schedule.insert(i);
+            }
+        }
+        self.slot_class = self.slots.iter().map(|s| s.class).collect();
+        self.max_unit_by_class = max_unit_by_class;
+        self.host_capacity = host_capacity;
+        self.host_slots = host_slots;
+        self.prefer_no_schedule = prefer_no_schedule;
+        self.index = ClusterIndex::build(self);
     }
 
     /// Number of hosts.

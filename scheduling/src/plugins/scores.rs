@@ -251,6 +251,9 @@ impl ScorePlugin for TaintPreference {
         "TaintPreference"
     }
     fn score(&self, cx: &CycleState<'_>, host: HostId) -> i64 {
+        if !cx.cluster.prefer_no_schedule.contains(host.idx()) {
+            return 0;
+        }
         cx.cluster
             .host(host)
             .taints

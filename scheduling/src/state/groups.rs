@@ -65,6 +65,14 @@ impl ServerGroupState {
         self.per_host.get(&host.0).copied().unwrap_or(0)
     }
 
+    /// Makes room for zones and racks added to the cluster since.
+    pub(crate) fn grow(&mut self, cluster: &Cluster) {
+        self.per_zone
+            .resize(cluster.zone_count().max(self.per_zone.len()), 0);
+        self.per_rack
+            .resize(cluster.rack_count().max(self.per_rack.len()), 0);
+    }
+
     pub(crate) fn add(&mut self, cluster: &Cluster, host: HostId) {
         *self.per_host.entry(host.0).or_insert(0) += 1;
         let h = cluster.host(host);

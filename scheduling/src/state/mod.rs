@@ -57,6 +57,7 @@ pub struct State {
     fill: FillBuckets,
     free: FreeIndex,
     disabled: HostSet,
+    retired: HostSet,
     allocations: HashMap<String, Allocation>,
     groups: Vec<ServerGroupState>,
     group_by_name: HashMap<String, u32>,
@@ -77,6 +78,7 @@ impl State {
             vm_count: vec![0; n_hosts],
             fill: FillBuckets::new(n_hosts),
             disabled: HostSet::empty(n_hosts),
+            retired: HostSet::empty(n_hosts),
             allocations: HashMap::new(),
             groups: Vec::new(),
             group_by_name: HashMap::new(),
@@ -173,8 +175,12 @@ impl State {
         &self.disabled
     }
 
-    /// Enables or disables a host (failure, maintenance). Existing allocations stay.
+    /// Enables or disables a host (failure, maintenance). Existing allocations stay. A retired host
+    /// (see [`State::retire_host`]) stays disabled.
     pub fn set_host_enabled(&mut self, host: HostId, enabled: bool) {
+        if enabled && self.retired.contains(host.idx()) {
+            return;
+        }
         if enabled {
             self.disabled.remove(host.idx());
         } else {
@@ -182,6 +188,64 @@ impl State {
         }
         self.topology_version += 1;
         self.release_epoch += 1;
+    }
+
+    /// Adds a host at run time (see [`Cluster::with_host`]): it gets the next host id, is enabled and
+    /// empty, and every id the state and existing requests hold keeps its meaning. The topology version
+    /// changes (deciders drop their caches) and every generation owner's generation is bumped, so a
+    /// claim decided before the change is refused at commit and decided again. On error (invalid or
+    /// duplicate host) nothing changes.
+    pub fn add_host(&mut self, spec: &crate::model::HostSpec) -> Result<HostId, StateError> {
+        let cluster = Arc::new(self.cluster.with_host(spec)?);
+        let host = HostId(self.cluster.host_count() as u32);
+        let n = cluster.host_count();
+        self.used.resize(cluster.slots().len(), 0);
+        self.host_used.resize(n * cluster.class_count(), 0);
+        let newest = self.generation.iter().copied().max().unwrap_or(0) + 1;
+        for g in &mut self.generation {
+            *g += 1;
+        }
+        self.generation.insert(host.idx(), newest);
+        self.vm_count.push(0);
+        self.fill.grow(n);
+        self.disabled.grow(n);
+        self.retired.grow(n);
+        for g in &mut self.groups {
+            g.grow(&cluster);
+        }
+        self.free = FreeIndex::new(&cluster, &self.used);
+        self.cluster = cluster;
+        self.topology_version += 1;
+        self.release_epoch += 1;
+        Ok(host)
+    }
+
+    /// Removes a host from service for good: it must hold no allocation (evacuate or release first,
+    /// e.g. with [`crate::ops::evacuate`]). It stays in the topology as a disabled, retired host (so no
+    /// id changes and its name stays taken) and [`State::set_host_enabled`] will not enable it again. Its
+    /// generation is bumped, so claims decided on it before are refused.
+    pub fn retire_host(&mut self, name: &str) -> Result<HostId, StateError> {
+        let host = self
+            .cluster
+            .host_id(name)
+            .ok_or_else(|| StateError::UnknownHost(name.into()))?;
+        let vms = self.vm_count[host.idx()];
+        if vms > 0 {
+            return Err(StateError::HostInUse {
+                host: name.into(),
+                vms,
+            });
+        }
+        self.disabled.insert(host.idx());
+        self.retired.insert(host.idx());
+        self.generation[host.idx()] += 1;
+        self.topology_version += 1;
+        Ok(host)
+    }
+
+    /// Whether `host` was retired.
+    pub fn is_retired(&self, host: HostId) -> bool {
+        self.retired.contains(host.idx())
     }
 
     /// Bumped whenever capacity may have been freed (release, resize, migration, enabling a host).
@@ -536,6 +600,18 @@ impl FillBuckets {
             buckets,
             bucket_of: vec![0; n_hosts],
         }
+    }
+
+    /// Makes room for hosts added since (they start empty, in bucket 0).
+    fn grow(&mut self, n_hosts: usize) {
+        let old = self.bucket_of.len();
+        for b in &mut self.buckets {
+            b.grow(n_hosts);
+        }
+        for h in old..n_hosts {
+            self.buckets[0].insert(h);
+        }
+        self.bucket_of.resize(n_hosts, 0);
     }
 
     fn set(&mut self, host: HostId, bucket: usize) {
