@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p examples --example placement -- cluster.json requests.json [--policy pack]
+//! cargo run --release -p examples --example placement -- cluster.yaml requests.yaml
 //! cargo run --release -p examples --example placement -- --generate 2000 [--events 5000] [--seed 7]
 //! ```
 //!
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use scheduling::generator::{self, ClusterShape};
+use scheduling::load::{parse, Format};
 use scheduling::report::{summary, svg};
 use scheduling::request::{RequestStream, StreamEvent};
 use scheduling::{Cluster, ClusterSpec, PlaceError, Placer, Policy, Profile};
@@ -25,9 +27,10 @@ use scheduling::{Cluster, ClusterSpec, PlaceError, Placer, Policy, Profile};
 #[derive(Parser, Debug)]
 #[command(about = "Place VMs on a cluster description with Keel's scheduling library")]
 struct Args {
-    /// Cluster description (JSON, `scheduling::ClusterSpec`).
+    /// Cluster description (`scheduling::ClusterSpec`; YAML if named `.yaml`/`.yml`, else JSON).
     cluster: Option<PathBuf>,
-    /// Request stream (JSON, `scheduling::request::RequestStream`, or a plain array of requests).
+    /// Request stream (`scheduling::request::RequestStream`, or a plain array of requests; YAML if
+    /// named `.yaml`/`.yml`, else JSON).
     requests: Option<PathBuf>,
     /// Generate a cluster of this many hosts and a demo stream instead of reading files.
     #[arg(long)]
@@ -60,8 +63,9 @@ fn read(path: &Path) -> Result<String, String> {
 
 fn read_stream(path: &Path) -> Result<RequestStream, String> {
     let text = read(path)?;
-    serde_json::from_str::<RequestStream>(&text).or_else(|first| {
-        serde_json::from_str::<Vec<scheduling::PlacementRequest>>(&text)
+    let format = Format::from_path(path);
+    parse::<RequestStream>(&text, format).or_else(|first| {
+        parse::<Vec<scheduling::PlacementRequest>>(&text, format)
             .map(|v| RequestStream {
                 server_groups: Vec::new(),
                 events: v
@@ -104,8 +108,8 @@ fn run(args: Args) -> Result<(), String> {
                 (spec, stream)
             }
             (None, Some(c), Some(r)) => {
-                let spec =
-                    serde_json::from_str(&read(c)?).map_err(|e| format!("{}: {e}", c.display()))?;
+                let spec = parse(&read(c)?, Format::from_path(c))
+                    .map_err(|e| format!("{}: {e}", c.display()))?;
                 (spec, read_stream(r)?)
             }
             _ => {

@@ -55,6 +55,7 @@ pub mod framework;
 pub mod generator;
 pub mod hostset;
 pub mod index;
+pub mod load;
 pub mod model;
 pub mod ops;
 pub mod plugins;
