@@ -6,9 +6,11 @@
 //! bumped on each change: a [`Claim`] decided against an older generation is refused (optimistic
 //! concurrency, as in OpenStack Placement).
 
+mod allocations;
 mod free;
 mod groups;
 
+pub use allocations::Allocations;
 pub use groups::{validate_server_group, ServerGroupState};
 
 use crate::error::{CommitError, RequestError, StateError};
@@ -58,7 +60,7 @@ pub struct State {
     free: FreeIndex,
     disabled: HostSet,
     retired: HostSet,
-    allocations: HashMap<String, Allocation>,
+    allocations: Allocations,
     groups: Vec<ServerGroupState>,
     group_by_name: HashMap<String, u32>,
     release_epoch: u64,
@@ -79,7 +81,7 @@ impl State {
             fill: FillBuckets::new(n_hosts),
             disabled: HostSet::empty(n_hosts),
             retired: HostSet::empty(n_hosts),
-            allocations: HashMap::new(),
+            allocations: Allocations::default(),
             groups: Vec::new(),
             group_by_name: HashMap::new(),
             release_epoch: 0,
@@ -259,7 +261,7 @@ impl State {
     }
 
     /// All allocations by consumer id.
-    pub fn allocations(&self) -> &HashMap<String, Allocation> {
+    pub fn allocations(&self) -> &Allocations {
         &self.allocations
     }
 
