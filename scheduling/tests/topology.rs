@@ -207,3 +207,58 @@ fn retired_hosts_take_nothing_and_their_claims_are_refused() {
     assert!(only_a(&mut p, "never").is_err());
     assert!(p.state().check_consistency().is_empty());
 }
+
+#[test]
+fn hosts_added_while_deciders_run_are_used_and_nothing_is_double_allocated() {
+    use scheduling::generator::{self, ClusterShape};
+    use scheduling::rng::SplitMix64;
+    use scheduling::{Scheduler, SharedState, State};
+
+    // The first 20 hosts of a 30-host generated cluster; the other 10 arrive during the run.
+    let full = generator::cluster(ClusterShape::new(30, 3));
+    let mut start = full.clone();
+    start.hosts.truncate(20);
+    let cluster = Arc::new(Cluster::from_spec(&start).unwrap());
+    let shared = Arc::new(SharedState::new(State::new(cluster)));
+    let profile = Arc::new(Profile::for_policy(Policy::Spread));
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let shared = shared.clone();
+            let profile = profile.clone();
+            std::thread::spawn(move || {
+                let mut sched = Scheduler::new(profile, 40 + t);
+                let mut r = SplitMix64::new(t);
+                let mut placed = Vec::new();
+                for i in 0..1000 {
+                    let req = generator::mixed_request(&mut r, format!("t{t}-{i}"));
+                    match shared.place(&mut sched, &req) {
+                        Ok(p) => placed.push((req, p)),
+                        Err(PlaceError::Unschedulable(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                placed
+            })
+        })
+        .collect();
+    for h in &full.hosts[20..] {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        shared.write().add_host(h).unwrap();
+    }
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    let shared = Arc::try_unwrap(shared).ok().unwrap();
+    let state = shared.into_inner();
+    assert_eq!(state.cluster().host_count(), 30);
+    assert_eq!(state.check_consistency(), Vec::<String>::new());
+    assert_eq!(state.allocations().len(), all.len());
+    let mut v = Validator::new(&full);
+    for (req, p) in &all {
+        let errs = v.place(req, p);
+        assert!(errs.is_empty(), "{errs:?}");
+    }
+    let late: Vec<&str> = full.hosts[20..].iter().map(|h| h.name.as_str()).collect();
+    assert!(all.iter().any(|(_, p)| late.contains(&p.host.as_str())));
+}
