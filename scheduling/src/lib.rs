@@ -12,10 +12,12 @@
 //! - [`framework`], [`plugins`], [`profile`]: a kube-scheduler-shaped pipeline of small plugins at named
 //!   extension points, and policies (spread, pack, balanced, power saving, even VM count, stranded-aware).
 //! - [`scheduler`]: the decider (indexes, equivalence caches, bounded sampling with a rotating start).
-//! - [`state`]: allocations with optimistic concurrency (generations); [`shared`] for several deciders.
+//! - [`state`]: allocations with optimistic concurrency (generations), a free-capacity index, hosts added
+//!   or retired at run time; [`shared`] for several deciders.
 //! - [`explain`]: why nothing fits (`0/5000 hosts available: ...`) and score breakdowns.
 //! - [`ops`]: gang placement, preemption, evacuation, rebalancing, HA reservation check.
-//! - [`generator`]: seeded synthetic clusters and workloads; [`report`]: utilisation summary and SVG.
+//! - [`generator`]: seeded synthetic clusters and workloads; [`report`]: utilisation summary, packing
+//!   lower bounds and SVG; [`load`]: clusters and request streams from JSON or YAML.
 //!
 //! What it deliberately does not do: talk to hypervisors, persist state, or run a service.
 //!

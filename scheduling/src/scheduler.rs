@@ -4,7 +4,9 @@
 //!
 //! Scale techniques: pre-filter results are cached per equivalence class (identical requests, same
 //! topology), and a request shape known infeasible is rejected at once until capacity is freed or its
-//! server group changes; only a bounded number of feasible hosts is sought, starting where the previous
+//! server group changes; hosts too full for the request are dropped by the state's free-capacity index
+//! before any is visited; only a bounded number of feasible hosts is sought, in the order the policy
+//! prefers (emptiest or fullest utilisation bucket first, or host order), starting where the previous
 //! decision stopped; ties are broken by a seeded generator, so runs are reproducible.
 
 use crate::error::{CommitError, RequestError};
