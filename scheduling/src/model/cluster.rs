@@ -170,6 +170,8 @@ pub struct Cluster {
     pub(crate) slot_class: Vec<ClassId>,
     /// Hosts with an untolerated-by-default `PreferNoSchedule` taint (checked before reading taints).
     pub(crate) prefer_no_schedule: crate::hostset::HostSet,
+    /// Per host, zone and rack ids (`u32::MAX` = none), packed for the spread checks.
+    pub(crate) host_domains: Vec<(u32, u32)>,
     /// Per shared provider (in owner order): its id and aggregate ids, to attach hosts added later.
     pub(crate) shared_providers: Vec<(ProviderId, Vec<u32>)>,
     pub(crate) owner_names: Vec<String>,
@@ -431,6 +433,7 @@ impl Cluster {
             host_slots: Vec::new(),
             slot_class: Vec::new(),
             prefer_no_schedule: crate::hostset::HostSet::default(),
+            host_domains: Vec::new(),
             shared_providers,
             owner_names,
             index: ClusterIndex::default(),
@@ -542,6 +545,11 @@ impl Cluster {
             }
         }
         self.slot_class = self.slots.iter().map(|s| s.class).collect();
+        self.host_domains = self
+            .hosts
+            .iter()
+            .map(|h| (h.zone.unwrap_or(u32::MAX), h.rack.unwrap_or(u32::MAX)))
+            .collect();
         self.max_unit_by_class = max_unit_by_class;
         self.host_capacity = host_capacity;
         self.host_slots = host_slots;
@@ -562,6 +570,20 @@ impl Cluster {
     /// All hosts in id order.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
+    }
+
+    /// Zone id of a host (same as `host(h).zone`, from a packed table).
+    #[inline]
+    pub fn host_zone(&self, h: HostId) -> Option<u32> {
+        let z = self.host_domains[h.idx()].0;
+        (z != u32::MAX).then_some(z)
+    }
+
+    /// Rack id of a host (same as `host(h).rack`, from a packed table).
+    #[inline]
+    pub fn host_rack(&self, h: HostId) -> Option<u32> {
+        let r = self.host_domains[h.idx()].1;
+        (r != u32::MAX).then_some(r)
     }
 
     /// Host id by name.

@@ -371,14 +371,13 @@ impl FilterPlugin for TopologySpread {
         let Some(gs) = cx.state.group(g.id) else {
             return Ok(());
         };
-        let h = cx.cluster.host(host);
         for (i, s) in cx.request.spread.iter().enumerate() {
             if s.when_unsatisfiable != WhenUnsatisfiable::DoNotSchedule {
                 continue;
             }
             let count = match s.key {
-                TopologyKey::Zone => h.zone.map(|z| gs.per_zone[z as usize]),
-                TopologyKey::Rack => h.rack.map(|r| gs.per_rack[r as usize]),
+                TopologyKey::Zone => cx.cluster.host_zone(host).map(|z| gs.per_zone[z as usize]),
+                TopologyKey::Rack => cx.cluster.host_rack(host).map(|r| gs.per_rack[r as usize]),
             };
             let min = cx.spread_min.get(i).copied().unwrap_or(0);
             match count {

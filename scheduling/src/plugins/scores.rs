@@ -286,14 +286,14 @@ impl ScorePlugin for SpreadPreference {
         let Some(gs) = cx.state.group(g.id) else {
             return 0;
         };
-        let h = cx.cluster.host(host);
+        let (zone, rack) = (cx.cluster.host_zone(host), cx.cluster.host_rack(host));
         cx.request
             .spread
             .iter()
             .filter(|s| s.when_unsatisfiable == WhenUnsatisfiable::ScheduleAnyway)
             .map(|s| match s.key {
-                TopologyKey::Zone => h.zone.map_or(0, |z| i64::from(gs.per_zone[z as usize])),
-                TopologyKey::Rack => h.rack.map_or(0, |r| i64::from(gs.per_rack[r as usize])),
+                TopologyKey::Zone => zone.map_or(0, |z| i64::from(gs.per_zone[z as usize])),
+                TopologyKey::Rack => rack.map_or(0, |r| i64::from(gs.per_rack[r as usize])),
             })
             .sum()
     }
