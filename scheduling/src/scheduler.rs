@@ -353,6 +353,12 @@ impl Scheduler {
                     } else {
                         i
                     };
+                    if n_candidates == 0 {
+                        break;
+                    }
+                    if state.fill_bucket_len(b) == 0 {
+                        continue;
+                    }
                     let Some(bucket) = state.fill_bucket(b) else {
                         continue;
                     };

@@ -432,6 +432,11 @@ impl State {
         self.fill.buckets.get(bucket)
     }
 
+    /// Number of hosts in `bucket` of [`State::fill_bucket`] (0 when out of range).
+    pub fn fill_bucket_len(&self, bucket: usize) -> usize {
+        self.fill.sizes.get(bucket).map_or(0, |n| *n as usize)
+    }
+
     /// Hosts that may still serve a single allocation of `amount` of class `c` (see the free-capacity
     /// index): every host whose largest free inventory of `c` in its tree reaches `amount` is included
     /// (hosts drawing on a shared provider of `c` always are), and every included host has at least 80%
@@ -592,15 +597,20 @@ pub const FILL_BUCKETS: usize = 20;
 struct FillBuckets {
     buckets: Vec<HostSet>,
     bucket_of: Vec<u8>,
+    /// Members per bucket, so scans skip empty buckets without reading them.
+    sizes: Vec<u32>,
 }
 
 impl FillBuckets {
     fn new(n_hosts: usize) -> Self {
         let mut buckets = vec![HostSet::empty(n_hosts); FILL_BUCKETS];
         buckets[0] = HostSet::full(n_hosts);
+        let mut sizes = vec![0; FILL_BUCKETS];
+        sizes[0] = n_hosts as u32;
         FillBuckets {
             buckets,
             bucket_of: vec![0; n_hosts],
+            sizes,
         }
     }
 
@@ -612,6 +622,7 @@ impl FillBuckets {
         }
         for h in old..n_hosts {
             self.buckets[0].insert(h);
+            self.sizes[0] += 1;
         }
         self.bucket_of.resize(n_hosts, 0);
     }
@@ -624,6 +635,8 @@ impl FillBuckets {
         }
         self.buckets[old].remove(h);
         self.buckets[bucket].insert(h);
+        self.sizes[old] -= 1;
+        self.sizes[bucket] += 1;
         self.bucket_of[h] = bucket as u8;
     }
 }
