@@ -4,6 +4,12 @@
 //! `-- --quick`) runs a smoke version (1k hosts, fewer requests); `PLACEMENT_SIZES=5000,20000` and
 //! `PLACEMENT_ONLY=w1,w2,w3,w4,w5,conflicts` select sizes and sections. Single-decider numbers are
 //! single-threaded (one core).
+//!
+//! W2 reports hosts used at 25/50/75% of the cluster's vCPU requested and at the first failure,
+//! against the per-dimension volume bound and the shape-aware bound of `scheduling::report` (valid for
+//! any packing of the VMs placed: see its documentation), and the share of the capacity any packing
+//! of that mix could reach. W3's cost is compared with W1 requests run in alternating rounds on an
+//! identically prefilled cluster, so both see the same machine conditions.
 
 use scheduling::generator::{self, ClusterShape};
 use scheduling::model::ClassId;
