@@ -7,15 +7,17 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
 use super::chain::{pop_or_enable_notification, ChainBuffers, Direction};
 use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
+use super::ctrl::{self, VIRTIO_NET_ERR};
+use super::ctrl_state::{CtrlState, RxFilter};
+use super::features;
 use super::header::{VirtioNetHeader, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN};
 use super::tap::{Tap, TapError};
-use super::{features, LINK_UP};
 use crate::virtio::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -25,8 +27,14 @@ use crate::virtio::{
 pub const RX_QUEUE: u16 = 0;
 /// Index of the transmit queue.
 pub const TX_QUEUE: u16 = 1;
-/// Size of each queue.
+/// Index of the control queue (used only when the driver accepts `CTRL_VQ`).
+pub const CTRL_QUEUE: u16 = 2;
+/// Size of the receive and transmit queues.
 pub const QUEUE_SIZE: u16 = 256;
+/// Size of the control queue (drivers keep one request in flight).
+pub const CTRL_QUEUE_SIZE: u16 = 64;
+/// Largest size of each queue: receive, transmit, control.
+const QUEUE_MAX_SIZES: [u16; 3] = [QUEUE_SIZE, QUEUE_SIZE, CTRL_QUEUE_SIZE];
 /// Largest frame in either direction, virtio-net header included: a 64 KiB segmentation-offload
 /// packet plus its Ethernet header (virtio's 65562-byte buffer requirement).
 pub const MAX_FRAME_LEN: usize = VIRTIO_NET_HDR_LEN + 65_550;
@@ -84,6 +92,35 @@ pub struct NetMetrics {
     pub rx_stalls: u64,
     /// Backend read errors.
     pub rx_backend_errors: u64,
+    /// Control requests carried out (acknowledged with `VIRTIO_NET_OK`).
+    pub ctrl_ok: u64,
+    /// Control requests rejected (answered with `VIRTIO_NET_ERR`, or returned unanswered when
+    /// they had no ack byte).
+    pub ctrl_rejected: u64,
+}
+
+/// Why [`Net::request_announce`] could not ask the guest to announce itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// The driver has not started the device.
+    #[error("net `{0}`: device is not active")]
+    NotActive(String),
+    /// The driver did not accept a feature an announcement needs.
+    #[error("net `{id}`: driver did not negotiate {feature}")]
+    NotNegotiated {
+        /// The device.
+        id: String,
+        /// The missing feature.
+        feature: &'static str,
+    },
+    /// The configuration-change interrupt could not be raised.
+    #[error("net `{id}`: cannot raise the configuration interrupt: {source}")]
+    Interrupt {
+        /// The device.
+        id: String,
+        /// What failed.
+        source: io::Error,
+    },
 }
 
 /// Whether receive can continue.
@@ -108,12 +145,15 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     rx: Queue,
     tx: Queue,
+    /// The control queue, when the driver accepted `CTRL_VQ` and set it up.
+    ctrl: Option<Queue>,
 }
 
 /// A virtio-net device.
 ///
 /// Created from a [`NetConfig`] (opening the TAP) or around any [`NetBackend`]. Once active,
-/// transmit runs when the driver notifies queue 1; receive runs from the VMM's event loop: the
+/// transmit runs when the driver notifies queue 1 and control requests when it notifies queue
+/// 2 (with `CTRL_VQ`); receive runs from the VMM's event loop: the
 /// device is an `event_manager::MutEventSubscriber` that watches the backend and an internal
 /// eventfd kicked when the driver adds receive buffers.
 ///
@@ -136,7 +176,7 @@ struct Active {
 /// ```
 pub struct Net {
     id: String,
-    mac: Option<MacAddress>,
+    ctrl: CtrlState,
     backend: Box<dyn NetBackend>,
     avail_features: u64,
     acked_features: u64,
@@ -189,13 +229,18 @@ impl Net {
             | features::GUEST_UFO
             | features::HOST_TSO4
             | features::HOST_TSO6
-            | features::HOST_UFO;
+            | features::HOST_UFO
+            | features::CTRL_VQ
+            | features::CTRL_RX
+            | features::CTRL_RX_EXTRA
+            | features::CTRL_MAC_ADDR
+            | features::GUEST_ANNOUNCE;
         if mac.is_some() {
             avail_features |= features::MAC;
         }
         Ok(Net {
             id,
-            mac,
+            ctrl: CtrlState::new(mac),
             backend,
             avail_features,
             acked_features: 0,
@@ -222,6 +267,64 @@ impl Net {
     /// Whether the driver has activated the device.
     pub fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// The MAC address config space shows: the configured one, or what the driver set with
+    /// `MAC_ADDR_SET` since the last reset.
+    pub fn mac(&self) -> Option<MacAddress> {
+        self.ctrl.mac()
+    }
+
+    /// The receive filter the driver configured through the control queue (recorded, not
+    /// enforced: the TAP delivers every frame).
+    pub fn rx_filter(&self) -> &RxFilter {
+        self.ctrl.filter()
+    }
+
+    /// Whether an announcement is pending (`VIRTIO_NET_S_ANNOUNCE` set, not yet acknowledged).
+    pub fn announce_pending(&self) -> bool {
+        self.ctrl.announce_pending()
+    }
+
+    /// Asks the guest to announce itself (gratuitous ARP and IPv6 neighbour advertisements),
+    /// as a VMM does after a live migration: sets `VIRTIO_NET_S_ANNOUNCE` in config `status`
+    /// and raises a configuration-change interrupt. The driver clears the bit with
+    /// `ANNOUNCE_ACK` on the control queue once it has sent its packets.
+    ///
+    /// Needs a running device whose driver accepted `GUEST_ANNOUNCE`, `CTRL_VQ` and `STATUS`.
+    /// On an interrupt failure the bit stays set, so the driver still sees it on its next
+    /// configuration read.
+    pub fn request_announce(&mut self) -> Result<(), AnnounceError> {
+        let Some(active) = self.active.as_ref() else {
+            return Err(AnnounceError::NotActive(self.id.clone()));
+        };
+        for (feature, name) in [
+            (features::GUEST_ANNOUNCE, "GUEST_ANNOUNCE"),
+            (features::CTRL_VQ, "CTRL_VQ"),
+            (features::STATUS, "STATUS"),
+        ] {
+            if self.acked_features & feature == 0 {
+                return Err(AnnounceError::NotNegotiated {
+                    id: self.id.clone(),
+                    feature: name,
+                });
+            }
+        }
+        if active.ctrl.is_none() {
+            return Err(AnnounceError::NotNegotiated {
+                id: self.id.clone(),
+                feature: "CTRL_VQ (control queue not set up)",
+            });
+        }
+        self.ctrl.request_announce();
+        debug!("net `{}`: asking the guest to announce itself", self.id);
+        active
+            .interrupt
+            .trigger(InterruptKind::Config)
+            .map_err(|source| AnnounceError::Interrupt {
+                id: self.id.clone(),
+                source,
+            })
     }
 
     /// The offloads the backend may use, from what the driver accepted. TSO and UFO depend on
@@ -300,6 +403,82 @@ impl Net {
         }
         if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
             Self::signal(&active.interrupt, TX_QUEUE, &self.id);
+        }
+    }
+
+    /// Answers every request the driver queued on the control queue.
+    fn process_ctrl(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(queue) = active.ctrl.as_mut() else {
+            debug!(
+                "net `{}`: notify for the control queue, which is not in use",
+                self.id
+            );
+            return;
+        };
+        let mem = &active.mem;
+        let mut completed = false;
+        loop {
+            if let Err(err) = queue.disable_notification(mem) {
+                warn!("net `{}`: ctrl queue: {err}", self.id);
+            }
+            let mut popped = false;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                popped = true;
+                let head = chain.head_index();
+                let (ack_addr, ack) = match ctrl::parse_request(chain, mem, self.acked_features) {
+                    Ok(request) => {
+                        self.metrics.ctrl_ok += 1;
+                        (
+                            Some(request.ack),
+                            self.ctrl.apply(request.command, &self.id),
+                        )
+                    }
+                    Err(rejected) => {
+                        debug!(
+                            "net `{}`: control request {head} rejected: {}",
+                            self.id, rejected.error
+                        );
+                        self.metrics.ctrl_rejected += 1;
+                        (rejected.ack, VIRTIO_NET_ERR)
+                    }
+                };
+                let used_len = match ack_addr.map(|addr| mem.write_obj(ack, addr)) {
+                    Some(Ok(())) => 1,
+                    Some(Err(err)) => {
+                        warn!("net `{}`: ctrl ack not written: {err}", self.id);
+                        0
+                    }
+                    None => 0,
+                };
+                if let Err(err) = queue.add_used(mem, head, used_len) {
+                    warn!(
+                        "net `{}`: ctrl queue: cannot complete chain {head}: {err}",
+                        self.id
+                    );
+                }
+                completed = true;
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) if popped => continue,
+                Ok(true) => {
+                    warn!(
+                        "net `{}`: ctrl queue: available index is inconsistent",
+                        self.id
+                    );
+                    break;
+                }
+                Ok(false) => break,
+                Err(err) => {
+                    warn!("net `{}`: ctrl queue: {err}", self.id);
+                    break;
+                }
+            }
+        }
+        if completed && queue.needs_notification(mem).unwrap_or(true) {
+            Self::signal(&active.interrupt, CTRL_QUEUE, &self.id);
         }
     }
 
@@ -565,8 +744,10 @@ impl VirtioDevice for Net {
         TYPE_NET
     }
 
+    /// Always three queues, so the transport can set up the control queue; a driver without
+    /// `CTRL_VQ` leaves the third one alone.
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &QUEUE_MAX_SIZES
     }
 
     fn avail_features(&self) -> u64 {
@@ -579,10 +760,10 @@ impl VirtioDevice for Net {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; CONFIG_LEN];
-        if let Some(mac) = self.mac {
+        if let Some(mac) = self.ctrl.mac() {
             config[..6].copy_from_slice(&mac.bytes());
         }
-        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        config[6..8].copy_from_slice(&self.ctrl.status().to_le_bytes());
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
@@ -599,11 +780,34 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let Ok([mut rx, mut tx]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: self.queue_max_sizes().len(),
-            });
+        // The transport hands over the queues the driver enabled: rx and tx, plus the control
+        // queue if the driver set it up. It is used only if `CTRL_VQ` was negotiated.
+        let got = queues.len();
+        let mut queues = queues.into_iter();
+        let (Some(mut rx), Some(mut tx), ctrl, None) =
+            (queues.next(), queues.next(), queues.next(), queues.next())
+        else {
+            let expected = if got < 2 { 2 } else { 3 };
+            return Err(ActivateError::QueueCount { expected, got });
+        };
+        let ctrl_negotiated = self.acked_features & features::CTRL_VQ != 0;
+        let mut ctrl = match ctrl {
+            Some(queue) if ctrl_negotiated => Some(queue),
+            Some(_) => {
+                debug!(
+                    "net `{}`: third queue set up without CTRL_VQ; ignored",
+                    self.id
+                );
+                None
+            }
+            None if ctrl_negotiated => {
+                warn!(
+                    "net `{}`: CTRL_VQ negotiated but no control queue set up",
+                    self.id
+                );
+                None
+            }
+            None => None,
         };
         let offloads = Self::backend_offloads(self.acked_features);
         self.backend.set_offload(offloads).map_err(|err| {
@@ -615,14 +819,20 @@ impl VirtioDevice for Net {
         let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);
+        if let Some(queue) = ctrl.as_mut() {
+            queue.set_event_idx(event_idx);
+        }
         self.active = Some(Active {
             mem,
             interrupt,
             rx,
             tx,
+            ctrl,
         });
-        // The driver may have queued frames before DRIVER_OK; and receive can start.
+        // The driver may have queued frames and requests before DRIVER_OK; and receive can
+        // start.
         self.process_tx();
+        self.process_ctrl();
         self.kick_rx();
         Ok(())
     }
@@ -631,6 +841,7 @@ impl VirtioDevice for Net {
         match index {
             RX_QUEUE => self.kick_rx(),
             TX_QUEUE => self.process_tx(),
+            CTRL_QUEUE => self.process_ctrl(),
             _ => debug!("net `{}`: notify for unknown queue {index}", self.id),
         }
     }
@@ -639,6 +850,7 @@ impl VirtioDevice for Net {
         self.active = None;
         self.rx_pending = None;
         self.acked_features = 0;
+        self.ctrl.reset();
         if let Err(err) = self.backend.set_offload(0) {
             warn!("net `{}`: cannot clear offloads on reset: {err}", self.id);
         }

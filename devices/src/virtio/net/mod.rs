@@ -1,22 +1,43 @@
 //! virtio-net: an Ethernet NIC backed by a Linux TAP interface (virtio 1.2 section 5.1).
 //!
-//! - [`Net`] is the device: queue 0 receives (host to guest), queue 1 transmits. It offers
-//!   mergeable receive buffers, link status, a MAC address when one is configured, event-index
-//!   notification suppression, and the checksum/segmentation offloads that the TAP device can
-//!   carry; offloads the driver accepts are switched on in the TAP with `TUNSETOFFLOAD`.
+//! - [`Net`] is the device: queue 0 receives (host to guest), queue 1 transmits, queue 2 is the
+//!   control queue when the driver accepts `CTRL_VQ`. It offers mergeable receive buffers, link
+//!   status, a MAC address when one is configured, event-index notification suppression, and
+//!   the checksum/segmentation offloads that the TAP device can carry; offloads the driver
+//!   accepts are switched on in the TAP with `TUNSETOFFLOAD`.
 //! - [`header`] parses and checks the 12-byte `virtio_net_hdr_v1` every frame carries.
+//! - [`ctrl`] parses control-queue requests; the device carries them out:
+//!   - `CTRL_RX` / `CTRL_RX_EXTRA`: the receive modes (promiscuous, all-multicast,
+//!     all-unicast, no-multicast, no-unicast, no-broadcast) and `MAC_TABLE_SET` are checked,
+//!     recorded ([`RxFilter`], [`Net::rx_filter`]) and acknowledged, but not enforced: the TAP
+//!     delivers every frame the host sends it, so the guest may see frames its filter excludes
+//!     (the specification allows this; Linux filters again in its stack).
+//!   - `CTRL_MAC_ADDR`: `MAC_ADDR_SET` changes the MAC address config space shows, until reset.
+//!   - `GUEST_ANNOUNCE`: [`Net::request_announce`] (for the VMM, e.g. after a live migration)
+//!     sets `VIRTIO_NET_S_ANNOUNCE` in config `status` and raises a configuration-change
+//!     interrupt; the driver sends gratuitous ARP/ND and acknowledges with `ANNOUNCE_ACK`,
+//!     which clears the bit.
+//!
+//!   Requests of a class or command the driver did not negotiate (or that Keel does not offer:
+//!   VLAN filtering, multiqueue, offload control) and malformed requests are answered with
+//!   `VIRTIO_NET_ERR`. A driver that does not accept `CTRL_VQ` (such as Keel's test guest)
+//!   sets up two queues and never sees any of this.
 //! - [`NetBackend`] is the host side; [`Tap`] implements it with `/dev/net/tun`.
 //! - [`NetConfig`] is what a caller supplies, with validation ([`MacAddress`] parsing).
 //!
 //! Receive is flow controlled: when the guest has posted no buffers the device stops polling
 //! the TAP (it holds at most one frame) until the driver notifies the receive queue.
 //!
-//! Not implemented: the control queue (`CTRL_VQ`: receive filters, VLANs, announce),
-//! multiqueue, `MTU` and `SPEED_DUPLEX` config fields, and ECN-marked segmentation offload.
+//! Not implemented: VLAN filtering, multiqueue, enforcing the receive filter, `MTU` and
+//! `SPEED_DUPLEX` config fields, and ECN-marked segmentation offload.
 
 mod backend;
 pub mod chain;
 mod config;
+pub mod ctrl;
+mod ctrl_state;
+#[cfg(test)]
+mod ctrl_tests;
 mod device;
 pub mod header;
 mod tap;
@@ -30,8 +51,10 @@ pub use config::{
     valid_interface_name, MacAddress, MacAddressError, NetConfig, NetConfigError, TapSource,
     MAX_IF_NAME_LEN,
 };
+pub use ctrl_state::RxFilter;
 pub use device::{
-    Net, NetError, NetMetrics, RxState, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+    AnnounceError, Net, NetError, NetMetrics, RxState, CTRL_QUEUE, CTRL_QUEUE_SIZE, MAX_FRAME_LEN,
+    QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
 pub use header::{TxHeaderError, VirtioNetHeader, VIRTIO_NET_HDR_LEN};
 pub use tap::{Tap, TapError};
@@ -60,7 +83,25 @@ pub mod features {
     pub const MRG_RXBUF: u64 = 1 << 15;
     /// The config space has a link status field.
     pub const STATUS: u64 = 1 << 16;
+    /// The device has a control queue.
+    pub const CTRL_VQ: u64 = 1 << 17;
+    /// The control queue takes receive-mode and MAC-filter commands.
+    pub const CTRL_RX: u64 = 1 << 18;
+    /// The control queue takes VLAN filter commands (not offered by Keel).
+    pub const CTRL_VLAN: u64 = 1 << 19;
+    /// The control queue takes the extra receive modes (all-unicast, no-multicast,
+    /// no-unicast, no-broadcast).
+    pub const CTRL_RX_EXTRA: u64 = 1 << 20;
+    /// The driver can send gratuitous packets when the device asks (`VIRTIO_NET_S_ANNOUNCE`).
+    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
+    /// Several receive/transmit queue pairs (not offered by Keel).
+    pub const MQ: u64 = 1 << 22;
+    /// The MAC address can be set through the control queue.
+    pub const CTRL_MAC_ADDR: u64 = 1 << 23;
 }
 
 /// Config space `status` bit: the link is up.
 pub const LINK_UP: u16 = 1;
+/// Config space `status` bit: the device asks the driver to announce itself
+/// (`VIRTIO_NET_S_ANNOUNCE`).
+pub const ANNOUNCE: u16 = 2;

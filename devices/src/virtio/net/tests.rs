@@ -160,7 +160,7 @@ fn features_and_config_space() {
     )
     .unwrap();
     assert_eq!(net.device_type(), crate::virtio::TYPE_NET);
-    assert_eq!(net.queue_max_sizes(), &[256, 256]);
+    assert_eq!(net.queue_max_sizes(), &[256, 256, CTRL_QUEUE_SIZE]);
     let offered = net.avail_features();
     for bit in [
         VIRTIO_F_VERSION_1,
