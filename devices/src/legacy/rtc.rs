@@ -3,9 +3,15 @@
 //! Guests read the wall-clock time at boot from here; without it Linux logs "Unable to read
 //! current time from RTC" after polling for about two seconds. The time comes from an injected
 //! [`Clock`], so tests can pin it. The device reports time in BCD or binary and in 24- or
-//! 12-hour format as status register B asks. It deliberately does not keep a guest-set time or
-//! raise alarm/periodic interrupts: writes to the time registers are ignored (logged), and the
-//! rest of the 128-byte CMOS RAM is plain storage.
+//! 12-hour format as status register B asks.
+//!
+//! The guest may set the clock (Linux's `hwclock --systohc`, or its 11-minute NTP sync): as on
+//! the chip, setting status B's SET bit freezes the time registers, the guest writes them, and
+//! clearing SET starts the clock from the written time. Keel keeps that as an offset from the
+//! host clock, so the guest's time goes on ticking with the host's. A write without SET changes
+//! that one field at once. Values that are not a valid date or time (bad BCD digits, month 13,
+//! February 30) are refused and logged, and the clock keeps its previous offset. Alarm and
+//! periodic interrupts are not raised; the rest of the 128-byte CMOS RAM is plain storage.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,7 +33,8 @@ const REG_MONTH: u8 = 0x08;
 const REG_YEAR: u8 = 0x09;
 /// Status A: bit 7 is "update in progress" (never set here), bits 0-6 the divider and rate.
 const REG_STATUS_A: u8 = 0x0a;
-/// Status B: bit 1 selects 24-hour mode, bit 2 binary (instead of BCD) data.
+/// Status B: bit 1 selects 24-hour mode, bit 2 binary (instead of BCD) data, bit 7 (SET)
+/// halts updates while the guest sets the time.
 const REG_STATUS_B: u8 = 0x0b;
 /// Status C: interrupt flags (always clear: no interrupts are raised).
 const REG_STATUS_C: u8 = 0x0c;
@@ -39,6 +46,7 @@ const REG_CENTURY: u8 = 0x32;
 const STATUS_A_DEFAULT: u8 = 0x26; // 32.768 kHz time base, 1.024 kHz rate
 const STATUS_B_24H: u8 = 0x02;
 const STATUS_B_BINARY: u8 = 0x04;
+const STATUS_B_SET: u8 = 0x80;
 const STATUS_D_VALID: u8 = 0x80;
 const HOUR_PM: u8 = 0x80;
 const INDEX_MASK: u8 = 0x7f;
@@ -103,8 +111,46 @@ impl DateTime {
     }
 }
 
+impl DateTime {
+    /// Unix seconds of this date and time, or `None` if it is not a valid one.
+    fn to_unix(self) -> Option<i64> {
+        let leap = |y: i64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let month_days = match self.month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap(self.year) => 29,
+            2 => 28,
+            _ => return None,
+        };
+        if self.day == 0 || self.day > month_days || self.hour > 23 || self.minute > 59 {
+            return None;
+        }
+        if self.second > 59 {
+            return None;
+        }
+        // Days from 0000-03-01 (Howard Hinnant's days_from_civil), back to the Unix epoch.
+        let (month, day) = (i64::from(self.month), i64::from(self.day));
+        let year = self.year - i64::from(month <= 2);
+        let era = year.div_euclid(400);
+        let yoe = year.rem_euclid(400);
+        let mp = (month + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era.checked_mul(146_097)?.checked_add(doe - 719_468)?;
+        let seconds_of_day =
+            i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second);
+        days.checked_mul(86_400)?.checked_add(seconds_of_day)
+    }
+}
+
 fn to_bcd(value: u8) -> u8 {
     ((value / 10) << 4) | (value % 10)
+}
+
+/// The value of a BCD byte, or `None` when a digit is above 9.
+fn from_bcd(value: u8) -> Option<u8> {
+    let (high, low) = (value >> 4, value & 0x0f);
+    (high <= 9 && low <= 9).then_some(high * 10 + low)
 }
 
 /// The CMOS RTC and its 128 bytes of RAM.
@@ -130,6 +176,10 @@ fn to_bcd(value: u8) -> u8 {
 /// ```
 pub struct CmosRtc<C: Clock> {
     clock: C,
+    /// Seconds the guest's time is ahead of the clock (it set the RTC).
+    offset: i64,
+    /// While status B's SET bit is on: the frozen time the guest is editing.
+    setting: Option<DateTime>,
     index: u8,
     ram: [u8; 128],
 }
@@ -143,8 +193,74 @@ impl<C: Clock> CmosRtc<C> {
         ram[usize::from(REG_STATUS_D)] = STATUS_D_VALID;
         CmosRtc {
             clock,
+            offset: 0,
+            setting: None,
             index: 0,
             ram,
+        }
+    }
+
+    /// The guest's current time: the frozen one while it sets the clock, else the clock's plus
+    /// the offset the guest chose.
+    fn now(&self) -> DateTime {
+        self.setting.unwrap_or_else(|| {
+            DateTime::from_unix(self.clock.unix_seconds().saturating_add(self.offset))
+        })
+    }
+
+    fn decode(&self, value: u8) -> Option<u8> {
+        if self.ram[usize::from(REG_STATUS_B)] & STATUS_B_BINARY != 0 {
+            Some(value)
+        } else {
+            from_bcd(value)
+        }
+    }
+
+    /// The hour from a register value in the current 12/24-hour mode.
+    fn decode_hour(&self, value: u8) -> Option<u8> {
+        if self.ram[usize::from(REG_STATUS_B)] & STATUS_B_24H != 0 {
+            return self.decode(value);
+        }
+        let twelve = self.decode(value & !HOUR_PM)?;
+        if !(1..=12).contains(&twelve) {
+            return None;
+        }
+        Some(twelve % 12 + if value & HOUR_PM != 0 { 12 } else { 0 })
+    }
+
+    /// A guest write to one time register: the new field, in `time`.
+    fn set_field(&self, time: &mut DateTime, index: u8, value: u8) -> Option<()> {
+        match index {
+            REG_SECONDS => time.second = self.decode(value)?,
+            REG_MINUTES => time.minute = self.decode(value)?,
+            REG_HOURS => time.hour = self.decode_hour(value)?,
+            REG_DAY => time.day = self.decode(value)?,
+            REG_MONTH => time.month = self.decode(value)?,
+            REG_YEAR => {
+                let year = i64::from(self.decode(value).filter(|y| *y <= 99)?);
+                time.year = time.year.div_euclid(100) * 100 + year;
+            }
+            REG_CENTURY => {
+                let century = i64::from(self.decode(value).filter(|c| *c <= 99)?);
+                time.year = century * 100 + time.year.rem_euclid(100);
+            }
+            // The weekday follows from the date.
+            _ => {}
+        }
+        Some(())
+    }
+
+    /// Starts the clock from `time`, if it is a valid date and time.
+    fn commit(&mut self, time: DateTime) {
+        match time.to_unix() {
+            Some(seconds) => {
+                self.offset = seconds.saturating_sub(self.clock.unix_seconds());
+                debug!(
+                    "rtc: guest set the time; {} s from the host clock",
+                    self.offset
+                );
+            }
+            None => debug!("rtc: guest set an invalid time {time:?}; kept the previous one"),
         }
     }
 
@@ -175,7 +291,7 @@ impl<C: Clock> CmosRtc<C> {
     }
 
     fn read_register(&self, index: u8) -> u8 {
-        let now = || DateTime::from_unix(self.clock.unix_seconds());
+        let now = || self.now();
         match index {
             REG_SECONDS => self.encode(now().second),
             REG_MINUTES => self.encode(now().minute),
@@ -194,7 +310,28 @@ impl<C: Clock> CmosRtc<C> {
         match index {
             REG_SECONDS | REG_MINUTES | REG_HOURS | REG_WEEKDAY | REG_DAY | REG_MONTH
             | REG_YEAR | REG_CENTURY => {
-                debug!("rtc: guest write {value:#x} to time register {index:#x} ignored");
+                let mut time = self.now();
+                if self.set_field(&mut time, index, value).is_none() {
+                    debug!("rtc: guest wrote {value:#x} to time register {index:#x}: not a valid value");
+                    return;
+                }
+                match &mut self.setting {
+                    Some(frozen) => *frozen = time,
+                    None => self.commit(time),
+                }
+            }
+            REG_STATUS_B => {
+                let was_set = self.ram[usize::from(REG_STATUS_B)] & STATUS_B_SET != 0;
+                let set = value & STATUS_B_SET != 0;
+                if set && !was_set {
+                    self.setting = Some(self.now());
+                }
+                self.ram[usize::from(REG_STATUS_B)] = value;
+                if !set {
+                    if let Some(time) = self.setting.take() {
+                        self.commit(time);
+                    }
+                }
             }
             REG_STATUS_C | REG_STATUS_D => {}
             // Keep the divider bits but never report an update in progress.
@@ -240,7 +377,7 @@ mod tests {
         }
     }
 
-    fn read(rtc: &mut CmosRtc<Fixed>, index: u8) -> u8 {
+    fn read(rtc: &mut CmosRtc<impl Clock>, index: u8) -> u8 {
         rtc.write(0, &[index]);
         let mut data = [0u8];
         rtc.read(1, &mut data);
@@ -294,12 +431,124 @@ mod tests {
         assert_eq!(read(&mut rtc, REG_CENTURY), 20);
     }
 
+    fn write(rtc: &mut CmosRtc<impl Clock>, index: u8, value: u8) {
+        rtc.write(0, &[index]);
+        rtc.write(1, &[value]);
+    }
+
+    /// A clock the test moves.
+    #[derive(Clone)]
+    struct Moving(std::sync::Arc<std::sync::atomic::AtomicI64>);
+    impl Clock for Moving {
+        fn unix_seconds(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
     #[test]
-    fn time_writes_are_ignored_and_ram_is_kept() {
+    fn dates_round_trip_through_unix_seconds() {
+        for seconds in [
+            0,
+            951_782_400,
+            1_795_776_045,
+            4_107_542_399,
+            -1,
+            -86_400 * 366,
+        ] {
+            assert_eq!(DateTime::from_unix(seconds).to_unix(), Some(seconds));
+        }
+        let feb30 = DateTime {
+            year: 2026,
+            month: 2,
+            day: 30,
+            weekday: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+        };
+        assert_eq!(feb30.to_unix(), None);
+        assert_eq!(DateTime { month: 13, ..feb30 }.to_unix(), None);
+        let leap_day = DateTime {
+            year: 2024,
+            day: 29,
+            ..feb30
+        };
+        assert!(leap_day.to_unix().is_some());
+        // A year so far out that its seconds overflow i64 is refused, not wrapped.
+        let far = DateTime {
+            year: i64::MAX / 400,
+            ..feb30
+        };
+        assert_eq!(far.to_unix(), None);
+    }
+
+    #[test]
+    fn the_guest_sets_the_time_the_way_linux_does_and_it_keeps_ticking() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let host = Moving(std::sync::Arc::new(AtomicI64::new(1_795_776_045)));
+        let mut rtc = CmosRtc::new(host.clone());
+        // SET on, then 2001-02-03 04:05:06 in BCD, SET off (drivers/rtc/rtc-mc146818-lib.c's order).
+        write(&mut rtc, REG_STATUS_B, STATUS_B_24H | STATUS_B_SET);
+        host.0.fetch_add(7, Ordering::Relaxed); // time passes while the registers are frozen
+        for (index, value) in [
+            (REG_YEAR, 0x01),
+            (REG_MONTH, 0x02),
+            (REG_DAY, 0x03),
+            (REG_HOURS, 0x04),
+            (REG_MINUTES, 0x05),
+            (REG_SECONDS, 0x06),
+            (REG_CENTURY, 0x20),
+        ] {
+            write(&mut rtc, index, value);
+        }
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x06, "frozen while SET");
+        write(&mut rtc, REG_STATUS_B, STATUS_B_24H);
+        assert_eq!(read(&mut rtc, REG_YEAR), 0x01);
+        assert_eq!(read(&mut rtc, REG_MONTH), 0x02);
+        assert_eq!(read(&mut rtc, REG_DAY), 0x03);
+        assert_eq!(read(&mut rtc, REG_WEEKDAY), 7, "2001-02-03 was a Saturday");
+        assert_eq!(read(&mut rtc, REG_HOURS), 0x04);
+        host.0.fetch_add(61, Ordering::Relaxed);
+        assert_eq!(
+            read(&mut rtc, REG_MINUTES),
+            0x06,
+            "it ticks with the host clock"
+        );
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x07);
+        assert_eq!(read(&mut rtc, REG_CENTURY), 0x20);
+    }
+
+    #[test]
+    fn binary_12_hour_writes_and_single_field_writes_apply() {
+        let mut rtc = CmosRtc::new(Fixed(0)); // 1970-01-01 00:00:00
+        write(&mut rtc, REG_STATUS_B, STATUS_B_BINARY);
+        write(&mut rtc, REG_HOURS, 11 | HOUR_PM); // 11 PM
+        assert_eq!(read(&mut rtc, REG_HOURS), 11 | HOUR_PM);
+        write(&mut rtc, REG_STATUS_B, STATUS_B_BINARY | STATUS_B_24H);
+        assert_eq!(read(&mut rtc, REG_HOURS), 23);
+        write(&mut rtc, REG_HOURS, 12 | HOUR_PM); // a 12-hour value in 24-hour mode: 0x8c
+        assert_eq!(read(&mut rtc, REG_HOURS), 23, "refused");
+    }
+
+    #[test]
+    fn invalid_times_are_refused_and_the_clock_keeps_its_time() {
+        let mut rtc = CmosRtc::new(Fixed(1_795_776_045));
+        let before = read(&mut rtc, REG_MINUTES);
+        write(&mut rtc, REG_MINUTES, 0x6a); // not BCD
+        write(&mut rtc, REG_MINUTES, 0x75); // BCD, but minute 75
+        assert_eq!(read(&mut rtc, REG_MINUTES), before);
+        // February 30th, set through SET: refused as a whole at commit.
+        write(&mut rtc, REG_STATUS_B, STATUS_B_24H | STATUS_B_SET);
+        write(&mut rtc, REG_MONTH, 0x02);
+        write(&mut rtc, REG_DAY, 0x30);
+        write(&mut rtc, REG_STATUS_B, STATUS_B_24H);
+        assert_eq!(read(&mut rtc, REG_MONTH), 0x11);
+        assert_eq!(read(&mut rtc, REG_DAY), 0x27);
+    }
+
+    #[test]
+    fn ram_is_kept() {
         let mut rtc = CmosRtc::new(Fixed(0));
-        rtc.write(0, &[REG_SECONDS]);
-        rtc.write(1, &[0x59]);
-        assert_eq!(read(&mut rtc, REG_SECONDS), 0);
         rtc.write(0, &[0x80 | 0x40]); // NMI-mask bit set on the index
         rtc.write(1, &[0xab]);
         assert_eq!(read(&mut rtc, 0x40), 0xab);
