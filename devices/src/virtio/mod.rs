@@ -18,6 +18,7 @@ pub mod pci;
 #[cfg(test)]
 mod recorder;
 pub mod rng;
+mod single_queue;
 pub mod transport;
 pub mod vsock;
 

@@ -15,9 +15,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
-use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1,
-};
+use super::single_queue::SingleQueue;
+use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -60,13 +59,6 @@ impl EntropySource for HostRandom {
     }
 }
 
-/// What the device needs once the driver has set it up.
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queue: Queue,
-}
-
 /// A virtio entropy device.
 ///
 /// ```
@@ -82,7 +74,7 @@ pub struct VirtioRng<E: EntropySource = HostRandom> {
     queue_sizes: [u16; 1],
     acked_features: u64,
     buffer: Vec<u8>,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
 }
 
 impl VirtioRng<HostRandom> {
@@ -231,20 +223,9 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
+        self.active = Some(SingleQueue::activate(mem, interrupt, queues, false)?);
         Ok(())
     }
 
@@ -257,14 +238,7 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
             return;
         }
         if let Some(active) = self.active.as_mut() {
-            match active.queue.needs_notification(&active.mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => {
-                    if let Err(err) = active.interrupt.trigger(InterruptKind::Queue(0)) {
-                        warn!("virtio-rng: cannot raise the queue interrupt: {err}");
-                    }
-                }
-            }
+            active.notify_driver("virtio-rng");
         }
     }
 
@@ -277,6 +251,7 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
 
 #[cfg(test)]
 mod tests {
+    use crate::virtio::InterruptKind;
     use std::sync::Mutex;
 
     use super::*;

@@ -26,8 +26,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 pub use disk::{DiskBackend, RawFile};
 pub use request::{Limits, Request, RequestKind, SectorRange, Segment};
 
+use super::single_queue::SingleQueue;
 use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    ActivateError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 use request::{
@@ -142,13 +143,6 @@ pub enum BlockError {
     },
 }
 
-/// What the device needs once the driver has set it up.
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queue: Queue,
-}
-
 /// A virtio-blk device over a disk backend.
 ///
 /// ```
@@ -176,7 +170,7 @@ pub struct VirtioBlock<D: DiskBackend = RawFile> {
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
     buffer: Vec<u8>,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
 }
 
 impl VirtioBlock<RawFile> {
@@ -536,21 +530,10 @@ impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let mut queue = queues.remove(0);
-        queue.set_event_idx(self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0);
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        self.active = Some(SingleQueue::activate(mem, interrupt, queues, event_idx)?);
         Ok(())
     }
 
@@ -562,17 +545,8 @@ impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
         if self.process_queue() == 0 {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        match active.queue.needs_notification(&active.mem) {
-            Ok(true) => {
-                if let Err(err) = active.interrupt.trigger(InterruptKind::Queue(0)) {
-                    warn!("virtio-blk: cannot raise the queue interrupt: {err}");
-                }
-            }
-            Ok(false) => {}
-            Err(err) => warn!("virtio-blk: cannot read the used event index: {err}"),
+        if let Some(active) = self.active.as_mut() {
+            active.notify_driver("virtio-blk");
         }
     }
 
@@ -585,6 +559,7 @@ impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
 
 #[cfg(test)]
 mod tests {
+    use crate::virtio::InterruptKind;
     use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
