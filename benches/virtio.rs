@@ -29,12 +29,13 @@
 //! bounds every number: read them as "on this nested PVM host", and compare the two VMMs as ratios.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+use testkit::PacketSocket;
 
 const MEM_MIB: u32 = 128;
 const IMAGE_BYTES: u64 = 64 << 20;
@@ -268,16 +269,19 @@ impl Tap {
             drainer: None,
         };
         ip(&["link", "set", "dev", name, "up"])?;
-        let socket = packet_socket(name).map_err(|err| format!("AF_PACKET on {name}: {err}"))?;
+        let socket = PacketSocket::open(
+            name,
+            ETHERTYPE_BENCH,
+            Duration::from_millis(100),
+            Some(32 << 20),
+        )
+        .map_err(|err| format!("AF_PACKET on {name}: {err}"))?;
         let frames = tap.frames.clone();
         let stop = tap.stop.clone();
         tap.drainer = Some(std::thread::spawn(move || {
             let mut buf = vec![0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
-                // SAFETY: `buf` is writable for its length; the socket stays open in this thread.
-                let n = unsafe {
-                    libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
+                let n = socket.recv_into(&mut buf).unwrap_or(0);
                 if n >= 24 && buf[14..24] == *b"KEEL-BENCH" {
                     frames.fetch_add(1, Ordering::Relaxed);
                 }
@@ -302,76 +306,6 @@ impl Drop for Tap {
             .args(["link", "del", &self.name])
             .output();
     }
-}
-
-/// An AF_PACKET socket bound to `ifname` for EtherType 0x88b5, with a large receive buffer and a
-/// 100 ms receive timeout.
-fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
-    let name = std::ffi::CString::new(ifname).expect("no NUL in the name");
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-    if ifindex == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let protocol = i32::from(ETHERTYPE_BENCH.to_be());
-    // SAFETY: plain socket creation; the fd is owned right after.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ETHERTYPE_BENCH.to_be();
-    addr.sll_ifindex = ifindex;
-    // SAFETY: `addr` is a valid sockaddr_ll of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let rcvbuf: libc::c_int = 32 << 20;
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: valid option values of the sizes given (SO_RCVBUFFORCE needs CAP_NET_ADMIN, which
-    // creating the TAP needed too; plain SO_RCVBUF is the fallback).
-    unsafe {
-        let size = std::mem::size_of::<libc::c_int>() as u32;
-        let value = (&rcvbuf as *const libc::c_int).cast();
-        if libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            value,
-            size,
-        ) != 0
-        {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                value,
-                size,
-            );
-        }
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
-    Ok(fd)
 }
 
 /// A workload's samples under Keel and QEMU, and notes to print with them.

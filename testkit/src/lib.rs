@@ -6,6 +6,11 @@
 //! - [`SharedBuffer`] is a `Write` sink that tests read while a VM writes to it.
 //! - [`ProcessResources`] counts this process's open fds, threads and memory mappings, to
 //!   prove that a VM's teardown leaves nothing behind.
+//! - [`PacketSocket`] is the host-side peer of a guest NIC on a TAP device.
+
+mod packet;
+
+pub use packet::{PacketSocket, ETHERTYPE_TEST};
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

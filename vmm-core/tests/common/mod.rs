@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use testkit::SharedBuffer;
+use testkit::{PacketSocket, SharedBuffer, ETHERTYPE_TEST};
 use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
 
 /// How long a guest may take (all guest code is emulated on nested PVM hosts).
@@ -93,107 +93,6 @@ pub fn pattern(sector: u64, offset: u64) -> u8 {
     (((sector * 31 + offset * 7) ^ 0x5a) & 0xff) as u8
 }
 
-/// A raw AF_PACKET socket on one interface, for EtherType 0x88b5 frames (test-side peer).
-pub struct PacketSocket {
-    fd: std::os::fd::OwnedFd,
-    ifindex: i32,
-}
-
-pub const ETHERTYPE_TEST: u16 = 0x88b5;
-
-impl PacketSocket {
-    pub fn open(ifname: &str) -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: `name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-        if ifindex == 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: plain socket creation; the fd is owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from(ETHERTYPE_TEST.to_be()),
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh fd we own.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETHERTYPE_TEST.to_be();
-        addr.sll_ifindex = ifindex;
-        use std::os::fd::AsRawFd;
-        // SAFETY: `addr` is a valid sockaddr_ll of the size given.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let timeout = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        // SAFETY: valid option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        Ok(PacketSocket { fd, ifindex })
-    }
-
-    pub fn recv(&self) -> Option<Vec<u8>> {
-        use std::os::fd::AsRawFd;
-        let mut buf = vec![0u8; 2048];
-        // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        (n > 0).then(|| {
-            buf.truncate(n as usize);
-            buf
-        })
-    }
-
-    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETHERTYPE_TEST.to_be();
-        addr.sll_ifindex = self.ifindex;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: `frame` and `addr` are valid for the lengths given.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-}
-
 /// Frames cross a real TAP device both ways: three from the guest, one from the host.
 /// Returns the console, or `None` (with a printed reason) where /dev/net/tun is missing.
 pub fn net_round_trip(transport: VirtioTransport, tap: &str) -> Option<String> {
@@ -227,7 +126,7 @@ pub fn net_round_trip_on(transport: VirtioTransport, tap: &str, by_fd: bool) -> 
         .status()
         .unwrap();
     assert!(up.success(), "ip link set {tap} up");
-    let socket = PacketSocket::open(&tap).unwrap();
+    let socket = PacketSocket::open(&tap, ETHERTYPE_TEST, Duration::from_secs(1), None).unwrap();
     vm.start().unwrap();
 
     // Guest -> host: three broadcast frames from the configured MAC.
