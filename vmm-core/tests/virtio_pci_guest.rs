@@ -38,7 +38,7 @@ fn pci_devices(console: &str) -> Vec<(u8, u32, u64)> {
 #[test]
 fn guest_drives_blk_and_rng_over_virtio_pci() {
     require_kvm!();
-    let path = image("rw.img", 64, |i| (i % 251) as u8);
+    let path = common::rw_image("rw.img");
     let ro_path = image("ro.img", 16, |_| 7);
     let ro_before = std::fs::read(&ro_path).unwrap();
     let mut config = guest_config("keel.blk keel.rng keel.blk_start=3 keel.blk_sectors=5");
@@ -80,14 +80,7 @@ fn guest_drives_blk_and_rng_over_virtio_pci() {
         console.contains("virtio-blk dev=0 capacity=64 id=disk0"),
         "{console}"
     );
-    let sector0_sum: u32 = (0..512u32).map(|i| i % 251).sum();
-    assert!(
-        console.contains(&format!(
-            "virtio-blk dev=0 wrote=5 start=3 flushed verified sector0_sum={sector0_sum}"
-        )),
-        "{console}"
-    );
-    common::assert_pattern_written(&path, 3..8, |i| (i % 251) as u8);
+    common::assert_rw_disk_written(&console, 0, &path);
 
     // The read-only disk refuses the write.
     assert!(
@@ -153,7 +146,7 @@ fn run_counting(config: VmConfig) -> (ExitReason, String, Vec<VirtioNotifyCount>
 
 /// A read-write disk (64 sectors, `rw.img` pattern) and an entropy device, with `options`.
 fn blk_and_rng(options: &str, image_name: &str) -> (VmConfig, std::path::PathBuf) {
-    let path = image(image_name, 64, |i| (i % 251) as u8);
+    let path = common::rw_image(image_name);
     let mut config = guest_config(&format!(
         "keel.blk keel.rng keel.blk_start=3 keel.blk_sectors=5 {options}"
     ));
@@ -174,14 +167,7 @@ fn assert_devices_worked_through_ioeventfds(
     counts: &[VirtioNotifyCount],
 ) {
     assert!(!console.contains("FAIL"), "{console}");
-    let sector0_sum: u32 = (0..512u32).map(|i| i % 251).sum();
-    assert!(
-        console.contains(&format!(
-            "virtio-blk dev=0 wrote=5 start=3 flushed verified sector0_sum={sector0_sum}"
-        )),
-        "{console}"
-    );
-    common::assert_pattern_written(image, 3..8, |i| (i % 251) as u8);
+    common::assert_rw_disk_written(console, 0, image);
     assert!(console.contains("virtio-rng bytes=64"), "{console}");
     let ids: Vec<&str> = counts.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["disk0", "rng0"], "{counts:?}");

@@ -88,6 +88,27 @@ pub fn assert_pattern_written(
     );
 }
 
+/// The fill of the read-write test disks: byte `i` of the image is `i mod 251`, so every
+/// sector differs and a misplaced write shows.
+pub fn rw_fill(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A read-write test disk of 64 sectors filled with [`rw_fill`].
+pub fn rw_image(name: &str) -> PathBuf {
+    image(name, 64, rw_fill)
+}
+
+/// The guest (`keel.blk_start=3 keel.blk_sectors=5`) wrote, flushed and read back sectors
+/// 3..8 of its disk `dev`, reporting the original sector 0, and `image` holds the writes.
+pub fn assert_rw_disk_written(console: &str, dev: u32, image: &std::path::Path) {
+    let sector0_sum: u32 = (0..512).map(|i| u32::from(rw_fill(i))).sum();
+    let line =
+        format!("virtio-blk dev={dev} wrote=5 start=3 flushed verified sector0_sum={sector0_sum}");
+    assert!(console.contains(&line), "no `{line}` in:\n{console}");
+    assert_pattern_written(image, 3..8, rw_fill);
+}
+
 /// The pattern the guest writes (guest/README.md): byte `offset` of sector `sector`.
 pub fn pattern(sector: u64, offset: u64) -> u8 {
     (((sector * 31 + offset * 7) ^ 0x5a) & 0xff) as u8
