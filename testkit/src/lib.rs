@@ -7,7 +7,9 @@
 //! - [`ProcessResources`] counts this process's open fds, threads and memory mappings, to
 //!   prove that a VM's teardown leaves nothing behind.
 //! - [`PacketSocket`] is the host-side peer of a guest NIC on a TAP device.
+//! - [`iasl`] checks ACPI tables with an independent disassembler.
 
+pub mod iasl;
 mod packet;
 
 pub use packet::{PacketSocket, ETHERTYPE_TEST};

@@ -6,8 +6,6 @@
 //! Without `iasl` the disassembly test prints `KEEL-IASL-SKIP` and returns, unless
 //! `KEEL_REQUIRE_TOOLS=1` (set by `.ci/run`), which makes it fail.
 
-use std::process::Command;
-
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_core::device_manager::MmioDeviceInfo;
 use vmm_core::{acpi, layout};
@@ -126,42 +124,9 @@ fn madt_lists_one_enabled_local_apic_per_vcpu_and_the_ioapic() {
     }
 }
 
-fn iasl_available() -> bool {
-    let present = Command::new("iasl").arg("-v").output().is_ok();
-    if !present {
-        if std::env::var_os("KEEL_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
-            panic!("KEEL_REQUIRE_TOOLS=1 but iasl (acpica-tools) is not installed");
-        }
-        eprintln!("KEEL-IASL-SKIP: iasl not installed (apt-get install acpica-tools)");
-    }
-    present
-}
-
-fn disassemble(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
-    let dat = dir.join(format!("{name}.dat"));
-    std::fs::write(&dat, bytes).unwrap();
-    let output = Command::new("iasl")
-        .current_dir(dir)
-        .args(["-d"])
-        .arg(&dat)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "iasl -d {name} failed:\n{log}");
-    assert!(
-        !log.contains("Error"),
-        "iasl -d {name} reported errors:\n{log}"
-    );
-    std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap()
-}
-
 #[test]
 fn iasl_disassembles_every_table_into_what_keel_meant() {
-    if !iasl_available() {
+    if !testkit::iasl::available() {
         return;
     }
     let (mem, acpi_layout) = written(4);
@@ -170,7 +135,7 @@ fn iasl_disassembles_every_table_into_what_keel_meant() {
     let mut seen = 0;
     for (signature, bytes) in tables_from_rsdp(&mem, acpi_layout.rsdp) {
         let name = String::from_utf8_lossy(&signature).to_string();
-        let dsl = disassemble(&dir, &name, &bytes);
+        let dsl = testkit::iasl::disassemble(&dir, &name, &bytes);
         assert!(!dsl.contains("Invalid"), "{name}:\n{dsl}");
         match &signature {
             b"APIC" => {

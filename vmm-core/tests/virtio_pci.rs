@@ -11,7 +11,6 @@
 //!   space moves it in KVM (probed by registering a second ioeventfd at an address: KVM answers
 //!   EEXIST exactly where one is registered).
 
-use std::process::Command;
 use std::time::Duration;
 
 use devices::pci::msix::MsiMessage;
@@ -44,36 +43,6 @@ fn table(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
     bytes
 }
 
-fn iasl_available() -> bool {
-    let present = Command::new("iasl").arg("-v").output().is_ok();
-    if !present {
-        if std::env::var_os("KEEL_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
-            panic!("KEEL_REQUIRE_TOOLS=1 but iasl (acpica-tools) is not installed");
-        }
-        eprintln!("KEEL-IASL-SKIP: iasl not installed (apt-get install acpica-tools)");
-    }
-    present
-}
-
-fn disassemble(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
-    let dat = dir.join(format!("{name}.dat"));
-    std::fs::write(&dat, bytes).unwrap();
-    let output = Command::new("iasl")
-        .current_dir(dir)
-        .arg("-d")
-        .arg(&dat)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "iasl -d {name} failed:\n{log}");
-    assert!(!log.contains("Error"), "iasl -d {name}:\n{log}");
-    std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap()
-}
-
 #[test]
 fn acpi_describes_the_host_bridge_and_ecam_and_iasl_agrees() {
     let mem = vmm_core::memory::create_guest_memory(64 << 20).unwrap();
@@ -100,14 +69,14 @@ fn acpi_describes_the_host_bridge_and_ecam_and_iasl_agrees() {
     let plain = acpi::write_tables(&mem, 2, &[]).unwrap();
     assert_eq!(plain.mcfg, None);
 
-    if !iasl_available() {
+    if !testkit::iasl::available() {
         return;
     }
     let mem = vmm_core::memory::create_guest_memory(64 << 20).unwrap();
     let tables = acpi::write_tables_with_pci(&mem, 2, &[], Some(&host)).unwrap();
     let dir = std::env::temp_dir().join(format!("keel-pci-acpi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let dsdt = disassemble(&dir, "DSDT", &table(&mem, tables.dsdt));
+    let dsdt = testkit::iasl::disassemble(&dir, "DSDT", &table(&mem, tables.dsdt));
     for want in [
         "PNP0A08",
         "PNP0A03",
@@ -123,7 +92,7 @@ fn acpi_describes_the_host_bridge_and_ecam_and_iasl_agrees() {
     }
     assert!(dsdt.contains("WordBusNumber"), "{dsdt}");
     assert!(dsdt.contains("QWordMemory"), "64-bit window:\n{dsdt}");
-    let mcfg = disassemble(&dir, "MCFG", &table(&mem, tables.mcfg.unwrap()));
+    let mcfg = testkit::iasl::disassemble(&dir, "MCFG", &table(&mem, tables.mcfg.unwrap()));
     assert!(mcfg.contains("00000000E0000000"), "{mcfg}");
 }
 
