@@ -33,7 +33,7 @@ struct Args {
     /// Keep retrying a refused connection for this many seconds (the peer may not listen yet).
     #[arg(long, global = true, default_value_t = 0)]
     retry_s: u64,
-    /// Give up on a connection that sends no reply line within this many seconds.
+    /// Give up after this many seconds without a connection (listening) or a line.
     #[arg(long, global = true, default_value_t = 30)]
     timeout_s: u64,
 }
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
                 set_timeout(&stream, timeout)?;
                 exchange(stream, message)
             }),
-        Command::Listen { port } => vsock_listen(*port).and_then(|conn| {
+        Command::Listen { port } => vsock_listen(*port, timeout).and_then(|conn| {
             let conn = std::fs::File::from(conn);
             set_timeout(&conn, timeout)?;
             answer(conn)
@@ -163,6 +163,8 @@ fn host_listen(path: &PathBuf, timeout: Duration) -> Result<String, String> {
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).map_err(|err| format!("listen on {}: {err}", path.display()))?;
+    // SO_RCVTIMEO bounds accept(2) too.
+    set_timeout(&listener, timeout)?;
     let (stream, _) = listener.accept().map_err(|err| format!("accept: {err}"))?;
     stream
         .set_read_timeout(Some(timeout))
@@ -209,9 +211,11 @@ fn vsock_connect(cid: u32, port: u32) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-fn vsock_listen(port: u32) -> Result<OwnedFd, String> {
+fn vsock_listen(port: u32, timeout: Duration) -> Result<OwnedFd, String> {
     use std::os::fd::AsRawFd;
     let fd = vsock_socket()?;
+    // SO_RCVTIMEO bounds accept(2) too.
+    set_timeout(&fd, timeout)?;
     let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
     // SAFETY: addr is a valid sockaddr_vm and VM_ADDR_LEN its size; fd is an open socket.
     let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), VM_ADDR_LEN) };
@@ -242,8 +246,7 @@ fn vsock_listen(port: u32) -> Result<OwnedFd, String> {
 }
 
 /// Read and write timeouts on a socket held as a file.
-fn set_timeout(socket: &std::fs::File, timeout: Duration) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
+fn set_timeout(socket: &impl std::os::fd::AsRawFd, timeout: Duration) -> Result<(), String> {
     let tv = libc::timeval {
         // time_t is 64-bit on every x86_64 libc; a timeout too large for it cannot be asked for.
         tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
