@@ -12,6 +12,7 @@ pub mod config;
 pub mod kernel;
 pub mod legacy;
 pub mod net;
+pub mod net_ctrl;
 pub mod rng;
 pub mod support;
 pub mod transport;
@@ -25,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("block_request", block::block_request),
     ("rng", rng::rng),
     ("net_header", net::net_header),
+    ("net_ctrl", net_ctrl::net_ctrl),
     ("vsock_packet", vsock::vsock_packet),
     ("mmio_registers", transport::mmio_registers),
     ("pci_config", transport::pci_config),
