@@ -370,6 +370,9 @@ mod tests {
         d.transport.read(CONFIG_SPACE, &mut config);
         assert_eq!(config, [0, 0, 0xab, 0xcd]);
         assert_eq!(d.read(REG_CONFIG_GENERATION), 1);
+        // A change the device makes itself moves the generation on too.
+        d.device.lock().unwrap().config_changes = 1;
+        assert_eq!(d.read(REG_CONFIG_GENERATION), 2);
         d.write(REG_STATUS, 0);
         assert!(!d.transport.is_activated());
         assert_eq!(d.device.lock().unwrap().resets, 1);

@@ -149,6 +149,15 @@ pub trait VirtioDevice: Send {
         let _ = (offset, data);
     }
 
+    /// A counter the device bumps whenever it changes its own configuration space (not on
+    /// driver writes, which the transport counts). Transports add it to the configuration
+    /// generation they report, so a driver reading a multi-field configuration notices a
+    /// change in the middle and reads again. Devices whose configuration never changes keep
+    /// the default, 0.
+    fn config_generation(&self) -> u32 {
+        0
+    }
+
     /// Starts the device with the queues the driver made ready (index order).
     fn activate(
         &mut self,

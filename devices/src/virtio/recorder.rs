@@ -16,6 +16,8 @@ pub(crate) struct Recorder {
     pub(crate) notified: Vec<u16>,
     pub(crate) resets: usize,
     pub(crate) config: [u8; 8],
+    /// What [`VirtioDevice::config_generation`] reports (the device's own config changes).
+    pub(crate) config_changes: u32,
     pub(crate) interrupt: Option<Arc<dyn VirtioInterrupt>>,
 }
 
@@ -29,6 +31,7 @@ impl Recorder {
             notified: Vec::new(),
             resets: 0,
             config: [0; 8],
+            config_changes: 0,
             interrupt: None,
         }
     }
@@ -46,6 +49,9 @@ impl VirtioDevice for Recorder {
     }
     fn set_acked_features(&mut self, features: u64) {
         self.acked = features;
+    }
+    fn config_generation(&self) -> u32 {
+        self.config_changes
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         for (i, byte) in data.iter_mut().enumerate() {

@@ -120,9 +120,11 @@ impl TransportState {
         self.activated
     }
 
-    /// Bumped whenever the device configuration changes.
+    /// Moves on whenever the device configuration changes: on the driver's writes (counted
+    /// here) and on the device's own changes ([`super::VirtioDevice::config_generation`]).
     pub fn config_generation(&self) -> u32 {
         self.config_generation
+            .wrapping_add(lock(&self.device).config_generation())
     }
 
     /// Selects which 32-bit page of device features [`TransportState::device_features`] shows.

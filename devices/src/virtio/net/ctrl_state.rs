@@ -60,6 +60,9 @@ pub(crate) struct CtrlState {
     mac: Option<MacAddress>,
     announce_pending: bool,
     filter: RxFilter,
+    /// Bumped on every change to what config space shows (MAC, status); never goes back, not
+    /// even at reset, so the transport's configuration generation always moves on.
+    changes: u32,
 }
 
 impl CtrlState {
@@ -70,13 +73,23 @@ impl CtrlState {
             mac,
             announce_pending: false,
             filter: RxFilter::default(),
+            changes: 0,
         }
     }
 
     /// Back to the initial state (device reset): the configured MAC, no announcement, the
     /// default filter.
     pub(crate) fn reset(&mut self) {
+        let changes = self.changes.wrapping_add(1);
         *self = Self::new(self.configured_mac);
+        self.changes = changes;
+    }
+
+    /// How many times what config space shows has changed (see [`VirtioDevice::config_generation`]).
+    ///
+    /// [`VirtioDevice::config_generation`]: crate::virtio::VirtioDevice::config_generation
+    pub(crate) fn config_changes(&self) -> u32 {
+        self.changes
     }
 
     /// The MAC address config space shows.
@@ -101,6 +114,7 @@ impl CtrlState {
     /// Sets `VIRTIO_NET_S_ANNOUNCE`.
     pub(crate) fn request_announce(&mut self) {
         self.announce_pending = true;
+        self.changes = self.changes.wrapping_add(1);
     }
 
     /// The receive filter the driver configured.
@@ -135,10 +149,12 @@ impl CtrlState {
             Command::MacAddr(mac) => {
                 debug!("net `{id}`: driver set MAC address {mac}");
                 self.mac = Some(mac);
+                self.changes = self.changes.wrapping_add(1);
             }
             Command::AnnounceAck => {
                 debug!("net `{id}`: driver acknowledged the announcement");
                 self.announce_pending = false;
+                self.changes = self.changes.wrapping_add(1);
             }
         }
         VIRTIO_NET_OK

@@ -393,20 +393,36 @@ fn mac_addr_set_is_visible_in_config_space_until_reset() {
     let mem = test_memory();
     let mut h = Harness::new(&mem);
     assert_eq!(h.config()[..6], MAC);
+    let generation = h.net.config_generation();
     assert_eq!(h.send(&[&[CLASS_MAC, MAC_ADDR_SET], &NEW_MAC]), OK);
     assert_eq!(h.config()[..6], NEW_MAC);
     assert_eq!(h.net.mac().unwrap().bytes(), NEW_MAC);
+    let changed = h.net.config_generation();
+    assert_ne!(
+        changed, generation,
+        "a new MAC moves the config generation on"
+    );
     // A multicast address is refused and changes nothing.
     assert_eq!(
         h.send(&[&[CLASS_MAC, MAC_ADDR_SET], &[0x01, 0, 0x5e, 0, 0, 1]]),
         ERR
     );
     assert_eq!(h.config()[..6], NEW_MAC);
+    assert_eq!(
+        h.net.config_generation(),
+        changed,
+        "a refused command changes nothing"
+    );
     assert!(h.net.reset());
     assert_eq!(
         h.config()[..6],
         MAC,
         "reset restores the configured address"
+    );
+    assert_ne!(
+        h.net.config_generation(),
+        changed,
+        "and moves the generation on"
     );
 
     // Without a configured MAC (Linux then picks one and sets it with MAC_ADDR_SET).
@@ -425,8 +441,14 @@ fn announce_request_sets_status_and_interrupts_until_acknowledged() {
     let mut h = Harness::new(&mem);
     assert_eq!(h.status(), LINK_UP);
     assert!(!h.net.announce_pending());
+    let generation = h.net.config_generation();
     h.net.request_announce().unwrap();
     assert!(h.net.announce_pending());
+    assert_ne!(
+        h.net.config_generation(),
+        generation,
+        "the status field changed"
+    );
     assert_eq!(h.status(), LINK_UP | ANNOUNCE);
     assert_eq!(h.interrupt.take(), vec![InterruptKind::Config]);
 

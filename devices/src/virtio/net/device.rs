@@ -758,6 +758,10 @@ impl VirtioDevice for Net {
         self.acked_features = features & self.avail_features;
     }
 
+    fn config_generation(&self) -> u32 {
+        self.ctrl.config_changes()
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; CONFIG_LEN];
         if let Some(mac) = self.ctrl.mac() {
