@@ -226,6 +226,7 @@ judge_devices() {
   # Network: L2 pinged L1's end of the TAP (3 echo requests out, replies back).
   [ "$(field net "$DEVICES")" = ok ] || reasons="$reasons,net-$(field net "$DEVICES")"
   [ "$(cat /tmp/tap.out 2> /dev/null)" = up ] || reasons="$reasons,tap-setup"
+  [ "$(field net_ctrl_vq "$DEVICES")" = 1 ] || reasons="$reasons,net-ctrl-vq"
   # vsock both ways: each side must have received the other's line with the token.
   [ "$(cat /tmp/g2h.out 2> /dev/null)" = "from-l2-$TOKEN" ] || reasons="$reasons,vsock-g2h-host"
   [ "$(field vsock_g2h "$DEVICES")" = "echo_from-l2-$TOKEN" ] || reasons="$reasons,vsock-g2h-guest"

@@ -7,8 +7,8 @@
 #   virtio-vsock guest CID 3; L1 listens on host port 5000 and connects to guest port 5001
 # Each device is driven by the stock kernel's own driver, and the results go in one line that
 # L1 checks against what it saw on its side of each device (l1-init.sh's judge_devices):
-#   KEEL-L2-DEVICES transport= blk=ok blk_serial= blk_sha256= net=ok net_if= ping_rx= vsock_g2h=
-#     vsock_h2g=
+#   KEEL-L2-DEVICES transport= blk=ok blk_serial= blk_sha256= net=ok net_if= net_ctrl_vq=
+#     ping_rx= vsock_g2h= vsock_h2g=
 # A step that fails puts its name in place of "ok". token is keel.l2_token= from the command
 # line: L1 chose it, so nothing here can pass by printing constants.
 
@@ -72,6 +72,11 @@ case $(readlink -f /sys/block/vda/device 2> /dev/null) in
   */LNRO0005:*) transport=mmio ;;
 esac
 
+# Whether the driver negotiated the control queue (feature bit 17, VIRTIO_NET_F_CTRL_VQ): the
+# virtio bus shows the negotiated bits as a string of 0s and 1s, bit 0 first. Linux sends its
+# receive-mode commands there when the interface comes up.
+net_ctrl_vq=$(cut -c18 "/sys/class/net/$net_if/device/features" 2> /dev/null)
+
 # vsock, guest to host: connect to L1's listener on host port 5000, send a line, print the reply.
 g2h=$(timeout 60 vsock --retry-s 20 connect 2 5000 "from-l2-$token" 2> /tmp/g2h.err)
 [ -n "$g2h" ] || g2h="error:$(head -c 60 /tmp/g2h.err)"
@@ -82,4 +87,4 @@ h2g=$(cat /tmp/h2g)
 # Spaces would split the key=value words.
 words() { echo "$1" | tr ' \t' '__'; }
 echo "KEEL-L2-DEVICES transport=$transport blk=$blk blk_serial=$(words "${blk_serial:-none}") blk_sha256=$blk_sha256" \
-  "net=$net net_if=$net_if ping_rx=${ping_rx:-0} vsock_g2h=$(words "$g2h") vsock_h2g=$(words "$h2g")"
+  "net=$net net_if=$net_if net_ctrl_vq=${net_ctrl_vq:-none} ping_rx=${ping_rx:-0} vsock_g2h=$(words "$g2h") vsock_h2g=$(words "$h2g")"
