@@ -344,6 +344,24 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_queue_after_a_disabled_one_is_refused() {
+        // Queue 1 ready, queue 0 not: the device would get queue 1's ring as its queue 0.
+        let mut d = Driver::new();
+        assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        d.setup_queue(1, 16);
+        d.driver_ok();
+        assert!(!d.transport.is_activated());
+        assert_ne!(d.read(REG_STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        // Queue 0 alone is fine: later queues may stay unused.
+        d.write(REG_STATUS, 0);
+        assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        d.setup_queue(0, 16);
+        d.driver_ok();
+        assert!(d.transport.is_activated());
+        assert_eq!(d.device.lock().unwrap().activated_queues, Some(1));
+    }
+
+    #[test]
     fn invalid_queue_sizes_mark_the_device_as_needing_reset() {
         let mut d = Driver::new();
         assert!(d.negotiate(VIRTIO_F_VERSION_1));

@@ -348,6 +348,19 @@ impl TransportState {
             self.status |= status::DEVICE_NEEDS_RESET;
             return;
         }
+        // Devices take their queues by position (virtio-net: rx, tx, then control), so the
+        // ready queues must be 0..n: a driver that left an earlier queue disabled but enabled a
+        // later one would hand the device the wrong ring under the wrong index.
+        let ready = self.queues.iter().take_while(|q| q.ready()).count();
+        if let Some(gap) = self.queues[ready..].iter().position(|q| q.ready()) {
+            warn!(
+                "{}: queue {} is ready but queue {ready} is not; queues must be enabled from 0",
+                self.tag,
+                ready + gap
+            );
+            self.status |= status::DEVICE_NEEDS_RESET;
+            return;
+        }
         // The device gets its own copies; the transport keeps answering register reads.
         let queues: Result<Vec<Queue>, _> = self
             .queues
