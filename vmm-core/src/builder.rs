@@ -159,18 +159,22 @@ impl VmBuilder {
     /// Validates the config, creates the VM and loads the kernel. The vCPUs do not run until
     /// [`Vm::start`].
     ///
-    /// The stages, in order: the guest image (everything that can fail on the user's input:
-    /// config, memory, device back ends, ACPI tables, kernel; no KVM yet), the KVM VM, the
-    /// device wiring, then the vCPUs.
+    /// The stages, in order: the guest image and the console (everything that can fail on the
+    /// user's input: config, memory, device back ends, ACPI tables, kernel, console files; no
+    /// KVM yet), the KVM VM, the device wiring, then the vCPUs.
     pub fn build(mut self) -> Result<Vm, Error> {
         self.config.validate()?;
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
         let mut image = GuestImage::prepare(&self.config)?;
+        let console = Console {
+            output: self.open_output()?,
+            input: self.open_input()?,
+        };
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
         let control = Control::new(self.config.vcpus as usize);
-        let wired = self.wire_devices(&control, &vm_fd, &mut image)?;
+        let wired = wire_devices(&control, &vm_fd, &mut image, console)?;
         let GuestImage { memory, boot, .. } = image;
         let vcpus = create_vcpus(&kvm, &vm_fd, self.config.vcpus, &boot)?;
         debug!(
@@ -190,67 +194,67 @@ impl VmBuilder {
             memory,
         })
     }
+}
 
-    /// Puts the legacy devices and the virtio devices (on the transport the config chose) on
-    /// the VM's buses, connects their interrupts and queue notifications to KVM, and collects
-    /// the event-loop subscribers (device back ends, notifiers, serial input).
-    fn wire_devices(
-        &mut self,
-        control: &Arc<Control>,
-        vm_fd: &Arc<VmFd>,
-        image: &mut GuestImage,
-    ) -> Result<WiredDevices, Error> {
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
-        vm_fd
-            .register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|source| vm::VmError::Kvm {
-                op: "KVM_IRQFD (COM1)",
-                source,
-            })?;
-        let serial: SharedSerial = Arc::new(Mutex::new(
-            Serial::new(EventFdTrigger::new(serial_irq), self.open_output()?).map_err(Error::Io)?,
-        ));
-        let mut pio = legacy_devices(control, serial.clone())?;
-        let mut mmio = Bus::new(BusKind::Mmio);
-        let mut events = EventLoopBuilder::new()?;
-        let mut pci_devices = Vec::new();
-        for (index, entry) in image.virtio.iter().enumerate() {
-            match image.mmio_plan.devices().get(index) {
-                Some(info) => {
-                    let notifier = VirtioMmioDevices::attach(
-                        info,
-                        vm_fd,
-                        &mut mmio,
-                        &image.memory,
-                        entry.device.clone(),
-                    )?;
-                    if let Some(notifier) = notifier {
-                        events.add_subscriber(Box::new(notifier));
-                    }
+/// Puts the legacy devices and the virtio devices (on the transport the config chose) on
+/// the VM's buses, connects their interrupts and queue notifications to KVM, and collects
+/// the event-loop subscribers (device back ends, notifiers, serial input).
+fn wire_devices(
+    control: &Arc<Control>,
+    vm_fd: &Arc<VmFd>,
+    image: &mut GuestImage,
+    console: Console,
+) -> Result<WiredDevices, Error> {
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
+    vm_fd
+        .register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(|source| vm::VmError::Kvm {
+            op: "KVM_IRQFD (COM1)",
+            source,
+        })?;
+    let serial: SharedSerial = Arc::new(Mutex::new(
+        Serial::new(EventFdTrigger::new(serial_irq), console.output).map_err(Error::Io)?,
+    ));
+    let mut pio = legacy_devices(control, serial.clone())?;
+    let mut mmio = Bus::new(BusKind::Mmio);
+    let mut events = EventLoopBuilder::new()?;
+    let mut pci_devices = Vec::new();
+    for (index, entry) in image.virtio.iter().enumerate() {
+        match image.mmio_plan.devices().get(index) {
+            Some(info) => {
+                let notifier = VirtioMmioDevices::attach(
+                    info,
+                    vm_fd,
+                    &mut mmio,
+                    &image.memory,
+                    entry.device.clone(),
+                )?;
+                if let Some(notifier) = notifier {
+                    events.add_subscriber(Box::new(notifier));
                 }
-                None => pci_devices.push(entry.device.clone()),
             }
+            None => pci_devices.push(entry.device.clone()),
         }
-        for subscriber in std::mem::take(&mut image.subscribers) {
-            events.add_subscriber(subscriber);
-        }
-        let mut pci_notify_stats = Vec::new();
-        if let Some(plan) = &image.pci_plan {
-            let attached = plan.attach(vm_fd, &mut pio, &mut mmio, &image.memory, pci_devices)?;
-            for notifier in attached.notifiers {
-                events.add_subscriber(Box::new(notifier));
-            }
-            pci_notify_stats = attached.notify_stats;
-        }
-        if let Some(input) = self.open_input()? {
-            events.add_serial_input(serial, input)?;
-        }
-        Ok(WiredDevices {
-            buses: Arc::new(IoBuses { pio, mmio }),
-            events,
-            pci_notify_stats,
-        })
     }
+    for subscriber in std::mem::take(&mut image.subscribers) {
+        events.add_subscriber(subscriber);
+    }
+    let mut pci_notify_stats = Vec::new();
+    if let Some(plan) = &image.pci_plan {
+        let attached = plan.attach(vm_fd, &mut pio, &mut mmio, &image.memory, pci_devices)?;
+        for notifier in attached.notifiers {
+            events.add_subscriber(Box::new(notifier));
+        }
+        pci_notify_stats = attached.notify_stats;
+    }
+    if let Some(input) = console.input {
+        events.add_serial_input(serial, input)?;
+    }
+    Ok(WiredDevices {
+        buses: Arc::new(IoBuses { pio, mmio }),
+        events,
+        pci_notify_stats,
+    })
 }
 
 /// What the VM will run, prepared before KVM is touched: guest memory holding the ACPI tables
@@ -310,6 +314,12 @@ impl GuestImage {
             pci_plan,
         })
     }
+}
+
+/// The serial console's ends, opened before KVM (a bad output path is the user's error).
+struct Console {
+    output: Box<dyn Write + Send>,
+    input: Option<OwnedFd>,
 }
 
 /// The devices on their buses, and the event-loop work that serves them.

@@ -142,3 +142,18 @@ fn a_tap_descriptor_that_is_closed_or_not_a_tap_is_refused_by_name() {
         "the caller's descriptor stays usable"
     );
 }
+
+#[test]
+fn a_console_file_that_cannot_be_created_fails_before_kvm_with_its_path() {
+    // No KVM needed: the console is opened with the rest of the user's input, before /dev/kvm.
+    // A kernel that loads, so the console is the only bad input.
+    let kernel = testkit::build_test_guest().unwrap();
+    let mut config = VmConfig::new(&kernel);
+    config.serial.output = vmm_core::config::SerialOutput::File("/no/such/dir/console.log".into());
+    let err = build_error(config);
+    assert!(matches!(err, Error::SerialFile { .. }), "{err}");
+    assert!(
+        err.to_string().contains("/no/such/dir/console.log"),
+        "{err}"
+    );
+}
