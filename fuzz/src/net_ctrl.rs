@@ -1,15 +1,12 @@
 //! virtio-net control queue: the command parser on its own, then the device answering the
 //! input's chains on queue 2, with announcements requested in between.
 
-use std::io;
-use std::os::fd::RawFd;
-
 use devices::virtio::net::ctrl::{
     parse_request, Command, ANNOUNCE_ACK, CLASS_ANNOUNCE, CLASS_MAC, CLASS_MQ, CLASS_RX,
     CLASS_VLAN, HEADER_LEN, MAC_ADDR_SET, MAC_TABLE_SET, MAX_COMMAND_LEN, MAX_DESCRIPTORS,
 };
 use devices::virtio::net::{
-    features, MacAddress, Net, NetBackend, ANNOUNCE, CTRL_QUEUE, LINK_UP, QUEUE_SIZE, TX_QUEUE,
+    features, MacAddress, Net, NullBackend, ANNOUNCE, CTRL_QUEUE, LINK_UP, QUEUE_SIZE, TX_QUEUE,
 };
 use devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use virtio_queue::desc::split::Descriptor;
@@ -42,24 +39,6 @@ const CTRL_FEATURES: u64 = features::CTRL_VQ
     | features::GUEST_ANNOUNCE
     | features::STATUS
     | VIRTIO_RING_F_EVENT_IDX;
-
-/// A backend without traffic.
-struct Idle;
-
-impl NetBackend for Idle {
-    fn send(&mut self, _frame: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn recv(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-    fn set_offload(&mut self, _flags: u32) -> io::Result<()> {
-        Ok(())
-    }
-    fn ready_fd(&self) -> Option<RawFd> {
-        None
-    }
-}
 
 /// What a parsed command promises about the bytes it came from.
 fn check_command(command: &Command, bytes: &[u8], acked: u64) {
@@ -203,7 +182,7 @@ pub fn net_ctrl(data: &[u8]) {
     } else {
         None
     };
-    let Ok(mut net) = Net::with_backend("fuzz".into(), mac, Box::new(Idle)) else {
+    let Ok(mut net) = Net::with_backend("fuzz".into(), mac, Box::new(NullBackend)) else {
         return;
     };
     net.set_acked_features(acked);

@@ -2,8 +2,6 @@
 //! Linux lays them out (class and command, data, ack each in descriptors of their own) and in
 //! every malformed shape a guest could make up.
 
-use std::io;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -31,24 +29,6 @@ const CTRL_ALL: u64 = features::CTRL_VQ
     | features::GUEST_ANNOUNCE
     | features::STATUS
     | VIRTIO_F_VERSION_1;
-
-/// A backend with no traffic: these tests are about the control queue.
-struct Idle;
-
-impl NetBackend for Idle {
-    fn send(&mut self, _frame: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn recv(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-    fn set_offload(&mut self, _flags: u32) -> io::Result<()> {
-        Ok(())
-    }
-    fn ready_fd(&self) -> Option<RawFd> {
-        None
-    }
-}
 
 struct Harness<'m> {
     mem: &'m GuestMemoryMmap,
@@ -83,7 +63,7 @@ impl<'m> Harness<'m> {
     /// A device with `mac`, activated with rx, tx and (if `ctrl_queue`) the control queue.
     fn with(mem: &'m GuestMemoryMmap, mac: Option<[u8; 6]>, acked: u64, ctrl_queue: bool) -> Self {
         let mac = mac.map(|mac| MacAddress::new(mac).unwrap());
-        let mut net = Net::with_backend("net0".into(), mac, Box::new(Idle)).unwrap();
+        let mut net = Net::with_backend("net0".into(), mac, Box::new(NullBackend)).unwrap();
         let rx = DriverQueue::new(mem, RX_RING, QUEUE_SIZE);
         let tx = DriverQueue::new(mem, TX_RING, QUEUE_SIZE);
         let ctrl = DriverQueue::new(mem, CTRL_RING, CTRL_QUEUE_SIZE);
@@ -157,7 +137,7 @@ fn table(entries: u32, macs: &[[u8; 6]]) -> Vec<u8> {
 
 #[test]
 fn control_features_are_offered_and_vlan_and_mq_are_not() {
-    let net = Net::with_backend("n".into(), None, Box::new(Idle)).unwrap();
+    let net = Net::with_backend("n".into(), None, Box::new(NullBackend)).unwrap();
     assert_eq!(net.queue_max_sizes(), &[256, 256, CTRL_QUEUE_SIZE]);
     let offered = net.avail_features();
     for bit in [
@@ -515,7 +495,7 @@ fn activation_takes_two_or_three_queues() {
     let mem = test_memory();
     let queue = |base| DriverQueue::new(&mem, base, 16).device_queue();
     for count in [0usize, 1, 4] {
-        let mut net = Net::with_backend("n".into(), None, Box::new(Idle)).unwrap();
+        let mut net = Net::with_backend("n".into(), None, Box::new(NullBackend)).unwrap();
         net.set_acked_features(CTRL_ALL);
         let queues = (0..count).map(|i| queue(i as u64 * 0x8000)).collect();
         let err = net
@@ -532,7 +512,7 @@ fn activation_takes_two_or_three_queues() {
 #[test]
 fn requests_queued_before_activation_are_answered_on_activation() {
     let mem = test_memory();
-    let mut net = Net::with_backend("n".into(), None, Box::new(Idle)).unwrap();
+    let mut net = Net::with_backend("n".into(), None, Box::new(NullBackend)).unwrap();
     let rx = DriverQueue::new(&mem, RX_RING, QUEUE_SIZE);
     let tx = DriverQueue::new(&mem, TX_RING, QUEUE_SIZE);
     let mut ctrl = DriverQueue::new(&mem, CTRL_RING, CTRL_QUEUE_SIZE);

@@ -46,7 +46,7 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
+pub use backend::{NetBackend, NullBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
 pub use config::{
     valid_interface_name, MacAddress, MacAddressError, NetConfig, NetConfigError, TapSource,
     MAX_IF_NAME_LEN,
