@@ -547,6 +547,7 @@ impl VirtioPciDevices {
             ("pci-mmio32", &self.host.mmio32),
             ("pci-mmio64", &self.host.mmio64),
         ] {
+            lock(&bus).add_bar_window(window.clone());
             mmio.insert(
                 name,
                 window.start,

@@ -201,6 +201,8 @@ pub struct PciBus {
     slots: Vec<Option<Slot>>,
     bars: BTreeMap<u64, BarMapping>,
     listeners: Vec<Arc<dyn BarRelocationListener>>,
+    /// The address ranges the VMM routes to this bus (empty: not declared, anything goes).
+    windows: Vec<std::ops::Range<u64>>,
 }
 
 impl Default for PciBus {
@@ -221,7 +223,28 @@ impl PciBus {
             slots,
             bars: BTreeMap::new(),
             listeners: Vec::new(),
+            windows: Vec::new(),
         }
+    }
+
+    /// Declares a range of guest addresses the VMM routes to this bus (one per
+    /// [`PciMmioWindow`]). Once any is declared, a BAR the guest moves outside every window is
+    /// not decoded: the VMM would never route accesses there, and relocation listeners must not
+    /// act on an address that belongs to RAM or another device.
+    pub fn add_bar_window(&mut self, window: std::ops::Range<u64>) {
+        self.windows.push(window);
+    }
+
+    /// Whether `size` bytes at `address` lie inside one declared window (or none is declared).
+    fn inside_windows(&self, address: u64, size: u64) -> bool {
+        let Some(end) = address.checked_add(size) else {
+            return false;
+        };
+        self.windows.is_empty()
+            || self
+                .windows
+                .iter()
+                .any(|w| w.start <= address && end <= w.end)
     }
 
     /// Tells `listener` about every BAR the bus re-routes from now on.
@@ -300,12 +323,13 @@ impl PciBus {
                 _ => None,
             };
             let new_address = if bar_move.new_address.checked_add(bar_move.size).is_none()
+                || !self.inside_windows(bar_move.new_address, bar_move.size)
                 || self
                     .overlapping(bar_move.new_address, bar_move.size)
                     .is_some()
             {
                 warn!(
-                    "pci: {name} BAR {} moved to {:#x}, which overlaps another BAR or wraps; it is not decoded",
+                    "pci: {name} BAR {} moved to {:#x}, which overlaps another BAR, wraps or lies outside the PCI windows; it is not decoded",
                     bar_move.index, bar_move.new_address
                 );
                 None
@@ -814,6 +838,35 @@ mod tests {
             map,
             vec![(0xc000_4000, 0x1000, 1, 0), (0xc000_8000, 0x1000, 2, 0)]
         );
+    }
+
+    #[test]
+    fn a_bar_moved_outside_the_declared_windows_is_not_decoded() {
+        let bus = Arc::new(Mutex::new(PciBus::new()));
+        let listener = Arc::new(RecordingListener::default());
+        {
+            let mut bus = lock(&bus);
+            bus.add_device("a", Endpoint::shared(0xc000_0000)).unwrap();
+            bus.add_bar_window(0xc000_0000..0xd000_0000);
+            bus.add_relocation_listener(listener.clone());
+        }
+        write_config(&bus, 1, REG_COMMAND_STATUS, u32::from(COMMAND_MEMORY_SPACE));
+        // Into guest RAM (1 MiB): outside every window, so nowhere; listeners hear it left.
+        move_bar0(&bus, 1, 0x10_0000);
+        let lost = listener.take();
+        assert_eq!(
+            lost.iter()
+                .map(|r| (r.old_address, r.new_address))
+                .collect::<Vec<_>>(),
+            vec![(Some(0xc000_0000), None)]
+        );
+        assert_eq!(lock(&bus).bar_map(), vec![]);
+        // Just past the window's end: still nowhere, and nothing new to report.
+        move_bar0(&bus, 1, 0xd000_0000);
+        assert_eq!(listener.take(), vec![]);
+        // Back inside: decoded again.
+        move_bar0(&bus, 1, 0xc800_0000);
+        assert_eq!(lock(&bus).bar_map(), vec![(0xc800_0000, 0x1000, 1, 0)]);
     }
 
     #[test]
