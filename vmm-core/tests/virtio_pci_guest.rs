@@ -101,18 +101,7 @@ fn guest_drives_blk_and_rng_over_virtio_pci() {
         "image unchanged"
     );
 
-    // Entropy.
-    let line = console
-        .lines()
-        .find(|l| l.contains("virtio-rng bytes="))
-        .unwrap_or_else(|| panic!("{console}"));
-    let distinct: u32 = line
-        .rsplit("distinct=")
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    assert!(line.contains("bytes=64"), "{line}");
-    assert!(distinct > 30, "{line}");
+    common::assert_entropy(&console);
     assert!(console.contains("virtio done"), "{console}");
 }
 

@@ -109,6 +109,22 @@ pub fn assert_rw_disk_written(console: &str, dev: u32, image: &std::path::Path) 
     assert_pattern_written(image, 3..8, rw_fill);
 }
 
+/// The guest read 64 bytes from virtio-rng and they look random: 64 random bytes have ~56
+/// distinct values; a broken source (zeros, a stuck counter) far fewer.
+pub fn assert_entropy(console: &str) {
+    let line = console
+        .lines()
+        .find(|l| l.contains("virtio-rng bytes="))
+        .unwrap_or_else(|| panic!("no virtio-rng line in:\n{console}"));
+    let distinct: u32 = line
+        .rsplit("distinct=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no distinct= count in {line}"));
+    assert!(line.contains("bytes=64"), "{line}");
+    assert!(distinct > 30, "{line}");
+}
+
 /// The pattern the guest writes (guest/README.md): byte `offset` of sector `sector`.
 pub fn pattern(sector: u64, offset: u64) -> u8 {
     (((sector * 31 + offset * 7) ^ 0x5a) & 0xff) as u8
