@@ -42,7 +42,27 @@ pub enum Error {
     /// The build succeeded but the ELF is not where it should be.
     #[error("the test guest was built but {0} does not exist")]
     Missing(PathBuf),
+    /// The Rust target the guest is built for is not installed and could not be installed.
+    #[error(
+        "the Rust target {target} is not installed ({why}); install it with: \
+         (cd {dir} && rustup target add {target})",
+        target = GUEST_TARGET,
+        dir = .dir.display()
+    )]
+    TargetMissing {
+        /// The directory to run the command in (its `rust-toolchain.toml` picks the toolchain).
+        dir: PathBuf,
+        /// Why it was not installed automatically.
+        why: String,
+    },
 }
+
+/// The Rust target Keel's test guest is built for.
+pub const GUEST_TARGET: &str = "x86_64-unknown-none";
+
+/// Set to `1` to forbid [`build_test_guest`] from running `rustup target add` itself (it then
+/// fails with the command to run instead).
+pub const NO_TARGET_INSTALL_ENV: &str = "KEEL_NO_TARGET_INSTALL";
 
 /// The repository's root directory (the workspace root).
 pub fn workspace_root() -> PathBuf {
@@ -56,10 +76,16 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// The guest has its own target directory (`target/guest` under the workspace) so this works
 /// while the calling cargo holds the workspace's target directory.
+///
+/// On a fresh machine the pinned toolchain may lack the guest's target
+/// ([`GUEST_TARGET`]): rustup does not add a toolchain file's `targets` to a toolchain that is
+/// already installed. Then this runs `rustup target add` first, saying so on stderr, unless
+/// [`NO_TARGET_INSTALL_ENV`] is `1`; when it cannot, the error names the exact command.
 pub fn build_test_guest() -> Result<PathBuf, Error> {
     let root = workspace_root();
     let dir = root.join("guest");
     let target_dir = root.join("target").join("guest");
+    ensure_guest_target(&dir)?;
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&dir)
         .args(["build", "--release", "--quiet", "--target-dir"])
@@ -97,6 +123,69 @@ pub fn build_test_guest() -> Result<PathBuf, Error> {
         Ok(elf)
     } else {
         Err(Error::Missing(elf))
+    }
+}
+
+/// Whether the toolchain that builds in `dir` has the standard library for [`GUEST_TARGET`].
+fn guest_target_installed(dir: &Path) -> Result<bool, String> {
+    let output = Command::new("rustc")
+        .current_dir(dir)
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .output()
+        .map_err(|err| format!("cannot run rustc: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "rustc --print target-libdir failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let has_core = std::fs::read_dir(&libdir)
+        .map(|entries| {
+            entries.flatten().any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("libcore-") && name.ends_with(".rlib")
+            })
+        })
+        .unwrap_or(false);
+    Ok(has_core)
+}
+
+/// Installs [`GUEST_TARGET`] with rustup when it is missing (see [`build_test_guest`]).
+fn ensure_guest_target(dir: &Path) -> Result<(), Error> {
+    let missing = |why: String| Error::TargetMissing {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    match guest_target_installed(dir) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        // Not a rustup-style toolchain we can inspect: let cargo report what it finds.
+        Err(_) => return Ok(()),
+    }
+    if std::env::var_os(NO_TARGET_INSTALL_ENV).is_some_and(|v| v == "1") {
+        return Err(missing(format!("{NO_TARGET_INSTALL_ENV}=1")));
+    }
+    eprintln!(
+        "keel: the Rust target {GUEST_TARGET} (for Keel's test guest) is not installed; \
+         running `rustup target add {GUEST_TARGET}` in {}",
+        dir.display()
+    );
+    let status = Command::new("rustup")
+        .current_dir(dir)
+        .args(["target", "add", GUEST_TARGET])
+        .status()
+        .map_err(|err| missing(format!("cannot run rustup: {err}")))?;
+    if !status.success() {
+        return Err(missing(format!("rustup target add failed ({status})")));
+    }
+    match guest_target_installed(dir) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(missing(
+            "rustup reported success but the target's standard library is still missing".into(),
+        )),
+        Err(why) => Err(missing(why)),
     }
 }
 
