@@ -65,6 +65,9 @@ pub struct Options {
     pub tick_tsc: u64,
     /// `keel.echo`: echo serial input until a line `exit` arrives.
     pub echo: bool,
+    /// `keel.power_button`: while ticking or echoing, watch the ACPI power button (the
+    /// Generic Event Device's register) and power off through S5 when it is pressed.
+    pub power_button: bool,
     /// `keel.fault=...`: a fault to raise deliberately, after everything else but the exit.
     pub fault: Option<Fault>,
     /// `keel.exit=...`: how to end the VM.
@@ -191,6 +194,7 @@ impl Default for Options {
             ticks: None,
             tick_tsc: DEFAULT_TICK_TSC,
             echo: false,
+            power_button: false,
             fault: None,
             exit_plan: ExitPlan::default(),
             virtio: VirtioOptions::default(),
@@ -364,6 +368,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                     .ok_or(error("a positive number of TSC ticks"))?;
             }
             ("keel.echo", None) => options.echo = true,
+            ("keel.power_button", None) => options.power_button = true,
             ("keel.fault", Some(value)) => {
                 options.fault =
                     Some(Fault::from_name(value).ok_or(error("one of triple, exception, panic"))?);
@@ -452,8 +457,9 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                 return Err(error("a value after '='"));
             }
             (
-                "keel.echo" | "keel.blk" | "keel.rng" | "keel.net" | "keel.vsock"
-                | "keel.net_bench" | "keel.vsock_bench" | "keel.pci" | "keel.pci_move_bar",
+                "keel.echo" | "keel.power_button" | "keel.blk" | "keel.rng" | "keel.net"
+                | "keel.vsock" | "keel.net_bench" | "keel.vsock_bench" | "keel.pci"
+                | "keel.pci_move_bar",
                 Some(_),
             ) => {
                 return Err(error("the option without a value"));
@@ -499,6 +505,7 @@ mod tests {
         assert_eq!(options.ticks, Some(5));
         assert_eq!(options.tick_tsc, 256);
         assert!(options.echo);
+        assert!(!options.power_button);
         assert_eq!(options.fault, Some(Fault::Triple));
         assert_eq!(
             parse("keel.fault=exception").unwrap().fault,
@@ -616,6 +623,12 @@ mod tests {
             let error = parse(token).unwrap_err();
             assert_eq!(error.token, token);
         }
+    }
+
+    #[test]
+    fn power_button_is_a_flag() {
+        assert!(parse("keel.power_button").unwrap().power_button);
+        assert!(parse("keel.power_button=1").is_err());
     }
 
     #[test]

@@ -54,6 +54,16 @@ pub fn exit_vm() -> ! {
     halt_forever()
 }
 
+/// Powers the VM off through ACPI S5, as an OS does when its power button is pressed; halts
+/// if the VMM does not end the VM.
+pub fn power_off() -> ! {
+    report_urgent!("exit via={}", ExitMethod::S5.name());
+    let (port, value) = ACPI_SLEEP_CONTROL;
+    outb(port, value);
+    spin_for_ticks(GRACE_TICKS);
+    halt_forever()
+}
+
 /// Shuts the vCPU down with a triple fault: with an empty IDT, `ud2` raises #UD, which cannot be
 /// delivered (#GP), which cannot be delivered either (#DF), which ends in a shutdown.
 pub fn triple_fault() -> ! {

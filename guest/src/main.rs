@@ -17,6 +17,7 @@ mod cpu;
 mod drivers;
 mod exit;
 mod interrupts;
+mod power;
 mod serial;
 mod smp;
 
@@ -76,6 +77,9 @@ pub extern "C" fn keel_main(boot_info_addr: u64, protocol: u32) -> ! {
     let bench_ram = boot.is_ram(BENCH_MEMORY_BASE, BENCH_MEMORY_SIZE);
     drivers::run(boot.cmdline(), &options.virtio, bench_ram);
 
+    if options.power_button {
+        power::watch();
+    }
     if let Some(count) = options.ticks {
         tick(count, options.tick_tsc);
     }
@@ -133,7 +137,7 @@ fn tick(count: u64, spacing: u64) {
             return;
         }
         index = index.wrapping_add(1);
-        cpu::spin_for_ticks(spacing);
+        power::spin_checking(spacing);
     }
 }
 
@@ -144,8 +148,15 @@ fn echo() {
     // Only lines as long as EXIT_LINE matter; `len` keeps counting past the buffer.
     let mut line = [0u8; EXIT_LINE.len()];
     let mut len = 0usize;
+    let mut last_check = cpu::rdtsc();
     loop {
-        let byte = COM1.read_byte();
+        let Some(byte) = COM1.try_read_byte() else {
+            if power::due(&mut last_check) {
+                power::check();
+            }
+            core::hint::spin_loop();
+            continue;
+        };
         with_console(|console| console.raw(&[byte]));
         if byte == b'\r' || byte == b'\n' {
             if line.get(..len) == Some(EXIT_LINE) {

@@ -73,16 +73,6 @@ impl Uart {
     pub fn try_read_byte(self) -> Option<u8> {
         (inb(self.base + LINE_STATUS) & LSR_DATA_READY != 0).then(|| inb(self.base + DATA))
     }
-
-    /// Waits (polling, with `pause`) for the next received byte.
-    pub fn read_byte(self) -> u8 {
-        loop {
-            if let Some(byte) = self.try_read_byte() {
-                return byte;
-            }
-            core::hint::spin_loop();
-        }
-    }
 }
 
 impl fmt::Write for Uart {

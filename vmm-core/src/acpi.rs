@@ -26,13 +26,14 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use devices::legacy::{
-    ACPI_PM_PORT_BASE, COM1_IRQ, COM1_PORT_BASE, RESET_OFFSET, RESET_VALUE, RTC_PORT_BASE,
-    S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+    ACPI_PM_PORT_BASE, COM1_IRQ, COM1_PORT_BASE, GED_EVENT_POWER_BUTTON, GED_PORT_BASE,
+    GED_PORT_LEN, RESET_OFFSET, RESET_VALUE, RTC_PORT_BASE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
+    SLEEP_STATUS_OFFSET,
 };
 use devices::pci::bus::{PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::device_manager::MmioDeviceInfo;
+use crate::device_manager::{MmioDeviceInfo, GED_IRQ};
 use crate::layout;
 use crate::pci::PciHostInfo;
 
@@ -180,6 +181,45 @@ fn mcfg(host: &PciHostInfo) -> MCFG {
 }
 
 /// The DSDT: COM1, the RTC, virtio-mmio devices, the PCI host bridge and the S5 sleep type.
+/// The power button (`PNP0C0C`, a control-method button) and the Generic Event Device
+/// (`ACPI0013`) that signals it: on the GED's interrupt the guest runs `_EVT`, which reads the
+/// pending events from [`GED_PORT_BASE`] (the read clears them) and notifies the button.
+struct PowerButtonAml;
+
+impl Aml for PowerButtonAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        aml::Device::new("PWRB".into(), vec![&hid, &uid]).to_aml_bytes(sink);
+
+        let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+        let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+        let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+        let crs = aml::ResourceTemplate::new(vec![&irq]);
+        let crs = aml::Name::new("_CRS".into(), &crs);
+        let port = GED_PORT_BASE as u16;
+        let len = GED_PORT_LEN as u8;
+        let region = aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &port, &len);
+        let field = aml::Field::new(
+            "GDST".into(),
+            aml::FieldAccessType::DWord,
+            aml::FieldLockRule::NoLock,
+            aml::FieldUpdateRule::WriteAsZeroes,
+            vec![aml::FieldEntry::Named(*b"GDAT", 32)],
+        );
+        let gdat = aml::Path::new("GDAT");
+        let read_events = aml::Store::new(&aml::Local(0), &gdat);
+        let button_bit = aml::And::new(&aml::Local(1), &aml::Local(0), &GED_EVENT_POWER_BUTTON);
+        let pressed = aml::Equal::new(&button_bit, &GED_EVENT_POWER_BUTTON);
+        let button = aml::Path::new("\\_SB_.PWRB");
+        let notify = aml::Notify::new(&button, &0x80u8);
+        let on_press = aml::If::new(&pressed, vec![&notify]);
+        let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read_events, &on_press]);
+        aml::Device::new("GED_".into(), vec![&hid, &uid, &crs, &region, &field, &evt])
+            .to_aml_bytes(sink);
+    }
+}
+
 fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
     let mut table = Sdt::new(
         *b"DSDT",
@@ -215,7 +255,7 @@ fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
             irq: device.irq,
         })
         .collect();
-    let mut children: Vec<&dyn Aml> = vec![&com1, &rtc];
+    let mut children: Vec<&dyn Aml> = vec![&com1, &rtc, &PowerButtonAml];
     children.extend(virtio.iter().map(|device| device as &dyn Aml));
     let pci_host = pci.map(PciHostBridgeAml);
     if let Some(host) = &pci_host {

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use devices::bus::{Bus, BusKind};
 use devices::legacy::{
-    AcpiPm, CmosRtc, EventFdTrigger, Serial, SystemClock, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN,
-    COM1_IRQ, COM1_PORT_BASE, I8042, I8042_PORT_BASE, I8042_PORT_LEN, RTC_PORT_BASE, RTC_PORT_LEN,
-    SERIAL_PORT_LEN,
+    AcpiPm, CmosRtc, EventFdTrigger, Ged, Serial, SystemClock, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN,
+    COM1_IRQ, COM1_PORT_BASE, GED_PORT_BASE, GED_PORT_LEN, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
+    RTC_PORT_BASE, RTC_PORT_LEN, SERIAL_PORT_LEN,
 };
 use devices::virtio::NotifyStats;
 use event_manager::MutEventSubscriber;
@@ -27,12 +27,15 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi;
 use crate::boot::{self, BootLayout};
+use crate::boot_timer::{self, BootTimer};
 use crate::config::{SerialInput, SerialOutput, VirtioTransport, VmConfig};
-use crate::device_manager::{self, VirtioMmioDevices};
+use crate::console::ConsoleSocket;
+use crate::counters::{self, CounterSources, ExitCounters};
+use crate::device_manager::{self, VirtioMmioDevices, GED_IRQ};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedSerial};
 use crate::memory;
 use crate::pci::{PciAttachment, VirtioNotifyCount, VirtioPciDevices};
-use crate::state::{self, Control, ExitReason, VmHandle, VmState};
+use crate::state::{self, Control, ExitReason, HandleDevices, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
 use crate::Error;
@@ -51,10 +54,16 @@ impl vm_superio::Trigger for ExitTrigger {
 }
 
 /// The port-I/O bus with the legacy devices: COM1, the i8042 reset line, the ACPI power
-/// management registers (power off, reset) and the CMOS RTC.
-fn legacy_devices(control: &Arc<Control>, serial: SharedSerial) -> Result<Bus, Error> {
+/// management registers (power off, reset), the ACPI Generic Event Device (power button) and
+/// the CMOS RTC.
+fn legacy_devices(
+    control: &Arc<Control>,
+    serial: SharedSerial,
+    ged: SharedGed,
+) -> Result<Bus, Error> {
     let mut pio = Bus::new(BusKind::Pio);
     pio.insert("com1", COM1_PORT_BASE, SERIAL_PORT_LEN, serial)?;
+    pio.insert("ged", GED_PORT_BASE, GED_PORT_LEN, ged)?;
     pio.insert(
         "i8042",
         I8042_PORT_BASE,
@@ -97,6 +106,8 @@ pub struct VmBuilder {
     config: VmConfig,
     serial_output: Option<Box<dyn Write + Send>>,
     serial_input: Option<OwnedFd>,
+    console_socket: Option<ConsoleSocket>,
+    boot_timer: Option<BootTimer>,
 }
 
 impl VmBuilder {
@@ -106,7 +117,24 @@ impl VmBuilder {
             config,
             serial_output: None,
             serial_input: None,
+            console_socket: None,
+            boot_timer: None,
         }
+    }
+
+    /// Records the end of each build stage, the vCPUs' start and the boot vCPU's first exit
+    /// from the guest on `timer` (see [`crate::boot_timer`]).
+    pub fn boot_timer(mut self, timer: BootTimer) -> Self {
+        self.boot_timer = Some(timer);
+        self
+    }
+
+    /// Serves the serial console on `socket` (output and input) instead of
+    /// `config.serial`. The socket outlives the VM: pass a clone of the same socket to the VM
+    /// built after a reboot and an attached client stays attached.
+    pub fn console_socket(mut self, socket: ConsoleSocket) -> Self {
+        self.console_socket = Some(socket);
+        self
     }
 
     /// Sends the guest's serial output to `writer` instead of `config.serial.output`.
@@ -126,6 +154,14 @@ impl VmBuilder {
         if let Some(writer) = self.serial_output.take() {
             return Ok(writer);
         }
+        if let SerialOutput::Socket(path) = &self.config.serial.output {
+            if self.console_socket.is_none() {
+                self.console_socket = Some(ConsoleSocket::bind(path)?);
+            }
+        }
+        if let Some(socket) = &self.console_socket {
+            return Ok(Box::new(socket.writer()));
+        }
         Ok(match &self.config.serial.output {
             SerialOutput::Stdout => Box::new(std::io::stdout()),
             SerialOutput::Null => Box::new(std::io::sink()),
@@ -139,12 +175,18 @@ impl VmBuilder {
                         source,
                     })?,
             ),
+            // Bound above.
+            SerialOutput::Socket(_) => Box::new(std::io::sink()),
         })
     }
 
     fn open_input(&mut self) -> Result<Option<OwnedFd>, Error> {
         if let Some(fd) = self.serial_input.take() {
             return Ok(Some(fd));
+        }
+        if self.console_socket.is_some() {
+            // Input comes from the console socket's client.
+            return Ok(None);
         }
         match self.config.serial.input {
             SerialInput::None => Ok(None),
@@ -163,20 +205,28 @@ impl VmBuilder {
     /// user's input: config, memory, device back ends, ACPI tables, kernel, console files; no
     /// KVM yet), the KVM VM, the device wiring, then the vCPUs.
     pub fn build(mut self) -> Result<Vm, Error> {
+        let timer = self.boot_timer.take();
+        let mark = |stage| boot_timer::mark(timer.as_ref(), stage);
         self.config.validate()?;
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
-        let mut image = GuestImage::prepare(&self.config)?;
+        mark("config validated");
+        let mut image = GuestImage::prepare(&self.config, timer.as_ref())?;
         let console = Console {
             output: self.open_output()?,
             input: self.open_input()?,
+            socket: self.console_socket.take(),
         };
+        mark("console opened");
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
+        mark("KVM VM created, memory registered");
         let control = Control::new(self.config.vcpus as usize);
         let wired = wire_devices(&control, &vm_fd, &mut image, console)?;
+        mark("devices wired");
         let GuestImage { memory, boot, .. } = image;
         let vcpus = create_vcpus(&kvm, &vm_fd, self.config.vcpus, &boot)?;
+        mark("vCPUs created");
         debug!(
             "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
             self.config.vcpus, self.config.memory, boot.format, boot.entry.protocol, boot.entry.rip
@@ -189,6 +239,8 @@ impl VmBuilder {
             events: Some(wired.events),
             buses: wired.buses,
             pci_notify_stats: wired.pci_notify_stats,
+            handle_devices: wired.handle_devices,
+            boot_timer: timer,
             boot,
             vm_fd,
             memory,
@@ -205,17 +257,19 @@ fn wire_devices(
     image: &mut GuestImage,
     console: Console,
 ) -> Result<WiredDevices, Error> {
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
-    vm_fd
-        .register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|source| vm::VmError::Kvm {
-            op: "KVM_IRQFD (COM1)",
-            source,
-        })?;
     let serial: SharedSerial = Arc::new(Mutex::new(
-        Serial::new(EventFdTrigger::new(serial_irq), console.output).map_err(Error::Io)?,
+        Serial::new(
+            irq_line(vm_fd, COM1_IRQ, "KVM_IRQFD (COM1)")?,
+            console.output,
+        )
+        .map_err(Error::Io)?,
     ));
-    let mut pio = legacy_devices(control, serial.clone())?;
+    let ged: SharedGed = Arc::new(Mutex::new(Ged::new(irq_line(
+        vm_fd,
+        GED_IRQ,
+        "KVM_IRQFD (GED)",
+    )?)));
+    let mut pio = legacy_devices(control, serial.clone(), ged.clone())?;
     let mut mmio = Bus::new(BusKind::Mmio);
     let mut events = EventLoopBuilder::new()?;
     let mut pci_devices = Vec::new();
@@ -247,6 +301,28 @@ fn wire_devices(
         }
         pci_notify_stats = attached.notify_stats;
     }
+    let virtio = image
+        .virtio
+        .iter()
+        .map(|entry| {
+            (
+                entry.id.clone(),
+                counters::virtio_kind(entry.device_type()),
+                entry.device.clone(),
+            )
+        })
+        .collect();
+    let counters = CounterSources {
+        exits: (0..control.vcpu_count())
+            .map(|_| Arc::new(ExitCounters::default()))
+            .collect(),
+        serial: serial.clone(),
+        console: console.socket.clone(),
+        virtio,
+    };
+    if let Some(socket) = &console.socket {
+        events.add_console(socket, serial.clone())?;
+    }
     if let Some(input) = console.input {
         events.add_serial_input(serial, input)?;
     }
@@ -254,8 +330,21 @@ fn wire_devices(
         buses: Arc::new(IoBuses { pio, mmio }),
         events,
         pci_notify_stats,
+        handle_devices: Arc::new(HandleDevices { ged, counters }),
     })
 }
+
+/// An edge-triggered interrupt line: an eventfd KVM injects as `gsi` when signalled.
+fn irq_line(vm_fd: &VmFd, gsi: u32, op: &'static str) -> Result<EventFdTrigger, Error> {
+    let fd = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
+    vm_fd
+        .register_irqfd(&fd, gsi)
+        .map_err(|source| vm::VmError::Kvm { op, source })?;
+    Ok(EventFdTrigger::new(fd))
+}
+
+/// The power button's device, shared by the port-I/O bus and the VM's handles.
+type SharedGed = Arc<Mutex<Ged<EventFdTrigger>>>;
 
 /// What the VM will run, prepared before KVM is touched: guest memory holding the ACPI tables
 /// and the loaded kernel, the virtio devices with their host back ends open, and where each
@@ -273,9 +362,11 @@ struct GuestImage {
 }
 
 impl GuestImage {
-    fn prepare(config: &VmConfig) -> Result<Self, Error> {
+    fn prepare(config: &VmConfig, timer: Option<&BootTimer>) -> Result<Self, Error> {
         let memory = memory::create_guest_memory(config.memory.as_bytes())?;
+        boot_timer::mark(timer, "guest memory mapped");
         let mut virtio = device_manager::create_virtio_devices(config)?;
+        boot_timer::mark(timer, "device back ends opened");
         let subscribers = virtio
             .iter_mut()
             .filter_map(|entry| entry.subscriber.take())
@@ -305,6 +396,7 @@ impl GuestImage {
         } else {
             boot::load(&memory, config, Some(acpi.rsdp))?
         };
+        boot_timer::mark(timer, "ACPI tables written, kernel loaded");
         Ok(GuestImage {
             memory,
             boot,
@@ -320,6 +412,8 @@ impl GuestImage {
 struct Console {
     output: Box<dyn Write + Send>,
     input: Option<OwnedFd>,
+    /// The console socket serving output and input, when there is one.
+    socket: Option<ConsoleSocket>,
 }
 
 /// The devices on their buses, and the event-loop work that serves them.
@@ -328,6 +422,8 @@ struct WiredDevices {
     events: EventLoopBuilder,
     /// Queue notification counters of the virtio-PCI devices, by device id.
     pci_notify_stats: Vec<(String, Arc<NotifyStats>)>,
+    /// The power button and counter sources, for handles.
+    handle_devices: Arc<HandleDevices>,
 }
 
 /// Creates and configures the vCPUs (CPUID, MSRs, registers for the boot entry), in order.
@@ -377,6 +473,9 @@ pub struct Vm {
     buses: Arc<IoBuses>,
     /// Queue notification counters of the virtio-PCI devices, by device id.
     pci_notify_stats: Vec<(String, Arc<NotifyStats>)>,
+    handle_devices: Arc<HandleDevices>,
+    /// Marks the vCPU start and the boot vCPU's first exit, when set.
+    boot_timer: Option<BootTimer>,
     boot: BootLayout,
     // Declared after everything that uses them, so they are dropped last.
     vm_fd: Arc<VmFd>,
@@ -415,6 +514,7 @@ impl Vm {
     pub fn handle(&self) -> VmHandle {
         VmHandle {
             control: self.control.clone(),
+            devices: self.handle_devices.clone(),
         }
     }
 
@@ -439,12 +539,18 @@ impl Vm {
         let vcpus = std::mem::take(&mut self.pending_vcpus);
         let count = vcpus.len();
         self.control.mark_started(count);
+        let mut first_exit = self.boot_timer.take();
         for (index, fd) in vcpus.into_iter().enumerate() {
-            let buses = self.buses.clone();
-            let control = self.control.clone();
+            let run = vcpu::RunContext {
+                index: index as u32,
+                buses: self.buses.clone(),
+                control: self.control.clone(),
+                exits: self.handle_devices.counters.exits[index].clone(),
+                first_exit: if index == 0 { first_exit.clone() } else { None },
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("keel-vcpu-{index}"))
-                .spawn(move || vcpu::run(fd, index as u32, buses, control));
+                .spawn(move || vcpu::run(fd, run));
             match spawned {
                 Ok(thread) => self.threads.push(thread),
                 Err(err) => {
@@ -459,6 +565,9 @@ impl Vm {
                     return Err(Error::Io(err));
                 }
             }
+        }
+        if let Some(timer) = first_exit.take() {
+            timer.mark("vCPU threads started");
         }
         Ok(())
     }

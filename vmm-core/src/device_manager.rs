@@ -32,10 +32,12 @@ use crate::config::{parse_mac, VmConfig};
 /// First virtio-mmio window, in the 32-bit device hole below the IOAPIC.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
 /// ISA/IOAPIC lines free for virtio-mmio devices (0 timer, 1 keyboard, 2 cascade, 3-4 serial,
-/// 8 RTC are taken).
-const FREE_IRQS: [u32; 18] = [
-    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+/// 8 RTC and [`GED_IRQ`] are taken).
+const FREE_IRQS: [u32; 17] = [
+    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
 ];
+/// Interrupt line of the ACPI Generic Event Device (the power button), edge-triggered.
+pub const GED_IRQ: u32 = 23;
 
 /// Where a virtio-mmio device lives, as the guest must be told.
 #[derive(Clone, Debug, PartialEq, Eq)]

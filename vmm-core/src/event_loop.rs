@@ -30,16 +30,21 @@ struct SerialInput {
     eof: bool,
 }
 
+/// Offers `pending` input to the UART and removes what its receive FIFO took.
+pub(crate) fn deliver_serial_input(serial: &SharedSerial, pending: &mut Vec<u8>) {
+    if pending.is_empty() {
+        return;
+    }
+    let accepted = match serial.lock() {
+        Ok(mut serial) => serial.enqueue_input(pending),
+        Err(poisoned) => poisoned.into_inner().enqueue_input(pending),
+    };
+    pending.drain(..accepted);
+}
+
 impl SerialInput {
     fn deliver_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let accepted = match self.serial.lock() {
-            Ok(mut serial) => serial.enqueue_input(&self.pending),
-            Err(poisoned) => poisoned.into_inner().enqueue_input(&self.pending),
-        };
-        self.pending.drain(..accepted);
+        deliver_serial_input(&self.serial, &mut self.pending);
     }
 
     /// Reads input only while nothing is pending, so a slow guest throttles the source.
@@ -167,6 +172,16 @@ impl EventLoopBuilder {
             reading: false,
             eof: false,
         }));
+        Ok(())
+    }
+
+    /// Serves clients of `console` for the UART `serial` (see [`crate::console`]).
+    pub(crate) fn add_console(
+        &mut self,
+        console: &crate::console::ConsoleSocket,
+        serial: SharedSerial,
+    ) -> Result<(), EventLoopError> {
+        self.add_subscriber(Box::new(console.server(serial)?));
         Ok(())
     }
 

@@ -47,8 +47,11 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod boot_timer;
 pub mod builder;
 pub mod config;
+pub mod console;
+pub mod counters;
 pub mod device_manager;
 pub mod event_loop;
 pub mod layout;
@@ -58,11 +61,13 @@ pub mod state;
 pub mod vcpu;
 pub mod vm;
 
+pub use boot_timer::BootTimer;
 pub use builder::{Vm, VmBuilder};
 pub use config::{
     BootProtocol, ConfigError, MemSize, SerialConfig, SerialInput, SerialOutput, VirtioTransport,
     VmConfig, DEFAULT_CMDLINE, MAX_VCPUS,
 };
+pub use counters::{DeviceCounters, VmCounters};
 pub use state::{ExitReason, StateError, VmHandle, VmState};
 
 /// Errors from building or starting a VM.
@@ -95,6 +100,9 @@ pub enum Error {
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),
+    /// The console socket could not be created.
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
     /// The serial output file could not be opened.
     #[error("cannot open serial output file {path}: {source}")]
     SerialFile {

@@ -15,7 +15,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
+use devices::legacy::{EventFdTrigger, Ged, GED_EVENT_POWER_BUTTON};
 use log::{debug, warn};
+
+use crate::counters::{CounterSources, VmCounters};
 
 /// Why a VM stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +155,11 @@ struct Inner {
     live: usize,
     parked: usize,
     subscribers: Vec<Sender<VmState>>,
+    callbacks: Vec<StateCallback>,
 }
+
+/// A function called on every state change (see [`VmHandle::on_state_change`]).
+type StateCallback = Box<dyn Fn(&VmState) + Send>;
 
 /// The control block shared by a VM's threads and handles.
 pub(crate) struct Control {
@@ -197,9 +204,15 @@ impl Control {
                 live: 0,
                 parked: 0,
                 subscribers: Vec::new(),
+                callbacks: Vec::new(),
             }),
             changed: Condvar::new(),
         })
+    }
+
+    /// vCPUs the VM was built with.
+    pub(crate) fn vcpu_count(&self) -> usize {
+        self.lock().slots.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -218,6 +231,9 @@ impl Control {
         inner
             .subscribers
             .retain(|subscriber| subscriber.send(state.clone()).is_ok());
+        for callback in &inner.callbacks {
+            callback(&state);
+        }
     }
 
     /// Kicks every live vCPU out of the guest. Called with the lock held.
@@ -327,6 +343,12 @@ impl Control {
         self.lock().state.clone()
     }
 
+    pub(crate) fn on_state_change(&self, callback: StateCallback) {
+        let mut inner = self.lock();
+        callback(&inner.state);
+        inner.callbacks.push(callback);
+    }
+
     pub(crate) fn subscribe(&self) -> Receiver<VmState> {
         let (sender, receiver) = channel();
         let mut inner = self.lock();
@@ -427,6 +449,13 @@ impl Control {
 #[derive(Clone)]
 pub struct VmHandle {
     pub(crate) control: Arc<Control>,
+    pub(crate) devices: Arc<HandleDevices>,
+}
+
+/// What a handle reaches besides the control block: the power button and the counters.
+pub(crate) struct HandleDevices {
+    pub(crate) ged: Arc<Mutex<Ged<EventFdTrigger>>>,
+    pub(crate) counters: CounterSources,
 }
 
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
@@ -441,6 +470,49 @@ impl VmHandle {
     /// A channel that receives the current state, then every change.
     pub fn subscribe(&self) -> Receiver<VmState> {
         self.control.subscribe()
+    }
+
+    /// Calls `callback` with the current state now, then with every change, for as long as
+    /// the VM exists.
+    ///
+    /// The callback runs on the thread that changed the state (a vCPU thread, or the thread
+    /// calling [`VmHandle::pause`], ...) while the VM's control lock is held, so it must be
+    /// quick and must not call back into this VM's handle (that would deadlock): hand the state
+    /// on, e.g. through a channel or an eventfd. Changes are delivered in order.
+    pub fn on_state_change(&self, callback: impl Fn(&VmState) + Send + 'static) {
+        self.control.on_state_change(Box::new(callback));
+    }
+
+    /// Presses the VM's ACPI power button: the guest is told through the Generic Event Device
+    /// and, if its OS handles the button (Linux with systemd-logind or acpid), shuts down
+    /// cleanly; the VM then exits with [`ExitReason::Shutdown`]. Returns at once: the guest
+    /// may take its time or ignore the button (follow up with [`VmHandle::stop`] after a grace
+    /// period). Refused unless the VM is running or paused.
+    pub fn power_button(&self) -> Result<(), StateError> {
+        match self.control.state() {
+            VmState::Running | VmState::Paused => {}
+            state => {
+                return Err(StateError::InvalidTransition {
+                    action: "press the power button of",
+                    state,
+                })
+            }
+        }
+        let mut ged = self
+            .devices
+            .ged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(err) = ged.notify(GED_EVENT_POWER_BUTTON) {
+            warn!("cannot raise the power button interrupt: {err}");
+        }
+        Ok(())
+    }
+
+    /// The VM's counters now: vCPU exits by kind, serial bytes, and each virtio device's own
+    /// counters (blk operations and bytes, net frames and drops, vsock connections, ...).
+    pub fn counters(&self) -> VmCounters {
+        self.devices.counters.snapshot()
     }
 
     /// Stops every vCPU outside the guest; returns once all are parked.

@@ -1,7 +1,8 @@
 //! The ACPI tables Keel writes are found by following the RSDP the way a guest does, have valid
 //! checksums, and disassemble cleanly with ACPICA's `iasl -d` (Debian `acpica-tools`) into what
 //! Keel meant: one local APIC per vCPU, the IOAPIC, a hardware-reduced FADT with Keel's sleep and
-//! reset registers, and a DSDT with COM1, the RTC, a virtio-mmio device and `\_S5`.
+//! reset registers, and a DSDT with COM1, the RTC, a virtio-mmio device, the power button with its
+//! Generic Event Device and `\_S5`.
 //!
 //! Without `iasl` the disassembly test prints `KEEL-IASL-SKIP` and returns, unless
 //! `KEEL_REQUIRE_TOOLS=1` (set by `.ci/run`), which makes it fail.
@@ -162,6 +163,16 @@ fn iasl_disassembles_every_table_into_what_keel_meant() {
                 assert!(dsl.contains("0x03F8"), "{dsl}");
                 assert!(dsl.contains("\"LNRO0005\""), "virtio-mmio device:\n{dsl}");
                 assert!(dsl.contains("0xD0000000"), "virtio-mmio window:\n{dsl}");
+                // The power button and the Generic Event Device that signals it.
+                assert!(dsl.contains("PNP0C0C"), "power button:\n{dsl}");
+                assert!(dsl.contains("\"ACPI0013\""), "GED:\n{dsl}");
+                assert!(
+                    dsl.contains("SystemIO, 0x0610"),
+                    "GED event register:\n{dsl}"
+                );
+                assert!(dsl.contains("Method (_EVT, 1, Serialized)"), "{dsl}");
+                assert!(dsl.contains("Notify (\\_SB.PWRB, 0x80)"), "{dsl}");
+                assert!(dsl.contains("0x00000017"), "GED interrupt 23:\n{dsl}");
             }
             _ => {}
         }

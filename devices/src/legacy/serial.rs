@@ -5,6 +5,8 @@
 //! [`Serial::input_drained`] so the loop can push more (the FIFO holds 64 bytes).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use log::{debug, warn};
 use vm_superio::serial::SerialEvents;
@@ -12,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::EventFdTrigger;
 use crate::bus::BusDevice;
+use crate::counters::Counter;
 
 /// I/O port base of COM1.
 pub const COM1_PORT_BASE: u64 = 0x3f8;
@@ -20,17 +23,30 @@ pub const SERIAL_PORT_LEN: u64 = 8;
 /// ISA IRQ line of COM1.
 pub const COM1_IRQ: u32 = 4;
 
-/// Signals an eventfd when the guest empties the receive FIFO.
-struct DrainNotifier(EventFd);
+/// What the UART carried, counted lock-free (see [`Serial::counters`]).
+#[derive(Debug, Default)]
+struct SerialCounters {
+    out_bytes: AtomicU64,
+    lost_bytes: AtomicU64,
+    in_bytes: AtomicU64,
+}
+
+/// Signals an eventfd when the guest empties the receive FIFO, and counts bytes.
+struct DrainNotifier {
+    drained: EventFd,
+    counters: Arc<SerialCounters>,
+}
 
 impl SerialEvents for DrainNotifier {
     fn buffer_read(&self) {}
-    fn out_byte(&self) {}
+    fn out_byte(&self) {
+        self.counters.out_bytes.fetch_add(1, Ordering::Relaxed);
+    }
     fn tx_lost_byte(&self) {
-        debug!("serial: output writer failed, byte lost");
+        self.counters.lost_bytes.fetch_add(1, Ordering::Relaxed);
     }
     fn in_buffer_empty(&self) {
-        if let Err(err) = self.0.write(1) {
+        if let Err(err) = self.drained.write(1) {
             warn!("serial: cannot signal input drained: {err}");
         }
     }
@@ -56,6 +72,7 @@ impl SerialEvents for DrainNotifier {
 pub struct Serial<W: Write + Send> {
     uart: vm_superio::Serial<EventFdTrigger, DrainNotifier, W>,
     drained: EventFd,
+    counters: Arc<SerialCounters>,
 }
 
 impl<W: Write + Send> Serial<W> {
@@ -63,10 +80,15 @@ impl<W: Write + Send> Serial<W> {
     /// what the guest transmits.
     pub fn new(interrupt: EventFdTrigger, out: W) -> std::io::Result<Self> {
         let drained = EventFd::new(EFD_NONBLOCK)?;
-        let notifier = DrainNotifier(drained.try_clone()?);
+        let counters = Arc::new(SerialCounters::default());
+        let notifier = DrainNotifier {
+            drained: drained.try_clone()?,
+            counters: counters.clone(),
+        };
         Ok(Serial {
             uart: vm_superio::Serial::with_events(interrupt, notifier, out),
             drained,
+            counters,
         })
     }
 
@@ -77,7 +99,12 @@ impl<W: Write + Send> Serial<W> {
             return 0;
         }
         match self.uart.enqueue_raw_bytes(bytes) {
-            Ok(count) => count,
+            Ok(count) => {
+                self.counters
+                    .in_bytes
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                count
+            }
             Err(err) => {
                 warn!("serial: input not delivered: {err:?}");
                 0
@@ -98,6 +125,29 @@ impl<W: Write + Send> Serial<W> {
     /// The output writer.
     pub fn output(&self) -> &W {
         self.uart.writer()
+    }
+
+    /// Bytes the guest sent (`out_bytes`), bytes the writer refused (`lost_bytes`) and input
+    /// bytes delivered to the guest (`in_bytes`).
+    pub fn counters(&self) -> Vec<Counter> {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            Counter::count(
+                "out_bytes",
+                "bytes the guest sent",
+                get(&self.counters.out_bytes),
+            ),
+            Counter::count(
+                "lost_bytes",
+                "output bytes the writer refused",
+                get(&self.counters.lost_bytes),
+            ),
+            Counter::count(
+                "in_bytes",
+                "input bytes delivered to the guest",
+                get(&self.counters.in_bytes),
+            ),
+        ]
     }
 }
 

@@ -175,4 +175,10 @@ pub trait VirtioDevice: Send {
     /// Returns the device to its initial state (driver wrote status 0). Returns `false` when
     /// the device cannot be reset, and then needs to stay marked as needing a reset.
     fn reset(&mut self) -> bool;
+
+    /// What the device has done so far, for the VMM's counters and metrics. Devices without
+    /// counters keep the default (none).
+    fn counters(&self) -> Vec<crate::counters::Counter> {
+        Vec::new()
+    }
 }

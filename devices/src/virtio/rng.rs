@@ -17,6 +17,7 @@ use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::single_queue::SingleQueue;
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
+use crate::counters::Counter;
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -75,6 +76,9 @@ pub struct VirtioRng<E: EntropySource = HostRandom> {
     acked_features: u64,
     buffer: Vec<u8>,
     active: Option<SingleQueue>,
+    /// Requests served and bytes delivered (for [`VirtioDevice::counters`]).
+    requests: u64,
+    bytes: u64,
 }
 
 impl VirtioRng<HostRandom> {
@@ -135,6 +139,8 @@ impl<E: EntropySource> VirtioRng<E> {
             acked_features: 0,
             buffer: vec![0u8; CHUNK_LEN],
             active: None,
+            requests: 0,
+            bytes: 0,
         }
     }
 
@@ -188,6 +194,8 @@ impl<E: EntropySource> VirtioRng<E> {
                     0
                 }
             };
+            self.requests += 1;
+            self.bytes += u64::from(used_len);
             match active.queue.add_used(mem, head, used_len) {
                 Ok(()) => completed += 1,
                 Err(err) => warn!("virtio-rng: cannot return chain {head}: {err}"),
@@ -246,6 +254,13 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
         self.active = None;
         self.acked_features = 0;
         true
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        vec![
+            Counter::count("requests", "entropy requests served", self.requests),
+            Counter::count("bytes", "entropy bytes delivered", self.bytes),
+        ]
     }
 }
 

@@ -168,6 +168,9 @@ pub enum SerialOutput {
     Null,
     /// Appended to a file (created if missing).
     File(PathBuf),
+    /// Served on a Unix socket a client attaches to (input then comes from that client too;
+    /// see [`crate::console`]). Stale socket files are replaced.
+    Socket(PathBuf),
 }
 
 /// Where the guest's serial console input comes from.
@@ -389,10 +392,36 @@ impl VmConfig {
                 ));
             }
         }
-        if let SerialOutput::File(path) = &self.serial.output {
-            if path.as_os_str().is_empty() {
+        match &self.serial.output {
+            SerialOutput::File(path) if path.as_os_str().is_empty() => {
                 return Err(ConfigError::invalid("serial.output", "file path is empty"));
             }
+            SerialOutput::Socket(path) => {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(
+                        "serial.output",
+                        "socket path is empty",
+                    ));
+                }
+                // sun_path holds 108 bytes, NUL included.
+                if path.as_os_str().len() > 107 {
+                    return Err(ConfigError::invalid(
+                        "serial.output",
+                        format!(
+                            "socket path {} is {} bytes: a Unix socket path holds at most 107",
+                            path.display(),
+                            path.as_os_str().len()
+                        ),
+                    ));
+                }
+                if self.serial.input != SerialInput::None {
+                    return Err(ConfigError::invalid(
+                        "serial.input",
+                        "must be \"none\" when the output is a socket: input comes from the socket's client",
+                    ));
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, error, warn};
 
 use crate::boot::EntryState;
+use crate::boot_timer::BootTimer;
+use crate::counters::{ExitCounters, ExitKind};
 use crate::state::{Control, ExitReason};
 use crate::vm::IoBuses;
 
@@ -88,14 +90,38 @@ enum Next {
     Exit(ExitReason),
 }
 
-/// Runs vCPU `index` until the VM exits. Meant to be the body of the vCPU's thread.
-pub(crate) fn run(mut vcpu: VcpuFd, index: u32, buses: Arc<IoBuses>, control: Arc<Control>) {
+/// What a vCPU thread needs besides its vCPU.
+pub(crate) struct RunContext {
+    pub(crate) index: u32,
+    pub(crate) buses: Arc<IoBuses>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) exits: Arc<ExitCounters>,
+    /// Marked once, when the vCPU first comes back from the guest.
+    pub(crate) first_exit: Option<BootTimer>,
+}
+
+/// Runs a vCPU until the VM exits. Meant to be the body of the vCPU's thread.
+pub(crate) fn run(mut vcpu: VcpuFd, context: RunContext) {
+    let RunContext {
+        index,
+        buses,
+        control,
+        exits,
+        mut first_exit,
+    } = context;
     let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     control.register_vcpu(index as usize, immediate_exit);
     while control.before_run(immediate_exit) {
-        let next = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, index, &buses),
-            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => Next::Continue,
+        let result = vcpu.run();
+        if let Some(timer) = first_exit.take() {
+            timer.mark("first exit from the guest (boot vCPU)");
+        }
+        let next = match result {
+            Ok(exit) => handle_exit(exit, index, &buses, &exits),
+            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => {
+                exits.record(ExitKind::Interrupted);
+                Next::Continue
+            }
             Err(err) => Next::Exit(ExitReason::Failed {
                 vcpu: Some(index),
                 detail: format!("KVM_RUN failed: {err}"),
@@ -120,7 +146,16 @@ pub(crate) fn run(mut vcpu: VcpuFd, index: u32, buses: Arc<IoBuses>, control: Ar
     drop(vcpu);
 }
 
-fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &IoBuses) -> Next {
+fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &IoBuses, exits: &ExitCounters) -> Next {
+    exits.record(match &exit {
+        VcpuExit::IoIn(..) => ExitKind::IoIn,
+        VcpuExit::IoOut(..) => ExitKind::IoOut,
+        VcpuExit::MmioRead(..) => ExitKind::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
+        VcpuExit::Hlt => ExitKind::Hlt,
+        VcpuExit::Intr => ExitKind::Interrupted,
+        _ => ExitKind::Other,
+    });
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !buses.pio.read(u64::from(port), data) {

@@ -31,6 +31,7 @@ use super::{
     ActivateError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::counters::Counter;
 use request::{
     ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
@@ -171,6 +172,92 @@ pub struct VirtioBlock<D: DiskBackend = RawFile> {
     queue_sizes: [u16; 1],
     buffer: Vec<u8>,
     active: Option<SingleQueue>,
+    metrics: BlockMetrics,
+}
+
+/// Counters of what a block device did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockMetrics {
+    /// Read requests completed successfully.
+    pub read_ops: u64,
+    /// Bytes read into the guest.
+    pub read_bytes: u64,
+    /// Write requests completed successfully.
+    pub write_ops: u64,
+    /// Bytes written to the disk.
+    pub write_bytes: u64,
+    /// Flush requests completed successfully.
+    pub flushes: u64,
+    /// Discard and write-zeroes requests completed successfully.
+    pub discards: u64,
+    /// Requests that failed with an I/O error (including writes to a read-only disk).
+    pub io_errors: u64,
+    /// Requests the device or its backend does not support.
+    pub unsupported: u64,
+    /// Requests refused as malformed before any I/O (bad chain, range or length).
+    pub malformed: u64,
+}
+
+impl BlockMetrics {
+    /// The metrics as named counters (see [`crate::counters`]).
+    pub fn counters(&self) -> Vec<Counter> {
+        vec![
+            Counter::count("read_ops", "read requests completed", self.read_ops),
+            Counter::count("read_bytes", "bytes read by the guest", self.read_bytes),
+            Counter::count("write_ops", "write requests completed", self.write_ops),
+            Counter::count(
+                "write_bytes",
+                "bytes written by the guest",
+                self.write_bytes,
+            ),
+            Counter::count("flushes", "flush requests completed", self.flushes),
+            Counter::count(
+                "discards",
+                "discard and write-zeroes requests completed",
+                self.discards,
+            ),
+            Counter::count(
+                "io_errors",
+                "requests failed with an I/O error",
+                self.io_errors,
+            ),
+            Counter::count(
+                "unsupported",
+                "requests of a kind the device does not support",
+                self.unsupported,
+            ),
+            Counter::count("malformed", "requests refused as malformed", self.malformed),
+        ]
+    }
+
+    /// Counts a request that reached the disk (or was refused there) with `status`.
+    fn record(&mut self, kind: &RequestKind, status: u8) {
+        match status {
+            VIRTIO_BLK_S_OK => {}
+            VIRTIO_BLK_S_UNSUPP => {
+                self.unsupported += 1;
+                return;
+            }
+            _ => {
+                self.io_errors += 1;
+                return;
+            }
+        }
+        let bytes = |segments: &[Segment]| segments.iter().map(|s| u64::from(s.len)).sum::<u64>();
+        match kind {
+            RequestKind::In { segments, .. } => {
+                self.read_ops += 1;
+                self.read_bytes += bytes(segments);
+            }
+            RequestKind::Out { segments, .. } => {
+                self.write_ops += 1;
+                self.write_bytes += bytes(segments);
+            }
+            RequestKind::Flush => self.flushes += 1,
+            RequestKind::Discard(_) | RequestKind::WriteZeroes(_) => self.discards += 1,
+            RequestKind::GetId { .. } => {}
+        }
+    }
 }
 
 impl VirtioBlock<RawFile> {
@@ -290,6 +377,7 @@ impl<D: DiskBackend> VirtioBlock<D> {
             queue_sizes: [QUEUE_SIZE],
             buffer: vec![0u8; TRANSFER_CHUNK_LEN],
             active: None,
+            metrics: BlockMetrics::default(),
         })
     }
 
@@ -306,6 +394,11 @@ impl<D: DiskBackend> VirtioBlock<D> {
     /// The disk backend.
     pub fn disk(&self) -> &D {
         &self.disk
+    }
+
+    /// What the device has done so far.
+    pub fn metrics(&self) -> &BlockMetrics {
+        &self.metrics
     }
 
     /// Processes every available request; returns how many chains went back to the driver.
@@ -327,16 +420,21 @@ impl<D: DiskBackend> VirtioBlock<D> {
                 popped += 1;
                 let head = chain.head_index();
                 let used_len = match Request::parse(chain, mem, &self.limits) {
-                    Ok(request) => execute(
-                        &mut self.disk,
-                        &mut self.buffer,
-                        mem,
-                        &self.id,
-                        self.read_only,
-                        &request,
-                    ),
+                    Ok(request) => {
+                        let (used_len, status) = execute(
+                            &mut self.disk,
+                            &mut self.buffer,
+                            mem,
+                            &self.id,
+                            self.read_only,
+                            &request,
+                        );
+                        self.metrics.record(&request.kind, status);
+                        used_len
+                    }
                     Err(rejected) => {
                         debug!("virtio-blk: request {head} rejected: {}", rejected.error);
+                        self.metrics.malformed += 1;
                         match rejected.status {
                             Some(status) => complete(mem, status, rejected.error.status(), 0),
                             None => 0,
@@ -379,7 +477,7 @@ fn complete(mem: &GuestMemoryMmap, status_addr: GuestAddress, status: u8, writte
     }
 }
 
-/// Performs a parsed request; returns the used length for the chain.
+/// Performs a parsed request; returns the used length for the chain and the status given.
 fn execute<D: DiskBackend>(
     disk: &mut D,
     buffer: &mut [u8],
@@ -387,14 +485,17 @@ fn execute<D: DiskBackend>(
     id: &[u8; ID_BYTES],
     read_only: bool,
     request: &Request,
-) -> u32 {
+) -> (u32, u8) {
     let writes_disk = matches!(
         request.kind,
         RequestKind::Out { .. } | RequestKind::Discard(_) | RequestKind::WriteZeroes(_)
     );
     if read_only && writes_disk {
         debug!("virtio-blk: write request on a read-only disk");
-        return complete(mem, request.status, VIRTIO_BLK_S_IOERR, 0);
+        return (
+            complete(mem, request.status, VIRTIO_BLK_S_IOERR, 0),
+            VIRTIO_BLK_S_IOERR,
+        );
     }
     let mut written = 0u32;
     let result = match &request.kind {
@@ -424,7 +525,7 @@ fn execute<D: DiskBackend>(
             VIRTIO_BLK_S_IOERR
         }
     };
-    complete(mem, request.status, status, written)
+    (complete(mem, request.status, status, written), status)
 }
 
 /// IN: disk → guest, chunk by chunk; `written` counts bytes that reached guest buffers.
@@ -554,6 +655,10 @@ impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
         self.active = None;
         self.acked_features = 0;
         true
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        self.metrics.counters()
     }
 }
 

@@ -10,6 +10,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::counters::Counter;
+
 use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
 use super::chain::{pop_or_enable_notification, ChainBuffers, Direction};
 use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
@@ -67,6 +69,62 @@ pub enum NetError {
         /// What failed.
         source: io::Error,
     },
+}
+
+impl NetMetrics {
+    /// The metrics as named counters (see [`crate::counters`]).
+    pub fn counters(&self) -> Vec<Counter> {
+        vec![
+            Counter::count("tx_frames", "frames sent by the guest", self.tx_frames),
+            Counter::count(
+                "tx_bytes",
+                "bytes sent by the guest, headers included",
+                self.tx_bytes,
+            ),
+            Counter::count(
+                "tx_malformed",
+                "transmit chains dropped as malformed",
+                self.tx_malformed,
+            ),
+            Counter::count(
+                "tx_backend_errors",
+                "transmit frames the backend refused",
+                self.tx_backend_errors,
+            ),
+            Counter::count("rx_frames", "frames delivered to the guest", self.rx_frames),
+            Counter::count(
+                "rx_bytes",
+                "bytes delivered to the guest, headers included",
+                self.rx_bytes,
+            ),
+            Counter::count(
+                "rx_dropped",
+                "received frames dropped (too large for the guest's buffers)",
+                self.rx_dropped,
+            ),
+            Counter::count(
+                "rx_malformed_chains",
+                "receive chains returned unused as malformed",
+                self.rx_malformed_chains,
+            ),
+            Counter::count(
+                "rx_stalls",
+                "times receiving stopped for lack of guest buffers",
+                self.rx_stalls,
+            ),
+            Counter::count(
+                "rx_backend_errors",
+                "backend read errors",
+                self.rx_backend_errors,
+            ),
+            Counter::count("ctrl_ok", "control requests carried out", self.ctrl_ok),
+            Counter::count(
+                "ctrl_rejected",
+                "control requests rejected",
+                self.ctrl_rejected,
+            ),
+        ]
+    }
 }
 
 /// Counters of what the device did; every dropped frame or chain is counted once.
@@ -859,6 +917,10 @@ impl VirtioDevice for Net {
             warn!("net `{}`: cannot clear offloads on reset: {err}", self.id);
         }
         true
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        self.metrics.counters()
     }
 }
 

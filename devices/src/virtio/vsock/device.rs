@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::{validate_tx, HDR_LEN, MAX_PAYLOAD};
+use crate::counters::Counter;
 use crate::virtio::net::chain::{pop_or_enable_notification, ChainBuffers, Direction};
 use crate::virtio::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -53,6 +54,10 @@ pub struct VsockMetrics {
     pub rx_packets: u64,
     /// Receive chains returned unused because they were malformed.
     pub rx_malformed_chains: u64,
+    /// Payload bytes from the guest handed to the muxer.
+    pub tx_bytes: u64,
+    /// Payload bytes delivered to the guest.
+    pub rx_bytes: u64,
 }
 
 struct Active {
@@ -165,6 +170,7 @@ impl Vsock {
                                 let data = &packet[HDR_LEN..HDR_LEN + header.len as usize];
                                 self.muxer.send_pkt(&header, data);
                                 self.metrics.tx_packets += 1;
+                                self.metrics.tx_bytes += u64::from(header.len);
                             }
                             Err(err) => {
                                 debug!("vsock `{id}`: tx packet dropped: {err}");
@@ -260,6 +266,7 @@ impl Vsock {
                 warn!("vsock `{id}`: rx queue: {err}");
             }
             self.metrics.rx_packets += 1;
+            self.metrics.rx_bytes += u64::from(header.len);
             completed = true;
         }
         if completed && active.rx.needs_notification(&active.mem).unwrap_or(true) {
@@ -334,6 +341,40 @@ impl VirtioDevice for Vsock {
         self.acked_features = 0;
         self.muxer.reset();
         true
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        let m = &self.metrics;
+        vec![
+            Counter::count("tx_packets", "packets from the guest", m.tx_packets),
+            Counter::count("tx_bytes", "payload bytes from the guest", m.tx_bytes),
+            Counter::count(
+                "tx_malformed",
+                "guest packets dropped as malformed",
+                m.tx_malformed,
+            ),
+            Counter::count("rx_packets", "packets delivered to the guest", m.rx_packets),
+            Counter::count(
+                "rx_bytes",
+                "payload bytes delivered to the guest",
+                m.rx_bytes,
+            ),
+            Counter::count(
+                "rx_malformed_chains",
+                "receive chains returned unused as malformed",
+                m.rx_malformed_chains,
+            ),
+            Counter::count(
+                "connections_opened",
+                "connections established, either direction",
+                self.muxer.connections_opened(),
+            ),
+            Counter::gauge(
+                "connections",
+                "connections open now",
+                self.muxer.connection_count() as u64,
+            ),
+        ]
     }
 }
 

@@ -77,6 +77,8 @@ pub struct VsockMuxer {
     /// Resets owed to the guest for packets to unknown connections: (host port, guest port).
     resets: VecDeque<ConnKey>,
     next_local_port: u32,
+    /// Connections established so far, in either direction.
+    opened: u64,
 }
 
 impl VsockMuxer {
@@ -108,6 +110,7 @@ impl VsockMuxer {
             rx_ready_set: HashSet::new(),
             resets: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            opened: 0,
         })
     }
 
@@ -119,6 +122,11 @@ impl VsockMuxer {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Connections established so far (host- and guest-initiated).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened
     }
 
     /// Drops every connection and handshake (device reset). The listener stays.
@@ -269,6 +277,7 @@ impl VsockMuxer {
     fn insert(&mut self, key: ConnKey, conn: Connection<UnixStream>) {
         self.by_fd.insert(conn.stream().as_raw_fd(), key);
         self.conns.insert(key, conn);
+        self.opened += 1;
         self.after_change(key);
     }
 
