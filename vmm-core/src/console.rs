@@ -173,8 +173,10 @@ impl ConsoleSocket {
     }
 }
 
-/// Replaces a socket nobody listens on; refuses anything else.
-fn remove_stale_socket(path: &Path) -> Result<(), ConsoleError> {
+/// Prepares `path` for a new listening socket: nothing there is fine, a socket file nobody
+/// listens on any more (left by a program that died) is removed, and anything else (a live
+/// listener, a regular file) is refused. For any Unix socket a VMM serves (API, console).
+pub fn remove_stale_socket(path: &Path) -> Result<(), ConsoleError> {
     let Ok(metadata) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };

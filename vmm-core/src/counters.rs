@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use devices::counters::Counter;
+pub use devices::counters::{Counter, CounterKind};
 use devices::virtio::{SharedVirtioDevice, TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};

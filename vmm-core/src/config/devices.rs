@@ -20,12 +20,14 @@ pub const MAX_IFNAME_LEN: usize = 15;
 pub const MAX_UDS_PATH_LEN: usize = 107;
 
 /// A disk backed by a raw image file.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// Unique device id (also the disk's serial, truncated to 20 bytes).
     pub id: String,
     /// Raw image; its size must be a multiple of 512 bytes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub path: PathBuf,
     /// Expose the disk read-only (writes fail with an I/O error in the guest).
     #[serde(default)]
@@ -36,6 +38,7 @@ pub struct DiskConfig {
 }
 
 /// A network card backed by a TAP device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
@@ -58,6 +61,7 @@ pub struct NetConfig {
 }
 
 /// A vsock device whose host side is a Unix socket (Firecracker's model).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
@@ -67,6 +71,7 @@ pub struct VsockConfig {
     /// The guest's context ID: 3 or more (0-2 are reserved), below 2^32 - 1.
     pub guest_cid: u64,
     /// Unix socket the host connects to; guest connections to port P go to `<uds_path>_<P>`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub uds_path: PathBuf,
 }
 
@@ -75,6 +80,7 @@ fn default_vsock_id() -> String {
 }
 
 /// An entropy device fed by the host's getrandom.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RngConfig {

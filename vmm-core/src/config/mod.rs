@@ -52,6 +52,33 @@ impl MemSize {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MemSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .description(Some("MiB")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*[0-9]+\s*([bBkKmMgGtT]([iI]?[bB])?)?\s*$"))
+                    .description(Some("a size with a unit: 512K, 128M, 2G, 4096B")),
+            )
+            .description(Some(
+                "A size: an integer number of MiB, or a string with a unit (B, K, M, G, T)",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MemSize {}
+
 impl fmt::Display for MemSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = self.0;
@@ -133,6 +160,7 @@ impl From<MemSize> for SizeRepr {
 }
 
 /// Which entry protocol to boot the kernel through.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BootProtocol {
@@ -146,6 +174,7 @@ pub enum BootProtocol {
 }
 
 /// How virtio devices are attached to the guest.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VirtioTransport {
@@ -158,6 +187,7 @@ pub enum VirtioTransport {
 }
 
 /// Where the guest's serial console output goes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SerialOutput {
@@ -167,13 +197,16 @@ pub enum SerialOutput {
     /// Discarded.
     Null,
     /// Appended to a file (created if missing).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     File(PathBuf),
     /// Served on a Unix socket a client attaches to (input then comes from that client too;
     /// see [`crate::console`]). Stale socket files are replaced.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     Socket(PathBuf),
 }
 
 /// Where the guest's serial console input comes from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SerialInput {
@@ -185,6 +218,7 @@ pub enum SerialInput {
 }
 
 /// The serial console (COM1) configuration.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
@@ -207,6 +241,7 @@ pub struct SerialConfig {
 /// assert_eq!(config.memory, MemSize::mib(256));
 /// assert_eq!(config.cmdline, vmm_core::DEFAULT_CMDLINE);
 /// ```
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -217,9 +252,11 @@ pub struct VmConfig {
     #[serde(default = "default_memory")]
     pub memory: MemSize,
     /// Kernel image: an ELF (vmlinux, or any PVH/Linux-64 ELF) or a bzImage.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kernel: PathBuf,
     /// Optional initial ramdisk.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
     #[serde(default = "default_cmdline")]

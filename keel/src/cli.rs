@@ -1,0 +1,533 @@
+//! The `keel` command line: the VMM's flags (Cloud Hypervisor's shape) turned into a
+//! [`VmConfig`], and the `remote` and `openapi` subcommands.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
+use vmm_core::{BootProtocol, MemSize, SerialInput, SerialOutput, VirtioTransport, VmConfig};
+
+use crate::options::{OptionError, OptionList};
+
+/// `keel`: run one VM, driven by flags, a config file or the REST API.
+#[derive(Parser, Debug)]
+#[command(
+    name = "keel",
+    version,
+    about = "Run one VM on KVM: from flags, a config file (JSON or YAML) or a REST API on a Unix socket",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A client subcommand instead of running a VM.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The VMM's flags.
+    #[command(flatten)]
+    pub vmm: VmmArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Talk to a running keel over its API socket (like Cloud Hypervisor's ch-remote).
+    Remote(RemoteArgs),
+    /// Print the API's OpenAPI 3 document (JSON).
+    Openapi,
+}
+
+/// `keel remote`.
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// The keel process's API socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: RemoteAction,
+}
+
+/// `keel remote` actions.
+#[derive(Subcommand, Debug)]
+pub enum RemoteAction {
+    /// The VMM's version, pid and the VM's state.
+    Ping,
+    /// Set the VM's config from a JSON or YAML file (built, not started).
+    Create {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Start the VM.
+    Boot,
+    /// Pause the VM.
+    Pause,
+    /// Resume the VM.
+    Resume,
+    /// Stop the VM now.
+    Shutdown,
+    /// Press the ACPI power button (the guest shuts down if its OS handles it).
+    PowerButton,
+    /// Reset the VM.
+    Reboot,
+    /// Stop and forget the VM.
+    Delete,
+    /// The VM's config, state and exit reason (JSON).
+    Info,
+    /// The VM's counters (JSON).
+    Counters,
+    /// The VM's counters in Prometheus text.
+    Metrics,
+    /// Stop the VM and end the keel process.
+    ShutdownVmm,
+    /// Attach to the serial console (detach with Ctrl-]).
+    Console {
+        /// The console socket; default: the one `info` reports.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+}
+
+/// What happens when the guest resets itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnReset {
+    /// The process exits (as Firecracker does; status 0).
+    #[default]
+    Exit,
+    /// A fresh VM boots from the same config (as Cloud Hypervisor does).
+    Reboot,
+}
+
+/// Log levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle events.
+    Info,
+    /// Details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` filter.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The VMM's flags.
+#[derive(Args, Debug)]
+pub struct VmmArgs {
+    /// Serve the REST API on this Unix socket. Without --kernel or --config the VMM waits
+    /// for `vm.create` there.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// A VM config file: JSON, or YAML (by a .yaml/.yml extension), the serialized VmConfig.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "vsock", "rng", "transport", "boot_protocol"])]
+    pub config: Option<PathBuf>,
+    /// Kernel: an ELF (vmlinux, PVH) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (default: `console=ttyS0 reboot=k panic=1`).
+    #[arg(long, value_name = "TEXT")]
+    pub cmdline: Option<String>,
+    /// vCPUs: `boot=N` (or just N). Default 1.
+    #[arg(long, value_name = "boot=N")]
+    pub cpus: Option<String>,
+    /// Guest memory: `size=SIZE` (or just SIZE: 512M, 2G). Default 128M.
+    #[arg(long, value_name = "size=SIZE")]
+    pub memory: Option<String>,
+    /// A virtio-blk disk on a raw image (repeatable).
+    #[arg(long, value_name = "path=PATH[,readonly=on][,direct=on][,id=ID]")]
+    pub disk: Vec<String>,
+    /// A virtio-net card on a TAP device, by name or inherited descriptor (repeatable).
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC][,id=ID]")]
+    pub net: Vec<String>,
+    /// A vsock device; the host side is the Unix socket (Firecracker's model).
+    #[arg(long, value_name = "cid=N,socket=PATH[,id=ID]")]
+    pub vsock: Option<String>,
+    /// A virtio-rng device (optionally `id=ID`).
+    #[arg(long, value_name = "id=ID", num_args = 0..=1, default_missing_value = "")]
+    pub rng: Option<String>,
+    /// The serial console (COM1): `tty` (stdout, and stdin when it is a terminal; the
+    /// default), `file=PATH`, `socket=PATH` (clients attach with `keel remote console`),
+    /// `null` or `off`.
+    #[arg(long, value_name = "tty|file=PATH|socket=PATH|null|off")]
+    pub serial: Option<String>,
+    /// Virtio transport.
+    #[arg(long, value_enum)]
+    pub transport: Option<Transport>,
+    /// Kernel entry protocol.
+    #[arg(long, value_enum)]
+    pub boot_protocol: Option<Protocol>,
+    /// What a guest reset does.
+    #[arg(long, value_enum, default_value_t = OnReset::Exit)]
+    pub on_reset: OnReset,
+    /// Keep the process (and its API) up after the guest exits, until `vmm.shutdown`.
+    #[arg(long, requires = "api_socket")]
+    pub keep_alive: bool,
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Warn)]
+    pub log_level: LogLevel,
+    /// Append logs to this file instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Print when each start-up stage ended, from process start to the guest's first exit.
+    #[arg(long)]
+    pub boot_timer: bool,
+}
+
+/// `--transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// virtio-pci (MSI-X).
+    Pci,
+    /// virtio-mmio (described in ACPI).
+    Mmio,
+}
+
+/// `--boot-protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// PVH when the ELF has the note, else Linux 64-bit.
+    Auto,
+    /// PVH.
+    Pvh,
+    /// Linux 64-bit boot protocol.
+    Linux64,
+}
+
+/// A problem with the flags or the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag's option list is wrong.
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    /// The config file cannot be read.
+    #[error("--config {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The config file does not parse.
+    #[error("--config {path}: {message}")]
+    ParseConfig {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line and column included).
+        message: String,
+    },
+}
+
+/// The VM config the flags describe, or `None` when they describe none (API-only start).
+pub fn vm_config(args: &VmmArgs) -> Result<Option<VmConfig>, CliError> {
+    let mut config = match (&args.config, &args.kernel) {
+        (Some(path), _) => read_config_file(path)?,
+        (None, Some(kernel)) => {
+            let mut config = VmConfig::new(kernel);
+            config.initrd = args.initrd.clone();
+            if let Some(cmdline) = &args.cmdline {
+                config.cmdline = cmdline.clone();
+            }
+            apply_machine_flags(args, &mut config)?;
+            config
+        }
+        (None, None) => {
+            // Flags that need a kernel are refused rather than ignored.
+            for (given, flag) in [
+                (args.initrd.is_some(), "--initrd"),
+                (args.cmdline.is_some(), "--cmdline"),
+                (args.cpus.is_some(), "--cpus"),
+                (args.memory.is_some(), "--memory"),
+                (!args.disk.is_empty(), "--disk"),
+                (!args.net.is_empty(), "--net"),
+                (args.vsock.is_some(), "--vsock"),
+                (args.rng.is_some(), "--rng"),
+            ] {
+                if given {
+                    return Err(OptionError {
+                        flag,
+                        message: "describes a VM, but there is no --kernel (or --config)".into(),
+                    }
+                    .into());
+                }
+            }
+            return Ok(None);
+        }
+    };
+    if let Some(serial) = &args.serial {
+        let (output, input) = parse_serial(serial)?;
+        config.serial.output = output;
+        config.serial.input = input;
+    } else if args.config.is_none() {
+        config.serial.input = default_tty_input();
+    }
+    Ok(Some(config))
+}
+
+/// Reads a serialized [`VmConfig`]: YAML for `.yaml`/`.yml`, JSON otherwise.
+pub fn read_config_file(path: &Path) -> Result<VmConfig, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let yaml = matches!(
+        path.extension().and_then(|ext| ext.to_str()),
+        Some("yaml" | "yml")
+    );
+    let parsed = if yaml {
+        serde_saphyr::from_str(&text).map_err(|err| err.to_string())
+    } else {
+        serde_json::from_str(&text).map_err(|err| err.to_string())
+    };
+    parsed.map_err(|message| CliError::ParseConfig {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+fn apply_machine_flags(args: &VmmArgs, config: &mut VmConfig) -> Result<(), CliError> {
+    if let Some(cpus) = &args.cpus {
+        let mut list = OptionList::parse("--cpus", cpus, &["boot"], Some("boot"))?;
+        config.vcpus = list.parsed("boot", "a number of vCPUs")?.unwrap_or(1);
+    }
+    if let Some(memory) = &args.memory {
+        let mut list = OptionList::parse("--memory", memory, &["size"], Some("size"))?;
+        if let Some(size) = list.take("size")? {
+            // MemSize's own messages quote the value and say what is wrong.
+            config.memory = size.parse().map_err(|message| OptionError {
+                flag: "--memory",
+                message: format!("key `size`: {message}"),
+            })?;
+        }
+    }
+    for (index, spec) in args.disk.iter().enumerate() {
+        config.disks.push(parse_disk(index, spec)?);
+    }
+    for (index, spec) in args.net.iter().enumerate() {
+        config.nets.push(parse_net(index, spec)?);
+    }
+    if let Some(spec) = &args.vsock {
+        config.vsock = Some(parse_vsock(spec)?);
+    }
+    if let Some(spec) = &args.rng {
+        let mut id = "rng0".to_string();
+        if !spec.is_empty() {
+            let mut list = OptionList::parse("--rng", spec, &["id"], None)?;
+            if let Some(given) = list.take("id")? {
+                id = given;
+            }
+        }
+        config.rng = Some(RngConfig { id });
+    }
+    if let Some(transport) = args.transport {
+        config.virtio_transport = match transport {
+            Transport::Pci => VirtioTransport::Pci,
+            Transport::Mmio => VirtioTransport::Mmio,
+        };
+    }
+    if let Some(protocol) = args.boot_protocol {
+        config.boot_protocol = match protocol {
+            Protocol::Auto => BootProtocol::Auto,
+            Protocol::Pvh => BootProtocol::Pvh,
+            Protocol::Linux64 => BootProtocol::Linux64,
+        };
+    }
+    Ok(())
+}
+
+fn parse_disk(index: usize, spec: &str) -> Result<DiskConfig, OptionError> {
+    let mut list = OptionList::parse(
+        "--disk",
+        spec,
+        &["path", "readonly", "direct", "id"],
+        Some("path"),
+    )?;
+    Ok(DiskConfig {
+        path: list.require("path")?.into(),
+        read_only: list.flag_value("readonly", false)?,
+        direct: list.flag_value("direct", false)?,
+        id: list.take("id")?.unwrap_or_else(|| format!("disk{index}")),
+    })
+}
+
+fn parse_net(index: usize, spec: &str) -> Result<NetConfig, OptionError> {
+    let mut list = OptionList::parse("--net", spec, &["tap", "fd", "mac", "id"], Some("tap"))?;
+    let tap = list.take("tap")?;
+    let tap_fd = list.parsed::<i32>("fd", "a descriptor number")?;
+    let (tap, tap_fd) = match (tap, tap_fd) {
+        (Some(tap), None) => (tap, None),
+        (None, Some(fd)) => (String::new(), Some(fd)),
+        (Some(_), Some(_)) => {
+            return Err(OptionError {
+                flag: "--net",
+                message: "give `tap` or `fd`, not both".into(),
+            })
+        }
+        (None, None) => {
+            return Err(OptionError {
+                flag: "--net",
+                message: "key `tap` (a TAP name) or `fd` (an inherited TAP descriptor) is required"
+                    .into(),
+            })
+        }
+    };
+    Ok(NetConfig {
+        id: list.take("id")?.unwrap_or_else(|| format!("net{index}")),
+        tap,
+        tap_fd,
+        mac: list.take("mac")?,
+    })
+}
+
+fn parse_vsock(spec: &str) -> Result<VsockConfig, OptionError> {
+    let mut list = OptionList::parse("--vsock", spec, &["cid", "socket", "id"], None)?;
+    Ok(VsockConfig {
+        guest_cid: list
+            .parsed("cid", "a context id")?
+            .ok_or_else(|| OptionError {
+                flag: "--vsock",
+                message: "key `cid` is required".into(),
+            })?,
+        uds_path: list.require("socket")?.into(),
+        id: list.take("id")?.unwrap_or_else(|| "vsock0".into()),
+    })
+}
+
+/// Standard input for the console when it is a terminal (an interactive user), else none.
+fn default_tty_input() -> SerialInput {
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(libc::STDIN_FILENO) } == 1 {
+        SerialInput::Stdin
+    } else {
+        SerialInput::None
+    }
+}
+
+fn parse_serial(spec: &str) -> Result<(SerialOutput, SerialInput), OptionError> {
+    match spec {
+        "tty" => return Ok((SerialOutput::Stdout, default_tty_input())),
+        "null" | "off" => return Ok((SerialOutput::Null, SerialInput::None)),
+        _ => {}
+    }
+    let mut list = OptionList::parse("--serial", spec, &["file", "socket"], None)?;
+    match (list.take("file")?, list.take("socket")?) {
+        (Some(file), None) => Ok((SerialOutput::File(file.into()), SerialInput::None)),
+        (None, Some(socket)) => Ok((SerialOutput::Socket(socket.into()), SerialInput::None)),
+        _ => Err(OptionError {
+            flag: "--serial",
+            message: "give one of tty, null, off, file=PATH or socket=PATH".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<VmConfig>, CliError> {
+        let cli = Cli::try_parse_from(std::iter::once("keel").chain(args.iter().copied()))
+            .map_err(|err| OptionError {
+                flag: "clap",
+                message: err.to_string(),
+            })?;
+        vm_config(&cli.vmm)
+    }
+
+    #[test]
+    fn cloud_hypervisor_style_flags_build_the_config() {
+        let config = parse(&[
+            "--kernel",
+            "/k",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=512M",
+            "--disk",
+            "path=/a.img,readonly=on,id=root",
+            "--disk",
+            "/b.img",
+            "--net",
+            "tap=tap0,mac=52:54:00:00:00:01",
+            "--vsock",
+            "cid=3,socket=/tmp/v.sock",
+            "--rng",
+            "--serial",
+            "socket=/tmp/c.sock",
+            "--transport",
+            "mmio",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.vcpus, 2);
+        assert_eq!(config.memory, MemSize::mib(512));
+        assert_eq!(config.disks[0].id, "root");
+        assert!(config.disks[0].read_only);
+        assert_eq!(config.disks[1].id, "disk1");
+        assert_eq!(config.disks[1].path, PathBuf::from("/b.img"));
+        assert_eq!(config.nets[0].tap, "tap0");
+        assert_eq!(config.vsock.as_ref().unwrap().guest_cid, 3);
+        assert_eq!(config.rng.as_ref().unwrap().id, "rng0");
+        assert_eq!(
+            config.serial.output,
+            SerialOutput::Socket("/tmp/c.sock".into())
+        );
+        assert_eq!(config.virtio_transport, VirtioTransport::Mmio);
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag_and_key() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert_eq!(
+            err(&["--kernel", "/k", "--disk", "path=/a,size=1"]),
+            "--disk: unknown key `size` (known keys: path, readonly, direct, id)"
+        );
+        assert_eq!(
+            err(&["--kernel", "/k", "--memory", "size=lots"]),
+            "--memory: key `size`: `lots` has an unknown unit (use B, K, M, G or T)"
+        );
+        assert!(err(&["--kernel", "/k", "--net", "mac=52:54:00:00:00:01"]).contains("key `tap`"));
+        assert!(err(&["--kernel", "/k", "--vsock", "socket=/s"]).contains("key `cid` is required"));
+        assert_eq!(
+            err(&["--kernel", "/k", "--serial", "pipe"]),
+            "--serial: `pipe` is not key=value (known keys: file, socket)"
+        );
+        assert!(err(&["--cpus", "2"]).contains("--cpus: describes a VM, but there is no --kernel"));
+        assert!(err(&["--config", "/c.json", "--cpus", "2"]).contains("cannot be used with"));
+    }
+
+    #[test]
+    fn config_files_parse_as_json_or_yaml_with_errors_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("keel-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = dir.join("vm.yaml");
+        std::fs::write(&yaml, "kernel: /k\nvcpus: 3\nmemory: 1G\n").unwrap();
+        let config = read_config_file(&yaml).unwrap();
+        assert_eq!((config.vcpus, config.memory), (3, MemSize::mib(1024)));
+        let json = dir.join("vm.json");
+        std::fs::write(&json, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
+        let err = read_config_file(&json).unwrap_err().to_string();
+        assert!(err.contains("vm.json"), "{err}");
+        assert!(err.contains("unknown field `vcpu`"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn no_kernel_and_no_config_means_no_vm_yet() {
+        assert!(parse(&["--api-socket", "/tmp/api"]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,486 @@
+//! The VMM controller: owns the one VM of the process and carries out every request on it,
+//! from the API thread, from the VM's own state changes and from signals, one at a time on
+//! the main thread.
+//!
+//! Lifecycle as the API sees it: not created → (`vm.create`) created → (`vm.boot`) running ⇄
+//! paused → exited. A guest-initiated exit (power off, reset, crash) ends the process, as in
+//! Firecracker and Cloud Hypervisor, unless `--keep-alive` or `--on-reset reboot` says
+//! otherwise; an exit the manager asked for (`vm.shutdown`, `vm.delete`) leaves the VMM up for
+//! its next request.
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use log::{error, info, warn};
+use tokio::sync::oneshot;
+use vmm_core::console::ConsoleSocket;
+use vmm_core::{
+    BootTimer, Error as VmError, ExitReason, SerialOutput, StateError, Vm, VmBuilder, VmConfig,
+    VmState,
+};
+
+use crate::api::{ApiError, ApiVmState, Endpoint, ExitInfo, VmInfo, VmmPing};
+use crate::cli::OnReset;
+
+/// How long `vm.shutdown` and friends wait for the vCPUs to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a request returns.
+#[derive(Debug)]
+pub enum Answer {
+    /// Done, nothing to return.
+    Empty,
+    /// `vmm.ping`.
+    Ping(VmmPing),
+    /// `vm.info`.
+    Info(Box<VmInfo>),
+    /// `vm.counters`.
+    Counters(vmm_core::VmCounters),
+    /// `metrics`.
+    Metrics(String),
+}
+
+/// A failed request: its HTTP status and the error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// 4xx for the caller's mistakes, 500 for the VMM's.
+    pub status: u16,
+    /// The body.
+    pub error: ApiError,
+}
+
+impl Failure {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            error: ApiError {
+                error: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    fn conflict(endpoint: Endpoint, state: ApiVmState, why: &str) -> Self {
+        Failure::new(
+            409,
+            format!("{}: the VM is {state}: {why}", endpoint.name()),
+        )
+    }
+}
+
+/// Maps a build error to the caller's mistake (400, naming the field) or the VMM's (500).
+fn build_failure(err: VmError) -> Failure {
+    let (status, field) = match &err {
+        VmError::Config(config) => (400, Some(config.field.to_string())),
+        VmError::Load(_) | VmError::Device(_) | VmError::SerialFile { .. } | VmError::Console(_) => {
+            (400, None)
+        }
+        _ => (500, None),
+    };
+    Failure {
+        status,
+        error: ApiError {
+            error: err.to_string(),
+            field,
+        },
+    }
+}
+
+/// A request from the API thread, with where to send the answer.
+pub struct Request {
+    /// What is asked.
+    pub endpoint: Endpoint,
+    /// `vm.create`'s config.
+    pub config: Option<Box<VmConfig>>,
+    /// The answer goes back here.
+    pub reply: oneshot::Sender<Result<Answer, Failure>>,
+}
+
+/// Everything the controller reacts to.
+pub enum Event {
+    /// An API request.
+    Api(Request),
+    /// A state change of a VM.
+    State {
+        /// Which VM it is (events of an older VM are ignored).
+        generation: u64,
+        /// The new state.
+        state: VmState,
+    },
+    /// SIGINT, SIGTERM or SIGHUP: stop the VM and end the process.
+    Signal(i32),
+}
+
+/// How the process should end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest exited (and neither --keep-alive nor --on-reset reboot kept us).
+    GuestExited(ExitReason),
+    /// `vmm.shutdown`.
+    Requested,
+    /// A signal.
+    Signal(i32),
+}
+
+impl Outcome {
+    /// The process's exit status: 0 for a guest that shut down or reset and for requested
+    /// ends, 1 for a guest that crashed or a VMM failure, 128 + N for signal N.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::GuestExited(ExitReason::Shutdown | ExitReason::Reset | ExitReason::Stopped)
+            | Outcome::Requested => 0,
+            Outcome::GuestExited(_) => 1,
+            Outcome::Signal(signal) => 128u8.saturating_add(*signal as u8),
+        }
+    }
+}
+
+/// Policies from the command line.
+pub struct Policy {
+    /// What a guest reset does.
+    pub on_reset: OnReset,
+    /// Stay up after the guest exits.
+    pub keep_alive: bool,
+    /// Record start-up stages (the first boot only).
+    pub boot_timer: Option<BootTimer>,
+}
+
+/// The controller.
+pub struct Vmm {
+    config: Option<VmConfig>,
+    vm: Option<Vm>,
+    /// The console socket, kept across reboots so an attached client stays attached.
+    console: Option<ConsoleSocket>,
+    boots: u64,
+    /// Bumped per VM built; state events carry it so a rebuilt VM ignores its predecessor's.
+    generation: u64,
+    exit: Option<ExitReason>,
+    /// Whether the current VM's exit was asked for through the API.
+    stopping: bool,
+    events: Sender<Event>,
+    policy: Policy,
+}
+
+impl Vmm {
+    /// A controller with no VM; state changes are sent to `events`.
+    pub fn new(events: Sender<Event>, policy: Policy) -> Self {
+        Vmm {
+            config: None,
+            vm: None,
+            console: None,
+            boots: 0,
+            generation: 0,
+            exit: None,
+            stopping: false,
+            events,
+            policy,
+        }
+    }
+
+    /// The VM's state as the API reports it.
+    pub fn state(&self) -> ApiVmState {
+        match &self.vm {
+            Some(vm) => ApiVmState::from(&vm.state()),
+            None if self.exit.is_some() && self.config.is_some() => ApiVmState::Exited,
+            None if self.config.is_some() => ApiVmState::Created,
+            None => ApiVmState::NotCreated,
+        }
+    }
+
+    /// Builds the VM for `config` (replacing the config), not started.
+    pub fn create(&mut self, config: VmConfig) -> Result<(), Failure> {
+        self.build(config)
+    }
+
+    fn build(&mut self, config: VmConfig) -> Result<(), Failure> {
+        // The old VM (exited or never started) goes first: its devices hold files and sockets
+        // the new one may open again.
+        self.vm = None;
+        let mut builder = VmBuilder::new(config.clone());
+        if let SerialOutput::Socket(path) = &config.serial.output {
+            let reuse = self
+                .console
+                .as_ref()
+                .is_some_and(|console| console.path() == path.as_path());
+            if !reuse {
+                self.console = None;
+                let console =
+                    ConsoleSocket::bind(path).map_err(|err| build_failure(err.into()))?;
+                self.console = Some(console);
+            }
+            if let Some(console) = &self.console {
+                builder = builder.console_socket(console.clone());
+            }
+        } else {
+            self.console = None;
+        }
+        if let Some(timer) = self.policy.boot_timer.take() {
+            builder = builder.boot_timer(timer);
+        }
+        let vm = builder.build().map_err(|err| build_failure(err))?;
+        self.generation += 1;
+        let generation = self.generation;
+        let events = self.events.clone();
+        vm.handle().on_state_change(move |state| {
+            let _ = events.send(Event::State {
+                generation,
+                state: state.clone(),
+            });
+        });
+        self.config = Some(config);
+        self.vm = Some(vm);
+        self.exit = None;
+        self.stopping = false;
+        Ok(())
+    }
+
+    /// Starts the built VM (building a fresh one after an exit).
+    pub fn boot(&mut self, endpoint: Endpoint) -> Result<(), Failure> {
+        match self.state() {
+            ApiVmState::Created if self.vm.is_some() => {}
+            ApiVmState::Created | ApiVmState::Exited => {
+                let config = self.config.clone().ok_or_else(|| {
+                    Failure::conflict(endpoint, ApiVmState::NotCreated, "vm.create first")
+                })?;
+                self.build(config)?;
+            }
+            ApiVmState::NotCreated => {
+                return Err(Failure::conflict(
+                    endpoint,
+                    ApiVmState::NotCreated,
+                    "vm.create first",
+                ))
+            }
+            state @ (ApiVmState::Running | ApiVmState::Paused) => {
+                return Err(Failure::conflict(endpoint, state, "it is already booted"))
+            }
+        }
+        let vm = self.vm.as_mut().ok_or_else(|| Failure::new(500, "no VM"))?;
+        vm.start().map_err(|err| build_failure(err))?;
+        self.boots += 1;
+        info!("VM booted (boot {})", self.boots);
+        Ok(())
+    }
+
+    /// Stops the VM if it runs and waits for its threads. Returns whether one was running.
+    fn stop(&mut self) -> Result<bool, Failure> {
+        let Some(vm) = self.vm.as_mut() else {
+            return Ok(false);
+        };
+        if !matches!(vm.state(), VmState::Running | VmState::Paused) {
+            return Ok(false);
+        }
+        self.stopping = true;
+        vm.handle().stop();
+        match vm.wait_timeout(STOP_TIMEOUT) {
+            Some(reason) => {
+                self.exit = Some(reason);
+                Ok(true)
+            }
+            None => Err(Failure::new(
+                500,
+                format!("the vCPUs did not stop within {STOP_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    fn info(&self) -> VmInfo {
+        let exit = match self.vm.as_ref().map(Vm::state) {
+            Some(VmState::Exited(reason)) => Some(ExitInfo::from(&reason)),
+            _ => self.exit.as_ref().map(ExitInfo::from),
+        };
+        VmInfo {
+            state: self.state(),
+            config: self.config.clone(),
+            exit,
+            boots: self.boots,
+            console_socket: self
+                .console
+                .as_ref()
+                .map(|console| console.path().display().to_string()),
+        }
+    }
+
+    fn handle(&self, endpoint: Endpoint) -> Result<vmm_core::VmHandle, Failure> {
+        self.vm
+            .as_ref()
+            .map(Vm::handle)
+            .ok_or_else(|| Failure::conflict(endpoint, self.state(), "there is no VM"))
+    }
+
+    fn state_failure(endpoint: Endpoint, err: StateError) -> Failure {
+        match err {
+            StateError::InvalidTransition { state, .. } => Failure::conflict(
+                endpoint,
+                ApiVmState::from(&state),
+                "the request does not apply in this state",
+            ),
+            StateError::Timeout(_) => Failure::new(500, format!("{}: {err}", endpoint.name())),
+        }
+    }
+
+    /// Carries out an API request. `Ok(Some(outcome))` ends the process after the answer.
+    pub fn request(
+        &mut self,
+        endpoint: Endpoint,
+        config: Option<VmConfig>,
+    ) -> (Result<Answer, Failure>, Option<Outcome>) {
+        let answer = match endpoint {
+            Endpoint::Ping => Ok(Answer::Ping(VmmPing {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                state: self.state(),
+            })),
+            Endpoint::VmmShutdown => {
+                return match self.stop() {
+                    Ok(_) => (Ok(Answer::Empty), Some(Outcome::Requested)),
+                    Err(failure) => (Err(failure), None),
+                }
+            }
+            Endpoint::VmCreate => match (self.state(), config) {
+                (state @ (ApiVmState::Running | ApiVmState::Paused), _) => Err(
+                    Failure::conflict(endpoint, state, "vm.delete it first to create another"),
+                ),
+                (_, None) => Err(Failure::new(400, "vm.create: a VmConfig body is required")),
+                (_, Some(config)) => self.create(config).map(|()| Answer::Empty),
+            },
+            Endpoint::VmBoot => self.boot(endpoint).map(|()| Answer::Empty),
+            Endpoint::VmPause => self.handle(endpoint).and_then(|handle| {
+                handle
+                    .pause()
+                    .map(|()| Answer::Empty)
+                    .map_err(|err| Self::state_failure(endpoint, err))
+            }),
+            Endpoint::VmResume => self.handle(endpoint).and_then(|handle| {
+                handle
+                    .resume()
+                    .map(|()| Answer::Empty)
+                    .map_err(|err| Self::state_failure(endpoint, err))
+            }),
+            Endpoint::VmPowerButton => self.handle(endpoint).and_then(|handle| {
+                handle
+                    .power_button()
+                    .map(|()| Answer::Empty)
+                    .map_err(|err| Self::state_failure(endpoint, err))
+            }),
+            Endpoint::VmShutdown => match self.stop() {
+                Ok(true) => Ok(Answer::Empty),
+                Ok(false) => Err(Failure::conflict(endpoint, self.state(), "it is not running")),
+                Err(failure) => Err(failure),
+            },
+            Endpoint::VmReboot => match self.state() {
+                ApiVmState::NotCreated => Err(Failure::conflict(
+                    endpoint,
+                    ApiVmState::NotCreated,
+                    "vm.create first",
+                )),
+                _ => self
+                    .stop()
+                    .and_then(|_| {
+                        let config = self.config.clone().ok_or_else(|| {
+                            Failure::conflict(endpoint, ApiVmState::NotCreated, "vm.create first")
+                        })?;
+                        self.build(config)?;
+                        self.boot(endpoint)
+                    })
+                    .map(|()| Answer::Empty),
+            },
+            Endpoint::VmDelete => self.stop().map(|_| {
+                self.vm = None;
+                self.config = None;
+                self.console = None;
+                self.exit = None;
+                Answer::Empty
+            }),
+            Endpoint::VmInfo => Ok(Answer::Info(Box::new(self.info()))),
+            Endpoint::VmCounters => self
+                .handle(endpoint)
+                .map(|handle| Answer::Counters(handle.counters())),
+            Endpoint::Metrics => Ok(Answer::Metrics(
+                self.vm
+                    .as_ref()
+                    .map(|vm| crate::metrics::render(&vm.handle().counters()))
+                    .unwrap_or_default(),
+            )),
+        };
+        (answer, None)
+    }
+
+    /// Reacts to a state change; `Some(outcome)` ends the process.
+    pub fn state_changed(&mut self, generation: u64, state: VmState) -> Option<Outcome> {
+        // Events of an older VM (before a reboot or re-create) are history.
+        if generation != self.generation {
+            return None;
+        }
+        let VmState::Exited(reason) = state else {
+            return None;
+        };
+        if let Some(vm) = self.vm.as_mut() {
+            vm.wait();
+        }
+        self.exit = Some(reason.clone());
+        if self.stopping {
+            return None;
+        }
+        match &reason {
+            ExitReason::Shutdown | ExitReason::Reset | ExitReason::Stopped => {
+                info!("VM exited: {reason}")
+            }
+            _ => error!("VM exited: {reason}"),
+        }
+        if reason == ExitReason::Reset && self.policy.on_reset == OnReset::Reboot {
+            info!("guest reset: booting a fresh VM");
+            let config = self.config.clone()?;
+            let rebooted = self
+                .build(config)
+                .and_then(|()| self.boot(Endpoint::VmReboot));
+            match rebooted {
+                Ok(()) => return None,
+                Err(failure) => {
+                    error!("reboot failed: {}", failure.error.error);
+                    return Some(Outcome::GuestExited(reason));
+                }
+            }
+        }
+        if self.policy.keep_alive {
+            return None;
+        }
+        Some(Outcome::GuestExited(reason))
+    }
+
+    /// Stops the VM on the way out.
+    pub fn shut_down(&mut self) {
+        if let Err(failure) = self.stop() {
+            warn!("stopping the VM: {}", failure.error.error);
+        }
+    }
+
+    /// Runs until something ends the process: API requests, VM state changes and signals from
+    /// `events`, in order.
+    pub fn run(&mut self, events: &Receiver<Event>) -> Outcome {
+        loop {
+            let Ok(event) = events.recv() else {
+                // Every sender is gone: nothing can happen any more.
+                self.shut_down();
+                return Outcome::Requested;
+            };
+            let outcome = match event {
+                Event::Api(request) => {
+                    let config = request.config.map(|config| *config);
+                    let (answer, outcome) = self.request(request.endpoint, config);
+                    let _ = request.reply.send(answer);
+                    outcome
+                }
+                Event::State { generation, state } => self.state_changed(generation, state),
+                Event::Signal(signal) => {
+                    info!("signal {signal}: stopping the VM");
+                    self.shut_down();
+                    Some(Outcome::Signal(signal))
+                }
+            };
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+        }
+    }
+}
