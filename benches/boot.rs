@@ -1,26 +1,33 @@
-//! Boot benchmark: process start -> first serial byte -> process exit, for Keel's `boot`
-//! example and for QEMU `-M microvm` on the same test guest, in alternating runs.
+//! Boot benchmark: process start -> first serial byte -> process exit, and peak RSS, for the
+//! `keel` program beside Firecracker, Cloud Hypervisor and QEMU microvm on the same minimal
+//! foreign guest (a few-instruction PVH ELF that prints a line and exits the way each VMM
+//! understands: see `benches/foreign_guest.rs`), 1 vCPU, 128 MiB, in alternating runs.
+//!
+//! ```text
+//! cargo bench -p benches --bench boot -- [RUNS] [--firecracker PATH] [--cloud-hypervisor PATH]
+//! ```
 //!
 //! Keel is measured twice: the static musl build (the lean deployment build, as Firecracker
-//! ships) and the default glibc build, whose RSS includes ~1.2 MiB of touched glibc pages.
-//!
-//! `cargo bench -p benches --bench boot [-- RUNS]` (default 20 runs each). Prints min and median
-//! of both times, their ratio, and peak RSS (ru_maxrss). For Keel it also prints peak RSS
-//! beyond guest RAM (VmHWM minus guest pages resident at exit, reported by `--stats`).
-//! QEMU is skipped, with a note, when `qemu-system-x86_64` is not installed.
+//! ships) and the default glibc build. Firecracker and Cloud Hypervisor are run only when
+//! their binaries are given (this repository never builds them); QEMU when
+//! `qemu-system-x86_64` is installed. Prints min and median of both times, median peak RSS
+//! (ru_maxrss of the whole process) and the ratios to the targets: Keel's minimum <=
+//! Firecracker's, Keel's median <= 0.5 x Cloud Hypervisor's, Keel's peak RSS <= 0.75 x
+//! Firecracker's. Then one `--boot-timer` trace of Keel's start-up stages.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const VCPUS: u32 = 2;
+use benches::{write_foreign_guest, FOREIGN_GUEST_LINE};
+
 const MEM_MIB: u32 = 128;
 
 struct Sample {
     first_byte: Duration,
     exit: Duration,
     maxrss_kib: i64,
-    beyond_guest_kib: Option<i64>,
     ok: bool,
 }
 
@@ -39,11 +46,11 @@ fn run(mut cmd: Command) -> Sample {
         Ok(1) => start.elapsed(),
         _ => Duration::ZERO,
     };
-    let mut rest = Vec::new();
+    let mut rest = vec![first[0]];
     let _ = stdout.read_to_end(&mut rest);
-    let mut stderr = String::new();
+    let mut stderr = Vec::new();
     if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
+        let _ = err.read_to_end(&mut stderr);
     }
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
@@ -53,21 +60,18 @@ fn run(mut cmd: Command) -> Sample {
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let exit = start.elapsed();
     let output = String::from_utf8_lossy(&rest);
-    let ok = waited == pid && !output.contains("FAIL") && output.contains("selfcheck ok");
-    let beyond_guest_kib = stderr.lines().find_map(|line| {
-        let stats = line.strip_prefix("keel-stats: ")?;
-        let field = |name: &str| -> Option<i64> {
-            stats
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.parse().ok())
-        };
-        Some(field("vmhwm_kib=")? - field("guest_resident_kib=")?)
-    });
+    let ok = waited == pid && output.contains(FOREIGN_GUEST_LINE.trim_end());
+    if !ok {
+        eprintln!(
+            "failed run of {:?}:\n{output}\n{}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&stderr)
+        );
+    }
     Sample {
         first_byte,
         exit,
         maxrss_kib: usage.ru_maxrss,
-        beyond_guest_kib,
         ok,
     }
 }
@@ -82,12 +86,9 @@ fn min(values: &[f64]) -> f64 {
 }
 
 struct Summary {
-    first_min: f64,
-    first_median: f64,
     exit_min: f64,
     exit_median: f64,
     rss_median: f64,
-    failures: usize,
 }
 
 fn summarize(name: &str, samples: &[Sample]) -> Summary {
@@ -99,137 +100,260 @@ fn summarize(name: &str, samples: &[Sample]) -> Summary {
         .map(|s| s.maxrss_kib as f64 / 1024.0)
         .collect();
     let summary = Summary {
-        first_min: min(&firsts),
-        first_median: median(firsts),
         exit_min: min(&exits),
         exit_median: median(exits),
         rss_median: median(rss),
-        failures: samples.iter().filter(|s| !s.ok).count(),
     };
     println!(
-        "{name:<14} first byte min {:7.2} ms  median {:7.2} ms | exit min {:7.2} ms  median {:7.2} ms | peak RSS {:6.2} MiB | failed runs {}",
-        summary.first_min,
-        summary.first_median,
+        "{name:<20} exit min {:7.2} ms  median {:7.2} ms | first byte median {:7.2} ms | peak RSS {:5.2} MiB | failed {}",
         summary.exit_min,
         summary.exit_median,
+        median(firsts),
         summary.rss_median,
-        summary.failures
+        samples.iter().filter(|s| !s.ok).count()
     );
     summary
 }
 
-fn main() {
-    let runs: usize = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(20);
-    let guest = testkit::build_test_guest().unwrap_or_else(|err| panic!("{err}"));
-    let root = testkit::workspace_root();
+/// How one VMM is started on the guest.
+struct Vmm {
+    name: &'static str,
+    command: Box<dyn Fn() -> Command>,
+}
+
+fn build_keel(root: &Path, target: Option<&str>) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut keel_builds = Vec::new();
+    let mut build = Command::new(cargo);
+    build.current_dir(root).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "keel",
+        "--bin",
+        "keel",
+    ]);
+    if let Some(target) = target {
+        build.args(["--target", target]);
+    }
+    let built = build.status().expect("cargo runs");
+    assert!(built.success(), "building keel ({target:?}) failed");
+    match target {
+        Some(target) => root.join("target").join(target).join("release/keel"),
+        None => root.join("target/release/keel"),
+    }
+}
+
+struct Options {
+    runs: usize,
+    firecracker: Option<PathBuf>,
+    cloud_hypervisor: Option<PathBuf>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        runs: 20,
+        firecracker: None,
+        cloud_hypervisor: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--firecracker" => options.firecracker = args.next().map(PathBuf::from),
+            "--cloud-hypervisor" => options.cloud_hypervisor = args.next().map(PathBuf::from),
+            // cargo bench passes --bench to harness-less benchmarks.
+            "--bench" => {}
+            other => match other.parse() {
+                Ok(runs) => options.runs = runs,
+                Err(_) => panic!(
+                    "unknown argument {other}: [RUNS] [--firecracker PATH] [--cloud-hypervisor PATH]"
+                ),
+            },
+        }
+    }
+    for path in [&options.firecracker, &options.cloud_hypervisor]
+        .into_iter()
+        .flatten()
+    {
+        assert!(path.is_file(), "{} does not exist", path.display());
+    }
+    options
+}
+
+fn main() {
+    let options = options();
+    if let Some(reason) = testkit::kvm_unavailable() {
+        println!("boot benchmark skipped: {reason}");
+        return;
+    }
+    let root = testkit::workspace_root();
+    let dir = root.join(format!("target/boot-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let guest = dir.join("foreign-guest.elf");
+    write_foreign_guest(&guest).expect("write the guest");
+
+    let mut vmms: Vec<Vmm> = Vec::new();
     for (name, target) in [
         ("keel (musl)", Some("x86_64-unknown-linux-musl")),
         ("keel (glibc)", None),
     ] {
-        let mut build = Command::new(&cargo);
-        build.current_dir(&root).args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "examples",
-            "--example",
-            "boot",
-        ]);
-        if let Some(target) = target {
-            build.args(["--target", target]);
-        }
-        let built = build.status().expect("cargo runs");
-        assert!(built.success(), "building the boot example ({name}) failed");
-        let dir = match target {
-            Some(target) => root.join("target").join(target).join("release"),
-            None => root.join("target/release"),
-        };
-        keel_builds.push((name, dir.join("examples/boot")));
+        let keel = build_keel(&root, target);
+        let guest = guest.clone();
+        vmms.push(Vmm {
+            name,
+            command: Box::new(move || {
+                let mut cmd = Command::new(&keel);
+                cmd.arg("--kernel")
+                    .arg(&guest)
+                    .args(["--cpus", "boot=1", "--memory"])
+                    .arg(format!("size={MEM_MIB}M"));
+                cmd
+            }),
+        });
     }
-    let cmdline = format!("keel.cpus={VCPUS}");
-    let qemu_available = Command::new("qemu-system-x86_64")
+    if let Some(firecracker) = options.firecracker.clone() {
+        let config = dir.join("firecracker.json");
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}},
+               "drives": [],
+               "machine-config": {{"vcpu_count": 1, "mem_size_mib": {MEM_MIB}}}}}"#,
+            guest.display()
+        );
+        std::fs::write(&config, json).expect("firecracker config");
+        vmms.push(Vmm {
+            name: "firecracker",
+            command: Box::new(move || {
+                let mut cmd = Command::new(&firecracker);
+                cmd.args(["--no-api", "--level", "Error", "--config-file"])
+                    .arg(&config);
+                cmd
+            }),
+        });
+    }
+    if let Some(cloud_hypervisor) = options.cloud_hypervisor.clone() {
+        let guest = guest.clone();
+        vmms.push(Vmm {
+            name: "cloud-hypervisor",
+            command: Box::new(move || {
+                let mut cmd = Command::new(&cloud_hypervisor);
+                cmd.arg("--kernel")
+                    .arg(&guest)
+                    .args(["--cpus", "boot=1", "--memory"])
+                    .arg(format!("size={MEM_MIB}M"))
+                    .args(["--serial", "tty", "--console", "off"]);
+                cmd
+            }),
+        });
+    }
+    let qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-
-    let keel_cmd = |keel: &std::path::Path| {
-        let mut cmd = Command::new(keel);
-        cmd.arg("--kernel")
-            .arg(&guest)
-            .args([
-                "--vcpus",
-                &VCPUS.to_string(),
-                "--mem",
-                &format!("{MEM_MIB}M"),
-            ])
-            .args(["--cmdline", &cmdline, "--stats"]);
-        cmd
-    };
-    let qemu_cmd = || {
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-M",
-            "microvm,x-option-roms=off,rtc=on",
-            "-enable-kvm",
-            "-cpu",
-            "host,-arch-capabilities",
-        ])
-        .args(["-m", &MEM_MIB.to_string(), "-smp", &VCPUS.to_string()])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args([
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        ])
-        .arg("-kernel")
-        .arg(&guest)
-        .args(["-append", &cmdline]);
-        cmd
-    };
+    if qemu {
+        let guest = guest.clone();
+        vmms.push(Vmm {
+            name: "qemu microvm",
+            command: Box::new(move || {
+                let mut cmd = Command::new("qemu-system-x86_64");
+                cmd.args([
+                    "-M",
+                    "microvm,x-option-roms=off,rtc=on",
+                    "-enable-kvm",
+                    "-cpu",
+                    "host,-arch-capabilities",
+                ])
+                .args(["-m", &MEM_MIB.to_string(), "-smp", "1"])
+                .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+                .args([
+                    "-serial",
+                    "stdio",
+                    "-device",
+                    "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                ])
+                .arg("-kernel")
+                .arg(&guest);
+                cmd
+            }),
+        });
+    }
 
     println!(
-        "boot benchmark: test guest, {VCPUS} vCPUs, {MEM_MIB} MiB, {runs} alternating runs each"
+        "boot benchmark: minimal foreign PVH guest, 1 vCPU, {MEM_MIB} MiB, {} alternating runs each",
+        options.runs
     );
-    let mut keel_samples: Vec<Vec<Sample>> = keel_builds.iter().map(|_| Vec::new()).collect();
-    let mut qemu_samples = Vec::new();
-    for _ in 0..runs {
-        for ((_, path), samples) in keel_builds.iter().zip(keel_samples.iter_mut()) {
-            samples.push(run(keel_cmd(path)));
-        }
-        if qemu_available {
-            qemu_samples.push(run(qemu_cmd()));
+    if options.firecracker.is_none() || options.cloud_hypervisor.is_none() {
+        println!("  (pass --firecracker PATH and --cloud-hypervisor PATH to compare with them)");
+    }
+    if !qemu {
+        println!("  (qemu-system-x86_64 not found: install qemu-system-x86 to compare with QEMU)");
+    }
+    let mut samples: Vec<Vec<Sample>> = vmms.iter().map(|_| Vec::new()).collect();
+    for round in 0..options.runs {
+        // Rotate the order so no VMM always runs right after the same one.
+        for offset in 0..vmms.len() {
+            let index = (round + offset) % vmms.len();
+            samples[index].push(run((vmms[index].command)()));
         }
     }
-    let qemu_summary = qemu_available.then(|| summarize("qemu microvm", &qemu_samples));
-    if !qemu_available {
-        println!("qemu-system-x86_64 not found: install qemu-system-x86 to compare");
-    }
-    for ((name, _), samples) in keel_builds.iter().zip(&keel_samples) {
-        let summary = summarize(name, samples);
-        let beyond: Vec<f64> = samples
-            .iter()
-            .filter_map(|s| s.beyond_guest_kib.map(|k| k as f64 / 1024.0))
-            .collect();
-        println!(
-            "{name:<14} peak RSS beyond guest RAM: median {:.2} MiB, max {:.2} MiB (target <= 3 MiB)",
-            median(beyond.clone()),
-            beyond.iter().copied().fold(0.0, f64::max)
-        );
-        if let Some(qemu) = &qemu_summary {
+    let summaries: Vec<Summary> = vmms
+        .iter()
+        .zip(&samples)
+        .map(|(vmm, samples)| summarize(vmm.name, samples))
+        .collect();
+    let find = |name: &str| {
+        vmms.iter()
+            .position(|vmm| vmm.name == name)
+            .map(|index| &summaries[index])
+    };
+    for keel_name in ["keel (musl)", "keel (glibc)"] {
+        let Some(keel) = find(keel_name) else {
+            continue;
+        };
+        if let Some(fc) = find("firecracker") {
             println!(
-                "{name:<14} ratio to qemu: exit min {:.2}  exit median {:.2}  first byte median {:.2}  (target exit <= 0.50)",
-                summary.exit_min / qemu.exit_min,
-                summary.exit_median / qemu.exit_median,
-                summary.first_median / qemu.first_median
+                "{keel_name:<20} vs firecracker: exit min {:.2}x (target <= 1.00), peak RSS {:.2}x (target <= 0.75), exit median {:.2}x",
+                keel.exit_min / fc.exit_min,
+                keel.rss_median / fc.rss_median,
+                keel.exit_median / fc.exit_median
+            );
+        }
+        if let Some(ch) = find("cloud-hypervisor") {
+            println!(
+                "{keel_name:<20} vs cloud-hypervisor: exit median {:.2}x (target <= 0.50), exit min {:.2}x, peak RSS {:.2}x",
+                keel.exit_median / ch.exit_median,
+                keel.exit_min / ch.exit_min,
+                keel.rss_median / ch.rss_median
+            );
+        }
+        if let Some(qemu) = find("qemu microvm") {
+            println!(
+                "{keel_name:<20} vs qemu microvm: exit median {:.2}x, exit min {:.2}x, peak RSS {:.2}x",
+                keel.exit_median / qemu.exit_median,
+                keel.exit_min / qemu.exit_min,
+                keel.rss_median / qemu.rss_median
             );
         }
     }
+    // Where Keel's start-up time goes, in one run.
+    let mut traced = (vmms[0].command)();
+    traced.arg("--boot-timer").stdin(Stdio::null());
+    let t0 = monotonic_ns();
+    if let Ok(output) = traced.env("KEEL_BOOT_T0_NS", t0.to_string()).output() {
+        println!("keel (musl) start-up stages, one run:");
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            if let Some(stage) = line.strip_prefix("keel-boot-timer: ") {
+                println!("  {stage}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn monotonic_ns() -> u128 {
+    // SAFETY: timespec is plain data that clock_gettime fills.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128
 }

@@ -343,7 +343,7 @@ impl Bench {
         let mut cmd = Command::new(&self.keel);
         cmd.arg("--kernel")
             .arg(&self.guest)
-            .args(["--vcpus", "1", "--mem", &format!("{MEM_MIB}M")])
+            .args(["--cpus", "boot=1", "--memory", &format!("size={MEM_MIB}M")])
             .args([
                 "--cmdline",
                 &self.cmdline(workload),
@@ -396,9 +396,9 @@ impl Bench {
                 fresh_image(&image).map_err(|err| format!("image {}: {err}", image.display()))?;
                 match vmm {
                     Vmm::Keel => {
-                        let direct = if self.direct { ",direct" } else { "" };
+                        let direct = if self.direct { ",direct=on" } else { "" };
                         cmd.arg("--disk")
-                            .arg(format!("{}{direct}", image.display()));
+                            .arg(format!("path={}{direct}", image.display()));
                     }
                     Vmm::Qemu => {
                         let cache = if self.direct { ",cache=none" } else { "" };
@@ -415,7 +415,7 @@ impl Bench {
                 let tap = tap.expect("net runs get a TAP");
                 match vmm {
                     Vmm::Keel => {
-                        cmd.args(["--net", &format!("{},mac={MAC}", tap.name)]);
+                        cmd.args(["--net", &format!("tap={},mac={MAC}", tap.name)]);
                     }
                     Vmm::Qemu => {
                         cmd.args([
@@ -451,7 +451,10 @@ impl Bench {
                     }
                     total
                 }));
-                cmd.args(["--vsock", &format!("{GUEST_CID},{}", uds.display())]);
+                cmd.args([
+                    "--vsock",
+                    &format!("cid={GUEST_CID},socket={}", uds.display()),
+                ]);
                 vsock_dir = Some(dir);
             }
         }
@@ -527,18 +530,18 @@ fn main() {
             "--quiet",
             "--release",
             "-p",
-            "examples",
-            "--example",
-            "boot",
+            "keel",
+            "--bin",
+            "keel",
         ])
         .status()
         .expect("cargo runs");
-    assert!(built.success(), "building the boot example failed");
+    assert!(built.success(), "building the keel program failed");
     // Images live under target/ (a disk, not tmpfs: O_DIRECT works there).
     let dir = root.join(format!("target/virtio-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let bench = Bench {
-        keel: root.join("target/release/examples/boot"),
+        keel: root.join("target/release/keel"),
         guest,
         dir: dir.clone(),
         direct,

@@ -178,12 +178,16 @@ impl Endpoint {
 
     /// The endpoint at `path`, whatever the method.
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        Self::ALL.into_iter().find(|endpoint| endpoint.path() == path)
+        Self::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.path() == path)
     }
 
     /// The endpoint named `name` (`vm.pause`, `vmm.ping`, `metrics`).
     pub fn from_name(name: &str) -> Option<Endpoint> {
-        Self::ALL.into_iter().find(|endpoint| endpoint.name() == name)
+        Self::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.name() == name)
     }
 }
 

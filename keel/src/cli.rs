@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
-use vmm_core::{BootProtocol, MemSize, SerialInput, SerialOutput, VirtioTransport, VmConfig};
+use vmm_core::{BootProtocol, SerialInput, SerialOutput, VirtioTransport, VmConfig};
 
 use crate::options::{OptionError, OptionList};
 
@@ -132,7 +132,7 @@ pub struct VmmArgs {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
     /// A VM config file: JSON, or YAML (by a .yaml/.yml extension), the serialized VmConfig.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "vsock", "rng", "transport", "boot_protocol"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "vsock", "rng", "transport", "boot_protocol", "virtio_mmio_cmdline"])]
     pub config: Option<PathBuf>,
     /// Kernel: an ELF (vmlinux, PVH) or a bzImage.
     #[arg(long, value_name = "PATH")]
@@ -172,6 +172,10 @@ pub struct VmmArgs {
     /// Kernel entry protocol.
     #[arg(long, value_enum)]
     pub boot_protocol: Option<Protocol>,
+    /// Also describe virtio-mmio devices on the kernel command line (`virtio_mmio.device=`),
+    /// for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES (implies --transport mmio).
+    #[arg(long)]
+    pub virtio_mmio_cmdline: bool,
     /// What a guest reset does.
     #[arg(long, value_enum, default_value_t = OnReset::Exit)]
     pub on_reset: OnReset,
@@ -340,6 +344,10 @@ fn apply_machine_flags(args: &VmmArgs, config: &mut VmConfig) -> Result<(), CliE
             Transport::Mmio => VirtioTransport::Mmio,
         };
     }
+    if args.virtio_mmio_cmdline {
+        config.virtio_mmio_cmdline = true;
+        config.virtio_transport = VirtioTransport::Mmio;
+    }
     if let Some(protocol) = args.boot_protocol {
         config.boot_protocol = match protocol {
             Protocol::Auto => BootProtocol::Auto,
@@ -438,6 +446,7 @@ fn parse_serial(spec: &str) -> Result<(SerialOutput, SerialInput), OptionError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm_core::MemSize;
 
     fn parse(args: &[&str]) -> Result<Option<VmConfig>, CliError> {
         let cli = Cli::try_parse_from(std::iter::once("keel").chain(args.iter().copied()))

@@ -54,7 +54,12 @@ const EXIT_USAGE: u8 = 2;
 /// The program: parses the command line and runs the VMM or a subcommand.
 pub fn main() -> ExitCode {
     let started = Instant::now();
-    let cli = Cli::parse();
+    run(Cli::parse(), started)
+}
+
+/// Runs the program for an already parsed command line (`started`: when the process began,
+/// for `--boot-timer`). Programs that wrap `keel` (the demo) adjust the [`Cli`] first.
+pub fn run(cli: Cli, started: Instant) -> ExitCode {
     match cli.command {
         Some(Command::Openapi) => {
             print!("{}", openapi::document_json());

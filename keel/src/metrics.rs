@@ -10,6 +10,13 @@ use std::fmt::Write;
 
 use vmm_core::counters::{Counter, CounterKind, VmCounters};
 
+/// One metric family: its help text, type and (device label, value) samples.
+struct Family<'a> {
+    help: &'a str,
+    type_name: &'static str,
+    samples: Vec<(String, u64)>,
+}
+
 /// Renders `counters` as Prometheus text.
 ///
 /// ```
@@ -26,8 +33,7 @@ use vmm_core::counters::{Counter, CounterKind, VmCounters};
 /// assert!(text.contains("keel_block_read_ops_total{device=\"disk0\"} 7\n"));
 /// ```
 pub fn render(counters: &VmCounters) -> String {
-    // family name -> (help, type, samples)
-    let mut families: BTreeMap<String, (&str, &str, Vec<(String, u64)>)> = BTreeMap::new();
+    let mut families: BTreeMap<String, Family<'_>> = BTreeMap::new();
     for device in counters.vcpus.iter().chain(&counters.devices) {
         let kind = sanitize(&device.kind);
         for Counter {
@@ -44,13 +50,25 @@ pub fn render(counters: &VmCounters) -> String {
             let family = format!("keel_{kind}_{}{suffix}", sanitize(name));
             families
                 .entry(family)
-                .or_insert_with(|| (help, type_name, Vec::new()))
-                .2
+                .or_insert_with(|| Family {
+                    help,
+                    type_name,
+                    samples: Vec::new(),
+                })
+                .samples
                 .push((escape_label(&device.id), *value));
         }
     }
     let mut text = String::new();
-    for (family, (help, type_name, samples)) in families {
+    for (
+        family,
+        Family {
+            help,
+            type_name,
+            samples,
+        },
+    ) in families
+    {
         let _ = writeln!(text, "# HELP {family} {help}");
         let _ = writeln!(text, "# TYPE {family} {type_name}");
         for (device, value) in samples {
@@ -111,7 +129,11 @@ mod tests {
             ],
         };
         let text = render(&counters);
-        assert_eq!(text.matches("# TYPE keel_net_rx_frames_total counter").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE keel_net_rx_frames_total counter")
+                .count(),
+            1
+        );
         assert!(text.contains("keel_net_rx_frames_total{device=\"net0\"} 1\n"));
         assert!(text.contains("keel_net_rx_frames_total{device=\"net\\\"1\"} 2\n"));
         assert!(text.contains("# TYPE keel_vsock_connections gauge\n"));

@@ -7,8 +7,7 @@ use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ComponentsBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{
-    ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr,
-    ResponseBuilder,
+    ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, ResponseBuilder,
 };
 use utoipa::ToSchema;
 use vmm_core::VmConfig;
@@ -47,7 +46,9 @@ fn counters_schema() -> Schema {
             ObjectBuilder::new()
                 .schema_type(Type::Object)
                 .additional_properties(Some(
-                    ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)),
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
                 ))
                 .description(Some("counter name -> value")),
         )
@@ -113,7 +114,12 @@ fn operation(endpoint: Endpoint) -> utoipa::openapi::path::Operation {
     op = op.response(ok.0, ok.1);
     if endpoint.takes_body() {
         op = op
-            .response("400", error_response("Malformed body, or a config that does not validate (the field is named)"))
+            .response(
+                "400",
+                error_response(
+                    "Malformed body, or a config that does not validate (the field is named)",
+                ),
+            )
             .response("413", error_response("Body larger than 64 KiB"))
             .response("415", error_response("Body not JSON"));
     } else {
@@ -121,8 +127,14 @@ fn operation(endpoint: Endpoint) -> utoipa::openapi::path::Operation {
     }
     op = op
         .response("405", error_response("Wrong method"))
-        .response("409", error_response("Not possible in the VM's current state"))
-        .response("500", error_response("The VMM failed to carry out the request"));
+        .response(
+            "409",
+            error_response("Not possible in the VM's current state"),
+        )
+        .response(
+            "500",
+            error_response("The VMM failed to carry out the request"),
+        );
     op.build()
 }
 

@@ -141,12 +141,18 @@ mod tests {
     #[test]
     fn errors_name_the_flag_and_the_key() {
         let err = OptionList::parse("--disk", "path=/a,size=3", &["path"], None).unwrap_err();
-        assert_eq!(err.to_string(), "--disk: unknown key `size` (known keys: path)");
+        assert_eq!(
+            err.to_string(),
+            "--disk: unknown key `size` (known keys: path)"
+        );
         let err = OptionList::parse("--disk", "path=/a,path=/b", &["path"], None).unwrap_err();
         assert_eq!(err.to_string(), "--disk: key `path` is given twice");
         let mut list = OptionList::parse("--disk", "readonly=maybe", &["readonly"], None).unwrap();
         let err = list.flag_value("readonly", false).unwrap_err();
-        assert_eq!(err.to_string(), "--disk: key `readonly`: `maybe` is not on or off");
+        assert_eq!(
+            err.to_string(),
+            "--disk: key `readonly`: `maybe` is not on or off"
+        );
         let mut list = OptionList::parse("--disk", "path=", &["path"], None).unwrap();
         assert_eq!(
             list.require("path").unwrap_err().to_string(),
@@ -154,7 +160,11 @@ mod tests {
         );
         let mut list = OptionList::parse("--cpus", "boot=two", &["boot"], None).unwrap();
         let err = list.parsed::<u32>("boot", "a number").unwrap_err();
-        assert!(err.to_string().starts_with("--cpus: key `boot`: `two` is not a number"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("--cpus: key `boot`: `two` is not a number"),
+            "{err}"
+        );
         assert!(OptionList::parse("--rng", "", &["id"], None).is_err());
     }
 }

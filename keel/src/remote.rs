@@ -85,7 +85,10 @@ pub fn attach(path: &Path) -> Result<(), String> {
     let stdin = std::io::stdin();
     let raw = RawMode::enable(stdin.as_raw_fd());
     if raw.is_some() {
-        eprint!("keel: attached to {} (detach with Ctrl-])\r\n", path.display());
+        eprint!(
+            "keel: attached to {} (detach with Ctrl-])\r\n",
+            path.display()
+        );
     }
     let result = pump(&mut socket, raw.is_some());
     drop(raw);

@@ -217,10 +217,9 @@ async fn parse(
                 request.method()
             ),
         );
-        reply.headers_mut().insert(
-            ALLOW,
-            HeaderValue::from_static(endpoint.method().as_str()),
-        );
+        reply
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(endpoint.method().as_str()));
         return Err(reply);
     }
     let content_type = request
@@ -233,7 +232,11 @@ async fn parse(
         .await
     {
         Ok(body) => body.to_bytes(),
-        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(

@@ -72,9 +72,10 @@ impl Failure {
 fn build_failure(err: VmError) -> Failure {
     let (status, field) = match &err {
         VmError::Config(config) => (400, Some(config.field.to_string())),
-        VmError::Load(_) | VmError::Device(_) | VmError::SerialFile { .. } | VmError::Console(_) => {
-            (400, None)
-        }
+        VmError::Load(_)
+        | VmError::Device(_)
+        | VmError::SerialFile { .. }
+        | VmError::Console(_) => (400, None),
         _ => (500, None),
     };
     Failure {
@@ -127,7 +128,9 @@ impl Outcome {
     /// ends, 1 for a guest that crashed or a VMM failure, 128 + N for signal N.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::GuestExited(ExitReason::Shutdown | ExitReason::Reset | ExitReason::Stopped)
+            Outcome::GuestExited(
+                ExitReason::Shutdown | ExitReason::Reset | ExitReason::Stopped,
+            )
             | Outcome::Requested => 0,
             Outcome::GuestExited(_) => 1,
             Outcome::Signal(signal) => 128u8.saturating_add(*signal as u8),
@@ -204,8 +207,7 @@ impl Vmm {
                 .is_some_and(|console| console.path() == path.as_path());
             if !reuse {
                 self.console = None;
-                let console =
-                    ConsoleSocket::bind(path).map_err(|err| build_failure(err.into()))?;
+                let console = ConsoleSocket::bind(path).map_err(|err| build_failure(err.into()))?;
                 self.console = Some(console);
             }
             if let Some(console) = &self.console {
@@ -217,7 +219,7 @@ impl Vmm {
         if let Some(timer) = self.policy.boot_timer.take() {
             builder = builder.boot_timer(timer);
         }
-        let vm = builder.build().map_err(|err| build_failure(err))?;
+        let vm = builder.build().map_err(build_failure)?;
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
@@ -256,7 +258,7 @@ impl Vmm {
             }
         }
         let vm = self.vm.as_mut().ok_or_else(|| Failure::new(500, "no VM"))?;
-        vm.start().map_err(|err| build_failure(err))?;
+        vm.start().map_err(build_failure)?;
         self.boots += 1;
         info!("VM booted (boot {})", self.boots);
         Ok(())
@@ -337,13 +339,15 @@ impl Vmm {
                     Err(failure) => (Err(failure), None),
                 }
             }
-            Endpoint::VmCreate => match (self.state(), config) {
-                (state @ (ApiVmState::Running | ApiVmState::Paused), _) => Err(
-                    Failure::conflict(endpoint, state, "vm.delete it first to create another"),
-                ),
-                (_, None) => Err(Failure::new(400, "vm.create: a VmConfig body is required")),
-                (_, Some(config)) => self.create(config).map(|()| Answer::Empty),
-            },
+            Endpoint::VmCreate => {
+                match (self.state(), config) {
+                    (state @ (ApiVmState::Running | ApiVmState::Paused), _) => Err(
+                        Failure::conflict(endpoint, state, "vm.delete it first to create another"),
+                    ),
+                    (_, None) => Err(Failure::new(400, "vm.create: a VmConfig body is required")),
+                    (_, Some(config)) => self.create(config).map(|()| Answer::Empty),
+                }
+            }
             Endpoint::VmBoot => self.boot(endpoint).map(|()| Answer::Empty),
             Endpoint::VmPause => self.handle(endpoint).and_then(|handle| {
                 handle
@@ -365,7 +369,11 @@ impl Vmm {
             }),
             Endpoint::VmShutdown => match self.stop() {
                 Ok(true) => Ok(Answer::Empty),
-                Ok(false) => Err(Failure::conflict(endpoint, self.state(), "it is not running")),
+                Ok(false) => Err(Failure::conflict(
+                    endpoint,
+                    self.state(),
+                    "it is not running",
+                )),
                 Err(failure) => Err(failure),
             },
             Endpoint::VmReboot => match self.state() {

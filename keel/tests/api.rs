@@ -55,7 +55,11 @@ fn a_running_guest_is_paused_resumed_counted_watched_and_powered_off_over_the_ap
     std::thread::sleep(std::time::Duration::from_millis(200));
     let still = client.counters().unwrap();
     let out_bytes = |c: &keel::client::Counters| c.device("com1").unwrap().get("out_bytes");
-    assert_eq!(out_bytes(&paused), out_bytes(&still), "a paused guest prints nothing");
+    assert_eq!(
+        out_bytes(&paused),
+        out_bytes(&still),
+        "a paused guest prints nothing"
+    );
     // Pausing a paused VM and resuming a running one are harmless (idempotent); booting a
     // booted one is refused.
     client.pause().unwrap();
@@ -70,14 +74,24 @@ fn a_running_guest_is_paused_resumed_counted_watched_and_powered_off_over_the_ap
     let counters = client.counters().unwrap();
     assert!(counters.device("vcpu0").unwrap().get("io_out").unwrap() > 0);
     let metrics = client.metrics().unwrap();
-    assert!(metrics.contains("# TYPE keel_serial_out_bytes_total counter"), "{metrics}");
-    assert!(metrics.contains("keel_vcpu_io_out_total{device=\"vcpu0\"}"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE keel_serial_out_bytes_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keel_vcpu_io_out_total{device=\"vcpu0\"}"),
+        "{metrics}"
+    );
 
     // The power button: the guest powers off, the process ends with status 0.
     client.power_button().unwrap();
     let status = keel.wait();
     assert!(status.success(), "{status}: {}", keel.stderr());
-    assert!(keel.stderr().contains("VM exited: guest shutdown"), "{}", keel.stderr());
+    assert!(
+        keel.stderr().contains("VM exited: guest shutdown"),
+        "{}",
+        keel.stderr()
+    );
     let text = read_console_until(&mut attached, "exit via=s5");
     assert!(text.contains("power button"), "{text}");
     assert!(!keel.api.exists(), "the API socket is removed");
@@ -101,34 +115,109 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_the_vm_keeps_running() {
         ],
     );
     let json = Some("application/json");
-    let check = |method: &str, path: &str, ctype: Option<&str>, body: &[u8], want: u16, says: &str| {
-        let response = client.raw(method, path, ctype, body.to_vec()).unwrap();
-        let text = String::from_utf8_lossy(&response.body).into_owned();
-        assert_eq!(response.status, want, "{method} {path}: {text}");
-        assert_eq!(response.content_type.as_deref(), Some("application/json"));
-        let error: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let message = error["error"].as_str().unwrap();
-        assert!(message.contains(says), "{method} {path}: {message}");
-        response
-    };
-    check("GET", "/api/v1/vm.nope", None, b"", 404, "no endpoint at /api/v1/vm.nope");
-    let wrong = check("GET", "/api/v1/vm.pause", None, b"", 405, "vm.pause takes PUT, not GET");
+    let check =
+        |method: &str, path: &str, ctype: Option<&str>, body: &[u8], want: u16, says: &str| {
+            let response = client.raw(method, path, ctype, body.to_vec()).unwrap();
+            let text = String::from_utf8_lossy(&response.body).into_owned();
+            assert_eq!(response.status, want, "{method} {path}: {text}");
+            assert_eq!(response.content_type.as_deref(), Some("application/json"));
+            let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let message = error["error"].as_str().unwrap();
+            assert!(message.contains(says), "{method} {path}: {message}");
+            response
+        };
+    check(
+        "GET",
+        "/api/v1/vm.nope",
+        None,
+        b"",
+        404,
+        "no endpoint at /api/v1/vm.nope",
+    );
+    let wrong = check(
+        "GET",
+        "/api/v1/vm.pause",
+        None,
+        b"",
+        405,
+        "vm.pause takes PUT, not GET",
+    );
     assert_eq!(wrong.allow.as_deref(), Some("PUT"));
     check("DELETE", "/api/v1/vm.info", None, b"", 405, "takes GET");
-    check("PUT", "/api/v1/vm.create", json, b"{\"kernel\": ", 400, "invalid VmConfig body");
-    check("PUT", "/api/v1/vm.create", json, br#"{"kernel": "/k", "vcpu": 2}"#, 400, "unknown field `vcpu`");
-    check("PUT", "/api/v1/vm.create", Some("text/plain"), b"kernel", 415, "must be application/json");
-    check("PUT", "/api/v1/vm.create", json, b"", 400, "a JSON VmConfig body is required");
-    check("PUT", "/api/v1/vm.create", json, &vec![b' '; 70 * 1024], 413, "larger than 65536 bytes");
-    check("PUT", "/api/v1/vm.pause", json, b"{\"now\": true}", 400, "vm.pause takes no body");
+    check(
+        "PUT",
+        "/api/v1/vm.create",
+        json,
+        b"{\"kernel\": ",
+        400,
+        "invalid VmConfig body",
+    );
+    check(
+        "PUT",
+        "/api/v1/vm.create",
+        json,
+        br#"{"kernel": "/k", "vcpu": 2}"#,
+        400,
+        "unknown field `vcpu`",
+    );
+    check(
+        "PUT",
+        "/api/v1/vm.create",
+        Some("text/plain"),
+        b"kernel",
+        415,
+        "must be application/json",
+    );
+    check(
+        "PUT",
+        "/api/v1/vm.create",
+        json,
+        b"",
+        400,
+        "a JSON VmConfig body is required",
+    );
+    check(
+        "PUT",
+        "/api/v1/vm.create",
+        json,
+        &vec![b' '; 70 * 1024],
+        413,
+        "larger than 65536 bytes",
+    );
+    check(
+        "PUT",
+        "/api/v1/vm.pause",
+        json,
+        b"{\"now\": true}",
+        400,
+        "vm.pause takes no body",
+    );
     // A valid config while a VM runs: refused by state.
     let config = serde_json::to_vec(&VmConfig::new(guest.clone())).unwrap();
-    check("PUT", "/api/v1/vm.create", json, &config, 409, "the VM is running");
+    check(
+        "PUT",
+        "/api/v1/vm.create",
+        json,
+        &config,
+        409,
+        "the VM is running",
+    );
     check("PUT", "/api/v1/vm.boot", None, b"", 409, "already booted");
     // The VM was not disturbed.
-    let before = client.counters().unwrap().device("com1").unwrap().get("out_bytes");
+    let before = client
+        .counters()
+        .unwrap()
+        .device("com1")
+        .unwrap()
+        .get("out_bytes");
     eventually("the guest to keep ticking", || {
-        client.counters().unwrap().device("com1").unwrap().get("out_bytes") > before
+        client
+            .counters()
+            .unwrap()
+            .device("com1")
+            .unwrap()
+            .get("out_bytes")
+            > before
     });
     assert_eq!(client.ping().unwrap().state, ApiVmState::Running);
     // Stopped by request: the VMM stays up; pausing a stopped VM is refused.
@@ -178,7 +267,9 @@ fn an_api_only_vmm_creates_boots_reboots_deletes_and_shuts_down() {
     assert_eq!(info.config.as_ref(), Some(&config));
     client.boot().unwrap();
     eventually("the first tick", || {
-        std::fs::read_to_string(&serial).unwrap_or_default().contains("tick 1")
+        std::fs::read_to_string(&serial)
+            .unwrap_or_default()
+            .contains("tick 1")
     });
     client.reboot().unwrap();
     assert_eq!(client.info().unwrap().boots, 2);
@@ -241,7 +332,10 @@ fn keel_remote_drives_a_vm_and_attaches_its_console() {
     let refused = remote(&["boot"]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("409") && stderr.contains("vm.boot"), "{stderr}");
+    assert!(
+        stderr.contains("409") && stderr.contains("vm.boot"),
+        "{stderr}"
+    );
     let counters = remote(&["counters"]);
     let counters: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
     assert_eq!(counters["devices"][0]["id"], "com1");
@@ -249,7 +343,12 @@ fn keel_remote_drives_a_vm_and_attaches_its_console() {
     // `keel remote console` with piped input: types into the guest, shows its output until
     // the VM is gone (it finds the console socket through vm.info).
     let mut attach = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["remote", "--api-socket", keel.api.to_str().unwrap(), "console"])
+        .args([
+            "remote",
+            "--api-socket",
+            keel.api.to_str().unwrap(),
+            "console",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -270,7 +369,11 @@ fn keel_remote_drives_a_vm_and_attaches_its_console() {
 #[test]
 fn curl_on_the_unix_socket_speaks_the_same_api() {
     require_kvm!();
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         assert!(
             std::env::var_os("KEEL_REQUIRE_TOOLS").is_none(),
             "KEEL_REQUIRE_TOOLS is set but curl is missing"
@@ -282,14 +385,23 @@ fn curl_on_the_unix_socket_speaks_the_same_api() {
     let (mut keel, _client) = Keel::with_api(&dir, &[]);
     let curl = |args: &[&str]| {
         let output = std::process::Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "--unix-socket", keel.api.to_str().unwrap()])
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                keel.api.to_str().unwrap(),
+            ])
             .args(args)
             .output()
             .unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     let ping = curl(&["http://localhost/api/v1/vmm.ping"]);
-    assert!(ping.contains("\"state\":\"not_created\"") && ping.ends_with("200"), "{ping}");
+    assert!(
+        ping.contains("\"state\":\"not_created\"") && ping.ends_with("200"),
+        "{ping}"
+    );
     let config = format!(
         r#"{{"kernel": "{}", "cmdline": "keel.cpus=1", "serial": {{"output": "null"}}}}"#,
         guest().display()
@@ -387,8 +499,17 @@ fn sigterm_stops_the_vm_and_cleans_up() {
     // SAFETY: kill sends a signal to our own child.
     unsafe { libc::kill(keel.child.id() as i32, libc::SIGTERM) };
     let status = keel.wait();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", keel.stderr());
-    assert!(keel.stderr().contains("stopped by signal 15"), "{}", keel.stderr());
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        keel.stderr()
+    );
+    assert!(
+        keel.stderr().contains("stopped by signal 15"),
+        "{}",
+        keel.stderr()
+    );
     assert!(!keel.api.exists());
 }
 
@@ -421,12 +542,30 @@ fn flags_and_config_files_boot_and_bad_ones_are_refused_naming_the_flag() {
     };
     let kernel = guest.to_str().unwrap();
     for (args, says) in [
-        (vec!["--kernel", kernel, "--disk", "path=/x,readonly=yes"], "--disk: key `readonly`: `yes` is not on or off"),
-        (vec!["--kernel", kernel, "--cpus", "boot=2,max=4"], "--cpus: unknown key `max`"),
-        (vec!["--kernel", kernel, "--memory", "size=1Q"], "--memory: key `size`"),
-        (vec!["--kernel", kernel, "--cpus", "0"], "invalid VM config field `vcpus`"),
-        (vec!["--kernel", "/no/kernel"], "invalid VM config field `kernel`"),
-        (vec!["--cpus", "2"], "--cpus: describes a VM, but there is no --kernel"),
+        (
+            vec!["--kernel", kernel, "--disk", "path=/x,readonly=yes"],
+            "--disk: key `readonly`: `yes` is not on or off",
+        ),
+        (
+            vec!["--kernel", kernel, "--cpus", "boot=2,max=4"],
+            "--cpus: unknown key `max`",
+        ),
+        (
+            vec!["--kernel", kernel, "--memory", "size=1Q"],
+            "--memory: key `size`",
+        ),
+        (
+            vec!["--kernel", kernel, "--cpus", "0"],
+            "invalid VM config field `vcpus`",
+        ),
+        (
+            vec!["--kernel", "/no/kernel"],
+            "invalid VM config field `kernel`",
+        ),
+        (
+            vec!["--cpus", "2"],
+            "--cpus: describes a VM, but there is no --kernel",
+        ),
         (vec![], "nothing to run"),
     ] {
         let output = run(&args);

@@ -164,13 +164,13 @@ run_keel() {
   case ${4:-} in
     devices*)
       l2_args="keel.l2_action=poweroff keel.l2_devices=1 keel.l2_token=$TOKEN"
-      device_args="--disk /tmp/disk.img,id=lanedisk --net keel0 --vsock 3,/tmp/vsock.sock"
+      device_args="--disk path=/tmp/disk.img,id=lanedisk --net tap=keel0 --vsock cid=3,socket=/tmp/vsock.sock"
       [ "$4" != devices-mmio ] || device_args="$device_args --transport mmio"
       ;;
   esac
   # shellcheck disable=SC2086 # KEEL_ARGS and device_args are lists of words
-  run_vmm "$1" env RUST_LOG="$KEEL_LOG" /bin/keel --kernel "/l2/$2/$L2_IMAGE" \
-    --initrd "/l2/$2/initrd.cpio.gz" --vcpus "$3" --mem "${MEM_MIB}M" \
+  run_vmm "$1" /bin/keel --log-level "$KEEL_LOG" --kernel "/l2/$2/$L2_IMAGE" \
+    --initrd "/l2/$2/initrd.cpio.gz" --cpus "boot=$3" --memory "size=${MEM_MIB}M" \
     --cmdline "$L2_CMDLINE $l2_args" $KEEL_ARGS $device_args
 }
 

@@ -57,10 +57,10 @@ Usage: $0 [options]
                        boot L2 from the bzImage (Linux boot protocol) or from the ELF inside it
                        (PVH entry: no decompressor in L2) [$l2_image]
   --keel-args "ARGS"   extra arguments for Keel in L1 (e.g. devices, for the L2 modules hook)
-  --keel-bin PATH      use this static Keel boot binary instead of building examples/boot
-                       (examples/vsock is taken from the same directory if it is there)
+  --keel-bin PATH      use this static keel binary instead of building the keel program
+                       (examples/vsock is taken from beside it if it is there)
   --verbose            show the whole L1 console while it runs (it is always logged)
-Environment: KEEL_CACHE (downloads, default ~/.cache/keel), KEEL_LOG (RUST_LOG for Keel in L1).
+Environment: KEEL_CACHE (downloads, default ~/.cache/keel), KEEL_LOG (keel's --log-level in L1: error, warn, info, debug, trace).
 EOF
 }
 
@@ -140,24 +140,26 @@ for k in $(printf '%s\n' $l2_kernels "$l1_kernel" | sort -u); do
 done
 
 # --- 3. Keel -------------------------------------------------------------------------------------
-# L1 has no libraries, so the binaries must be static: the musl target. examples/boot is the VMM;
-# examples/vsock is both ends of the vsock checks (in L2 over AF_VSOCK, in L1 over Unix sockets).
-musl_examples=()
+# L1 has no libraries, so the binaries must be static: the musl target. The keel program is the
+# VMM; examples/vsock is both ends of the vsock checks (in L2 over AF_VSOCK, in L1 over Unix
+# sockets).
+musl_targets=()
 if [ -z "$keel_bin" ]; then
-  musl_examples+=(--example boot)
-  keel_bin=$repo/target/x86_64-unknown-linux-musl/release/examples/boot
+  musl_targets+=(-p keel --bin keel)
+  keel_bin=$repo/target/x86_64-unknown-linux-musl/release/keel
 fi
-vsock_bin=$(dirname "$keel_bin")/vsock
+vsock_bin=$(dirname "$keel_bin")/examples/vsock
+[ -x "$vsock_bin" ] || vsock_bin=$(dirname "$keel_bin")/vsock
 if [ ! -x "$vsock_bin" ]; then
-  musl_examples+=(--example vsock)
+  musl_targets+=(-p examples --example vsock)
   vsock_bin=$repo/target/x86_64-unknown-linux-musl/release/examples/vsock
 fi
-if [ ${#musl_examples[@]} -gt 0 ]; then
+if [ ${#musl_targets[@]} -gt 0 ]; then
   command -v cargo > /dev/null || die "cargo not found: install Rust with rustup (the repo pins the toolchain)"
-  say "building Keel's examples (${musl_examples[*]}) for x86_64-unknown-linux-musl, static"
+  say "building ${musl_targets[*]} for x86_64-unknown-linux-musl, static"
   (cd "$repo" && CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build -q --release \
-    --target x86_64-unknown-linux-musl -p examples "${musl_examples[@]}") \
-    || die "cargo build of ${musl_examples[*]} for x86_64-unknown-linux-musl failed"
+    --target x86_64-unknown-linux-musl "${musl_targets[@]}") \
+    || die "cargo build of ${musl_targets[*]} for x86_64-unknown-linux-musl failed"
 fi
 for bin in "$keel_bin" "$vsock_bin"; do
   [ -x "$bin" ] || die "no binary at $bin"
