@@ -31,8 +31,6 @@ pub struct Cli {
 pub enum Command {
     /// Talk to a running keel over its API socket (like Cloud Hypervisor's ch-remote).
     Remote(RemoteArgs),
-    /// Print the API's OpenAPI 3 document (JSON).
-    Openapi,
 }
 
 /// `keel remote`.

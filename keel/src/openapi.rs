@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document of the REST API, generated from the endpoint table
 //! ([`crate::api::Endpoint`]) and the Rust types of the bodies (utoipa schemas), so it cannot
-//! describe an API the server does not serve. `keel openapi` prints it; the copy committed at
+//! describe an API the server does not serve. The `keel-openapi` program prints it; the copy committed at
 //! `keel/api/openapi.json` is checked against it by a test.
 
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};

@@ -456,6 +456,14 @@ impl Vmm {
         Some(Outcome::GuestExited(reason))
     }
 
+    /// Removes the socket files the VM serves (the console socket), for a process that ends
+    /// without dropping the VM.
+    pub fn remove_socket_files(&self) {
+        if let Some(console) = &self.console {
+            console.remove_file();
+        }
+    }
+
     /// Stops the VM on the way out.
     pub fn shut_down(&mut self) {
         if let Err(failure) = self.stop() {

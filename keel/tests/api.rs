@@ -590,7 +590,7 @@ fn the_committed_openapi_document_matches_the_code() {
     let generated = keel::openapi::document_json();
     assert!(
         committed == generated,
-        "keel/api/openapi.json is out of date: run `cargo run -p keel -- openapi > keel/api/openapi.json`"
+        "keel/api/openapi.json is out of date: run `cargo run -p keel --bin keel-openapi > keel/api/openapi.json`"
     );
     // And it describes every endpoint the server routes.
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();

@@ -49,10 +49,9 @@ echo "KEEL-L2-INFO clocksources=${clocksources%,} tsc_flags=${tsc_flags%,}"
 # PCI-MSIX, 6.1 PCI-MSI).
 rng=$(cat /sys/class/misc/hw_random/rng_current 2> /dev/null)
 bytes=$(dd if=/dev/hwrng bs=16 count=1 2> /dev/null | od -An -tx1 | tr -d ' \n')
-msix=0
-for count in $(grep -i 'msi.*virtio' /proc/interrupts | awk '{ print $2 }'); do
-  msix=$(( msix + count ))
-done
+# Each line has one count per CPU (columns 2 .. 1+nproc): an interrupt may go to any of them.
+msix=$(grep -i 'msi.*virtio' /proc/interrupts \
+  | awk -v cpus="$(nproc)" '{ for (i = 2; i <= cpus + 1; i++) sum += $i } END { print sum + 0 }')
 echo "KEEL-L2-VIRTIO rng=${rng:-none} bytes=${bytes:-none} msix_irqs=$msix"
 
 # shellcheck source=l2-devices.sh # installed as /devices.sh; it uses $token

@@ -90,9 +90,12 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // The socket file is ours: created by bind, gone with the last handle.
+        // The socket file is ours: created by bind, gone with the last handle (unless
+        // remove_file took it already).
         if let Err(err) = std::fs::remove_file(&self.path) {
-            debug!("console: cannot remove {}: {err}", self.path.display());
+            if err.kind() != ErrorKind::NotFound {
+                debug!("console: cannot remove {}: {err}", self.path.display());
+            }
         }
     }
 }
@@ -136,6 +139,18 @@ impl ConsoleSocket {
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Removes the socket file now (it is removed anyway when the last clone is dropped): no
+    /// new client can attach, an attached one stays. For programs that end without dropping
+    /// their VM.
+    pub fn remove_file(&self) {
+        if let Err(err) = std::fs::remove_file(&self.shared.path) {
+            debug!(
+                "console: cannot remove {}: {err}",
+                self.shared.path.display()
+            );
+        }
     }
 
     /// Output bytes dropped because no client read them in time.
