@@ -8,17 +8,18 @@
 //! ```
 //!
 //! Keel is measured twice: the static musl build (the lean deployment build, as Firecracker
-//! ships) and the default glibc build. Firecracker and Cloud Hypervisor are run only when
+//! ships) and the default glibc build. Every VMM is started by the same small C launcher
+//! (compiled with `cc` at start, see `LAUNCHER_C`), so `ru_maxrss` is the VMM's own. Firecracker and Cloud Hypervisor are run only when
 //! their binaries are given (this repository never builds them); QEMU when
 //! `qemu-system-x86_64` is installed. Prints min and median of both times, median peak RSS
 //! (ru_maxrss of the whole process) and the ratios to the targets: Keel's minimum <=
 //! Firecracker's, Keel's median <= 0.5 x Cloud Hypervisor's, Keel's peak RSS <= 0.75 x
 //! Firecracker's. Then one `--boot-timer` trace of Keel's start-up stages.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use benches::{write_foreign_guest, FOREIGN_GUEST_LINE};
 
@@ -31,47 +32,103 @@ struct Sample {
     ok: bool,
 }
 
-fn run(mut cmd: Command) -> Sample {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(err) => panic!("cannot start {cmd:?}: {err}"),
-    };
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut first = [0u8; 1];
-    let first_byte = match stdout.read(&mut first) {
-        Ok(1) => start.elapsed(),
-        _ => Duration::ZERO,
-    };
-    let mut rest = vec![first[0]];
-    let _ = stdout.read_to_end(&mut rest);
-    let mut stderr = Vec::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_end(&mut stderr);
+/// A tiny launcher, compiled with `cc` when the benchmark starts, that starts a VMM with
+/// `posix_spawn`, reads its stdout and stderr to the end, reaps it and prints
+/// `first_ns exit_ns maxrss_kib status`, then the VMM's output.
+///
+/// Why not spawn from this benchmark: a child started with vfork semantics (posix_spawn,
+/// Rust's `Command`) inherits its parent's resident-size high-water mark as its `ru_maxrss`
+/// baseline (the kernel records the old address space's peak at exec), and this benchmark
+/// process is larger than Keel; fork + exec copies the parent's RSS outright. The launcher is
+/// a few hundred KiB, well below every VMM measured.
+const LAUNCHER_C: &str = r#"
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+extern char **environ;
+static long long now_ns(void) {
+  struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+int main(int argc, char **argv) {
+  int out[2], err[2];
+  if (argc < 2 || pipe(out) || pipe(err)) return 111;
+  posix_spawn_file_actions_t fa; posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  posix_spawn_file_actions_addclose(&fa, out[0]);
+  posix_spawn_file_actions_addclose(&fa, err[0]);
+  long long t0 = now_ns(), first = 0; pid_t pid;
+  if (posix_spawnp(&pid, argv[1], &fa, NULL, argv + 1, environ)) return 112;
+  close(out[1]); close(err[1]);
+  static char text[1 << 20]; size_t len = 0; int open_fds = 2;
+  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  while (open_fds > 0 && poll(fds, 2, -1) > 0) {
+    for (int i = 0; i < 2; i++) {
+      if (!fds[i].revents) continue;
+      char buf[4096]; ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) { fds[i].fd = -1; open_fds--; continue; }
+      if (i == 0 && !first) first = now_ns();
+      for (ssize_t j = 0; j < n && len < sizeof text; j++) text[len++] = buf[j];
     }
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our unreaped child; `status` and `usage` are valid out-pointers.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let exit = start.elapsed();
-    let output = String::from_utf8_lossy(&rest);
-    let ok = waited == pid && output.contains(FOREIGN_GUEST_LINE.trim_end());
+  }
+  int status; struct rusage ru;
+  if (wait4(pid, &status, 0, &ru) != pid) return 113;
+  long long t1 = now_ns();
+  printf("%lld %lld %ld %d\n", first ? first - t0 : 0, t1 - t0, ru.ru_maxrss, status);
+  fwrite(text, 1, len, stdout);
+  return 0;
+}
+"#;
+
+/// Compiles the launcher into `dir`.
+fn build_launcher(dir: &Path) -> PathBuf {
+    let source = dir.join("launcher.c");
+    let binary = dir.join("launcher");
+    std::fs::write(&source, LAUNCHER_C).expect("write launcher.c");
+    let built = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cc (gcc) is needed to build the benchmark's launcher");
+    assert!(built.success(), "cannot compile the launcher");
+    binary
+}
+
+/// Runs `cmd` (program, arguments and environment) through the launcher and measures it.
+fn run(launcher: &Path, cmd: Command) -> Sample {
+    let output = Command::new(launcher)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null())
+        .output()
+        .expect("the launcher runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let fields: Vec<i64> = head
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let ok = output.status.success()
+        && fields.len() == 4
+        && rest.contains(FOREIGN_GUEST_LINE.trim_end());
     if !ok {
-        eprintln!(
-            "failed run of {:?}:\n{output}\n{}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&stderr)
-        );
+        eprintln!("failed run of {:?}: {text}", cmd.get_program());
     }
+    let field = |index: usize| fields.get(index).copied().unwrap_or(0);
     Sample {
-        first_byte,
-        exit,
-        maxrss_kib: usage.ru_maxrss,
+        first_byte: Duration::from_nanos(field(0) as u64),
+        exit: Duration::from_nanos(field(1) as u64),
+        maxrss_kib: field(2),
         ok,
     }
 }
@@ -191,6 +248,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("bench directory");
     let guest = dir.join("foreign-guest.elf");
     write_foreign_guest(&guest).expect("write the guest");
+    let launcher = build_launcher(&dir);
 
     let mut vmms: Vec<Vmm> = Vec::new();
     for (name, target) in [
@@ -293,7 +351,7 @@ fn main() {
         // Rotate the order so no VMM always runs right after the same one.
         for offset in 0..vmms.len() {
             let index = (round + offset) % vmms.len();
-            samples[index].push(run((vmms[index].command)()));
+            samples[index].push(run(&launcher, (vmms[index].command)()));
         }
     }
     let summaries: Vec<Summary> = vmms
