@@ -100,6 +100,7 @@ run_vmm() {
   L2_ERRORS=
   VIRTIO=
   DEVICES=
+  BUTTON=
   now
   start=$NOW
   "$@" > /tmp/console 2> /tmp/stderr < /dev/null &
@@ -114,6 +115,13 @@ run_vmm() {
       *"KEEL-L2-ERROR"*) L2_ERRORS=1 ;;
       *"KEEL-L2-VIRTIO "*) VIRTIO=${line#*KEEL-L2-VIRTIO } ;;
       *"KEEL-L2-DEVICES "*) DEVICES=${line#*KEEL-L2-DEVICES } ;;
+      *"KEEL-L2-BUTTON-READY"*)
+        # The case's API socket: press the power button as a manager would (a grandchild, so
+        # its exit cannot interrupt this reader; see the top of this file).
+        ( /bin/keel remote --api-socket /tmp/keel-api.sock power-button > /tmp/button.out 2>&1 \
+            && echo pressed >> /tmp/button.out & )
+        ;;
+      *"KEEL-L2-BUTTON pressed"*) BUTTON=pressed ;;
       *"KEEL-L2-END"*)
         if [ -z "$grace" ]; then
           (sleep "$SHUTDOWN_GRACE"; echo no-exit-after-poweroff > /tmp/killed; kill -KILL $pid) 2> /dev/null &
@@ -166,6 +174,11 @@ run_keel() {
       l2_args="keel.l2_action=poweroff keel.l2_devices=1 keel.l2_token=$TOKEN"
       device_args="--disk path=/tmp/disk.img,id=lanedisk --net tap=keel0 --vsock cid=3,socket=/tmp/vsock.sock"
       [ "$4" != devices-mmio ] || device_args="$device_args --transport mmio"
+      ;;
+    button)
+      # run_vmm presses the power button through this API socket when L2 is ready.
+      rm -f /tmp/keel-api.sock /tmp/button.out
+      device_args="--api-socket /tmp/keel-api.sock"
       ;;
   esac
   # shellcheck disable=SC2086 # KEEL_ARGS and device_args are lists of words
@@ -263,6 +276,12 @@ judge() {
     || reasons="$reasons,msix"
   DEVICE_FIELDS=
   case $3 in devices*) judge_devices "$3" ;; esac
+  # button: Keel's API pressed the ACPI power button and L2's button driver saw the press.
+  if [ "$3" = button ]; then
+    [ "$BUTTON" = pressed ] || reasons="$reasons,button-not-seen"
+    grep -q pressed /tmp/button.out 2> /dev/null || reasons="$reasons,button-api"
+    DEVICE_FIELDS=" button=${BUTTON:-none}"
+  fi
   [ -z "$KILLED" ] || reasons="$reasons,$KILLED"
   [ -n "$KILLED" ] || [ "$STATUS" = 0 ] || reasons="$reasons,exit-status"
   [ -n "$KILLED" ] || grep -q "VM exited: $expected_exit" /tmp/stderr \

@@ -57,10 +57,28 @@ echo "KEEL-L2-VIRTIO rng=${rng:-none} bytes=${bytes:-none} msix_irqs=$msix"
 # shellcheck source=l2-devices.sh # installed as /devices.sh; it uses $token
 [ -z "$devices" ] || . /devices.sh
 
+# button: wait for a press of the ACPI power button (L1 presses it through Keel's API when it
+# reads KEEL-L2-BUTTON-READY), as systemd-logind or acpid would, then power off. The button
+# driver names its input device "Power Button"; one 24-byte input event is a press or release.
+if [ "$action" = button ]; then
+  event=
+  for input in /sys/class/input/input*; do
+    [ "$(cat "$input/name" 2> /dev/null)" = "Power Button" ] || continue
+    for node in "$input"/event*; do [ -e "$node" ] && event=${node##*/}; done
+  done
+  if [ -n "$event" ] && [ -c "/dev/input/$event" ]; then
+    echo "KEEL-L2-BUTTON-READY device=$event"
+    dd if="/dev/input/$event" bs=24 count=1 of=/dev/null 2> /dev/null
+    echo "KEEL-L2-BUTTON pressed"
+  else
+    echo "KEEL-L2-ERROR no power button input device"
+  fi
+fi
+
 # How to end, from keel.l2_action=: power off (ACPI S5; the VMM should report "guest
-# shutdown"), reboot (reboot=k: the i8042 reset line, "guest reset"), or panic (panic=-1 reboots
-# at once: "guest reset"). -f: there is no init system to tell. KEEL-L2-END tells L1 that the
-# VM should end now.
+# shutdown"; also after the power button), reboot (reboot=k: the i8042 reset line, "guest
+# reset"), or panic (panic=-1 reboots at once: "guest reset"). -f: there is no init system to
+# tell. KEEL-L2-END tells L1 that the VM should end now.
 echo "KEEL-L2-END action=$action"
 case $action in
   reboot) reboot -f ;;
