@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod console;
 pub mod counters;
 pub mod legacy;
 pub mod pci;

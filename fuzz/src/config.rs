@@ -1,4 +1,4 @@
-//! What a user hands Keel: a VM config in JSON (the `--config` file, or a manager's API call)
+//! What a user hands Keel: a VM config in JSON or YAML (the `--config` file, or a manager's API call)
 //! and memory sizes as text (`--mem 512M`). Parsing and [`VmConfig::validate`] must turn any
 //! input into a value or an error, and a config that parses must survive a JSON round trip.
 
@@ -45,5 +45,9 @@ fn vm_config_text(text: &str) {
         let json = serde_json::to_string(&config).expect("a parsed config serializes");
         let again: VmConfig = serde_json::from_str(&json).expect("a serialized config parses");
         assert_eq!(again, config, "JSON round trip changed the config");
+    }
+    // The same text as YAML (a JSON document is YAML too), as `--config vm.yaml` reads it.
+    if let Ok(config) = serde_saphyr::from_str::<VmConfig>(text) {
+        let _ = config.validate();
     }
 }

@@ -4,11 +4,13 @@
 //! allocate without bound. For the virtio targets the bytes play the guest driver: they become
 //! a descriptor table, an available ring and guest memory contents for a device driven through
 //! virtio-queue's mock split queue. Others play the guest's port I/O (legacy devices) or the
-//! user (VM configs and memory sizes, kernel images). The same functions back the libFuzzer binaries (`fuzz_targets/`) and the
+//! user (VM configs in JSON and YAML and memory sizes, `keel`'s flags, kernel images). The same functions back the libFuzzer binaries (`fuzz_targets/`) and the
 //! stable-toolchain smoke test (`tests/smoke.rs`), which runs every entry of [`TARGETS`].
 
 pub mod block;
 pub mod config;
+pub mod console;
+pub mod flags;
 pub mod kernel;
 pub mod legacy;
 pub mod net;
@@ -25,6 +27,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("block_request", block::block_request),
     ("rng", rng::rng),
+    ("console", console::console),
     ("net_header", net::net_header),
     ("net_ctrl", net_ctrl::net_ctrl),
     ("vsock_packet", vsock::vsock_packet),
@@ -32,5 +35,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pci_config", transport::pci_config),
     ("legacy_registers", legacy::legacy_registers),
     ("vm_config", config::vm_config),
+    ("keel_flags", flags::keel_flags),
     ("kernel_image", kernel::kernel_image),
 ];

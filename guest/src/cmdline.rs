@@ -103,6 +103,8 @@ pub struct VirtioOptions {
     pub net_frames: u32,
     /// `keel.vsock`: test the first virtio-vsock device.
     pub vsock: bool,
+    /// `keel.console`: test the first virtio-console device.
+    pub console: bool,
     /// `keel.vsock_port=P`: the host (CID 2) port to connect to.
     pub vsock_port: u32,
     /// `keel.vsock_listen=Q`: the guest port to accept a connection on.
@@ -156,6 +158,7 @@ impl VirtioOptions {
             || self.rng
             || self.net
             || self.vsock
+            || self.console
             || self.blk_bench.is_some()
             || self.net_bench
             || self.vsock_bench
@@ -174,6 +177,7 @@ impl Default for VirtioOptions {
             net: false,
             net_frames: DEFAULT_NET_FRAMES,
             vsock: false,
+            console: false,
             vsock_port: DEFAULT_VSOCK_PORT,
             vsock_listen: DEFAULT_VSOCK_LISTEN,
             wait_tsc: DEFAULT_VIRTIO_WAIT_TSC,
@@ -383,6 +387,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             ("keel.pci_move_bar", None) => options.virtio.pci_move_bar = true,
             ("keel.net", None) => options.virtio.net = true,
             ("keel.vsock", None) => options.virtio.vsock = true,
+            ("keel.console", None) => options.virtio.console = true,
             ("keel.net_bench", None) => options.virtio.net_bench = true,
             ("keel.vsock_bench", None) => options.virtio.vsock_bench = true,
             ("keel.blk_bench", Some(value)) => {
@@ -458,8 +463,8 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             }
             (
                 "keel.echo" | "keel.power_button" | "keel.blk" | "keel.rng" | "keel.net"
-                | "keel.vsock" | "keel.net_bench" | "keel.vsock_bench" | "keel.pci"
-                | "keel.pci_move_bar",
+                | "keel.vsock" | "keel.console" | "keel.net_bench" | "keel.vsock_bench"
+                | "keel.pci" | "keel.pci_move_bar",
                 Some(_),
             ) => {
                 return Err(error("the option without a value"));

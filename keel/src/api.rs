@@ -289,6 +289,9 @@ pub struct VmInfo {
     /// The console socket clients attach to, when the serial port is on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_socket: Option<String>,
+    /// The virtio console's socket, when it is on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_console_socket: Option<String>,
 }
 
 /// `GET /api/v1/vmm.ping`.

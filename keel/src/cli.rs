@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
-use vmm_core::{BootProtocol, SerialInput, SerialOutput, VirtioTransport, VmConfig};
+use vmm_core::{BootProtocol, ConsoleConfig, SerialInput, SerialOutput, VirtioTransport, VmConfig};
 
 use crate::options::{OptionError, OptionList};
 
@@ -76,11 +76,14 @@ pub enum RemoteAction {
     Metrics,
     /// Stop the VM and end the keel process.
     ShutdownVmm,
-    /// Attach to the serial console (detach with Ctrl-]).
+    /// Attach to the serial console, or with --virtio the virtio console (detach with Ctrl-]).
     Console {
         /// The console socket; default: the one `info` reports.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// The virtio console's socket rather than the serial port's.
+        #[arg(long)]
+        virtio: bool,
     },
 }
 
@@ -130,7 +133,7 @@ pub struct VmmArgs {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
     /// A VM config file: JSON, or YAML (by a .yaml/.yml extension), the serialized VmConfig.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "vsock", "rng", "transport", "boot_protocol", "virtio_mmio_cmdline"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "net", "vsock", "rng", "console", "transport", "boot_protocol", "virtio_mmio_cmdline"])]
     pub config: Option<PathBuf>,
     /// Kernel: an ELF (vmlinux, PVH) or a bzImage.
     #[arg(long, value_name = "PATH")]
@@ -164,6 +167,11 @@ pub struct VmmArgs {
     /// `null` or `off`.
     #[arg(long, value_name = "tty|file=PATH|socket=PATH|null|off")]
     pub serial: Option<String>,
+    /// A virtio console (Linux's hvc0; boot with `console=hvc0`): `tty`, `file=PATH`,
+    /// `socket=PATH`, `null` (output discarded) or `off` (no device, the default). With `tty` it
+    /// takes standard input, unless --serial tty asks for it.
+    #[arg(long, value_name = "off|tty|file=PATH|socket=PATH|null")]
+    pub console: Option<String>,
     /// Virtio transport.
     #[arg(long, value_enum)]
     pub transport: Option<Transport>,
@@ -272,11 +280,23 @@ pub fn vm_config(args: &VmmArgs) -> Result<Option<VmConfig>, CliError> {
         }
     };
     if let Some(serial) = &args.serial {
-        let (output, input) = parse_serial(serial)?;
+        let (output, input) = parse_serial("--serial", serial)?;
         config.serial.output = output;
         config.serial.input = input;
     } else if args.config.is_none() {
         config.serial.input = default_tty_input();
+    }
+    if let Some(console) = args.console.as_deref().filter(|spec| *spec != "off") {
+        let (output, input) = parse_serial("--console", console)?;
+        // Standard input goes to the console unless --serial tty claimed it.
+        if input == SerialInput::Stdin && args.serial.is_none() {
+            config.serial.input = SerialInput::None;
+        }
+        config.console = Some(ConsoleConfig {
+            output,
+            input,
+            ..ConsoleConfig::default()
+        });
     }
     Ok(Some(config))
 }
@@ -424,18 +444,22 @@ fn default_tty_input() -> SerialInput {
     }
 }
 
-fn parse_serial(spec: &str) -> Result<(SerialOutput, SerialInput), OptionError> {
+/// `tty`, `null`/`off`, `file=PATH` or `socket=PATH`, for `--serial` and `--console`.
+fn parse_serial(
+    flag: &'static str,
+    spec: &str,
+) -> Result<(SerialOutput, SerialInput), OptionError> {
     match spec {
         "tty" => return Ok((SerialOutput::Stdout, default_tty_input())),
         "null" | "off" => return Ok((SerialOutput::Null, SerialInput::None)),
         _ => {}
     }
-    let mut list = OptionList::parse("--serial", spec, &["file", "socket"], None)?;
+    let mut list = OptionList::parse(flag, spec, &["file", "socket"], None)?;
     match (list.take("file")?, list.take("socket")?) {
         (Some(file), None) => Ok((SerialOutput::File(file.into()), SerialInput::None)),
         (None, Some(socket)) => Ok((SerialOutput::Socket(socket.into()), SerialInput::None)),
         _ => Err(OptionError {
-            flag: "--serial",
+            flag,
             message: "give one of tty, null, off, file=PATH or socket=PATH".into(),
         }),
     }
@@ -475,6 +499,8 @@ mod tests {
             "--rng",
             "--serial",
             "socket=/tmp/c.sock",
+            "--console",
+            "file=/tmp/hvc.log",
             "--transport",
             "mmio",
         ])
@@ -494,6 +520,10 @@ mod tests {
             SerialOutput::Socket("/tmp/c.sock".into())
         );
         assert_eq!(config.virtio_transport, VirtioTransport::Mmio);
+        assert_eq!(
+            config.console.unwrap().output,
+            SerialOutput::File("/tmp/hvc.log".into())
+        );
     }
 
     #[test]

@@ -54,15 +54,24 @@ fn execute(args: &RemoteArgs) -> Result<(), String> {
             let config = read_config_file(config).map_err(|err| err.to_string())?;
             return client.create(&config).map_err(text);
         }
-        RemoteAction::Console { socket } => {
+        RemoteAction::Console { socket, virtio } => {
             let path = match socket {
                 Some(path) => path.clone(),
-                None => client
-                    .info()
-                    .map_err(text)?
-                    .console_socket
-                    .ok_or("the VM's serial port is not on a socket (--serial socket=PATH)")?
-                    .into(),
+                None => {
+                    let info = client.info().map_err(text)?;
+                    let (socket, missing) = if *virtio {
+                        (
+                            info.virtio_console_socket,
+                            "the VM has no virtio console on a socket (--console socket=PATH)",
+                        )
+                    } else {
+                        (
+                            info.console_socket,
+                            "the VM's serial port is not on a socket (--serial socket=PATH)",
+                        )
+                    };
+                    socket.ok_or(missing)?.into()
+                }
             };
             return attach(&path);
         }

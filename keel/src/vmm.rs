@@ -87,6 +87,27 @@ fn build_failure(err: VmError) -> Failure {
     }
 }
 
+/// The console socket `output` asks for: the one in `kept` when it is on the same path (a
+/// client attached before a reboot stays attached), else a new one (or none).
+fn keep_socket(
+    kept: &mut Option<ConsoleSocket>,
+    output: Option<&SerialOutput>,
+) -> Result<Option<ConsoleSocket>, Failure> {
+    let Some(SerialOutput::Socket(path)) = output else {
+        *kept = None;
+        return Ok(None);
+    };
+    if kept
+        .as_ref()
+        .is_none_or(|socket| socket.path() != path.as_path())
+    {
+        // The old socket (a different path) goes first.
+        *kept = None;
+        *kept = Some(ConsoleSocket::bind(path).map_err(|err| build_failure(err.into()))?);
+    }
+    Ok(kept.clone())
+}
+
 /// A request from the API thread, with where to send the answer.
 pub struct Request {
     /// What is asked.
@@ -152,8 +173,11 @@ pub struct Policy {
 pub struct Vmm {
     config: Option<VmConfig>,
     vm: Option<Vm>,
-    /// The console socket, kept across reboots so an attached client stays attached.
+    /// The serial port's console socket, kept across reboots so an attached client stays
+    /// attached.
     console: Option<ConsoleSocket>,
+    /// The virtio console's socket, likewise.
+    virtio_console: Option<ConsoleSocket>,
     boots: u64,
     /// Bumped per VM built; state events carry it so a rebuilt VM ignores its predecessor's.
     generation: u64,
@@ -171,6 +195,7 @@ impl Vmm {
             config: None,
             vm: None,
             console: None,
+            virtio_console: None,
             boots: 0,
             generation: 0,
             exit: None,
@@ -200,21 +225,12 @@ impl Vmm {
         // the new one may open again.
         self.vm = None;
         let mut builder = VmBuilder::new(config.clone());
-        if let SerialOutput::Socket(path) = &config.serial.output {
-            let reuse = self
-                .console
-                .as_ref()
-                .is_some_and(|console| console.path() == path.as_path());
-            if !reuse {
-                self.console = None;
-                let console = ConsoleSocket::bind(path).map_err(|err| build_failure(err.into()))?;
-                self.console = Some(console);
-            }
-            if let Some(console) = &self.console {
-                builder = builder.console_socket(console.clone());
-            }
-        } else {
-            self.console = None;
+        if let Some(socket) = keep_socket(&mut self.console, Some(&config.serial.output))? {
+            builder = builder.console_socket(socket);
+        }
+        let virtio_output = config.console.as_ref().map(|console| &console.output);
+        if let Some(socket) = keep_socket(&mut self.virtio_console, virtio_output)? {
+            builder = builder.virtio_console_socket(socket);
         }
         if let Some(timer) = self.policy.boot_timer.take() {
             builder = builder.boot_timer(timer);
@@ -298,6 +314,10 @@ impl Vmm {
             boots: self.boots,
             console_socket: self
                 .console
+                .as_ref()
+                .map(|console| console.path().display().to_string()),
+            virtio_console_socket: self
+                .virtio_console
                 .as_ref()
                 .map(|console| console.path().display().to_string()),
         }
@@ -397,6 +417,7 @@ impl Vmm {
                 self.vm = None;
                 self.config = None;
                 self.console = None;
+                self.virtio_console = None;
                 self.exit = None;
                 Answer::Empty
             }),
@@ -459,8 +480,8 @@ impl Vmm {
     /// Removes the socket files the VM serves (the console socket), for a process that ends
     /// without dropping the VM.
     pub fn remove_socket_files(&self) {
-        if let Some(console) = &self.console {
-            console.remove_file();
+        for socket in [&self.console, &self.virtio_console].into_iter().flatten() {
+            socket.remove_file();
         }
     }
 

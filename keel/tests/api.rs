@@ -606,3 +606,54 @@ fn the_committed_openapi_document_matches_the_code() {
     assert!(doc["components"]["schemas"]["VmConfig"].is_object());
     assert!(doc["components"]["schemas"]["DiskConfig"].is_object());
 }
+
+#[test]
+fn a_virtio_console_is_reached_with_keel_remote_console_virtio() {
+    require_kvm!();
+    let dir = scratch("virtio-console");
+    let hvc = dir.join("hvc.sock");
+    let guest = guest();
+    let (mut keel, client) = Keel::with_api(
+        &dir,
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "keel.cpus=1 keel.pci keel.console",
+            "--console",
+            &format!("socket={}", hvc.display()),
+        ],
+    );
+    let info = client.info().unwrap();
+    assert_eq!(info.virtio_console_socket.as_deref(), hvc.to_str());
+    assert_eq!(info.config.unwrap().console.unwrap().id, "console0");
+    let mut attach = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "remote",
+            "--api-socket",
+            keel.api.to_str().unwrap(),
+            "console",
+            "--virtio",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = attach.stdin.take().unwrap();
+    input.write_all(b"typed into hvc0\n").unwrap();
+    drop(input);
+    assert!(keel.wait().success(), "{}", keel.stderr());
+    let output = attach.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("keel-guest: hello over virtio-console"),
+        "{text}"
+    );
+    assert!(text.contains("typed into hvc0"), "{text}");
+    let serial = keel.stdout();
+    assert!(
+        serial.contains("virtio-console received=\"typed into hvc0\""),
+        "{serial}"
+    );
+    assert!(!hvc.exists(), "the console socket is removed");
+}

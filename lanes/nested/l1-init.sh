@@ -173,6 +173,7 @@ run_keel() {
     devices*)
       l2_args="keel.l2_action=poweroff keel.l2_devices=1 keel.l2_token=$TOKEN"
       device_args="--disk path=/tmp/disk.img,id=lanedisk --net tap=keel0 --vsock cid=3,socket=/tmp/vsock.sock"
+      device_args="$device_args --console file=/tmp/hvc.out"
       [ "$4" != devices-mmio ] || device_args="$device_args --transport mmio"
       ;;
     button)
@@ -202,7 +203,7 @@ run_qemu() {
 prepare_devices() {
   cp /l2/disk.ext4 /tmp/disk.img
   TOKEN=$(tr -d '-' < /proc/sys/kernel/random/uuid)
-  rm -f /tmp/vsock.sock /tmp/vsock.sock_5000 /tmp/g2h.out /tmp/h2g.out /tmp/tap.out
+  rm -f /tmp/vsock.sock /tmp/vsock.sock_5000 /tmp/g2h.out /tmp/h2g.out /tmp/tap.out /tmp/hvc.out
   # Guest to host: L2 connects to host port 5000, i.e. this Unix socket.
   ( vsock --timeout-s 60 host-listen /tmp/vsock.sock_5000 > /tmp/g2h.out 2>&1 & )
   # Host to guest: CONNECT 5001 through Keel's socket, retried until L2 listens.
@@ -245,8 +246,11 @@ judge_devices() {
   [ "$(field vsock_g2h "$DEVICES")" = "echo_from-l2-$TOKEN" ] || reasons="$reasons,vsock-g2h-guest"
   [ "$(field vsock_h2g "$DEVICES")" = "from-l1-$TOKEN" ] || reasons="$reasons,vsock-h2g-guest"
   [ "$(cat /tmp/h2g.out 2> /dev/null)" = "echo from-l1-$TOKEN" ] || reasons="$reasons,vsock-h2g-host"
+  # virtio-console: L2's line on hvc0 is in the file keel wrote its output to.
+  [ "$(field hvc "$DEVICES")" = ok ] || reasons="$reasons,hvc-$(field hvc "$DEVICES")"
+  grep -q "from-l2-$TOKEN" /tmp/hvc.out 2> /dev/null || reasons="$reasons,hvc-host"
   DEVICE_FIELDS=" transport=$(field transport "$DEVICES") blk=$d_blk readback=$([ "$host_sha" = "$d_sha" ] && echo ok || echo bad)"
-  DEVICE_FIELDS="$DEVICE_FIELDS ping_rx=$d_ping vsock=$(field vsock_h2g "$DEVICES" | cut -c1-8)"
+  DEVICE_FIELDS="$DEVICE_FIELDS ping_rx=$d_ping vsock=$(field vsock_h2g "$DEVICES" | cut -c1-8) hvc=$(field hvc "$DEVICES")"
 }
 
 # judge <case> <vcpus> <action>: sets JUDGED (the case's KEEL-LANE line, from run_vmm's results)

@@ -5,10 +5,11 @@
 #   virtio-blk   an empty ext4 file system, serial number "lanedisk"
 #   virtio-net   on a TAP device whose L1 side is 10.0.2.1/24
 #   virtio-vsock guest CID 3; L1 listens on host port 5000 and connects to guest port 5001
+#   virtio-console hvc0, whose output keel writes to a file L1 reads
 # Each device is driven by the stock kernel's own driver, and the results go in one line that
 # L1 checks against what it saw on its side of each device (l1-init.sh's judge_devices):
 #   KEEL-L2-DEVICES transport= blk=ok blk_serial= blk_sha256= net=ok net_if= net_ctrl_vq=
-#     ping_rx= vsock_g2h= vsock_h2g=
+#     ping_rx= vsock_g2h= vsock_h2g= hvc=ok
 # A step that fails puts its name in place of "ok". token is keel.l2_token= from the command
 # line: L1 chose it, so nothing here can pass by printing constants.
 
@@ -84,7 +85,15 @@ wait $h2g_pid
 h2g=$(cat /tmp/h2g)
 [ -n "$h2g" ] || h2g="error:$(head -c 60 /tmp/h2g.err)"
 
+# virtio-console: a line with the token on hvc0, which keel writes to L1's file.
+hvc=ok
+if wait_for /dev/hvc0; then
+  echo "from-l2-$token" > /dev/hvc0 || hvc=write
+else
+  hvc=no-hvc0
+fi
+
 # Spaces would split the key=value words.
 words() { echo "$1" | tr ' \t' '__'; }
 echo "KEEL-L2-DEVICES transport=$transport blk=$blk blk_serial=$(words "${blk_serial:-none}") blk_sha256=$blk_sha256" \
-  "net=$net net_if=$net_if net_ctrl_vq=${net_ctrl_vq:-none} ping_rx=${ping_rx:-0} vsock_g2h=$(words "$g2h") vsock_h2g=$(words "$h2g")"
+  "net=$net net_if=$net_if net_ctrl_vq=${net_ctrl_vq:-none} ping_rx=${ping_rx:-0} vsock_g2h=$(words "$g2h") vsock_h2g=$(words "$h2g") hvc=$hvc"

@@ -17,6 +17,7 @@ use devices::legacy::{
     COM1_IRQ, COM1_PORT_BASE, GED_PORT_BASE, GED_PORT_LEN, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
     RTC_PORT_BASE, RTC_PORT_LEN, SERIAL_PORT_LEN,
 };
+use devices::virtio::console::VirtioConsole;
 use devices::virtio::NotifyStats;
 use event_manager::MutEventSubscriber;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -28,11 +29,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::acpi;
 use crate::boot::{self, BootLayout};
 use crate::boot_timer::{self, BootTimer};
-use crate::config::{SerialInput, SerialOutput, VirtioTransport, VmConfig};
+use crate::config::{ConsoleConfig, SerialInput, SerialOutput, VirtioTransport, VmConfig};
 use crate::console::ConsoleSocket;
 use crate::counters::{self, CounterSources, ExitCounters};
 use crate::device_manager::{self, VirtioMmioDevices, GED_IRQ};
-use crate::event_loop::{EventLoop, EventLoopBuilder, SharedSerial};
+use crate::event_loop::{EventLoop, EventLoopBuilder, SharedConsoleInput, SharedSerial};
 use crate::memory;
 use crate::pci::{PciAttachment, VirtioNotifyCount, VirtioPciDevices};
 use crate::state::{self, Control, ExitReason, HandleDevices, VmHandle, VmState};
@@ -107,6 +108,7 @@ pub struct VmBuilder {
     serial_output: Option<Box<dyn Write + Send>>,
     serial_input: Option<OwnedFd>,
     console_socket: Option<ConsoleSocket>,
+    virtio_console_socket: Option<ConsoleSocket>,
     boot_timer: Option<BootTimer>,
 }
 
@@ -118,6 +120,7 @@ impl VmBuilder {
             serial_output: None,
             serial_input: None,
             console_socket: None,
+            virtio_console_socket: None,
             boot_timer: None,
         }
     }
@@ -137,6 +140,13 @@ impl VmBuilder {
         self
     }
 
+    /// Serves the virtio console (`config.console`, which must be set) on `socket`, as
+    /// [`VmBuilder::console_socket`] does for the serial port.
+    pub fn virtio_console_socket(mut self, socket: ConsoleSocket) -> Self {
+        self.virtio_console_socket = Some(socket);
+        self
+    }
+
     /// Sends the guest's serial output to `writer` instead of `config.serial.output`.
     pub fn serial_output(mut self, writer: impl Write + Send + 'static) -> Self {
         self.serial_output = Some(Box::new(writer));
@@ -148,54 +158,6 @@ impl VmBuilder {
     pub fn serial_input(mut self, fd: impl Into<OwnedFd>) -> Self {
         self.serial_input = Some(fd.into());
         self
-    }
-
-    fn open_output(&mut self) -> Result<Box<dyn Write + Send>, Error> {
-        if let Some(writer) = self.serial_output.take() {
-            return Ok(writer);
-        }
-        if let SerialOutput::Socket(path) = &self.config.serial.output {
-            if self.console_socket.is_none() {
-                self.console_socket = Some(ConsoleSocket::bind(path)?);
-            }
-        }
-        if let Some(socket) = &self.console_socket {
-            return Ok(Box::new(socket.writer()));
-        }
-        Ok(match &self.config.serial.output {
-            SerialOutput::Stdout => Box::new(std::io::stdout()),
-            SerialOutput::Null => Box::new(std::io::sink()),
-            SerialOutput::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| Error::SerialFile {
-                        path: path.clone(),
-                        source,
-                    })?,
-            ),
-            // Bound above.
-            SerialOutput::Socket(_) => Box::new(std::io::sink()),
-        })
-    }
-
-    fn open_input(&mut self) -> Result<Option<OwnedFd>, Error> {
-        if let Some(fd) = self.serial_input.take() {
-            return Ok(Some(fd));
-        }
-        if self.console_socket.is_some() {
-            // Input comes from the console socket's client.
-            return Ok(None);
-        }
-        match self.config.serial.input {
-            SerialInput::None => Ok(None),
-            SerialInput::Stdin => std::io::stdin()
-                .as_fd()
-                .try_clone_to_owned()
-                .map(Some)
-                .map_err(Error::Io),
-        }
     }
 
     /// Validates the config, creates the VM and loads the kernel. The vCPUs do not run until
@@ -210,19 +172,29 @@ impl VmBuilder {
         self.config.validate()?;
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
         mark("config validated");
-        let mut image = GuestImage::prepare(&self.config, timer.as_ref())?;
-        let console = Console {
-            output: self.open_output()?,
-            input: self.open_input()?,
-            socket: self.console_socket.take(),
+        let serial = ConsoleEnds::open(
+            &self.config.serial.output,
+            &self.config.serial.input,
+            self.serial_output.take(),
+            self.serial_input.take(),
+            self.console_socket.take(),
+        )?;
+        let console = match &self.config.console {
+            Some(config) => Some(VirtioConsoleParts::create(
+                config,
+                self.virtio_console_socket.take(),
+            )?),
+            None => None,
         };
         mark("console opened");
+        let extra = console.iter().map(VirtioConsoleParts::entry).collect();
+        let mut image = GuestImage::prepare(&self.config, timer.as_ref(), extra)?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
         mark("KVM VM created, memory registered");
         let control = Control::new(self.config.vcpus as usize);
-        let wired = wire_devices(&control, &vm_fd, &mut image, console)?;
+        let wired = wire_devices(&control, &vm_fd, &mut image, serial, console)?;
         mark("devices wired");
         let GuestImage { memory, boot, .. } = image;
         let vcpus = create_vcpus(&kvm, &vm_fd, self.config.vcpus, &boot)?;
@@ -255,12 +227,14 @@ fn wire_devices(
     control: &Arc<Control>,
     vm_fd: &Arc<VmFd>,
     image: &mut GuestImage,
-    console: Console,
+    serial_ends: ConsoleEnds,
+    console: Option<VirtioConsoleParts>,
 ) -> Result<WiredDevices, Error> {
+    let (serial_output, serial_feed) = serial_ends.split();
     let serial: SharedSerial = Arc::new(Mutex::new(
         Serial::new(
             irq_line(vm_fd, COM1_IRQ, "KVM_IRQFD (COM1)")?,
-            console.output,
+            serial_output,
         )
         .map_err(Error::Io)?,
     ));
@@ -312,20 +286,28 @@ fn wire_devices(
             )
         })
         .collect();
+    let mut sockets = Vec::new();
+    if let Some(socket) = &serial_feed.socket {
+        sockets.push(("com1".to_string(), socket.clone()));
+    }
+    let counters_serial = serial.clone();
+    let serial_input: SharedConsoleInput = serial;
+    serial_feed.serve(&mut events, serial_input)?;
+    if let Some(console) = console {
+        if let Some(socket) = &console.feed.socket {
+            sockets.push((console.id.clone(), socket.clone()));
+        }
+        let input: SharedConsoleInput = console.device;
+        console.feed.serve(&mut events, input)?;
+    }
     let counters = CounterSources {
         exits: (0..control.vcpu_count())
             .map(|_| Arc::new(ExitCounters::default()))
             .collect(),
-        serial: serial.clone(),
-        console: console.socket.clone(),
+        serial: counters_serial,
+        sockets,
         virtio,
     };
-    if let Some(socket) = &console.socket {
-        events.add_console(socket, serial.clone())?;
-    }
-    if let Some(input) = console.input {
-        events.add_serial_input(serial, input)?;
-    }
     Ok(WiredDevices {
         buses: Arc::new(IoBuses { pio, mmio }),
         events,
@@ -362,10 +344,17 @@ struct GuestImage {
 }
 
 impl GuestImage {
-    fn prepare(config: &VmConfig, timer: Option<&BootTimer>) -> Result<Self, Error> {
+    /// `extra`: devices the builder made itself (the virtio console), placed after the
+    /// config's.
+    fn prepare(
+        config: &VmConfig,
+        timer: Option<&BootTimer>,
+        extra: Vec<device_manager::VirtioDeviceEntry>,
+    ) -> Result<Self, Error> {
         let memory = memory::create_guest_memory(config.memory.as_bytes())?;
         boot_timer::mark(timer, "guest memory mapped");
         let mut virtio = device_manager::create_virtio_devices(config)?;
+        virtio.extend(extra);
         boot_timer::mark(timer, "device back ends opened");
         let subscribers = virtio
             .iter_mut()
@@ -408,12 +397,120 @@ impl GuestImage {
     }
 }
 
-/// The serial console's ends, opened before KVM (a bad output path is the user's error).
-struct Console {
+/// A console's ends (the serial port's or the virtio console's), opened before KVM: a bad
+/// output path is the user's error.
+struct ConsoleEnds {
     output: Box<dyn Write + Send>,
     input: Option<OwnedFd>,
     /// The console socket serving output and input, when there is one.
     socket: Option<ConsoleSocket>,
+}
+
+impl ConsoleEnds {
+    /// Opens what `output` and `input` name, unless the caller supplied a writer, an input
+    /// descriptor or a socket instead.
+    fn open(
+        output: &SerialOutput,
+        input: &SerialInput,
+        given_output: Option<Box<dyn Write + Send>>,
+        given_input: Option<OwnedFd>,
+        given_socket: Option<ConsoleSocket>,
+    ) -> Result<Self, Error> {
+        let mut socket = given_socket;
+        if given_output.is_none() && socket.is_none() {
+            if let SerialOutput::Socket(path) = output {
+                socket = Some(ConsoleSocket::bind(path)?);
+            }
+        }
+        let writer: Box<dyn Write + Send> = match (given_output, &socket) {
+            (Some(writer), _) => writer,
+            (None, Some(socket)) => Box::new(socket.writer()),
+            (None, None) => match output {
+                SerialOutput::Stdout => Box::new(std::io::stdout()),
+                SerialOutput::Null | SerialOutput::Socket(_) => Box::new(std::io::sink()),
+                SerialOutput::File(path) => Box::new(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|source| Error::SerialFile {
+                            path: path.clone(),
+                            source,
+                        })?,
+                ),
+            },
+        };
+        let input = match (given_input, &socket, input) {
+            (Some(fd), _, _) => Some(fd),
+            // Input comes from the socket's client.
+            (None, Some(_), _) | (None, None, SerialInput::None) => None,
+            (None, None, SerialInput::Stdin) => Some(
+                std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(Error::Io)?,
+            ),
+        };
+        Ok(ConsoleEnds {
+            output: writer,
+            input,
+            socket,
+        })
+    }
+
+    /// The writer, and what feeds input.
+    fn split(self) -> (Box<dyn Write + Send>, ConsoleFeed) {
+        (
+            self.output,
+            ConsoleFeed {
+                input: self.input,
+                socket: self.socket,
+            },
+        )
+    }
+}
+
+/// Where a console's input comes from: the socket's clients or an input descriptor.
+struct ConsoleFeed {
+    input: Option<OwnedFd>,
+    socket: Option<ConsoleSocket>,
+}
+
+impl ConsoleFeed {
+    /// Adds the event-loop work that feeds input to `device`.
+    fn serve(self, events: &mut EventLoopBuilder, device: SharedConsoleInput) -> Result<(), Error> {
+        if let Some(socket) = &self.socket {
+            events.add_console(socket, device.clone())?;
+        }
+        if let Some(input) = self.input {
+            events.add_serial_input(device, input)?;
+        }
+        Ok(())
+    }
+}
+
+/// The virtio console device and what feeds its input.
+struct VirtioConsoleParts {
+    id: String,
+    device: Arc<Mutex<VirtioConsole<Box<dyn Write + Send>>>>,
+    feed: ConsoleFeed,
+}
+
+impl VirtioConsoleParts {
+    fn create(config: &ConsoleConfig, socket: Option<ConsoleSocket>) -> Result<Self, Error> {
+        let ends = ConsoleEnds::open(&config.output, &config.input, None, None, socket)?;
+        let (output, feed) = ends.split();
+        let device = VirtioConsole::new(output).map_err(Error::Io)?;
+        Ok(VirtioConsoleParts {
+            id: config.id.clone(),
+            device: Arc::new(Mutex::new(device)),
+            feed,
+        })
+    }
+
+    fn entry(&self) -> device_manager::VirtioDeviceEntry {
+        device_manager::VirtioDeviceEntry::shared(&self.id, self.device.clone())
+    }
 }
 
 /// The devices on their buses, and the event-loop work that serves them.

@@ -1,5 +1,5 @@
-//! The serial console on a Unix socket: a client attaches, sees the guest's output, types
-//! input, detaches; the guest never waits for it.
+//! A console (the serial port or a virtio console) on a Unix socket: a client attaches, sees
+//! the guest's output, types input, detaches; the guest never waits for it.
 //!
 //! Output the guest writes to COM1 goes into a bounded buffer ([`CONSOLE_BUFFER_BYTES`]) and
 //! from there to the attached client as fast as it reads. With no client, or a slow one, the
@@ -30,7 +30,7 @@ use log::{debug, info, warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::event_loop::{deliver_serial_input, SharedSerial};
+use crate::event_loop::{deliver_serial_input, SharedConsoleInput};
 
 /// Guest output kept for a client that is absent or slow, in bytes.
 pub const CONSOLE_BUFFER_BYTES: usize = 64 * 1024;
@@ -100,7 +100,7 @@ impl Drop for Shared {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -175,8 +175,8 @@ impl ConsoleSocket {
         }
     }
 
-    /// The event-loop subscriber that serves clients for a VM whose serial port is `serial`.
-    pub(crate) fn server(&self, serial: SharedSerial) -> io::Result<ConsoleServer> {
+    /// The event-loop subscriber that serves clients for the console device `serial`.
+    pub(crate) fn server(&self, serial: SharedConsoleInput) -> io::Result<ConsoleServer> {
         let drained = lock(&serial).input_drained().try_clone()?;
         Ok(ConsoleServer {
             shared: self.shared.clone(),
@@ -255,7 +255,7 @@ impl Write for ConsoleWriter {
 /// Serves console clients on the VM's event loop.
 pub(crate) struct ConsoleServer {
     shared: Arc<Shared>,
-    serial: SharedSerial,
+    serial: SharedConsoleInput,
     drained: EventFd,
     /// Input read from the client and not yet taken by the UART.
     pending: Vec<u8>,

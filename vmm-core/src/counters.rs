@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use devices::counters::{Counter, CounterKind};
-use devices::virtio::{SharedVirtioDevice, TYPE_BLOCK, TYPE_NET, TYPE_RNG, TYPE_VSOCK};
+use devices::virtio::{
+    SharedVirtioDevice, TYPE_BLOCK, TYPE_CONSOLE, TYPE_NET, TYPE_RNG, TYPE_VSOCK,
+};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
@@ -144,6 +146,7 @@ pub(crate) fn virtio_kind(device_type: u32) -> String {
         TYPE_NET => "net".into(),
         TYPE_VSOCK => "vsock".into(),
         TYPE_RNG => "rng".into(),
+        TYPE_CONSOLE => "console".into(),
         other => format!("virtio-{other}"),
     }
 }
@@ -152,8 +155,9 @@ pub(crate) fn virtio_kind(device_type: u32) -> String {
 pub(crate) struct CounterSources {
     pub(crate) exits: Vec<Arc<ExitCounters>>,
     pub(crate) serial: SharedSerial,
-    /// The console socket, whose buffer may drop output.
-    pub(crate) console: Option<ConsoleSocket>,
+    /// Console sockets (of the serial port, the virtio console) by device id: their buffers
+    /// may drop output.
+    pub(crate) sockets: Vec<(String, ConsoleSocket)>,
     /// Virtio devices: id, kind, device.
     pub(crate) virtio: Vec<(String, String, SharedVirtioDevice)>,
 }
@@ -170,29 +174,30 @@ impl CounterSources {
                 counters: exits.snapshot(),
             })
             .collect();
-        let mut serial = lock(&self.serial).counters();
-        if let Some(console) = &self.console {
-            serial.push(Counter::count(
-                "dropped_bytes",
-                "output bytes dropped because no console client read them in time",
-                console.dropped_bytes(),
-            ));
-            serial.push(Counter::count(
-                "console_attaches",
-                "console clients attached",
-                console.attaches(),
-            ));
-        }
         let mut devices = vec![DeviceCounters {
             id: "com1".into(),
             kind: "serial".into(),
-            counters: serial,
+            counters: lock(&self.serial).counters(),
         }];
         devices.extend(self.virtio.iter().map(|(id, kind, device)| DeviceCounters {
             id: id.clone(),
             kind: kind.clone(),
             counters: lock(device).counters(),
         }));
+        for (id, socket) in &self.sockets {
+            if let Some(device) = devices.iter_mut().find(|device| &device.id == id) {
+                device.counters.push(Counter::count(
+                    "dropped_bytes",
+                    "output bytes dropped because no console client read them in time",
+                    socket.dropped_bytes(),
+                ));
+                device.counters.push(Counter::count(
+                    "console_attaches",
+                    "console clients attached",
+                    socket.attaches(),
+                ));
+            }
+        }
         VmCounters { vcpus, devices }
     }
 }

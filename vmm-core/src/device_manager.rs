@@ -347,6 +347,18 @@ impl VirtioDeviceEntry {
         }
     }
 
+    /// A device the caller already shares (and keeps a typed handle to).
+    pub(crate) fn shared<D: devices::virtio::VirtioDevice + 'static>(
+        id: &str,
+        device: Arc<Mutex<D>>,
+    ) -> Self {
+        VirtioDeviceEntry {
+            id: id.to_string(),
+            device,
+            subscriber: None,
+        }
+    }
+
     /// A device that also handles host-side events in the event loop.
     fn with_events<D>(id: &str, device: D) -> Self
     where

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::console::ConsoleInput;
 use devices::legacy::Serial;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use log::{debug, warn};
@@ -20,9 +21,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// The serial device as the VMM shares it between vCPU threads and the event loop.
 pub type SharedSerial = Arc<Mutex<Serial<Box<dyn Write + Send>>>>;
 
-/// Reads host input and pushes it into the UART as the FIFO has room.
+/// A console device (the UART or virtio-console) as its input plumbing sees it.
+pub type SharedConsoleInput = Arc<Mutex<dyn ConsoleInput>>;
+
+/// Reads host input and pushes it into a console device as it has room.
 struct SerialInput {
-    serial: SharedSerial,
+    serial: SharedConsoleInput,
     source: File,
     drained: EventFd,
     pending: Vec<u8>,
@@ -30,8 +34,8 @@ struct SerialInput {
     eof: bool,
 }
 
-/// Offers `pending` input to the UART and removes what its receive FIFO took.
-pub(crate) fn deliver_serial_input(serial: &SharedSerial, pending: &mut Vec<u8>) {
+/// Offers `pending` input to a console device and removes what it took.
+pub(crate) fn deliver_serial_input(serial: &SharedConsoleInput, pending: &mut Vec<u8>) {
     if pending.is_empty() {
         return;
     }
@@ -154,10 +158,10 @@ impl EventLoopBuilder {
         self.subscribers += 1;
     }
 
-    /// Feeds `input` to `serial` with flow control.
+    /// Feeds `input` to the console device `serial` with flow control.
     pub fn add_serial_input(
         &mut self,
-        serial: SharedSerial,
+        serial: SharedConsoleInput,
         input: OwnedFd,
     ) -> Result<(), EventLoopError> {
         let drained = match serial.lock() {
@@ -175,11 +179,11 @@ impl EventLoopBuilder {
         Ok(())
     }
 
-    /// Serves clients of `console` for the UART `serial` (see [`crate::console`]).
+    /// Serves clients of `console` for the console device `serial` (see [`crate::console`]).
     pub(crate) fn add_console(
         &mut self,
         console: &crate::console::ConsoleSocket,
-        serial: SharedSerial,
+        serial: SharedConsoleInput,
     ) -> Result<(), EventLoopError> {
         self.add_subscriber(Box::new(console.server(serial)?));
         Ok(())

@@ -64,8 +64,8 @@ pub mod vm;
 pub use boot_timer::BootTimer;
 pub use builder::{Vm, VmBuilder};
 pub use config::{
-    BootProtocol, ConfigError, MemSize, SerialConfig, SerialInput, SerialOutput, VirtioTransport,
-    VmConfig, DEFAULT_CMDLINE, MAX_VCPUS,
+    BootProtocol, ConfigError, ConsoleConfig, MemSize, SerialConfig, SerialInput, SerialOutput,
+    VirtioTransport, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS,
 };
 pub use counters::{DeviceCounters, VmCounters};
 pub use state::{ExitReason, StateError, VmHandle, VmState};

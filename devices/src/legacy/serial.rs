@@ -1,8 +1,8 @@
 //! COM1: a 16550A UART from `vm-superio` on the port-I/O bus, with input flow control.
 //!
 //! Output bytes go to a caller-supplied writer. Input is pushed in by the VMM's event loop with
-//! [`Serial::enqueue_input`]; when the guest has drained the receive FIFO the device signals
-//! [`Serial::input_drained`] so the loop can push more (the FIFO holds 64 bytes).
+//! [`ConsoleInput::enqueue_input`]; when the guest has drained the receive FIFO the device
+//! signals [`ConsoleInput::input_drained`] so the loop can push more (the FIFO holds 64 bytes).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::EventFdTrigger;
 use crate::bus::BusDevice;
+use crate::console::ConsoleInput;
 use crate::counters::Counter;
 
 /// I/O port base of COM1.
@@ -56,6 +57,7 @@ impl SerialEvents for DrainNotifier {
 ///
 /// ```
 /// use devices::bus::BusDevice;
+/// use devices::console::ConsoleInput;
 /// use devices::legacy::{EventFdTrigger, Serial};
 /// use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 ///
@@ -92,9 +94,8 @@ impl<W: Write + Send> Serial<W> {
         })
     }
 
-    /// Queues bytes for the guest to receive; returns how many fit in the FIFO (the rest must
-    /// be offered again after [`Serial::input_drained`] fires).
-    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+    /// Queues bytes for the guest to receive; returns how many fit in the FIFO.
+    fn enqueue(&mut self, bytes: &[u8]) -> usize {
         if bytes.is_empty() || self.uart.fifo_capacity() == 0 {
             return 0;
         }
@@ -115,11 +116,6 @@ impl<W: Write + Send> Serial<W> {
     /// Free space in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
-    }
-
-    /// Becomes readable when the guest has read the last byte in the receive FIFO.
-    pub fn input_drained(&self) -> &EventFd {
-        &self.drained
     }
 
     /// The output writer.
@@ -151,6 +147,18 @@ impl<W: Write + Send> Serial<W> {
     }
 }
 
+/// Input goes into the 64-byte receive FIFO; [`ConsoleInput::input_drained`] fires when the
+/// guest has read the last byte of it.
+impl<W: Write + Send> ConsoleInput for Serial<W> {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.enqueue(bytes)
+    }
+
+    fn input_drained(&self) -> &EventFd {
+        &self.drained
+    }
+}
+
 impl<W: Write + Send> BusDevice for Serial<W> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // The UART has byte-wide registers; wider accesses read the first register and pad.
@@ -173,6 +181,7 @@ impl<W: Write + Send> BusDevice for Serial<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::ConsoleInput;
 
     const IER: u64 = 1;
     const LSR: u64 = 5;

@@ -12,6 +12,7 @@
 //! transport-independent negotiation and queue set-up in [`transport`].
 
 pub mod block;
+pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod pci;
@@ -32,6 +33,8 @@ use vm_memory::GuestMemoryMmap;
 pub const TYPE_NET: u32 = 1;
 /// Device ID of a block device.
 pub const TYPE_BLOCK: u32 = 2;
+/// Device ID of a console.
+pub const TYPE_CONSOLE: u32 = 3;
 /// Device ID of an entropy source.
 pub const TYPE_RNG: u32 = 4;
 /// Device ID of a vsock device.

@@ -43,7 +43,7 @@ use vm_memory::GuestMemoryMmap;
 use super::transport::TransportError;
 use super::transport::{AddressHalf, QueueRing, TransportState};
 use super::SharedVirtioDevice;
-use super::{InterruptKind, NotifyStats, VirtioInterrupt, TYPE_BLOCK, TYPE_NET};
+use super::{InterruptKind, NotifyStats, VirtioInterrupt, TYPE_BLOCK, TYPE_CONSOLE, TYPE_NET};
 use crate::pci::bus::PciDevice;
 use crate::pci::configuration::{BarInfo, BarMove, PciConfigError, PciConfiguration, PciHeader};
 use crate::pci::msix::{MsiInterruptRoute, MsixTable, MSIX_CAPABILITY_ID};
@@ -209,9 +209,10 @@ pub struct VirtioPciDevice {
 /// The PCI class code Keel reports for a virtio device type.
 pub fn class_code(device_type: u32) -> u32 {
     match device_type {
-        TYPE_NET => 0x02_00_00,   // network, Ethernet
-        TYPE_BLOCK => 0x01_80_00, // mass storage, other
-        _ => 0xff_00_00,          // unassigned class
+        TYPE_NET => 0x02_00_00,     // network, Ethernet
+        TYPE_BLOCK => 0x01_80_00,   // mass storage, other
+        TYPE_CONSOLE => 0x07_80_00, // communication controller, other
+        _ => 0xff_00_00,            // unassigned class
     }
 }
 

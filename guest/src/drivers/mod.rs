@@ -2,7 +2,7 @@
 //! Keel's device tests.
 //!
 //! [`run`] finds the devices the command line lists (`virtio_mmio.device=`), checks each window,
-//! with `keel.pci` also the virtio functions on PCI bus 0 (`pci.rs`), and runs the tests the `keel.blk`, `keel.rng`, `keel.net` and `keel.vsock` options enable: every
+//! with `keel.pci` also the virtio functions on PCI bus 0 (`pci.rs`), and runs the tests the `keel.blk`, `keel.rng`, `keel.net`, `keel.vsock` and `keel.console` options enable: every
 //! block device, and the first entropy, network and socket device. Drivers run one after another on
 //! the BSP, poll used rings with a TSC deadline, and reset their device when done. Interrupts are
 //! never enabled on the devices' side (the IRQ numbers are ignored).
@@ -10,6 +10,7 @@
 //! The drivers exist to prove the VMM's devices; they do only what the tests need.
 
 mod blk;
+mod console;
 mod net;
 mod pci;
 mod queue;
@@ -38,6 +39,7 @@ const MAX_DEVICES: usize = 16;
 /// Device IDs (virtio 1.2, section 5).
 const ID_NET: u32 = 1;
 const ID_BLOCK: u32 = 2;
+const ID_CONSOLE: u32 = 3;
 const ID_ENTROPY: u32 = 4;
 const ID_VSOCK: u32 = 19;
 
@@ -112,6 +114,12 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
         match first(ID_VSOCK) {
             Some(transport) => vsock::test(&transport, options),
             None => report!("FAIL virtio-vsock no device"),
+        }
+    }
+    if options.console {
+        match first(ID_CONSOLE) {
+            Some(transport) => console::test(&transport, options),
+            None => report!("FAIL virtio-console no device"),
         }
     }
     if options.blk_bench.is_some() || options.net_bench || options.vsock_bench {

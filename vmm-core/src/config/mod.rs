@@ -230,6 +230,37 @@ pub struct SerialConfig {
     pub input: SerialInput,
 }
 
+/// A virtio console (Linux's `hvc0`), alongside the serial port: its output and input have the
+/// serial port's choices.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Device id.
+    #[serde(default = "default_console_id")]
+    pub id: String,
+    /// Output sink.
+    #[serde(default)]
+    pub output: SerialOutput,
+    /// Input source.
+    #[serde(default)]
+    pub input: SerialInput,
+}
+
+fn default_console_id() -> String {
+    "console0".to_string()
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            id: default_console_id(),
+            output: SerialOutput::default(),
+            input: SerialInput::default(),
+        }
+    }
+}
+
 /// A VM's description.
 ///
 /// ```
@@ -279,6 +310,9 @@ pub struct VmConfig {
     /// Entropy device (virtio-rng).
     #[serde(default)]
     pub rng: Option<RngConfig>,
+    /// A virtio console (`hvc0` in Linux).
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// Also describe virtio-mmio devices on the kernel command line (`virtio_mmio.device=`),
     /// for kernels built with `VIRTIO_MMIO_CMDLINE_DEVICES`; they are always in the DSDT.
     #[serde(default)]
@@ -315,6 +349,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             rng: None,
+            console: None,
             virtio_mmio_cmdline: false,
             virtio_transport: VirtioTransport::Pci,
         }
@@ -414,7 +449,8 @@ impl VmConfig {
             let count = self.disks.len()
                 + self.nets.len()
                 + usize::from(self.vsock.is_some())
-                + usize::from(self.rng.is_some());
+                + usize::from(self.rng.is_some())
+                + usize::from(self.console.is_some());
             // Bus 0 has 32 slots and the host bridge takes one.
             if count > MAX_PCI_DEVICES {
                 return Err(ConfigError::invalid(
@@ -429,38 +465,68 @@ impl VmConfig {
                 ));
             }
         }
-        match &self.serial.output {
-            SerialOutput::File(path) if path.as_os_str().is_empty() => {
-                return Err(ConfigError::invalid("serial.output", "file path is empty"));
+        check_console_ends("serial", &self.serial.output, &self.serial.input)?;
+        if let Some(console) = &self.console {
+            check_console_ends("console", &console.output, &console.input)?;
+            if console.input == SerialInput::Stdin && self.serial.input == SerialInput::Stdin {
+                return Err(ConfigError::invalid(
+                    "console.input",
+                    "standard input is already the serial port's input",
+                ));
             }
-            SerialOutput::Socket(path) => {
-                if path.as_os_str().is_empty() {
+            if let (SerialOutput::Socket(a), SerialOutput::Socket(b)) =
+                (&console.output, &self.serial.output)
+            {
+                if a == b {
                     return Err(ConfigError::invalid(
-                        "serial.output",
-                        "socket path is empty",
-                    ));
-                }
-                // sun_path holds 108 bytes, NUL included.
-                if path.as_os_str().len() > 107 {
-                    return Err(ConfigError::invalid(
-                        "serial.output",
-                        format!(
-                            "socket path {} is {} bytes: a Unix socket path holds at most 107",
-                            path.display(),
-                            path.as_os_str().len()
-                        ),
-                    ));
-                }
-                if self.serial.input != SerialInput::None {
-                    return Err(ConfigError::invalid(
-                        "serial.input",
-                        "must be \"none\" when the output is a socket: input comes from the socket's client",
+                        "console.output",
+                        format!("socket {} is already the serial port's", a.display()),
                     ));
                 }
             }
-            _ => {}
         }
         Ok(())
+    }
+}
+
+/// Checks a console's output and input (`which`: "serial" or "console", naming the fields).
+fn check_console_ends(
+    which: &'static str,
+    output: &SerialOutput,
+    input: &SerialInput,
+) -> Result<(), ConfigError> {
+    let (output_field, input_field) = match which {
+        "serial" => ("serial.output", "serial.input"),
+        _ => ("console.output", "console.input"),
+    };
+    match output {
+        SerialOutput::File(path) if path.as_os_str().is_empty() => {
+            Err(ConfigError::invalid(output_field, "file path is empty"))
+        }
+        SerialOutput::Socket(path) => {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(output_field, "socket path is empty"));
+            }
+            // sun_path holds 108 bytes, NUL included.
+            if path.as_os_str().len() > 107 {
+                return Err(ConfigError::invalid(
+                    output_field,
+                    format!(
+                        "socket path {} is {} bytes: a Unix socket path holds at most 107",
+                        path.display(),
+                        path.as_os_str().len()
+                    ),
+                ));
+            }
+            if *input != SerialInput::None {
+                return Err(ConfigError::invalid(
+                    input_field,
+                    "must be \"none\" when the output is a socket: input comes from the socket's client",
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
