@@ -20,8 +20,8 @@ pub fn keel_flags(data: &[u8]) {
         return;
     };
     match keel::cli::vm_config(&cli.vmm) {
-        Ok(Some(config)) => {
-            let _ = config.validate();
+        Ok(Some(vm)) => {
+            let _ = vm.config.validate();
         }
         Ok(None) => {}
         Err(err) => assert!(!err.to_string().is_empty()),

@@ -243,8 +243,20 @@ pub enum CliError {
     },
 }
 
-/// The VM config the flags describe, or `None` when they describe none (API-only start).
-pub fn vm_config(args: &VmmArgs) -> Result<Option<VmConfig>, CliError> {
+/// What the flags describe: a VM config, and the inherited TAP descriptors (`--net fd=N`) by
+/// NIC id, whose NICs have no TAP name in the config (a descriptor number does not belong in
+/// a config document; the program hands them to the builder).
+#[derive(Debug)]
+pub struct FlagsVm {
+    /// The config.
+    pub config: VmConfig,
+    /// `(NIC id, descriptor number)` for each `--net fd=N`.
+    pub tap_fds: Vec<(String, i32)>,
+}
+
+/// The VM the flags describe, or `None` when they describe none (API-only start).
+pub fn vm_config(args: &VmmArgs) -> Result<Option<FlagsVm>, CliError> {
+    let mut tap_fds = Vec::new();
     let mut config = match (&args.config, &args.kernel) {
         (Some(path), _) => read_config_file(path)?,
         (None, Some(kernel)) => {
@@ -253,7 +265,7 @@ pub fn vm_config(args: &VmmArgs) -> Result<Option<VmConfig>, CliError> {
             if let Some(cmdline) = &args.cmdline {
                 config.cmdline = cmdline.clone();
             }
-            apply_machine_flags(args, &mut config)?;
+            apply_machine_flags(args, &mut config, &mut tap_fds)?;
             config
         }
         (None, None) => {
@@ -298,7 +310,7 @@ pub fn vm_config(args: &VmmArgs) -> Result<Option<VmConfig>, CliError> {
             ..ConsoleConfig::default()
         });
     }
-    Ok(Some(config))
+    Ok(Some(FlagsVm { config, tap_fds }))
 }
 
 /// Reads a serialized [`VmConfig`]: YAML for `.yaml`/`.yml`, JSON otherwise.
@@ -322,7 +334,11 @@ pub fn read_config_file(path: &Path) -> Result<VmConfig, CliError> {
     })
 }
 
-fn apply_machine_flags(args: &VmmArgs, config: &mut VmConfig) -> Result<(), CliError> {
+fn apply_machine_flags(
+    args: &VmmArgs,
+    config: &mut VmConfig,
+    tap_fds: &mut Vec<(String, i32)>,
+) -> Result<(), CliError> {
     if let Some(cpus) = &args.cpus {
         let mut list = OptionList::parse("--cpus", cpus, &["boot"], Some("boot"))?;
         config.vcpus = list.parsed("boot", "a number of vCPUs")?.unwrap_or(1);
@@ -341,7 +357,11 @@ fn apply_machine_flags(args: &VmmArgs, config: &mut VmConfig) -> Result<(), CliE
         config.disks.push(parse_disk(index, spec)?);
     }
     for (index, spec) in args.net.iter().enumerate() {
-        config.nets.push(parse_net(index, spec)?);
+        let (nic, fd) = parse_net(index, spec)?;
+        if let Some(fd) = fd {
+            tap_fds.push((nic.id.clone(), fd));
+        }
+        config.nets.push(nic);
     }
     if let Some(spec) = &args.vsock {
         config.vsock = Some(parse_vsock(spec)?);
@@ -391,7 +411,8 @@ fn parse_disk(index: usize, spec: &str) -> Result<DiskConfig, OptionError> {
     })
 }
 
-fn parse_net(index: usize, spec: &str) -> Result<NetConfig, OptionError> {
+/// A NIC from `--net`, and the inherited TAP descriptor it names (`fd=N`), if any.
+fn parse_net(index: usize, spec: &str) -> Result<(NetConfig, Option<i32>), OptionError> {
     let mut list = OptionList::parse("--net", spec, &["tap", "fd", "mac", "id"], Some("tap"))?;
     let tap = list.take("tap")?;
     let tap_fd = list.parsed::<i32>("fd", "a descriptor number")?;
@@ -412,12 +433,18 @@ fn parse_net(index: usize, spec: &str) -> Result<NetConfig, OptionError> {
             })
         }
     };
-    Ok(NetConfig {
+    if let Some(fd) = tap_fd.filter(|fd| *fd <= 2) {
+        return Err(OptionError {
+            flag: "--net",
+            message: format!("key `fd`: {fd} is standard input, output or error, not a TAP"),
+        });
+    }
+    let nic = NetConfig {
         id: list.take("id")?.unwrap_or_else(|| format!("net{index}")),
         tap,
-        tap_fd,
         mac: list.take("mac")?,
-    })
+    };
+    Ok((nic, tap_fd))
 }
 
 fn parse_vsock(spec: &str) -> Result<VsockConfig, OptionError> {
@@ -471,12 +498,29 @@ mod tests {
     use vmm_core::MemSize;
 
     fn parse(args: &[&str]) -> Result<Option<VmConfig>, CliError> {
+        parse_flags(args).map(|vm| vm.map(|vm| vm.config))
+    }
+
+    fn parse_flags(args: &[&str]) -> Result<Option<FlagsVm>, CliError> {
         let cli = Cli::try_parse_from(std::iter::once("keel").chain(args.iter().copied()))
             .map_err(|err| OptionError {
                 flag: "clap",
                 message: err.to_string(),
             })?;
         vm_config(&cli.vmm)
+    }
+
+    #[test]
+    fn an_inherited_tap_descriptor_is_kept_out_of_the_config() {
+        let vm = parse_flags(&["--kernel", "/k", "--net", "fd=7,id=uplink"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(vm.config.nets[0].tap, "");
+        assert_eq!(vm.tap_fds, [("uplink".to_string(), 7)]);
+        let err = parse(&["--kernel", "/k", "--net", "fd=1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("standard"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod terminal;
 mod vmm;
 
 use std::fs::OpenOptions;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -83,6 +84,26 @@ fn init_logging(args: &VmmArgs) -> Result<(), String> {
         .map_err(|err| format!("cannot set up logging: {err}"))
 }
 
+/// Takes ownership of the TAP descriptors `--net fd=N` named: each must be open (it was
+/// inherited from the manager that started keel).
+fn adopt_tap_fds(fds: Vec<(String, i32)>) -> Result<Vec<(String, OwnedFd)>, String> {
+    fds.into_iter()
+        .map(|(id, fd)| {
+            // SAFETY: F_GETFD takes no pointer and changes nothing; it tells whether `fd` is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(format!(
+                    "--net: key `fd`: descriptor {fd} (NIC `{id}`) is not open: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: `fd` is open (checked above), was inherited for this purpose and nothing
+            // else in this process owns it (0-2 are refused when the flags are parsed), so this
+            // is its only owner from now on.
+            Ok((id, unsafe { OwnedFd::from_raw_fd(fd) }))
+        })
+        .collect()
+}
+
 /// Blocks the termination signals in this thread (and the threads it starts), so one thread
 /// can take them with `sigwait` and turn them into an orderly stop.
 fn block_termination_signals() -> libc::sigset_t {
@@ -122,10 +143,18 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
         eprintln!("keel: {message}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let config = match cli::vm_config(&args) {
-        Ok(config) => config,
+    let (config, tap_fds) = match cli::vm_config(&args) {
+        Ok(Some(vm)) => (Some(vm.config), vm.tap_fds),
+        Ok(None) => (None, Vec::new()),
         Err(err) => {
             eprintln!("keel: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let tap_fds = match adopt_tap_fds(tap_fds) {
+        Ok(fds) => fds,
+        Err(message) => {
+            eprintln!("keel: {message}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -158,6 +187,7 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
             on_reset: args.on_reset,
             keep_alive: args.keep_alive,
             boot_timer: timer.clone(),
+            tap_fds,
         },
     );
     let raw = interactive

@@ -167,6 +167,8 @@ pub struct Policy {
     pub keep_alive: bool,
     /// Record start-up stages (the first boot only).
     pub boot_timer: Option<BootTimer>,
+    /// Inherited TAP descriptors (`--net fd=N`) by NIC id; each VM built gets duplicates.
+    pub tap_fds: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 /// The controller.
@@ -231,6 +233,15 @@ impl Vmm {
         let virtio_output = config.console.as_ref().map(|console| &console.output);
         if let Some(socket) = keep_socket(&mut self.virtio_console, virtio_output)? {
             builder = builder.virtio_console_socket(socket);
+        }
+        for (id, fd) in &self.policy.tap_fds {
+            if !config.nets.iter().any(|nic| &nic.id == id) {
+                continue;
+            }
+            let fd = fd.try_clone().map_err(|err| {
+                Failure::new(500, format!("cannot duplicate the TAP of `{id}`: {err}"))
+            })?;
+            builder = builder.tap_fd(id.clone(), fd);
         }
         if let Some(timer) = self.policy.boot_timer.take() {
             builder = builder.boot_timer(timer);

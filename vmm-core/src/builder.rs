@@ -17,8 +17,10 @@ use devices::legacy::{
     COM1_IRQ, COM1_PORT_BASE, GED_PORT_BASE, GED_PORT_LEN, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
     RTC_PORT_BASE, RTC_PORT_LEN, SERIAL_PORT_LEN,
 };
+use devices::virtio::block::DiskBackend;
 use devices::virtio::console::VirtioConsole;
-use devices::virtio::NotifyStats;
+use devices::virtio::net::NetBackend;
+use devices::virtio::{NotifyStats, VirtioDevice};
 use event_manager::MutEventSubscriber;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
@@ -110,6 +112,10 @@ pub struct VmBuilder {
     console_socket: Option<ConsoleSocket>,
     virtio_console_socket: Option<ConsoleSocket>,
     boot_timer: Option<BootTimer>,
+    /// TAP descriptors for config NICs, by NIC id.
+    tap_fds: Vec<(String, OwnedFd)>,
+    /// Devices the embedder added, in order (or why one could not be made).
+    extra_devices: Vec<Result<device_manager::VirtioDeviceEntry, Error>>,
 }
 
 impl VmBuilder {
@@ -122,7 +128,120 @@ impl VmBuilder {
             console_socket: None,
             virtio_console_socket: None,
             boot_timer: None,
+            tap_fds: Vec::new(),
+            extra_devices: Vec::new(),
         }
+    }
+
+    /// Gives the config's NIC `id` the TAP device behind `fd` (opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, e.g. passed by a privileged manager over a Unix
+    /// socket, so the VMM itself needs no `CAP_NET_ADMIN`). The NIC's `tap` must be empty. The VM
+    /// owns `fd` from now on; pass a duplicate to keep one.
+    pub fn tap_fd(mut self, id: impl Into<String>, fd: OwnedFd) -> Self {
+        self.tap_fds.push((id.into(), fd));
+        self
+    }
+
+    /// Adds a virtio-blk disk on a backend of the embedder's own (an NBD or RBD client, an
+    /// in-memory disk), after the config's disks. `id` is the disk's serial number (at most 20
+    /// bytes). A backend whose size is not a whole number of 512-byte sectors is refused when
+    /// the VM is built.
+    ///
+    /// ```
+    /// use devices::virtio::block::DiskBackend;
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// struct Zeroes;
+    /// impl DiskBackend for Zeroes {
+    ///     fn size(&self) -> std::io::Result<u64> { Ok(1 << 20) }
+    ///     fn read_at(&mut self, _: u64, buf: &mut [u8]) -> std::io::Result<()> { buf.fill(0); Ok(()) }
+    ///     fn write_at(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> { Ok(()) }
+    ///     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
+    ///     fn discard(&mut self, _: u64, _: u64) -> std::io::Result<()> { Ok(()) }
+    ///     fn write_zeroes(&mut self, _: u64, _: u64, _: bool) -> std::io::Result<()> { Ok(()) }
+    /// }
+    /// let builder = VmBuilder::new(VmConfig::new("vmlinux")).disk("scratch", Zeroes, false);
+    /// # drop(builder);
+    /// ```
+    pub fn disk<D: DiskBackend + 'static>(mut self, id: &str, backend: D, read_only: bool) -> Self {
+        let entry = devices::virtio::block::VirtioBlock::with_backend_id(backend, id, read_only)
+            .map(|block| device_manager::VirtioDeviceEntry::new(id, block))
+            .map_err(|err| {
+                Error::Device(device_manager::DeviceManagerError::Create {
+                    id: id.to_string(),
+                    detail: err.to_string(),
+                })
+            });
+        self.extra_devices.push(entry);
+        self
+    }
+
+    /// Adds a virtio-net card on a backend of the embedder's own (a vhost-less switch port, a
+    /// socket, a userspace network stack), after the config's NICs. The backend sees whole
+    /// frames with their 12-byte virtio-net header in front.
+    ///
+    /// ```
+    /// use devices::virtio::net::NullBackend;
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// // A NIC that is present but unplugged.
+    /// let builder = VmBuilder::new(VmConfig::new("vmlinux"))
+    ///     .net("net9", NullBackend, Some([0x52, 0x54, 0, 0, 0, 9]));
+    /// # drop(builder);
+    /// ```
+    pub fn net<B: NetBackend + 'static>(
+        mut self,
+        id: &str,
+        backend: B,
+        mac: Option<[u8; 6]>,
+    ) -> Self {
+        let entry = (|| {
+            let mac = mac
+                .map(devices::virtio::net::MacAddress::new)
+                .transpose()
+                .map_err(|err| err.to_string())?;
+            devices::virtio::net::Net::with_backend(id.to_string(), mac, Box::new(backend))
+                .map_err(|err| err.to_string())
+        })()
+        .map(|net| device_manager::VirtioDeviceEntry::with_events(id, net))
+        .map_err(|detail| {
+            Error::Device(device_manager::DeviceManagerError::Create {
+                id: id.to_string(),
+                detail,
+            })
+        });
+        self.extra_devices.push(entry);
+        self
+    }
+
+    /// Adds a virtio device of the embedder's own (any [`VirtioDevice`]), after the config's
+    /// devices; it is placed on the config's transport like the others.
+    ///
+    /// ```
+    /// use devices::virtio::rng::VirtioRng;
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// let builder = VmBuilder::new(VmConfig::new("vmlinux")).virtio_device("rng1", VirtioRng::new());
+    /// # drop(builder);
+    /// ```
+    pub fn virtio_device<D: VirtioDevice + 'static>(mut self, id: &str, device: D) -> Self {
+        self.extra_devices
+            .push(Ok(device_manager::VirtioDeviceEntry::new(id, device)));
+        self
+    }
+
+    /// Adds a virtio device of the embedder's own that also has host-side event sources (a
+    /// socket, a TAP): the VM's event loop drives it through its
+    /// [`MutEventSubscriber`] side.
+    pub fn virtio_device_with_events<D>(mut self, id: &str, device: D) -> Self
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        self.extra_devices
+            .push(Ok(device_manager::VirtioDeviceEntry::with_events(
+                id, device,
+            )));
+        self
     }
 
     /// Records the end of each build stage, the vCPUs' start and the boot vCPU's first exit
@@ -187,8 +306,12 @@ impl VmBuilder {
             None => None,
         };
         mark("console opened");
-        let extra = console.iter().map(VirtioConsoleParts::entry).collect();
-        let mut image = GuestImage::prepare(&self.config, timer.as_ref(), extra)?;
+        let mut extra = std::mem::take(&mut self.extra_devices)
+            .into_iter()
+            .collect::<Result<Vec<_>, Error>>()?;
+        extra.extend(console.iter().map(VirtioConsoleParts::entry));
+        let mut image =
+            GuestImage::prepare(&self.config, timer.as_ref(), &mut self.tap_fds, extra)?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
@@ -316,6 +439,30 @@ fn wire_devices(
     })
 }
 
+/// Refuses two devices with one id (an embedder's device may repeat a config id), and ids a
+/// config could not have.
+fn check_unique_ids(devices: &[device_manager::VirtioDeviceEntry]) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for entry in devices {
+        let valid = !entry.id.is_empty()
+            && entry
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid || !seen.insert(entry.id.as_str()) {
+            return Err(Error::Device(device_manager::DeviceManagerError::Create {
+                id: entry.id.clone(),
+                detail: if valid {
+                    "another device has this id".into()
+                } else {
+                    "ids are non-empty ASCII letters, digits, '-', '_' or '.'".into()
+                },
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// An edge-triggered interrupt line: an eventfd KVM injects as `gsi` when signalled.
 fn irq_line(vm_fd: &VmFd, gsi: u32, op: &'static str) -> Result<EventFdTrigger, Error> {
     let fd = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
@@ -344,17 +491,19 @@ struct GuestImage {
 }
 
 impl GuestImage {
-    /// `extra`: devices the builder made itself (the virtio console), placed after the
-    /// config's.
+    /// `tap_fds`: TAP descriptors for the config's NICs. `extra`: devices the embedder added and
+    /// the virtio console, placed after the config's.
     fn prepare(
         config: &VmConfig,
         timer: Option<&BootTimer>,
+        tap_fds: &mut Vec<(String, OwnedFd)>,
         extra: Vec<device_manager::VirtioDeviceEntry>,
     ) -> Result<Self, Error> {
         let memory = memory::create_guest_memory(config.memory.as_bytes())?;
         boot_timer::mark(timer, "guest memory mapped");
-        let mut virtio = device_manager::create_virtio_devices(config)?;
+        let mut virtio = device_manager::create_virtio_devices(config, tap_fds)?;
         virtio.extend(extra);
+        check_unique_ids(&virtio)?;
         boot_timer::mark(timer, "device back ends opened");
         let subscribers = virtio
             .iter_mut()

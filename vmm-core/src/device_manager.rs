@@ -339,7 +339,7 @@ pub struct VirtioDeviceEntry {
 }
 
 impl VirtioDeviceEntry {
-    fn new<D: devices::virtio::VirtioDevice + 'static>(id: &str, device: D) -> Self {
+    pub(crate) fn new<D: devices::virtio::VirtioDevice + 'static>(id: &str, device: D) -> Self {
         VirtioDeviceEntry {
             id: id.to_string(),
             device: Arc::new(Mutex::new(device)),
@@ -360,7 +360,7 @@ impl VirtioDeviceEntry {
     }
 
     /// A device that also handles host-side events in the event loop.
-    fn with_events<D>(id: &str, device: D) -> Self
+    pub(crate) fn with_events<D>(id: &str, device: D) -> Self
     where
         D: devices::virtio::VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -383,10 +383,22 @@ impl VirtioDeviceEntry {
 
 /// Creates every virtio device the config asks for, in a fixed order (disks, network cards,
 /// vsock, rng), opening their host-side resources. Runs before KVM is touched, so a missing
-/// image or a bad TAP name fails early.
+/// image or a bad TAP name fails early. `tap_fds` are TAP descriptors the builder was given,
+/// by NIC id: each is taken by the NIC of that id, which must have no TAP name.
 pub fn create_virtio_devices(
     config: &VmConfig,
+    tap_fds: &mut Vec<(String, std::os::fd::OwnedFd)>,
 ) -> Result<Vec<VirtioDeviceEntry>, DeviceManagerError> {
+    if let Some((id, _)) = tap_fds
+        .iter()
+        .find(|(id, _)| !config.nets.iter().any(|nic| &nic.id == id))
+    {
+        return Err(DeviceManagerError::Create {
+            id: id.clone(),
+            detail: "a TAP descriptor was given for it, but the config has no NIC with that id"
+                .into(),
+        });
+    }
     let mut entries = Vec::new();
     for disk in &config.disks {
         let block = VirtioBlock::new(&BlockConfig {
@@ -411,14 +423,33 @@ pub fn create_virtio_devices(
                 id: nic.id.clone(),
                 detail: format!("field `mac`: {reason}"),
             })?;
-        let tap = match nic.tap_fd {
-            Some(fd) => {
-                TapSource::Fd(duplicate_fd(fd).map_err(|err| DeviceManagerError::Create {
+        let given = tap_fds
+            .iter()
+            .position(|(id, _)| id == &nic.id)
+            .map(|at| tap_fds.remove(at).1);
+        let (tap, what) = match (given, nic.tap.is_empty()) {
+            (Some(fd), true) => (TapSource::Fd(fd), "the TAP descriptor given".to_string()),
+            (None, false) => (
+                TapSource::Name(nic.tap.clone()),
+                format!("field `tap` ({})", nic.tap),
+            ),
+            (Some(_), false) => {
+                return Err(DeviceManagerError::Create {
                     id: nic.id.clone(),
-                    detail: format!("field `tap_fd`: descriptor {fd}: {err}"),
-                })?)
+                    detail: format!(
+                        "field `tap` names {} and a TAP descriptor was given too: one or the other",
+                        nic.tap
+                    ),
+                })
             }
-            None => TapSource::Name(nic.tap.clone()),
+            (None, true) => {
+                return Err(DeviceManagerError::Create {
+                    id: nic.id.clone(),
+                    detail: "field `tap` is empty and no TAP descriptor was given \
+                             (VmBuilder::tap_fd)"
+                        .into(),
+                })
+            }
         };
         let net = Net::new(NetDeviceConfig {
             id: nic.id.clone(),
@@ -427,10 +458,7 @@ pub fn create_virtio_devices(
         })
         .map_err(|err| DeviceManagerError::Create {
             id: nic.id.clone(),
-            detail: match nic.tap_fd {
-                Some(fd) => format!("field `tap_fd` ({fd}): {err}"),
-                None => format!("field `tap` ({}): {err}", nic.tap),
-            },
+            detail: format!("{what}: {err}"),
         })?;
         entries.push(VirtioDeviceEntry::with_events(&nic.id, net));
     }
@@ -538,22 +566,6 @@ impl VirtioMmioDevices {
             .collect::<Vec<_>>()
             .join(" ")
     }
-}
-
-/// A close-on-exec duplicate of `fd`, which the caller keeps owning; fails when `fd` is not
-/// open in this process.
-fn duplicate_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::BorrowedFd;
-    // fcntl(F_GETFD) only queries the descriptor table: it tells whether `fd` is open before
-    // anything borrows it.
-    // SAFETY: F_GETFD takes no pointer and changes nothing.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is open (checked just above) and only borrowed for the duplication; the
-    // caller owns it and keeps it open for the duration of this call.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned()
 }
 
 #[cfg(test)]

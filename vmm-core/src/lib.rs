@@ -61,6 +61,15 @@ pub mod state;
 pub mod vcpu;
 pub mod vm;
 
+/// The device traits and back ends an embedder implements or uses with
+/// [`VmBuilder::disk`], [`VmBuilder::net`] and [`VmBuilder::virtio_device`].
+pub mod backends {
+    pub use devices::counters::{Counter, CounterKind};
+    pub use devices::virtio::block::{DiskBackend, RawFile};
+    pub use devices::virtio::net::{NetBackend, NullBackend, Tap};
+    pub use devices::virtio::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt};
+}
+
 pub use boot_timer::BootTimer;
 pub use builder::{Vm, VmBuilder};
 pub use config::{

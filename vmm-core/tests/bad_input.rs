@@ -117,30 +117,98 @@ fn pvh_requires_an_elf_with_the_note() {
 }
 
 #[test]
-fn a_tap_descriptor_that_is_closed_or_not_a_tap_is_refused_by_name() {
-    use std::os::fd::AsRawFd;
+fn a_nic_with_no_tap_or_a_descriptor_that_is_not_a_tap_is_refused_by_name() {
+    use std::os::fd::AsFd;
     let kernel = temp_file("kernel-for-nic.bin", b"\x7fELF");
-    let nic = |fd: i32| vmm_core::config::NetConfig {
+    let nic = || vmm_core::config::NetConfig {
         id: "nic0".into(),
         tap: String::new(),
-        tap_fd: Some(fd),
         mac: None,
     };
-    // A descriptor number nothing has open (above any limit this process uses).
-    let mut closed = VmConfig::new(&kernel);
-    closed.nets.push(nic(1 << 20));
-    let err = build_error(closed).to_string();
-    assert!(err.contains("nic0") && err.contains("tap_fd"), "{err}");
-    // An open descriptor that is a regular file, not a TAP: refused, and left open.
+    // No TAP name and no descriptor for it.
+    let mut nameless = VmConfig::new(&kernel);
+    nameless.nets.push(nic());
+    let err = build_error(nameless).to_string();
+    assert!(
+        err.contains("nic0") && err.contains("no TAP descriptor"),
+        "{err}"
+    );
+    // A descriptor that is a regular file, not a TAP: refused, the caller's own stays open.
     let file = std::fs::File::open(&kernel).unwrap();
     let mut not_tap = VmConfig::new(&kernel);
-    not_tap.nets.push(nic(file.as_raw_fd()));
-    let err = build_error(not_tap).to_string();
-    assert!(err.contains("nic0"), "{err}");
+    not_tap.nets.push(nic());
+    let err = VmBuilder::new(not_tap)
+        .tap_fd("nic0", file.as_fd().try_clone_to_owned().unwrap())
+        .build()
+        .err()
+        .expect("a regular file is not a TAP")
+        .to_string();
+    assert!(
+        err.contains("nic0") && err.contains("TAP descriptor"),
+        "{err}"
+    );
     assert!(
         file.metadata().is_ok(),
         "the caller's descriptor stays usable"
     );
+    // A descriptor for a NIC the config does not have.
+    let err = VmBuilder::new(VmConfig::new(&kernel))
+        .tap_fd("nic9", file.as_fd().try_clone_to_owned().unwrap())
+        .build()
+        .err()
+        .expect("no such NIC")
+        .to_string();
+    assert!(
+        err.contains("nic9") && err.contains("no NIC with that id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn devices_added_through_the_builder_are_checked_with_the_config_ones() {
+    let kernel = temp_file("kernel-for-extra.bin", b"\x7fELF");
+    let mut config = VmConfig::new(&kernel);
+    config.rng = Some(vmm_core::config::RngConfig { id: "rng0".into() });
+    // The same id as a config device.
+    let err = VmBuilder::new(config)
+        .virtio_device("rng0", devices::virtio::rng::VirtioRng::new())
+        .build()
+        .err()
+        .expect("duplicate id")
+        .to_string();
+    assert!(
+        err.contains("rng0") && err.contains("another device has this id"),
+        "{err}"
+    );
+    // A disk backend that is not whole sectors.
+    struct Odd;
+    impl devices::virtio::block::DiskBackend for Odd {
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(1000)
+        }
+        fn read_at(&mut self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&mut self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let err = VmBuilder::new(VmConfig::new(&kernel))
+        .disk("odd", Odd, false)
+        .build()
+        .err()
+        .expect("1000 bytes is not whole sectors")
+        .to_string();
+    assert!(err.contains("odd") && err.contains("1000"), "{err}");
 }
 
 #[test]

@@ -44,16 +44,12 @@ pub struct DiskConfig {
 pub struct NetConfig {
     /// Unique device id.
     pub id: String,
-    /// Name of the TAP interface (created if missing, when the process may). Empty when
-    /// `tap_fd` is given.
+    /// Name of the TAP interface (created if missing, when the process may). Empty when the
+    /// program building the VM supplies the TAP as a descriptor
+    /// ([`VmBuilder::tap_fd`](crate::VmBuilder::tap_fd)): a descriptor number does not belong
+    /// in a document that is stored or sent to another node.
     #[serde(default)]
     pub tap: String,
-    /// A TAP descriptor this process already holds, opened with
-    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (e.g. passed by a privileged manager over a Unix
-    /// socket, so the VMM itself needs no `CAP_NET_ADMIN`). Keel duplicates it when the VM is
-    /// built and never closes the caller's descriptor. Exactly one of `tap` and `tap_fd`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tap_fd: Option<i32>,
     /// MAC address as `52:54:00:12:34:56`; when absent the device offers none and the guest
     /// picks its own.
     #[serde(default)]
@@ -171,7 +167,7 @@ fn check_disk(disk: &DiskConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_uds(path: &Path) -> Result<(), ConfigError> {
+fn check_uds_path(path: &Path) -> Result<(), ConfigError> {
     let text = path.as_os_str();
     // Room for the longest `_<port>` suffix guest connections append.
     if text.is_empty() || text.len() + 11 > MAX_UDS_PATH_LEN {
@@ -184,6 +180,10 @@ fn check_uds(path: &Path) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
+
+fn check_uds_dir(path: &Path) -> Result<(), ConfigError> {
     match path.parent() {
         Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => Ok(()),
         _ => Err(ConfigError::invalid(
@@ -193,8 +193,9 @@ fn check_uds(path: &Path) -> Result<(), ConfigError> {
     }
 }
 
-/// Checks every device section.
-pub fn validate_devices(
+/// Checks every device section without touching the host: ids, names, addresses, CIDs and
+/// path lengths. A control plane can run it for a config meant for another node.
+pub fn check_devices(
     disks: &[DiskConfig],
     nets: &[NetConfig],
     vsock: Option<&VsockConfig>,
@@ -212,27 +213,17 @@ pub fn validate_devices(
                 ),
             ));
         }
-        check_disk(disk)?;
+        if disk.path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "disks.path",
+                format!("disk `{}`: the path is empty", disk.id),
+            ));
+        }
     }
     for net in nets {
         check_id(&mut ids, "nets.id", &net.id)?;
-        if let Some(fd) = net.tap_fd {
-            if !net.tap.is_empty() {
-                return Err(ConfigError::invalid(
-                    "nets.tap_fd",
-                    format!("nic `{}`: give `tap` or `tap_fd`, not both", net.id),
-                ));
-            }
-            if fd < 0 {
-                return Err(ConfigError::invalid(
-                    "nets.tap_fd",
-                    format!("nic `{}`: {fd} is not a file descriptor", net.id),
-                ));
-            }
-        } else if net.tap.is_empty()
-            || net.tap.len() > MAX_IFNAME_LEN
-            || net.tap.contains(['/', ' '])
-        {
+        // Empty: the builder supplies the TAP as a descriptor (checked when the VM is built).
+        if !net.tap.is_empty() && (net.tap.len() > MAX_IFNAME_LEN || net.tap.contains(['/', ' '])) {
             return Err(ConfigError::invalid(
                 "nets.tap",
                 format!(
@@ -259,7 +250,7 @@ pub fn validate_devices(
                 ),
             ));
         }
-        check_uds(&vsock.uds_path)?;
+        check_uds_path(&vsock.uds_path)?;
     }
     if let Some(rng) = rng {
         check_id(&mut ids, "rng.id", &rng.id)?;
@@ -267,9 +258,35 @@ pub fn validate_devices(
     Ok(())
 }
 
+/// Checks what the device sections name on this host: disk images exist and are whole
+/// sectors, the vsock socket's directory exists.
+pub fn check_devices_on_host(
+    disks: &[DiskConfig],
+    vsock: Option<&VsockConfig>,
+) -> Result<(), ConfigError> {
+    for disk in disks {
+        check_disk(disk)?;
+    }
+    if let Some(vsock) = vsock {
+        check_uds_dir(&vsock.uds_path)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both: [`check_devices`] then [`check_devices_on_host`].
+    fn validate_devices(
+        disks: &[DiskConfig],
+        nets: &[NetConfig],
+        vsock: Option<&VsockConfig>,
+        rng: Option<&RngConfig>,
+    ) -> Result<(), ConfigError> {
+        check_devices(disks, nets, vsock, rng)?;
+        check_devices_on_host(disks, vsock)
+    }
 
     fn image(name: &str, len: usize) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("keel-devcfg-{}", std::process::id()));
@@ -320,7 +337,6 @@ mod tests {
         let nic = NetConfig {
             id: "same".into(),
             tap: "tap0".into(),
-            tap_fd: None,
             mac: None,
         };
         assert_eq!(field(validate_devices(&[a], &[nic], None, None)), "nets.id");
@@ -347,7 +363,6 @@ mod tests {
         let nic = NetConfig {
             id: "n".into(),
             tap: "tap0".into(),
-            tap_fd: None,
             mac: Some("ff:ff:ff:ff:ff:ff".into()),
         };
         assert_eq!(
@@ -368,42 +383,29 @@ mod tests {
             field(validate_devices(&[], &[long], None, None)),
             "nets.tap"
         );
+        // No name: the builder must supply a descriptor, which the config cannot know.
         let nameless = NetConfig {
             tap: String::new(),
             mac: None,
-            ..nic.clone()
-        };
-        assert_eq!(
-            field(validate_devices(
-                &[],
-                std::slice::from_ref(&nameless),
-                None,
-                None
-            )),
-            "nets.tap"
-        );
-        let both = NetConfig {
-            tap_fd: Some(3),
-            mac: None,
             ..nic
         };
+        assert!(validate_devices(&[], &[nameless], None, None).is_ok());
+    }
+
+    #[test]
+    fn pure_checks_need_no_host_and_host_checks_find_what_is_missing() {
+        // A config for another node: its disk does not exist here.
+        let elsewhere = disk("root", "/srv/images/root.img".into());
+        check_devices(std::slice::from_ref(&elsewhere), &[], None, None).unwrap();
         assert_eq!(
-            field(validate_devices(&[], &[both], None, None)),
-            "nets.tap_fd"
+            field(check_devices_on_host(&[elsewhere], None)),
+            "disks.path"
         );
-        let negative = NetConfig {
-            tap_fd: Some(-1),
-            ..nameless.clone()
-        };
+        let unnamed = disk("root", PathBuf::new());
         assert_eq!(
-            field(validate_devices(&[], &[negative], None, None)),
-            "nets.tap_fd"
+            field(check_devices(&[unnamed], &[], None, None)),
+            "disks.path"
         );
-        let by_fd = NetConfig {
-            tap_fd: Some(3),
-            ..nameless
-        };
-        assert!(validate_devices(&[], &[by_fd], None, None).is_ok());
     }
 
     #[test]

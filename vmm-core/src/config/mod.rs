@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::layout;
 
 mod devices;
-pub use devices::{parse_mac, DiskConfig, NetConfig, RngConfig, VsockConfig, SECTOR_SIZE};
+pub use devices::{
+    check_devices, check_devices_on_host, parse_mac, DiskConfig, NetConfig, RngConfig, VsockConfig,
+    SECTOR_SIZE,
+};
 
 /// Most vCPUs a VM may have: xAPIC IDs are 8 bits and 0xFF is the broadcast ID.
 pub const MAX_VCPUS: u32 = 254;
@@ -355,11 +358,57 @@ impl VmConfig {
         }
     }
 
-    /// Checks every field that can be checked without KVM.
+    /// Checks every field that can be checked without KVM: [`VmConfig::check`], then
+    /// [`VmConfig::check_host`].
     ///
     /// Whether the kernel parses and the initrd fits below the kernel's limit is checked when
     /// the kernel is loaded ([`crate::boot`]), since that needs the kernel's header.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()?;
+        self.check_host()
+    }
+
+    /// Checks what this host has to offer the config: the kernel and initrd are regular files
+    /// (and the initrd fits in guest memory), disk images exist and are whole sectors, the vsock
+    /// socket's directory exists. Run it on the node that will run the VM.
+    pub fn check_host(&self) -> Result<(), ConfigError> {
+        check_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+            let size = std::fs::metadata(initrd)
+                .map_err(|err| {
+                    ConfigError::invalid("initrd", format!("{}: {err}", initrd.display()))
+                })?
+                .len();
+            if size >= self.memory.as_bytes() {
+                return Err(ConfigError::invalid(
+                    "initrd",
+                    format!(
+                        "{} is {} bytes, which does not fit in {} of guest memory",
+                        initrd.display(),
+                        size,
+                        self.memory
+                    ),
+                ));
+            }
+        }
+        check_devices_on_host(&self.disks, self.vsock.as_ref())
+    }
+
+    /// Checks the config on its own, touching nothing on this host (no files, no devices), so a
+    /// control plane can check a config meant for another node: counts and sizes, the command
+    /// line, device ids, names, MACs, CIDs and socket paths, and the consoles.
+    ///
+    /// ```
+    /// use vmm_core::VmConfig;
+    ///
+    /// // The kernel only exists on the node that will run the VM: check() is fine with that.
+    /// let mut config = VmConfig::new("/srv/kernels/vmlinux-6.12");
+    /// config.check().unwrap();
+    /// config.vcpus = 0;
+    /// assert_eq!(config.check().unwrap_err().field, "vcpus");
+    /// ```
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(ConfigError::invalid("vcpus", "must be at least 1"));
         }
@@ -399,25 +448,15 @@ impl VmConfig {
                 ),
             ));
         }
-        check_file("kernel", &self.kernel)?;
-        if let Some(initrd) = &self.initrd {
-            check_file("initrd", initrd)?;
-            let size = std::fs::metadata(initrd)
-                .map_err(|err| {
-                    ConfigError::invalid("initrd", format!("{}: {err}", initrd.display()))
-                })?
-                .len();
-            if size >= memory {
-                return Err(ConfigError::invalid(
-                    "initrd",
-                    format!(
-                        "{} is {} bytes, which does not fit in {} of guest memory",
-                        initrd.display(),
-                        size,
-                        self.memory
-                    ),
-                ));
-            }
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("kernel", "the path is empty"));
+        }
+        if self
+            .initrd
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(ConfigError::invalid("initrd", "the path is empty"));
         }
         if self.cmdline.len() >= MAX_CMDLINE_LEN {
             return Err(ConfigError::invalid(
@@ -439,7 +478,7 @@ impl VmConfig {
                 format!("contains {bad:?}: only printable ASCII is allowed"),
             ));
         }
-        devices::validate_devices(
+        check_devices(
             &self.disks,
             &self.nets,
             self.vsock.as_ref(),

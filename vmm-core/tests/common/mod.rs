@@ -136,8 +136,9 @@ pub fn net_round_trip(transport: VirtioTransport, tap: &str) -> Option<String> {
     net_round_trip_on(transport, tap, false)
 }
 
-/// [`net_round_trip`], with the TAP given as a descriptor this test opened (`tap_fd`) when
-/// `by_fd`; the descriptor must still be open, and still the test's, after the VM is gone.
+/// [`net_round_trip`], with the TAP given as a descriptor this test opened
+/// (`VmBuilder::tap_fd`, a duplicate) when `by_fd`; the test's own descriptor must still be
+/// open after the VM is gone.
 pub fn net_round_trip_on(transport: VirtioTransport, tap: &str, by_fd: bool) -> Option<String> {
     use std::os::fd::AsRawFd;
     if !std::path::Path::new("/dev/net/tun").exists() {
@@ -150,14 +151,16 @@ pub fn net_round_trip_on(transport: VirtioTransport, tap: &str, by_fd: bool) -> 
     config.nets.push(vmm_core::config::NetConfig {
         id: "net0".into(),
         tap: if by_fd { String::new() } else { tap.clone() },
-        tap_fd: held.as_ref().map(|tap| tap.as_raw_fd()),
         mac: Some("52:54:00:12:34:56".into()),
     });
     let out = SharedBuffer::new();
-    let mut vm = VmBuilder::new(config)
-        .serial_output(out.clone())
-        .build()
-        .unwrap_or_else(|err| panic!("build: {err}"));
+    let mut builder = VmBuilder::new(config).serial_output(out.clone());
+    if let Some(held) = &held {
+        // The VM owns what it is given: hand it a duplicate and keep the original.
+        use std::os::fd::AsFd;
+        builder = builder.tap_fd("net0", held.as_fd().try_clone_to_owned().unwrap());
+    }
+    let mut vm = builder.build().unwrap_or_else(|err| panic!("build: {err}"));
     let up = std::process::Command::new("ip")
         .args(["link", "set", "dev", &tap, "up"])
         .status()

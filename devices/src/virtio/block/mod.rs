@@ -300,6 +300,13 @@ impl<D: DiskBackend> VirtioBlock<D> {
         Ok(bytes)
     }
 
+    /// Builds the device over an embedder's `disk`, with `id` (at most 20 bytes) as its serial
+    /// number and name in errors.
+    pub fn with_backend_id(disk: D, id: &str, read_only: bool) -> Result<Self, BlockError> {
+        let serial = Self::check_id(id)?;
+        Self::with_backend(disk, Path::new(id), serial, read_only)
+    }
+
     /// Builds the device over `disk`; `path` only names the disk in errors. `id` is the
     /// NUL-padded serial number.
     pub fn with_backend(
