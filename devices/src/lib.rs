@@ -32,5 +32,6 @@ pub mod bus;
 pub mod console;
 pub mod counters;
 pub mod legacy;
+pub mod log_limit;
 pub mod pci;
 pub mod virtio;

@@ -203,7 +203,7 @@ impl VmBuilder {
             devices::virtio::net::Net::with_backend(id.to_string(), mac, Box::new(backend))
                 .map_err(|err| err.to_string())
         })()
-        .map(|net| device_manager::VirtioDeviceEntry::with_events(id, net))
+        .map(|net| device_manager::VirtioDeviceEntry::nic(id, net))
         .map_err(|detail| {
             Error::Device(device_manager::DeviceManagerError::Create {
                 id: id.to_string(),
@@ -423,6 +423,11 @@ fn wire_devices(
         let input: SharedConsoleInput = console.device;
         console.feed.serve(&mut events, input)?;
     }
+    let nets = image
+        .virtio
+        .iter()
+        .filter_map(|entry| Some((entry.id.clone(), entry.net.clone()?)))
+        .collect();
     let counters = CounterSources {
         exits: (0..control.vcpu_count())
             .map(|_| Arc::new(ExitCounters::default()))
@@ -435,7 +440,11 @@ fn wire_devices(
         buses: Arc::new(IoBuses { pio, mmio }),
         events,
         pci_notify_stats,
-        handle_devices: Arc::new(HandleDevices { ged, counters }),
+        handle_devices: Arc::new(HandleDevices {
+            ged,
+            counters,
+            nets,
+        }),
     })
 }
 

@@ -210,7 +210,7 @@ impl QueueIoeventfds {
         };
         for (index, fd) in self.fds.iter().enumerate() {
             if let Err(err) = self.layout.ioctl(&self.vm, fd, base, index as u16, false) {
-                warn!(
+                devices::guest_warn!(
                     "device `{}`: cannot remove the ioeventfd of queue {index} at base {base:#x}: {err}",
                     self.id
                 );
@@ -234,7 +234,7 @@ impl QueueIoeventfds {
                 true
             }
             Err(err) => {
-                warn!(
+                devices::guest_warn!(
                     "device `{}`: no queue ioeventfds at base {base:#x} ({err}); notifications stay on the vCPU thread",
                     self.id
                 );
@@ -336,6 +336,8 @@ pub struct VirtioDeviceEntry {
     pub device: SharedVirtioDevice,
     /// Host-side event handling for the event loop, for devices that have any.
     pub subscriber: Option<Box<dyn MutEventSubscriber + Send>>,
+    /// The typed device when it is a NIC (for announcements after a migration).
+    pub(crate) net: Option<Arc<Mutex<Net>>>,
 }
 
 impl VirtioDeviceEntry {
@@ -344,6 +346,18 @@ impl VirtioDeviceEntry {
             id: id.to_string(),
             device: Arc::new(Mutex::new(device)),
             subscriber: None,
+            net: None,
+        }
+    }
+
+    /// A NIC: a device with host-side events whose typed handle is kept.
+    pub(crate) fn nic(id: &str, net: Net) -> Self {
+        let shared = Arc::new(Mutex::new(net));
+        VirtioDeviceEntry {
+            id: id.to_string(),
+            device: shared.clone(),
+            subscriber: Some(Box::new(shared.clone())),
+            net: Some(shared),
         }
     }
 
@@ -356,6 +370,7 @@ impl VirtioDeviceEntry {
             id: id.to_string(),
             device,
             subscriber: None,
+            net: None,
         }
     }
 
@@ -369,6 +384,7 @@ impl VirtioDeviceEntry {
             id: id.to_string(),
             device: shared.clone(),
             subscriber: Some(Box::new(shared)),
+            net: None,
         }
     }
 
@@ -460,7 +476,7 @@ pub fn create_virtio_devices(
             id: nic.id.clone(),
             detail: format!("{what}: {err}"),
         })?;
-        entries.push(VirtioDeviceEntry::with_events(&nic.id, net));
+        entries.push(VirtioDeviceEntry::nic(&nic.id, net));
     }
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new(VsockDeviceConfig {

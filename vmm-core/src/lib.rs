@@ -77,7 +77,7 @@ pub use config::{
     VirtioTransport, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS,
 };
 pub use counters::{DeviceCounters, VmCounters};
-pub use state::{ExitReason, StateError, VmHandle, VmState};
+pub use state::{AnnounceError, ExitReason, StateError, VmHandle, VmState};
 
 /// Errors from building or starting a VM.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use devices::legacy::{EventFdTrigger, Ged, GED_EVENT_POWER_BUTTON};
+use devices::virtio::net::Net;
 use log::{debug, warn};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::{CounterSources, VmCounters};
 
@@ -452,10 +454,23 @@ pub struct VmHandle {
     pub(crate) devices: Arc<HandleDevices>,
 }
 
-/// What a handle reaches besides the control block: the power button and the counters.
+/// What a handle reaches besides the control block: the power button, the counters and the
+/// NICs.
 pub(crate) struct HandleDevices {
     pub(crate) ged: Arc<Mutex<Ged<EventFdTrigger>>>,
     pub(crate) counters: CounterSources,
+    pub(crate) nets: Vec<(String, Arc<Mutex<Net>>)>,
+}
+
+/// Why a NIC could not be asked to announce itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// The VM has no NIC with that id.
+    #[error("the VM has no NIC `{0}`")]
+    UnknownNic(String),
+    /// The NIC could not (driver not ready, feature not negotiated, interrupt failed).
+    #[error(transparent)]
+    Device(#[from] devices::virtio::net::AnnounceError),
 }
 
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
@@ -515,9 +530,53 @@ impl VmHandle {
         self.devices.counters.snapshot()
     }
 
-    /// Stops every vCPU outside the guest; returns once all are parked.
+    /// Stops every vCPU outside the guest; returns once all are parked (or fails after
+    /// [`PAUSE_TIMEOUT`]).
     pub fn pause(&self) -> Result<(), StateError> {
         self.control.pause(PAUSE_TIMEOUT)
+    }
+
+    /// [`VmHandle::pause`] with the caller's limit on how long to wait for the vCPUs to park.
+    /// On [`StateError::Timeout`] the VM stays asked to pause; [`VmHandle::resume`] undoes it.
+    pub fn pause_timeout(&self, timeout: Duration) -> Result<(), StateError> {
+        self.control.pause(timeout)
+    }
+
+    /// An eventfd that becomes readable (its counter goes up) on every state change, for an
+    /// async runtime or a C caller that polls descriptors; read [`VmHandle::state`] when it
+    /// fires. Each call makes a new eventfd.
+    ///
+    /// ```no_run
+    /// # fn demo(handle: vmm_core::VmHandle) -> std::io::Result<()> {
+    /// let changes = handle.state_eventfd()?;
+    /// // poll(changes.as_raw_fd()) in a reactor; then:
+    /// let _ = changes.read()?;
+    /// println!("now {:?}", handle.state());
+    /// # Ok(()) }
+    /// ```
+    pub fn state_eventfd(&self) -> std::io::Result<EventFd> {
+        let fd = EventFd::new(EFD_NONBLOCK)?;
+        let signal = fd.try_clone()?;
+        self.on_state_change(move |_| {
+            if let Err(err) = signal.write(1) {
+                warn!("cannot signal a state change: {err}");
+            }
+        });
+        Ok(fd)
+    }
+
+    /// Asks the guest behind NIC `id` to announce itself (gratuitous ARP, unsolicited neighbour
+    /// advertisements), as after a live migration, so switches learn where it now is. Needs a
+    /// driver that negotiated `VIRTIO_NET_F_GUEST_ANNOUNCE` (Linux does).
+    pub fn announce(&self, id: &str) -> Result<(), AnnounceError> {
+        let (_, net) = self
+            .devices
+            .nets
+            .iter()
+            .find(|(nic, _)| nic == id)
+            .ok_or_else(|| AnnounceError::UnknownNic(id.to_string()))?;
+        let mut net = net.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(net.request_announce()?)
     }
 
     /// Lets paused vCPUs run again.

@@ -358,3 +358,61 @@ fn console_configs_that_clash_are_refused_naming_the_field() {
     });
     assert_eq!(config.validate().unwrap_err().field, "console.output");
 }
+
+#[test]
+fn a_pollable_eventfd_and_a_caller_timeout_for_pause() {
+    require_kvm!();
+    let config = guest_config(VirtioTransport::Pci, "keel.ticks=0 keel.tick_tsc=2000000");
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .build()
+        .unwrap();
+    let handle = vm.handle();
+    let changes = handle.state_eventfd().unwrap();
+    // The current state is signalled at once.
+    assert_eq!(changes.read().unwrap(), 1);
+    vm.start().unwrap();
+    assert!(out.wait_for("tick 1", TIMEOUT));
+    assert_eq!(changes.read().unwrap(), 1, "Created -> Running");
+    handle.pause_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(handle.state(), VmState::Paused);
+    handle.resume().unwrap();
+    assert_eq!(changes.read().unwrap(), 2, "Paused, Running");
+    handle.stop();
+    assert_eq!(vm.wait_timeout(TIMEOUT), Some(ExitReason::Stopped));
+    assert_eq!(changes.read().unwrap(), 1);
+    assert!(changes.read().is_err(), "nothing more");
+    // Too late to pause: the state is named.
+    match handle.pause_timeout(Duration::from_millis(1)) {
+        Err(StateError::InvalidTransition { state, .. }) => {
+            assert_eq!(state, VmState::Exited(ExitReason::Stopped))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn announcements_name_the_nic_and_why_it_cannot() {
+    require_kvm!();
+    let config = guest_config(VirtioTransport::Pci, "");
+    let vm = VmBuilder::new(config)
+        .serial_output(SharedBuffer::new())
+        .net(
+            "uplink",
+            vmm_core::backends::NullBackend,
+            Some([0x52, 0x54, 0, 0, 0, 1]),
+        )
+        .build()
+        .unwrap();
+    let handle = vm.handle();
+    match handle.announce("downlink") {
+        Err(vmm_core::AnnounceError::UnknownNic(id)) => assert_eq!(id, "downlink"),
+        other => panic!("{other:?}"),
+    }
+    let err = handle.announce("uplink").unwrap_err().to_string();
+    assert!(
+        err.contains("uplink") && err.contains("not active"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@
 //! to the reset register. Both leave through triggers the VMM turns into VM exits. Other sleep
 //! states (S1-S4) are not supported: such writes are logged and ignored, so the guest stays up.
 
-use log::{debug, warn};
+use log::debug;
 use vm_superio::Trigger;
 
 use crate::bus::BusDevice;
@@ -76,16 +76,16 @@ impl<T: Trigger + Send> BusDevice for AcpiPm<T> {
                 if sleep_type == S5_SLEEP_TYPE {
                     debug!("acpi: guest entered S5");
                     if let Err(err) = self.power_off.trigger() {
-                        warn!("acpi: cannot signal power off: {err:?}");
+                        crate::guest_warn!("acpi: cannot signal power off: {err:?}");
                     }
                 } else {
-                    warn!("acpi: sleep type {sleep_type} is not supported; ignored");
+                    crate::guest_warn!("acpi: sleep type {sleep_type} is not supported; ignored");
                 }
             }
             RESET_OFFSET if value == RESET_VALUE => {
                 debug!("acpi: guest wrote the reset register");
                 if let Err(err) = self.reset.trigger() {
-                    warn!("acpi: cannot signal reset: {err:?}");
+                    crate::guest_warn!("acpi: cannot signal reset: {err:?}");
                 }
             }
             _ => debug!("acpi: write {value:#x} at offset {offset} ignored"),

@@ -8,7 +8,6 @@
 //! acpid then shut the system down). The VMM writes the `_EVT` method to match
 //! [`GED_PORT_BASE`] and the event bits here.
 
-use log::warn;
 use vm_superio::Trigger;
 
 use crate::bus::BusDevice;
@@ -103,7 +102,7 @@ where
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        warn!(
+        crate::guest_warn!(
             "ged: write of {} bytes at offset {offset} ignored (read-only register)",
             data.len()
         );

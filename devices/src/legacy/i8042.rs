@@ -3,7 +3,6 @@
 //! The state machine is `vm-superio`'s `I8042Device`: a write of 0xFE (pulse reset) to the
 //! command port raises the reset trigger, which the VMM turns into a "guest reset" exit.
 
-use log::warn;
 use vm_superio::Trigger;
 
 use crate::bus::BusDevice;
@@ -51,7 +50,7 @@ impl<T: Trigger + Send> BusDevice for I8042<T> {
             return;
         };
         if let Err(err) = self.inner.write(offset, value) {
-            warn!("i8042: cannot signal reset: {err:?}");
+            crate::guest_warn!("i8042: cannot signal reset: {err:?}");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use vm_superio::serial::SerialEvents;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -48,7 +48,7 @@ impl SerialEvents for DrainNotifier {
     }
     fn in_buffer_empty(&self) {
         if let Err(err) = self.drained.write(1) {
-            warn!("serial: cannot signal input drained: {err}");
+            crate::guest_warn!("serial: cannot signal input drained: {err}");
         }
     }
 }
@@ -107,7 +107,7 @@ impl<W: Write + Send> Serial<W> {
                 count
             }
             Err(err) => {
-                warn!("serial: input not delivered: {err:?}");
+                crate::guest_warn!("serial: input not delivered: {err:?}");
                 0
             }
         }

@@ -40,7 +40,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, warn};
+use log::debug;
 
 use super::configuration::{BarInfo, BarMove, PciConfiguration, PciHeader, NUM_REGISTERS};
 use crate::bus::BusDevice;
@@ -328,7 +328,7 @@ impl PciBus {
                     .overlapping(bar_move.new_address, bar_move.size)
                     .is_some()
             {
-                warn!(
+                crate::guest_warn!(
                     "pci: {name} BAR {} moved to {:#x}, which overlaps another BAR, wraps or lies outside the PCI windows; it is not decoded",
                     bar_move.index, bar_move.new_address
                 );

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 
 /// Capability ID of MSI-X.
 pub const MSIX_CAPABILITY_ID: u8 = 0x11;
@@ -173,7 +173,7 @@ impl MsixTable {
         match self.route.fire(vector) {
             Ok(()) => true,
             Err(err) => {
-                warn!("msi-x: cannot send vector {vector}: {err}");
+                crate::guest_warn!("msi-x: cannot send vector {vector}: {err}");
                 false
             }
         }
@@ -192,7 +192,7 @@ impl MsixTable {
             .route
             .update(vector as u16, entry.message, self.masked(vector))
         {
-            warn!("msi-x: cannot update the route of vector {vector}: {err}");
+            crate::guest_warn!("msi-x: cannot update the route of vector {vector}: {err}");
         }
     }
 

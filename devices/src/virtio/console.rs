@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -122,7 +122,7 @@ impl<W: Write + Send> VirtioConsole<W> {
 
     fn signal(active: &Active, queue: u16) {
         if let Err(err) = active.interrupt.trigger(InterruptKind::Queue(queue)) {
-            warn!("virtio-console: cannot raise the queue interrupt: {err}");
+            crate::guest_warn!("virtio-console: cannot raise the queue interrupt: {err}");
         }
     }
 
@@ -158,7 +158,7 @@ impl<W: Write + Send> VirtioConsole<W> {
                 }
             }
             if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
-                warn!("virtio-console: tx queue: {err}");
+                crate::guest_warn!("virtio-console: tx queue: {err}");
             }
             completed = true;
         }
@@ -199,7 +199,7 @@ impl<W: Write + Send> VirtioConsole<W> {
                     }
                 };
             if let Err(err) = active.rx.add_used(&active.mem, head, written as u32) {
-                warn!("virtio-console: rx queue: {err}");
+                crate::guest_warn!("virtio-console: rx queue: {err}");
             }
             completed = true;
         }
@@ -208,7 +208,7 @@ impl<W: Write + Send> VirtioConsole<W> {
         }
         if had_input && self.input.is_empty() {
             if let Err(err) = self.drained.write(1) {
-                warn!("virtio-console: cannot signal input drained: {err}");
+                crate::guest_warn!("virtio-console: cannot signal input drained: {err}");
             }
         }
     }

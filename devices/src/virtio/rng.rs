@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
@@ -159,12 +159,12 @@ impl<E: EntropySource> VirtioRng<E> {
                 let chunk = (len - done).min(buffer.len());
                 let buf = &mut buffer[..chunk];
                 if let Err(err) = source.fill(buf) {
-                    warn!("virtio-rng: entropy source failed: {err}");
+                    crate::guest_warn!("virtio-rng: entropy source failed: {err}");
                     return written as u32;
                 }
                 let addr = desc.addr().unchecked_add(done as u64);
                 if let Err(err) = mem.write_slice(buf, addr) {
-                    warn!("virtio-rng: write to guest at {:#x} failed: {err}", addr.0);
+                    crate::guest_warn!("virtio-rng: write to guest at {:#x} failed: {err}", addr.0);
                     return written as u32;
                 }
                 done += chunk;
@@ -198,7 +198,7 @@ impl<E: EntropySource> VirtioRng<E> {
             self.bytes += u64::from(used_len);
             match active.queue.add_used(mem, head, used_len) {
                 Ok(()) => completed += 1,
-                Err(err) => warn!("virtio-rng: cannot return chain {head}: {err}"),
+                Err(err) => crate::guest_warn!("virtio-rng: cannot return chain {head}: {err}"),
             }
         }
         completed

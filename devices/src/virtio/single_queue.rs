@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use log::warn;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -49,12 +48,12 @@ impl SingleQueue {
             .queue
             .needs_notification(&self.mem)
             .unwrap_or_else(|err| {
-                warn!("{device}: cannot read the used event index: {err}");
+                crate::guest_warn!("{device}: cannot read the used event index: {err}");
                 true
             });
         if needed {
             if let Err(err) = self.interrupt.trigger(InterruptKind::Queue(0)) {
-                warn!("{device}: cannot raise the queue interrupt: {err}");
+                crate::guest_warn!("{device}: cannot raise the queue interrupt: {err}");
             }
         }
     }

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, MutexGuard};
 
-use log::{debug, warn};
+use log::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -163,7 +163,7 @@ impl TransportState {
     /// The driver writes a page of accepted features; ignored after `FEATURES_OK`.
     pub fn set_driver_features(&mut self, value: u32) {
         if self.status & status::FEATURES_OK != 0 {
-            warn!(
+            crate::guest_warn!(
                 "{}: driver changed features after FEATURES_OK; ignored",
                 self.tag
             );
@@ -222,7 +222,7 @@ impl TransportState {
         };
         let max = u32::from(queue.max_size());
         if value == 0 || value > max || !value.is_power_of_two() {
-            warn!("{tag}: queue {select} size {value} is invalid (max {max})");
+            crate::guest_warn!("{tag}: queue {select} size {value} is invalid (max {max})");
             self.invalid_queue_size = true;
         } else {
             queue.set_size(value as u16);
@@ -314,7 +314,7 @@ impl TransportState {
             let offered = lock(&self.device).avail_features();
             let acked = self.driver_features;
             if acked & !offered != 0 || acked & VIRTIO_F_VERSION_1 == 0 {
-                warn!(
+                crate::guest_warn!(
                     "{}: driver features {acked:#x} not acceptable (offered {offered:#x}, VERSION_1 required)",
                     self.tag
                 );
@@ -341,7 +341,7 @@ impl TransportState {
             .iter()
             .position(|q| q.ready() && !q.is_valid(&self.mem))
         {
-            warn!(
+            crate::guest_warn!(
                 "{}: queue {bad} set up with an invalid size or address",
                 self.tag
             );
@@ -353,7 +353,7 @@ impl TransportState {
         // later one would hand the device the wrong ring under the wrong index.
         let ready = self.queues.iter().take_while(|q| q.ready()).count();
         if let Some(gap) = self.queues[ready..].iter().position(|q| q.ready()) {
-            warn!(
+            crate::guest_warn!(
                 "{}: queue {} is ready but queue {ready} is not; queues must be enabled from 0",
                 self.tag,
                 ready + gap
@@ -369,14 +369,14 @@ impl TransportState {
             .map(|q| Queue::try_from(q.state()))
             .collect();
         let Ok(queues) = queues else {
-            warn!("{}: queue state cannot be copied", self.tag);
+            crate::guest_warn!("{}: queue state cannot be copied", self.tag);
             self.status |= status::DEVICE_NEEDS_RESET;
             return;
         };
         match lock(&self.device).activate(self.mem.clone(), interrupt, queues) {
             Ok(()) => self.activated = true,
             Err(err) => {
-                warn!("{}: device activation failed: {err}", self.tag);
+                crate::guest_warn!("{}: device activation failed: {err}", self.tag);
                 self.status |= status::DEVICE_NEEDS_RESET;
             }
         }
@@ -386,7 +386,7 @@ impl TransportState {
     /// running device cannot be reset.
     pub fn reset(&mut self) -> bool {
         if self.activated && !lock(&self.device).reset() {
-            warn!("{}: device cannot be reset", self.tag);
+            crate::guest_warn!("{}: device cannot be reset", self.tag);
             self.status |= status::DEVICE_NEEDS_RESET;
             return false;
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use log::{debug, error, warn};
+use log::{debug, error};
 
 use crate::boot::EntryState;
 use crate::boot_timer::BootTimer;
@@ -192,7 +192,7 @@ fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &IoBuses, exits: &ExitCoun
                 detail: "guest crash system event".into(),
             }),
             other => {
-                warn!("vCPU {index}: unknown system event {other}");
+                devices::guest_warn!("vCPU {index}: unknown system event {other}");
                 Next::Continue
             }
         },

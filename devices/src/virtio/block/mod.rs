@@ -19,7 +19,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -419,7 +419,7 @@ impl<D: DiskBackend> VirtioBlock<D> {
             // With EVENT_IDX, ask for no kicks while draining, then re-check for a race with
             // the driver (enable_notification says whether more work arrived).
             if let Err(err) = active.queue.disable_notification(mem) {
-                warn!("virtio-blk: cannot disable notifications: {err}");
+                crate::guest_warn!("virtio-blk: cannot disable notifications: {err}");
                 break;
             }
             let mut popped = 0usize;
@@ -451,7 +451,7 @@ impl<D: DiskBackend> VirtioBlock<D> {
                 match active.queue.add_used(mem, head, used_len) {
                     Ok(()) => completed += 1,
                     // A head index outside the queue: nothing to return it to.
-                    Err(err) => warn!("virtio-blk: cannot return chain {head}: {err}"),
+                    Err(err) => crate::guest_warn!("virtio-blk: cannot return chain {head}: {err}"),
                 }
             }
             match active.queue.enable_notification(mem) {
@@ -460,7 +460,7 @@ impl<D: DiskBackend> VirtioBlock<D> {
                 Ok(true) if popped > 0 => continue,
                 Ok(_) => break,
                 Err(err) => {
-                    warn!("virtio-blk: cannot enable notifications: {err}");
+                    crate::guest_warn!("virtio-blk: cannot enable notifications: {err}");
                     break;
                 }
             }
@@ -475,7 +475,7 @@ fn complete(mem: &GuestMemoryMmap, status_addr: GuestAddress, status: u8, writte
     match mem.write_obj(status, status_addr) {
         Ok(()) => written.saturating_add(1),
         Err(err) => {
-            warn!(
+            crate::guest_warn!(
                 "virtio-blk: status byte at {:#x} not written: {err}",
                 status_addr.raw_value()
             );
@@ -528,7 +528,7 @@ fn execute<D: DiskBackend>(
             VIRTIO_BLK_S_UNSUPP
         }
         Err(err) => {
-            warn!("virtio-blk: I/O error: {err}");
+            crate::guest_warn!("virtio-blk: I/O error: {err}");
             VIRTIO_BLK_S_IOERR
         }
     };

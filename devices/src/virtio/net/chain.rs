@@ -6,7 +6,6 @@
 //! in guest memory and that the total stays under a limit; copying in and out is then
 //! infallible except for guest memory changing under us. Shared by virtio-net and virtio-vsock.
 
-use log::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
@@ -196,7 +195,7 @@ pub fn pop_or_enable_notification<'m>(
         Ok(true) => queue.pop_descriptor_chain(mem),
         Ok(false) => None,
         Err(err) => {
-            warn!("virtio: cannot enable queue notifications: {err}");
+            crate::guest_warn!("virtio: cannot enable queue notifications: {err}");
             None
         }
     }

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{debug, error, warn};
+use log::{debug, error};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -418,7 +418,7 @@ impl Net {
         let mut completed = false;
         loop {
             if let Err(err) = active.tx.disable_notification(&active.mem) {
-                warn!("net `{}`: tx queue: {err}", self.id);
+                crate::guest_warn!("net `{}`: tx queue: {err}", self.id);
             }
             let mut popped = false;
             while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
@@ -434,7 +434,7 @@ impl Net {
                     &mut self.metrics,
                 );
                 if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
-                    warn!(
+                    crate::guest_warn!(
                         "net `{}`: tx queue: cannot complete chain {head}: {err}",
                         self.id
                     );
@@ -446,7 +446,7 @@ impl Net {
             match active.tx.enable_notification(&active.mem) {
                 Ok(true) if popped => continue,
                 Ok(true) => {
-                    warn!(
+                    crate::guest_warn!(
                         "net `{}`: tx queue: available index is inconsistent",
                         self.id
                     );
@@ -454,7 +454,7 @@ impl Net {
                 }
                 Ok(false) => break,
                 Err(err) => {
-                    warn!("net `{}`: tx queue: {err}", self.id);
+                    crate::guest_warn!("net `{}`: tx queue: {err}", self.id);
                     break;
                 }
             }
@@ -480,7 +480,7 @@ impl Net {
         let mut completed = false;
         loop {
             if let Err(err) = queue.disable_notification(mem) {
-                warn!("net `{}`: ctrl queue: {err}", self.id);
+                crate::guest_warn!("net `{}`: ctrl queue: {err}", self.id);
             }
             let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
@@ -506,13 +506,13 @@ impl Net {
                 let used_len = match ack_addr.map(|addr| mem.write_obj(ack, addr)) {
                     Some(Ok(())) => 1,
                     Some(Err(err)) => {
-                        warn!("net `{}`: ctrl ack not written: {err}", self.id);
+                        crate::guest_warn!("net `{}`: ctrl ack not written: {err}", self.id);
                         0
                     }
                     None => 0,
                 };
                 if let Err(err) = queue.add_used(mem, head, used_len) {
-                    warn!(
+                    crate::guest_warn!(
                         "net `{}`: ctrl queue: cannot complete chain {head}: {err}",
                         self.id
                     );
@@ -522,7 +522,7 @@ impl Net {
             match queue.enable_notification(mem) {
                 Ok(true) if popped => continue,
                 Ok(true) => {
-                    warn!(
+                    crate::guest_warn!(
                         "net `{}`: ctrl queue: available index is inconsistent",
                         self.id
                     );
@@ -530,7 +530,7 @@ impl Net {
                 }
                 Ok(false) => break,
                 Err(err) => {
-                    warn!("net `{}`: ctrl queue: {err}", self.id);
+                    crate::guest_warn!("net `{}`: ctrl queue: {err}", self.id);
                     break;
                 }
             }
@@ -571,7 +571,7 @@ impl Net {
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
-                    warn!("net `{}`: backend read failed: {err}", self.id);
+                    crate::guest_warn!("net `{}`: backend read failed: {err}", self.id);
                     self.metrics.rx_backend_errors += 1;
                     return RxState::BackendDrained;
                 }
@@ -638,7 +638,7 @@ impl Net {
                     if chains.is_empty() {
                         // Nothing of this frame is in flight yet: return the chain right away.
                         if let Err(err) = active.rx.add_used(&active.mem, head, 0) {
-                            warn!("net `{id}`: rx queue: {err}");
+                            crate::guest_warn!("net `{id}`: rx queue: {err}");
                         }
                         signal = true;
                     } else {
@@ -674,7 +674,7 @@ impl Net {
                 let written = match buffers.write_at(&active.mem, 0, &self.rx_frame[offset..len]) {
                     Ok(written) => written,
                     Err(err) => {
-                        warn!("net `{id}`: rx copy failed: {err}");
+                        crate::guest_warn!("net `{id}`: rx copy failed: {err}");
                         0
                     }
                 };
@@ -683,12 +683,12 @@ impl Net {
                     .rx
                     .add_used(&active.mem, buffers.head(), written as u32)
                 {
-                    warn!("net `{id}`: rx queue: {err}");
+                    crate::guest_warn!("net `{id}`: rx queue: {err}");
                 }
             }
             for head in deferred_bad {
                 if let Err(err) = active.rx.add_used(&active.mem, head, 0) {
-                    warn!("net `{id}`: rx queue: {err}");
+                    crate::guest_warn!("net `{id}`: rx queue: {err}");
                 }
             }
             self.metrics.rx_frames += 1;
@@ -863,7 +863,7 @@ impl VirtioDevice for Net {
                 None
             }
             None if ctrl_negotiated => {
-                warn!(
+                crate::guest_warn!(
                     "net `{}`: CTRL_VQ negotiated but no control queue set up",
                     self.id
                 );
@@ -914,7 +914,7 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
         self.ctrl.reset();
         if let Err(err) = self.backend.set_offload(0) {
-            warn!("net `{}`: cannot clear offloads on reset: {err}", self.id);
+            crate::guest_warn!("net `{}`: cannot clear offloads on reset: {err}", self.id);
         }
         true
     }
@@ -938,7 +938,7 @@ impl MutEventSubscriber for Net {
             // Drain the counter; a failed read only means it was already zero.
             let _ = self.rx_kick.read();
         } else if Some(fd) != self.backend.ready_fd() {
-            warn!("net `{}`: event for unknown descriptor {fd}", self.id);
+            crate::guest_warn!("net `{}`: event for unknown descriptor {fd}", self.id);
             return;
         }
         let state = self.receive();

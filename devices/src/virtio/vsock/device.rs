@@ -4,7 +4,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{debug, error, warn};
+use log::{debug, error};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -147,7 +147,7 @@ impl Vsock {
         let mut completed = false;
         loop {
             if let Err(err) = active.tx.disable_notification(&active.mem) {
-                warn!("vsock `{id}`: tx queue: {err}");
+                crate::guest_warn!("vsock `{id}`: tx queue: {err}");
             }
             let mut popped = false;
             while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
@@ -191,7 +191,7 @@ impl Vsock {
                     }
                 }
                 if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
-                    warn!("vsock `{id}`: tx queue: {err}");
+                    crate::guest_warn!("vsock `{id}`: tx queue: {err}");
                 }
                 completed = true;
             }
@@ -200,12 +200,12 @@ impl Vsock {
             match active.tx.enable_notification(&active.mem) {
                 Ok(true) if popped => continue,
                 Ok(true) => {
-                    warn!("vsock `{id}`: tx queue: available index is inconsistent");
+                    crate::guest_warn!("vsock `{id}`: tx queue: available index is inconsistent");
                     break;
                 }
                 Ok(false) => break,
                 Err(err) => {
-                    warn!("vsock `{id}`: tx queue: {err}");
+                    crate::guest_warn!("vsock `{id}`: tx queue: {err}");
                     break;
                 }
             }
@@ -238,7 +238,7 @@ impl Vsock {
                         );
                         self.metrics.rx_malformed_chains += 1;
                         if let Err(err) = active.rx.add_used(&active.mem, head, 0) {
-                            warn!("vsock `{id}`: rx queue: {err}");
+                            crate::guest_warn!("vsock `{id}`: rx queue: {err}");
                         }
                         completed = true;
                         continue;
@@ -258,12 +258,12 @@ impl Vsock {
             let written = match buffers.write_at(&active.mem, 0, &self.packet[..len]) {
                 Ok(written) => written,
                 Err(err) => {
-                    warn!("vsock `{id}`: rx copy failed: {err}");
+                    crate::guest_warn!("vsock `{id}`: rx copy failed: {err}");
                     0
                 }
             };
             if let Err(err) = active.rx.add_used(&active.mem, head, written as u32) {
-                warn!("vsock `{id}`: rx queue: {err}");
+                crate::guest_warn!("vsock `{id}`: rx queue: {err}");
             }
             self.metrics.rx_packets += 1;
             self.metrics.rx_bytes += u64::from(header.len);
@@ -389,7 +389,7 @@ impl MutEventSubscriber for Vsock {
         if events.fd() == self.muxer.epoll_fd() {
             self.handle_host_events();
         } else {
-            warn!(
+            crate::guest_warn!(
                 "vsock `{}`: event for unknown descriptor {}",
                 self.id,
                 events.fd()

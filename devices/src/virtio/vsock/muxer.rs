@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use log::{debug, warn};
+use log::debug;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::Connection;
@@ -150,7 +150,7 @@ impl VsockMuxer {
         let count = match self.epoll.wait(0, &mut events) {
             Ok(count) => count,
             Err(err) => {
-                warn!("vsock: epoll_wait failed: {err}");
+                crate::guest_warn!("vsock: epoll_wait failed: {err}");
                 return;
             }
         };
@@ -186,12 +186,17 @@ impl VsockMuxer {
                 Ok((stream, _)) => stream,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) => {
-                    warn!("vsock: accept on {} failed: {err}", self.uds_path.display());
+                    crate::guest_warn!(
+                        "vsock: accept on {} failed: {err}",
+                        self.uds_path.display()
+                    );
                     return;
                 }
             };
             if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
-                warn!("vsock: {MAX_CONNECTIONS} connections open; refusing a host connection");
+                crate::guest_warn!(
+                    "vsock: {MAX_CONNECTIONS} connections open; refusing a host connection"
+                );
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -203,7 +208,7 @@ impl VsockMuxer {
                 fd,
                 EpollEvent::new(EventSet::IN, fd as u64),
             ) {
-                warn!("vsock: cannot watch a host connection: {err}");
+                crate::guest_warn!("vsock: cannot watch a host connection: {err}");
                 continue;
             }
             self.handshakes.insert(
@@ -338,7 +343,7 @@ impl VsockMuxer {
                 self.registered.insert(key, wanted);
             }
             Err(err) => {
-                warn!("vsock: cannot watch connection {key:?}: {err}");
+                crate::guest_warn!("vsock: cannot watch connection {key:?}: {err}");
                 if let Some(conn) = self.conns.get_mut(&key) {
                     conn.kill();
                 }
@@ -381,7 +386,7 @@ impl VsockMuxer {
             return;
         }
         if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
-            warn!(
+            crate::guest_warn!(
                 "vsock: {MAX_CONNECTIONS} connections open; refusing guest port {}",
                 header.src_port
             );
