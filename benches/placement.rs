@@ -11,12 +11,12 @@
 //! of that mix could reach. W3's cost is compared with W1 requests run in alternating rounds on an
 //! identically prefilled cluster, so both see the same machine conditions.
 
+use scheduling::generator::SplitMix64;
 use scheduling::generator::{self, ClusterShape};
 use scheduling::model::ClassId;
 use scheduling::report::{
     shape_aware_capacity, shape_aware_lower_bound, summary, volume_lower_bound,
 };
-use scheduling::rng::SplitMix64;
 use scheduling::{
     Cluster, DecideOptions, PlaceError, PlacementRequest, Placer, Policy, Profile, Scheduler,
     SharedState,
@@ -318,8 +318,10 @@ fn w1(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
 
 /// Hosts with at least one VM.
 fn hosts_used(p: &Placer) -> usize {
-    (0..p.state().cluster().host_count())
-        .filter(|h| p.state().vm_count(scheduling::HostId(*h as u32)) > 0)
+    p.state()
+        .cluster()
+        .host_ids()
+        .filter(|h| p.state().vm_count(*h) > 0)
         .count()
 }
 

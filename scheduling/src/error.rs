@@ -1,6 +1,48 @@
 //! Error types: what went wrong, naming the field and the reason.
+//!
+//! Names are distinct from those of Keel's other crates (`vmm_core::StateError`,
+//! `devices::...::RequestError`), so an embedder can import them side by side. Where an error has a
+//! cause (a parser's error, a failed commit inside a bookkeeping operation), it is kept as the
+//! error's [`source`](std::error::Error::source).
 
+use std::sync::Arc;
 use thiserror::Error;
+
+/// A parser's error (JSON or YAML), kept as the source of [`ModelError::Parse`]. Cheap to clone;
+/// compares by message.
+#[derive(Debug, Clone)]
+pub struct ParseError(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl ParseError {
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ParseError(Arc::new(e))
+    }
+
+    /// The parser's own error (`serde_json::Error`, or the YAML parser's), to downcast.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ParseError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for ParseError {}
 
 /// A cluster description that cannot be loaded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -47,14 +89,36 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
-    /// The description could not be parsed.
-    #[error("cannot parse cluster description: {0}")]
-    Parse(String),
+    /// A provider tree nests deeper than the model allows.
+    #[error("provider `{provider}`: children nest deeper than {max_depth} levels")]
+    TreeTooDeep {
+        /// The provider whose children are too deep.
+        provider: String,
+        /// Deepest nesting allowed.
+        max_depth: usize,
+    },
+    /// The document could not be parsed (syntax, or a shape the serde types do not accept).
+    #[error("cannot parse {format} document: {source}")]
+    Parse {
+        /// `JSON` or `YAML`.
+        format: &'static str,
+        /// The parser's error.
+        #[source]
+        source: ParseError,
+    },
+    /// The document's format is not compiled in.
+    #[error("{format} input needs the `{feature}` feature of the scheduling crate")]
+    FormatUnavailable {
+        /// The format.
+        format: &'static str,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
 }
 
 /// A placement request that is malformed or refers to things the cluster does not know.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum RequestError {
+pub enum PlacementRequestError {
     /// The request names a resource class the cluster does not know.
     #[error("request `{request}`: unknown resource class `{class}`")]
     UnknownResourceClass {
@@ -146,9 +210,12 @@ pub enum CommitError {
     /// The host is disabled (failed or in maintenance).
     #[error("host `{0}` is disabled")]
     HostDisabled(String),
-    /// A slot index in the claim does not belong to the cluster.
-    #[error("claim refers to an unknown inventory slot {0}")]
-    UnknownSlot(u32),
+    /// An inventory slot in the claim is not in the cluster or not within reach of the claim's host.
+    #[error("claim refers to inventory slot {0:?}, unknown or out of the host's reach")]
+    UnknownSlot(crate::model::SlotId),
+    /// A generation owner in the claim does not belong to the cluster.
+    #[error("claim refers to an unknown generation owner {0:?}")]
+    UnknownOwner(crate::model::OwnerId),
     /// A permit plugin rejected the claim.
     #[error("permit plugin `{plugin}` rejected: {reason}")]
     Denied {
@@ -159,9 +226,10 @@ pub enum CommitError {
     },
 }
 
-/// Errors of the bookkeeping operations (release, resize, migrate, ...).
+/// Errors of the bookkeeping operations on a [`crate::State`] (release, migrate, server groups,
+/// hosts added or retired).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum StateError {
+pub enum PlacementStateError {
     /// No allocation for that consumer.
     #[error("unknown consumer `{0}`")]
     UnknownConsumer(String),
@@ -179,10 +247,122 @@ pub enum StateError {
         /// VMs on it.
         vms: u32,
     },
-    /// Invalid server group.
+    /// An invalid server group or host description (shown as the [`ModelError`] itself).
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// Commit failure.
+    /// The new allocation could not be committed (shown as the [`CommitError`] itself).
     #[error(transparent)]
     Commit(#[from] CommitError),
+}
+
+/// Why [`crate::State::restore`] or [`crate::State::import`] refused a list of placements. Nothing
+/// of the list was applied.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RestoreError {
+    /// The placement's request is invalid against this cluster.
+    #[error("placement `{consumer}`: invalid request: {source}")]
+    Request {
+        /// Consumer id of the placement.
+        consumer: String,
+        /// Why.
+        #[source]
+        source: PlacementRequestError,
+    },
+    /// The placement's consumer differs from its request's id.
+    #[error("placement `{consumer}`: its request is for `{request}`")]
+    ConsumerMismatch {
+        /// Consumer id of the placement.
+        consumer: String,
+        /// Id of its request.
+        request: String,
+    },
+    /// The consumer already holds an allocation (in the state, or earlier in the list).
+    #[error("placement `{0}`: consumer already has an allocation")]
+    DuplicateConsumer(String),
+    /// The host is not in the cluster.
+    #[error("placement `{consumer}`: unknown host `{host}`")]
+    UnknownHost {
+        /// Consumer id.
+        consumer: String,
+        /// The host named.
+        host: String,
+    },
+    /// The host was retired (see [`crate::State::retire_host`]).
+    #[error("placement `{consumer}`: host `{host}` is retired")]
+    HostRetired {
+        /// Consumer id.
+        consumer: String,
+        /// The host named.
+        host: String,
+    },
+    /// The provider is not in the cluster.
+    #[error("placement `{consumer}`: unknown provider `{provider}`")]
+    UnknownProvider {
+        /// Consumer id.
+        consumer: String,
+        /// The provider named.
+        provider: String,
+    },
+    /// The provider is neither in the host's tree nor a shared provider the host draws on.
+    #[error("placement `{consumer}`: provider `{provider}` is out of reach of host `{host}`")]
+    ProviderNotOnHost {
+        /// Consumer id.
+        consumer: String,
+        /// The provider.
+        provider: String,
+        /// The placement's host.
+        host: String,
+    },
+    /// The provider has no inventory of the class.
+    #[error("placement `{consumer}`: provider `{provider}` has no {class} inventory")]
+    NoInventory {
+        /// Consumer id.
+        consumer: String,
+        /// The provider.
+        provider: String,
+        /// The class named (possibly unknown to the cluster).
+        class: String,
+    },
+    /// The amount breaks the inventory's min_unit, max_unit or step_size.
+    #[error("placement `{consumer}`: {amount} {class} on `{provider}` breaks its min_unit/max_unit/step_size")]
+    UnitConstraint {
+        /// Consumer id.
+        consumer: String,
+        /// The provider.
+        provider: String,
+        /// The class.
+        class: String,
+        /// The amount.
+        amount: u64,
+    },
+    /// The amount does not fit in what is left of the inventory.
+    #[error("placement `{consumer}`: {amount} {class} on `{provider}` exceeds the {free} left of its capacity {capacity}")]
+    OverCapacity {
+        /// Consumer id.
+        consumer: String,
+        /// The provider.
+        provider: String,
+        /// The class.
+        class: String,
+        /// The amount.
+        amount: u64,
+        /// What was left when this placement was reached.
+        free: u64,
+        /// The inventory's capacity.
+        capacity: u64,
+    },
+    /// The resources placed are not what the request asks for.
+    #[error(
+        "placement `{consumer}`: {class} placed {placed}, but the request asks for {requested}"
+    )]
+    ResourcesMismatch {
+        /// Consumer id.
+        consumer: String,
+        /// The class.
+        class: String,
+        /// Total placed.
+        placed: u64,
+        /// Total requested.
+        requested: u64,
+    },
 }

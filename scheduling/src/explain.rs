@@ -57,8 +57,8 @@ impl Reason {
     /// Packs a resource reason (see [`Reason::is_resource`]) into 32 bits; other reasons map to 0.
     pub fn to_code(&self) -> u32 {
         match *self {
-            Reason::Insufficient(c) => (1 << 16) | u32::from(c.0),
-            Reason::UnitConstraint(c) => (2 << 16) | u32::from(c.0),
+            Reason::Insufficient(c) => (1 << 16) | u32::from(c.raw()),
+            Reason::UnitConstraint(c) => (2 << 16) | u32::from(c.raw()),
             Reason::GroupUnsatisfiable(i) => (3 << 16) | u32::from(i),
             Reason::GroupLayout => 4 << 16,
             _ => 0,
@@ -69,8 +69,8 @@ impl Reason {
     pub fn from_code(code: u32) -> Reason {
         let v = (code & 0xffff) as u16;
         match code >> 16 {
-            1 => Reason::Insufficient(ClassId(v)),
-            2 => Reason::UnitConstraint(ClassId(v)),
+            1 => Reason::Insufficient(ClassId::new(v as usize)),
+            2 => Reason::UnitConstraint(ClassId::new(v as usize)),
             3 => Reason::GroupUnsatisfiable(v),
             _ => Reason::GroupLayout,
         }
@@ -172,8 +172,8 @@ mod tests {
     #[test]
     fn resource_reasons_round_trip_through_codes() {
         for r in [
-            Reason::Insufficient(ClassId(3)),
-            Reason::UnitConstraint(ClassId(65535)),
+            Reason::Insufficient(ClassId::new(3)),
+            Reason::UnitConstraint(ClassId::new(65535)),
             Reason::GroupUnsatisfiable(7),
             Reason::GroupLayout,
         ] {
@@ -254,7 +254,7 @@ impl Diagnosis {
             .collect::<Vec<_>>()
             .join(", ");
         Explanation {
-            request: req.id.clone(),
+            request: req.id().to_string(),
             summary: format!(
                 "0/{} hosts available: {}",
                 self.total_hosts,

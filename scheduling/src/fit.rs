@@ -6,39 +6,45 @@
 //! The search is a bounded backtracking over the (small) tree and never allocates once warmed up.
 
 use crate::explain::Reason;
-use crate::model::{Cluster, Host, HostId, Provider, ProviderId};
+use crate::model::{Cluster, Host, HostId, Provider, ProviderId, SlotAllocation, SlotId};
 use crate::request::{CompiledGroup, CompiledRequest};
 
 /// Upper bound on backtracking steps per host, so adversarial requests cannot stall a decision.
 const SEARCH_BUDGET: u32 = 4096;
 
-/// Reusable buffers for [`fit_host`].
+/// Reusable buffers of the resource fit, handed to every [`crate::framework::FilterPlugin`]: the
+/// built-in resource filter leaves the inventory slots it chose there. Other filters ignore it.
 #[derive(Debug, Default, Clone)]
 pub struct FitScratch {
-    allocs: Vec<(u32, u64)>,
+    allocs: Vec<SlotAllocation>,
     chosen: Vec<ProviderId>,
     steps: u32,
 }
 
 impl FitScratch {
-    /// The `(slot, amount)` pairs found by the last successful fit.
-    pub fn allocations(&self) -> &[(u32, u64)] {
+    /// The slots found by the last successful fit.
+    pub(crate) fn allocations(&self) -> &[SlotAllocation] {
         &self.allocs
     }
 
     /// Takes the allocations out.
-    pub fn take_allocations(&mut self) -> Vec<(u32, u64)> {
+    pub(crate) fn take_allocations(&mut self) -> Vec<SlotAllocation> {
         std::mem::take(&mut self.allocs)
     }
 }
 
 #[inline]
-fn pending(allocs: &[(u32, u64)], slot: u32) -> u64 {
+fn pending(allocs: &[SlotAllocation], slot: u32) -> u64 {
     allocs
         .iter()
-        .filter(|(s, _)| *s == slot)
-        .map(|(_, a)| *a)
+        .filter(|a| a.slot().raw() == slot)
+        .map(|a| a.amount())
         .sum()
+}
+
+#[inline]
+fn at(slot: u32, amount: u64) -> SlotAllocation {
+    SlotAllocation::new(SlotId::new(slot as usize), amount)
 }
 
 fn providers<'a>(
@@ -46,7 +52,12 @@ fn providers<'a>(
     h: &'a Host,
 ) -> impl Iterator<Item = (ProviderId, &'a Provider)> + 'a {
     (h.provider_start..h.provider_end)
-        .map(|i| (ProviderId(i), c.provider(ProviderId(i))))
+        .map(|i| {
+            (
+                ProviderId::new(i as usize),
+                c.provider(ProviderId::new(i as usize)),
+            )
+        })
         .chain(h.shared.iter().map(|p| (*p, c.provider(*p))))
 }
 
@@ -56,7 +67,7 @@ fn take_from(
     used: &[u64],
     p: &Provider,
     g: &CompiledGroup,
-    allocs: &mut Vec<(u32, u64)>,
+    allocs: &mut Vec<SlotAllocation>,
 ) -> bool {
     let mark = allocs.len();
     for &(class, amount) in &g.resources {
@@ -69,7 +80,7 @@ fn take_from(
             if s.unit_ok(amount)
                 && used[slot as usize] + pending(allocs, slot) + amount <= s.capacity
             {
-                allocs.push((slot, amount));
+                allocs.push(at(slot, amount));
                 ok = true;
             }
             break;
@@ -181,8 +192,8 @@ fn group_failure(c: &Cluster, used: &[u64], req: &CompiledRequest, h: &Host) -> 
 }
 
 /// Fits `req` on `host` given per-slot usage `used`. On success `scratch.allocations()` holds the
-/// `(slot, amount)` pairs; on failure the reason names the first resource or group that does not fit.
-pub fn fit_host(
+/// slots and amounts; on failure the reason names the first resource or group that does not fit.
+pub(crate) fn fit_host(
     c: &Cluster,
     used: &[u64],
     req: &CompiledRequest,
@@ -204,14 +215,14 @@ pub fn fit_host(
     let (start, end) = c.host_slots[host.idx()];
     for &(class, amount) in &req.unnamed {
         let mut unit_seen = false;
-        let mut try_slot = |slot: u32, allocs: &mut Vec<(u32, u64)>| -> bool {
+        let mut try_slot = |slot: u32, allocs: &mut Vec<SlotAllocation>| -> bool {
             let s = &c.slots()[slot as usize];
             if amount > s.capacity {
                 unit_seen = true;
             } else if s.unit_ok(amount) {
                 unit_seen = true;
                 if used[slot as usize] + pending(allocs, slot) + amount <= s.capacity {
-                    allocs.push((slot, amount));
+                    allocs.push(at(slot, amount));
                     return true;
                 }
             }

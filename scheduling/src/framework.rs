@@ -8,11 +8,13 @@
 //! [`crate::profile::Profile`] lists which run and with what weights.
 
 use crate::explain::{Diagnosis, Reason};
-use crate::fit::FitScratch;
-use crate::hostset::HostSet;
 use crate::model::{Cluster, HostId};
 use crate::request::CompiledRequest;
 use crate::state::{Claim, State};
+
+pub use crate::fit::FitScratch;
+pub use crate::hostset::HostSet;
+pub use crate::index::ClusterIndex;
 
 /// Data shared by the plugins during one decision (kube's `CycleState`).
 pub struct CycleState<'a> {
@@ -111,7 +113,7 @@ pub fn restrict(candidates: &mut HostSet, keep: &HostSet, reason: Reason, diag: 
     if diag.per_host.is_some() {
         let removed: Vec<usize> = candidates.iter().filter(|h| !keep.contains(*h)).collect();
         for h in removed {
-            diag.add(HostId(h as u32), reason);
+            diag.add(HostId::new(h), reason);
         }
         candidates.intersect_with(keep);
         return;
@@ -127,7 +129,7 @@ pub fn exclude(candidates: &mut HostSet, drop: &HostSet, reason: Reason, diag: &
     if diag.per_host.is_some() {
         let removed: Vec<usize> = candidates.iter().filter(|h| drop.contains(*h)).collect();
         for h in removed {
-            diag.add(HostId(h as u32), reason);
+            diag.add(HostId::new(h), reason);
         }
         candidates.subtract(drop);
         return;

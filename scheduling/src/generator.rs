@@ -13,7 +13,7 @@ use crate::request::{
     PlacementRequest, RequestGroup, SpreadConstraint, Toleration, TolerationOperator, TopologyKey,
     WhenUnsatisfiable,
 };
-use crate::rng::SplitMix64;
+pub use crate::rng::SplitMix64;
 use std::collections::BTreeMap;
 
 /// Shape of a generated cluster.

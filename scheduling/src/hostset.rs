@@ -129,7 +129,7 @@ impl HostSet {
     }
 
     /// Hosts in ascending order starting at `start`, wrapping round once: the rotating start of sampling.
-    pub fn iter_from(&self, start: usize) -> RotatingIter<'_> {
+    pub(crate) fn iter_from(&self, start: usize) -> RotatingIter<'_> {
         let start = if self.len == 0 { 0 } else { start % self.len };
         let mut it = RotatingIter {
             set: self,
@@ -147,7 +147,7 @@ impl HostSet {
 }
 
 /// Iterator over a [`HostSet`] from a starting index, wrapping round to the start once.
-pub struct RotatingIter<'a> {
+pub(crate) struct RotatingIter<'a> {
     set: &'a HostSet,
     word_idx: usize,
     word: u64,

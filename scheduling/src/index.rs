@@ -5,7 +5,7 @@
 //! membership) lives in [`crate::state::State`].
 
 use crate::hostset::HostSet;
-use crate::model::{Cluster, HostId, Taint, TraitId};
+use crate::model::{AggregateId, Cluster, HostId, RackId, Taint, TraitId, ZoneId};
 use std::collections::HashMap;
 
 /// Bitset indexes over a cluster's hosts.
@@ -41,7 +41,7 @@ impl ClusterIndex {
             ..Default::default()
         };
         for (i, h) in cluster.hosts().iter().enumerate() {
-            let hid = HostId(i as u32);
+            let hid = HostId::new(i);
             for t in &cluster.provider(h.root).traits {
                 ix.by_trait
                     .entry(*t)
@@ -49,14 +49,14 @@ impl ClusterIndex {
                     .insert(i);
             }
             for a in &h.aggregates {
-                ix.by_aggregate[*a as usize].insert(i);
+                ix.by_aggregate[a.idx()].insert(i);
             }
             if let Some(z) = h.zone {
-                ix.by_zone[z as usize].insert(i);
+                ix.by_zone[z.idx()].insert(i);
                 ix.with_zone.insert(i);
             }
             if let Some(r) = h.rack {
-                ix.by_rack[r as usize].insert(i);
+                ix.by_rack[r.idx()].insert(i);
                 ix.with_rack.insert(i);
             }
             for (k, v) in &h.labels {
@@ -85,7 +85,7 @@ impl ClusterIndex {
                 .chain(h.shared.iter().map(|p| cluster.provider(*p)));
             for p in providers {
                 for s in &cluster.slots()[p.slot_start as usize..p.slot_end as usize] {
-                    ix.by_class[s.class.0 as usize].insert(i);
+                    ix.by_class[s.class.idx()].insert(i);
                 }
             }
         }
@@ -103,18 +103,18 @@ impl ClusterIndex {
     }
 
     /// Hosts in aggregate `a`.
-    pub fn in_aggregate(&self, a: u32) -> &HostSet {
-        self.by_aggregate.get(a as usize).unwrap_or(&self.none)
+    pub fn in_aggregate(&self, a: AggregateId) -> &HostSet {
+        self.by_aggregate.get(a.idx()).unwrap_or(&self.none)
     }
 
     /// Hosts in zone `z`.
-    pub fn in_zone(&self, z: u32) -> &HostSet {
-        self.by_zone.get(z as usize).unwrap_or(&self.none)
+    pub fn in_zone(&self, z: ZoneId) -> &HostSet {
+        self.by_zone.get(z.idx()).unwrap_or(&self.none)
     }
 
     /// Hosts in rack `r`.
-    pub fn in_rack(&self, r: u32) -> &HostSet {
-        self.by_rack.get(r as usize).unwrap_or(&self.none)
+    pub fn in_rack(&self, r: RackId) -> &HostSet {
+        self.by_rack.get(r.idx()).unwrap_or(&self.none)
     }
 
     /// Hosts that have a value for the topology key (a zone, or a rack).
@@ -144,6 +144,6 @@ impl ClusterIndex {
 
     /// Hosts that can reach any inventory of class `c` (in their tree or a shared provider).
     pub fn with_class(&self, c: crate::model::ClassId) -> &HostSet {
-        self.by_class.get(c.0 as usize).unwrap_or(&self.none)
+        self.by_class.get(c.idx()).unwrap_or(&self.none)
     }
 }

@@ -5,7 +5,7 @@
 //! (behind the default `yaml` feature): a maintained, panic-free parser, unlike the archived
 //! `serde_yaml`.
 
-use crate::error::ModelError;
+use crate::error::{ModelError, ParseError};
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
@@ -30,24 +30,32 @@ impl Format {
     }
 }
 
-/// Parses `text` as `format` into `T`. Errors become [`ModelError::Parse`] with the parser's message.
+/// Parses `text` as `format` into `T`. Errors become [`ModelError::Parse`], with the parser's error
+/// as the source.
 pub fn parse<T: DeserializeOwned>(text: &str, format: Format) -> Result<T, ModelError> {
     match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| ModelError::Parse(e.to_string())),
+        Format::Json => serde_json::from_str(text).map_err(|e| ModelError::Parse {
+            format: "JSON",
+            source: ParseError::new(e),
+        }),
         Format::Yaml => parse_yaml(text),
     }
 }
 
 #[cfg(feature = "yaml")]
 fn parse_yaml<T: DeserializeOwned>(text: &str) -> Result<T, ModelError> {
-    serde_saphyr::from_str(text).map_err(|e| ModelError::Parse(e.to_string()))
+    serde_saphyr::from_str(text).map_err(|e| ModelError::Parse {
+        format: "YAML",
+        source: ParseError::new(e),
+    })
 }
 
 #[cfg(not(feature = "yaml"))]
 fn parse_yaml<T: DeserializeOwned>(_text: &str) -> Result<T, ModelError> {
-    Err(ModelError::Parse(
-        "YAML input needs the `yaml` feature of the scheduling crate".into(),
-    ))
+    Err(ModelError::FormatUnavailable {
+        format: "YAML",
+        feature: "yaml",
+    })
 }
 
 #[cfg(all(test, feature = "yaml"))]
@@ -115,7 +123,8 @@ events:
             Format::Yaml,
         )
         .unwrap_err();
-        assert!(matches!(e, ModelError::Parse(_)), "{e:?}");
+        assert!(matches!(e, ModelError::Parse { .. }), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
         let e =
             parse::<ClusterSpec>("hosts:\n  - name: a\n    bogus: 1\n", Format::Yaml).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");

@@ -3,12 +3,13 @@
 //!
 //! They are deliberately simple, sequential algorithms (one decision per VM); none persists anything.
 
-use crate::error::{CommitError, RequestError, StateError};
+use crate::error::{CommitError, PlacementRequestError, PlacementStateError};
 use crate::explain::{Diagnosis, Explanation};
 use crate::fit::{fit_host, FitScratch};
-use crate::model::HostId;
+use crate::model::{HostId, SlotAllocation};
+use crate::placement::Placement;
 use crate::request::{CompiledRequest, PlacementRequest};
-use crate::scheduler::{DecideOptions, Placement, Scheduler};
+use crate::scheduler::{DecideOptions, Scheduler};
 use crate::state::{Claim, State};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 pub enum GangError {
     /// A member request is invalid (nothing was placed).
     #[error(transparent)]
-    Request(#[from] RequestError),
+    Request(#[from] PlacementRequestError),
     /// Member `index` did not fit; the members placed before it were released.
     #[error("gang member {index} (`{id}`) does not fit, gang rolled back: {}", explanation.summary)]
     Unschedulable {
@@ -61,12 +62,12 @@ pub fn place_gang(
                 rollback(state, &placed);
                 return Err(GangError::Unschedulable {
                     index,
-                    id: req.id.clone(),
+                    id: req.id().to_string(),
                     explanation,
                 });
             }
         };
-        let p = Placement::from_claim(state.cluster(), &decision.claim);
+        let p = decision.claim.placement(state.cluster());
         if let Err(e) = scheduler.commit(state, decision.claim) {
             rollback(state, &placed);
             return Err(e.into());
@@ -92,7 +93,7 @@ pub struct Preemption {
 pub enum PreemptError {
     /// Invalid request.
     #[error(transparent)]
-    Request(#[from] RequestError),
+    Request(#[from] PlacementRequestError),
     /// The request fits without preemption: place it normally.
     #[error("request `{0}` fits without preemption")]
     NotNeeded(String),
@@ -106,7 +107,7 @@ pub enum PreemptError {
     },
     /// A state operation failed.
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] PlacementStateError),
 }
 
 /// Places `req` by evicting lower-priority VMs (kube-scheduler's approach): only hosts rejected for
@@ -160,20 +161,20 @@ pub fn preempt(
                 .unwrap_or_default()
         };
         for (_, id) in lower.iter() {
-            for (s, a) in slots(id) {
-                used[s as usize] -= a;
+            for a in slots(id) {
+                used[a.slot().idx()] -= a.amount();
             }
         }
         if fit_host(&cluster, &used, &compiled, host, &mut scratch).is_ok() {
             let mut victims: Vec<&str> = Vec::new();
             // Reprieve the highest priorities first.
             for (_, id) in lower.iter().rev() {
-                for (s, a) in slots(id) {
-                    used[s as usize] += a;
+                for a in slots(id) {
+                    used[a.slot().idx()] += a.amount();
                 }
                 if fit_host(&cluster, &used, &compiled, host, &mut scratch).is_err() {
-                    for (s, a) in slots(id) {
-                        used[s as usize] -= a;
+                    for a in slots(id) {
+                        used[a.slot().idx()] -= a.amount();
                     }
                     victims.push(id);
                 }
@@ -193,14 +194,14 @@ pub fn preempt(
                 ));
             }
             for id in victims {
-                for (s, a) in slots(id) {
-                    used[s as usize] += a;
+                for a in slots(id) {
+                    used[a.slot().idx()] += a.amount();
                 }
             }
         } else {
             for (_, id) in lower.iter() {
-                for (s, a) in slots(id) {
-                    used[s as usize] += a;
+                for a in slots(id) {
+                    used[a.slot().idx()] += a.amount();
                 }
             }
         }
@@ -215,11 +216,11 @@ pub fn preempt(
         state.release(v)?;
     }
     fit_host(&cluster, state.used_slots(), &compiled, host, &mut scratch).map_err(|_| {
-        StateError::Commit(CommitError::GroupChanged("preemption fit vanished".into()))
+        PlacementStateError::Commit(CommitError::GroupChanged("preemption fit vanished".into()))
     })?;
     let claim = claim_for(state, compiled, host, scratch.take_allocations());
-    let placement = Placement::from_claim(&cluster, &claim);
-    state.commit(claim).map_err(StateError::from)?;
+    let placement = claim.placement(&cluster);
+    state.commit(claim).map_err(PlacementStateError::from)?;
     Ok(Preemption {
         host: cluster.host(host).name.clone(),
         victims,
@@ -231,29 +232,13 @@ fn claim_for(
     state: &State,
     request: Arc<CompiledRequest>,
     host: HostId,
-    allocations: Vec<(u32, u64)>,
+    allocations: Vec<SlotAllocation>,
 ) -> Claim {
-    let c = state.cluster();
-    let mut generations = vec![(host.0, state.generation(host.0))];
-    for (slot, _) in &allocations {
-        if let Some(s) = c.slot(*slot) {
-            let owner = c.provider(s.provider).owner;
-            if !generations.iter().any(|(o, _)| *o == owner) {
-                generations.push((owner, state.generation(owner)));
-            }
-        }
-    }
     let group_epoch = request
         .server_group
         .and_then(|g| state.group(g.id))
-        .map(|g| g.epoch);
-    Claim {
-        request,
-        host,
-        allocations,
-        generations,
-        group_epoch,
-    }
+        .map(|g| g.epoch());
+    Claim::current(state, request, host, allocations, group_epoch)
 }
 
 /// Result of an evacuation.
@@ -270,11 +255,11 @@ pub fn evacuate(
     state: &mut State,
     scheduler: &mut Scheduler,
     host: &str,
-) -> Result<Evacuation, StateError> {
+) -> Result<Evacuation, PlacementStateError> {
     let cluster = state.cluster().clone();
     let h = cluster
         .host_id(host)
-        .ok_or_else(|| StateError::UnknownHost(host.into()))?;
+        .ok_or_else(|| PlacementStateError::UnknownHost(host.into()))?;
     state.set_host_enabled(h, false);
     let mut vms: Vec<(i32, u64, String)> = state
         .allocations()
@@ -283,7 +268,7 @@ pub fn evacuate(
         .map(|(id, a)| {
             (
                 a.request.priority,
-                a.slots.iter().map(|s| s.1).sum(),
+                a.slots.iter().map(|s| s.amount()).sum(),
                 id.clone(),
             )
         })
@@ -339,9 +324,9 @@ fn dominant(state: &State, h: HostId) -> f64 {
     let c = state.cluster();
     c.tree(h)
         .iter()
-        .flat_map(|p| p.slot_start..p.slot_end)
+        .flat_map(|p| p.slot_ids())
         .filter_map(|s| {
-            let cap = c.slots()[s as usize].capacity;
+            let cap = c.slots()[s.idx()].capacity;
             (cap > 0).then(|| state.used(s) as f64 / cap as f64)
         })
         .fold(0.0, f64::max)
@@ -362,8 +347,8 @@ pub fn plan_rebalance(
     let mut moves = Vec::new();
     let mut tried: Vec<HostId> = Vec::new();
     while moves.len() < max_moves {
-        let hosts = (0..cluster.host_count() as u32)
-            .map(HostId)
+        let hosts = (0..cluster.host_count())
+            .map(HostId::new)
             .filter(|h| !sim.is_disabled(*h) && sim.vm_count(*h) > 0 && !tried.contains(h));
         let source = match goal {
             RebalanceGoal::LevelLoad => {
@@ -379,7 +364,7 @@ pub fn plan_rebalance(
             .allocations()
             .iter()
             .filter(|(_, a)| a.host == source)
-            .map(|(id, a)| (a.slots.iter().map(|s| s.1).sum(), id.clone()))
+            .map(|(id, a)| (a.slots.iter().map(|s| s.amount()).sum(), id.clone()))
             .collect();
         vms.sort_unstable();
         match goal {
@@ -420,8 +405,8 @@ pub fn plan_rebalance(
                 let mut trial = sim.clone();
                 let mut planned = Vec::new();
                 // Never move onto hosts that are empty (that would not free anything).
-                let empty: Vec<HostId> = (0..cluster.host_count() as u32)
-                    .map(HostId)
+                let empty: Vec<HostId> = (0..cluster.host_count())
+                    .map(HostId::new)
                     .filter(|h| trial.vm_count(*h) == 0)
                     .collect();
                 let mut exclude = empty;

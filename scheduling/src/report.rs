@@ -42,14 +42,14 @@ pub fn summary(state: &State, reference: &[(ClassId, u64)]) -> Summary {
     let n = c.class_count();
     let mut capacity = vec![0u64; n];
     let mut used = vec![0u64; n];
-    for (i, s) in c.slots().iter().enumerate() {
-        capacity[s.class.0 as usize] += s.capacity;
-        used[s.class.0 as usize] += state.used(i as u32);
+    for (i, s) in c.slot_ids().zip(c.slots()) {
+        capacity[s.class.idx()] += s.capacity;
+        used[s.class.idx()] += state.used(i);
     }
     let mut stranded = vec![0u64; n];
     let mut hosts_used = 0;
     for h in 0..c.host_count() {
-        let host = HostId(h as u32);
+        let host = HostId::new(h);
         if state.vm_count(host) > 0 {
             hosts_used += 1;
         }
@@ -65,14 +65,14 @@ pub fn summary(state: &State, reference: &[(ClassId, u64)]) -> Summary {
         }
         if reference.iter().any(|(cl, a)| free(*cl) < *a) {
             for (cl, _) in reference {
-                stranded[cl.0 as usize] += free(*cl);
+                stranded[cl.idx()] += free(*cl);
             }
         }
     }
     let classes = (0..n)
         .filter(|i| capacity[*i] > 0)
         .map(|i| ClassUsage {
-            class: c.class_name(ClassId(i as u16)).to_string(),
+            class: c.class_name(ClassId::new(i)).to_string(),
             capacity: capacity[i],
             used: used[i],
             percent: used[i] as f64 * 100.0 / capacity[i] as f64,
@@ -111,7 +111,7 @@ pub fn volume_lower_bound(cluster: &Cluster, demand: &[(ClassId, u64)]) -> usize
     let mut bound = 0;
     for &(class, need) in demand {
         let mut caps: Vec<u64> = (0..cluster.host_count())
-            .map(|h| cluster.host_capacity(HostId(h as u32), class))
+            .map(|h| cluster.host_capacity(HostId::new(h), class))
             .collect();
         caps.sort_unstable_by(|a, b| b.cmp(a));
         let mut sum = 0u64;
@@ -180,7 +180,7 @@ pub fn shape_aware_lower_bound(
         k
     };
     let (ca, cb): (Vec<f64>, Vec<f64>) = (0..cluster.host_count())
-        .map(|h| shape_capacity(cluster, HostId(h as u32), a, b, min_ratio, max_ratio))
+        .map(|h| shape_capacity(cluster, HostId::new(h), a, b, min_ratio, max_ratio))
         .unzip();
     cover(demand_a, ca).max(cover(demand_b, cb))
 }
@@ -198,7 +198,7 @@ pub fn shape_aware_capacity(
     max_ratio: f64,
 ) -> (f64, f64) {
     (0..cluster.host_count())
-        .map(|h| shape_capacity(cluster, HostId(h as u32), a, b, min_ratio, max_ratio))
+        .map(|h| shape_capacity(cluster, HostId::new(h), a, b, min_ratio, max_ratio))
         .fold((0.0, 0.0), |(sa, sb), (x, y)| (sa + x, sb + y))
 }
 
@@ -227,7 +227,7 @@ pub fn svg(state: &State, classes: [ClassId; 2], title: &str) -> String {
         c.class_name(classes[1])
     );
     for i in 0..n {
-        let host = HostId(i as u32);
+        let host = HostId::new(i);
         let (x, y) = (10 + (i % cols) * cell, 48 + (i / cols) * cell);
         for (half, class) in classes.iter().enumerate() {
             let cap = c.host_capacity(host, *class);
@@ -324,7 +324,7 @@ mod tests {
             ))
             .unwrap();
         let opts = crate::DecideOptions {
-            exclude: &[HostId(0)],
+            exclude: &[HostId::new(0)],
             ..Default::default()
         };
         p.place_compiled(&m, &opts).unwrap();

@@ -3,11 +3,14 @@
 //! [`PlacementRequest`] is the serde input. [`CompiledRequest`] resolves names to ids against a cluster and
 //! the state's server groups, checks amounts, and computes the equivalence key shared by identical requests.
 
-use crate::error::RequestError;
-use crate::model::{ClassId, Cluster, ServerGroupPolicy, TaintEffect, TraitId};
+use crate::error::PlacementRequestError;
+use crate::model::{
+    AggregateId, ClassId, Cluster, ServerGroupId, ServerGroupPolicy, TaintEffect, TraitId, ZoneId,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// Most resource entries (over all groups) a request may carry; keeps the fit search allocation-free.
 pub const MAX_RESOURCE_ENTRIES: usize = 16;
@@ -346,8 +349,8 @@ pub struct CompiledGroup {
 /// The server group a request joins, resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupRef {
-    /// Index in the state's group table.
-    pub id: u32,
+    /// The group in the state's group table.
+    pub id: ServerGroupId,
     /// Policy.
     pub policy: ServerGroupPolicy,
     /// Members allowed per host for anti-affinity.
@@ -358,8 +361,8 @@ pub struct GroupRef {
 /// obtain it from [`crate::state::State::compile`] of the state it is decided and committed on.
 #[derive(Clone, Debug)]
 pub struct CompiledRequest {
-    /// Consumer id.
-    pub id: String,
+    /// The request as given (its id is the consumer id).
+    source: Arc<PlacementRequest>,
     /// Unnamed-group resources.
     pub unnamed: Vec<(ClassId, u64)>,
     /// Named groups.
@@ -375,9 +378,9 @@ pub struct CompiledRequest {
     /// Any-of trait sets (known ones only; an empty set is unsatisfiable).
     pub any_of_traits: Vec<Vec<TraitId>>,
     /// Aggregate sets.
-    pub member_of: Vec<Vec<u32>>,
-    /// Zone id.
-    pub zone: Option<u32>,
+    pub member_of: Vec<Vec<AggregateId>>,
+    /// Zone.
+    pub zone: Option<ZoneId>,
     /// Node selector pairs.
     pub node_selector: Vec<(String, String)>,
     /// Required affinity expressions.
@@ -407,6 +410,18 @@ pub struct CompiledRequest {
 }
 
 impl CompiledRequest {
+    /// Consumer id (the request's id).
+    #[inline]
+    pub fn id(&self) -> &str {
+        &self.source.id
+    }
+
+    /// The request as given.
+    #[inline]
+    pub fn source(&self) -> &Arc<PlacementRequest> {
+        &self.source
+    }
+
     /// Total amount of class `c` requested.
     pub fn total(&self, c: ClassId) -> u64 {
         self.totals
@@ -425,9 +440,19 @@ impl CompiledRequest {
         req: &PlacementRequest,
         cluster: &Cluster,
         lookup_group: impl Fn(&str) -> Option<GroupRef>,
-    ) -> Result<Self, RequestError> {
+    ) -> Result<Self, PlacementRequestError> {
+        Self::compile_shared(Arc::new(req.clone()), cluster, lookup_group)
+    }
+
+    /// As [`CompiledRequest::compile`], keeping `source` without copying it.
+    pub fn compile_shared(
+        source: Arc<PlacementRequest>,
+        cluster: &Cluster,
+        lookup_group: impl Fn(&str) -> Option<GroupRef>,
+    ) -> Result<Self, PlacementRequestError> {
+        let req = &*source;
         let rid = || req.id.clone();
-        let invalid = |field: &'static str, reason: String| RequestError::Invalid {
+        let invalid = |field: &'static str, reason: String| PlacementRequestError::Invalid {
             request: req.id.clone(),
             field,
             reason,
@@ -438,26 +463,26 @@ impl CompiledRequest {
         let mut entries = 0usize;
         let mut totals: Vec<(ClassId, u64)> = Vec::new();
         let mut resolve =
-            |res: &BTreeMap<String, i64>| -> Result<Vec<(ClassId, u64)>, RequestError> {
+            |res: &BTreeMap<String, i64>| -> Result<Vec<(ClassId, u64)>, PlacementRequestError> {
                 let mut out = Vec::with_capacity(res.len());
                 for (name, amount) in res {
                     let c = cluster.class_id(name).ok_or_else(|| {
-                        RequestError::UnknownResourceClass {
+                        PlacementRequestError::UnknownResourceClass {
                             request: rid(),
                             class: name.clone(),
                         }
                     })?;
                     if *amount <= 0 {
-                        return Err(RequestError::NonPositiveAmount {
+                        return Err(PlacementRequestError::NonPositiveAmount {
                             request: rid(),
                             class: name.clone(),
                             amount: *amount,
                         });
                     }
                     let amount = *amount as u64;
-                    let max_unit = cluster.max_unit_by_class[c.0 as usize];
+                    let max_unit = cluster.max_unit_by_class[c.idx()];
                     if amount > max_unit {
-                        return Err(RequestError::ExceedsMaxUnit {
+                        return Err(PlacementRequestError::ExceedsMaxUnit {
                             request: rid(),
                             class: name.clone(),
                             amount,
@@ -486,20 +511,20 @@ impl CompiledRequest {
         let mut groups = Vec::with_capacity(req.groups.len());
         for g in &req.groups {
             if g.name.is_empty() {
-                return Err(RequestError::BadGroup {
+                return Err(PlacementRequestError::BadGroup {
                     request: rid(),
                     reason: "a named group has an empty name".into(),
                 });
             }
             if groups.iter().any(|x: &CompiledGroup| x.name == g.name) {
-                return Err(RequestError::BadGroup {
+                return Err(PlacementRequestError::BadGroup {
                     request: rid(),
                     reason: format!("group `{}` defined twice", g.name),
                 });
             }
             let resources = resolve(&g.resources)?;
             if resources.is_empty() {
-                return Err(RequestError::BadGroup {
+                return Err(PlacementRequestError::BadGroup {
                     request: rid(),
                     reason: format!("group `{}` requests no resources", g.name),
                 });
@@ -536,7 +561,7 @@ impl CompiledRequest {
             let mut idx = Vec::with_capacity(set.len());
             for name in set {
                 let i = groups.iter().position(|g| &g.name == name).ok_or_else(|| {
-                    RequestError::BadGroup {
+                    PlacementRequestError::BadGroup {
                         request: rid(),
                         reason: format!("same_subtree refers to unknown group `{name}`"),
                     }
@@ -551,8 +576,7 @@ impl CompiledRequest {
             for a in set {
                 ids.push(
                     cluster
-                        .aggregates
-                        .get(a)
+                        .aggregate_id(a)
                         .ok_or_else(|| invalid("member_of", format!("unknown aggregate `{a}`")))?,
                 );
             }
@@ -565,21 +589,18 @@ impl CompiledRequest {
             None => None,
             Some(z) => Some(
                 cluster
-                    .zones
-                    .get(z)
+                    .zone_id(z)
                     .ok_or_else(|| invalid("zone", format!("unknown zone `{z}`")))?,
             ),
         };
         let server_group = match &req.server_group {
             None => None,
-            Some(name) => {
-                Some(
-                    lookup_group(name).ok_or_else(|| RequestError::UnknownServerGroup {
-                        request: rid(),
-                        group: name.clone(),
-                    })?,
-                )
-            }
+            Some(name) => Some(lookup_group(name).ok_or_else(|| {
+                PlacementRequestError::UnknownServerGroup {
+                    request: rid(),
+                    group: name.clone(),
+                }
+            })?),
         };
         if !req.topology_spread.is_empty() && server_group.is_none() {
             return Err(invalid(
@@ -598,8 +619,9 @@ impl CompiledRequest {
                 ));
             }
         }
+        let (equivalence_key, prefilter_key, fit_key) =
+            (req.equivalence_key(), req.prefilter_key(), req.fit_key());
         Ok(CompiledRequest {
-            id: req.id.clone(),
             unnamed,
             groups,
             isolate: req.group_policy == GroupPolicy::Isolate,
@@ -637,9 +659,10 @@ impl CompiledRequest {
             spread: req.topology_spread.clone(),
             priority: req.priority,
             totals,
-            equivalence_key: req.equivalence_key(),
-            prefilter_key: req.prefilter_key(),
-            fit_key: req.fit_key(),
+            equivalence_key,
+            prefilter_key,
+            fit_key,
+            source,
         })
     }
 }

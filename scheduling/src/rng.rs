@@ -4,20 +4,15 @@
 //! crate needs nothing cryptographic, so a 10-line SplitMix64 replaces a dependency on `rand`. It is the
 //! generator Java's `SplittableRandom` uses and passes BigCrush; it is not suitable for secrets.
 
-/// SplitMix64: a fast 64-bit generator with a single `u64` of state.
-///
-/// ```
-/// use scheduling::rng::SplitMix64;
-/// let mut a = SplitMix64::new(7);
-/// let mut b = SplitMix64::new(7);
-/// assert_eq!(a.next_u64(), b.next_u64());
-/// assert!(a.below(10) < 10);
-/// ```
+/// SplitMix64: a fast 64-bit generator with a single `u64` of state. Public (as
+/// `scheduling::generator::SplitMix64`) only with the `generator` feature, for seeding workloads.
 #[derive(Clone, Debug)]
 pub struct SplitMix64 {
     state: u64,
 }
 
+// The decider only draws with `below`; the rest serves the workload generator.
+#[cfg_attr(not(feature = "generator"), allow(dead_code))]
 impl SplitMix64 {
     /// A generator whose whole sequence is determined by `seed`.
     pub fn new(seed: u64) -> Self {

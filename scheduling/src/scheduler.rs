@@ -9,13 +9,14 @@
 //! prefers (emptiest or fullest utilisation bucket first, or host order), starting where the previous
 //! decision stopped; ties are broken by a seeded generator, so runs are reproducible.
 
-use crate::error::{CommitError, RequestError};
+use crate::error::{CommitError, PlacementRequestError};
 use crate::explain::{Diagnosis, Explanation, HostScore, Reason};
 use crate::fasthash::IntMap;
 use crate::fit::FitScratch;
 use crate::framework::CycleState;
 use crate::hostset::HostSet;
-use crate::model::{Cluster, HostId, ServerGroupPolicy};
+use crate::model::{Cluster, HostId, ServerGroupPolicy, SlotAllocation};
+use crate::placement::Placement;
 use crate::profile::{Profile, ScanOrder};
 use crate::request::{CompiledRequest, PlacementRequest};
 use crate::rng::SplitMix64;
@@ -120,7 +121,7 @@ pub struct Scheduler {
     skipped: Vec<u32>,
     scratch: FitScratch,
     feasible: Vec<HostId>,
-    feasible_allocs: Vec<(u32, u64)>,
+    feasible_allocs: Vec<SlotAllocation>,
     feasible_ranges: Vec<(u32, u32)>,
     scores: Vec<i64>,
     totals: Vec<i64>,
@@ -227,7 +228,7 @@ impl Scheduler {
         if let Some(m) = memo.as_ref() {
             if m.infeasible.contains(host.idx()) {
                 // Counted into the diagnosis only if the decision fails (see `decide`).
-                self.skipped.push(host.0);
+                self.skipped.push(host.raw());
                 return false;
             }
         }
@@ -330,14 +331,7 @@ impl Scheduler {
                 for h in candidates.iter_from(self.cursor % n_hosts) {
                     last = h;
                     visited += 1;
-                    if self.visit(
-                        &cx,
-                        &filters,
-                        HostId(h as u32),
-                        &mut diag,
-                        target,
-                        &mut memo,
-                    ) {
+                    if self.visit(&cx, &filters, HostId::new(h), &mut diag, target, &mut memo) {
                         break;
                     }
                 }
@@ -369,14 +363,7 @@ impl Scheduler {
                     for h in scan.iter_from(rotation) {
                         visited += 1;
                         last = Some(h);
-                        if self.visit(
-                            &cx,
-                            &filters,
-                            HostId(h as u32),
-                            &mut diag,
-                            target,
-                            &mut memo,
-                        ) {
+                        if self.visit(&cx, &filters, HostId::new(h), &mut diag, target, &mut memo) {
                             done = true;
                             break;
                         }
@@ -396,7 +383,10 @@ impl Scheduler {
         if self.feasible.is_empty() {
             if let Some(m) = memo.as_ref() {
                 for h in &self.skipped {
-                    diag.add(HostId(*h), Reason::from_code(m.reasons[*h as usize]));
+                    diag.add(
+                        HostId::new(*h as usize),
+                        Reason::from_code(m.reasons[*h as usize]),
+                    );
                 }
             }
         }
@@ -472,15 +462,6 @@ impl Scheduler {
         let host = self.feasible[best];
         let (a, b) = self.feasible_ranges[best];
         let allocations = self.feasible_allocs[a as usize..b as usize].to_vec();
-        let mut generations = vec![(host.0, state.generation(host.0))];
-        for (slot, _) in &allocations {
-            if let Some(s) = cluster.slot(*slot) {
-                let owner = cluster.provider(s.provider).owner;
-                if !generations.iter().any(|(o, _)| *o == owner) {
-                    generations.push((owner, state.generation(owner)));
-                }
-            }
-        }
         let group_epoch = req.server_group.and_then(|g| {
             let hard = matches!(
                 g.policy,
@@ -504,13 +485,7 @@ impl Scheduler {
             v
         });
         Ok(Decision {
-            claim: Claim {
-                request: req.clone(),
-                host,
-                allocations,
-                generations,
-                group_epoch,
-            },
+            claim: Claim::current(state, req.clone(), host, allocations, group_epoch),
             score: self.totals[best],
             feasible: nf,
             visited,
@@ -558,57 +533,12 @@ impl Scheduler {
     }
 }
 
-/// One resource of a placement, by name.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct PlacedResource {
-    /// Provider name.
-    pub provider: String,
-    /// Resource class name.
-    pub class: String,
-    /// Amount.
-    pub amount: u64,
-}
-
-/// A committed placement, by name.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Placement {
-    /// Consumer id.
-    pub consumer: String,
-    /// Host name.
-    pub host: String,
-    /// What was allocated where: named groups first (in request order, each group's classes in name
-    /// order), then the unnamed group's classes in name order.
-    pub resources: Vec<PlacedResource>,
-}
-
-impl Placement {
-    /// Describes a claim by names.
-    pub fn from_claim(cluster: &Cluster, claim: &Claim) -> Self {
-        Placement {
-            consumer: claim.request.id.clone(),
-            host: cluster.host(claim.host).name.clone(),
-            resources: claim
-                .allocations
-                .iter()
-                .filter_map(|(slot, amount)| {
-                    let s = cluster.slot(*slot)?;
-                    Some(PlacedResource {
-                        provider: cluster.provider(s.provider).name.clone(),
-                        class: cluster.class_name(s.class).to_string(),
-                        amount: *amount,
-                    })
-                })
-                .collect(),
-        }
-    }
-}
-
 /// Why a placement failed.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum PlaceError {
     /// The request is invalid.
     #[error(transparent)]
-    Request(#[from] RequestError),
+    Request(#[from] PlacementRequestError),
     /// No host fits.
     #[error("{}", .0.summary)]
     Unschedulable(Explanation),
@@ -630,6 +560,19 @@ impl Placer {
             state: State::new(cluster),
             scheduler: Scheduler::new(Arc::new(profile), seed),
         }
+    }
+
+    /// A placer over an existing state (e.g. one rebuilt by [`State::restore`] after a restart).
+    pub fn from_state(state: State, profile: Profile, seed: u64) -> Self {
+        Placer {
+            state,
+            scheduler: Scheduler::new(Arc::new(profile), seed),
+        }
+    }
+
+    /// The state, handing it back (to persist its [`State::placements`], or share it).
+    pub fn into_state(self) -> State {
+        self.state
     }
 
     /// The state.
@@ -668,7 +611,7 @@ impl Placer {
             .scheduler
             .decide(&self.state, req, opts)
             .map_err(|u| PlaceError::Unschedulable(u.explain(self.state.cluster())))?;
-        let placement = Placement::from_claim(self.state.cluster(), &decision.claim);
+        let placement = decision.claim.placement(self.state.cluster());
         self.scheduler.commit(&mut self.state, decision.claim)?;
         Ok(placement)
     }

@@ -6,8 +6,9 @@
 //! consumers do. The conflict counters measure how often that happens.
 
 use crate::error::CommitError;
+use crate::placement::Placement;
 use crate::request::PlacementRequest;
-use crate::scheduler::{DecideOptions, PlaceError, Placement, Scheduler};
+use crate::scheduler::{DecideOptions, PlaceError, Scheduler};
 use crate::state::State;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -79,7 +80,7 @@ impl SharedState {
                     .map_err(|u| PlaceError::Unschedulable(u.explain(st.cluster())))?
             };
             let mut st = self.write();
-            let placement = Placement::from_claim(st.cluster(), &decision.claim);
+            let placement = decision.claim.placement(st.cluster());
             match scheduler.commit(&mut st, decision.claim) {
                 Ok(()) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);

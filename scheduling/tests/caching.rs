@@ -95,7 +95,7 @@ fn negative_cache_respects_server_group_changes() {
         first,
         p.state()
             .cluster()
-            .host(p.state().allocation("fill-a").unwrap().host)
+            .host(p.state().allocation("fill-a").unwrap().host())
             .name
     );
     assert!(p.place(&member("m2", 3)).is_err());

@@ -3,9 +3,9 @@
 mod common;
 
 use common::Validator;
+use scheduling::generator::SplitMix64;
 use scheduling::generator::{self, ClusterShape};
 use scheduling::model::{ServerGroupPolicy, ServerGroupSpec};
-use scheduling::rng::SplitMix64;
 use scheduling::{
     Cluster, PlaceError, PlacementRequest, Policy, Profile, Scheduler, SharedState, State,
 };

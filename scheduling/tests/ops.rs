@@ -121,20 +121,20 @@ fn evacuation_moves_everything_it_can() {
     for i in 0..6 {
         p.place(&vm(&format!("v{i}"), 2, i)).unwrap();
     }
-    let failed = p.state().allocation("v0").unwrap().host;
+    let failed = p.state().allocation("v0").unwrap().host();
     let name = p.state().cluster().host(failed).name.clone();
     let on_failed = p
         .state()
         .allocations()
         .values()
-        .filter(|a| a.host == failed)
+        .filter(|a| a.host() == failed)
         .count();
     let (state, sched) = p.parts();
     let ev = ops::evacuate(state, sched, &name).unwrap();
     assert_eq!(ev.moved.len(), on_failed);
     assert!(ev.stranded.is_empty());
     assert!(p.state().is_disabled(failed));
-    assert!(p.state().allocations().values().all(|a| a.host != failed));
+    assert!(p.state().allocations().values().all(|a| a.host() != failed));
     assert_eq!(p.state().allocations().len(), 6);
     assert!(p.state().check_consistency().is_empty());
     let (state, sched) = p.parts();
@@ -149,7 +149,7 @@ fn evacuation_reports_vms_that_cannot_move() {
     let host = p
         .state()
         .cluster()
-        .host(p.state().allocation("a").unwrap().host)
+        .host(p.state().allocation("a").unwrap().host())
         .name
         .clone();
     let (state, sched) = p.parts();

@@ -1,8 +1,8 @@
 //! Placement quality of the bounded, ordered samples the default profiles use, against scoring every
 //! feasible host.
 
+use scheduling::generator::SplitMix64;
 use scheduling::generator::{self, ClusterShape};
-use scheduling::rng::SplitMix64;
 use scheduling::{Cluster, HostId, Placer, Policy, Profile, Sampling, ScanOrder};
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@ use common::Validator;
 use scheduling::model::{ClusterSpec, HostSpec, InventorySpec, ServerGroupPolicy, ServerGroupSpec};
 use scheduling::request::{SpreadConstraint, TopologyKey, WhenUnsatisfiable};
 use scheduling::{
-    Cluster, CommitError, DecideOptions, PlaceError, PlacementRequest, Placer, Policy, Profile,
-    StateError,
+    Cluster, CommitError, DecideOptions, PlaceError, PlacementRequest, PlacementStateError, Placer,
+    Policy, Profile,
 };
 use std::sync::Arc;
 
@@ -70,7 +70,7 @@ fn added_host_takes_new_vms_and_stale_claims_are_refused() {
         .unwrap();
     let c = host("c", "z2", 8);
     let id = p.state_mut().add_host(&c).unwrap();
-    assert_eq!(id.0, 2);
+    assert_eq!(id.index(), 2);
     spec.hosts.push(c);
     let (st, sch) = p.parts();
     let err = sch.commit(st, stale.claim);
@@ -138,7 +138,7 @@ fn bad_or_duplicate_hosts_are_refused_and_change_nothing() {
     let err = p.state_mut().add_host(&bad).unwrap_err();
     assert!(err.to_string().contains("total"), "{err}");
     let err = p.state_mut().add_host(&host("a", "z1", 4)).unwrap_err();
-    assert!(matches!(err, StateError::Model(_)), "{err:?}");
+    assert!(matches!(err, PlacementStateError::Model(_)), "{err:?}");
     let mut unknown = host("y", "z1", 4);
     unknown
         .inventories
@@ -175,7 +175,7 @@ fn retired_hosts_take_nothing_and_their_claims_are_refused() {
     );
     assert!(matches!(
         p.state_mut().retire_host("nope"),
-        Err(StateError::UnknownHost(_))
+        Err(PlacementStateError::UnknownHost(_))
     ));
     p.state_mut().release("v1").unwrap();
     // Decided on a, committed after a is retired.
@@ -210,8 +210,8 @@ fn retired_hosts_take_nothing_and_their_claims_are_refused() {
 
 #[test]
 fn hosts_added_while_deciders_run_are_used_and_nothing_is_double_allocated() {
+    use scheduling::generator::SplitMix64;
     use scheduling::generator::{self, ClusterShape};
-    use scheduling::rng::SplitMix64;
     use scheduling::{Scheduler, SharedState, State};
 
     // The first 20 hosts of a 30-host generated cluster; the other 10 arrive during the run.

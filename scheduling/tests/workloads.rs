@@ -3,8 +3,8 @@
 mod common;
 
 use common::Validator;
+use scheduling::generator::SplitMix64;
 use scheduling::generator::{self, ClusterShape, Workload};
-use scheduling::rng::SplitMix64;
 use scheduling::{Cluster, ClusterSpec, PlaceError, PlacementRequest, Placer, Policy, Profile};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,8 +82,8 @@ impl Run {
         // The scheduler's usage equals the validator's replayed usage, slot by slot.
         let c = self.placer.state().cluster();
         let mut mine: HashMap<(String, String), u128> = HashMap::new();
-        for (i, s) in c.slots().iter().enumerate() {
-            let used = self.placer.state().used(i as u32);
+        for (i, s) in c.slot_ids().zip(c.slots()) {
+            let used = self.placer.state().used(i);
             if used > 0 {
                 mine.insert(
                     (

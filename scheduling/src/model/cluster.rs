@@ -3,7 +3,10 @@
 //! Everything here is fixed once loaded; usage lives in [`crate::state::State`]. Names are interned into
 //! dense ids so that the hot path compares integers and indexes arrays.
 
-use super::resource::{is_valid_custom_class, AllocationRatio, ClassId, STANDARD_CLASSES};
+use super::ids::{
+    AggregateId, ClassId, HostId, OwnerId, ProviderId, RackId, SlotId, TraitId, ZoneId,
+};
+use super::resource::{is_valid_custom_class, AllocationRatio, STANDARD_CLASSES};
 use super::spec::{
     ClusterSpec, HostSpec, InventorySpec, ProviderSpec, ServerGroupSpec, Taint, TaintEffect,
 };
@@ -11,29 +14,9 @@ use crate::error::ModelError;
 use crate::index::ClusterIndex;
 use std::collections::{BTreeMap, HashMap};
 
-/// Dense index of a host.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostId(pub u32);
-
-impl HostId {
-    /// As a `usize` index.
-    #[inline]
-    pub fn idx(self) -> usize {
-        self.0 as usize
-    }
-}
-
-/// Dense index of a resource provider (hosts' tree providers first, then shared providers).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProviderId(pub u32);
-
-/// Dense index of a trait name.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TraitId(pub u32);
-
 /// Maps names to dense ids and back.
 #[derive(Clone, Debug, Default)]
-pub struct Interner {
+pub(crate) struct Interner {
     names: Vec<String>,
     ids: HashMap<String, u32>,
 }
@@ -64,11 +47,6 @@ impl Interner {
     pub fn len(&self) -> usize {
         self.names.len()
     }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 /// One resource provider after validation.
@@ -80,14 +58,14 @@ pub struct Provider {
     pub parent: Option<ProviderId>,
     /// Host whose tree holds it, `None` for shared providers.
     pub host: Option<HostId>,
-    /// Generation owner: the host index, or `hosts + k` for the k-th shared provider.
-    pub owner: u32,
+    /// Generation owner: its host's tree, or itself for a shared provider.
+    pub owner: OwnerId,
     /// Sorted traits.
     pub traits: Vec<TraitId>,
     /// First inventory slot.
-    pub slot_start: u32,
+    pub(crate) slot_start: u32,
     /// One past the last inventory slot.
-    pub slot_end: u32,
+    pub(crate) slot_end: u32,
 }
 
 impl Provider {
@@ -95,6 +73,11 @@ impl Provider {
     #[inline]
     pub fn has_trait(&self, t: TraitId) -> bool {
         self.traits.binary_search(&t).is_ok()
+    }
+
+    /// This provider's inventory slots (one per resource class it has).
+    pub fn slot_ids(&self) -> impl Iterator<Item = SlotId> + use<> {
+        (self.slot_start..self.slot_end).map(|s| SlotId::new(s as usize))
     }
 }
 
@@ -131,17 +114,17 @@ pub struct Host {
     /// Root provider.
     pub root: ProviderId,
     /// First provider of the tree (providers of a tree are contiguous, root first).
-    pub provider_start: u32,
+    pub(crate) provider_start: u32,
     /// One past the last provider of the tree.
-    pub provider_end: u32,
+    pub(crate) provider_end: u32,
     /// Shared providers this host may draw from.
     pub shared: Vec<ProviderId>,
-    /// Zone id.
-    pub zone: Option<u32>,
-    /// Rack id.
-    pub rack: Option<u32>,
-    /// Aggregate ids.
-    pub aggregates: Vec<u32>,
+    /// Zone.
+    pub zone: Option<ZoneId>,
+    /// Rack.
+    pub rack: Option<RackId>,
+    /// Aggregates.
+    pub aggregates: Vec<AggregateId>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Taints.
@@ -173,7 +156,7 @@ pub struct Cluster {
     /// Per host, zone and rack ids (`u32::MAX` = none), packed for the spread checks.
     pub(crate) host_domains: Vec<(u32, u32)>,
     /// Per shared provider (in owner order): its id and aggregate ids, to attach hosts added later.
-    pub(crate) shared_providers: Vec<(ProviderId, Vec<u32>)>,
+    pub(crate) shared_providers: Vec<(ProviderId, Vec<AggregateId>)>,
     pub(crate) owner_names: Vec<String>,
     pub(crate) index: ClusterIndex,
     pub(crate) server_groups: Vec<ServerGroupSpec>,
@@ -193,7 +176,7 @@ impl Builder {
         name: &str,
         parent: Option<ProviderId>,
         host: Option<HostId>,
-        owner: u32,
+        owner: OwnerId,
         traits: &[String],
         inventories: &BTreeMap<String, InventorySpec>,
     ) -> Result<ProviderId, ModelError> {
@@ -203,13 +186,13 @@ impl Builder {
                 field: "name",
             });
         }
-        let id = ProviderId(self.providers.len() as u32);
+        let id = ProviderId::new(self.providers.len());
         if self.provider_by_name.insert(name.to_string(), id).is_some() {
             return Err(ModelError::DuplicateProvider(name.to_string()));
         }
         let mut trait_ids: Vec<TraitId> = traits
             .iter()
-            .map(|t| TraitId(self.traits.intern(t)))
+            .map(|t| TraitId::new(self.traits.intern(t) as usize))
             .collect();
         trait_ids.sort_unstable();
         trait_ids.dedup();
@@ -225,7 +208,7 @@ impl Builder {
             self.slots.push(validate_inventory(
                 name,
                 class,
-                ClassId(class_id as u16),
+                ClassId::new(class_id as usize),
                 id,
                 inv,
             )?);
@@ -250,17 +233,17 @@ impl Builder {
         depth: usize,
     ) -> Result<(), ModelError> {
         if depth > 8 {
-            return Err(ModelError::Parse(format!(
-                "provider tree of host {} deeper than 8 levels",
-                host.0
-            )));
+            return Err(ModelError::TreeTooDeep {
+                provider: self.providers[parent.idx()].name.clone(),
+                max_depth: 8,
+            });
         }
         for child in children {
             let id = self.add_provider(
                 &child.name,
                 Some(parent),
                 Some(host),
-                host.0,
+                OwnerId::new(host.idx()),
                 &child.traits,
                 &child.inventories,
             )?;
@@ -327,8 +310,7 @@ fn validate_inventory(
 impl Cluster {
     /// Parses a JSON cluster description and compiles it.
     pub fn from_json(json: &str) -> Result<Self, ModelError> {
-        let spec: ClusterSpec =
-            serde_json::from_str(json).map_err(|e| ModelError::Parse(e.to_string()))?;
+        let spec: ClusterSpec = crate::load::parse(json, crate::load::Format::Json)?;
         Self::from_spec(&spec)
     }
 
@@ -358,14 +340,19 @@ impl Cluster {
         let mut host_by_name = HashMap::with_capacity(spec.hosts.len());
         let mut owner_names = Vec::with_capacity(spec.hosts.len() + spec.shared_providers.len());
         for (i, h) in spec.hosts.iter().enumerate() {
-            let hid = HostId(i as u32);
+            let hid = HostId::new(i);
             let provider_start = b.providers.len() as u32;
+            let owner = OwnerId::new(i);
             let root =
-                b.add_provider(&h.name, None, Some(hid), hid.0, &h.traits, &h.inventories)?;
+                b.add_provider(&h.name, None, Some(hid), owner, &h.traits, &h.inventories)?;
             b.add_children(&h.children, root, hid, 1)?;
             host_by_name.insert(h.name.clone(), hid);
             owner_names.push(h.name.clone());
-            let mut aggs: Vec<u32> = h.aggregates.iter().map(|a| aggregates.intern(a)).collect();
+            let mut aggs: Vec<AggregateId> = h
+                .aggregates
+                .iter()
+                .map(|a| AggregateId::new(aggregates.intern(a) as usize))
+                .collect();
             aggs.sort_unstable();
             aggs.dedup();
             hosts.push(Host {
@@ -374,14 +361,20 @@ impl Cluster {
                 provider_start,
                 provider_end: b.providers.len() as u32,
                 shared: Vec::new(),
-                zone: h.zone.as_deref().map(|z| zones.intern(z)),
-                rack: h.rack.as_deref().map(|r| racks.intern(r)),
+                zone: h
+                    .zone
+                    .as_deref()
+                    .map(|z| ZoneId::new(zones.intern(z) as usize)),
+                rack: h
+                    .rack
+                    .as_deref()
+                    .map(|r| RackId::new(racks.intern(r) as usize)),
                 aggregates: aggs,
                 labels: h.labels.clone(),
                 taints: h.taints.clone(),
             });
         }
-        let n_hosts = hosts.len() as u32;
+        let n_hosts = hosts.len();
         let mut shared_providers = Vec::with_capacity(spec.shared_providers.len());
         for (k, sp) in spec.shared_providers.iter().enumerate() {
             if sp.aggregates.is_empty() {
@@ -394,12 +387,16 @@ impl Cluster {
                 &sp.name,
                 None,
                 None,
-                n_hosts + k as u32,
+                OwnerId::new(n_hosts + k),
                 &sp.traits,
                 &sp.inventories,
             )?;
             owner_names.push(sp.name.clone());
-            let aggs: Vec<u32> = sp.aggregates.iter().map(|a| aggregates.intern(a)).collect();
+            let aggs: Vec<AggregateId> = sp
+                .aggregates
+                .iter()
+                .map(|a| AggregateId::new(aggregates.intern(a) as usize))
+                .collect();
             for h in hosts.iter_mut() {
                 if h.aggregates.iter().any(|a| aggs.contains(a)) {
                     h.shared.push(pid);
@@ -452,7 +449,7 @@ impl Cluster {
     /// `self` is untouched.
     pub fn with_host(&self, spec: &HostSpec) -> Result<Cluster, ModelError> {
         let mut c = self.clone();
-        let hid = HostId(c.hosts.len() as u32);
+        let hid = HostId::new(c.hosts.len());
         if c.host_by_name.contains_key(&spec.name) {
             return Err(ModelError::DuplicateProvider(spec.name.clone()));
         }
@@ -468,7 +465,7 @@ impl Cluster {
             &spec.name,
             None,
             Some(hid),
-            hid.0,
+            OwnerId::new(hid.idx()),
             &spec.traits,
             &spec.inventories,
         )?;
@@ -478,10 +475,10 @@ impl Cluster {
         c.providers = b.providers;
         c.slots = b.slots;
         c.provider_by_name = b.provider_by_name;
-        let mut aggs: Vec<u32> = spec
+        let mut aggs: Vec<AggregateId> = spec
             .aggregates
             .iter()
-            .map(|a| c.aggregates.intern(a))
+            .map(|a| AggregateId::new(c.aggregates.intern(a) as usize))
             .collect();
         aggs.sort_unstable();
         aggs.dedup();
@@ -493,7 +490,8 @@ impl Cluster {
             .collect();
         // Shared providers' owners follow the hosts.
         for (p, _) in &c.shared_providers {
-            c.providers[p.0 as usize].owner += 1;
+            let owner = &mut c.providers[p.idx()].owner;
+            *owner = OwnerId::new(owner.idx() + 1);
         }
         c.owner_names.insert(hid.idx(), spec.name.clone());
         c.host_by_name.insert(spec.name.clone(), hid);
@@ -503,8 +501,14 @@ impl Cluster {
             provider_start,
             provider_end: c.providers.len() as u32,
             shared,
-            zone: spec.zone.as_deref().map(|z| c.zones.intern(z)),
-            rack: spec.rack.as_deref().map(|r| c.racks.intern(r)),
+            zone: spec
+                .zone
+                .as_deref()
+                .map(|z| ZoneId::new(c.zones.intern(z) as usize)),
+            rack: spec
+                .rack
+                .as_deref()
+                .map(|r| RackId::new(c.racks.intern(r) as usize)),
             aggregates: aggs,
             labels: spec.labels.clone(),
             taints: spec.taints.clone(),
@@ -519,7 +523,7 @@ impl Cluster {
         let n_classes = self.classes.len();
         let mut max_unit_by_class = vec![0u64; n_classes];
         for s in &self.slots {
-            let m = &mut max_unit_by_class[s.class.0 as usize];
+            let m = &mut max_unit_by_class[s.class.idx()];
             *m = (*m).max(s.max_unit.min(s.capacity));
         }
         let mut host_capacity = vec![0u64; self.hosts.len() * n_classes];
@@ -528,7 +532,7 @@ impl Cluster {
             let tree = &self.providers[h.provider_start as usize..h.provider_end as usize];
             for p in tree {
                 for s in &self.slots[p.slot_start as usize..p.slot_end as usize] {
-                    host_capacity[i * n_classes + s.class.0 as usize] += s.capacity;
+                    host_capacity[i * n_classes + s.class.idx()] += s.capacity;
                 }
             }
             let start = tree.first().map_or(0, |p| p.slot_start);
@@ -548,7 +552,12 @@ impl Cluster {
         self.host_domains = self
             .hosts
             .iter()
-            .map(|h| (h.zone.unwrap_or(u32::MAX), h.rack.unwrap_or(u32::MAX)))
+            .map(|h| {
+                (
+                    h.zone.map_or(u32::MAX, ZoneId::raw),
+                    h.rack.map_or(u32::MAX, RackId::raw),
+                )
+            })
             .collect();
         self.max_unit_by_class = max_unit_by_class;
         self.host_capacity = host_capacity;
@@ -567,6 +576,11 @@ impl Cluster {
         &self.hosts[id.idx()]
     }
 
+    /// Every host id, in order (`0..host_count()`).
+    pub fn host_ids(&self) -> impl Iterator<Item = HostId> + use<> {
+        (0..self.hosts.len()).map(HostId::new)
+    }
+
     /// All hosts in id order.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
@@ -574,16 +588,16 @@ impl Cluster {
 
     /// Zone id of a host (same as `host(h).zone`, from a packed table).
     #[inline]
-    pub fn host_zone(&self, h: HostId) -> Option<u32> {
+    pub fn host_zone(&self, h: HostId) -> Option<ZoneId> {
         let z = self.host_domains[h.idx()].0;
-        (z != u32::MAX).then_some(z)
+        (z != u32::MAX).then_some(ZoneId::new(z as usize))
     }
 
     /// Rack id of a host (same as `host(h).rack`, from a packed table).
     #[inline]
-    pub fn host_rack(&self, h: HostId) -> Option<u32> {
+    pub fn host_rack(&self, h: HostId) -> Option<RackId> {
         let r = self.host_domains[h.idx()].1;
-        (r != u32::MAX).then_some(r)
+        (r != u32::MAX).then_some(RackId::new(r as usize))
     }
 
     /// Host id by name.
@@ -598,17 +612,28 @@ impl Cluster {
 
     /// Provider by id.
     pub fn provider(&self, id: ProviderId) -> &Provider {
-        &self.providers[id.0 as usize]
+        &self.providers[id.idx()]
     }
 
-    /// Inventory slot by index.
-    pub fn slot(&self, slot: u32) -> Option<&Slot> {
-        self.slots.get(slot as usize)
+    /// Inventory slot by id (`None` if it belongs to another cluster).
+    pub fn slot(&self, slot: SlotId) -> Option<&Slot> {
+        self.slots.get(slot.idx())
     }
 
-    /// All inventory slots.
+    /// All inventory slots, in id order (see [`Cluster::slot_ids`]).
     pub fn slots(&self) -> &[Slot] {
         &self.slots
+    }
+
+    /// Every slot id, in the order of [`Cluster::slots`].
+    pub fn slot_ids(&self) -> impl Iterator<Item = SlotId> + use<> {
+        (0..self.slots.len()).map(SlotId::new)
+    }
+
+    /// The inventory of class `class` on provider `provider`, if it has one.
+    pub fn slot_of(&self, provider: ProviderId, class: ClassId) -> Option<SlotId> {
+        let p = self.providers.get(provider.idx())?;
+        p.slot_ids().find(|s| self.slot_class[s.idx()] == class)
     }
 
     /// Providers in a host's tree (root first).
@@ -619,12 +644,12 @@ impl Cluster {
 
     /// Resource class id by name.
     pub fn class_id(&self, name: &str) -> Option<ClassId> {
-        self.classes.get(name).map(|c| ClassId(c as u16))
+        self.classes.get(name).map(|c| ClassId::new(c as usize))
     }
 
     /// Resource class name.
     pub fn class_name(&self, c: ClassId) -> &str {
-        self.classes.name(u32::from(c.0))
+        self.classes.name(u32::from(c.raw()))
     }
 
     /// Number of resource classes known.
@@ -634,17 +659,22 @@ impl Cluster {
 
     /// Trait id by name.
     pub fn trait_id(&self, name: &str) -> Option<TraitId> {
-        self.traits.get(name).map(TraitId)
+        self.traits.get(name).map(|t| TraitId::new(t as usize))
     }
 
     /// Trait name.
     pub fn trait_name(&self, t: TraitId) -> &str {
-        self.traits.name(t.0)
+        self.traits.name(t.raw())
     }
 
     /// Zone name.
-    pub fn zone_name(&self, z: u32) -> &str {
-        self.zones.name(z)
+    pub fn zone_name(&self, z: ZoneId) -> &str {
+        self.zones.name(z.raw())
+    }
+
+    /// Zone id by name.
+    pub fn zone_id(&self, name: &str) -> Option<ZoneId> {
+        self.zones.get(name).map(|z| ZoneId::new(z as usize))
     }
 
     /// Number of zones.
@@ -653,8 +683,8 @@ impl Cluster {
     }
 
     /// Rack name.
-    pub fn rack_name(&self, r: u32) -> &str {
-        self.racks.name(r)
+    pub fn rack_name(&self, r: RackId) -> &str {
+        self.racks.name(r.raw())
     }
 
     /// Number of racks.
@@ -663,21 +693,38 @@ impl Cluster {
     }
 
     /// Aggregate name.
-    pub fn aggregate_name(&self, a: u32) -> &str {
-        self.aggregates.name(a)
+    pub fn aggregate_name(&self, a: AggregateId) -> &str {
+        self.aggregates.name(a.raw())
+    }
+
+    /// Aggregate id by name.
+    pub fn aggregate_id(&self, name: &str) -> Option<AggregateId> {
+        self.aggregates
+            .get(name)
+            .map(|a| AggregateId::new(a as usize))
     }
 
     /// Tree capacity of class `c` on `host` (shared providers excluded).
     #[inline]
     pub fn host_capacity(&self, host: HostId, c: ClassId) -> u64 {
-        self.host_capacity[host.idx() * self.classes.len() + c.0 as usize]
+        self.host_capacity[host.idx() * self.classes.len() + c.idx()]
     }
 
     /// Name of a generation owner (host or shared provider).
-    pub fn owner_name(&self, owner: u32) -> &str {
+    pub fn owner_name(&self, owner: OwnerId) -> &str {
         self.owner_names
-            .get(owner as usize)
+            .get(owner.idx())
             .map_or("?", |s| s.as_str())
+    }
+
+    /// The generation owner of `host`'s tree.
+    pub fn host_owner(&self, host: HostId) -> OwnerId {
+        OwnerId::new(host.idx())
+    }
+
+    /// Every generation owner (hosts' trees, then shared providers).
+    pub fn owner_ids(&self) -> impl Iterator<Item = OwnerId> + use<> {
+        (0..self.owner_names.len()).map(OwnerId::new)
     }
 
     /// Number of generation owners (hosts + shared providers).
@@ -691,7 +738,7 @@ impl Cluster {
             if p == ancestor {
                 return true;
             }
-            match self.providers[p.0 as usize].parent {
+            match self.providers[p.idx()].parent {
                 Some(q) => p = q,
                 None => return false,
             }
@@ -784,9 +831,9 @@ mod tests {
             .insert("CUSTOM_FPGA".into(), InventorySpec::new(2));
         let c = Cluster::from_spec(&spec).unwrap();
         let vcpu = c.class_id("VCPU").unwrap();
-        assert_eq!(c.host_capacity(HostId(0), vcpu), 24);
+        assert_eq!(c.host_capacity(HostId::new(0), vcpu), 24);
         assert_eq!(
-            c.host_capacity(HostId(0), c.class_id("CUSTOM_FPGA").unwrap()),
+            c.host_capacity(HostId::new(0), c.class_id("CUSTOM_FPGA").unwrap()),
             2
         );
         let mut bad = spec.clone();

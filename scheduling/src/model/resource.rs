@@ -1,7 +1,5 @@
 //! Resource classes and exact allocation ratios.
 
-use serde::{Deserialize, Serialize};
-
 /// Resource classes every cluster knows (OpenStack's standard classes plus hugepages).
 /// Other classes must be declared as custom classes named `CUSTOM_*`.
 pub const STANDARD_CLASSES: &[&str] = &[
@@ -22,10 +20,6 @@ pub const STANDARD_CLASSES: &[&str] = &[
     "FPGA",
     "MEM_ENCRYPTION_CONTEXT",
 ];
-
-/// Dense index of a resource class within one cluster.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ClassId(pub u16);
 
 /// Whether `name` is acceptable as a custom resource class name.
 pub fn is_valid_custom_class(name: &str) -> bool {

@@ -6,7 +6,7 @@ use crate::explain::{Diagnosis, Reason};
 use crate::fit::{fit_host, FitScratch};
 use crate::framework::{exclude, restrict, CycleState, FilterPlugin, PreFilterPlugin};
 use crate::hostset::HostSet;
-use crate::model::{HostId, ServerGroupPolicy};
+use crate::model::{HostId, RackId, ServerGroupPolicy, ZoneId};
 use crate::request::{CompiledRequest, LabelOperator, TopologyKey, WhenUnsatisfiable};
 
 /// Removes disabled hosts and hosts the caller excluded.
@@ -262,8 +262,8 @@ impl PreFilterPlugin for TopologySpreadPre {
             for (d, count) in counts.iter().enumerate() {
                 if count + 1 - min > s.max_skew {
                     let domain = match s.key {
-                        TopologyKey::Zone => ix.in_zone(d as u32),
-                        TopologyKey::Rack => ix.in_rack(d as u32),
+                        TopologyKey::Zone => ix.in_zone(ZoneId::new(d)),
+                        TopologyKey::Rack => ix.in_rack(RackId::new(d)),
                     };
                     exclude(candidates, domain, reason, diag);
                 }
@@ -303,7 +303,7 @@ impl PreFilterPlugin for ServerGroupAntiAffinityPre {
         for (h, n) in &gs.per_host {
             if *n >= g.max_per_host && candidates.contains(*h as usize) {
                 candidates.remove(*h as usize);
-                diag.add(HostId(*h), reason);
+                diag.add(HostId::new(*h as usize), reason);
             }
         }
     }
@@ -376,8 +376,8 @@ impl FilterPlugin for TopologySpread {
                 continue;
             }
             let count = match s.key {
-                TopologyKey::Zone => cx.cluster.host_zone(host).map(|z| gs.per_zone[z as usize]),
-                TopologyKey::Rack => cx.cluster.host_rack(host).map(|r| gs.per_rack[r as usize]),
+                TopologyKey::Zone => cx.cluster.host_zone(host).map(|z| gs.per_zone[z.idx()]),
+                TopologyKey::Rack => cx.cluster.host_rack(host).map(|r| gs.per_rack[r.idx()]),
             };
             let min = cx.spread_min.get(i).copied().unwrap_or(0);
             match count {

@@ -292,8 +292,8 @@ impl ScorePlugin for SpreadPreference {
             .iter()
             .filter(|s| s.when_unsatisfiable == WhenUnsatisfiable::ScheduleAnyway)
             .map(|s| match s.key {
-                TopologyKey::Zone => zone.map_or(0, |z| i64::from(gs.per_zone[z as usize])),
-                TopologyKey::Rack => rack.map_or(0, |r| i64::from(gs.per_rack[r as usize])),
+                TopologyKey::Zone => zone.map_or(0, |z| i64::from(gs.per_zone[z.idx()])),
+                TopologyKey::Rack => rack.map_or(0, |r| i64::from(gs.per_rack[r.idx()])),
             })
             .sum()
     }

@@ -60,7 +60,7 @@ impl FreeIndex {
         let n = cluster.host_count();
         let mut max_cap = vec![0u64; classes];
         for s in cluster.slots() {
-            let m = &mut max_cap[s.class.0 as usize];
+            let m = &mut max_cap[s.class.idx()];
             *m = (*m).max(s.capacity);
         }
         let thresholds: Vec<Vec<u64>> = max_cap
@@ -80,7 +80,7 @@ impl FreeIndex {
             for p in &host.shared {
                 let p = cluster.provider(*p);
                 for s in &cluster.slots()[p.slot_start as usize..p.slot_end as usize] {
-                    shared[h * classes + s.class.0 as usize] = true;
+                    shared[h * classes + s.class.idx()] = true;
                 }
             }
         }
@@ -93,7 +93,7 @@ impl FreeIndex {
         };
         for h in 0..n {
             for c in 0..classes {
-                ix.update(cluster, used, HostId(h as u32), ClassId(c as u16));
+                ix.update(cluster, used, HostId::new(h), ClassId::new(c));
             }
         }
         ix
@@ -115,8 +115,8 @@ impl FreeIndex {
 
     /// Re-reads `host`'s free capacity of class `c` after its usage changed.
     pub(crate) fn update(&mut self, cluster: &Cluster, used: &[u64], host: HostId, c: ClassId) {
-        let i = host.idx() * self.classes + c.0 as usize;
-        let ladder = &self.thresholds[c.0 as usize];
+        let i = host.idx() * self.classes + c.idx();
+        let ladder = &self.thresholds[c.idx()];
         let new = if self.shared[i] {
             ladder.len()
         } else {
@@ -124,7 +124,7 @@ impl FreeIndex {
             ladder.partition_point(|t| *t <= free)
         };
         let old = self.level[i] as usize;
-        let sets = &mut self.sets[c.0 as usize];
+        let sets = &mut self.sets[c.idx()];
         for set in sets.iter_mut().take(new).skip(old) {
             set.insert(host.idx());
         }
@@ -138,12 +138,12 @@ impl FreeIndex {
     /// and every included host has at least 80% of `amount` free. `None` when nothing can be excluded
     /// (zero amount).
     pub(crate) fn at_least(&self, c: ClassId, amount: u64) -> Option<&HostSet> {
-        let ladder = self.thresholds.get(c.0 as usize)?;
+        let ladder = self.thresholds.get(c.idx())?;
         let k = ladder.partition_point(|t| *t <= amount);
         if k == 0 {
             return None;
         }
-        self.sets[c.0 as usize].get(k - 1)
+        self.sets[c.idx()].get(k - 1)
     }
 
     /// Recomputes every level from `used` and compares (for the consistency check).
@@ -195,7 +195,7 @@ mod tests {
             .unwrap();
         used[a_vcpu] = 3;
         let mut ix2 = ix.clone();
-        ix2.update(&c, &used, HostId(0), vcpu);
+        ix2.update(&c, &used, HostId::new(0), vcpu);
         assert_eq!(members(&ix2, vcpu, 5), vec![0]);
         assert!(members(&ix2, vcpu, 6).is_empty());
         assert!(ix2.consistent(&c, &used));

@@ -2,10 +2,10 @@
 
 use crate::error::ModelError;
 use crate::fasthash::IntMap;
-use crate::model::{Cluster, HostId, ServerGroupPolicy, ServerGroupSpec};
+use crate::model::{Cluster, HostId, RackId, ServerGroupPolicy, ServerGroupSpec, ZoneId};
 
 /// Checks a server group definition.
-pub fn validate_server_group(g: &ServerGroupSpec) -> Result<(), ModelError> {
+pub(crate) fn validate_server_group(g: &ServerGroupSpec) -> Result<(), ModelError> {
     if g.name.is_empty() {
         return Err(ModelError::Empty {
             what: "server group".into(),
@@ -30,18 +30,15 @@ pub fn validate_server_group(g: &ServerGroupSpec) -> Result<(), ModelError> {
 /// Live membership of one server group.
 #[derive(Clone, Debug)]
 pub struct ServerGroupState {
-    /// Definition.
-    pub spec: ServerGroupSpec,
-    /// Members per host (only hosts with members).
-    pub per_host: IntMap<u32, u32>,
+    pub(crate) spec: ServerGroupSpec,
+    /// Members per host (only hosts with members), keyed by host index.
+    pub(crate) per_host: IntMap<u32, u32>,
     /// Members per zone id.
-    pub per_zone: Vec<u32>,
+    pub(crate) per_zone: Vec<u32>,
     /// Members per rack id.
-    pub per_rack: Vec<u32>,
-    /// Total members.
-    pub members: u32,
-    /// Bumped on every membership change (claims on this group check it).
-    pub epoch: u64,
+    pub(crate) per_rack: Vec<u32>,
+    pub(crate) members: u32,
+    pub(crate) epoch: u64,
 }
 
 impl ServerGroupState {
@@ -56,13 +53,40 @@ impl ServerGroupState {
         }
     }
 
+    /// The group's definition.
+    pub fn spec(&self) -> &ServerGroupSpec {
+        &self.spec
+    }
+
+    /// Total members.
+    pub fn members(&self) -> u32 {
+        self.members
+    }
+
+    /// Bumped on every membership change (claims on this group check it).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Members on `host`.
     #[inline]
     pub fn on_host(&self, host: HostId) -> u32 {
         if self.members == 0 {
             return 0;
         }
-        self.per_host.get(&host.0).copied().unwrap_or(0)
+        self.per_host.get(&host.raw()).copied().unwrap_or(0)
+    }
+
+    /// Members in zone `z`.
+    #[inline]
+    pub fn in_zone(&self, z: ZoneId) -> u32 {
+        self.per_zone.get(z.idx()).copied().unwrap_or(0)
+    }
+
+    /// Members in rack `r`.
+    #[inline]
+    pub fn in_rack(&self, r: RackId) -> u32 {
+        self.per_rack.get(r.idx()).copied().unwrap_or(0)
     }
 
     /// Makes room for zones and racks added to the cluster since.
@@ -74,31 +98,31 @@ impl ServerGroupState {
     }
 
     pub(crate) fn add(&mut self, cluster: &Cluster, host: HostId) {
-        *self.per_host.entry(host.0).or_insert(0) += 1;
+        *self.per_host.entry(host.raw()).or_insert(0) += 1;
         let h = cluster.host(host);
         if let Some(z) = h.zone {
-            self.per_zone[z as usize] += 1;
+            self.per_zone[z.idx()] += 1;
         }
         if let Some(r) = h.rack {
-            self.per_rack[r as usize] += 1;
+            self.per_rack[r.idx()] += 1;
         }
         self.members += 1;
         self.epoch += 1;
     }
 
     pub(crate) fn remove(&mut self, cluster: &Cluster, host: HostId) {
-        if let Some(n) = self.per_host.get_mut(&host.0) {
+        if let Some(n) = self.per_host.get_mut(&host.raw()) {
             *n -= 1;
             if *n == 0 {
-                self.per_host.remove(&host.0);
+                self.per_host.remove(&host.raw());
             }
         }
         let h = cluster.host(host);
         if let Some(z) = h.zone {
-            self.per_zone[z as usize] = self.per_zone[z as usize].saturating_sub(1);
+            self.per_zone[z.idx()] = self.per_zone[z.idx()].saturating_sub(1);
         }
         if let Some(r) = h.rack {
-            self.per_rack[r as usize] = self.per_rack[r as usize].saturating_sub(1);
+            self.per_rack[r.idx()] = self.per_rack[r.idx()].saturating_sub(1);
         }
         self.members = self.members.saturating_sub(1);
         self.epoch += 1;

@@ -9,14 +9,18 @@
 mod allocations;
 mod free;
 mod groups;
+mod restore;
 
 pub use allocations::Allocations;
-pub use groups::{validate_server_group, ServerGroupState};
+pub(crate) use groups::validate_server_group;
+pub use groups::ServerGroupState;
 
-use crate::error::{CommitError, RequestError, StateError};
+use crate::error::{CommitError, PlacementRequestError, PlacementStateError};
 use crate::fit::{fit_host, FitScratch};
 use crate::hostset::HostSet;
 use crate::model::{ClassId, Cluster, HostId, ServerGroupSpec};
+use crate::model::{OwnerGeneration, OwnerId, ServerGroupId, SlotAllocation, SlotId};
+use crate::placement::Placement;
 use crate::request::{CompiledRequest, GroupRef, PlacementRequest};
 use free::FreeIndex;
 use std::collections::HashMap;
@@ -25,27 +29,102 @@ use std::sync::Arc;
 /// A VM's allocation: which host, and how much of which inventory slots.
 #[derive(Clone, Debug)]
 pub struct Allocation {
-    /// Host.
-    pub host: HostId,
-    /// `(slot, amount)` pairs.
-    pub slots: Vec<(u32, u64)>,
-    /// The request that produced it (kept for migration, preemption and evacuation).
-    pub request: Arc<CompiledRequest>,
+    pub(crate) host: HostId,
+    pub(crate) slots: Vec<SlotAllocation>,
+    pub(crate) request: Arc<CompiledRequest>,
 }
 
-/// A decided placement waiting to be committed.
+impl Allocation {
+    /// The host.
+    pub fn host(&self) -> HostId {
+        self.host
+    }
+
+    /// What is allocated, slot by slot.
+    pub fn slots(&self) -> &[SlotAllocation] {
+        &self.slots
+    }
+
+    /// The request that produced it (kept for migration, preemption and evacuation).
+    pub fn request(&self) -> &Arc<CompiledRequest> {
+        &self.request
+    }
+
+    /// The allocation by names, as persisted and restored (see [`State::restore`]).
+    pub fn placement(&self, cluster: &Cluster) -> Placement {
+        Placement::new(cluster, &self.request, self.host, &self.slots)
+    }
+}
+
+/// A decided placement waiting to be committed: made by [`crate::Scheduler::decide`], consumed by
+/// [`State::commit`] (or [`crate::Scheduler::commit`], which runs the reserve and permit plugins).
 #[derive(Clone, Debug)]
 pub struct Claim {
+    pub(crate) request: Arc<CompiledRequest>,
+    pub(crate) host: HostId,
+    pub(crate) allocations: Vec<SlotAllocation>,
+    pub(crate) generations: Vec<OwnerGeneration>,
+    pub(crate) group_epoch: Option<u64>,
+}
+
+impl Claim {
     /// The request.
-    pub request: Arc<CompiledRequest>,
-    /// Chosen host.
-    pub host: HostId,
-    /// `(slot, amount)` pairs to allocate.
-    pub allocations: Vec<(u32, u64)>,
-    /// `(owner, generation)` of every provider tree touched, as seen by the decision.
-    pub generations: Vec<(u32, u64)>,
-    /// Server group epoch seen by the decision (for hard affinity / spread requests).
-    pub group_epoch: Option<u64>,
+    pub fn request(&self) -> &Arc<CompiledRequest> {
+        &self.request
+    }
+
+    /// The chosen host.
+    pub fn host(&self) -> HostId {
+        self.host
+    }
+
+    /// What to allocate, slot by slot.
+    pub fn allocations(&self) -> &[SlotAllocation] {
+        &self.allocations
+    }
+
+    /// The generation of every owner (host tree, shared provider) touched, as the decision saw it.
+    pub fn generations(&self) -> &[OwnerGeneration] {
+        &self.generations
+    }
+
+    /// The server group epoch the decision saw (for hard affinity and spread requests).
+    pub fn group_epoch(&self) -> Option<u64> {
+        self.group_epoch
+    }
+
+    /// The claim by names (what [`State::commit`] will have allocated).
+    pub fn placement(&self, cluster: &Cluster) -> Placement {
+        Placement::new(cluster, &self.request, self.host, &self.allocations)
+    }
+
+    /// A claim for `allocations` on `host`, with the generations `state` has now.
+    pub(crate) fn current(
+        state: &State,
+        request: Arc<CompiledRequest>,
+        host: HostId,
+        allocations: Vec<SlotAllocation>,
+        group_epoch: Option<u64>,
+    ) -> Claim {
+        let c = state.cluster();
+        let own = c.host_owner(host);
+        let mut generations = vec![OwnerGeneration::new(own, state.generation(own))];
+        for a in &allocations {
+            if let Some(s) = c.slot(a.slot()) {
+                let owner = c.provider(s.provider).owner;
+                if !generations.iter().any(|g| g.owner() == owner) {
+                    generations.push(OwnerGeneration::new(owner, state.generation(owner)));
+                }
+            }
+        }
+        Claim {
+            request,
+            host,
+            allocations,
+            generations,
+            group_epoch,
+        }
+    }
 }
 
 /// The mutable side of placement.
@@ -62,7 +141,7 @@ pub struct State {
     retired: HostSet,
     allocations: Allocations,
     groups: Vec<ServerGroupState>,
-    group_by_name: HashMap<String, u32>,
+    group_by_name: HashMap<String, ServerGroupId>,
     release_epoch: u64,
     topology_version: u64,
 }
@@ -90,7 +169,7 @@ impl State {
         };
         let initial: Vec<ServerGroupSpec> = s.cluster.initial_server_groups().to_vec();
         for g in initial {
-            let id = s.groups.len() as u32;
+            let id = ServerGroupId::new(s.groups.len());
             s.group_by_name.insert(g.name.clone(), id);
             s.groups.push(ServerGroupState::new(g, &s.cluster));
         }
@@ -103,32 +182,38 @@ impl State {
     }
 
     /// Creates a server group.
-    pub fn create_server_group(&mut self, spec: ServerGroupSpec) -> Result<u32, StateError> {
+    pub fn create_server_group(
+        &mut self,
+        spec: ServerGroupSpec,
+    ) -> Result<ServerGroupId, PlacementStateError> {
         validate_server_group(&spec)?;
         if self.group_by_name.contains_key(&spec.name) {
-            return Err(StateError::DuplicateServerGroup(spec.name));
+            return Err(PlacementStateError::DuplicateServerGroup(spec.name));
         }
-        let id = self.groups.len() as u32;
+        let id = ServerGroupId::new(self.groups.len());
         self.group_by_name.insert(spec.name.clone(), id);
         self.groups.push(ServerGroupState::new(spec, &self.cluster));
         Ok(id)
     }
 
     /// Server group by id.
-    pub fn group(&self, id: u32) -> Option<&ServerGroupState> {
-        self.groups.get(id as usize)
+    pub fn group(&self, id: ServerGroupId) -> Option<&ServerGroupState> {
+        self.groups.get(id.idx())
     }
 
     /// Server group id by name.
-    pub fn group_id(&self, name: &str) -> Option<u32> {
+    pub fn group_id(&self, name: &str) -> Option<ServerGroupId> {
         self.group_by_name.get(name).copied()
     }
 
     /// Resolves a request against the cluster and this state's server groups.
-    pub fn compile(&self, req: &PlacementRequest) -> Result<Arc<CompiledRequest>, RequestError> {
+    pub fn compile(
+        &self,
+        req: &PlacementRequest,
+    ) -> Result<Arc<CompiledRequest>, PlacementRequestError> {
         CompiledRequest::compile(req, &self.cluster, |name| {
             let id = self.group_id(name)?;
-            let g = &self.groups[id as usize];
+            let g = &self.groups[id.idx()];
             Some(GroupRef {
                 id,
                 policy: g.spec.policy,
@@ -140,11 +225,11 @@ impl State {
 
     /// Amount used of inventory `slot`.
     #[inline]
-    pub fn used(&self, slot: u32) -> u64 {
-        self.used[slot as usize]
+    pub fn used(&self, slot: SlotId) -> u64 {
+        self.used[slot.idx()]
     }
 
-    /// Usage of every slot.
+    /// Usage of every slot, in the order of [`Cluster::slots`].
     pub fn used_slots(&self) -> &[u64] {
         &self.used
     }
@@ -152,7 +237,7 @@ impl State {
     /// Used amount of class `c` in the tree of `host`.
     #[inline]
     pub fn host_used(&self, host: HostId, c: crate::model::ClassId) -> u64 {
-        self.host_used[host.idx() * self.cluster.class_count() + c.0 as usize]
+        self.host_used[host.idx() * self.cluster.class_count() + c.idx()]
     }
 
     /// Number of VMs on `host`.
@@ -161,10 +246,10 @@ impl State {
         self.vm_count[host.idx()]
     }
 
-    /// Generation of an owner (host index, or `hosts + k` for shared provider k).
+    /// Generation of an owner (a host's tree or a shared provider).
     #[inline]
-    pub fn generation(&self, owner: u32) -> u64 {
-        self.generation[owner as usize]
+    pub fn generation(&self, owner: OwnerId) -> u64 {
+        self.generation[owner.idx()]
     }
 
     /// Whether `host` is disabled.
@@ -197,9 +282,12 @@ impl State {
     /// changes (deciders drop their caches) and every generation owner's generation is bumped, so a
     /// claim decided before the change is refused at commit and decided again. On error (invalid or
     /// duplicate host) nothing changes.
-    pub fn add_host(&mut self, spec: &crate::model::HostSpec) -> Result<HostId, StateError> {
+    pub fn add_host(
+        &mut self,
+        spec: &crate::model::HostSpec,
+    ) -> Result<HostId, PlacementStateError> {
         let cluster = Arc::new(self.cluster.with_host(spec)?);
-        let host = HostId(self.cluster.host_count() as u32);
+        let host = HostId::new(self.cluster.host_count());
         let n = cluster.host_count();
         self.used.resize(cluster.slots().len(), 0);
         self.host_used.resize(n * cluster.class_count(), 0);
@@ -226,14 +314,14 @@ impl State {
     /// e.g. with [`crate::ops::evacuate`]). It stays in the topology as a disabled, retired host (so no
     /// id changes and its name stays taken) and [`State::set_host_enabled`] will not enable it again. Its
     /// generation is bumped, so claims decided on it before are refused.
-    pub fn retire_host(&mut self, name: &str) -> Result<HostId, StateError> {
+    pub fn retire_host(&mut self, name: &str) -> Result<HostId, PlacementStateError> {
         let host = self
             .cluster
             .host_id(name)
-            .ok_or_else(|| StateError::UnknownHost(name.into()))?;
+            .ok_or_else(|| PlacementStateError::UnknownHost(name.into()))?;
         let vms = self.vm_count[host.idx()];
         if vms > 0 {
-            return Err(StateError::HostInUse {
+            return Err(PlacementStateError::HostInUse {
                 host: name.into(),
                 vms,
             });
@@ -274,21 +362,22 @@ impl State {
     /// replaces (migration), which exempts it from the duplicate check.
     pub fn check(&self, claim: &Claim, moving: Option<&str>) -> Result<(), CommitError> {
         let c = &self.cluster;
-        let id = &claim.request.id;
-        if moving != Some(id.as_str()) && self.allocations.contains_key(id) {
-            return Err(CommitError::DuplicateConsumer(id.clone()));
+        let id = claim.request.id();
+        if moving != Some(id) && self.allocations.contains_key(id) {
+            return Err(CommitError::DuplicateConsumer(id.to_string()));
         }
         if claim.host.idx() >= c.host_count() {
-            return Err(CommitError::HostDisabled(format!("#{}", claim.host.0)));
+            return Err(CommitError::HostDisabled(format!("#{}", claim.host.idx())));
         }
         if self.is_disabled(claim.host) {
             return Err(CommitError::HostDisabled(c.host(claim.host).name.clone()));
         }
-        for &(owner, expected) in &claim.generations {
+        for g in &claim.generations {
+            let (owner, expected) = (g.owner(), g.generation());
             let found = *self
                 .generation
-                .get(owner as usize)
-                .ok_or(CommitError::UnknownSlot(owner))?;
+                .get(owner.idx())
+                .ok_or(CommitError::UnknownOwner(owner))?;
             if found != expected {
                 return Err(CommitError::GenerationConflict {
                     owner: c.owner_name(owner).to_string(),
@@ -299,21 +388,22 @@ impl State {
         }
         if let Some(g) = claim.request.server_group {
             // A request compiled against another state could name a group this one lacks.
-            if self.groups.get(g.id as usize).is_none() {
-                return Err(CommitError::GroupChanged(format!("#{}", g.id)));
+            if self.groups.get(g.id.idx()).is_none() {
+                return Err(CommitError::GroupChanged(format!("#{}", g.id.idx())));
             }
         }
         if let (Some(g), Some(epoch)) = (claim.request.server_group, claim.group_epoch) {
             let gs = self
                 .groups
-                .get(g.id as usize)
-                .ok_or(CommitError::GroupChanged(format!("#{}", g.id)))?;
+                .get(g.id.idx())
+                .ok_or(CommitError::GroupChanged(format!("#{}", g.id.idx())))?;
             if gs.epoch != epoch {
                 return Err(CommitError::GroupChanged(gs.spec.name.clone()));
             }
         }
         // Defensive: even with matching generations, re-check every slot (the claim may be hand-made).
-        for (i, &(slot, _)) in claim.allocations.iter().enumerate() {
+        for (i, a) in claim.allocations.iter().enumerate() {
+            let slot = a.slot();
             let s = c.slot(slot).ok_or(CommitError::UnknownSlot(slot))?;
             let owner = c.provider(s.provider).owner;
             let in_tree = c.provider(s.provider).host == Some(claim.host);
@@ -321,25 +411,25 @@ impl State {
             if !in_tree && !shared_ok {
                 return Err(CommitError::UnknownSlot(slot));
             }
-            if !claim.generations.iter().any(|(o, _)| *o == owner) {
+            if !claim.generations.iter().any(|g| g.owner() == owner) {
                 return Err(CommitError::GenerationConflict {
                     owner: c.owner_name(owner).to_string(),
                     expected: u64::MAX,
-                    found: self.generation[owner as usize],
+                    found: self.generation[owner.idx()],
                 });
             }
             let total: u64 = claim.allocations[..=i]
                 .iter()
-                .filter(|(x, _)| *x == slot)
-                .map(|(_, a)| *a)
+                .filter(|x| x.slot() == slot)
+                .map(|x| x.amount())
                 .sum();
-            let mut used = self.used[slot as usize];
+            let mut used = self.used[slot.idx()];
             if let Some(m) = moving.and_then(|m| self.allocations.get(m)) {
                 used -= m
                     .slots
                     .iter()
-                    .filter(|(x, _)| *x == slot)
-                    .map(|(_, a)| *a)
+                    .filter(|x| x.slot() == slot)
+                    .map(|x| x.amount())
                     .sum::<u64>();
             }
             if used + total > s.capacity {
@@ -359,26 +449,27 @@ impl State {
         Ok(())
     }
 
-    fn apply(&mut self, host: HostId, slots: Vec<(u32, u64)>, request: Arc<CompiledRequest>) {
+    fn apply(&mut self, host: HostId, slots: Vec<SlotAllocation>, request: Arc<CompiledRequest>) {
         let nc = self.cluster.class_count();
-        for &(slot, amount) in &slots {
-            self.used[slot as usize] += amount;
-            let s = self.cluster.slots()[slot as usize];
+        for a in &slots {
+            let (slot, amount) = (a.slot(), a.amount());
+            self.used[slot.idx()] += amount;
+            let s = self.cluster.slots()[slot.idx()];
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
-                self.host_used[host.idx() * nc + s.class.0 as usize] += amount;
+                self.host_used[host.idx() * nc + s.class.idx()] += amount;
                 self.free.update(&self.cluster, &self.used, host, s.class);
             }
-            self.generation[p.owner as usize] += 1;
+            self.generation[p.owner.idx()] += 1;
         }
         self.generation[host.idx()] += 1;
         self.vm_count[host.idx()] += 1;
         self.refill(host);
         if let Some(g) = request.server_group {
-            self.groups[g.id as usize].add(&self.cluster, host);
+            self.groups[g.id.idx()].add(&self.cluster, host);
         }
         self.allocations.insert(
-            request.id.clone(),
+            request.id().to_string(),
             Allocation {
                 host,
                 slots,
@@ -390,21 +481,22 @@ impl State {
     fn unapply(&mut self, alloc: &Allocation) {
         let nc = self.cluster.class_count();
         let host = alloc.host;
-        for &(slot, amount) in &alloc.slots {
-            self.used[slot as usize] -= amount;
-            let s = self.cluster.slots()[slot as usize];
+        for a in &alloc.slots {
+            let (slot, amount) = (a.slot(), a.amount());
+            self.used[slot.idx()] -= amount;
+            let s = self.cluster.slots()[slot.idx()];
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
-                self.host_used[host.idx() * nc + s.class.0 as usize] -= amount;
+                self.host_used[host.idx() * nc + s.class.idx()] -= amount;
                 self.free.update(&self.cluster, &self.used, host, s.class);
             }
-            self.generation[p.owner as usize] += 1;
+            self.generation[p.owner.idx()] += 1;
         }
         self.generation[host.idx()] += 1;
         self.vm_count[host.idx()] -= 1;
         self.refill(host);
         if let Some(g) = alloc.request.server_group {
-            self.groups[g.id as usize].remove(&self.cluster, host);
+            self.groups[g.id.idx()].remove(&self.cluster, host);
         }
         self.release_epoch += 1;
     }
@@ -415,7 +507,7 @@ impl State {
         let nc = self.cluster.class_count();
         let mut worst = 0u64;
         for c in 0..nc {
-            let cap = self.cluster.host_capacity(host, ClassId(c as u16));
+            let cap = self.cluster.host_capacity(host, ClassId::new(c));
             if let Some(b) =
                 (self.host_used[host.idx() * nc + c] * FILL_BUCKETS as u64).checked_div(cap)
             {
@@ -446,22 +538,24 @@ impl State {
     }
 
     /// Frees a consumer's allocation and returns it.
-    pub fn release(&mut self, consumer: &str) -> Result<Allocation, StateError> {
+    pub fn release(&mut self, consumer: &str) -> Result<Allocation, PlacementStateError> {
         let alloc = self
             .allocations
             .remove(consumer)
-            .ok_or_else(|| StateError::UnknownConsumer(consumer.into()))?;
+            .ok_or_else(|| PlacementStateError::UnknownConsumer(consumer.into()))?;
         self.unapply(&alloc);
         Ok(alloc)
     }
 
     /// Replaces a consumer's allocation by `claim` (a migration decided elsewhere), atomically.
-    pub fn migrate(&mut self, consumer: &str, claim: Claim) -> Result<(), StateError> {
+    pub fn migrate(&mut self, consumer: &str, claim: Claim) -> Result<(), PlacementStateError> {
         if !self.allocations.contains_key(consumer) {
-            return Err(StateError::UnknownConsumer(consumer.into()));
+            return Err(PlacementStateError::UnknownConsumer(consumer.into()));
         }
-        if claim.request.id != consumer {
-            return Err(StateError::UnknownConsumer(claim.request.id.clone()));
+        if claim.request.id() != consumer {
+            return Err(PlacementStateError::UnknownConsumer(
+                claim.request.id().to_string(),
+            ));
         }
         self.check(&claim, Some(consumer))?;
         self.release(consumer)?;
@@ -472,7 +566,7 @@ impl State {
     /// Changes a consumer's resources in place (same host). On failure the state is unchanged.
     pub fn resize(&mut self, consumer: &str, new: &PlacementRequest) -> Result<(), ResizeError> {
         if new.id != consumer {
-            return Err(ResizeError::Request(RequestError::Invalid {
+            return Err(ResizeError::Request(PlacementRequestError::Invalid {
                 request: new.id.clone(),
                 field: "id",
                 reason: format!("must equal the consumer being resized (`{consumer}`)"),
@@ -487,13 +581,13 @@ impl State {
             CompiledRequest::clone(&*self.compile(new).map_err(ResizeError::Request)?);
         // Keep group membership as it is: resizing does not change a VM's server group.
         compiled.server_group = old.request.server_group;
-        for &(slot, amount) in &old.slots {
-            self.used[slot as usize] -= amount;
+        for a in &old.slots {
+            self.used[a.slot().idx()] -= a.amount();
         }
         let mut scratch = FitScratch::default();
         let fit = fit_host(&self.cluster, &self.used, &compiled, old.host, &mut scratch);
-        for &(slot, amount) in &old.slots {
-            self.used[slot as usize] += amount;
+        for a in &old.slots {
+            self.used[a.slot().idx()] += a.amount();
         }
         if let Err(reason) = fit {
             return Err(ResizeError::DoesNotFit(
@@ -521,22 +615,22 @@ impl State {
             vec![Default::default(); self.groups.len()];
         let mut problems = Vec::new();
         for (id, a) in &self.allocations {
-            if a.request.id != *id {
+            if a.request.id() != *id {
                 problems.push(format!(
                     "allocation keyed `{id}` belongs to `{}`",
-                    a.request.id
+                    a.request.id()
                 ));
             }
             vms[a.host.idx()] += 1;
-            for &(slot, amount) in &a.slots {
-                used[slot as usize] += amount;
-                let s = c.slots()[slot as usize];
+            for x in &a.slots {
+                used[x.slot().idx()] += x.amount();
+                let s = c.slots()[x.slot().idx()];
                 if c.provider(s.provider).host == Some(a.host) {
-                    host_used[a.host.idx() * nc + s.class.0 as usize] += amount;
+                    host_used[a.host.idx() * nc + s.class.idx()] += x.amount();
                 }
             }
             if let Some(g) = a.request.server_group {
-                *members[g.id as usize].entry(a.host.0).or_insert(0) += 1;
+                *members[g.id.idx()].entry(a.host.raw()).or_insert(0) += 1;
             }
         }
         for (i, (&mine, &theirs)) in used.iter().zip(&self.used).enumerate() {
@@ -649,8 +743,81 @@ pub enum ResizeError {
     UnknownConsumer(String),
     /// The new request is invalid.
     #[error(transparent)]
-    Request(RequestError),
+    Request(PlacementRequestError),
     /// The new size does not fit on the current host.
     #[error("new size does not fit on the current host: {0}")]
     DoesNotFit(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DecideOptions, Placer, Profile};
+
+    fn placer() -> Placer {
+        let cluster = Cluster::from_json(
+            r#"{"hosts": [
+              {"name": "h0", "inventories": {"VCPU": {"total": 8, "max_unit": 4}}},
+              {"name": "h1", "inventories": {"VCPU": {"total": 8, "max_unit": 4}}}]}"#,
+        )
+        .unwrap();
+        Placer::new(Arc::new(cluster), Profile::default(), 1)
+    }
+
+    /// Claims made by hand inside the crate (the public API cannot) are checked slot by slot.
+    #[test]
+    fn hand_made_claims_are_refused_and_change_nothing() {
+        let mut p = placer();
+        p.place(&PlacementRequest::new("first", &[("VCPU", 2)]))
+            .unwrap();
+        let req = p
+            .state()
+            .compile(&PlacementRequest::new("second", &[("VCPU", 4)]))
+            .unwrap();
+        let decision = p.decide_compiled(&req, &DecideOptions::default()).unwrap();
+        let before = p.state().clone();
+
+        let mut dup = decision.claim.clone();
+        dup.request = p
+            .state()
+            .compile(&PlacementRequest::new("first", &[("VCPU", 1)]))
+            .unwrap();
+        assert_eq!(
+            p.state_mut().commit(dup.clone()).unwrap_err(),
+            CommitError::DuplicateConsumer("first".into())
+        );
+
+        let mut big = dup.clone();
+        big.request = p
+            .state()
+            .compile(&PlacementRequest::new("big", &[("VCPU", 4)]))
+            .unwrap();
+        let slot = big.allocations[0].slot();
+        big.allocations = vec![SlotAllocation::new(slot, 4); 3];
+        assert!(matches!(
+            p.state_mut().commit(big.clone()).unwrap_err(),
+            CommitError::OverCapacity { .. }
+        ));
+
+        let mut foreign = big.clone();
+        foreign.allocations = vec![SlotAllocation::new(SlotId::new(99), 1)];
+        assert_eq!(
+            p.state_mut().commit(foreign).unwrap_err(),
+            CommitError::UnknownSlot(SlotId::new(99))
+        );
+
+        let mut no_owner = big;
+        no_owner.allocations.truncate(1);
+        no_owner.generations = vec![OwnerGeneration::new(OwnerId::new(42), 0)];
+        assert_eq!(
+            p.state_mut().commit(no_owner).unwrap_err(),
+            CommitError::UnknownOwner(OwnerId::new(42))
+        );
+
+        assert_eq!(before.used_slots(), p.state().used_slots());
+        for o in p.state().cluster().owner_ids() {
+            assert_eq!(before.generation(o), p.state().generation(o));
+        }
+        assert!(p.state().check_consistency().is_empty());
+    }
 }
