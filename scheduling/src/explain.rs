@@ -55,7 +55,7 @@ pub enum Reason {
 
 impl Reason {
     /// Packs a resource reason (see [`Reason::is_resource`]) into 32 bits; other reasons map to 0.
-    pub fn to_code(&self) -> u32 {
+    pub(crate) fn to_code(&self) -> u32 {
         match *self {
             Reason::Insufficient(c) => (1 << 16) | u32::from(c.raw()),
             Reason::UnitConstraint(c) => (2 << 16) | u32::from(c.raw()),
@@ -66,7 +66,7 @@ impl Reason {
     }
 
     /// Inverse of [`Reason::to_code`] (0 and unknown codes decode as [`Reason::GroupLayout`]).
-    pub fn from_code(code: u32) -> Reason {
+    pub(crate) fn from_code(code: u32) -> Reason {
         let v = (code & 0xffff) as u16;
         match code >> 16 {
             1 => Reason::Insufficient(ClassId::new(v as usize)),

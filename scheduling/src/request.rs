@@ -300,13 +300,19 @@ impl PlacementRequest {
     /// Hash of the fields static pre-filters depend on (see [`CompiledRequest::prefilter_key`]).
     pub fn prefilter_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let classes: Vec<&String> = self
+        // The class names in order (each hash ends with a terminator), then their count: as
+        // unambiguous as hashing them collected in a Vec, without allocating one per request.
+        let classes = self
             .resources
             .keys()
-            .chain(self.groups.iter().flat_map(|g| g.resources.keys()))
-            .collect();
+            .chain(self.groups.iter().flat_map(|g| g.resources.keys()));
+        let mut n = 0usize;
+        for c in classes {
+            c.hash(&mut h);
+            n += 1;
+        }
         (
-            classes,
+            n,
             &self.required_traits,
             &self.forbidden_traits,
             &self.any_of_traits,
