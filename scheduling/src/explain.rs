@@ -55,8 +55,8 @@ pub enum Reason {
 
 impl Reason {
     /// Packs a resource reason (see [`Reason::is_resource`]) into 32 bits; other reasons map to 0.
-    pub(crate) fn to_code(&self) -> u32 {
-        match *self {
+    pub(crate) fn to_code(self) -> u32 {
+        match self {
             Reason::Insufficient(c) => (1 << 16) | u32::from(c.raw()),
             Reason::UnitConstraint(c) => (2 << 16) | u32::from(c.raw()),
             Reason::GroupUnsatisfiable(i) => (3 << 16) | u32::from(i),
