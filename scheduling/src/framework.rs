@@ -6,6 +6,43 @@
 //! When the claim is committed, **permit** plugins may veto it and **reserve** plugins are told (and told
 //! again through `unreserve` if the commit fails). Plugins implement only the extension points they need; a
 //! [`crate::profile::Profile`] lists which run and with what weights.
+//!
+//! Embedders write their own plugins against this module alone: the traits, [`CycleState`] (the
+//! cluster, the state and the compiled request), the candidate set [`HostSet`] and the indexes
+//! [`ClusterIndex`] for pre-filters, and [`restrict`]/[`exclude`] to count what they remove. The
+//! built-in plugins are in [`crate::plugins`].
+//!
+//! ```
+//! use scheduling::framework::{CycleState, FilterPlugin, FitScratch};
+//! use scheduling::{Cluster, HostId, PlaceError, PlacementRequest, Placer, Profile, Reason};
+//! use std::sync::Arc;
+//!
+//! /// Keeps VMs off hosts labelled `maintenance=soon`.
+//! struct AvoidMaintenance;
+//!
+//! impl FilterPlugin for AvoidMaintenance {
+//!     fn name(&self) -> &'static str {
+//!         "AvoidMaintenance"
+//!     }
+//!     fn filter(&self, cx: &CycleState<'_>, _: &mut FitScratch, host: HostId) -> Result<(), Reason> {
+//!         match cx.cluster.host(host).labels.get("maintenance") {
+//!             Some(v) if v == "soon" => Err(Reason::Plugin(self.name())),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//! }
+//!
+//! let cluster = Cluster::from_json(r#"{"hosts": [
+//!   {"name": "a", "labels": {"maintenance": "soon"}, "inventories": {"VCPU": {"total": 8}}},
+//!   {"name": "b", "inventories": {"VCPU": {"total": 2}}}]}"#).unwrap();
+//! let mut profile = Profile::default();
+//! profile.filters.insert(0, Box::new(AvoidMaintenance));
+//! let mut placer = Placer::new(Arc::new(cluster), profile, 1);
+//! assert_eq!(placer.place(&PlacementRequest::new("vm-1", &[("VCPU", 2)])).unwrap().host, "b");
+//! let Err(PlaceError::Unschedulable(why)) = placer.place(&PlacementRequest::new("vm-2", &[("VCPU", 2)]))
+//! else { panic!() };
+//! assert_eq!(why.summary, "0/2 hosts available: 1 insufficient VCPU, 1 rejected by AvoidMaintenance");
+//! ```
 
 use crate::explain::{Diagnosis, Reason};
 use crate::model::{Cluster, HostId};

@@ -1,8 +1,9 @@
 //! Mutable placement state: usage per inventory, allocations, generations, server group membership.
 //!
-//! All mutation goes through [`State::commit`], [`State::release`], [`State::resize`] and
-//! [`State::migrate`]; each validates everything before touching anything, so a failed call leaves the
-//! state exactly as it was. Every provider tree (host) and shared provider carries a generation that is
+//! All mutation goes through [`State::commit`], [`State::release`], [`State::resize`],
+//! [`State::migrate`] and [`State::import`] (which [`State::restore`] uses to rebuild a state from
+//! persisted placements after a restart); each validates everything before touching anything, so a
+//! failed call leaves the state exactly as it was. Every provider tree (host) and shared provider carries a generation that is
 //! bumped on each change: a [`Claim`] decided against an older generation is refused (optimistic
 //! concurrency, as in OpenStack Placement).
 
