@@ -87,7 +87,7 @@ impl DiskBackend for MemoryDisk {
 
 /// A NIC back end on one end of a datagram socketpair: each datagram is one frame (with its
 /// virtio-net header).
-pub struct SocketPairNic(UnixDatagram);
+pub struct SocketPairNic(pub UnixDatagram);
 
 impl NetBackend for SocketPairNic {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
@@ -107,9 +107,12 @@ impl NetBackend for SocketPairNic {
     }
 }
 
+/// The test guest's NIC address in these examples.
+pub const GUEST_MAC: [u8; 6] = MAC;
+
 /// Plays the network on the other end: takes the guest's three test frames, then answers with
 /// one frame for the guest's MAC. Returns the payloads it received.
-fn network(peer: UnixDatagram) -> io::Result<Vec<String>> {
+pub fn network(peer: UnixDatagram) -> io::Result<Vec<String>> {
     peer.set_read_timeout(Some(Duration::from_millis(200)))?;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut seen = Vec::new();

@@ -105,6 +105,9 @@ pub struct VirtioOptions {
     pub vsock: bool,
     /// `keel.console`: test the first virtio-console device.
     pub console: bool,
+    /// `keel.blk_background`: leave a read on the first disk in flight while the other tests
+    /// run, then wait for it.
+    pub blk_background: bool,
     /// `keel.vsock_port=P`: the host (CID 2) port to connect to.
     pub vsock_port: u32,
     /// `keel.vsock_listen=Q`: the guest port to accept a connection on.
@@ -159,6 +162,7 @@ impl VirtioOptions {
             || self.net
             || self.vsock
             || self.console
+            || self.blk_background
             || self.blk_bench.is_some()
             || self.net_bench
             || self.vsock_bench
@@ -178,6 +182,7 @@ impl Default for VirtioOptions {
             net_frames: DEFAULT_NET_FRAMES,
             vsock: false,
             console: false,
+            blk_background: false,
             vsock_port: DEFAULT_VSOCK_PORT,
             vsock_listen: DEFAULT_VSOCK_LISTEN,
             wait_tsc: DEFAULT_VIRTIO_WAIT_TSC,
@@ -388,6 +393,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             ("keel.net", None) => options.virtio.net = true,
             ("keel.vsock", None) => options.virtio.vsock = true,
             ("keel.console", None) => options.virtio.console = true,
+            ("keel.blk_background", None) => options.virtio.blk_background = true,
             ("keel.net_bench", None) => options.virtio.net_bench = true,
             ("keel.vsock_bench", None) => options.virtio.vsock_bench = true,
             ("keel.blk_bench", Some(value)) => {
@@ -462,9 +468,18 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                 return Err(error("a value after '='"));
             }
             (
-                "keel.echo" | "keel.power_button" | "keel.blk" | "keel.rng" | "keel.net"
-                | "keel.vsock" | "keel.console" | "keel.net_bench" | "keel.vsock_bench"
-                | "keel.pci" | "keel.pci_move_bar",
+                "keel.echo"
+                | "keel.power_button"
+                | "keel.blk"
+                | "keel.rng"
+                | "keel.net"
+                | "keel.vsock"
+                | "keel.console"
+                | "keel.blk_background"
+                | "keel.net_bench"
+                | "keel.vsock_bench"
+                | "keel.pci"
+                | "keel.pci_move_bar",
                 Some(_),
             ) => {
                 return Err(error("the option without a value"));

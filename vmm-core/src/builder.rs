@@ -165,7 +165,11 @@ impl VmBuilder {
     /// ```
     pub fn disk<D: DiskBackend + 'static>(mut self, id: &str, backend: D, read_only: bool) -> Self {
         let entry = devices::virtio::block::VirtioBlock::with_backend_id(backend, id, read_only)
-            .map(|block| device_manager::VirtioDeviceEntry::new(id, block))
+            .map(|mut block| {
+                // On the disk's own thread: an embedder's backend may be slow (network).
+                block.set_io_mode(devices::virtio::block::IoMode::Thread);
+                device_manager::VirtioDeviceEntry::new(id, block)
+            })
             .map_err(|err| {
                 Error::Device(device_manager::DeviceManagerError::Create {
                     id: id.to_string(),

@@ -9,7 +9,7 @@
 use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::block::{BlockConfig, VirtioBlock};
+use devices::virtio::block::{BlockConfig, IoMode, VirtioBlock};
 use devices::virtio::net::{Net, NetConfig as NetDeviceConfig, TapSource};
 use devices::virtio::rng::VirtioRng;
 use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
@@ -427,6 +427,10 @@ pub fn create_virtio_devices(
             id: disk.id.clone(),
             detail: err.to_string(),
         })?;
+        // Requests on the disk's own I/O thread (io_uring when the host has it): a slow disk
+        // never holds up the event loop the NICs and consoles share.
+        let mut block = block;
+        block.set_io_mode(IoMode::Thread);
         entries.push(VirtioDeviceEntry::new(&disk.id, block));
     }
     for nic in &config.nets {

@@ -17,6 +17,7 @@ use super::deadline;
 use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue, MAX_QUEUE_SIZE};
 use super::transport::{DriverError, Transport};
 use crate::console::report;
+use crate::cpu::rdtsc;
 
 /// Sectors per data request.
 const CHUNK_SECTORS: usize = 8;
@@ -42,6 +43,72 @@ pub fn bench(
         .and_then(|mut disk| disk.bench(number, options, bench, memory));
     report_failure(number, result);
     transport.reset();
+}
+
+/// A read left in flight on the first disk while the other tests run (`keel.blk_background`):
+/// with a slow disk it shows whether the VMM keeps serving the other devices meanwhile.
+pub struct Background {
+    transport: Transport,
+    queue: Virtqueue,
+    status: DmaBuffer,
+    started: u64,
+}
+
+/// Submits a 4 KiB read of sector 0 and returns without waiting for it.
+pub fn start_background(transport: &Transport) -> Option<Background> {
+    let started = rdtsc();
+    let submit = || -> Result<Background, DriverError> {
+        transport.negotiate(0, 0)?;
+        // SAFETY: no other device uses the background arena.
+        let mut arena = unsafe { DmaArena::take_background() };
+        let mut queue = Virtqueue::new(transport, 0, &mut arena)?;
+        let header = arena.alloc(HEADER_LEN, 16)?;
+        let status = arena.alloc(1, 1)?;
+        let data = arena.alloc(8 * SECTOR_SIZE, 4096)?;
+        transport.driver_ok()?;
+        header.with_bytes(|bytes| bytes.copy_from_slice(&request_header(T_IN, 0)));
+        status.with_bytes(|bytes| bytes[0] = 0xff);
+        queue.submit(&[
+            Segment::readable(header),
+            Segment::writable(data),
+            Segment::writable(status),
+        ])?;
+        transport.notify(queue.index());
+        Ok(Background {
+            transport: *transport,
+            queue,
+            status,
+            started,
+        })
+    };
+    match submit() {
+        Ok(background) => {
+            report!("virtio-blk background read submitted");
+            Some(background)
+        }
+        Err(error) => {
+            report!("FAIL virtio-blk background {error}");
+            transport.reset();
+            None
+        }
+    }
+}
+
+/// Waits for the background read; prints `virtio-blk background read status=<s>`.
+pub fn finish_background(mut background: Background, options: &VirtioOptions) {
+    match background.queue.wait_used(
+        &background.transport,
+        deadline(options.wait_tsc),
+        "the background read",
+    ) {
+        Ok(_) => report!(
+            "virtio-blk background read status={} tsc={}",
+            background.status.with_bytes(|bytes| bytes[0]),
+            rdtsc().wrapping_sub(background.started)
+        ),
+        Err(error) => report!("FAIL virtio-blk background {error}"),
+    }
+    background.transport.reset();
 }
 
 fn report_failure(number: usize, result: Result<(), Failure>) {

@@ -88,6 +88,18 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
             .map(|(t, _)| *t)
     };
 
+    // A read left in flight on the first disk while the other tests run.
+    let background = if options.blk_background {
+        match first(ID_BLOCK) {
+            Some(transport) => blk::start_background(&transport),
+            None => {
+                report!("FAIL virtio-blk no device");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if options.blk {
         let mut number = 0;
         for (transport, _) in found().filter(|(_, id)| *id == ID_BLOCK) {
@@ -121,6 +133,9 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
             Some(transport) => console::test(&transport, options),
             None => report!("FAIL virtio-console no device"),
         }
+    }
+    if let Some(background) = background {
+        blk::finish_background(background, options);
     }
     if options.blk_bench.is_some() || options.net_bench || options.vsock_bench {
         if bench_ram {

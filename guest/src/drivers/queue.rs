@@ -46,8 +46,22 @@ unsafe impl Sync for Arena {}
 
 static ARENA: Arena = Arena(UnsafeCell::new([0; DMA_ARENA_SIZE]));
 
-/// A bump allocator over the DMA arena, owned by one driver at a time.
+#[repr(C, align(4096))]
+struct SmallArena(UnsafeCell<[u8; BACKGROUND_ARENA_SIZE]>);
+
+// SAFETY: only the BSP runs drivers, and `DmaArena::take_background` hands the memory to one
+// driver at a time.
+unsafe impl Sync for SmallArena {}
+
+/// Size of the second arena, for a request left in flight while other drivers run.
+pub const BACKGROUND_ARENA_SIZE: usize = 16 * 1024;
+
+static BACKGROUND_ARENA: SmallArena = SmallArena(UnsafeCell::new([0; BACKGROUND_ARENA_SIZE]));
+
+/// A bump allocator over a DMA arena, owned by one driver at a time.
 pub struct DmaArena {
+    base: *mut u8,
+    size: usize,
     used: usize,
 }
 
@@ -59,19 +73,37 @@ impl DmaArena {
     /// Every device set up with memory from an earlier `take` must have been reset (so it no longer
     /// touches the arena), and no buffer from an earlier `take` may still be in use.
     pub unsafe fn take() -> Self {
-        Self { used: 0 }
+        Self {
+            base: ARENA.0.get().cast::<u8>(),
+            size: DMA_ARENA_SIZE,
+            used: 0,
+        }
+    }
+
+    /// The second, smaller arena: for one device whose driver stays active while other drivers
+    /// use [`DmaArena::take`] (`keel.blk_background`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`DmaArena::take`], for the devices set up from this arena.
+    pub unsafe fn take_background() -> Self {
+        Self {
+            base: BACKGROUND_ARENA.0.get().cast::<u8>(),
+            size: BACKGROUND_ARENA_SIZE,
+            used: 0,
+        }
     }
 
     /// `len` bytes aligned to `align` (a power of two up to 4096), zeroed.
     pub fn alloc(&mut self, len: usize, align: usize) -> Result<DmaBuffer, DriverError> {
         let start = self.used.next_multiple_of(align);
         let end = start.checked_add(len).ok_or(DriverError::OutOfDmaMemory)?;
-        if end > DMA_ARENA_SIZE {
+        if end > self.size {
             return Err(DriverError::OutOfDmaMemory);
         }
         self.used = end;
         // SAFETY: the range lies inside the arena and was handed out to nobody else since `take`.
-        let ptr = unsafe { ARENA.0.get().cast::<u8>().add(start) };
+        let ptr = unsafe { self.base.add(start) };
         let buffer = DmaBuffer { ptr, len };
         buffer.with_bytes(|bytes| bytes.fill(0));
         Ok(buffer)

@@ -53,6 +53,26 @@ pub trait DiskBackend: Send {
     fn block_size(&self) -> u32 {
         SECTOR_SIZE as u32
     }
+
+    /// The file under the disk, when reads and writes of the disk are plain positional reads
+    /// and writes of that file (a raw image): the device's I/O thread then submits them to
+    /// io_uring itself, straight between the file and guest memory. `None` (the default) for
+    /// any other backend, which the thread calls as usual.
+    fn io_file(&self) -> Option<IoFile> {
+        None
+    }
+}
+
+/// A file whose bytes are the disk's bytes (see [`DiskBackend::io_file`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoFile {
+    /// The descriptor; it stays open as long as the backend lives.
+    pub fd: std::os::fd::RawFd,
+    /// Opened with `O_DIRECT`: buffers, offsets and lengths must then be aligned to
+    /// `block_size`.
+    pub direct: bool,
+    /// Alignment `O_DIRECT` needs.
+    pub block_size: u32,
 }
 
 /// A page-aligned buffer for `O_DIRECT` transfers, carved out of an over-allocated `Vec`.
@@ -209,6 +229,14 @@ impl RawFile {
 impl DiskBackend for RawFile {
     fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn io_file(&self) -> Option<IoFile> {
+        Some(IoFile {
+            fd: self.file.as_raw_fd(),
+            direct: self.direct.is_some(),
+            block_size: self.block_size,
+        })
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

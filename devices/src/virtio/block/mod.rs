@@ -11,20 +11,26 @@
 //! raw file.
 
 pub mod disk;
+mod exec;
 pub mod request;
 #[cfg(test)]
 pub(crate) mod testing;
+mod worker;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::debug;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 
-pub use disk::{DiskBackend, RawFile};
+pub use disk::{DiskBackend, IoFile, RawFile};
+pub use exec::BlockMetrics;
+
+use exec::Executor;
 pub use request::{Limits, Request, RequestKind, SectorRange, Segment};
+use worker::Worker;
 
 use super::single_queue::SingleQueue;
 use super::{
@@ -32,9 +38,7 @@ use super::{
     VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::counters::Counter;
-use request::{
-    ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-};
+use request::{ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE};
 
 /// Feature bit: `seg_max` in the config space is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -61,8 +65,6 @@ pub const MAX_DISCARD_SEG: u32 = 32;
 pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 21;
 /// Most ranges per write-zeroes request.
 pub const MAX_WRITE_ZEROES_SEG: u32 = 32;
-/// Bytes moved between guest memory and the backend at a time.
-const TRANSFER_CHUNK_LEN: usize = 128 * 1024;
 
 // Offsets into `struct virtio_blk_config` (virtio 1.2, 5.2.4).
 /// `le64 capacity`: disk size in 512-byte sectors.
@@ -161,103 +163,42 @@ pub enum BlockError {
 /// assert_eq!(u64::from_le_bytes(capacity), 8);
 /// std::fs::remove_file(path).unwrap();
 /// ```
-pub struct VirtioBlock<D: DiskBackend = RawFile> {
-    disk: D,
-    id: [u8; ID_BYTES],
-    read_only: bool,
+pub struct VirtioBlock<D: DiskBackend + 'static = RawFile> {
     limits: Limits,
     avail_features: u64,
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
-    buffer: Vec<u8>,
-    active: Option<SingleQueue>,
-    metrics: BlockMetrics,
+    mode: IoMode,
+    io: Io<D>,
+    metrics: Arc<Mutex<BlockMetrics>>,
 }
 
-/// Counters of what a block device did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BlockMetrics {
-    /// Read requests completed successfully.
-    pub read_ops: u64,
-    /// Bytes read into the guest.
-    pub read_bytes: u64,
-    /// Write requests completed successfully.
-    pub write_ops: u64,
-    /// Bytes written to the disk.
-    pub write_bytes: u64,
-    /// Flush requests completed successfully.
-    pub flushes: u64,
-    /// Discard and write-zeroes requests completed successfully.
-    pub discards: u64,
-    /// Requests that failed with an I/O error (including writes to a read-only disk).
-    pub io_errors: u64,
-    /// Requests the device or its backend does not support.
-    pub unsupported: u64,
-    /// Requests refused as malformed before any I/O (bad chain, range or length).
-    pub malformed: u64,
+/// Where a block device performs its requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoMode {
+    /// On the thread that delivers the queue notification (a vCPU or the VMM's event loop),
+    /// one request at a time. Simple and deterministic: what unit tests and fuzzing use.
+    #[default]
+    Inline,
+    /// On an I/O thread of the device's own, so a slow disk never holds up the thread that
+    /// notified it (and the other devices that thread serves). With a backend that exposes a
+    /// file ([`DiskBackend::io_file`]) and a host with io_uring, many requests are in flight at
+    /// once and reads and writes go straight between the file and guest memory; otherwise the
+    /// thread performs them one after another.
+    Thread,
 }
 
-impl BlockMetrics {
-    /// The metrics as named counters (see [`crate::counters`]).
-    pub fn counters(&self) -> Vec<Counter> {
-        vec![
-            Counter::count("read_ops", "read requests completed", self.read_ops),
-            Counter::count("read_bytes", "bytes read by the guest", self.read_bytes),
-            Counter::count("write_ops", "write requests completed", self.write_ops),
-            Counter::count(
-                "write_bytes",
-                "bytes written by the guest",
-                self.write_bytes,
-            ),
-            Counter::count("flushes", "flush requests completed", self.flushes),
-            Counter::count(
-                "discards",
-                "discard and write-zeroes requests completed",
-                self.discards,
-            ),
-            Counter::count(
-                "io_errors",
-                "requests failed with an I/O error",
-                self.io_errors,
-            ),
-            Counter::count(
-                "unsupported",
-                "requests of a kind the device does not support",
-                self.unsupported,
-            ),
-            Counter::count("malformed", "requests refused as malformed", self.malformed),
-        ]
-    }
-
-    /// Counts a request that reached the disk (or was refused there) with `status`.
-    fn record(&mut self, kind: &RequestKind, status: u8) {
-        match status {
-            VIRTIO_BLK_S_OK => {}
-            VIRTIO_BLK_S_UNSUPP => {
-                self.unsupported += 1;
-                return;
-            }
-            _ => {
-                self.io_errors += 1;
-                return;
-            }
-        }
-        let bytes = |segments: &[Segment]| segments.iter().map(|s| u64::from(s.len)).sum::<u64>();
-        match kind {
-            RequestKind::In { segments, .. } => {
-                self.read_ops += 1;
-                self.read_bytes += bytes(segments);
-            }
-            RequestKind::Out { segments, .. } => {
-                self.write_ops += 1;
-                self.write_bytes += bytes(segments);
-            }
-            RequestKind::Flush => self.flushes += 1,
-            RequestKind::Discard(_) | RequestKind::WriteZeroes(_) => self.discards += 1,
-            RequestKind::GetId { .. } => {}
-        }
-    }
+/// The device's I/O side through its lifecycle.
+enum Io<D: DiskBackend + 'static> {
+    /// Not activated: the executor waits for a queue.
+    Idle(Executor<D>),
+    /// Activated, requests performed on the notifying thread.
+    Inline(Executor<D>, SingleQueue),
+    /// Activated, requests performed on the device's I/O thread.
+    Thread(Worker<D>),
+    /// Transitional (a worker that could not be joined took the disk with it).
+    Gone,
 }
 
 impl VirtioBlock<RawFile> {
@@ -287,7 +228,7 @@ impl VirtioBlock<RawFile> {
     }
 }
 
-impl<D: DiskBackend> VirtioBlock<D> {
+impl<D: DiskBackend + 'static> VirtioBlock<D> {
     fn check_id(id: &str) -> Result<[u8; ID_BYTES], BlockError> {
         if id.len() > ID_BYTES {
             return Err(BlockError::IdTooLong {
@@ -373,19 +314,28 @@ impl<D: DiskBackend> VirtioBlock<D> {
         );
         put(CONFIG_WRITE_ZEROES_MAY_UNMAP, &[1]);
 
+        let metrics = Arc::new(Mutex::new(BlockMetrics::default()));
         Ok(VirtioBlock {
-            disk,
-            id,
-            read_only,
             limits,
             avail_features,
             acked_features: 0,
             config,
             queue_sizes: [QUEUE_SIZE],
-            buffer: vec![0u8; TRANSFER_CHUNK_LEN],
-            active: None,
-            metrics: BlockMetrics::default(),
+            mode: IoMode::Inline,
+            io: Io::Idle(Executor::new(disk, id, read_only, limits, metrics.clone())),
+            metrics,
         })
+    }
+
+    /// Chooses where requests run (before the driver activates the device; the default is
+    /// [`IoMode::Inline`]).
+    pub fn set_io_mode(&mut self, mode: IoMode) {
+        self.mode = mode;
+    }
+
+    /// Where requests run.
+    pub fn io_mode(&self) -> IoMode {
+        self.mode
     }
 
     /// Disk size in 512-byte sectors.
@@ -398,215 +348,44 @@ impl<D: DiskBackend> VirtioBlock<D> {
         &self.limits
     }
 
-    /// The disk backend.
-    pub fn disk(&self) -> &D {
-        &self.disk
+    /// The disk backend, unless the device's I/O thread holds it (while active in
+    /// [`IoMode::Thread`]).
+    pub fn disk(&self) -> Option<&D> {
+        match &self.io {
+            Io::Idle(executor) | Io::Inline(executor, _) => Some(&executor.disk),
+            Io::Thread(_) | Io::Gone => None,
+        }
     }
 
     /// What the device has done so far.
-    pub fn metrics(&self) -> &BlockMetrics {
-        &self.metrics
+    pub fn metrics(&self) -> BlockMetrics {
+        self.metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    /// Processes every available request; returns how many chains went back to the driver.
-    fn process_queue(&mut self) -> usize {
-        let Some(active) = self.active.as_mut() else {
-            return 0;
+    /// Stops the I/O thread (after its requests in flight complete) and takes the disk back.
+    fn quiesce(&mut self) {
+        self.io = match std::mem::replace(&mut self.io, Io::Gone) {
+            Io::Inline(executor, _) => Io::Idle(executor),
+            Io::Thread(worker) => match worker.stop() {
+                Some(executor) => Io::Idle(executor),
+                None => Io::Gone,
+            },
+            other => other,
         };
-        let mem = &active.mem;
-        let mut completed = 0;
-        loop {
-            // With EVENT_IDX, ask for no kicks while draining, then re-check for a race with
-            // the driver (enable_notification says whether more work arrived).
-            if let Err(err) = active.queue.disable_notification(mem) {
-                crate::guest_warn!("virtio-blk: cannot disable notifications: {err}");
-                break;
-            }
-            let mut popped = 0usize;
-            while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
-                popped += 1;
-                let head = chain.head_index();
-                let used_len = match Request::parse(chain, mem, &self.limits) {
-                    Ok(request) => {
-                        let (used_len, status) = execute(
-                            &mut self.disk,
-                            &mut self.buffer,
-                            mem,
-                            &self.id,
-                            self.read_only,
-                            &request,
-                        );
-                        self.metrics.record(&request.kind, status);
-                        used_len
-                    }
-                    Err(rejected) => {
-                        debug!("virtio-blk: request {head} rejected: {}", rejected.error);
-                        self.metrics.malformed += 1;
-                        match rejected.status {
-                            Some(status) => complete(mem, status, rejected.error.status(), 0),
-                            None => 0,
-                        }
-                    }
-                };
-                match active.queue.add_used(mem, head, used_len) {
-                    Ok(()) => completed += 1,
-                    // A head index outside the queue: nothing to return it to.
-                    Err(err) => crate::guest_warn!("virtio-blk: cannot return chain {head}: {err}"),
-                }
-            }
-            match active.queue.enable_notification(mem) {
-                // More work arrived while notifications were off. A pass that found nothing to
-                // pop (a corrupt available index) ends the loop instead of spinning.
-                Ok(true) if popped > 0 => continue,
-                Ok(_) => break,
-                Err(err) => {
-                    crate::guest_warn!("virtio-blk: cannot enable notifications: {err}");
-                    break;
-                }
-            }
-        }
-        completed
     }
 }
 
-/// Writes the status byte; returns the used length (`written` data bytes plus the status byte),
-/// or just `written` if the status byte cannot be written.
-fn complete(mem: &GuestMemoryMmap, status_addr: GuestAddress, status: u8, written: u32) -> u32 {
-    match mem.write_obj(status, status_addr) {
-        Ok(()) => written.saturating_add(1),
-        Err(err) => {
-            crate::guest_warn!(
-                "virtio-blk: status byte at {:#x} not written: {err}",
-                status_addr.raw_value()
-            );
-            written
-        }
+impl<D: DiskBackend + 'static> Drop for VirtioBlock<D> {
+    fn drop(&mut self) {
+        // Requests in flight on the I/O thread write guest memory: let them finish.
+        self.quiesce();
     }
 }
 
-/// Performs a parsed request; returns the used length for the chain and the status given.
-fn execute<D: DiskBackend>(
-    disk: &mut D,
-    buffer: &mut [u8],
-    mem: &GuestMemoryMmap,
-    id: &[u8; ID_BYTES],
-    read_only: bool,
-    request: &Request,
-) -> (u32, u8) {
-    let writes_disk = matches!(
-        request.kind,
-        RequestKind::Out { .. } | RequestKind::Discard(_) | RequestKind::WriteZeroes(_)
-    );
-    if read_only && writes_disk {
-        debug!("virtio-blk: write request on a read-only disk");
-        return (
-            complete(mem, request.status, VIRTIO_BLK_S_IOERR, 0),
-            VIRTIO_BLK_S_IOERR,
-        );
-    }
-    let mut written = 0u32;
-    let result = match &request.kind {
-        RequestKind::In { sector, segments } => {
-            read_into_guest(disk, buffer, mem, *sector, segments, &mut written)
-        }
-        RequestKind::Out { sector, segments } => {
-            write_from_guest(disk, buffer, mem, *sector, segments)
-        }
-        RequestKind::Flush => disk.flush(),
-        RequestKind::GetId { segments } => write_id(mem, id, segments, &mut written),
-        RequestKind::Discard(ranges) => ranges
-            .iter()
-            .try_for_each(|r| disk.discard(r.offset(), r.len())),
-        RequestKind::WriteZeroes(ranges) => ranges
-            .iter()
-            .try_for_each(|r| disk.write_zeroes(r.offset(), r.len(), r.unmap)),
-    };
-    let status = match result {
-        Ok(()) => VIRTIO_BLK_S_OK,
-        Err(err) if err.kind() == io::ErrorKind::Unsupported => {
-            debug!("virtio-blk: request not supported by the backend: {err}");
-            VIRTIO_BLK_S_UNSUPP
-        }
-        Err(err) => {
-            crate::guest_warn!("virtio-blk: I/O error: {err}");
-            VIRTIO_BLK_S_IOERR
-        }
-    };
-    (complete(mem, request.status, status, written), status)
-}
-
-/// IN: disk → guest, chunk by chunk; `written` counts bytes that reached guest buffers.
-fn read_into_guest<D: DiskBackend>(
-    disk: &mut D,
-    buffer: &mut [u8],
-    mem: &GuestMemoryMmap,
-    sector: u64,
-    segments: &[Segment],
-    written: &mut u32,
-) -> io::Result<()> {
-    let mut offset = sector << SECTOR_SHIFT;
-    for segment in segments {
-        let mut done = 0usize;
-        while done < segment.len as usize {
-            let chunk = (segment.len as usize - done).min(buffer.len());
-            let buf = &mut buffer[..chunk];
-            disk.read_at(offset, buf)?;
-            let addr = segment.addr.unchecked_add(done as u64);
-            mem.write_slice(buf, addr).map_err(io::Error::other)?;
-            *written = written.saturating_add(chunk as u32);
-            done += chunk;
-            offset += chunk as u64;
-        }
-    }
-    Ok(())
-}
-
-/// OUT: guest → disk, chunk by chunk.
-fn write_from_guest<D: DiskBackend>(
-    disk: &mut D,
-    buffer: &mut [u8],
-    mem: &GuestMemoryMmap,
-    sector: u64,
-    segments: &[Segment],
-) -> io::Result<()> {
-    let mut offset = sector << SECTOR_SHIFT;
-    for segment in segments {
-        let mut done = 0usize;
-        while done < segment.len as usize {
-            let chunk = (segment.len as usize - done).min(buffer.len());
-            let buf = &mut buffer[..chunk];
-            let addr = segment.addr.unchecked_add(done as u64);
-            mem.read_slice(buf, addr).map_err(io::Error::other)?;
-            disk.write_at(offset, buf)?;
-            done += chunk;
-            offset += chunk as u64;
-        }
-    }
-    Ok(())
-}
-
-/// GET_ID: the serial number, truncated to the guest's buffers.
-fn write_id(
-    mem: &GuestMemoryMmap,
-    id: &[u8; ID_BYTES],
-    segments: &[Segment],
-    written: &mut u32,
-) -> io::Result<()> {
-    let mut rest: &[u8] = id;
-    for segment in segments {
-        if rest.is_empty() {
-            break;
-        }
-        let chunk = rest.len().min(segment.len as usize);
-        mem.write_slice(&rest[..chunk], segment.addr)
-            .map_err(io::Error::other)?;
-        *written += chunk as u32;
-        rest = &rest[chunk..];
-    }
-    Ok(())
-}
-
-impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
+impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }
@@ -641,7 +420,19 @@ impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
         let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        self.active = Some(SingleQueue::activate(mem, interrupt, queues, event_idx)?);
+        let active = SingleQueue::activate(mem, interrupt, queues, event_idx)?;
+        self.quiesce();
+        let Io::Idle(executor) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return Err(ActivateError::Backend(
+                "the disk was lost with a failed I/O thread".into(),
+            ));
+        };
+        self.io = match self.mode {
+            IoMode::Inline => Io::Inline(executor, active),
+            IoMode::Thread => Io::Thread(Worker::start(executor, active).map_err(|err| {
+                ActivateError::Backend(format!("cannot start the I/O thread: {err}"))
+            })?),
+        };
         Ok(())
     }
 
@@ -650,22 +441,25 @@ impl<D: DiskBackend> VirtioDevice for VirtioBlock<D> {
             debug!("virtio-blk: notify for unknown queue {index}");
             return;
         }
-        if self.process_queue() == 0 {
-            return;
-        }
-        if let Some(active) = self.active.as_mut() {
-            active.notify_driver("virtio-blk");
+        match &mut self.io {
+            Io::Inline(executor, active) => {
+                if executor.process_queue(active) > 0 {
+                    active.notify_driver("virtio-blk");
+                }
+            }
+            Io::Thread(worker) => worker.kick(),
+            Io::Idle(_) | Io::Gone => {}
         }
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
+        self.quiesce();
         self.acked_features = 0;
-        true
+        !matches!(self.io, Io::Gone)
     }
 
     fn counters(&self) -> Vec<Counter> {
-        self.metrics.counters()
+        self.metrics().counters()
     }
 }
 
@@ -680,9 +474,12 @@ mod tests {
         HEADER_LEN, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
         VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
     };
+    use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
     use super::testing::{guest_memory, Driver, Rng, DATA, F_NEXT, F_WRITE, MEM_SIZE};
     use super::*;
     use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::QueueT;
+    use vm_memory::{Address, Bytes};
 
     const HDR: u64 = DATA;
     const STATUS: u64 = DATA + 0x100;
@@ -840,8 +637,8 @@ mod tests {
             }
             Err(err) => panic!("{err}"),
         };
-        assert!(block.disk().is_direct());
-        let block_size = block.disk().block_size();
+        assert!(block.disk().unwrap().is_direct());
+        let block_size = block.disk().unwrap().block_size();
         let mem = guest_memory();
         let mut driver = Driver::new(&mem, QUEUE_SIZE);
         driver.activate(&mut block);
