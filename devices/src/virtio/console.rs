@@ -17,9 +17,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::net::chain::{pop_or_enable_notification, ChainBuffers, Direction};
+use super::chain::{ChainBuffers, Direction};
+use super::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
 pub use super::TYPE_CONSOLE;
-use super::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::console::ConsoleInput;
 use crate::counters::Counter;
 
@@ -108,64 +109,45 @@ impl<W: Write + Send> VirtioConsole<W> {
         &self.metrics
     }
 
-    fn write_out(&mut self, bytes: &[u8]) {
-        self.metrics.out_bytes += bytes.len() as u64;
-        if let Err(err) = self
-            .output
-            .write_all(bytes)
-            .and_then(|()| self.output.flush())
-        {
-            debug!("virtio-console: output writer failed: {err}");
-            self.metrics.lost_bytes += bytes.len() as u64;
-        }
-    }
-
-    fn signal(active: &Active, queue: u16) {
-        if let Err(err) = active.interrupt.trigger(InterruptKind::Queue(queue)) {
-            crate::guest_warn!("virtio-console: cannot raise the queue interrupt: {err}");
-        }
-    }
-
     /// Moves the guest's output from the transmit queue to the writer.
     fn process_tx(&mut self) {
-        let Some(mut active) = self.active.take() else {
+        let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut completed = false;
-        while let Some(chain) = pop_or_enable_notification(&mut active.tx, &active.mem) {
+        let mem = &active.mem;
+        let (output, buffer, metrics) = (&mut self.output, &mut self.buffer, &mut self.metrics);
+        let returned = drain_queue(&mut active.tx, mem, "virtio-console tx", |chain| {
             let head = chain.head_index();
-            match ChainBuffers::new(&active.mem, chain, Direction::DeviceReads, MAX_TX_CHAIN) {
+            match ChainBuffers::new(mem, chain, Direction::DeviceReads, MAX_TX_CHAIN) {
                 Ok(buffers) => {
                     let mut offset = 0;
                     while offset < buffers.len() {
-                        let mut chunk = std::mem::take(&mut self.buffer);
-                        match buffers.read_at(&active.mem, offset, &mut chunk) {
-                            Ok(0) | Err(_) => {
-                                self.buffer = chunk;
-                                break;
-                            }
+                        match buffers.read_at(mem, offset, buffer) {
+                            Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                self.write_out(&chunk[..n]);
+                                write_out(output, metrics, &buffer[..n]);
                                 offset += n;
-                                self.buffer = chunk;
                             }
                         }
                     }
                 }
                 Err(err) => {
                     debug!("virtio-console: tx chain {head} dropped: {err}");
-                    self.metrics.malformed += 1;
+                    metrics.malformed += 1;
                 }
             }
-            if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
-                crate::guest_warn!("virtio-console: tx queue: {err}");
-            }
-            completed = true;
+            Some(0)
+        });
+        if returned > 0 {
+            let interrupt = active.interrupt.as_ref();
+            notify_used(
+                &mut active.tx,
+                mem,
+                interrupt,
+                TX_QUEUE,
+                "virtio-console tx",
+            );
         }
-        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            Self::signal(&active, TX_QUEUE);
-        }
-        self.active = Some(active);
     }
 
     /// Fills the guest's receive buffers with pending input.
@@ -203,14 +185,30 @@ impl<W: Write + Send> VirtioConsole<W> {
             }
             completed = true;
         }
-        if completed && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            Self::signal(active, RX_QUEUE);
+        if completed {
+            let interrupt = active.interrupt.as_ref();
+            notify_used(
+                &mut active.rx,
+                &active.mem,
+                interrupt,
+                RX_QUEUE,
+                "virtio-console rx",
+            );
         }
         if had_input && self.input.is_empty() {
             if let Err(err) = self.drained.write(1) {
                 crate::guest_warn!("virtio-console: cannot signal input drained: {err}");
             }
         }
+    }
+}
+
+/// Writes guest output, counting what the writer refused as lost.
+fn write_out(output: &mut impl Write, metrics: &mut ConsoleMetrics, bytes: &[u8]) {
+    metrics.out_bytes += bytes.len() as u64;
+    if let Err(err) = output.write_all(bytes).and_then(|()| output.flush()) {
+        debug!("virtio-console: output writer failed: {err}");
+        metrics.lost_bytes += bytes.len() as u64;
     }
 }
 
@@ -264,7 +262,7 @@ impl<W: Write + Send> VirtioDevice for VirtioConsole<W> {
         // emerg_wr: the low byte is a character to print (the spec's only writable field).
         if offset == EMERG_WR_OFFSET {
             if let Some(&byte) = data.first() {
-                self.write_out(&[byte]);
+                write_out(&mut self.output, &mut self.metrics, &[byte]);
             }
         }
     }
@@ -327,7 +325,8 @@ impl<W: Write + Send> VirtioDevice for VirtioConsole<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::net::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS};
+    use crate::virtio::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS};
+    use crate::virtio::InterruptKind;
     use vm_memory::{Bytes, GuestAddress};
 
     struct Setup<'m> {

@@ -217,7 +217,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::virtio::recorder::Recorder;
+    use crate::virtio::testing::Recorder;
     use crate::virtio::{status, VIRTIO_F_VERSION_1};
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;

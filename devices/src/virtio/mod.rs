@@ -12,14 +12,16 @@
 //! transport-independent negotiation and queue set-up in [`transport`].
 
 pub mod block;
+pub mod chain;
 pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod pci;
-#[cfg(test)]
-mod recorder;
+pub mod queue_ops;
 pub mod rng;
 mod single_queue;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 pub mod vsock;
 

@@ -640,7 +640,7 @@ mod tests {
     };
     use crate::pci::msix::tests::RecordingRoute;
     use crate::pci::msix::{MsiMessage, MSIX_CONTROL_ENABLE, MSIX_CONTROL_FUNCTION_MASK};
-    use crate::virtio::recorder::Recorder;
+    use crate::virtio::testing::Recorder;
     use crate::virtio::{status, VIRTIO_F_VERSION_1};
     use vm_memory::GuestAddress;
 

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use log::debug;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
+use super::queue_ops::drain_queue;
 use super::single_queue::SingleQueue;
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::counters::Counter;
@@ -184,24 +185,21 @@ impl<E: EntropySource> VirtioRng<E> {
             return 0;
         };
         let mem = &active.mem;
-        let mut completed = 0;
-        while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+        let (source, buffer) = (&mut self.source, &mut self.buffer);
+        let (requests, bytes) = (&mut self.requests, &mut self.bytes);
+        drain_queue(&mut active.queue, mem, "virtio-rng", |chain| {
             let head = chain.head_index();
             let used_len = match writable_buffers(chain, mem) {
-                Ok(descs) => Self::fill_chain(&mut self.source, &mut self.buffer, mem, &descs),
+                Ok(descs) => Self::fill_chain(source, buffer, mem, &descs),
                 Err(err) => {
                     debug!("virtio-rng: chain {head} rejected: {err}");
                     0
                 }
             };
-            self.requests += 1;
-            self.bytes += u64::from(used_len);
-            match active.queue.add_used(mem, head, used_len) {
-                Ok(()) => completed += 1,
-                Err(err) => crate::guest_warn!("virtio-rng: cannot return chain {head}: {err}"),
-            }
-        }
-        completed
+            *requests += 1;
+            *bytes += u64::from(used_len);
+            Some(used_len)
+        })
     }
 }
 
@@ -270,7 +268,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::virtio::block::testing::{guest_memory, Driver, Rng, DATA, F_NEXT, MEM_SIZE};
+    use crate::virtio::testing::{test_memory, DriverQueue, Rng, BUFFERS, F_NEXT, MEMORY_SIZE};
 
     /// A deterministic source: byte `n` of its output is `n as u8 ^ salt`, so tests can tell
     /// exactly which bytes reached the guest. Counts the bytes it produced.
@@ -309,19 +307,16 @@ mod tests {
     #[test]
     fn fills_writable_buffers() {
         let (mut rng, _) = counting_rng(false);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         let interrupt = driver.activate(&mut rng);
-        let head = driver.add_chain(&[(DATA, 100, true), (DATA + 0x1000, 5000, true)]);
+        let head = driver.add_chain(&[(BUFFERS, 100, true), (BUFFERS + 0x1000, 5000, true)]);
         rng.queue_notify(0);
-        assert_eq!(driver.used_idx(), 1);
+        assert_eq!(driver.used_count(), 1);
         assert_eq!(driver.used(0), (u32::from(head), 5100));
-        assert_eq!(driver.read(DATA, 100), expected(0, 100));
-        assert_eq!(driver.read(DATA + 0x1000, 5000), expected(100, 5000));
-        assert_eq!(
-            interrupt.raised.lock().unwrap()[..],
-            [InterruptKind::Queue(0)]
-        );
+        assert_eq!(driver.read(BUFFERS, 100), expected(0, 100));
+        assert_eq!(driver.read(BUFFERS + 0x1000, 5000), expected(100, 5000));
+        assert_eq!(interrupt.raised()[..], [InterruptKind::Queue(0)]);
     }
 
     #[test]
@@ -335,29 +330,29 @@ mod tests {
         HostRandom.fill(&mut empty).unwrap();
 
         let mut rng = VirtioRng::new();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut rng);
-        driver.add_chain(&[(DATA, 4096, true)]);
+        driver.add_chain(&[(BUFFERS, 4096, true)]);
         rng.queue_notify(0);
         assert_eq!(driver.used(0).1, 4096);
-        assert_ne!(driver.read(DATA, 4096), vec![0u8; 4096]);
+        assert_ne!(driver.read(BUFFERS, 4096), vec![0u8; 4096]);
     }
 
     #[test]
     fn rejects_device_readable_and_out_of_memory_descriptors() {
         let (mut rng, produced) = counting_rng(false);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut rng);
-        driver.write(DATA, &[0xee; 64]);
-        let end = MEM_SIZE as u64;
-        driver.add_chain(&[(DATA, 64, false)]);
-        driver.add_chain(&[(DATA, 32, true), (DATA + 32, 32, false)]);
+        driver.write(BUFFERS, &[0xee; 64]);
+        let end = MEMORY_SIZE;
+        driver.add_chain(&[(BUFFERS, 64, false)]);
+        driver.add_chain(&[(BUFFERS, 32, true), (BUFFERS + 32, 32, false)]);
         driver.add_chain(&[(end - 16, 32, true)]);
         driver.add_chain(&[(u64::MAX - 8, 16, true)]);
         rng.queue_notify(0);
-        assert_eq!(driver.used_idx(), 4);
+        assert_eq!(driver.used_count(), 4);
         for n in 0..4 {
             assert_eq!(
                 driver.used(n).1,
@@ -366,7 +361,7 @@ mod tests {
             );
         }
         assert_eq!(
-            driver.read(DATA, 64),
+            driver.read(BUFFERS, 64),
             vec![0xee; 64],
             "guest memory untouched"
         );
@@ -376,17 +371,20 @@ mod tests {
     #[test]
     fn caps_the_bytes_per_request() {
         let (mut rng, produced) = counting_rng(false);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut rng);
-        let huge = (MEM_SIZE as u64 - DATA) as u32;
-        driver.add_chain(&[(DATA, 1000, true), (DATA + 0x1000, huge - 0x1000, true)]);
-        driver.add_chain(&[(DATA, u32::MAX, true)]);
+        let huge = (MEMORY_SIZE - BUFFERS) as u32;
+        driver.add_chain(&[
+            (BUFFERS, 1000, true),
+            (BUFFERS + 0x1000, huge - 0x1000, true),
+        ]);
+        driver.add_chain(&[(BUFFERS, u32::MAX, true)]);
         rng.queue_notify(0);
         assert_eq!(driver.used(0).1 as usize, MAX_BYTES_PER_REQUEST);
         assert_eq!(driver.used(1).1, 0, "4 GiB is outside guest memory");
         assert_eq!(*produced.lock().unwrap(), MAX_BYTES_PER_REQUEST);
-        let tail = DATA + 0x1000 + (MAX_BYTES_PER_REQUEST - 1000) as u64;
+        let tail = BUFFERS + 0x1000 + (MAX_BYTES_PER_REQUEST - 1000) as u64;
         assert_eq!(
             driver.read(tail, 16),
             vec![0u8; 16],
@@ -397,15 +395,15 @@ mod tests {
     #[test]
     fn source_failures_and_odd_chains_return_empty() {
         let (mut rng, _) = counting_rng(true);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, 8);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, 8);
         driver.activate(&mut rng);
-        driver.add_chain(&[(DATA, 64, true)]);
-        driver.add_chain(&[(DATA, 0, true)]);
+        driver.add_chain(&[(BUFFERS, 64, true)]);
+        driver.add_chain(&[(BUFFERS, 0, true)]);
         // A descriptor pointing at itself: the chain never ends.
-        driver.add_raw(2, &[Descriptor::new(DATA, 64, F_NEXT | 2, 2)]);
+        driver.add_raw(2, &[Descriptor::new(BUFFERS, 64, F_NEXT | 2, 2)]);
         rng.queue_notify(0);
-        assert_eq!(driver.used_idx(), 3);
+        assert_eq!(driver.used_count(), 3);
         for n in 0..3 {
             assert_eq!(driver.used(n).1, 0);
         }
@@ -421,12 +419,12 @@ mod tests {
     #[test]
     fn random_chains_never_panic() {
         let (mut rng, produced) = counting_rng(false);
-        let mem = guest_memory();
+        let mem = test_memory();
         let mut gen = Rng::new(7);
-        let addrs = [0, DATA, MEM_SIZE as u64 - 8, u64::MAX - 4];
+        let addrs = [0, BUFFERS, MEMORY_SIZE - 8, u64::MAX - 4];
         let lens = [0, 1, 512, 70_000, u32::MAX];
         for _ in 0..300 {
-            let mut driver = Driver::new(&mem, 16);
+            let mut driver = DriverQueue::new(&mem, 0, 16);
             driver.activate(&mut rng);
             let count = 1 + gen.below(16) as u16;
             let descs: Vec<Descriptor> = (0..count)

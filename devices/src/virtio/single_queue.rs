@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
+
+use super::queue_ops::notify_used;
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, InterruptKind, VirtioInterrupt};
+use super::{ActivateError, VirtioInterrupt};
 
 /// Guest memory, the interrupt line and the one queue of an activated device.
 pub(crate) struct SingleQueue {
@@ -44,17 +46,12 @@ impl SingleQueue {
     /// event index cannot be read it interrupts anyway: a spurious interrupt is harmless, a
     /// missing one leaves the driver waiting. `device` names the device in logs.
     pub fn notify_driver(&mut self, device: &str) {
-        let needed = self
-            .queue
-            .needs_notification(&self.mem)
-            .unwrap_or_else(|err| {
-                crate::guest_warn!("{device}: cannot read the used event index: {err}");
-                true
-            });
-        if needed {
-            if let Err(err) = self.interrupt.trigger(InterruptKind::Queue(0)) {
-                crate::guest_warn!("{device}: cannot raise the queue interrupt: {err}");
-            }
-        }
+        notify_used(
+            &mut self.queue,
+            &self.mem,
+            self.interrupt.as_ref(),
+            0,
+            device,
+        );
     }
 }

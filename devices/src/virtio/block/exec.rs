@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use log::debug;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{
@@ -15,6 +15,7 @@ use super::request::{
 };
 use super::DiskBackend;
 use crate::counters::Counter;
+use crate::virtio::queue_ops::drain_queue;
 use crate::virtio::single_queue::SingleQueue;
 
 /// Bytes moved between guest memory and the backend at a time.
@@ -203,7 +204,8 @@ impl<D: DiskBackend> Executor<D> {
     /// to the driver.
     pub(crate) fn process_queue(&mut self, active: &mut SingleQueue) -> usize {
         let mut completed = 0;
-        drain_queue(active, |mem, chain| {
+        let mem = &active.mem;
+        drain_queue(&mut active.queue, mem, "virtio-blk", |chain| {
             let used_len = match self.parse(chain, mem) {
                 Ok(request) => self.perform(mem, &request),
                 Err(used_len) => used_len,
@@ -212,44 +214,6 @@ impl<D: DiskBackend> Executor<D> {
             Some(used_len)
         });
         completed
-    }
-}
-
-/// Pops every available chain and hands it to `serve`, which returns the used length to
-/// complete it with now, or `None` when it will be completed later (asynchronous I/O). With
-/// EVENT_IDX the driver is asked not to notify while the queue drains, and the queue is checked
-/// once more after notifications are re-enabled, so no request is missed.
-pub(crate) fn drain_queue(
-    active: &mut SingleQueue,
-    mut serve: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
-) {
-    let mem = &active.mem;
-    loop {
-        if let Err(err) = active.queue.disable_notification(mem) {
-            crate::guest_warn!("virtio-blk: cannot disable notifications: {err}");
-            break;
-        }
-        let mut popped = 0usize;
-        while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
-            popped += 1;
-            let head = chain.head_index();
-            if let Some(used_len) = serve(mem, chain) {
-                if let Err(err) = active.queue.add_used(mem, head, used_len) {
-                    // A head index outside the queue: nothing to return it to.
-                    crate::guest_warn!("virtio-blk: cannot return chain {head}: {err}");
-                }
-            }
-        }
-        match active.queue.enable_notification(mem) {
-            // More work arrived while notifications were off. A pass that found nothing to pop
-            // (a corrupt available index) ends the loop instead of spinning.
-            Ok(true) if popped > 0 => continue,
-            Ok(_) => break,
-            Err(err) => {
-                crate::guest_warn!("virtio-blk: cannot enable notifications: {err}");
-                break;
-            }
-        }
     }
 }
 

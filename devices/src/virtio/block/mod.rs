@@ -13,8 +13,6 @@
 pub mod disk;
 mod exec;
 pub mod request;
-#[cfg(test)]
-pub(crate) mod testing;
 mod worker;
 
 use std::io;
@@ -475,15 +473,16 @@ mod tests {
         VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
     };
     use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
-    use super::testing::{guest_memory, Driver, Rng, DATA, F_NEXT, F_WRITE, MEM_SIZE};
     use super::*;
+    use crate::virtio::testing::{
+        test_memory, DriverQueue, Rng, BUFFERS, F_NEXT, F_WRITE, MEMORY_SIZE,
+    };
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::QueueT;
-    use vm_memory::{Address, Bytes};
 
-    const HDR: u64 = DATA;
-    const STATUS: u64 = DATA + 0x100;
-    const BUF: u64 = DATA + 0x1000;
+    const HDR: u64 = BUFFERS;
+    const STATUS: u64 = BUFFERS + 0x100;
+    const BUF: u64 = BUFFERS + 0x1000;
     const MIB: usize = 1 << 20;
 
     /// A temporary image file, removed on drop.
@@ -529,7 +528,7 @@ mod tests {
             .collect()
     }
 
-    fn put_header(driver: &Driver, request_type: u32, sector: u64) {
+    fn put_header(driver: &DriverQueue, request_type: u32, sector: u64) {
         let mut header = [0u8; HEADER_LEN as usize];
         header[..4].copy_from_slice(&request_type.to_le_bytes());
         header[8..].copy_from_slice(&sector.to_le_bytes());
@@ -540,7 +539,7 @@ mod tests {
     /// Queues header + `data` + status, notifies, and returns (status byte, used length).
     fn submit(
         device: &mut dyn VirtioDevice,
-        driver: &mut Driver,
+        driver: &mut DriverQueue,
         request_type: u32,
         sector: u64,
         data: &[(u64, u32, bool)],
@@ -550,10 +549,10 @@ mod tests {
         bufs.extend_from_slice(data);
         bufs.push((STATUS, 1, true));
         let head = driver.add_chain(&bufs);
-        let before = driver.used_idx();
+        let before = driver.used_count();
         device.queue_notify(0);
         assert_eq!(
-            driver.used_idx(),
+            driver.used_count(),
             before.wrapping_add(1),
             "one chain returned"
         );
@@ -573,8 +572,8 @@ mod tests {
     fn reads_and_writes_round_trip_through_the_image_file() {
         let image = TempImage::new(&pattern(MIB, 0));
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         let interrupt = driver.activate(&mut block);
 
         // OUT: 3 segments (one larger than the transfer chunk) at sector 10.
@@ -617,7 +616,7 @@ mod tests {
             2,
             "one interrupt per notification that completed work"
         );
-        assert_eq!(interrupt.raised.lock().unwrap()[0], InterruptKind::Queue(0));
+        assert_eq!(interrupt.raised()[0], InterruptKind::Queue(0));
     }
 
     #[test]
@@ -639,8 +638,8 @@ mod tests {
         };
         assert!(block.disk().unwrap().is_direct());
         let block_size = block.disk().unwrap().block_size();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         // Guest buffers at odd (sector-aligned, not page-aligned) addresses.
         let data = pattern(8 * 4096, 3);
@@ -732,8 +731,8 @@ mod tests {
     fn flush_asks_the_backend_to_sync() {
         let disk = RecordingDisk::new(4096);
         let mut block = recording_block(disk.clone(), false);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         let (status, used) = submit(&mut block, &mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
         assert_eq!((status, used), (VIRTIO_BLK_S_OK, 1));
@@ -744,8 +743,8 @@ mod tests {
     fn flush_on_a_real_file_succeeds() {
         let image = TempImage::new(&[0u8; 4096]);
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         let (status, _) = submit(&mut block, &mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
         assert_eq!(status, VIRTIO_BLK_S_OK);
@@ -756,8 +755,8 @@ mod tests {
         let mut disk = RecordingDisk::new(4096);
         disk.fail_with = Some(io::ErrorKind::Other);
         let mut block = recording_block(disk.clone(), false);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         let (status, used) = submit(
             &mut block,
@@ -777,7 +776,7 @@ mod tests {
         let mut disk = RecordingDisk::new(4096);
         disk.fail_with = Some(io::ErrorKind::Unsupported);
         let mut block = recording_block(disk, false);
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         let (status, _) = submit(&mut block, &mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
         assert_eq!(status, VIRTIO_BLK_S_UNSUPP);
@@ -787,8 +786,8 @@ mod tests {
     fn get_id_returns_the_configured_serial() {
         let image = TempImage::new(&[0u8; 4096]);
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         driver.write(BUF, &[0xee; 32]);
         let (status, used) = submit(
@@ -829,8 +828,8 @@ mod tests {
         let image = TempImage::new(&vec![0xabu8; 4 * MIB]);
         std::fs::File::open(&image.0).unwrap().sync_all().unwrap();
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         let before = allocated(&image.0);
 
@@ -891,8 +890,8 @@ mod tests {
             features & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES),
             0
         );
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         driver.write(BUF, &[0u8; 512]);
         let (status, used) = submit(
@@ -1013,13 +1012,13 @@ mod tests {
         let image = TempImage::new(&pattern(64 * 1024, 1));
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
         let capacity = block.capacity();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
-        let end = MEM_SIZE as u64;
+        let end = MEMORY_SIZE;
 
         // Errors the device reports in the status byte (used length 1).
-        type Case<'a> = (u32, u64, &'a [testing::Buf], u8);
+        type Case<'a> = (u32, u64, &'a [crate::virtio::testing::Buf], u8);
         let reported: &[Case] = &[
             (
                 VIRTIO_BLK_T_IN,
@@ -1083,16 +1082,16 @@ mod tests {
         for bufs in dropped {
             put_header(&driver, VIRTIO_BLK_T_FLUSH, 0);
             driver.add_chain(bufs);
-            let before = driver.used_idx();
+            let before = driver.used_count();
             block.queue_notify(0);
-            assert_eq!(driver.used_idx(), before + 1, "{bufs:?}");
+            assert_eq!(driver.used_count(), before + 1, "{bufs:?}");
             assert_eq!(driver.used(before).1, 0, "{bufs:?}: used length");
             assert_eq!(driver.read(STATUS, 1), [0xff], "{bufs:?}: status untouched");
         }
         // A lone status byte is too short to be a request, but the error can be reported.
         driver.write(STATUS, &[0xff]);
         driver.add_chain(&[(STATUS, 1, true)]);
-        let before = driver.used_idx();
+        let before = driver.used_count();
         block.queue_notify(0);
         assert_eq!(driver.used(before).1, 1);
         assert_eq!(driver.read(STATUS, 1), [VIRTIO_BLK_S_IOERR]);
@@ -1117,8 +1116,8 @@ mod tests {
     fn descriptor_loops_are_returned_without_hanging() {
         let image = TempImage::new(&[0u8; 4096]);
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         put_header(&driver, VIRTIO_BLK_T_IN, 0);
         // 0 -> 1 -> 2 -> 0: the chain never ends.
@@ -1131,7 +1130,7 @@ mod tests {
             ],
         );
         block.queue_notify(0);
-        assert_eq!(driver.used_idx(), 1);
+        assert_eq!(driver.used_count(), 1);
         assert_eq!(driver.used(0), (0, 0));
         assert_eq!(driver.read(STATUS, 1), [0xff]);
     }
@@ -1140,9 +1139,9 @@ mod tests {
     fn queue_sizes_must_be_powers_of_two() {
         assert!(Queue::new(255).is_err());
         assert!(Queue::new(0).is_err());
-        let mem = guest_memory();
-        let driver = Driver::new(&mem, QUEUE_SIZE);
-        let mut queue = driver.queue();
+        let mem = test_memory();
+        let driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
+        let mut queue = driver.device_queue();
         assert!(queue.is_valid(&mem));
         // The queue refuses the size and keeps the one it had.
         assert!(queue.try_set_size(100).is_err());
@@ -1151,7 +1150,7 @@ mod tests {
         assert!(queue.try_set_size(64).is_ok());
         assert!(queue.is_valid(&mem));
         // A ring outside guest memory is not valid either.
-        queue.set_desc_table_address(Some(MEM_SIZE as u32), Some(0));
+        queue.set_desc_table_address(Some(MEMORY_SIZE as u32), Some(0));
         assert!(
             !queue.is_valid(&mem),
             "a transport refuses to activate this queue"
@@ -1159,7 +1158,7 @@ mod tests {
         let mut block = recording_block(RecordingDisk::new(512), false);
         let err = block.activate(
             mem.clone(),
-            Arc::new(testing::RecordingInterrupt::default()),
+            crate::virtio::testing::RecordingInterrupt::new(),
             vec![],
         );
         assert!(matches!(
@@ -1173,33 +1172,25 @@ mod tests {
 
     #[test]
     fn event_idx_suppresses_interrupts_the_driver_did_not_ask_for() {
-        let mem = guest_memory();
+        let mem = test_memory();
         let mut block = recording_block(RecordingDisk::new(4096), false);
         block.set_acked_features(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         let interrupt = driver.activate(&mut block);
         // used_event = 1: interrupt once the used index moves past 1, i.e. on the second chain.
-        let used_event = driver
-            .vq
-            .avail_addr()
-            .unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
-        mem.write_obj(1u16, used_event).unwrap();
+        driver.set_used_event(1);
         submit(&mut block, &mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
         assert_eq!(interrupt.count(), 0, "driver asked to be woken later");
         submit(&mut block, &mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
         assert_eq!(interrupt.count(), 1);
         // The device publishes avail_event so the driver can skip kicks too.
-        let avail_event = driver
-            .vq
-            .used_addr()
-            .unchecked_add(4 + 8 * u64::from(QUEUE_SIZE));
-        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+        assert_eq!(driver.avail_event(), 2);
 
         // Without EVENT_IDX every completion interrupts.
         let mut block = recording_block(RecordingDisk::new(4096), false);
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         let interrupt = driver.activate(&mut block);
-        mem.write_obj(1u16, used_event).unwrap();
+        driver.set_used_event(1);
         submit(&mut block, &mut driver, VIRTIO_BLK_T_FLUSH, 0, &[]);
         assert_eq!(interrupt.count(), 1);
     }
@@ -1208,15 +1199,15 @@ mod tests {
     fn several_chains_per_notification_and_reset() {
         let disk = RecordingDisk::new(8192);
         let mut block = recording_block(disk.clone(), false);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         let interrupt = driver.activate(&mut block);
         put_header(&driver, VIRTIO_BLK_T_FLUSH, 0);
         for _ in 0..5 {
             driver.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]);
         }
         block.queue_notify(0);
-        assert_eq!(driver.used_idx(), 5);
+        assert_eq!(driver.used_count(), 5);
         assert_eq!(interrupt.count(), 1, "one interrupt for the batch");
         block.queue_notify(1); // no such queue
         block.queue_notify(0); // nothing new
@@ -1224,7 +1215,7 @@ mod tests {
         assert!(block.reset());
         driver.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]);
         block.queue_notify(0);
-        assert_eq!(driver.used_idx(), 5, "a reset device processes nothing");
+        assert_eq!(driver.used_count(), 5, "a reset device processes nothing");
         assert_eq!(disk.calls.lock().unwrap().len(), 5);
     }
 
@@ -1232,12 +1223,12 @@ mod tests {
     fn random_chains_through_the_queue_never_panic() {
         let image = TempImage::new(&[0u8; 64 * 1024]);
         let mut block = VirtioBlock::new(&image.config(false)).unwrap();
-        let mem = guest_memory();
+        let mem = test_memory();
         let mut rng = Rng::new(42);
-        let addrs = [HDR, STATUS, BUF, 0, MEM_SIZE as u64 - 8, u64::MAX - 4];
+        let addrs = [HDR, STATUS, BUF, 0, MEMORY_SIZE - 8, u64::MAX - 4];
         let lens = [0, 1, 16, 20, 32, 512, 4096, u32::MAX];
         for round in 0..300 {
-            let mut driver = Driver::new(&mem, 16);
+            let mut driver = DriverQueue::new(&mem, 0, 16);
             let interrupt = driver.activate(&mut block);
             put_header(&driver, rng.below(16) as u32, rng.below(160));
             driver.write(
@@ -1255,7 +1246,7 @@ mod tests {
                 .collect();
             driver.add_raw(0, &descs);
             block.queue_notify(0);
-            let used = driver.used_idx();
+            let used = driver.used_count();
             assert!(
                 used <= count,
                 "round {round}: at most one used entry per head"

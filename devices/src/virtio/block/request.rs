@@ -559,15 +559,15 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::block::testing::{
-        guest_memory, Driver, Rng, DATA, F_INDIRECT, F_NEXT, F_WRITE,
+    use crate::virtio::testing::{
+        test_memory, DriverQueue, Rng, BUFFERS, F_INDIRECT, F_NEXT, F_WRITE,
     };
     use virtio_queue::{Queue, QueueOwnedT};
     use vm_memory::GuestMemoryMmap;
 
-    const HDR: u64 = DATA;
-    const STATUS: u64 = DATA + 0x100;
-    const BUF: u64 = DATA + 0x1000;
+    const HDR: u64 = BUFFERS;
+    const STATUS: u64 = BUFFERS + 0x100;
+    const BUF: u64 = BUFFERS + 0x1000;
 
     fn limits() -> Limits {
         Limits {
@@ -627,7 +627,7 @@ mod tests {
 
     #[test]
     fn well_formed_requests_parse() {
-        let mem = guest_memory();
+        let mem = test_memory();
         let read = parse(&mem, VIRTIO_BLK_T_IN, 3, &[writable(BUF, 1024)]).unwrap();
         assert_eq!(
             read,
@@ -661,7 +661,7 @@ mod tests {
 
     #[test]
     fn malformed_chain_shapes_are_rejected() {
-        let mem = guest_memory();
+        let mem = test_memory();
         let limits = limits();
         // Empty chain and a lone status byte: nothing to report into, or too short.
         let empty = Request::parse(Vec::new(), &mem, &limits).unwrap_err();
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn bad_status_descriptors_drop_the_request() {
-        let mem = guest_memory();
+        let mem = test_memory();
         header(&mem, VIRTIO_BLK_T_FLUSH, 0);
         let cases = [
             (
@@ -739,11 +739,11 @@ mod tests {
         }
     }
 
-    const MEM_END: u64 = crate::virtio::block::testing::MEM_SIZE as u64;
+    const MEM_END: u64 = crate::virtio::testing::MEMORY_SIZE;
 
     #[test]
     fn bad_headers_are_rejected() {
-        let mem = guest_memory();
+        let mem = test_memory();
         let limits = limits();
         for (hdr, expected) in [
             (
@@ -801,7 +801,7 @@ mod tests {
 
     #[test]
     fn data_descriptors_are_checked() {
-        let mem = guest_memory();
+        let mem = test_memory();
         // Direction: reads need device-writable buffers, writes device-readable ones.
         assert_eq!(
             error(parse(&mem, VIRTIO_BLK_T_IN, 0, &[readable(BUF, 512)])),
@@ -889,7 +889,7 @@ mod tests {
 
     #[test]
     fn sectors_beyond_capacity_are_rejected() {
-        let mem = guest_memory();
+        let mem = test_memory();
         // 64 sectors: the last one is readable, one more is not.
         assert!(parse(&mem, VIRTIO_BLK_T_IN, 63, &[writable(BUF, 512)]).is_ok());
         assert_eq!(
@@ -938,7 +938,7 @@ mod tests {
 
     #[test]
     fn discard_and_write_zeroes_ranges_are_checked() {
-        let mem = guest_memory();
+        let mem = test_memory();
         range(&mem, BUF, 4, 8, 0);
         range(&mem, BUF + 16, 20, 4, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
         let zeroes = parse(&mem, VIRTIO_BLK_T_WRITE_ZEROES, 0, &[readable(BUF, 32)]).unwrap();
@@ -1027,8 +1027,8 @@ mod tests {
     }
 
     /// Parses the first chain a real queue yields, so the chain iterator's bounds apply.
-    fn parse_from_queue(mem: &GuestMemoryMmap, driver: &Driver) -> Result<Request, Rejected> {
-        let mut queue: Queue = driver.queue();
+    fn parse_from_queue(mem: &GuestMemoryMmap, driver: &DriverQueue) -> Result<Request, Rejected> {
+        let mut queue: Queue = driver.device_queue();
         let chain = queue
             .iter(mem)
             .unwrap()
@@ -1039,10 +1039,10 @@ mod tests {
 
     #[test]
     fn descriptor_loops_and_bad_next_indices_end_as_errors() {
-        let mem = guest_memory();
+        let mem = test_memory();
         header(&mem, VIRTIO_BLK_T_IN, 0);
         // 0 -> 1 -> 0 -> ...: virtio-queue's iterator stops after `queue size` descriptors.
-        let mut driver = Driver::new(&mem, 16);
+        let mut driver = DriverQueue::new(&mem, 0, 16);
         driver.add_raw(
             0,
             &[
@@ -1057,21 +1057,21 @@ mod tests {
             RequestError::ChainTooLong(_) | RequestError::Unterminated
         ));
         // A self-loop on a queue small enough that the whole loop fits under seg_max.
-        let mut driver = Driver::new(&mem, 4);
+        let mut driver = DriverQueue::new(&mem, 0, 4);
         driver.add_raw(0, &[Descriptor::new(HDR, 16, F_NEXT, 0)]);
         assert_eq!(
             parse_from_queue(&mem, &driver).unwrap_err().error,
             RequestError::Unterminated
         );
         // A next index outside the descriptor table.
-        let mut driver = Driver::new(&mem, 4);
+        let mut driver = DriverQueue::new(&mem, 0, 4);
         driver.add_raw(0, &[Descriptor::new(HDR, 16, F_NEXT, 200)]);
         assert_eq!(
             parse_from_queue(&mem, &driver).unwrap_err().error,
             RequestError::Unterminated
         );
         // An indirect table whose length is not a whole number of descriptors yields nothing.
-        let mut driver = Driver::new(&mem, 4);
+        let mut driver = DriverQueue::new(&mem, 0, 4);
         driver.add_raw(0, &[Descriptor::new(BUF, 17, F_INDIRECT, 0)]);
         assert_eq!(
             parse_from_queue(&mem, &driver).unwrap_err(),
@@ -1084,7 +1084,7 @@ mod tests {
 
     #[test]
     fn random_chains_never_panic_and_valid_results_are_in_bounds() {
-        let mem = guest_memory();
+        let mem = test_memory();
         let limits = limits();
         let mut rng = Rng::new(0x6b65_656c);
         let addrs = [HDR, BUF, STATUS, 0, MEM_END - 16, MEM_END, u64::MAX - 8];

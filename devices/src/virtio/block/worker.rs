@@ -23,11 +23,12 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::IoFile;
-use super::exec::{complete, drain_queue, Executor, Op};
+use super::exec::{complete, Executor, Op};
 use super::request::{
     RequestKind, Segment, SECTOR_SHIFT, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use super::{DiskBackend, QUEUE_SIZE};
+use crate::virtio::queue_ops::drain_queue;
 use crate::virtio::single_queue::SingleQueue;
 use virtio_queue::QueueT;
 
@@ -267,7 +268,8 @@ impl Uring {
         active: &mut SingleQueue,
     ) -> usize {
         let mut completed = 0;
-        drain_queue(active, |mem, chain| {
+        let mem = &active.mem;
+        drain_queue(&mut active.queue, mem, "virtio-blk", |chain| {
             let head = chain.head_index();
             let request = match executor.parse(chain, mem) {
                 Ok(request) => request,
@@ -446,24 +448,24 @@ mod tests {
     use super::super::request::{
         HEADER_LEN, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
-    use super::super::testing::{guest_memory, Driver, DATA};
     use super::super::{BlockConfig, DiskBackend, IoMode, VirtioBlock, QUEUE_SIZE};
+    use crate::virtio::testing::{test_memory, DriverQueue, BUFFERS};
     use crate::virtio::VirtioDevice;
 
     /// Headers and status bytes of request `i` live apart from every other request's, so many
     /// can be in flight at once.
     fn header_addr(i: u64) -> u64 {
-        DATA + i * 0x20
+        BUFFERS + i * 0x20
     }
     fn status_addr(i: u64) -> u64 {
-        DATA + 0x2000 + i
+        BUFFERS + 0x2000 + i
     }
     /// Data of request `i`: 4 KiB.
     fn data_addr(i: u64) -> u64 {
-        DATA + 0x1_0000 + i * 0x1000
+        BUFFERS + 0x1_0000 + i * 0x1000
     }
 
-    fn queue_request(driver: &mut Driver, i: u64, request_type: u32, sector: u64, data: bool) {
+    fn queue_request(driver: &mut DriverQueue, i: u64, request_type: u32, sector: u64, data: bool) {
         let mut header = [0u8; HEADER_LEN as usize];
         header[..4].copy_from_slice(&request_type.to_le_bytes());
         header[8..].copy_from_slice(&sector.to_le_bytes());
@@ -477,13 +479,13 @@ mod tests {
         driver.add_chain(&bufs);
     }
 
-    fn wait_used(driver: &Driver, count: u16) {
+    fn wait_used(driver: &DriverQueue, count: u16) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while driver.used_idx() != count {
+        while driver.used_count() != count {
             assert!(
                 Instant::now() < deadline,
                 "{} of {count} used",
-                driver.used_idx()
+                driver.used_count()
             );
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -506,8 +508,8 @@ mod tests {
         };
         let mut block = VirtioBlock::new(&config).unwrap();
         block.set_io_mode(IoMode::Thread);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         let interrupt = driver.activate(&mut block);
         assert!(block.disk().is_none(), "the I/O thread holds the disk");
         // 32 writes of 4 KiB, one notification.
@@ -609,8 +611,8 @@ mod tests {
         let disk = slow_disk(Duration::from_millis(300));
         let mut block = VirtioBlock::with_backend_id(disk.clone(), "slow", false).unwrap();
         block.set_io_mode(IoMode::Thread);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         driver.write(data_addr(0), &[7; 4096]);
         queue_request(&mut driver, 0, VIRTIO_BLK_T_OUT, 8, true);
@@ -632,8 +634,8 @@ mod tests {
         let disk = slow_disk(Duration::from_millis(300));
         let mut block = VirtioBlock::with_backend_id(disk, "slow", false).unwrap();
         block.set_io_mode(IoMode::Thread);
-        let mem = guest_memory();
-        let mut driver = Driver::new(&mem, QUEUE_SIZE);
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
         driver.activate(&mut block);
         queue_request(&mut driver, 0, VIRTIO_BLK_T_IN, 0, true);
         block.queue_notify(0);
@@ -641,7 +643,7 @@ mod tests {
         assert!(block.reset());
         // After reset returns the device touches guest memory no more: the request it was
         // performing finished first.
-        assert_eq!(driver.used_idx(), 1);
+        assert_eq!(driver.used_count(), 1);
         assert_eq!(driver.read(status_addr(0), 1), [0]);
     }
 }

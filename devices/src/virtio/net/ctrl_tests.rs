@@ -7,8 +7,8 @@ use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::ctrl::*;
-use super::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS, MEMORY_SIZE};
 use super::*;
+use crate::virtio::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS, MEMORY_SIZE};
 use crate::virtio::{ActivateError, InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const RX_RING: u64 = 0;

@@ -13,13 +13,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::counters::Counter;
 
 use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
-use super::chain::{pop_or_enable_notification, ChainBuffers, Direction};
 use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
 use super::ctrl::{self, VIRTIO_NET_ERR};
 use super::ctrl_state::{CtrlState, RxFilter};
 use super::features;
 use super::header::{VirtioNetHeader, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN};
 use super::tap::{Tap, TapError};
+use crate::virtio::chain::{ChainBuffers, Direction};
+use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
 use crate::virtio::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -404,63 +405,26 @@ impl Net {
         flags
     }
 
-    fn signal(interrupt: &Arc<dyn VirtioInterrupt>, queue: u16, id: &str) {
-        if let Err(err) = interrupt.trigger(InterruptKind::Queue(queue)) {
-            error!("net `{id}`: cannot raise interrupt for queue {queue}: {err}");
-        }
-    }
-
     /// Sends every frame the driver queued on the transmit queue to the backend.
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut completed = false;
-        loop {
-            if let Err(err) = active.tx.disable_notification(&active.mem) {
-                crate::guest_warn!("net `{}`: tx queue: {err}", self.id);
-            }
-            let mut popped = false;
-            while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
-                popped = true;
-                let head = chain.head_index();
-                transmit_chain(
-                    &self.id,
-                    &active.mem,
-                    chain,
-                    self.acked_features,
-                    &mut self.tx_frame,
-                    self.backend.as_mut(),
-                    &mut self.metrics,
-                );
-                if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
-                    crate::guest_warn!(
-                        "net `{}`: tx queue: cannot complete chain {head}: {err}",
-                        self.id
-                    );
-                }
-                completed = true;
-            }
-            // A broken available index makes the ring look non-empty while nothing pops:
-            // only go round again if this pass made progress.
-            match active.tx.enable_notification(&active.mem) {
-                Ok(true) if popped => continue,
-                Ok(true) => {
-                    crate::guest_warn!(
-                        "net `{}`: tx queue: available index is inconsistent",
-                        self.id
-                    );
-                    break;
-                }
-                Ok(false) => break,
-                Err(err) => {
-                    crate::guest_warn!("net `{}`: tx queue: {err}", self.id);
-                    break;
-                }
-            }
-        }
-        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            Self::signal(&active.interrupt, TX_QUEUE, &self.id);
+        let (id, acked, frame) = (&self.id, self.acked_features, &mut self.tx_frame);
+        let (backend, metrics) = (self.backend.as_mut(), &mut self.metrics);
+        let tag = format_args!("net `{id}` tx");
+        let returned = drain_queue(&mut active.tx, &active.mem, tag, |chain| {
+            transmit_chain(id, &active.mem, chain, acked, frame, backend, metrics);
+            Some(0)
+        });
+        if returned > 0 {
+            notify_used(
+                &mut active.tx,
+                &active.mem,
+                active.interrupt.as_ref(),
+                TX_QUEUE,
+                tag,
+            );
         }
     }
 
@@ -476,67 +440,36 @@ impl Net {
             );
             return;
         };
-        let mem = &active.mem;
-        let mut completed = false;
-        loop {
-            if let Err(err) = queue.disable_notification(mem) {
-                crate::guest_warn!("net `{}`: ctrl queue: {err}", self.id);
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                let (ack_addr, ack) = match ctrl::parse_request(chain, mem, self.acked_features) {
-                    Ok(request) => {
-                        self.metrics.ctrl_ok += 1;
-                        (
-                            Some(request.ack),
-                            self.ctrl.apply(request.command, &self.id),
-                        )
-                    }
-                    Err(rejected) => {
-                        debug!(
-                            "net `{}`: control request {head} rejected: {}",
-                            self.id, rejected.error
-                        );
-                        self.metrics.ctrl_rejected += 1;
-                        (rejected.ack, VIRTIO_NET_ERR)
-                    }
-                };
-                let used_len = match ack_addr.map(|addr| mem.write_obj(ack, addr)) {
-                    Some(Ok(())) => 1,
-                    Some(Err(err)) => {
-                        crate::guest_warn!("net `{}`: ctrl ack not written: {err}", self.id);
-                        0
-                    }
-                    None => 0,
-                };
-                if let Err(err) = queue.add_used(mem, head, used_len) {
-                    crate::guest_warn!(
-                        "net `{}`: ctrl queue: cannot complete chain {head}: {err}",
-                        self.id
+        let (id, acked, mem) = (&self.id, self.acked_features, &active.mem);
+        let (ctrl, metrics) = (&mut self.ctrl, &mut self.metrics);
+        let tag = format_args!("net `{id}` ctrl");
+        let returned = drain_queue(queue, mem, tag, |chain| {
+            let head = chain.head_index();
+            let (ack_addr, ack) = match ctrl::parse_request(chain, mem, acked) {
+                Ok(request) => {
+                    metrics.ctrl_ok += 1;
+                    (Some(request.ack), ctrl.apply(request.command, id))
+                }
+                Err(rejected) => {
+                    debug!(
+                        "net `{id}`: control request {head} rejected: {}",
+                        rejected.error
                     );
+                    metrics.ctrl_rejected += 1;
+                    (rejected.ack, VIRTIO_NET_ERR)
                 }
-                completed = true;
+            };
+            match ack_addr.map(|addr| mem.write_obj(ack, addr)) {
+                Some(Ok(())) => Some(1),
+                Some(Err(err)) => {
+                    crate::guest_warn!("net `{id}`: ctrl ack not written: {err}");
+                    Some(0)
+                }
+                None => Some(0),
             }
-            match queue.enable_notification(mem) {
-                Ok(true) if popped => continue,
-                Ok(true) => {
-                    crate::guest_warn!(
-                        "net `{}`: ctrl queue: available index is inconsistent",
-                        self.id
-                    );
-                    break;
-                }
-                Ok(false) => break,
-                Err(err) => {
-                    crate::guest_warn!("net `{}`: ctrl queue: {err}", self.id);
-                    break;
-                }
-            }
-        }
-        if completed && queue.needs_notification(mem).unwrap_or(true) {
-            Self::signal(&active.interrupt, CTRL_QUEUE, &self.id);
+        });
+        if returned > 0 {
+            notify_used(queue, mem, active.interrupt.as_ref(), CTRL_QUEUE, tag);
         }
     }
 
@@ -703,8 +636,15 @@ impl Net {
                 self.metrics.rx_dropped += 1;
             }
         }
-        if signal && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            Self::signal(&active.interrupt, RX_QUEUE, id);
+        if signal {
+            let tag = format_args!("net `{id}` rx");
+            notify_used(
+                &mut active.rx,
+                &active.mem,
+                active.interrupt.as_ref(),
+                RX_QUEUE,
+                tag,
+            );
         }
         outcome
     }

@@ -32,7 +32,6 @@
 //! `SPEED_DUPLEX` config fields, and ECN-marked segmentation offload.
 
 mod backend;
-pub mod chain;
 mod config;
 pub mod ctrl;
 mod ctrl_state;
@@ -41,8 +40,6 @@ mod ctrl_tests;
 mod device;
 pub mod header;
 mod tap;
-#[cfg(test)]
-pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -10,8 +10,8 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS, MEMORY_SIZE};
 use super::*;
+use crate::virtio::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS, MEMORY_SIZE};
 use crate::virtio::{InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 const RX_RING: u64 = 0;

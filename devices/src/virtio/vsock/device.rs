@@ -12,9 +12,10 @@ use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::{validate_tx, HDR_LEN, MAX_PAYLOAD};
 use crate::counters::Counter;
-use crate::virtio::net::chain::{pop_or_enable_notification, ChainBuffers, Direction};
+use crate::virtio::chain::{ChainBuffers, Direction};
+use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
 use crate::virtio::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    ActivateError, VirtioDevice, VirtioInterrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -133,85 +134,57 @@ impl Vsock {
         self.process_rx();
     }
 
-    fn signal(interrupt: &Arc<dyn VirtioInterrupt>, queue: u16, id: &str) {
-        if let Err(err) = interrupt.trigger(InterruptKind::Queue(queue)) {
-            error!("vsock `{id}`: cannot raise interrupt for queue {queue}: {err}");
-        }
-    }
-
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let id = &self.id;
-        let mut completed = false;
-        loop {
-            if let Err(err) = active.tx.disable_notification(&active.mem) {
-                crate::guest_warn!("vsock `{id}`: tx queue: {err}");
-            }
-            let mut popped = false;
-            while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
-                popped = true;
-                let head = chain.head_index();
-                let packet = &mut self.packet;
-                let parsed =
-                    ChainBuffers::new(&active.mem, chain, Direction::DeviceReads, packet.len())
-                        .map_err(|err| err.to_string())
-                        .and_then(|buffers| {
-                            let read = buffers
-                                .read_at(&active.mem, 0, packet)
-                                .map_err(|err| err.to_string())?;
-                            Ok((buffers.len(), read))
-                        });
-                match parsed {
-                    Ok((chain_len, read)) => {
-                        match validate_tx(&packet[..read], chain_len, self.guest_cid) {
-                            Ok(header) => {
-                                let data = &packet[HDR_LEN..HDR_LEN + header.len as usize];
-                                self.muxer.send_pkt(&header, data);
-                                self.metrics.tx_packets += 1;
-                                self.metrics.tx_bytes += u64::from(header.len);
-                            }
-                            Err(err) => {
-                                debug!("vsock `{id}`: tx packet dropped: {err}");
-                                self.metrics.tx_malformed += 1;
-                                if err.warrants_reset() {
-                                    if let Some(header) =
-                                        super::packet::PacketHeader::parse(&packet[..read])
-                                    {
-                                        self.muxer.queue_reset(&header);
-                                    }
-                                }
+        let (id, guest_cid, mem) = (&self.id, self.guest_cid, &active.mem);
+        let (packet, muxer, metrics) = (&mut self.packet, &mut self.muxer, &mut self.metrics);
+        let tag = format_args!("vsock `{id}` tx");
+        let returned = drain_queue(&mut active.tx, mem, tag, |chain| {
+            let parsed = ChainBuffers::new(mem, chain, Direction::DeviceReads, packet.len())
+                .map_err(|err| err.to_string())
+                .and_then(|buffers| {
+                    let read = buffers
+                        .read_at(mem, 0, packet)
+                        .map_err(|err| err.to_string())?;
+                    Ok((buffers.len(), read))
+                });
+            match parsed {
+                Ok((chain_len, read)) => match validate_tx(&packet[..read], chain_len, guest_cid) {
+                    Ok(header) => {
+                        let data = &packet[HDR_LEN..HDR_LEN + header.len as usize];
+                        muxer.send_pkt(&header, data);
+                        metrics.tx_packets += 1;
+                        metrics.tx_bytes += u64::from(header.len);
+                    }
+                    Err(err) => {
+                        debug!("vsock `{id}`: tx packet dropped: {err}");
+                        metrics.tx_malformed += 1;
+                        if err.warrants_reset() {
+                            if let Some(header) =
+                                super::packet::PacketHeader::parse(&packet[..read])
+                            {
+                                muxer.queue_reset(&header);
                             }
                         }
                     }
-                    Err(err) => {
-                        debug!("vsock `{id}`: tx chain dropped: {err}");
-                        self.metrics.tx_malformed += 1;
-                    }
-                }
-                if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
-                    crate::guest_warn!("vsock `{id}`: tx queue: {err}");
-                }
-                completed = true;
-            }
-            // A broken available index makes the ring look non-empty while nothing pops:
-            // only go round again if this pass made progress.
-            match active.tx.enable_notification(&active.mem) {
-                Ok(true) if popped => continue,
-                Ok(true) => {
-                    crate::guest_warn!("vsock `{id}`: tx queue: available index is inconsistent");
-                    break;
-                }
-                Ok(false) => break,
+                },
                 Err(err) => {
-                    crate::guest_warn!("vsock `{id}`: tx queue: {err}");
-                    break;
+                    debug!("vsock `{id}`: tx chain dropped: {err}");
+                    metrics.tx_malformed += 1;
                 }
             }
-        }
-        if completed && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            Self::signal(&active.interrupt, TX_QUEUE, id);
+            Some(0)
+        });
+        if returned > 0 {
+            notify_used(
+                &mut active.tx,
+                mem,
+                active.interrupt.as_ref(),
+                TX_QUEUE,
+                tag,
+            );
         }
         // Requests, resets and credit updates the packets caused.
         self.process_rx();
@@ -269,8 +242,15 @@ impl Vsock {
             self.metrics.rx_bytes += u64::from(header.len);
             completed = true;
         }
-        if completed && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            Self::signal(&active.interrupt, RX_QUEUE, id);
+        if completed {
+            let tag = format_args!("vsock `{id}` rx");
+            notify_used(
+                &mut active.rx,
+                &active.mem,
+                active.interrupt.as_ref(),
+                RX_QUEUE,
+                tag,
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::packet::{op, shutdown, PacketHeader, HDR_LEN, TYPE_STREAM};
 use super::*;
-use crate::virtio::net::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS};
+use crate::virtio::testing::{test_memory, DriverQueue, RecordingInterrupt, BUFFERS};
 use crate::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
 
 const GUEST_CID: u64 = 3;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 /// Records every call a transport makes; two queues of 16, offers VERSION_1 and bit 0.
 pub(crate) struct Recorder {

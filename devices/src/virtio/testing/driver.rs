@@ -1,35 +1,18 @@
-//! Test support shared by the virtio-net and virtio-vsock tests: guest memory, a mock driver
-//! queue that tracks its own descriptor indices, and an interrupt that records what it raised.
+//! The driver's side of a split virtqueue, for device tests.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::virtio::{InterruptKind, VirtioInterrupt};
+use super::{RecordingInterrupt, F_NEXT, F_WRITE};
+use crate::virtio::VirtioDevice;
 
-/// Descriptor flag: the chain continues at `next`.
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the device writes this buffer.
-const VIRTQ_DESC_F_WRITE: u16 = 2;
-
-/// Size of test guest memory: queues in the first MiB, buffers from [`BUFFERS`].
-pub(crate) const MEMORY_SIZE: u64 = 0x40_0000;
-/// Where tests put buffers.
-pub(crate) const BUFFERS: u64 = 0x10_0000;
-
-pub(crate) fn test_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY_SIZE as usize)]).unwrap()
-}
-
-/// A plain descriptor (no chaining); `write` makes it device-writable.
-pub(crate) fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
-    let flags = if write { VIRTQ_DESC_F_WRITE } else { 0 };
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-}
+/// One buffer of a chain: address, length, device-writable.
+pub(crate) type Buf = (u64, u32, bool);
 
 /// The driver's side of one queue.
 ///
@@ -50,6 +33,10 @@ impl<'m> DriverQueue<'m> {
     /// A queue of `size` entries whose rings start at `base`.
     pub(crate) fn new(mem: &'m GuestMemoryMmap, base: u64, size: u16) -> Self {
         assert!(size <= 256, "rings of at most 256 entries fit the layout");
+        // A queue set up again at the same place starts from an empty used ring.
+        let used_ring_len = 6 + 8 * usize::from(size);
+        mem.write_slice(&vec![0; used_ring_len], GuestAddress(base + 0x2000))
+            .unwrap();
         DriverQueue {
             used_ring: GuestAddress(base + 0x2000),
             mem,
@@ -67,9 +54,28 @@ impl<'m> DriverQueue<'m> {
         queue
     }
 
+    /// Activates `device` on this one queue with a recording interrupt.
+    pub(crate) fn activate(&self, device: &mut dyn VirtioDevice) -> Arc<RecordingInterrupt> {
+        let interrupt = RecordingInterrupt::new();
+        device
+            .activate(
+                self.mem.clone(),
+                interrupt.clone(),
+                vec![self.device_queue()],
+            )
+            .unwrap();
+        interrupt
+    }
+
+    /// Writes raw descriptors at table index `first` and makes each chain head available.
+    pub(crate) fn add_raw(&mut self, first: u16, descs: &[Descriptor]) {
+        let raw: Vec<RawDescriptor> = descs.iter().map(|d| RawDescriptor::from(*d)).collect();
+        self.mock.add_desc_chains(&raw, first).unwrap();
+    }
+
     /// Makes `buffers` (address, length, device-writable) available as one chain; returns the
     /// head index.
-    pub(crate) fn add_chain(&mut self, buffers: &[(u64, u32, bool)]) -> u16 {
+    pub(crate) fn add_chain(&mut self, buffers: &[Buf]) -> u16 {
         assert!(self.posted < self.size, "the mock driver queue is full");
         self.posted += 1;
         let head = self.next_desc;
@@ -77,13 +83,13 @@ impl<'m> DriverQueue<'m> {
             .iter()
             .enumerate()
             .map(|(i, &(addr, len, write))| {
-                let mut flags = if write { VIRTQ_DESC_F_WRITE } else { 0 };
+                let mut flags = if write { F_WRITE } else { 0 };
                 let mut next = 0;
                 if i + 1 < buffers.len() {
-                    flags |= VIRTQ_DESC_F_NEXT;
+                    flags |= F_NEXT;
                     next = (head + i as u16 + 1) % self.size;
                 }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
             })
             .collect();
         self.mock.add_desc_chains(&descs, head).unwrap();
@@ -120,26 +126,16 @@ impl<'m> DriverQueue<'m> {
         let len = self.mem.read_obj(elem.unchecked_add(4)).unwrap();
         (id, len)
     }
-}
 
-/// Records every interrupt the device raises.
-#[derive(Default)]
-pub(crate) struct RecordingInterrupt(Mutex<Vec<InterruptKind>>);
-
-impl RecordingInterrupt {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// Writes `bytes` into guest memory at `addr`.
+    pub(crate) fn write(&self, addr: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
     }
 
-    /// Interrupts raised so far, and forget them.
-    pub(crate) fn take(&self) -> Vec<InterruptKind> {
-        std::mem::take(&mut self.0.lock().unwrap())
-    }
-}
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
+    /// Reads `len` bytes of guest memory at `addr`.
+    pub(crate) fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.mem.read_slice(&mut out, GuestAddress(addr)).unwrap();
+        out
     }
 }

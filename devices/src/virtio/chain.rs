@@ -4,9 +4,10 @@
 //! device-writable part). [`ChainBuffers`] records the segments of one direction after
 //! checking that the chain has no descriptor of the other direction, that every segment lies
 //! in guest memory and that the total stays under a limit; copying in and out is then
-//! infallible except for guest memory changing under us. Shared by virtio-net and virtio-vsock.
+//! infallible except for guest memory changing under us. Shared by virtio-net, virtio-vsock and
+//! virtio-console, and there for an embedder's own devices.
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 /// Why a descriptor chain is unusable.
@@ -181,30 +182,10 @@ impl ChainBuffers {
     }
 }
 
-/// Takes the next chain a device fills; when the ring looks empty, re-enables driver
-/// notifications (in event-index mode this publishes `avail_event`) and looks once more, so
-/// the driver's next buffer is sure to be notified.
-pub fn pop_or_enable_notification<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    if let Some(chain) = queue.pop_descriptor_chain(mem) {
-        return Some(chain);
-    }
-    match queue.enable_notification(mem) {
-        Ok(true) => queue.pop_descriptor_chain(mem),
-        Ok(false) => None,
-        Err(err) => {
-            crate::guest_warn!("virtio: cannot enable queue notifications: {err}");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::net::testing::{desc, test_memory};
+    use crate::virtio::testing::{desc, test_memory};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::QueueOwnedT;
 

@@ -1,0 +1,186 @@
+//! The queue loop every device shares: take the driver's chains, hand each back with its used
+//! length, and tell the driver without losing a notification or spinning on a broken ring.
+//!
+//! With `VIRTIO_RING_F_EVENT_IDX` a driver notifies only when the available index passes the
+//! device's `avail_event`, so a device that stops taking chains must publish a fresh
+//! `avail_event` (re-enable notifications) and then look at the ring once more: a chain added
+//! between its last pop and the re-enable would otherwise wait for a notification that never
+//! comes. [`drain_queue`] does that for devices that serve whatever the driver queues (block,
+//! transmit queues, entropy, control queues); [`pop_or_enable_notification`] does it one chain
+//! at a time for devices that fill chains as host data arrives (receive queues).
+//!
+//! A guest can corrupt its available index so the ring looks non-empty while nothing pops;
+//! both functions then stop instead of spinning, and warn (rate-limited).
+//!
+//! ```
+//! use devices::virtio::queue_ops::{drain_queue, notify_used};
+//! # use std::sync::Arc;
+//! # use devices::virtio::{InterruptKind, VirtioInterrupt};
+//! # use virtio_queue::{desc::{split::Descriptor, RawDescriptor}, mock::MockSplitQueue, QueueT};
+//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! # struct NoIrq;
+//! # impl VirtioInterrupt for NoIrq {
+//! #     fn trigger(&self, _: InterruptKind) -> std::io::Result<()> { Ok(()) }
+//! # }
+//! # let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+//! # let driver = MockSplitQueue::new(&mem, 16);
+//! # driver.build_desc_chain(&[RawDescriptor::from(Descriptor::new(0x8000, 64, 0, 0))]).unwrap();
+//! # let mut queue: virtio_queue::Queue = driver.create_queue().unwrap();
+//! # let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(NoIrq);
+//! // A device that consumes what the driver sends and returns every chain at once.
+//! let returned = drain_queue(&mut queue, &mem, "my-device", |chain| {
+//!     let bytes: u32 = chain.map(|desc| desc.len()).sum();
+//!     assert_eq!(bytes, 64);
+//!     Some(0) // nothing written into the chain
+//! });
+//! assert_eq!(returned, 1);
+//! notify_used(&mut queue, &mem, interrupt.as_ref(), 0, "my-device");
+//! ```
+
+use std::fmt;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{InterruptKind, VirtioInterrupt};
+
+/// Pops every available chain on `queue` and hands it to `serve`, which returns the used length
+/// to complete it with now, or `None` when the device completes it later itself (asynchronous
+/// I/O). Notifications stay off while the queue drains and the ring is checked again after they
+/// are re-enabled, so no chain is missed. Returns how many chains went back to the driver;
+/// `device` names the device in warnings (a `&str` or `format_args!`, formatted only if a
+/// warning is logged).
+pub fn drain_queue<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    device: impl fmt::Display,
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Option<u32>,
+) -> usize {
+    let mut returned = 0;
+    loop {
+        if let Err(err) = queue.disable_notification(mem) {
+            crate::guest_warn!("{device}: cannot disable queue notifications: {err}");
+        }
+        let mut popped = 0usize;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped += 1;
+            let head = chain.head_index();
+            let Some(used_len) = serve(chain) else {
+                continue;
+            };
+            match queue.add_used(mem, head, used_len) {
+                Ok(()) => returned += 1,
+                // A head outside the queue: there is nothing to return it to.
+                Err(err) => crate::guest_warn!("{device}: cannot return chain {head}: {err}"),
+            }
+        }
+        match queue.enable_notification(mem) {
+            // More chains arrived while notifications were off.
+            Ok(true) if popped > 0 => continue,
+            Ok(true) => {
+                crate::guest_warn!("{device}: the available index is inconsistent");
+                break;
+            }
+            Ok(false) => break,
+            Err(err) => {
+                crate::guest_warn!("{device}: cannot enable queue notifications: {err}");
+                break;
+            }
+        }
+    }
+    returned
+}
+
+/// Takes the next chain a device fills; when the ring looks empty, re-enables driver
+/// notifications (in event-index mode this publishes `avail_event`) and looks once more, so the
+/// driver's next buffer is sure to be notified.
+pub fn pop_or_enable_notification<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        return Some(chain);
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        Ok(false) => None,
+        Err(err) => {
+            crate::guest_warn!("virtio: cannot enable queue notifications: {err}");
+            None
+        }
+    }
+}
+
+/// Raises queue `index`'s interrupt after the device returned chains, unless the driver's event
+/// index says it needs none. When the event index cannot be read it interrupts anyway: a
+/// spurious interrupt is harmless, a missing one leaves the driver waiting.
+pub fn notify_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+    device: impl fmt::Display,
+) {
+    let needed = queue.needs_notification(mem).unwrap_or_else(|err| {
+        crate::guest_warn!("{device}: cannot read the used event index: {err}");
+        true
+    });
+    if needed {
+        if let Err(err) = interrupt.trigger(InterruptKind::Queue(index)) {
+            crate::guest_warn!("{device}: cannot raise the interrupt of queue {index}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::{desc, test_memory};
+    use std::cell::Cell;
+    use virtio_queue::mock::MockSplitQueue;
+
+    #[test]
+    fn drains_everything_and_counts_what_went_back() {
+        let mem = test_memory();
+        let driver = MockSplitQueue::new(&mem, 16);
+        for i in 0..3u64 {
+            driver
+                .build_desc_chain(&[desc(0x10_0000 + i * 0x1000, 8, false)])
+                .unwrap();
+        }
+        let mut queue: Queue = driver.create_queue().unwrap();
+        let served = Cell::new(0);
+        // The second chain is kept for later (as asynchronous I/O would).
+        let returned = drain_queue(&mut queue, &mem, "test", |_| {
+            served.set(served.get() + 1);
+            (served.get() != 2).then_some(4)
+        });
+        assert_eq!((served.get(), returned), (3, 2));
+        assert_eq!(queue.next_used(), 2);
+        assert!(queue.pop_descriptor_chain(&mem).is_none());
+    }
+
+    #[test]
+    fn a_corrupt_available_index_does_not_spin() {
+        let mem = test_memory();
+        let driver = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = driver.create_queue().unwrap();
+        // Claim 40000 chains in a 16-entry ring: the queue refuses to pop any.
+        driver.avail().idx().store(40_000);
+        let returned = drain_queue(&mut queue, &mem, "test", |_| Some(0));
+        assert_eq!(returned, 0);
+    }
+
+    #[test]
+    fn an_empty_ring_reenables_notifications() {
+        let mem = test_memory();
+        let driver = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = driver.create_queue().unwrap();
+        queue.set_event_idx(true);
+        assert!(pop_or_enable_notification(&mut queue, &mem).is_none());
+        driver
+            .build_desc_chain(&[desc(0x10_0000, 8, true)])
+            .unwrap();
+        assert!(pop_or_enable_notification(&mut queue, &mem).is_some());
+    }
+}
