@@ -10,14 +10,16 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::mem::offset_of;
 use std::sync::Arc;
 
 use log::debug;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{ChainBuffers, Direction};
+use super::config_space::{read_config_bytes, ConsoleConfigSpace};
 use super::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
 pub use super::TYPE_CONSOLE;
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
@@ -36,9 +38,6 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const INPUT_CAPACITY: usize = 4096;
 /// Largest transmit chain copied in one go; a longer one is dropped as malformed.
 const MAX_TX_CHAIN: usize = 64 * 1024;
-/// Config space: cols (u16), rows (u16), max_nr_ports (u32), emerg_wr (u32).
-const CONFIG_LEN: usize = 12;
-const EMERG_WR_OFFSET: u64 = 8;
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -246,21 +245,16 @@ impl<W: Write + Send> VirtioDevice for VirtioConsole<W> {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // cols = rows = 0 (no F_SIZE), max_nr_ports = 1 (ignored without F_MULTIPORT), emerg_wr
         // reads as 0.
-        let mut config = [0u8; CONFIG_LEN];
-        config[4..8].copy_from_slice(&1u32.to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
+        let config = ConsoleConfigSpace {
+            max_nr_ports: 1.into(),
+            ..Default::default()
         };
-        if let Some(bytes) = config.get(start..) {
-            let len = bytes.len().min(data.len());
-            data[..len].copy_from_slice(&bytes[..len]);
-        }
+        read_config_bytes(config.as_slice(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // emerg_wr: the low byte is a character to print (the spec's only writable field).
-        if offset == EMERG_WR_OFFSET {
+        if offset == offset_of!(ConsoleConfigSpace, emerg_wr) as u64 {
             if let Some(&byte) = data.first() {
                 write_out(&mut self.output, &mut self.metrics, &[byte]);
             }

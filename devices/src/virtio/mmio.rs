@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use log::debug;
+use virtio_bindings::virtio_mmio as mmio;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -25,45 +26,45 @@ use crate::bus::BusDevice;
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 
 /// "virt", little endian.
-const MAGIC_VALUE: u32 = 0x7472_6976;
+const MAGIC_VALUE: u32 = u32::from_le_bytes(*b"virt");
 /// Modern virtio-mmio.
 const MMIO_VERSION: u32 = 2;
 /// Vendor ID reported to the driver ("KEEL").
 pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"KEEL");
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_MAGIC: u64 = mmio::VIRTIO_MMIO_MAGIC_VALUE as u64;
+const REG_VERSION: u64 = mmio::VIRTIO_MMIO_VERSION as u64;
+const REG_DEVICE_ID: u64 = mmio::VIRTIO_MMIO_DEVICE_ID as u64;
+const REG_VENDOR_ID: u64 = mmio::VIRTIO_MMIO_VENDOR_ID as u64;
+const REG_DEVICE_FEATURES: u64 = mmio::VIRTIO_MMIO_DEVICE_FEATURES as u64;
+const REG_DEVICE_FEATURES_SEL: u64 = mmio::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
+const REG_DRIVER_FEATURES: u64 = mmio::VIRTIO_MMIO_DRIVER_FEATURES as u64;
+const REG_DRIVER_FEATURES_SEL: u64 = mmio::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
+const REG_QUEUE_SEL: u64 = mmio::VIRTIO_MMIO_QUEUE_SEL as u64;
+const REG_QUEUE_NUM_MAX: u64 = mmio::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
+const REG_QUEUE_NUM: u64 = mmio::VIRTIO_MMIO_QUEUE_NUM as u64;
+const REG_QUEUE_READY: u64 = mmio::VIRTIO_MMIO_QUEUE_READY as u64;
+const REG_QUEUE_NOTIFY: u64 = mmio::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Offset of the QueueNotify register, where a VMM may place an ioeventfd per queue (the
 /// driver writes the queue index, 32 bits wide).
 pub const QUEUE_NOTIFY_OFFSET: u64 = REG_QUEUE_NOTIFY;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const REG_INTERRUPT_STATUS: u64 = mmio::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
+const REG_INTERRUPT_ACK: u64 = mmio::VIRTIO_MMIO_INTERRUPT_ACK as u64;
+const REG_STATUS: u64 = mmio::VIRTIO_MMIO_STATUS as u64;
+const REG_QUEUE_DESC_LOW: u64 = mmio::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
+const REG_QUEUE_DESC_HIGH: u64 = mmio::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
+const REG_QUEUE_DRIVER_LOW: u64 = mmio::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
+const REG_QUEUE_DRIVER_HIGH: u64 = mmio::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
+const REG_QUEUE_DEVICE_LOW: u64 = mmio::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
+const REG_QUEUE_DEVICE_HIGH: u64 = mmio::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
+const REG_CONFIG_GENERATION: u64 = mmio::VIRTIO_MMIO_CONFIG_GENERATION as u64;
 /// Device-specific configuration space starts here.
-const CONFIG_SPACE: u64 = 0x100;
+const CONFIG_SPACE: u64 = mmio::VIRTIO_MMIO_CONFIG as u64;
 
 /// Interrupt status bit: a queue's used ring was updated.
-pub const INT_USED_RING: u32 = 1;
+pub const INT_USED_RING: u32 = mmio::VIRTIO_MMIO_INT_VRING;
 /// Interrupt status bit: the configuration changed.
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// The interrupt side of an MMIO transport: status bits plus an eventfd to raise the line.
 pub struct MmioInterrupt {

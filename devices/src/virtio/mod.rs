@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod config_space;
 pub mod console;
 pub mod mmio;
 pub mod net;
@@ -28,41 +29,60 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+/// A `virtio-bindings` constant (they are all `u32`) as the byte a register or header field
+/// holds; a value that does not fit stops the build.
+#[allow(clippy::cast_possible_truncation)] // checked just above the cast
+pub(crate) const fn byte(value: u32) -> u8 {
+    assert!(value <= u8::MAX as u32);
+    value as u8
+}
+
+/// A `virtio-bindings` constant as a 16-bit field; a value that does not fit stops the build.
+#[allow(clippy::cast_possible_truncation)] // checked just above the cast
+pub(crate) const fn half(value: u32) -> u16 {
+    assert!(value <= u16::MAX as u32);
+    value as u16
+}
+
 /// Device ID of a network card.
-pub const TYPE_NET: u32 = 1;
+pub const TYPE_NET: u32 = virtio_ids::VIRTIO_ID_NET;
 /// Device ID of a block device.
-pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
 /// Device ID of a console.
-pub const TYPE_CONSOLE: u32 = 3;
+pub const TYPE_CONSOLE: u32 = virtio_ids::VIRTIO_ID_CONSOLE;
 /// Device ID of an entropy source.
-pub const TYPE_RNG: u32 = 4;
+pub const TYPE_RNG: u32 = virtio_ids::VIRTIO_ID_RNG;
 /// Device ID of a vsock device.
-pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_VSOCK: u32 = virtio_ids::VIRTIO_ID_VSOCK;
 
 /// Feature bit: the device conforms to virtio 1.x (modern). Keel's transports require it.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_config::VIRTIO_F_VERSION_1;
 /// Feature bit: descriptors may be indirect tables.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// Feature bit: used/available event index suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Device status bits written by the driver (virtio 1.2, 2.1).
 pub mod status {
+    use super::byte;
+    use virtio_bindings::virtio_config;
+
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u8 = 1;
+    pub const ACKNOWLEDGE: u8 = byte(virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE);
     /// The guest knows how to drive it.
-    pub const DRIVER: u8 = 2;
+    pub const DRIVER: u8 = byte(virtio_config::VIRTIO_CONFIG_S_DRIVER);
     /// The driver is set up and ready.
-    pub const DRIVER_OK: u8 = 4;
+    pub const DRIVER_OK: u8 = byte(virtio_config::VIRTIO_CONFIG_S_DRIVER_OK);
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u8 = 8;
+    pub const FEATURES_OK: u8 = byte(virtio_config::VIRTIO_CONFIG_S_FEATURES_OK);
     /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u8 = 64;
+    pub const DEVICE_NEEDS_RESET: u8 = byte(virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET);
     /// The driver gave up on the device.
-    pub const FAILED: u8 = 128;
+    pub const FAILED: u8 = byte(virtio_config::VIRTIO_CONFIG_S_FAILED);
 }
 
 /// What an interrupt signals.

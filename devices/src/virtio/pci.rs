@@ -48,6 +48,9 @@ use crate::pci::bus::PciDevice;
 use crate::pci::configuration::{BarInfo, BarMove, PciConfigError, PciConfiguration, PciHeader};
 use crate::pci::msix::{MsiInterruptRoute, MsixTable, MSIX_CAPABILITY_ID};
 
+// virtio-bindings has no virtio_pci module (the kernel header is not in its set), so the
+// virtio-PCI layout (virtio 1.2, 4.1) is spelled out here.
+
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
 /// Modern virtio device IDs are this plus the virtio device type.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use log::debug;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{ByteValued, GuestMemoryMmap};
 
 pub use disk::{DiskBackend, IoFile, RawFile};
 pub use exec::BlockMetrics;
@@ -36,20 +36,22 @@ use super::{
     VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::counters::Counter;
+use crate::virtio::config_space::{read_config_bytes, BlockConfigSpace};
 use request::{ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE};
+use virtio_bindings::virtio_blk;
 
 /// Feature bit: `seg_max` in the config space is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SEG_MAX;
 /// Feature bit: the disk is read-only.
-pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << virtio_blk::VIRTIO_BLK_F_RO;
 /// Feature bit: `blk_size` in the config space is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
 /// Feature bit: the device handles FLUSH requests.
-pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << virtio_blk::VIRTIO_BLK_F_FLUSH;
 /// Feature bit: the device handles DISCARD requests.
-pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << virtio_blk::VIRTIO_BLK_F_DISCARD;
 /// Feature bit: the device handles WRITE_ZEROES requests.
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << virtio_blk::VIRTIO_BLK_F_WRITE_ZEROES;
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -63,28 +65,6 @@ pub const MAX_DISCARD_SEG: u32 = 32;
 pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 21;
 /// Most ranges per write-zeroes request.
 pub const MAX_WRITE_ZEROES_SEG: u32 = 32;
-
-// Offsets into `struct virtio_blk_config` (virtio 1.2, 5.2.4).
-/// `le64 capacity`: disk size in 512-byte sectors.
-const CONFIG_CAPACITY: usize = 0;
-/// `le32 seg_max`: most data descriptors per request.
-const CONFIG_SEG_MAX: usize = 12;
-/// `le32 blk_size`: the block size the guest should use.
-const CONFIG_BLK_SIZE: usize = 20;
-/// `le32 max_discard_sectors`.
-const CONFIG_MAX_DISCARD_SECTORS: usize = 36;
-/// `le32 max_discard_seg`.
-const CONFIG_MAX_DISCARD_SEG: usize = 40;
-/// `le32 discard_sector_alignment`, in sectors.
-const CONFIG_DISCARD_SECTOR_ALIGNMENT: usize = 44;
-/// `le32 max_write_zeroes_sectors`.
-const CONFIG_MAX_WRITE_ZEROES_SECTORS: usize = 48;
-/// `le32 max_write_zeroes_seg`.
-const CONFIG_MAX_WRITE_ZEROES_SEG: usize = 52;
-/// `u8 write_zeroes_may_unmap`.
-const CONFIG_WRITE_ZEROES_MAY_UNMAP: usize = 56;
-/// Length of the config space up to and including `unused1[3]`.
-const CONFIG_LEN: usize = 60;
 
 /// How to build a block device from an image file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,7 +145,7 @@ pub struct VirtioBlock<D: DiskBackend + 'static = RawFile> {
     limits: Limits,
     avail_features: u64,
     acked_features: u64,
-    config: [u8; CONFIG_LEN],
+    config: BlockConfigSpace,
     queue_sizes: [u16; 1],
     mode: IoMode,
     io: Io<D>,
@@ -285,32 +265,19 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
             avail_features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
         }
 
-        let mut config = [0u8; CONFIG_LEN];
-        let mut put = |offset: usize, bytes: &[u8]| {
-            config[offset..offset + bytes.len()].copy_from_slice(bytes);
-        };
-        put(CONFIG_CAPACITY, &capacity.to_le_bytes());
-        put(CONFIG_SEG_MAX, &SEG_MAX.to_le_bytes());
-        put(CONFIG_BLK_SIZE, &block_size.to_le_bytes());
-        put(
-            CONFIG_MAX_DISCARD_SECTORS,
-            &MAX_DISCARD_SECTORS.to_le_bytes(),
-        );
-        put(CONFIG_MAX_DISCARD_SEG, &MAX_DISCARD_SEG.to_le_bytes());
         let alignment_sectors = (u64::from(block_size) >> SECTOR_SHIFT).max(1) as u32;
-        put(
-            CONFIG_DISCARD_SECTOR_ALIGNMENT,
-            &alignment_sectors.to_le_bytes(),
-        );
-        put(
-            CONFIG_MAX_WRITE_ZEROES_SECTORS,
-            &MAX_WRITE_ZEROES_SECTORS.to_le_bytes(),
-        );
-        put(
-            CONFIG_MAX_WRITE_ZEROES_SEG,
-            &MAX_WRITE_ZEROES_SEG.to_le_bytes(),
-        );
-        put(CONFIG_WRITE_ZEROES_MAY_UNMAP, &[1]);
+        let config = BlockConfigSpace {
+            capacity: capacity.into(),
+            seg_max: SEG_MAX.into(),
+            blk_size: block_size.into(),
+            max_discard_sectors: MAX_DISCARD_SECTORS.into(),
+            max_discard_seg: MAX_DISCARD_SEG.into(),
+            discard_sector_alignment: alignment_sectors.into(),
+            max_write_zeroes_sectors: MAX_WRITE_ZEROES_SECTORS.into(),
+            max_write_zeroes_seg: MAX_WRITE_ZEROES_SEG.into(),
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
+        };
 
         let metrics = Arc::new(Mutex::new(BlockMetrics::default()));
         Ok(VirtioBlock {
@@ -401,14 +368,7 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(config) = self.config.get(start..) {
-            let len = config.len().min(data.len());
-            data[..len].copy_from_slice(&config[..len]);
-        }
+        read_config_bytes(self.config.as_slice(), offset, data);
     }
 
     fn activate(
@@ -664,7 +624,7 @@ mod tests {
         assert_eq!(driver.read(BUF + 0x20_0200, data.len()), data);
         assert_eq!(&image.contents()[8 * 512..8 * 512 + data.len()], &data[..]);
         let mut blk_size = [0u8; 4];
-        block.read_config(CONFIG_BLK_SIZE as u64, &mut blk_size);
+        block.read_config(20, &mut blk_size); // blk_size
         assert_eq!(u32::from_le_bytes(blk_size), block_size);
     }
 
@@ -930,7 +890,7 @@ mod tests {
         let image = TempImage::new(&vec![0u8; 3 * MIB + 512]);
         let block = VirtioBlock::new(&image.config(false)).unwrap();
         assert_eq!(block.capacity(), (3 * MIB as u64 + 512) / 512);
-        let mut config = [0u8; CONFIG_LEN];
+        let mut config = [0u8; 60];
         block.read_config(0, &mut config);
         let le32 =
             |offset: usize| u32::from_le_bytes(config[offset..offset + 4].try_into().unwrap());

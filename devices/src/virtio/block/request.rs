@@ -11,6 +11,8 @@
 
 use std::mem::size_of;
 
+use crate::virtio::byte;
+use virtio_bindings::virtio_blk;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, Le32, Le64, Permissions};
 
@@ -19,30 +21,30 @@ pub const SECTOR_SIZE: u64 = 512;
 /// log2 of [`SECTOR_SIZE`].
 pub const SECTOR_SHIFT: u32 = 9;
 /// Length of the serial number returned by `GET_ID`.
-pub const ID_BYTES: usize = 20;
+pub const ID_BYTES: usize = virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 
 /// Request type: read sectors into the guest's buffers.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_IN: u32 = virtio_blk::VIRTIO_BLK_T_IN;
 /// Request type: write sectors from the guest's buffers.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_OUT: u32 = virtio_blk::VIRTIO_BLK_T_OUT;
 /// Request type: make completed writes durable.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
 /// Request type: return the device's serial number.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
 /// Request type: the guest no longer needs these sectors.
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+pub const VIRTIO_BLK_T_DISCARD: u32 = virtio_blk::VIRTIO_BLK_T_DISCARD;
 /// Request type: make these sectors read as zeroes.
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = virtio_blk::VIRTIO_BLK_T_WRITE_ZEROES;
 
 /// Status byte: the request succeeded.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_OK: u8 = byte(virtio_blk::VIRTIO_BLK_S_OK);
 /// Status byte: the request failed (malformed, or the I/O failed).
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_IOERR: u8 = byte(virtio_blk::VIRTIO_BLK_S_IOERR);
 /// Status byte: the device does not support this request.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = byte(virtio_blk::VIRTIO_BLK_S_UNSUPP);
 
 /// Discard/write-zeroes range flag: the device may deallocate the sectors.
-pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = virtio_blk::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// Length of the request header (`struct virtio_blk_req` up to the data).
 pub const HEADER_LEN: u32 = size_of::<RequestHeader>() as u32;

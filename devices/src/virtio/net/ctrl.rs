@@ -23,44 +23,46 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::config::MacAddress;
 use super::features;
+use crate::virtio::byte;
+use virtio_bindings::virtio_net;
 
 /// Ack byte: the command was carried out.
-pub const VIRTIO_NET_OK: u8 = 0;
+pub const VIRTIO_NET_OK: u8 = byte(virtio_net::VIRTIO_NET_OK);
 /// Ack byte: the command was malformed, unknown, not negotiated or failed.
-pub const VIRTIO_NET_ERR: u8 = 1;
+pub const VIRTIO_NET_ERR: u8 = byte(virtio_net::VIRTIO_NET_ERR);
 
 /// Class: receive modes (`VIRTIO_NET_F_CTRL_RX`, `VIRTIO_NET_F_CTRL_RX_EXTRA`).
-pub const CLASS_RX: u8 = 0;
+pub const CLASS_RX: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX);
 /// Receive-mode command: promiscuous mode on/off.
-pub const RX_PROMISC: u8 = 0;
+pub const RX_PROMISC: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX_PROMISC);
 /// Receive-mode command: receive all multicast on/off.
-pub const RX_ALLMULTI: u8 = 1;
+pub const RX_ALLMULTI: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX_ALLMULTI);
 /// Receive-mode command: receive all unicast on/off (`CTRL_RX_EXTRA`).
-pub const RX_ALLUNI: u8 = 2;
+pub const RX_ALLUNI: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX_ALLUNI);
 /// Receive-mode command: suppress multicast on/off (`CTRL_RX_EXTRA`).
-pub const RX_NOMULTI: u8 = 3;
+pub const RX_NOMULTI: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX_NOMULTI);
 /// Receive-mode command: suppress unicast on/off (`CTRL_RX_EXTRA`).
-pub const RX_NOUNI: u8 = 4;
+pub const RX_NOUNI: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX_NOUNI);
 /// Receive-mode command: suppress broadcast on/off (`CTRL_RX_EXTRA`).
-pub const RX_NOBCAST: u8 = 5;
+pub const RX_NOBCAST: u8 = byte(virtio_net::VIRTIO_NET_CTRL_RX_NOBCAST);
 
 /// Class: MAC addresses.
-pub const CLASS_MAC: u8 = 1;
+pub const CLASS_MAC: u8 = byte(virtio_net::VIRTIO_NET_CTRL_MAC);
 /// MAC command: set the unicast and multicast filter tables (`VIRTIO_NET_F_CTRL_RX`).
-pub const MAC_TABLE_SET: u8 = 0;
+pub const MAC_TABLE_SET: u8 = byte(virtio_net::VIRTIO_NET_CTRL_MAC_TABLE_SET);
 /// MAC command: set the device's MAC address (`VIRTIO_NET_F_CTRL_MAC_ADDR`).
-pub const MAC_ADDR_SET: u8 = 1;
+pub const MAC_ADDR_SET: u8 = byte(virtio_net::VIRTIO_NET_CTRL_MAC_ADDR_SET);
 
 /// Class: VLAN filtering (`VIRTIO_NET_F_CTRL_VLAN`, not offered by Keel).
-pub const CLASS_VLAN: u8 = 2;
+pub const CLASS_VLAN: u8 = byte(virtio_net::VIRTIO_NET_CTRL_VLAN);
 
 /// Class: gratuitous announcements (`VIRTIO_NET_F_GUEST_ANNOUNCE`).
-pub const CLASS_ANNOUNCE: u8 = 3;
+pub const CLASS_ANNOUNCE: u8 = byte(virtio_net::VIRTIO_NET_CTRL_ANNOUNCE);
 /// Announce command: the driver has announced itself; clear `VIRTIO_NET_S_ANNOUNCE`.
-pub const ANNOUNCE_ACK: u8 = 0;
+pub const ANNOUNCE_ACK: u8 = byte(virtio_net::VIRTIO_NET_CTRL_ANNOUNCE_ACK);
 
 /// Class: multiqueue (`VIRTIO_NET_F_MQ`, not offered by Keel).
-pub const CLASS_MQ: u8 = 4;
+pub const CLASS_MQ: u8 = byte(virtio_net::VIRTIO_NET_CTRL_MQ);
 
 /// Length of the class and command bytes that start every request.
 pub const HEADER_LEN: usize = 2;

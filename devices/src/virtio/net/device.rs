@@ -7,7 +7,7 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::Counter;
@@ -20,6 +20,7 @@ use super::features;
 use super::header::{VirtioNetHeader, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN};
 use super::tap::{Tap, TapError};
 use crate::virtio::chain::{ChainBuffers, Direction};
+use crate::virtio::config_space::{read_config_bytes, NetConfigSpace};
 use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
 use crate::virtio::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -45,8 +46,6 @@ pub const MAX_FRAME_LEN: usize = VIRTIO_NET_HDR_LEN + 65_550;
 const MIN_TX_LEN: usize = VIRTIO_NET_HDR_LEN + 14;
 /// Frames moved per event before returning to the event loop (fairness across devices).
 const RX_BATCH: usize = 64;
-/// Config space: 6 bytes of MAC, then the 16-bit link status.
-const CONFIG_LEN: usize = 8;
 
 /// Why a device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -761,19 +760,11 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut config = [0u8; CONFIG_LEN];
-        if let Some(mac) = self.ctrl.mac() {
-            config[..6].copy_from_slice(&mac.bytes());
-        }
-        config[6..8].copy_from_slice(&self.ctrl.status().to_le_bytes());
-        let Ok(start) = usize::try_from(offset) else {
-            return;
+        let config = NetConfigSpace {
+            mac: self.ctrl.mac().map(|mac| mac.bytes()).unwrap_or_default(),
+            status: self.ctrl.status().into(),
         };
-        if start >= CONFIG_LEN {
-            return;
-        }
-        let count = data.len().min(CONFIG_LEN - start);
-        data[..count].copy_from_slice(&config[start..start + count]);
+        read_config_bytes(config.as_slice(), offset, data);
     }
 
     fn activate(

@@ -6,6 +6,8 @@
 //! pure: it parses and validates bytes and never touches guest memory or the backend.
 
 use super::features;
+use crate::virtio::byte;
+use virtio_bindings::virtio_net;
 
 /// Size of the header in bytes (with `num_buffers`, as used by virtio 1.x drivers).
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
@@ -14,22 +16,22 @@ pub const NUM_BUFFERS_OFFSET: usize = 10;
 
 /// `flags`: the packet needs a checksum computed from `csum_start` and stored at
 /// `csum_start + csum_offset`.
-pub const FLAG_NEEDS_CSUM: u8 = 1;
+pub const FLAG_NEEDS_CSUM: u8 = byte(virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM);
 /// `flags`: the checksum has been validated (meaningful on receive only).
-pub const FLAG_DATA_VALID: u8 = 2;
+pub const FLAG_DATA_VALID: u8 = byte(virtio_net::VIRTIO_NET_HDR_F_DATA_VALID);
 /// `flags`: coalescing information is present (receive only, never negotiated here).
-pub const FLAG_RSC_INFO: u8 = 4;
+pub const FLAG_RSC_INFO: u8 = byte(virtio_net::VIRTIO_NET_HDR_F_RSC_INFO);
 
 /// `gso_type`: no segmentation offload.
-pub const GSO_NONE: u8 = 0;
+pub const GSO_NONE: u8 = byte(virtio_net::VIRTIO_NET_HDR_GSO_NONE);
 /// `gso_type`: TCP over IPv4 segmentation.
-pub const GSO_TCPV4: u8 = 1;
+pub const GSO_TCPV4: u8 = byte(virtio_net::VIRTIO_NET_HDR_GSO_TCPV4);
 /// `gso_type`: UDP fragmentation offload.
-pub const GSO_UDP: u8 = 3;
+pub const GSO_UDP: u8 = byte(virtio_net::VIRTIO_NET_HDR_GSO_UDP);
 /// `gso_type`: TCP over IPv6 segmentation.
-pub const GSO_TCPV6: u8 = 4;
+pub const GSO_TCPV6: u8 = byte(virtio_net::VIRTIO_NET_HDR_GSO_TCPV6);
 /// `gso_type` modifier: the TCP packet has the ECN (CWR) bit set.
-pub const GSO_ECN: u8 = 0x80;
+pub const GSO_ECN: u8 = byte(virtio_net::VIRTIO_NET_HDR_GSO_ECN);
 
 /// A parsed `virtio_net_hdr_v1` (all multi-byte fields little endian on the wire).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

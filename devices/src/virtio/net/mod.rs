@@ -58,47 +58,50 @@ pub use tap::{Tap, TapError};
 
 /// virtio-net feature bits (virtio 1.2 section 5.1.3).
 pub mod features {
+    #[allow(clippy::wildcard_imports)]
+    use virtio_bindings::virtio_net::*;
+
     /// The device handles packets with partial checksums (guest to host).
-    pub const CSUM: u64 = 1 << 0;
+    pub const CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
     /// The driver handles packets with partial checksums (host to guest).
-    pub const GUEST_CSUM: u64 = 1 << 1;
+    pub const GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
     /// The device has a MAC address in its config space.
-    pub const MAC: u64 = 1 << 5;
+    pub const MAC: u64 = 1 << VIRTIO_NET_F_MAC;
     /// The driver can receive TCP/IPv4 segmentation-offloaded packets.
-    pub const GUEST_TSO4: u64 = 1 << 7;
+    pub const GUEST_TSO4: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
     /// The driver can receive TCP/IPv6 segmentation-offloaded packets.
-    pub const GUEST_TSO6: u64 = 1 << 8;
+    pub const GUEST_TSO6: u64 = 1 << VIRTIO_NET_F_GUEST_TSO6;
     /// The driver can receive UDP fragmentation-offloaded packets.
-    pub const GUEST_UFO: u64 = 1 << 10;
+    pub const GUEST_UFO: u64 = 1 << VIRTIO_NET_F_GUEST_UFO;
     /// The device can receive TCP/IPv4 segmentation-offloaded packets.
-    pub const HOST_TSO4: u64 = 1 << 11;
+    pub const HOST_TSO4: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
     /// The device can receive TCP/IPv6 segmentation-offloaded packets.
-    pub const HOST_TSO6: u64 = 1 << 12;
+    pub const HOST_TSO6: u64 = 1 << VIRTIO_NET_F_HOST_TSO6;
     /// The device can receive UDP fragmentation-offloaded packets.
-    pub const HOST_UFO: u64 = 1 << 14;
+    pub const HOST_UFO: u64 = 1 << VIRTIO_NET_F_HOST_UFO;
     /// The driver can merge receive buffers: one frame may span several chains.
-    pub const MRG_RXBUF: u64 = 1 << 15;
+    pub const MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
     /// The config space has a link status field.
-    pub const STATUS: u64 = 1 << 16;
+    pub const STATUS: u64 = 1 << VIRTIO_NET_F_STATUS;
     /// The device has a control queue.
-    pub const CTRL_VQ: u64 = 1 << 17;
+    pub const CTRL_VQ: u64 = 1 << VIRTIO_NET_F_CTRL_VQ;
     /// The control queue takes receive-mode and MAC-filter commands.
-    pub const CTRL_RX: u64 = 1 << 18;
+    pub const CTRL_RX: u64 = 1 << VIRTIO_NET_F_CTRL_RX;
     /// The control queue takes VLAN filter commands (not offered by Keel).
-    pub const CTRL_VLAN: u64 = 1 << 19;
+    pub const CTRL_VLAN: u64 = 1 << VIRTIO_NET_F_CTRL_VLAN;
     /// The control queue takes the extra receive modes (all-unicast, no-multicast,
     /// no-unicast, no-broadcast).
-    pub const CTRL_RX_EXTRA: u64 = 1 << 20;
+    pub const CTRL_RX_EXTRA: u64 = 1 << VIRTIO_NET_F_CTRL_RX_EXTRA;
     /// The driver can send gratuitous packets when the device asks (`VIRTIO_NET_S_ANNOUNCE`).
-    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
+    pub const GUEST_ANNOUNCE: u64 = 1 << VIRTIO_NET_F_GUEST_ANNOUNCE;
     /// Several receive/transmit queue pairs (not offered by Keel).
-    pub const MQ: u64 = 1 << 22;
+    pub const MQ: u64 = 1 << VIRTIO_NET_F_MQ;
     /// The MAC address can be set through the control queue.
-    pub const CTRL_MAC_ADDR: u64 = 1 << 23;
+    pub const CTRL_MAC_ADDR: u64 = 1 << VIRTIO_NET_F_CTRL_MAC_ADDR;
 }
 
 /// Config space `status` bit: the link is up.
-pub const LINK_UP: u16 = 1;
+pub const LINK_UP: u16 = crate::virtio::half(virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP);
 /// Config space `status` bit: the device asks the driver to announce itself
 /// (`VIRTIO_NET_S_ANNOUNCE`).
-pub const ANNOUNCE: u16 = 2;
+pub const ANNOUNCE: u16 = crate::virtio::half(virtio_bindings::virtio_net::VIRTIO_NET_S_ANNOUNCE);

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{ByteValued, GuestMemoryMmap};
 
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::{validate_tx, HDR_LEN, MAX_PAYLOAD};
 use crate::counters::Counter;
 use crate::virtio::chain::{ChainBuffers, Direction};
+use crate::virtio::config_space::{read_config_bytes, VsockConfigSpace};
 use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
 use crate::virtio::{
     ActivateError, VirtioDevice, VirtioInterrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -273,15 +274,10 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
+        let config = VsockConfigSpace {
+            guest_cid: self.guest_cid.into(),
         };
-        if start >= config.len() {
-            return;
-        }
-        let count = data.len().min(config.len() - start);
-        data[..count].copy_from_slice(&config[start..start + count]);
+        read_config_bytes(config.as_slice(), offset, data);
     }
 
     fn activate(

@@ -3,6 +3,8 @@
 //!
 //! Pure: bytes in, values or errors out; no guest memory, no sockets. This is what the fuzz
 //! target exercises.
+//!
+//! virtio-bindings has no vsock header, so the layout and constants are spelled out here.
 
 /// Size of the packet header.
 pub const HDR_LEN: usize = 44;
