@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use vmm_core::counters::{Counter, CounterKind, VmCounters};
+use vmm_core::{Counter, CounterKind, VmCounters};
 
 /// One metric family: its help text, type and (device label, value) samples.
 struct Family<'a> {
@@ -20,7 +20,7 @@ struct Family<'a> {
 /// Renders `counters` as Prometheus text.
 ///
 /// ```
-/// # use vmm_core::counters::{Counter, DeviceCounters, VmCounters};
+/// # use vmm_core::{Counter, DeviceCounters, VmCounters};
 /// let counters = VmCounters {
 ///     vcpus: vec![],
 ///     devices: vec![DeviceCounters {
@@ -95,7 +95,7 @@ fn escape_label(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmm_core::counters::DeviceCounters;
+    use vmm_core::DeviceCounters;
 
     #[test]
     fn families_group_devices_of_a_kind_with_help_and_type() {

@@ -334,6 +334,7 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
 
 /// Writes the tables for `vcpus` vCPUs and the given virtio-mmio devices at
 /// [`layout::ACPI_START`] and returns where they went.
+#[cfg(any(test, feature = "testing"))]
 pub fn write_tables(
     mem: &GuestMemoryMmap,
     vcpus: u32,

@@ -37,7 +37,9 @@ use crate::counters::{self, CounterSources, ExitCounters};
 use crate::device_manager::{self, VirtioMmioDevices, GED_IRQ};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedConsoleInput, SharedSerial};
 use crate::memory;
-use crate::pci::{PciAttachment, VirtioNotifyCount, VirtioPciDevices};
+#[cfg(feature = "testing")]
+use crate::pci::{PciAttachment, VirtioNotifyCount};
+use crate::pci::VirtioPciDevices;
 use crate::state::{self, Control, ExitReason, HandleDevices, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
@@ -249,7 +251,7 @@ impl VmBuilder {
     }
 
     /// Records the end of each build stage, the vCPUs' start and the boot vCPU's first exit
-    /// from the guest on `timer` (see [`crate::boot_timer`]).
+    /// from the guest on `timer` (see [`BootTimer`](crate::BootTimer)).
     pub fn boot_timer(mut self, timer: BootTimer) -> Self {
         self.boot_timer = Some(timer);
         self
@@ -731,38 +733,47 @@ pub struct Vm {
     events: Option<EventLoopBuilder>,
     buses: Arc<IoBuses>,
     /// Queue notification counters of the virtio-PCI devices, by device id.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))] // read by the testing accessors
     pci_notify_stats: Vec<(String, Arc<NotifyStats>)>,
     handle_devices: Arc<HandleDevices>,
     /// Marks the vCPU start and the boot vCPU's first exit, when set.
     boot_timer: Option<BootTimer>,
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))] // read by the testing accessors
     boot: BootLayout,
     // Declared after everything that uses them, so they are dropped last.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))] // kept alive; read by tests
     vm_fd: Arc<VmFd>,
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))] // kept mapped; read by tests
     memory: GuestMemoryMmap,
 }
 
 impl Vm {
+    #[cfg(feature = "testing")]
     /// Where the kernel, initrd and boot structures were placed.
     pub fn boot_layout(&self) -> &BootLayout {
         &self.boot
     }
 
+    #[cfg(feature = "testing")]
     /// The guest's memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }
 
+    #[cfg(feature = "testing")]
     /// The KVM VM file descriptor.
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm_fd
     }
 
+    #[cfg(feature = "testing")]
     /// The port-I/O and MMIO buses vCPU exits are dispatched to (tests use them to act as the
     /// guest would, e.g. reading PCI config space through port 0xCFC).
     pub fn io_buses(&self) -> &IoBuses {
         &self.buses
     }
 
+    #[cfg(feature = "testing")]
     /// How many queue notifications each virtio-PCI device received so far, on a vCPU thread
     /// and through KVM ioeventfds (empty with the virtio-mmio transport).
     pub fn virtio_pci_notify_counts(&self) -> Vec<VirtioNotifyCount> {

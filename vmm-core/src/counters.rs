@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use devices::counters::{Counter, CounterKind};
+pub use devices::counters::Counter;
 use devices::virtio::{
     SharedVirtioDevice, TYPE_BLOCK, TYPE_CONSOLE, TYPE_NET, TYPE_RNG, TYPE_VSOCK,
 };

@@ -181,6 +181,7 @@ impl QueueIoeventfds {
     }
 
     /// The window or BAR base address the eventfds are registered for, if any.
+    #[cfg(any(test, feature = "testing"))]
     pub fn base(&self) -> Option<u64> {
         self.base
     }

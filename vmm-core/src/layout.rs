@@ -41,6 +41,7 @@ pub const PDPTE_START: u64 = 0xa000;
 /// Page directory (maps the first 1 GiB with 2 MiB pages).
 pub const PDE_START: u64 = 0xb000;
 /// Page left free for the guest's AP startup trampoline.
+#[cfg(test)]
 pub const AP_TRAMPOLINE_START: u64 = 0x10000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;

@@ -38,28 +38,36 @@
 //! }
 //! ```
 //!
-//! Layout of the crate: [`config`] (what users write), [`layout`] (guest physical map),
-//! [`memory`], [`boot`] (kernel loading, no KVM needed), [`vm`] (KVM VM), [`vcpu`] (CPUID,
-//! registers, run loop), [`state`] (lifecycle), [`event_loop`], [`device_manager`] (virtio-mmio)
-//! and [`pci`] (virtio-PCI, MSI-X routing), and [`builder`] which wires them together.
+//! What an embedder uses: [`VmConfig`] and its parts in [`config`], [`VmBuilder`] with the
+//! device traits of [`backends`] for its own disks, NICs and devices, [`Vm`] and [`VmHandle`],
+//! the console socket in [`console`], [`VmCounters`], and the errors. The rest (guest physical
+//! layout, memory, boot protocols, ACPI, the KVM VM and vCPUs, virtio-mmio and virtio-PCI
+//! wiring, the event loop) is internal; Keel's own tests and fuzz targets reach it through the
+//! `testing` feature, which is not part of the supported API.
 
 #![deny(missing_docs)]
+#![warn(unnameable_types)]
 
-pub mod acpi;
-pub mod boot;
-pub mod boot_timer;
-pub mod builder;
+/// Declares an internal module: private, or public (and hidden from the docs) with the
+/// `testing` feature for Keel's own integration tests, benches and fuzz targets.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "testing")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "testing"))]
+        mod $name;
+    )*};
+}
+
+internal!(acpi, boot, device_manager, event_loop, layout, memory, pci, vcpu, vm);
+
+mod boot_timer;
+mod builder;
 pub mod config;
 pub mod console;
-pub mod counters;
-pub mod device_manager;
-pub mod event_loop;
-pub mod layout;
-pub mod memory;
-pub mod pci;
-pub mod state;
-pub mod vcpu;
-pub mod vm;
+mod counters;
+mod state;
 
 /// The device traits and back ends an embedder implements or uses with
 /// [`VmBuilder::disk`], [`VmBuilder::net`] and [`VmBuilder::virtio_device`].
@@ -77,7 +85,23 @@ pub use config::{
     VirtioTransport, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS,
 };
 pub use counters::{DeviceCounters, VmCounters};
-pub use state::{AnnounceError, ExitReason, StateError, VmHandle, VmState};
+pub use devices::counters::{Counter, CounterKind};
+pub use state::{AnnounceError, ExitReason, StateError, VmHandle, VmState, PAUSE_TIMEOUT};
+
+/// The causes inside [`Error`]'s variants, for embedders that look deeper than its message.
+pub mod errors {
+    pub use crate::acpi::AcpiError;
+    pub use crate::boot::{KernelFormat, LoadError};
+    pub use crate::console::ConsoleError;
+    pub use crate::device_manager::DeviceManagerError;
+    pub use crate::event_loop::EventLoopError;
+    pub use crate::memory::MemoryError;
+    pub use crate::pci::PciError;
+    pub use crate::vcpu::regs::RegsError;
+    pub use crate::vcpu::VcpuError;
+    pub use crate::vm::VmError;
+    pub use devices::bus::BusError;
+}
 
 /// Errors from building or starting a VM.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ pub fn total_ram(mem: &GuestMemoryMmap) -> u64 {
 ///
 /// Useful for accounting what a VM really costs its host, and for separating guest RAM from
 /// the VMM's own footprint in RSS measurements.
+#[cfg(any(test, feature = "testing"))]
 pub fn resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

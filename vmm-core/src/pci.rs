@@ -318,6 +318,7 @@ impl BarRelocationListener for NotifyRelocation {
 
 /// How many queue notifications a virtio-PCI device received, by the path they took.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg(feature = "testing")]
 pub struct VirtioNotifyCount {
     /// Device id from the config.
     pub id: String,
@@ -331,8 +332,6 @@ pub struct VirtioNotifyCount {
 
 /// What [`VirtioPciDevices::attach`] set up.
 pub struct PciAttachment {
-    /// The bus with every device on it.
-    pub bus: Arc<Mutex<PciBus>>,
     /// Event-loop subscribers for the queue ioeventfds (one per device whose ioeventfds KVM
     /// accepted).
     pub notifiers: Vec<QueueNotifier>,
@@ -342,6 +341,7 @@ pub struct PciAttachment {
 
 impl PciAttachment {
     /// The current notification counts of every device.
+    #[cfg(feature = "testing")]
     pub fn notify_counts(stats: &[(String, Arc<NotifyStats>)]) -> Vec<VirtioNotifyCount> {
         stats
             .iter()
@@ -466,6 +466,7 @@ impl VirtioPciDevices {
     }
 
     /// The planned devices.
+    #[cfg(any(test, feature = "testing"))]
     pub fn devices(&self) -> &[PciDeviceInfo] {
         &self.devices
     }
@@ -556,7 +557,6 @@ impl VirtioPciDevices {
             )?;
         }
         Ok(PciAttachment {
-            bus,
             notifiers,
             notify_stats,
         })

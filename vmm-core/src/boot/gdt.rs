@@ -6,10 +6,13 @@
 use kvm_bindings::kvm_segment;
 
 /// GDT selector of the code segment.
+#[cfg(test)]
 pub const CODE_SELECTOR: u16 = 0x08;
 /// GDT selector of the data segment.
+#[cfg(test)]
 pub const DATA_SELECTOR: u16 = 0x10;
 /// GDT selector of the TSS.
+#[cfg(test)]
 pub const TSS_SELECTOR: u16 = 0x18;
 
 /// Packs a descriptor from its flags (high nibble: G, D/B, L, AVL; low byte: access byte),

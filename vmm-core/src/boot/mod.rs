@@ -19,6 +19,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
+#[cfg(any(test, feature = "testing"))]
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -353,6 +354,7 @@ fn load_initrd(
 }
 
 /// The bzImage setup header, for callers that want to inspect a kernel without loading it.
+#[cfg(any(test, feature = "testing"))]
 pub fn read_setup_header(path: &Path) -> Result<setup_header, LoadError> {
     use vm_memory::ByteValued;
     let mut file = File::open(path).map_err(io_error("kernel", path))?;

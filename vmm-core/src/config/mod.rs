@@ -362,7 +362,7 @@ impl VmConfig {
     /// [`VmConfig::check_host`].
     ///
     /// Whether the kernel parses and the initrd fits below the kernel's limit is checked when
-    /// the kernel is loaded ([`crate::boot`]), since that needs the kernel's header.
+    /// the kernel is loaded (the boot loader), since that needs the kernel's header.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check()?;
         self.check_host()
