@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use thiserror::Error;
 
-/// A parser's error (JSON or YAML), kept as the source of [`ModelError::Parse`]. Cheap to clone;
-/// compares by message.
+/// A parser's (JSON or YAML) or reader's error, kept as the source of [`ModelError::Parse`] and
+/// [`ModelError::Io`]. Cheap to clone; compares by message.
 #[derive(Debug, Clone)]
 pub struct ParseError(Arc<dyn std::error::Error + Send + Sync + 'static>);
 
@@ -43,6 +43,54 @@ impl PartialEq for ParseError {
 }
 
 impl Eq for ParseError {}
+
+fn at(line: Option<u64>, column: Option<u64>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+        (Some(l), None) => format!(" at line {l}"),
+        _ => String::new(),
+    }
+}
+
+/// A value's text form is not one the type knows (see the `FromStr` implementations of
+/// [`crate::Policy`], [`crate::model::TaintEffect`], [`crate::model::Taint`],
+/// [`crate::request::Toleration`], ...).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("invalid {kind} `{value}`: {reason}")]
+pub struct ParseTextError {
+    /// What was being parsed (`policy`, `taint`, ...).
+    pub kind: &'static str,
+    /// The text given.
+    pub value: String,
+    /// Why it is refused (for enums: the values accepted).
+    pub reason: String,
+}
+
+/// `FromStr` and `Display` for a serde enum of unit variants, spelled as serde spells them.
+macro_rules! text_enum {
+    ($($ty:ty => $kind:literal),* $(,)?) => {$(
+        impl std::str::FromStr for $ty {
+            type Err = $crate::error::ParseTextError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                serde_plain::from_str(s).map_err(|e| $crate::error::ParseTextError {
+                    kind: $kind,
+                    value: s.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_plain::to_string(self) {
+                    Ok(s) => f.write_str(&s),
+                    Err(_) => std::fmt::Debug::fmt(self, f),
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use text_enum;
 
 /// A cluster description that cannot be loaded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -97,14 +145,60 @@ pub enum ModelError {
         /// Deepest nesting allowed.
         max_depth: usize,
     },
-    /// The document could not be parsed (syntax, or a shape the serde types do not accept).
-    #[error("cannot parse {format} document: {source}")]
+    /// The document could not be parsed (syntax, a duplicate key, or a shape the serde types do not
+    /// accept).
+    #[error("cannot parse {what} ({format}){}: {source}", at(*.line, *.column))]
     Parse {
+        /// What was being parsed: `cluster description`, `placement request`, `request stream`, ...,
+        /// followed by the file's path when it was read from a file.
+        what: String,
         /// `JSON` or `YAML`.
         format: &'static str,
+        /// 1-based line of the error, when the parser knows it.
+        line: Option<u64>,
+        /// 1-based column of the error, when the parser knows it.
+        column: Option<u64>,
         /// The parser's error.
         #[source]
         source: ParseError,
+    },
+    /// The document is larger than a limit of [`crate::load::Limits`] allows.
+    #[error("{what} ({format}): {found} exceeds the limit `{limit}` of {max}; raise it in scheduling::load::Limits")]
+    DocumentTooLarge {
+        /// What was being parsed (as in [`ModelError::Parse`]).
+        what: String,
+        /// `JSON` or `YAML`.
+        format: &'static str,
+        /// The limit's field in [`crate::load::Limits`].
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+        /// What was found (`52428800 bytes`, `more YAML nodes`, ...).
+        found: String,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: ParseError,
+    },
+    /// A quantity (an inventory field, a capacity after the allocation ratio, or a host's capacity
+    /// summed over its provider tree) is larger than the model accepts.
+    #[error("provider `{provider}`, inventory {class}: {field} = {value} exceeds the largest quantity the model accepts ({limit}, scheduling::model::MAX_QUANTITY)")]
+    QuantityTooLarge {
+        /// Provider (or host, for a tree's sum).
+        provider: String,
+        /// Resource class.
+        class: String,
+        /// What is too large: `total`, `capacity ((total - reserved) × allocation_ratio)`, ...
+        field: &'static str,
+        /// The value (exact: computed in 128 bits).
+        value: u128,
+        /// The limit ([`crate::model::MAX_QUANTITY`]).
+        limit: u64,
     },
     /// The document's format is not compiled in.
     #[error("{format} input needs the `{feature}` feature of the scheduling crate")]

@@ -120,7 +120,8 @@ pub mod shared;
 pub mod state;
 
 pub use error::{
-    CommitError, ModelError, ParseError, PlacementRequestError, PlacementStateError, RestoreError,
+    CommitError, ModelError, ParseError, ParseTextError, PlacementRequestError,
+    PlacementStateError, RestoreError,
 };
 pub use explain::{Diagnosis, Explanation, HostScore, Reason};
 pub use model::{Cluster, ClusterSpec, HostId};

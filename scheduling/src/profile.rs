@@ -259,9 +259,29 @@ impl Profile {
     }
 }
 
+crate::error::text_enum!(Policy => "policy", ScanOrder => "scan order");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_read_and_print_as_serde_spells_them() {
+        for p in Policy::ALL {
+            let text = p.to_string();
+            assert_eq!(text.parse::<Policy>(), Ok(p));
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{text}\""));
+        }
+        assert_eq!("power_saving".parse::<Policy>(), Ok(Policy::PowerSaving));
+        let err = "fastest".parse::<Policy>().unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "invalid policy `fastest`: unknown variant `fastest`, expected one of `spread`"
+            ),
+            "{err}"
+        );
+        assert_eq!(ScanOrder::FullestFirst.to_string(), "fullest_first");
+    }
 
     #[test]
     fn sampling_targets() {

@@ -35,6 +35,7 @@ pub struct RequestGroup {
     /// Name, referenced by `same_subtree`.
     pub name: String,
     /// Resources by class.
+    #[serde(deserialize_with = "crate::load::unique_keys::deserialize")]
     pub resources: BTreeMap<String, i64>,
     /// Traits the serving provider must have.
     #[serde(default)]
@@ -103,9 +104,23 @@ pub enum TolerationOperator {
     Exists,
 }
 
-/// A toleration of host taints (Kubernetes semantics).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
+/// A toleration of host taints (Kubernetes semantics). In JSON and YAML it is either a map (the
+/// fields below) or text, which `FromStr` and `Display` also use, in kubectl's taint syntax:
+/// `key=value:Effect` and `key=value` (operator `Equal`, one effect or all), `key:Effect` and `key`
+/// (operator `Exists`), `*` and `*:Effect` (every key).
+///
+/// ```
+/// use scheduling::request::{Toleration, TolerationOperator};
+/// use scheduling::model::{Taint, TaintEffect};
+/// let t: Toleration = "dedicated=hpc:NoSchedule".parse().unwrap();
+/// assert!(t.tolerates(&"dedicated=hpc:NoSchedule".parse::<Taint>().unwrap()));
+/// assert!(!t.tolerates(&"dedicated=hpc:NoExecute".parse::<Taint>().unwrap()));
+/// let any: Toleration = "gpu".parse().unwrap();
+/// assert_eq!((any.operator, any.effect), (TolerationOperator::Exists, None));
+/// assert_eq!("*:NoExecute".parse::<Toleration>().unwrap().to_string(), "*:NoExecute");
+/// assert_eq!(t.to_string(), "dedicated=hpc:NoSchedule");
+/// ```
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
 pub struct Toleration {
     /// Taint key; empty with `Exists` tolerates everything.
     #[serde(default)]
@@ -119,6 +134,87 @@ pub struct Toleration {
     /// Effect tolerated; `None` tolerates all effects.
     #[serde(default)]
     pub effect: Option<TaintEffect>,
+}
+
+/// The map form of a [`Toleration`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TolerationFields {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    operator: TolerationOperator,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    effect: Option<TaintEffect>,
+}
+
+impl From<TolerationFields> for Toleration {
+    fn from(t: TolerationFields) -> Self {
+        Toleration {
+            key: t.key,
+            operator: t.operator,
+            value: t.value,
+            effect: t.effect,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Toleration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::model::spec::text_or_map::<D, Toleration, TolerationFields>(
+            d,
+            "a toleration: `key=value:Effect`, `key:Effect`, `key`, `*`, or a map",
+        )
+    }
+}
+
+impl std::str::FromStr for Toleration {
+    type Err = crate::error::ParseTextError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| crate::error::ParseTextError {
+            kind: "toleration",
+            value: s.to_string(),
+            reason,
+        };
+        let (rest, effect) = match s.rsplit_once(':') {
+            Some((rest, e)) => (
+                rest,
+                Some(e.parse::<TaintEffect>().map_err(|e| bad(e.reason))?),
+            ),
+            None => (s, None),
+        };
+        let (key, operator, value) = match rest.split_once('=') {
+            Some((k, v)) => (k, TolerationOperator::Equal, v),
+            None if rest == "*" => ("", TolerationOperator::Exists, ""),
+            None => (rest, TolerationOperator::Exists, ""),
+        };
+        if key.is_empty() && operator == TolerationOperator::Equal || rest.is_empty() {
+            return Err(bad("the key is empty (use `*` for every key)".into()));
+        }
+        Ok(Toleration {
+            key: key.to_string(),
+            operator,
+            value: value.to_string(),
+            effect,
+        })
+    }
+}
+
+impl std::fmt::Display for Toleration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.operator, self.key.is_empty()) {
+            (TolerationOperator::Exists, true) => f.write_str("*")?,
+            (TolerationOperator::Exists, false) => f.write_str(&self.key)?,
+            (TolerationOperator::Equal, _) => write!(f, "{}={}", self.key, self.value)?,
+        }
+        match self.effect {
+            Some(e) => write!(f, ":{e}"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Toleration {
@@ -174,7 +270,7 @@ pub struct PlacementRequest {
     /// Consumer id (the VM's id); becomes the allocation's key.
     pub id: String,
     /// Resources of the unnamed group: each class may come from any provider of the host tree.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::load::unique_keys::deserialize")]
     pub resources: BTreeMap<String, i64>,
     /// Named groups, each served by a single provider.
     #[serde(default)]
@@ -201,7 +297,7 @@ pub struct PlacementRequest {
     #[serde(default)]
     pub zone: Option<String>,
     /// Required host labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::load::unique_keys::deserialize")]
     pub node_selector: BTreeMap<String, String>,
     /// Required node-affinity expressions (all must hold).
     #[serde(default)]
@@ -703,3 +799,11 @@ pub struct RequestStream {
     /// Events in order.
     pub events: Vec<StreamEvent>,
 }
+
+crate::error::text_enum!(
+    GroupPolicy => "group policy",
+    LabelOperator => "label operator",
+    TolerationOperator => "toleration operator",
+    TopologyKey => "topology key",
+    WhenUnsatisfiable => "when_unsatisfiable",
+);

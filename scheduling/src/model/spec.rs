@@ -39,7 +39,7 @@ pub struct HostSpec {
     #[serde(default)]
     pub aggregates: Vec<String>,
     /// Labels matched by node selectors and affinity terms.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::load::unique_keys::deserialize")]
     pub labels: BTreeMap<String, String>,
     /// Taints; requests must tolerate `NoSchedule`/`NoExecute` ones.
     #[serde(default)]
@@ -48,7 +48,7 @@ pub struct HostSpec {
     #[serde(default)]
     pub traits: Vec<String>,
     /// Inventories of the root provider, by resource class.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::load::unique_keys::deserialize")]
     pub inventories: BTreeMap<String, InventorySpec>,
     /// Nested providers (NUMA nodes, GPUs, NIC physical functions, ...).
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct ProviderSpec {
     #[serde(default)]
     pub traits: Vec<String>,
     /// Inventories by resource class.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::load::unique_keys::deserialize")]
     pub inventories: BTreeMap<String, InventorySpec>,
     /// Nested providers below this one.
     #[serde(default)]
@@ -84,7 +84,7 @@ pub struct SharedProviderSpec {
     #[serde(default)]
     pub traits: Vec<String>,
     /// Inventories by resource class.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::load::unique_keys::deserialize")]
     pub inventories: BTreeMap<String, InventorySpec>,
 }
 
@@ -160,17 +160,120 @@ pub enum TaintEffect {
     NoExecute,
 }
 
-/// A taint on a host.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
+/// A taint on a host. In JSON and YAML it is either a map (`{key, value, effect}`) or kubectl's text
+/// form, which `FromStr` and `Display` also use: `key=value:Effect`, or `key:Effect` for an empty
+/// value.
+///
+/// ```
+/// use scheduling::model::{Taint, TaintEffect};
+/// let t: Taint = "dedicated=hpc:NoSchedule".parse().unwrap();
+/// assert_eq!((t.key.as_str(), t.value.as_str(), t.effect), ("dedicated", "hpc", TaintEffect::NoSchedule));
+/// assert_eq!(t.to_string(), "dedicated=hpc:NoSchedule");
+/// assert_eq!("maintenance:NoExecute".parse::<Taint>().unwrap().to_string(), "maintenance:NoExecute");
+/// let err = "dedicated=hpc".parse::<Taint>().unwrap_err();
+/// assert_eq!(err.to_string(), "invalid taint `dedicated=hpc`: expected key=value:Effect or key:Effect");
+/// ```
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
 pub struct Taint {
     /// Key.
     pub key: String,
     /// Value (may be empty).
-    #[serde(default)]
     pub value: String,
     /// Effect.
     pub effect: TaintEffect,
+}
+
+/// The map form of a [`Taint`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaintFields {
+    key: String,
+    #[serde(default)]
+    value: String,
+    effect: TaintEffect,
+}
+
+impl std::str::FromStr for Taint {
+    type Err = crate::error::ParseTextError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| crate::error::ParseTextError {
+            kind: "taint",
+            value: s.to_string(),
+            reason,
+        };
+        let (pair, effect) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected key=value:Effect or key:Effect".into()))?;
+        let effect: TaintEffect = effect
+            .parse()
+            .map_err(|e: crate::error::ParseTextError| bad(e.reason))?;
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key.is_empty() {
+            return Err(bad("the key is empty".into()));
+        }
+        Ok(Taint {
+            key: key.to_string(),
+            value: value.to_string(),
+            effect,
+        })
+    }
+}
+
+impl std::fmt::Display for Taint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}:{}", self.key, self.effect)
+        } else {
+            write!(f, "{}={}:{}", self.key, self.value, self.effect)
+        }
+    }
+}
+
+/// Deserialises a value given either as text (parsed with `FromStr`) or as the map `M`.
+pub(crate) fn text_or_map<'de, D, T, M>(d: D, expecting: &'static str) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = crate::error::ParseTextError>,
+    M: Deserialize<'de> + Into<T>,
+{
+    struct V<T, M>(&'static str, std::marker::PhantomData<(T, M)>);
+    impl<'de, T, M> serde::de::Visitor<'de> for V<T, M>
+    where
+        T: std::str::FromStr<Err = crate::error::ParseTextError>,
+        M: Deserialize<'de> + Into<T>,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+            s.parse().map_err(E::custom)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            M::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Into::into)
+        }
+    }
+    d.deserialize_any(V::<T, M>(expecting, std::marker::PhantomData))
+}
+
+impl From<TaintFields> for Taint {
+    fn from(t: TaintFields) -> Self {
+        Taint {
+            key: t.key,
+            value: t.value,
+            effect: t.effect,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Taint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        text_or_map::<D, Taint, TaintFields>(
+            d,
+            "a taint: `key=value:Effect`, or a map with key, value and effect",
+        )
+    }
 }
 
 /// Server group policy (OpenStack's, including soft variants).
@@ -199,3 +302,5 @@ pub struct ServerGroupSpec {
     #[serde(default)]
     pub max_per_host: Option<u32>,
 }
+
+crate::error::text_enum!(TaintEffect => "taint effect", ServerGroupPolicy => "server group policy");
