@@ -33,9 +33,8 @@ use devices::legacy::{
 use devices::pci::bus::{PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::device_manager::{MmioDeviceInfo, GED_IRQ};
 use crate::layout;
-use crate::pci::PciHostInfo;
+use crate::device_manager::{MmioDeviceInfo, PciHostInfo, GED_IRQ};
 
 const OEM_ID: [u8; 6] = *b"KEEL  ";
 const OEM_REVISION: u32 = 1;

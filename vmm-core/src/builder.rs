@@ -34,12 +34,11 @@ use crate::boot_timer::{self, BootTimer};
 use crate::config::{ConsoleConfig, SerialInput, SerialOutput, VirtioTransport, VmConfig};
 use crate::console::ConsoleSocket;
 use crate::counters::{self, CounterSources, ExitCounters};
-use crate::device_manager::{self, VirtioMmioDevices, GED_IRQ};
+#[cfg(feature = "testing")]
+use crate::device_manager::pci::{PciAttachment, VirtioNotifyCount};
+use crate::device_manager::{self, Resources, VirtioMmioDevices, VirtioPciDevices, GED_IRQ};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedConsoleInput, SharedSerial};
 use crate::memory;
-#[cfg(feature = "testing")]
-use crate::pci::{PciAttachment, VirtioNotifyCount};
-use crate::pci::VirtioPciDevices;
 use crate::state::{self, Control, ExitReason, HandleDevices, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
@@ -398,7 +397,14 @@ fn wire_devices(
     }
     let mut pci_notify_stats = Vec::new();
     if let Some(plan) = &image.pci_plan {
-        let attached = plan.attach(vm_fd, &mut pio, &mut mmio, &image.memory, pci_devices)?;
+        let attached = plan.attach(
+            vm_fd,
+            &mut pio,
+            &mut mmio,
+            &image.memory,
+            pci_devices,
+            &mut image.resources,
+        )?;
         for notifier in attached.notifiers {
             events.add_subscriber(Box::new(notifier));
         }
@@ -503,6 +509,8 @@ struct GuestImage {
     mmio_plan: VirtioMmioDevices,
     /// The PCI bus plan (only with the PCI transport).
     pci_plan: Option<VirtioPciDevices>,
+    /// What is left of the guest's addresses, lines and GSIs after planning.
+    resources: Resources,
 }
 
 impl GuestImage {
@@ -529,11 +537,13 @@ impl GuestImage {
             .map(|entry| (entry.id.clone(), entry.device_type()))
             .collect();
         // One plan is empty, by the transport the config chose.
+        let mut resources = Resources::new(config.memory.as_bytes())
+            .map_err(device_manager::DeviceManagerError::from)?;
         let (mmio_plan, pci_plan) = match config.virtio_transport {
-            VirtioTransport::Mmio => (VirtioMmioDevices::plan(&planned)?, None),
+            VirtioTransport::Mmio => (VirtioMmioDevices::plan(&planned, &mut resources)?, None),
             VirtioTransport::Pci => (
                 VirtioMmioDevices::default(),
-                Some(VirtioPciDevices::plan(&planned, config.memory.as_bytes())?),
+                Some(VirtioPciDevices::plan(&planned, &mut resources)?),
             ),
         };
         let acpi = acpi::write_tables_with_pci(
@@ -557,6 +567,7 @@ impl GuestImage {
             subscribers,
             mmio_plan,
             pci_plan,
+            resources,
         })
     }
 }

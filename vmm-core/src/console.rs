@@ -23,7 +23,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, info, warn};
@@ -31,6 +31,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::event_loop::{deliver_serial_input, SharedConsoleInput};
+use crate::sync::lock;
 
 /// Guest output kept for a client that is absent or slow, in bytes.
 pub const CONSOLE_BUFFER_BYTES: usize = 64 * 1024;
@@ -98,10 +99,6 @@ impl Drop for Shared {
             }
         }
     }
-}
-
-fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ConsoleSocket {

@@ -7,7 +7,7 @@
 //! `{"vcpus": [...], "devices": [{"id": "disk0", "kind": "block", "counters": {...}}]}`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 pub use devices::counters::Counter;
 use devices::virtio::{
@@ -18,6 +18,7 @@ use serde::{Serialize, Serializer};
 
 use crate::console::ConsoleSocket;
 use crate::event_loop::SharedSerial;
+use crate::sync::lock;
 
 /// Why a vCPU left the guest, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,11 +201,6 @@ impl CounterSources {
         }
         VmCounters { vcpus, devices }
     }
-}
-
-/// Locks a device; a device whose lock was poisoned still reports its counters.
-fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

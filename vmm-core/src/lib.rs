@@ -60,7 +60,16 @@ macro_rules! internal {
     )*};
 }
 
-internal!(acpi, boot, device_manager, event_loop, layout, memory, pci, vcpu, vm);
+internal!(
+    acpi,
+    boot,
+    device_manager,
+    event_loop,
+    layout,
+    memory,
+    vcpu,
+    vm
+);
 
 mod boot_timer;
 mod builder;
@@ -68,6 +77,7 @@ pub mod config;
 pub mod console;
 mod counters;
 mod state;
+mod sync;
 
 /// The device traits and back ends an embedder implements or uses with
 /// [`VmBuilder::disk`], [`VmBuilder::net`] and [`VmBuilder::virtio_device`].
@@ -94,9 +104,9 @@ pub mod errors {
     pub use crate::boot::{KernelFormat, LoadError};
     pub use crate::console::ConsoleError;
     pub use crate::device_manager::DeviceManagerError;
+    pub use crate::device_manager::{PciError, ResourceError};
     pub use crate::event_loop::EventLoopError;
     pub use crate::memory::MemoryError;
-    pub use crate::pci::PciError;
     pub use crate::vcpu::regs::RegsError;
     pub use crate::vcpu::VcpuError;
     pub use crate::vm::VmError;
@@ -129,7 +139,7 @@ pub enum Error {
     Device(#[from] device_manager::DeviceManagerError),
     /// Placing a virtio-PCI device or connecting its MSI-X vectors failed.
     #[error(transparent)]
-    Pci(#[from] pci::PciError),
+    Pci(#[from] device_manager::PciError),
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),

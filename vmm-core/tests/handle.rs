@@ -247,7 +247,14 @@ fn console_output_without_a_client_is_bounded_and_counted() {
         .find("keel-guest: boot protocol")
         .unwrap_or_else(|| panic!("no new banner in {} bytes", text.len()));
     let kept = &text[..new_banner];
-    assert_eq!(kept.len(), vmm_core::console::CONSOLE_BUFFER_BYTES);
+    // The client is served once the new VM's event loop runs; the ring is full, so the first
+    // bytes the new VM writes before the client has drained it push the oldest kept ones out.
+    let limit = vmm_core::console::CONSOLE_BUFFER_BYTES;
+    assert!(
+        kept.len() <= limit && kept.len() > limit - 4096,
+        "kept {} bytes",
+        kept.len()
+    );
     assert!(
         kept.ends_with("keel-guest: tick 4000\r\nkeel-guest: exit via=reset\r\n"),
         "{}",

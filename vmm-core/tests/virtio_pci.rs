@@ -19,7 +19,8 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use testkit::{require_kvm, SharedBuffer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_core::config::{DiskConfig, RngConfig};
-use vmm_core::pci::{GsiRoutingTable, PciHostInfo, VirtioPciDevices};
+use vmm_core::device_manager::interrupts::GsiRoutingTable;
+use vmm_core::device_manager::{PciHostInfo, Resources, VirtioPciDevices};
 use vmm_core::{acpi, layout};
 use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -125,7 +126,7 @@ fn built_with_devices() -> (vmm_core::Vm, VirtioPciDevices) {
     let config = pci_config(true);
     let plan = VirtioPciDevices::plan(
         &[("disk0".into(), 2), ("rng0".into(), 4)],
-        config.memory.as_bytes(),
+        &mut Resources::new(config.memory.as_bytes()).unwrap(),
     )
     .unwrap();
     let vm = VmBuilder::new(config)
@@ -196,7 +197,7 @@ fn config_space_and_bars_answer_through_the_vms_buses_and_msix_reaches_kvm() {
 
     // KVM accepts the routing table Keel builds: its defaults plus MSI routes.
     let mut routing = GsiRoutingTable::new();
-    let gsis = routing.allocate(2).unwrap();
+    let gsis = Resources::new(128 << 20).unwrap().msi_gsis(2).unwrap();
     routing.set_msi(
         gsis.start,
         MsiMessage {

@@ -12,7 +12,7 @@ mod common;
 use common::{image, run};
 use testkit::require_kvm;
 use vmm_core::config::{DiskConfig, RngConfig};
-use vmm_core::pci::VirtioNotifyCount;
+use vmm_core::device_manager::pci::VirtioNotifyCount;
 use vmm_core::{ExitReason, VirtioTransport, VmConfig};
 
 fn guest_config(cmdline: &str) -> VmConfig {
