@@ -221,6 +221,14 @@ pub enum PlacementRequestError {
         /// The class.
         class: String,
     },
+    /// No provider of the cluster has an inventory of the class.
+    #[error("request `{request}`: no host offers {class} (no provider has an inventory of it)")]
+    NotOffered {
+        /// Request id.
+        request: String,
+        /// The class.
+        class: String,
+    },
     /// An amount is zero or negative.
     #[error("request `{request}`: {class} amount must be > 0, got {amount}")]
     NonPositiveAmount {

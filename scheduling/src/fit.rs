@@ -38,8 +38,7 @@ fn pending(allocs: &[SlotAllocation], slot: u32) -> u64 {
     allocs
         .iter()
         .filter(|a| a.slot().raw() == slot)
-        .map(|a| a.amount())
-        .sum()
+        .fold(0u64, |t, a| t.saturating_add(a.amount()))
 }
 
 #[inline]
@@ -78,7 +77,10 @@ fn take_from(
                 continue;
             }
             if s.unit_ok(amount)
-                && used[slot as usize] + pending(allocs, slot) + amount <= s.capacity
+                && used[slot as usize]
+                    .saturating_add(pending(allocs, slot))
+                    .saturating_add(amount)
+                    <= s.capacity
             {
                 allocs.push(at(slot, amount));
                 ok = true;
@@ -173,8 +175,8 @@ fn group_failure(c: &Cluster, used: &[u64], req: &CompiledRequest, h: &Host) -> 
                     if sl.class == class {
                         // An amount above the whole capacity reads as "insufficient", not as a unit rule.
                         unit_seen |= sl.unit_ok(amount) || amount > sl.capacity;
-                        capacity_ok |=
-                            sl.unit_ok(amount) && used[slot as usize] + amount <= sl.capacity;
+                        capacity_ok |= sl.unit_ok(amount)
+                            && used[slot as usize].saturating_add(amount) <= sl.capacity;
                     }
                 }
             }
@@ -221,7 +223,11 @@ pub(crate) fn fit_host(
                 unit_seen = true;
             } else if s.unit_ok(amount) {
                 unit_seen = true;
-                if used[slot as usize] + pending(allocs, slot) + amount <= s.capacity {
+                if used[slot as usize]
+                    .saturating_add(pending(allocs, slot))
+                    .saturating_add(amount)
+                    <= s.capacity
+                {
                     allocs.push(at(slot, amount));
                     return true;
                 }

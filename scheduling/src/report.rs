@@ -43,8 +43,9 @@ pub fn summary(state: &State, reference: &[(ClassId, u64)]) -> Summary {
     let mut capacity = vec![0u64; n];
     let mut used = vec![0u64; n];
     for (i, s) in c.slot_ids().zip(c.slots()) {
-        capacity[s.class.idx()] += s.capacity;
-        used[s.class.idx()] += state.used(i);
+        // A cluster-wide sum may pass 2^64 (100,000 hosts of 2^53): saturate rather than wrap.
+        capacity[s.class.idx()] = capacity[s.class.idx()].saturating_add(s.capacity);
+        used[s.class.idx()] = used[s.class.idx()].saturating_add(state.used(i));
     }
     let mut stranded = vec![0u64; n];
     let mut hosts_used = 0;
@@ -65,7 +66,7 @@ pub fn summary(state: &State, reference: &[(ClassId, u64)]) -> Summary {
         }
         if reference.iter().any(|(cl, a)| free(*cl) < *a) {
             for (cl, _) in reference {
-                stranded[cl.idx()] += free(*cl);
+                stranded[cl.idx()] = stranded[cl.idx()].saturating_add(free(*cl));
             }
         }
     }
@@ -120,7 +121,7 @@ pub fn volume_lower_bound(cluster: &Cluster, demand: &[(ClassId, u64)]) -> usize
             if sum >= need {
                 break;
             }
-            sum += cap;
+            sum = sum.saturating_add(cap);
             k += 1;
         }
         bound = bound.max(k);

@@ -581,6 +581,12 @@ impl CompiledRequest {
                             amount: *amount,
                         });
                     }
+                    if !cluster.offered[c.idx()] {
+                        return Err(PlacementRequestError::NotOffered {
+                            request: rid(),
+                            class: name.clone(),
+                        });
+                    }
                     let amount = *amount as u64;
                     let max_unit = cluster.max_unit_by_class[c.idx()];
                     if amount > max_unit {
@@ -591,8 +597,9 @@ impl CompiledRequest {
                             max_unit,
                         });
                     }
+                    // At most MAX_RESOURCE_ENTRIES amounts of at most MAX_QUANTITY each: no wrap.
                     match totals.iter_mut().find(|(k, _)| *k == c) {
-                        Some((_, t)) => *t += amount,
+                        Some((_, t)) => *t = t.saturating_add(amount),
                         None => totals.push((c, amount)),
                     }
                     out.push((c, amount));

@@ -12,6 +12,63 @@ fn cluster_json(inventory: &str) -> String {
     format!(r#"{{"hosts": [{{"name": "h1", "inventories": {{{inventory}}}}}]}}"#)
 }
 
+/// The wraparound found by hand: a root and one NUMA child each with `i64::MAX` of memory at ratio 4,
+/// plus a second child with `i64::MAX`, used to place six requests of `i64::MAX` where five fit (and
+/// to panic in debug). Quantities past 2^53 are now refused at load, naming where; a host whose
+/// inventories are each within the limit but sum past it is refused naming the host.
+#[test]
+fn quantities_past_the_limit_are_refused_naming_provider_field_and_limit() {
+    let huge = i64::MAX;
+    let json = format!(
+        r#"{{"hosts": [{{"name": "h", "inventories": {{"MEMORY_MB": {{"total": {huge}, "allocation_ratio": 4.0}}}},
+            "children": [{{"name": "h-n0", "inventories": {{"MEMORY_MB": {{"total": {huge}, "allocation_ratio": 4.0}}}}}},
+                         {{"name": "h-n1", "inventories": {{"MEMORY_MB": {{"total": {huge}}}}}}}]}}]}}"#
+    );
+    let err = Cluster::from_json(&json).unwrap_err();
+    assert_eq!(
+        err,
+        ModelError::QuantityTooLarge {
+            provider: "h".into(),
+            class: "MEMORY_MB".into(),
+            field: "total",
+            value: huge as u128,
+            limit: scheduling::model::MAX_QUANTITY,
+        }
+    );
+    let max = scheduling::model::MAX_QUANTITY;
+    let json = format!(
+        r#"{{"hosts": [{{"name": "h", "inventories": {{"MEMORY_MB": {{"total": {max}}}}},
+            "children": [{{"name": "h-n0", "inventories": {{"MEMORY_MB": {{"total": 1}}}}}}]}}]}}"#
+    );
+    let err = Cluster::from_json(&json).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("provider `h`, inventory MEMORY_MB: capacity summed over the host's provider tree = {} exceeds the largest quantity the model accepts ({max}, scheduling::model::MAX_QUANTITY)", max + 1)
+    );
+    // At the limit, everything loads and places exactly.
+    let json = format!(
+        r#"{{"hosts": [{{"name": "h", "inventories": {{"MEMORY_MB": {{"total": {max}, "max_unit": {max}}}}}}}]}}"#
+    );
+    let mut p = Placer::new(
+        Arc::new(Cluster::from_json(&json).unwrap()),
+        Profile::default(),
+        1,
+    );
+    let half = (max / 2) as i64;
+    p.place(&PlacementRequest::new("a", &[("MEMORY_MB", half)]))
+        .unwrap();
+    p.place(&PlacementRequest::new("b", &[("MEMORY_MB", half)]))
+        .unwrap();
+    let e = p
+        .place(&PlacementRequest::new("c", &[("MEMORY_MB", 1)]))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "0/1 hosts available: 1 insufficient MEMORY_MB"
+    );
+    assert!(p.state().check_consistency().is_empty());
+}
+
 #[test]
 fn bad_inventories_from_json_name_field_and_value() {
     let cases = [
@@ -25,7 +82,27 @@ fn bad_inventories_from_json_name_field_and_value() {
         ),
         (
             r#""VCPU": {"total": 8, "allocation_ratio": 0}"#,
-            "field `allocation_ratio` must be a finite number > 0, got 0",
+            "field `allocation_ratio` must be a finite number within 0.000001..=1000000 (ratios are kept in millionths), got 0",
+        ),
+        (
+            r#""VCPU": {"total": 8, "allocation_ratio": 1e-7}"#,
+            "field `allocation_ratio` must be a finite number within 0.000001..=1000000 (ratios are kept in millionths), got 1e-7",
+        ),
+        (
+            r#""VCPU": {"total": 8, "allocation_ratio": 1e300}"#,
+            "within 0.000001..=1000000 (ratios are kept in millionths), got 1e300",
+        ),
+        (
+            r#""VCPU": {"total": 9007199254740993}"#,
+            "inventory VCPU: total = 9007199254740993 exceeds the largest quantity the model accepts (9007199254740992, scheduling::model::MAX_QUANTITY)",
+        ),
+        (
+            r#""MEMORY_MB": {"total": 9007199254740992, "allocation_ratio": 1.5}"#,
+            "inventory MEMORY_MB: capacity ((total - reserved) × allocation_ratio) = 13510798882111488 exceeds",
+        ),
+        (
+            r#""VCPU": {"total": 8, "step_size": 9223372036854775807}"#,
+            "step_size = 9223372036854775807 exceeds",
         ),
         (
             r#""VCPU": {"total": 8, "allocation_ratio": -2.5}"#,
@@ -98,6 +175,10 @@ fn bad_requests_are_rejected_before_scheduling() {
     assert_eq!(
         err(&mut p, PlacementRequest::new("a", &[("GPU", 1)])),
         "request `a`: unknown resource class `GPU`"
+    );
+    assert_eq!(
+        err(&mut p, PlacementRequest::new("a", &[("PGPU", 1)])),
+        "request `a`: no host offers PGPU (no provider has an inventory of it)"
     );
     assert_eq!(
         err(&mut p, PlacementRequest::new("a", &[("VCPU", 0)])),

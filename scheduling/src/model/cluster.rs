@@ -6,7 +6,7 @@
 use super::ids::{
     AggregateId, ClassId, HostId, OwnerId, ProviderId, RackId, SlotId, TraitId, ZoneId,
 };
-use super::resource::{is_valid_custom_class, AllocationRatio, STANDARD_CLASSES};
+use super::resource::{is_valid_custom_class, AllocationRatio, MAX_QUANTITY, STANDARD_CLASSES};
 use super::spec::{
     ClusterSpec, HostSpec, InventorySpec, ProviderSpec, ServerGroupSpec, Taint, TaintEffect,
 };
@@ -145,6 +145,8 @@ pub struct Cluster {
     host_by_name: HashMap<String, HostId>,
     provider_by_name: HashMap<String, ProviderId>,
     pub(crate) max_unit_by_class: Vec<u64>,
+    /// Per class: whether any provider has an inventory of it.
+    pub(crate) offered: Vec<bool>,
     /// `hosts × classes` matrix of tree capacity per class (shared providers excluded).
     pub(crate) host_capacity: Vec<u64>,
     /// Per host, the contiguous range of its tree's inventory slots (tree order).
@@ -266,20 +268,43 @@ fn validate_inventory(
         field,
         reason,
     };
+    let too_large = |field: &'static str, value: u128| ModelError::QuantityTooLarge {
+        provider: provider.to_string(),
+        class: class.to_string(),
+        field,
+        value,
+        limit: MAX_QUANTITY,
+    };
+    // Every field within 1..=MAX_QUANTITY (reserved: 0..=total) before any arithmetic.
+    let quantity = |field: &'static str, v: i64, min: i64| -> Result<u64, ModelError> {
+        if v < min {
+            return Err(bad(field, format!("must be >= {min}, got {v}")));
+        }
+        let v = v as u64;
+        if v > MAX_QUANTITY {
+            return Err(too_large(field, u128::from(v)));
+        }
+        Ok(v)
+    };
     if inv.total <= 0 {
         return Err(bad("total", format!("must be > 0, got {}", inv.total)));
     }
+    let total = quantity("total", inv.total, 1)?;
     if inv.reserved < 0 || inv.reserved > inv.total {
         return Err(bad(
             "reserved",
             format!("must be within 0..={}, got {}", inv.total, inv.reserved),
         ));
     }
+    let reserved = inv.reserved as u64;
     let min_unit = inv.min_unit.unwrap_or(1);
     if min_unit <= 0 {
         return Err(bad("min_unit", format!("must be > 0, got {min_unit}")));
     }
-    let max_unit = inv.max_unit.unwrap_or(inv.total);
+    let min_unit = quantity("min_unit", min_unit, 1)?;
+    let max_unit = inv
+        .max_unit
+        .map_or(Ok(total), |m| quantity("max_unit", m, 1))?;
     if max_unit < min_unit {
         return Err(bad(
             "max_unit",
@@ -290,21 +315,44 @@ fn validate_inventory(
     if step_size <= 0 {
         return Err(bad("step_size", format!("must be > 0, got {step_size}")));
     }
+    let step_size = quantity("step_size", step_size, 1)?;
     let ratio_f = inv.allocation_ratio.unwrap_or(1.0);
     let ratio = AllocationRatio::from_f64(ratio_f).ok_or_else(|| {
         bad(
             "allocation_ratio",
-            format!("must be a finite number > 0, got {ratio_f}"),
+            format!(
+                "must be a finite number within {}..={} (ratios are kept in millionths), got {}",
+                AllocationRatio::MIN,
+                AllocationRatio::MAX,
+                show_ratio(ratio_f)
+            ),
         )
     })?;
+    let capacity = ratio.capacity(total, reserved);
+    if capacity > u128::from(MAX_QUANTITY) {
+        return Err(too_large(
+            "capacity ((total - reserved) × allocation_ratio)",
+            capacity,
+        ));
+    }
     Ok(Slot {
         provider: id,
         class: class_id,
-        capacity: ratio.capacity(inv.total as u64, inv.reserved as u64),
-        min_unit: min_unit as u64,
-        max_unit: max_unit as u64,
-        step_size: step_size as u64,
+        capacity: capacity as u64,
+        min_unit,
+        max_unit,
+        step_size,
     })
+}
+
+/// A ratio as a person reads it: plain decimals in the usual range, scientific notation outside it
+/// (`1e-7`, `1e300` rather than a 300-digit number).
+fn show_ratio(r: f64) -> String {
+    if r != 0.0 && r.is_finite() && !(1e-3..1e7).contains(&r.abs()) {
+        format!("{r:e}")
+    } else {
+        format!("{r}")
+    }
 }
 
 impl Cluster {
@@ -426,6 +474,7 @@ impl Cluster {
             host_by_name,
             provider_by_name: b.provider_by_name,
             max_unit_by_class: Vec::new(),
+            offered: Vec::new(),
             host_capacity: Vec::new(),
             host_slots: Vec::new(),
             slot_class: Vec::new(),
@@ -436,7 +485,7 @@ impl Cluster {
             index: ClusterIndex::default(),
             server_groups: spec.server_groups.clone(),
         };
-        cluster.derive();
+        cluster.derive()?;
         Ok(cluster)
     }
 
@@ -513,18 +562,21 @@ impl Cluster {
             labels: spec.labels.clone(),
             taints: spec.taints.clone(),
         });
-        c.derive();
+        c.derive()?;
         Ok(c)
     }
 
     /// Computes everything derived from hosts, providers and slots: per-class unit and capacity
-    /// tables, compact slot data and the indexes.
-    fn derive(&mut self) {
+    /// tables, compact slot data and the indexes. Refuses a host whose capacity of one class,
+    /// summed over its tree, exceeds [`MAX_QUANTITY`].
+    fn derive(&mut self) -> Result<(), ModelError> {
         let n_classes = self.classes.len();
         let mut max_unit_by_class = vec![0u64; n_classes];
+        let mut offered = vec![false; n_classes];
         for s in &self.slots {
             let m = &mut max_unit_by_class[s.class.idx()];
             *m = (*m).max(s.max_unit.min(s.capacity));
+            offered[s.class.idx()] = true;
         }
         let mut host_capacity = vec![0u64; self.hosts.len() * n_classes];
         let mut host_slots = Vec::with_capacity(self.hosts.len());
@@ -532,7 +584,18 @@ impl Cluster {
             let tree = &self.providers[h.provider_start as usize..h.provider_end as usize];
             for p in tree {
                 for s in &self.slots[p.slot_start as usize..p.slot_end as usize] {
-                    host_capacity[i * n_classes + s.class.idx()] += s.capacity;
+                    let sum = &mut host_capacity[i * n_classes + s.class.idx()];
+                    // Both terms are at most MAX_QUANTITY (2^53), so the sum cannot wrap.
+                    *sum += s.capacity;
+                    if *sum > MAX_QUANTITY {
+                        return Err(ModelError::QuantityTooLarge {
+                            provider: h.name.clone(),
+                            class: self.classes.name(u32::from(s.class.raw())).to_string(),
+                            field: "capacity summed over the host's provider tree",
+                            value: u128::from(*sum),
+                            limit: MAX_QUANTITY,
+                        });
+                    }
                 }
             }
             let start = tree.first().map_or(0, |p| p.slot_start);
@@ -560,10 +623,12 @@ impl Cluster {
             })
             .collect();
         self.max_unit_by_class = max_unit_by_class;
+        self.offered = offered;
         self.host_capacity = host_capacity;
         self.host_slots = host_slots;
         self.prefer_no_schedule = prefer_no_schedule;
         self.index = ClusterIndex::build(self);
+        Ok(())
     }
 
     /// Number of hosts.

@@ -10,7 +10,7 @@ pub use ids::{
     AggregateId, ClassId, HostId, OwnerGeneration, OwnerId, ProviderId, RackId, ServerGroupId,
     SlotAllocation, SlotId, TraitId, ZoneId,
 };
-pub use resource::{is_valid_custom_class, AllocationRatio, STANDARD_CLASSES};
+pub use resource::{is_valid_custom_class, AllocationRatio, MAX_QUANTITY, STANDARD_CLASSES};
 pub use spec::{
     ClusterSpec, HostSpec, InventorySpec, ProviderSpec, ServerGroupPolicy, ServerGroupSpec,
     SharedProviderSpec, Taint, TaintEffect,

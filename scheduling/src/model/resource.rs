@@ -21,6 +21,19 @@ pub const STANDARD_CLASSES: &[&str] = &[
     "MEM_ENCRYPTION_CONTEXT",
 ];
 
+/// The largest quantity the model accepts: 2^53 (9,007,199,254,740,992), the largest integer every
+/// JSON parser (IEEE doubles included) reads exactly.
+///
+/// It bounds every inventory field (`total`, `reserved`, `min_unit`, `max_unit`, `step_size`), every
+/// inventory's capacity after its allocation ratio, and every host's capacity of one class summed
+/// over its provider tree; larger values are refused at load with
+/// [`crate::ModelError::QuantityTooLarge`], naming the provider, the class, the field and this limit.
+/// With every quantity at most 2^53 the arithmetic of the hot path cannot wrap in 64 bits: a request
+/// has at most 16 entries (2^57 in all), and the scores' largest product is a quantity times 1000
+/// (under 2^63). Sums over many hosts or allocations (reports, consistency checks, restore) are
+/// computed in 128 bits or checked.
+pub const MAX_QUANTITY: u64 = 1 << 53;
+
 /// Whether `name` is acceptable as a custom resource class name.
 pub fn is_valid_custom_class(name: &str) -> bool {
     name.len() > "CUSTOM_".len()
@@ -47,9 +60,15 @@ impl AllocationRatio {
     /// 1:1, no overcommit.
     pub const ONE: AllocationRatio = AllocationRatio { ppm: 1_000_000 };
 
-    /// Converts a float ratio, rounding to millionths; `None` unless it is finite, > 0 and ≤ 1,000,000.
+    /// The smallest ratio accepted (one millionth: ratios are kept in millionths).
+    pub const MIN: f64 = 0.000_001;
+    /// The largest ratio accepted.
+    pub const MAX: f64 = 1_000_000.0;
+
+    /// Converts a float ratio, rounding to millionths; `None` unless it is finite and within
+    /// [`AllocationRatio::MIN`]`..=`[`AllocationRatio::MAX`].
     pub fn from_f64(ratio: f64) -> Option<Self> {
-        if !ratio.is_finite() || ratio <= 0.0 || ratio > 1_000_000.0 {
+        if !ratio.is_finite() || !(Self::MIN..=Self::MAX).contains(&ratio) {
             return None;
         }
         let ppm = (ratio * 1_000_000.0).round() as u64;
@@ -61,11 +80,11 @@ impl AllocationRatio {
         self.ppm
     }
 
-    /// Allocatable amount: `floor((total - reserved) × ratio)`, saturating at zero.
-    pub fn capacity(self, total: u64, reserved: u64) -> u64 {
+    /// Allocatable amount: `floor((total - reserved) × ratio)`, zero when `reserved ≥ total`. Exact:
+    /// computed in 128 bits, where it cannot overflow (2^64 × 10^12 < 2^128).
+    pub fn capacity(self, total: u64, reserved: u64) -> u128 {
         let usable = u128::from(total.saturating_sub(reserved));
-        let cap = usable * u128::from(self.ppm) / 1_000_000;
-        u64::try_from(cap).unwrap_or(u64::MAX)
+        usable * u128::from(self.ppm) / 1_000_000
     }
 }
 
@@ -92,6 +111,11 @@ mod tests {
             0
         ); // 0.999999 floors to 0
         assert!(AllocationRatio::from_f64(-1.0).is_none());
+        assert!(AllocationRatio::from_f64(1e-7).is_none());
+        assert!(AllocationRatio::from_f64(1e300).is_none());
+        assert_eq!(AllocationRatio::from_f64(1e-6).unwrap().ppm(), 1);
+        let huge = AllocationRatio::from_f64(1e6).unwrap();
+        assert_eq!(huge.capacity(u64::MAX, 0), u128::from(u64::MAX) * 1_000_000);
         assert!(AllocationRatio::from_f64(f64::NAN).is_none());
         assert_eq!(AllocationRatio::ONE.capacity(5, 9), 0);
     }

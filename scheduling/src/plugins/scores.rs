@@ -2,6 +2,10 @@
 //! stranded-resource aware) and the soft constraints (soft affinity, preferred labels, taints, spread).
 //!
 //! Resource scores look at the classes the request asks for, on the host's own tree, after placement.
+//!
+//! Arithmetic: capacities and usage are at most [`crate::model::MAX_QUANTITY`] (2^53) and a
+//! request's total of a class at most 16 times that, so `used + amount` and the largest product
+//! here (a quantity times 1000) stay below 2^63; sums that could exceed that saturate.
 
 use crate::framework::{CycleState, ScorePlugin};
 use crate::model::{HostId, ServerGroupPolicy, TaintEffect};
@@ -12,7 +16,12 @@ use crate::request::{CompiledRequest, TopologyKey, WhenUnsatisfiable};
 fn after<'a>(cx: &'a CycleState<'a>, host: HostId) -> impl Iterator<Item = (u64, u64)> + 'a {
     cx.request.totals.iter().filter_map(move |&(c, amount)| {
         let cap = cx.cluster.host_capacity(host, c);
-        (cap > 0).then(|| (cap, (cx.state.host_used(host, c) + amount).min(cap)))
+        (cap > 0).then(|| {
+            (
+                cap,
+                cx.state.host_used(host, c).saturating_add(amount).min(cap),
+            )
+        })
     })
 }
 
@@ -163,7 +172,7 @@ impl ScorePlugin for StrandedAware {
             if cap == 0 {
                 continue;
             }
-            let free = cap.saturating_sub(cx.state.host_used(host, c) + amount);
+            let free = cap.saturating_sub(cx.state.host_used(host, c).saturating_add(amount));
             more = more.min(free / amount.max(1));
         }
         if more == u64::MAX {
@@ -172,7 +181,8 @@ impl ScorePlugin for StrandedAware {
         let stranded = mean(cx.request.totals.iter().filter_map(|&(c, amount)| {
             let cap = cx.cluster.host_capacity(host, c);
             (cap > 0).then(|| {
-                let free = cap.saturating_sub(cx.state.host_used(host, c) + amount);
+                let free = cap.saturating_sub(cx.state.host_used(host, c).saturating_add(amount));
+                // more ≤ free / amount for every class, so more × amount ≤ free.
                 ((free - more * amount) * 100 / cap) as i64
             })
         }));

@@ -419,21 +419,23 @@ impl State {
                     found: self.generation[owner.idx()],
                 });
             }
-            let total: u64 = claim.allocations[..=i]
+            // In 128 bits: a hand-made claim may hold any number of any amounts.
+            let total: u128 = claim.allocations[..=i]
                 .iter()
                 .filter(|x| x.slot() == slot)
-                .map(|x| x.amount())
+                .map(|x| u128::from(x.amount()))
                 .sum();
-            let mut used = self.used[slot.idx()];
+            let mut used = u128::from(self.used[slot.idx()]);
             if let Some(m) = moving.and_then(|m| self.allocations.get(m)) {
-                used -= m
+                let own: u128 = m
                     .slots
                     .iter()
                     .filter(|x| x.slot() == slot)
-                    .map(|x| x.amount())
-                    .sum::<u64>();
+                    .map(|x| u128::from(x.amount()))
+                    .sum();
+                used = used.saturating_sub(own);
             }
-            if used + total > s.capacity {
+            if used + total > u128::from(s.capacity) {
                 return Err(CommitError::OverCapacity {
                     provider: c.provider(s.provider).name.clone(),
                     class: c.class_name(s.class).to_string(),
@@ -454,11 +456,15 @@ impl State {
         let nc = self.cluster.class_count();
         for a in &slots {
             let (slot, amount) = (a.slot(), a.amount());
-            self.used[slot.idx()] += amount;
+            // `check` proved used + amount ≤ capacity ≤ MAX_QUANTITY; saturating all the same, so
+            // that even a state corrupted behind the checks never wraps (the consistency check
+            // then reports it).
+            self.used[slot.idx()] = self.used[slot.idx()].saturating_add(amount);
             let s = self.cluster.slots()[slot.idx()];
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
-                self.host_used[host.idx() * nc + s.class.idx()] += amount;
+                let h = &mut self.host_used[host.idx() * nc + s.class.idx()];
+                *h = h.saturating_add(amount);
                 self.free.update(&self.cluster, &self.used, host, s.class);
             }
             self.generation[p.owner.idx()] += 1;
@@ -484,17 +490,18 @@ impl State {
         let host = alloc.host;
         for a in &alloc.slots {
             let (slot, amount) = (a.slot(), a.amount());
-            self.used[slot.idx()] -= amount;
+            self.used[slot.idx()] = self.used[slot.idx()].saturating_sub(amount);
             let s = self.cluster.slots()[slot.idx()];
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
-                self.host_used[host.idx() * nc + s.class.idx()] -= amount;
+                let h = &mut self.host_used[host.idx() * nc + s.class.idx()];
+                *h = h.saturating_sub(amount);
                 self.free.update(&self.cluster, &self.used, host, s.class);
             }
             self.generation[p.owner.idx()] += 1;
         }
         self.generation[host.idx()] += 1;
-        self.vm_count[host.idx()] -= 1;
+        self.vm_count[host.idx()] = self.vm_count[host.idx()].saturating_sub(1);
         self.refill(host);
         if let Some(g) = alloc.request.server_group {
             self.groups[g.id.idx()].remove(&self.cluster, host);
@@ -509,9 +516,9 @@ impl State {
         let mut worst = 0u64;
         for c in 0..nc {
             let cap = self.cluster.host_capacity(host, ClassId::new(c));
-            if let Some(b) =
-                (self.host_used[host.idx() * nc + c] * FILL_BUCKETS as u64).checked_div(cap)
-            {
+            // host_used ≤ capacity ≤ MAX_QUANTITY (2^53): × 20 cannot wrap.
+            let used = self.host_used[host.idx() * nc + c].min(cap);
+            if let Some(b) = (used * FILL_BUCKETS as u64).checked_div(cap) {
                 worst = worst.max(b);
             }
         }
@@ -583,12 +590,14 @@ impl State {
         // Keep group membership as it is: resizing does not change a VM's server group.
         compiled.server_group = old.request.server_group;
         for a in &old.slots {
-            self.used[a.slot().idx()] -= a.amount();
+            let u = &mut self.used[a.slot().idx()];
+            *u = u.saturating_sub(a.amount());
         }
         let mut scratch = FitScratch::default();
         let fit = fit_host(&self.cluster, &self.used, &compiled, old.host, &mut scratch);
         for a in &old.slots {
-            self.used[a.slot().idx()] += a.amount();
+            let u = &mut self.used[a.slot().idx()];
+            *u = u.saturating_add(a.amount());
         }
         if let Err(reason) = fit {
             return Err(ResizeError::DoesNotFit(
@@ -609,8 +618,9 @@ impl State {
     pub fn check_consistency(&self) -> Vec<String> {
         let c = &self.cluster;
         let nc = c.class_count();
-        let mut used = vec![0u64; self.used.len()];
-        let mut host_used = vec![0u64; self.host_used.len()];
+        // Sums in 128 bits: whatever the allocations hold, recomputing them cannot wrap.
+        let mut used = vec![0u128; self.used.len()];
+        let mut host_used = vec![0u128; self.host_used.len()];
         let mut vms = vec![0u32; self.vm_count.len()];
         let mut members: Vec<crate::fasthash::IntMap<u32, u32>> =
             vec![Default::default(); self.groups.len()];
@@ -622,12 +632,19 @@ impl State {
                     a.request.id()
                 ));
             }
-            vms[a.host.idx()] += 1;
+            let Some(n) = vms.get_mut(a.host.idx()) else {
+                problems.push(format!("allocation `{id}` is on an unknown host"));
+                continue;
+            };
+            *n += 1;
             for x in &a.slots {
-                used[x.slot().idx()] += x.amount();
-                let s = c.slots()[x.slot().idx()];
+                let Some(s) = c.slot(x.slot()) else {
+                    problems.push(format!("allocation `{id}` uses an unknown slot"));
+                    continue;
+                };
+                used[x.slot().idx()] += u128::from(x.amount());
                 if c.provider(s.provider).host == Some(a.host) {
-                    host_used[a.host.idx() * nc + s.class.idx()] += x.amount();
+                    host_used[a.host.idx() * nc + s.class.idx()] += u128::from(x.amount());
                 }
             }
             if let Some(g) = a.request.server_group {
@@ -636,14 +653,14 @@ impl State {
         }
         for (i, (&mine, &theirs)) in used.iter().zip(&self.used).enumerate() {
             let s = c.slots()[i];
-            if mine != theirs {
+            if mine != u128::from(theirs) {
                 problems.push(format!(
                     "{} on `{}`: allocations sum to {mine}, bookkeeping says {theirs}",
                     c.class_name(s.class),
                     c.provider(s.provider).name
                 ));
             }
-            if mine > s.capacity {
+            if mine > u128::from(s.capacity) {
                 problems.push(format!(
                     "{} on `{}`: {mine} allocated exceeds capacity {}",
                     c.class_name(s.class),
@@ -652,7 +669,11 @@ impl State {
                 ));
             }
         }
-        if host_used != self.host_used {
+        if host_used
+            .iter()
+            .zip(&self.host_used)
+            .any(|(&mine, &theirs)| mine != u128::from(theirs))
+        {
             problems.push("per-host usage totals differ from allocations".into());
         }
         let bucketed: usize = self.fill.buckets.iter().map(|b| b.count()).sum();
@@ -666,6 +687,10 @@ impl State {
         {
             problems.push("utilisation buckets are inconsistent".into());
         }
+        let used: Vec<u64> = used
+            .iter()
+            .map(|&u| u64::try_from(u).unwrap_or(u64::MAX))
+            .collect();
         if !self.free.consistent(c, &used) {
             problems.push("free-capacity index differs from allocations".into());
         }
@@ -820,5 +845,64 @@ mod tests {
             assert_eq!(before.generation(o), p.state().generation(o));
         }
         assert!(p.state().check_consistency().is_empty());
+    }
+
+    /// A state corrupted behind the checks on purpose (usage at `u64::MAX`, an allocation applied
+    /// without `check`) is reported by the consistency check, and deciding on it does not panic.
+    #[test]
+    fn corrupted_state_is_caught_by_the_consistency_check() {
+        let mut p = placer();
+        p.place(&PlacementRequest::new("a", &[("VCPU", 4)]))
+            .unwrap();
+        assert!(p.state().check_consistency().is_empty());
+
+        let mut wrapped = p.state().clone();
+        let slot = wrapped.allocation("a").unwrap().slots()[0].slot();
+        wrapped.used[slot.idx()] = u64::MAX;
+        let problems = wrapped.check_consistency();
+        assert!(
+            problems
+                .iter()
+                .any(|m| m.contains("bookkeeping says 18446744073709551615")),
+            "{problems:?}"
+        );
+        let req = wrapped
+            .compile(&PlacementRequest::new("b", &[("VCPU", 4)]))
+            .unwrap();
+        let mut sched = crate::Scheduler::new(Arc::new(Profile::default()), 1);
+        let _ = sched.decide(&wrapped, &req, &DecideOptions::default());
+
+        // Over-allocation applied behind `check`: 4 + 8 on a slot of capacity 8.
+        let mut over = p.state().clone();
+        let host = over.allocation("a").unwrap().host();
+        let req = over
+            .compile(&PlacementRequest::new("c", &[("VCPU", 4)]))
+            .unwrap();
+        over.apply(
+            host,
+            vec![SlotAllocation::new(slot, 4), SlotAllocation::new(slot, 4)],
+            req,
+        );
+        let problems = over.check_consistency();
+        assert!(
+            problems
+                .iter()
+                .any(|m| m.contains("12 allocated exceeds capacity 8")),
+            "{problems:?}"
+        );
+
+        // Amounts near u64::MAX in allocations: the recomputed sums are exact, not wrapped.
+        let mut huge = p.state().clone();
+        let req = huge
+            .compile(&PlacementRequest::new("d", &[("VCPU", 1)]))
+            .unwrap();
+        huge.apply(host, vec![SlotAllocation::new(slot, u64::MAX); 2], req);
+        let problems = huge.check_consistency();
+        assert!(
+            problems
+                .iter()
+                .any(|m| m.contains("36893488147419103234 allocated exceeds capacity 8")),
+            "{problems:?}"
+        );
     }
 }

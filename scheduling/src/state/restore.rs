@@ -175,10 +175,12 @@ impl State {
                     capacity: s.capacity,
                 });
             }
+            // r.amount ≤ free = capacity - used: the sum stays within the capacity.
             used[slot.idx()] += r.amount;
             slots.push(SlotAllocation::new(slot, r.amount));
+            // Any number of entries: a sum that would wrap is no request's total anyway.
             match placed.iter_mut().find(|(k, _)| *k == s.class) {
-                Some((_, t)) => *t += r.amount,
+                Some((_, t)) => *t = t.saturating_add(r.amount),
                 None => placed.push((s.class, r.amount)),
             }
         }
