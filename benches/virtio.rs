@@ -1,16 +1,22 @@
-//! Virtio throughput benchmark: Keel's `boot` example and QEMU `-M microvm` run the same test guest
-//! (`guest/`, modern virtio-mmio, devices listed with `virtio_mmio.device=` on the command line) in
-//! its benchmark modes, in alternating runs.
+//! Virtio throughput benchmark: the `keel` program (`target/release/keel`) and QEMU `-M microvm`
+//! run the same test guest (`guest/`, modern virtio-mmio, devices listed with `virtio_mmio.device=`
+//! on the command line) in its benchmark modes, in alternating runs.
 //!
 //! `cargo bench -p benches --bench virtio [-- RUNS]` (default 5 runs per VMM and workload;
 //! `-- 1` or `KEEL_BENCH_QUICK=1` is a quick smoke run with smaller workloads).
-//! `KEEL_BENCH_DIRECT=1` opens the disk image with O_DIRECT (Keel `,direct`, QEMU `cache=none`);
-//! by default both go through the host's page cache. `KEEL_BENCH_ONLY=randread,seqwrite,net,vsock`
-//! (any of them) runs only those workloads.
+//! `KEEL_BENCH_DIRECT=1` opens the disk images with O_DIRECT (Keel `,direct`, QEMU `cache=none`);
+//! by default both go through the host's page cache.
+//! `KEEL_BENCH_ONLY=randread,randread4,randread2,seqwrite,net,vsock` (any of them) runs only those
+//! workloads.
 //!
 //! Workloads (guest/README.md, "Benchmarks"):
-//! - `blk randread`: 4 KiB reads at pseudo-random 4 KiB-aligned offsets of a 64 MiB raw image,
-//!   16 in flight;
+//! - `blk randread` (`randread`): 4 KiB reads at pseudo-random 4 KiB-aligned offsets of a 64 MiB
+//!   raw image, 16 in flight;
+//! - `blk randread depth 4` (`randread4`): the same with 4 in flight, where the time a request
+//!   spends in the VMM shows more (the guest waits for completions more often);
+//! - `blk randread 2 disks` (`randread2`): the guest's `randread2` mode, the same reads shared
+//!   between two disks (two 64 MiB images), each with its own queue and 4 requests in flight, so
+//!   the VMM must serve both devices at once (Keel: one I/O thread per disk);
 //! - `blk seqwrite`: sequential 64 KiB writes over a region, 16 in flight, then one FLUSH;
 //! - `net tx`: minimum-size frames (EtherType 0x88b5) guest -> host through a TAP device, drained
 //!   and counted by the host on an AF_PACKET socket;
@@ -21,8 +27,9 @@
 //! The guest prints `keel-guest: bench <name> start` right before its timed loop and
 //! `keel-guest: bench <name> end ops=<n> bytes=<b>` right after; the host takes the time between the
 //! arrival of the two lines on each VMM's stdout (both VMMs write the serial console to stdout at
-//! least once per line, so the line ends are comparable). The end line's own output (~10 ms of
-//! guest console work on this host) is inside the window; the workloads are sized to run ~1 s+.
+//! least once per line, so the line ends are comparable). The end line's own output (a few ms of
+//! guest console work on this host) is inside the window; the workloads are sized to run ~1 s
+//! (seqwrite ~0.2 s: it is bounded by the 64 MiB image).
 //!
 //! On this project's nested PVM host all guest code runs in KVM's instruction emulator at roughly a
 //! million instructions a second (guest/README.md, "Platform"), so the guest's own per-request work
@@ -64,6 +71,8 @@ impl Vmm {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Workload {
     RandRead,
+    RandReadDepth4,
+    RandReadTwoDisks,
     SeqWrite,
     NetTx,
     Vsock,
@@ -73,16 +82,27 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::RandRead => "blk randread 4K",
+            Workload::RandReadDepth4 => "blk randread depth 4",
+            Workload::RandReadTwoDisks => "blk randread 2 disks",
             Workload::SeqWrite => "blk seqwrite 64K",
             Workload::NetTx => "net tx 60B frames",
             Workload::Vsock => "vsock stream 64K",
         }
     }
 
+    /// The name `KEEL_BENCH_ONLY` selects the workload by.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::RandReadDepth4 => "randread4",
+            other => other.guest_name(),
+        }
+    }
+
     /// The guest's bench name (in its start and end lines).
     fn guest_name(self) -> &'static str {
         match self {
-            Workload::RandRead => "randread",
+            Workload::RandRead | Workload::RandReadDepth4 => "randread",
+            Workload::RandReadTwoDisks => "randread2",
             Workload::SeqWrite => "seqwrite",
             Workload::NetTx => "net",
             Workload::Vsock => "vsock",
@@ -91,12 +111,33 @@ impl Workload {
 
     /// Operations per second (true) or megabytes per second (false).
     fn per_op(self) -> bool {
-        matches!(self, Workload::RandRead | Workload::NetTx)
+        matches!(
+            self,
+            Workload::RandRead
+                | Workload::RandReadDepth4
+                | Workload::RandReadTwoDisks
+                | Workload::NetTx
+        )
+    }
+
+    /// Disk images the workload needs.
+    fn disks(self) -> usize {
+        match self {
+            Workload::RandRead | Workload::RandReadDepth4 | Workload::SeqWrite => 1,
+            Workload::RandReadTwoDisks => 2,
+            Workload::NetTx | Workload::Vsock => 0,
+        }
     }
 }
 
+/// Requests the default random-read workload keeps in flight.
+const RANDREAD_DEPTH: u32 = 16;
+/// Requests in flight in the shallow random-read workload, and on each disk of the two-disk one.
+const SHALLOW_DEPTH: u32 = 4;
+
 /// Sizes of the workloads.
 struct Sizes {
+    /// Reads of each random-read workload (the two-disk one: both disks together).
     randread_ops: u64,
     seqwrite_bytes: u64,
     net_frames: u64,
@@ -323,7 +364,15 @@ impl Bench {
     fn cmdline(&self, workload: Workload) -> String {
         let mode = match workload {
             Workload::RandRead => format!(
-                "keel.blk_bench=randread keel.bench_ops={}",
+                "keel.blk_bench=randread keel.bench_depth={RANDREAD_DEPTH} keel.bench_ops={}",
+                self.sizes.randread_ops
+            ),
+            Workload::RandReadDepth4 => format!(
+                "keel.blk_bench=randread keel.bench_depth={SHALLOW_DEPTH} keel.bench_ops={}",
+                self.sizes.randread_ops
+            ),
+            Workload::RandReadTwoDisks => format!(
+                "keel.blk_bench=randread2 keel.bench_depth={SHALLOW_DEPTH} keel.bench_ops={}",
                 self.sizes.randread_ops
             ),
             Workload::SeqWrite => format!(
@@ -377,9 +426,9 @@ impl Bench {
         cmd
     }
 
-    fn image(&self, vmm: Vmm) -> PathBuf {
+    fn image(&self, vmm: Vmm, disk: usize) -> PathBuf {
         self.dir
-            .join(format!("{}.img", vmm.name().replace(' ', "-")))
+            .join(format!("{}-{disk}.img", vmm.name().replace(' ', "-")))
     }
 
     /// One run of `workload` under `vmm`.
@@ -391,23 +440,32 @@ impl Bench {
         let mut vsock_server = None;
         let mut vsock_dir = None;
         match workload {
-            Workload::RandRead | Workload::SeqWrite => {
-                let image = self.image(vmm);
-                fresh_image(&image).map_err(|err| format!("image {}: {err}", image.display()))?;
-                match vmm {
-                    Vmm::Keel => {
-                        let direct = if self.direct { ",direct=on" } else { "" };
-                        cmd.arg("--disk")
-                            .arg(format!("path={}{direct}", image.display()));
-                    }
-                    Vmm::Qemu => {
-                        let cache = if self.direct { ",cache=none" } else { "" };
-                        cmd.args([
-                            "-drive",
-                            &format!("id=d0,file={},format=raw,if=none{cache}", image.display()),
-                            "-device",
-                            "virtio-blk-device,drive=d0",
-                        ]);
+            Workload::RandRead
+            | Workload::RandReadDepth4
+            | Workload::RandReadTwoDisks
+            | Workload::SeqWrite => {
+                for disk in 0..workload.disks() {
+                    let image = self.image(vmm, disk);
+                    fresh_image(&image)
+                        .map_err(|err| format!("image {}: {err}", image.display()))?;
+                    match vmm {
+                        Vmm::Keel => {
+                            let direct = if self.direct { ",direct=on" } else { "" };
+                            cmd.arg("--disk")
+                                .arg(format!("path={}{direct}", image.display()));
+                        }
+                        Vmm::Qemu => {
+                            let cache = if self.direct { ",cache=none" } else { "" };
+                            cmd.args([
+                                "-drive",
+                                &format!(
+                                    "id=d{disk},file={},format=raw,if=none{cache}",
+                                    image.display()
+                                ),
+                                "-device",
+                                &format!("virtio-blk-device,drive=d{disk}"),
+                            ]);
+                        }
                     }
                 }
             }
@@ -509,9 +567,9 @@ fn main() {
         }
     } else {
         Sizes {
-            randread_ops: 2000,
+            randread_ops: 8000,
             seqwrite_bytes: IMAGE_BYTES,
-            net_frames: 2000,
+            net_frames: 10000,
             vsock_bytes: 64 << 20,
         }
     };
@@ -557,7 +615,7 @@ fn main() {
         if quick { " (quick sizes)" } else { "" }
     );
     println!(
-        "  sizes: randread {} x 4 KiB (16 in flight), seqwrite {} MiB in 64 KiB (16 in flight) + FLUSH, net {} frames, vsock {} MiB; disk I/O {}",
+        "  sizes: randread {} x 4 KiB ({RANDREAD_DEPTH} in flight; depth 4: {SHALLOW_DEPTH}; 2 disks: half each, {SHALLOW_DEPTH} in flight on each), seqwrite {} MiB in 64 KiB (16 in flight) + FLUSH, net {} frames, vsock {} MiB; disk I/O {}",
         bench.sizes.randread_ops,
         bench.sizes.seqwrite_bytes >> 20,
         bench.sizes.net_frames,
@@ -573,11 +631,13 @@ fn main() {
     let mut table: Vec<Row> = Vec::new();
     for workload in [
         Workload::RandRead,
+        Workload::RandReadDepth4,
+        Workload::RandReadTwoDisks,
         Workload::SeqWrite,
         Workload::NetTx,
         Workload::Vsock,
     ] {
-        if !only.is_empty() && !only.split(',').any(|name| name == workload.guest_name()) {
+        if !only.is_empty() && !only.split(',').any(|name| name == workload.key()) {
             continue;
         }
         let mut notes = Vec::new();
@@ -591,7 +651,7 @@ fn main() {
         if workload == Workload::NetTx {
             if !tun || !ip {
                 println!(
-                    "{:<18} skipped: {}",
+                    "{:<20} skipped: {}",
                     workload.name(),
                     if !tun {
                         "/dev/net/tun is missing"
@@ -615,7 +675,7 @@ fn main() {
             }
             if let Some(err) = failed {
                 println!(
-                    "{:<18} skipped: cannot set up a TAP: {err}",
+                    "{:<20} skipped: cannot set up a TAP: {err}",
                     workload.name()
                 );
                 continue;
@@ -635,7 +695,7 @@ fn main() {
                             _ => String::new(),
                         };
                         println!(
-                            "  {:<18} run {:>2} {:<13} {:>9.1} {unit} ({} ops, {:.3} s{host})",
+                            "  {:<20} run {:>2} {:<13} {:>9.1} {unit} ({} ops, {:.3} s{host})",
                             workload.name(),
                             run + 1,
                             vmm.name(),
@@ -647,7 +707,7 @@ fn main() {
                     }
                     Err(err) => {
                         println!(
-                            "  {:<18} run {:>2} {:<13} FAILED: {err}",
+                            "  {:<20} run {:>2} {:<13} FAILED: {err}",
                             workload.name(),
                             run + 1,
                             vmm.name()
@@ -663,7 +723,7 @@ fn main() {
 
     println!();
     println!(
-        "{:<18} {:>7} | {:>14} {:>14} | {:>9} | host-side",
+        "{:<20} {:>7} | {:>14} {:>14} | {:>9} | host-side",
         "workload (median)", "unit", "keel", "qemu microvm", "keel/qemu"
     );
     for (workload, keel, qemu_samples, notes) in &table {
@@ -716,13 +776,13 @@ fn main() {
             _ => String::new(),
         };
         println!(
-            "{:<18} {unit:>7} | {:>14} {:>14} | {ratio:>9} | {host_text}",
+            "{:<20} {unit:>7} | {:>14} {:>14} | {ratio:>9} | {host_text}",
             workload.name(),
             show(keel_rate, keel),
             show(qemu_rate, qemu_samples),
         );
         for note in notes {
-            println!("{:<18} note: {note}", "");
+            println!("{:<20} note: {note}", "");
         }
     }
     println!("(ratio > 1: Keel faster; (n/{runs}) = successful runs)");

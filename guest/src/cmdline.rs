@@ -29,7 +29,8 @@ pub const DEFAULT_VSOCK_LISTEN: u32 = 6000;
 /// at 2.5 GHz).
 pub const DEFAULT_VIRTIO_WAIT_TSC: u64 = 10_000_000_000;
 
-/// Default of `keel.bench_ops`: requests (randread) or frames (net) a benchmark runs.
+/// Default of `keel.bench_ops`: requests (randread; randread2 in all) or frames (net) a benchmark
+/// runs.
 pub const DEFAULT_BENCH_OPS: u64 = 2000;
 
 /// Default of `keel.bench_bytes`: bytes the seqwrite and vsock benchmarks move (4 MiB).
@@ -114,17 +115,19 @@ pub struct VirtioOptions {
     pub vsock_listen: u32,
     /// `keel.virtio_wait_tsc=T`: TSC ticks to wait for a device's answer or a peer's packet.
     pub wait_tsc: u64,
-    /// `keel.blk_bench=randread|seqwrite`: benchmark the first block device instead of testing.
+    /// `keel.blk_bench=randread|seqwrite|randread2`: benchmark the first block device (the first
+    /// two with `randread2`) instead of testing.
     pub blk_bench: Option<BlkBench>,
     /// `keel.net_bench`: benchmark sending on the first network device instead of testing it.
     pub net_bench: bool,
     /// `keel.vsock_bench`: benchmark streaming to the host instead of testing the socket device.
     pub vsock_bench: bool,
-    /// `keel.bench_ops=N`: requests (randread) or frames (net) to time.
+    /// `keel.bench_ops=N`: requests (randread; randread2 on both disks together) or frames (net)
+    /// to time.
     pub bench_ops: u64,
     /// `keel.bench_bytes=B`: bytes to write (seqwrite) or stream (vsock).
     pub bench_bytes: u64,
-    /// `keel.bench_depth=D`: requests (or packets) kept in flight at most.
+    /// `keel.bench_depth=D`: requests (or packets) kept in flight at most (randread2: on each disk).
     pub bench_depth: u16,
 }
 
@@ -135,6 +138,9 @@ pub enum BlkBench {
     RandRead,
     /// Sequential 64 KiB writes from sector 0, then a flush.
     SeqWrite,
+    /// 4 KiB random reads on the first two block devices at once, each with its own queue and
+    /// requests in flight.
+    RandRead2,
 }
 
 impl BlkBench {
@@ -143,11 +149,12 @@ impl BlkBench {
         match self {
             Self::RandRead => "randread",
             Self::SeqWrite => "seqwrite",
+            Self::RandRead2 => "randread2",
         }
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [Self::RandRead, Self::SeqWrite]
+        [Self::RandRead, Self::SeqWrite, Self::RandRead2]
             .into_iter()
             .find(|bench| bench.name() == name)
     }
@@ -397,8 +404,9 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
             ("keel.net_bench", None) => options.virtio.net_bench = true,
             ("keel.vsock_bench", None) => options.virtio.vsock_bench = true,
             ("keel.blk_bench", Some(value)) => {
-                options.virtio.blk_bench =
-                    Some(BlkBench::from_name(value).ok_or(error("randread or seqwrite"))?);
+                options.virtio.blk_bench = Some(
+                    BlkBench::from_name(value).ok_or(error("randread, seqwrite or randread2"))?,
+                );
             }
             ("keel.bench_ops", Some(value)) => {
                 options.virtio.bench_ops = parse_number(value)
@@ -598,6 +606,13 @@ mod tests {
             (7, 0x10000, 1)
         );
         assert!(parse("keel.blk_bench=seqwrite").unwrap().virtio.any());
+        let virtio = parse("keel.blk_bench=randread2 keel.bench_depth=4")
+            .unwrap()
+            .virtio;
+        assert_eq!(virtio.blk_bench, Some(BlkBench::RandRead2));
+        assert_eq!(BlkBench::RandRead2.name(), "randread2");
+        assert_eq!(virtio.bench_depth, 4);
+        assert!(parse("keel.blk_bench=randread3").is_err());
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! Every request is one chain: a 16-byte header the device reads, an optional data buffer, and a
 //! status byte the device writes. Data moves in chunks of up to [`CHUNK_SECTORS`] sectors.
+//!
+//! The benchmarks (`keel.blk_bench`) keep several requests in flight on one disk, or with
+//! `randread2` on two disks at once, both set up from the one DMA arena.
 
 use keel_test_guest::cmdline::{BlkBench, VirtioOptions};
 use keel_test_guest::virtio::bench::{
-    write_chunk, write_count, RandomBlocks, BENCH_QUEUE_SIZE, READ_SIZE, WRITE_CHUNK,
+    disk_share, read_buffer_offset, write_chunk, write_count, RandomBlocks, BENCH_DISKS,
+    BENCH_QUEUE_SIZE, READ_SIZE, WRITE_CHUNK,
 };
 use keel_test_guest::virtio::blk::{
     check_pattern, fill_pattern, request_header, F_FLUSH, F_RO, HEADER_LEN, ID_LEN, SECTOR_SIZE,
@@ -14,7 +18,7 @@ use keel_test_guest::virtio::blk::{
 use keel_test_guest::virtio::{byte_sum, Printable};
 
 use super::deadline;
-use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue, MAX_QUEUE_SIZE};
+use super::queue::{DmaArena, DmaBuffer, Segment, Virtqueue, MAX_QUEUE_SIZE, RENOTIFY_TICKS};
 use super::transport::{DriverError, Transport};
 use crate::console::report;
 use crate::cpu::rdtsc;
@@ -30,19 +34,185 @@ pub fn test(transport: &Transport, number: usize, options: &VirtioOptions) {
     transport.reset();
 }
 
-/// Runs block benchmark `bench` on device number `number`, with data buffers in `memory` (at
-/// least one [`WRITE_CHUNK`] per descriptor of a [`BENCH_QUEUE_SIZE`] queue).
+/// Runs block benchmark `bench`: `randread2` on the first two block devices, `first` and
+/// `second`, the others on `first`. Data buffers are in `memory` (at least one [`WRITE_CHUNK`] per
+/// descriptor of a [`BENCH_QUEUE_SIZE`] queue).
 pub fn bench(
-    transport: &Transport,
-    number: usize,
+    first: Option<&Transport>,
+    second: Option<&Transport>,
     options: &VirtioOptions,
     bench: BlkBench,
     memory: DmaBuffer,
 ) {
-    let result = Disk::open(transport, options, BENCH_QUEUE_SIZE)
-        .and_then(|mut disk| disk.bench(number, options, bench, memory));
-    report_failure(number, result);
-    transport.reset();
+    let Some(first) = first else {
+        report!("FAIL virtio-blk no device");
+        return;
+    };
+    match (bench, second) {
+        (BlkBench::RandRead2, Some(second)) => {
+            if let Err((number, failure)) = bench_two([first, second], options, memory) {
+                report_failure(number, Err(failure));
+            }
+            first.reset();
+            second.reset();
+        }
+        (BlkBench::RandRead2, None) => {
+            report!("FAIL virtio-blk randread2 needs two devices, found 1");
+        }
+        (BlkBench::RandRead | BlkBench::SeqWrite, _) => {
+            let result = Disk::open(first, options, BENCH_QUEUE_SIZE)
+                .and_then(|mut disk| disk.bench(0, options, bench, memory));
+            report_failure(0, result);
+            first.reset();
+        }
+    }
+}
+
+/// The two-disk benchmark (`randread2`): `keel.bench_ops` 4 KiB random reads shared between the
+/// two disks, each with its own queue and up to `keel.bench_depth` requests in flight. Each round
+/// tops up both queues (one notification per disk that got new requests), then polls both used
+/// rings until either returns something, and takes every completion from both. On failure, says
+/// which disk (0 or 1) failed.
+fn bench_two(
+    transports: [&Transport; 2],
+    options: &VirtioOptions,
+    memory: DmaBuffer,
+) -> Result<(), (usize, Failure)> {
+    const NAME: &str = "randread2";
+    // SAFETY: the previous driver reset its device before returning; both disks of this
+    // benchmark share this one `take`.
+    let mut arena = unsafe { DmaArena::take() };
+    let mut open = |number: usize| -> Result<Lane<'_>, (usize, Failure)> {
+        let transport = transports[number];
+        let disk = Disk::open_in(transport, options, BENCH_QUEUE_SIZE, &mut arena)
+            .map_err(|failure| (number, failure))?;
+        let capacity = transport.config_u64(0);
+        let blocks = capacity / (READ_SIZE / SECTOR_SIZE as u64);
+        if blocks == 0 {
+            let end = READ_SIZE / SECTOR_SIZE as u64;
+            return Err((number, Failure::Range { end, capacity }));
+        }
+        let index = number as u64;
+        Ok(Lane {
+            // Three descriptors per request.
+            depth: options.bench_depth.min(disk.queue.size() / 3).max(1),
+            disk,
+            number,
+            capacity,
+            random: RandomBlocks::for_disk(blocks, index),
+            count: disk_share(options.bench_ops, BENCH_DISKS, index),
+            submitted: 0,
+            done: 0,
+            in_flight: 0,
+        })
+    };
+    let mut lanes = [open(0)?, open(1)?];
+    let ops = options.bench_ops;
+    report!(
+        "bench {NAME} dev=0,1 capacity={},{} ops={ops} size={READ_SIZE} depth={},{}",
+        lanes[0].capacity,
+        lanes[1].capacity,
+        lanes[0].depth,
+        lanes[1].depth
+    );
+    report!("bench {NAME} start");
+    while lanes.iter().any(|lane| lane.done < lane.count) {
+        for lane in lanes.iter_mut() {
+            lane.top_up(memory)
+                .map_err(|error| (lane.number, error.into()))?;
+        }
+        let until = deadline(options.wait_tsc);
+        let mut next_notify = rdtsc().saturating_add(RENOTIFY_TICKS);
+        loop {
+            let mut completed = false;
+            for lane in lanes.iter_mut() {
+                completed |= lane.reap().map_err(|failure| (lane.number, failure))?;
+            }
+            if completed {
+                break;
+            }
+            let now = rdtsc();
+            if now > until {
+                for lane in &lanes {
+                    lane.disk
+                        .transport
+                        .check()
+                        .map_err(|error| (lane.number, error.into()))?;
+                }
+                let waiting = lanes.iter().find(|lane| lane.in_flight > 0);
+                let number = waiting.map_or(0, |lane| lane.number);
+                return Err((number, DriverError::Timeout("a block request").into()));
+            }
+            if now > next_notify {
+                // As `Virtqueue::poll_used` does: a device may have missed a notification.
+                for lane in lanes.iter().filter(|lane| lane.in_flight > 0) {
+                    lane.disk.transport.notify(lane.disk.queue.index());
+                }
+                next_notify = now.saturating_add(RENOTIFY_TICKS);
+            }
+            core::hint::spin_loop();
+        }
+    }
+    report!("bench {NAME} end ops={ops} bytes={}", ops * READ_SIZE);
+    Ok(())
+}
+
+/// One disk of the two-disk benchmark and where its share of the reads stands.
+struct Lane<'a> {
+    disk: Disk<'a>,
+    /// 0 or 1: picks the disk's part of the benchmark memory and its random sequence.
+    number: usize,
+    capacity: u64,
+    depth: u16,
+    random: RandomBlocks,
+    /// Reads this disk does.
+    count: u64,
+    submitted: u64,
+    done: u64,
+    in_flight: u16,
+}
+
+impl Lane<'_> {
+    /// Submits reads until `depth` are in flight (or all are submitted), then notifies the device
+    /// once if any were added.
+    fn top_up(&mut self, memory: DmaBuffer) -> Result<(), DriverError> {
+        let mut added = false;
+        while self.in_flight < self.depth
+            && self.submitted < self.count
+            && self.disk.queue.free() >= 3
+        {
+            let head = self.disk.queue.next_head();
+            let offset = read_buffer_offset(self.number as u64, head) as usize;
+            let data = Segment::writable(memory.slice(offset, READ_SIZE as usize));
+            self.disk
+                .enqueue(head, T_IN, self.random.next_sector(), data)?;
+            self.submitted += 1;
+            self.in_flight += 1;
+            added = true;
+        }
+        if added {
+            self.disk.transport.notify(self.disk.queue.index());
+        }
+        Ok(())
+    }
+
+    /// Takes every completed read off the used ring, checking each status; whether there was any.
+    fn reap(&mut self) -> Result<bool, Failure> {
+        let mut any = false;
+        while let Some((head, _)) = self.disk.queue.pop_used() {
+            let status = self.disk.status_of(head);
+            if status != S_OK {
+                return Err(Failure::Status {
+                    what: "read",
+                    status,
+                });
+            }
+            self.done += 1;
+            self.in_flight = self.in_flight.saturating_sub(1);
+            any = true;
+        }
+        Ok(any)
+    }
 }
 
 /// A read left in flight on the first disk while the other tests run (`keel.blk_background`):
@@ -172,10 +342,20 @@ impl<'a> Disk<'a> {
         options: &VirtioOptions,
         queue_size: u16,
     ) -> Result<Self, Failure> {
-        let features = transport.negotiate(0, 1 << F_RO | 1 << F_FLUSH)?;
         // SAFETY: the previous driver reset its device before returning.
         let mut arena = unsafe { DmaArena::take() };
-        let queue = Virtqueue::with_size(transport, 0, &mut arena, queue_size)?;
+        Self::open_in(transport, options, queue_size, &mut arena)
+    }
+
+    /// Like [`open`](Self::open), with the queue and buffers from `arena` (about 13 KiB).
+    fn open_in(
+        transport: &'a Transport,
+        options: &VirtioOptions,
+        queue_size: u16,
+        arena: &mut DmaArena,
+    ) -> Result<Self, Failure> {
+        let features = transport.negotiate(0, 1 << F_RO | 1 << F_FLUSH)?;
+        let queue = Virtqueue::with_size(transport, 0, arena, queue_size)?;
         let header = arena.alloc(HEADER_LEN, 16)?;
         let status = arena.alloc(1, 1)?;
         let data = arena.alloc(CHUNK_SECTORS * SECTOR_SIZE, 4096)?;
@@ -210,6 +390,8 @@ impl<'a> Disk<'a> {
         let depth = options.bench_depth.min(self.queue.size() / 3).max(1);
         let flush = self.features & 1 << F_FLUSH != 0;
         match bench {
+            // Two disks: `bench_two`, never here.
+            BlkBench::RandRead2 => {}
             BlkBench::RandRead => {
                 let blocks = capacity / (READ_SIZE / SECTOR_SIZE as u64);
                 if blocks == 0 {
@@ -274,16 +456,7 @@ impl<'a> Disk<'a> {
             while in_flight < depth && submitted < count && self.queue.free() >= 3 {
                 let head = self.queue.next_head();
                 let (request_type, sector, data) = next(head, submitted);
-                let header = self
-                    .headers
-                    .slice(usize::from(head) * HEADER_LEN, HEADER_LEN);
-                header.with_bytes(|bytes| {
-                    bytes.copy_from_slice(&request_header(request_type, sector))
-                });
-                let status = self.statuses.slice(usize::from(head), 1);
-                status.with_bytes(|bytes| bytes[0] = 0xff);
-                self.queue
-                    .submit(&[Segment::readable(header), data, Segment::writable(status)])?;
+                self.enqueue(head, request_type, sector, data)?;
                 submitted += 1;
                 in_flight += 1;
                 added = true;
@@ -297,10 +470,7 @@ impl<'a> Disk<'a> {
                 "a block request",
             )?);
             while let Some((head, _)) = used {
-                let status = self
-                    .statuses
-                    .slice(usize::from(head), 1)
-                    .with_bytes(|bytes| bytes[0]);
+                let status = self.status_of(head);
                 if status != S_OK {
                     return Err(Failure::Status { what, status });
                 }
@@ -310,6 +480,33 @@ impl<'a> Disk<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Puts a request on the queue without notifying: its header and status byte are those of
+    /// `head`, which must be the queue's [`next_head`](Virtqueue::next_head).
+    fn enqueue(
+        &mut self,
+        head: u16,
+        request_type: u32,
+        sector: u64,
+        data: Segment,
+    ) -> Result<(), DriverError> {
+        let header = self
+            .headers
+            .slice(usize::from(head) * HEADER_LEN, HEADER_LEN);
+        header.with_bytes(|bytes| bytes.copy_from_slice(&request_header(request_type, sector)));
+        let status = self.statuses.slice(usize::from(head), 1);
+        status.with_bytes(|bytes| bytes[0] = 0xff);
+        self.queue
+            .submit(&[Segment::readable(header), data, Segment::writable(status)])?;
+        Ok(())
+    }
+
+    /// The status byte of the request whose chain starts at `head`.
+    fn status_of(&self, head: u16) -> u8 {
+        self.statuses
+            .slice(usize::from(head), 1)
+            .with_bytes(|bytes| bytes[0])
     }
 
     fn run(&mut self, number: usize, options: &VirtioOptions) -> Result<(), Failure> {

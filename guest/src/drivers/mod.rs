@@ -145,10 +145,10 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
             let memory =
                 unsafe { DmaBuffer::from_physical(BENCH_MEMORY_BASE, BENCH_MEMORY_SIZE as usize) };
             if let Some(bench) = options.blk_bench {
-                match first(ID_BLOCK) {
-                    Some(transport) => blk::bench(&transport, 0, options, bench, memory),
-                    None => report!("FAIL virtio-blk no device"),
-                }
+                // randread2 drives the first two disks, the others the first.
+                let mut disks = found().filter(|(_, id)| *id == ID_BLOCK).map(|(t, _)| t);
+                let first = disks.next();
+                blk::bench(first, disks.next(), options, bench, memory);
             }
             if options.net_bench {
                 match first(ID_NET) {

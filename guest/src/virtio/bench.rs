@@ -15,6 +15,10 @@ pub const BENCH_QUEUE_SIZE: u16 = 64;
 /// Bytes per random read.
 pub const READ_SIZE: u64 = 4096;
 
+/// Disks the two-disk benchmark (`randread2`) drives at once. Each gets an equal part of the
+/// benchmark memory for its read buffers ([`read_buffer_offset`]).
+pub const BENCH_DISKS: u64 = 2;
+
 /// Bytes per sequential write (the last one may be shorter).
 pub const WRITE_CHUNK: u64 = 64 * 1024;
 
@@ -32,8 +36,15 @@ pub struct RandomBlocks {
 impl RandomBlocks {
     /// Block numbers below `blocks` (which must not be 0).
     pub fn new(blocks: u64) -> Self {
+        Self::for_disk(blocks, 0)
+    }
+
+    /// The sequence of disk `disk` in the two-disk benchmark: disk 0's is [`new`](Self::new)'s,
+    /// the others start from other (nonzero) seeds, so the disks do not read the same blocks in
+    /// lockstep.
+    pub fn for_disk(blocks: u64, disk: u64) -> Self {
         Self {
-            state: 0x9e37_79b9_7f4a_7c15,
+            state: 0x9e37_79b9_7f4a_7c15 ^ disk.wrapping_mul(0xd1b5_4a32_d192_ed03),
             blocks: blocks.max(1),
         }
     }
@@ -47,6 +58,19 @@ impl RandomBlocks {
         self.state = x;
         (x % self.blocks) * (READ_SIZE / 512)
     }
+}
+
+/// Reads disk `disk` (of [`BENCH_DISKS`]) does when `total` are shared among `disks` disks: equal
+/// parts, the first `total % disks` disks one more.
+pub fn disk_share(total: u64, disks: u64, disk: u64) -> u64 {
+    let disks = disks.max(1);
+    total / disks + u64::from(disk < total % disks)
+}
+
+/// Offset in the benchmark memory of the read buffer of request `head` (a head descriptor of a
+/// [`BENCH_QUEUE_SIZE`] queue) on disk `disk`: each disk has its own part of the memory.
+pub fn read_buffer_offset(disk: u64, head: u16) -> u64 {
+    disk * (BENCH_MEMORY_SIZE / BENCH_DISKS) + u64::from(head) * READ_SIZE
 }
 
 /// The `index`th sequential write of a `total`-byte region: (first sector, bytes).
@@ -76,6 +100,39 @@ mod tests {
         assert!(seen.iter().filter(|s| **s).count() > 90);
         let mut one = RandomBlocks::new(0);
         assert_eq!(one.next_sector(), 0);
+    }
+
+    #[test]
+    fn each_disk_has_its_own_sequence() {
+        let (mut plain, mut first, mut second) = (
+            RandomBlocks::new(16384),
+            RandomBlocks::for_disk(16384, 0),
+            RandomBlocks::for_disk(16384, 1),
+        );
+        let mut same = 0;
+        for _ in 0..100 {
+            let sector = plain.next_sector();
+            assert_eq!(first.next_sector(), sector);
+            let other = second.next_sector();
+            assert!(other < 16384 * 8 && other % 8 == 0);
+            same += usize::from(other == sector);
+        }
+        assert!(same < 5);
+    }
+
+    #[test]
+    fn disks_share_the_reads_and_keep_their_buffers_apart() {
+        assert_eq!(
+            (disk_share(2000, 2, 0), disk_share(2000, 2, 1)),
+            (1000, 1000)
+        );
+        assert_eq!((disk_share(7, 2, 0), disk_share(7, 2, 1)), (4, 3));
+        assert_eq!((disk_share(1, 2, 0), disk_share(1, 2, 1)), (1, 0));
+        assert_eq!(disk_share(5, 0, 0), 5);
+        let last = BENCH_QUEUE_SIZE - 1;
+        assert_eq!(read_buffer_offset(0, 0), 0);
+        assert!(read_buffer_offset(0, last) + READ_SIZE <= read_buffer_offset(1, 0));
+        assert!(read_buffer_offset(BENCH_DISKS - 1, last) + READ_SIZE <= BENCH_MEMORY_SIZE);
     }
 
     #[test]
