@@ -39,8 +39,12 @@ pub enum Reason {
     UnitConstraint(ClassId),
     /// Named group `i` fits on no single provider (traits, or its resources not co-located).
     GroupUnsatisfiable(u16),
-    /// The named groups cannot be placed together (isolation or same-subtree).
+    /// Each named group fits alone, but no assignment places them all together (isolation,
+    /// same-subtree, or their sum on a shared provider).
     GroupLayout,
+    /// The fit search on this host stopped at [`crate::framework::SEARCH_BUDGET`] steps without an answer
+    /// (the request may fit there).
+    SearchLimit(HostId),
     /// A member of the (anti-affinity) server group is already there.
     AntiAffinity,
     /// The host already has `max_per_host` members of the server group.
@@ -150,8 +154,13 @@ impl Reason {
                 req.groups.get(i as usize).map_or("?", |g| g.name.as_str())
             ),
             Reason::GroupLayout => {
-                "request groups cannot be laid out (isolation/same-subtree)".into()
+                "named groups cannot be placed together (isolation, same_subtree or shared capacity)".into()
             }
+            Reason::SearchLimit(h) => format!(
+                "search limit of {} steps reached on host {}",
+                crate::fit::SEARCH_BUDGET,
+                cluster.host(h).name
+            ),
             Reason::AntiAffinity => format!("anti-affinity (group {})", group_name()),
             Reason::MaxPerHost => format!("max-per-host reached (group {})", group_name()),
             Reason::Affinity => format!("affinity (group {} members elsewhere)", group_name()),

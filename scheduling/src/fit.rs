@@ -3,22 +3,48 @@
 //! Unnamed-group resources may each come from any provider in the tree (or a shared provider in reach).
 //! Each named group must be served whole by one provider with the group's traits; `isolate` puts groups on
 //! distinct providers and `same_subtree` requires one group's provider to be an ancestor of the others'.
-//! The search is a bounded backtracking over the (small) tree and never allocates once warmed up.
+//!
+//! The search is complete: it never rejects a request some assignment of providers satisfies (a
+//! property test compares it with brute force). Named groups are assigned by a depth-first search
+//! over each group's candidates (the providers that can serve it alone), most constrained group
+//! first. With `isolate`, groups take distinct providers, which is a bipartite matching: before
+//! descending, an augmenting-path matching (Kuhn's algorithm, exact; with at most 8 groups it costs
+//! a few hundred steps) checks that the groups still to place can all be matched, so the search
+//! never enters a subtree without a solution and isolation alone never backtracks. It backtracks
+//! only for what matching cannot express: `same_subtree`, groups sharing a provider's capacity, and
+//! the unnamed resources, which are fitted at each leaf on top of the groups' allocations. Should
+//! that ever take more than [`SEARCH_BUDGET`] steps on one host, the host is rejected with
+//! [`Reason::SearchLimit`], which says so, rather than with a reason claiming the request cannot fit.
+//! Scratch buffers are reused, so a warmed-up search does not allocate.
 
 use crate::explain::Reason;
 use crate::model::{Cluster, Host, HostId, Provider, ProviderId, SlotAllocation, SlotId};
 use crate::request::{CompiledGroup, CompiledRequest};
 
-/// Upper bound on backtracking steps per host, so adversarial requests cannot stall a decision.
-const SEARCH_BUDGET: u32 = 4096;
+/// Upper bound on search steps (providers tried) per host, so adversarial requests cannot stall a
+/// decision. Isolation is solved by matching, so only `same_subtree` and shared capacity can use it.
+pub const SEARCH_BUDGET: u32 = 1 << 16;
 
 /// Reusable buffers of the resource fit, handed to every [`crate::framework::FilterPlugin`]: the
 /// built-in resource filter leaves the inventory slots it chose there. Other filters ignore it.
 #[derive(Debug, Default, Clone)]
 pub struct FitScratch {
     allocs: Vec<SlotAllocation>,
-    chosen: Vec<ProviderId>,
+    /// Per group (request order): the provider chosen, as an index into `providers`.
+    chosen: Vec<usize>,
     steps: u32,
+    /// The host's providers in reach: its tree, then shared providers.
+    providers: Vec<ProviderId>,
+    /// Per group (request order): indexes into `providers` that can serve it alone.
+    candidates: Vec<Vec<usize>>,
+    /// Groups in search order (fewest candidates first).
+    order: Vec<usize>,
+    /// Matching: per provider, the group matched to it (`usize::MAX` = none); per group, whether seen.
+    matched: Vec<usize>,
+    seen: Vec<bool>,
+    /// Whether some full assignment met the layout (so a failure is the unnamed resources').
+    layout_met: bool,
+    unnamed_failure: Option<Reason>,
 }
 
 impl FitScratch {
@@ -100,46 +126,137 @@ fn traits_ok(p: &Provider, g: &CompiledGroup) -> bool {
         && !g.forbidden.iter().any(|t| p.has_trait(*t))
 }
 
-fn layout_ok(c: &Cluster, req: &CompiledRequest, chosen: &[ProviderId]) -> bool {
+fn layout_ok(c: &Cluster, req: &CompiledRequest, s: &FitScratch) -> bool {
     req.same_subtree.iter().all(|set| {
         set.iter().any(|&a| {
             set.iter()
-                .all(|&b| c.is_ancestor_or_self(chosen[a], chosen[b]))
+                .all(|&b| c.is_ancestor_or_self(s.providers[s.chosen[a]], s.providers[s.chosen[b]]))
         })
     })
 }
 
-fn place_groups(
-    c: &Cluster,
-    used: &[u64],
-    req: &CompiledRequest,
-    h: &Host,
-    gi: usize,
-    s: &mut FitScratch,
-) -> bool {
-    if gi == req.groups.len() {
-        return layout_ok(c, req, &s.chosen);
-    }
-    let g = &req.groups[gi];
-    for (pid, p) in providers(c, h) {
-        s.steps += 1;
-        if s.steps > SEARCH_BUDGET {
-            return false;
-        }
-        if req.isolate && s.chosen.contains(&pid) || !traits_ok(p, g) {
+/// Kuhn's augmenting path from group `g` over providers not in use by assigned groups.
+fn augment(s: &mut FitScratch, g: usize, assigned: &[bool]) -> bool {
+    for k in 0..s.candidates[g].len() {
+        let p = s.candidates[g][k];
+        if s.seen[p] || s.used_by_assigned(p, assigned) {
             continue;
         }
-        let mark = s.allocs.len();
-        if take_from(c, used, p, g, &mut s.allocs) {
-            s.chosen.push(pid);
-            if place_groups(c, used, req, h, gi + 1, s) {
-                return true;
-            }
-            s.chosen.pop();
-            s.allocs.truncate(mark);
+        s.seen[p] = true;
+        let other = s.matched[p];
+        if other == usize::MAX || augment(s, other, assigned) {
+            s.matched[p] = g;
+            return true;
         }
     }
     false
+}
+
+impl FitScratch {
+    fn used_by_assigned(&self, p: usize, assigned: &[bool]) -> bool {
+        self.chosen.iter().zip(assigned).any(|(&q, &a)| a && q == p)
+    }
+
+    /// Whether the groups of `order[from..]` can be matched to distinct providers, none of them
+    /// one chosen by `order[..from]`.
+    fn rest_matches(&mut self, from: usize) -> bool {
+        let n = self.chosen.len();
+        let mut assigned = [false; crate::request::MAX_GROUPS];
+        for &g in &self.order[..from] {
+            assigned[g] = true;
+        }
+        self.matched.clear();
+        self.matched.resize(self.providers.len(), usize::MAX);
+        for i in from..self.order.len() {
+            let g = self.order[i];
+            self.seen.clear();
+            self.seen.resize(self.providers.len(), false);
+            self.steps += 1;
+            if !augment(self, g, &assigned[..n]) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+enum Search {
+    Found,
+    Exhausted,
+    Budget,
+}
+
+/// Depth-first search over the groups in `s.order`, from position `depth`.
+fn search(
+    c: &Cluster,
+    used: &[u64],
+    req: &CompiledRequest,
+    host: HostId,
+    depth: usize,
+    s: &mut FitScratch,
+) -> Search {
+    if depth == s.order.len() {
+        if !layout_ok(c, req, s) {
+            return Search::Exhausted;
+        }
+        s.layout_met = true;
+        let mark = s.allocs.len();
+        match fit_unnamed(c, used, req, host, &mut s.allocs) {
+            Ok(()) => return Search::Found,
+            Err(r) => {
+                s.allocs.truncate(mark);
+                s.unnamed_failure = Some(r);
+                return Search::Exhausted;
+            }
+        }
+    }
+    let g = s.order[depth];
+    let group = &req.groups[g];
+    for k in 0..s.candidates[g].len() {
+        let p = s.candidates[g][k];
+        s.steps += 1;
+        if s.steps > SEARCH_BUDGET {
+            return Search::Budget;
+        }
+        if req.isolate && s.order[..depth].iter().any(|&h| s.chosen[h] == p) {
+            continue;
+        }
+        let mark = s.allocs.len();
+        if !take_from(c, used, c.provider(s.providers[p]), group, &mut s.allocs) {
+            continue;
+        }
+        s.chosen[g] = p;
+        let viable = if req.isolate {
+            s.rest_matches(depth + 1)
+        } else {
+            // Each group still to place must fit alone somewhere on top of what is taken.
+            let mut tmp = std::mem::take(&mut s.allocs);
+            let ok = s.order[depth + 1..].iter().all(|&h| {
+                s.candidates[h].iter().any(|&q| {
+                    let m = tmp.len();
+                    let fits = take_from(
+                        c,
+                        used,
+                        c.provider(s.providers[q]),
+                        &req.groups[h],
+                        &mut tmp,
+                    );
+                    tmp.truncate(m);
+                    fits
+                })
+            });
+            s.allocs = tmp;
+            ok
+        };
+        if viable {
+            match search(c, used, req, host, depth + 1, s) {
+                Search::Exhausted => {}
+                done => return done,
+            }
+        }
+        s.allocs.truncate(mark);
+    }
+    Search::Exhausted
 }
 
 /// Why the named groups failed: the first group that fits nowhere alone, else the layout.
@@ -193,6 +310,68 @@ fn group_failure(c: &Cluster, used: &[u64], req: &CompiledRequest, h: &Host) -> 
     Reason::GroupLayout
 }
 
+/// Assigns the named groups (see the module documentation), then the unnamed resources.
+fn fit_groups(
+    c: &Cluster,
+    used: &[u64],
+    req: &CompiledRequest,
+    host: HostId,
+    s: &mut FitScratch,
+) -> Result<(), Reason> {
+    let h = c.host(host);
+    s.providers.clear();
+    s.providers.extend(providers(c, h).map(|(id, _)| id));
+    let n = req.groups.len();
+    s.candidates
+        .resize_with(n.max(s.candidates.len()), Vec::new);
+    s.chosen.clear();
+    s.chosen.resize(n, usize::MAX);
+    let mut tmp = std::mem::take(&mut s.allocs);
+    for (g, group) in req.groups.iter().enumerate() {
+        s.candidates[g].clear();
+        for (k, &p) in s.providers.iter().enumerate() {
+            let prov = c.provider(p);
+            tmp.clear();
+            if traits_ok(prov, group) && take_from(c, used, prov, group, &mut tmp) {
+                s.candidates[g].push(k);
+            }
+        }
+        if s.candidates[g].is_empty() {
+            s.allocs = tmp;
+            return Err(group_failure(c, used, req, h));
+        }
+    }
+    tmp.clear();
+    s.allocs = tmp;
+    s.order.clear();
+    s.order.extend(0..n);
+    let cands = &s.candidates;
+    s.order.sort_by_key(|&g| (cands[g].len(), g));
+    s.layout_met = false;
+    s.unnamed_failure = None;
+    if req.isolate && !s.rest_matches(0) {
+        return Err(Reason::GroupLayout);
+    }
+    match search(c, used, req, host, 0, s) {
+        Search::Found => {
+            // Named groups' allocations in request order (feasibility does not depend on it).
+            s.allocs.clear();
+            for g in 0..n {
+                let p = c.provider(s.providers[s.chosen[g]]);
+                take_from(c, used, p, &req.groups[g], &mut s.allocs);
+            }
+            let unnamed = fit_unnamed(c, used, req, host, &mut s.allocs);
+            debug_assert!(unnamed.is_ok());
+            unnamed
+        }
+        Search::Budget => Err(Reason::SearchLimit(host)),
+        Search::Exhausted => Err(match (s.layout_met, s.unnamed_failure) {
+            (true, Some(r)) => r,
+            _ => Reason::GroupLayout,
+        }),
+    }
+}
+
 /// Fits `req` on `host` given per-slot usage `used`. On success `scratch.allocations()` holds the
 /// slots and amounts; on failure the reason names the first resource or group that does not fit.
 pub(crate) fn fit_host(
@@ -203,15 +382,23 @@ pub(crate) fn fit_host(
     scratch: &mut FitScratch,
 ) -> Result<(), Reason> {
     scratch.allocs.clear();
-    scratch.chosen.clear();
     scratch.steps = 0;
-    if !req.groups.is_empty() {
-        let h = c.host(host);
-        if !place_groups(c, used, req, h, 0, scratch) {
-            return Err(group_failure(c, used, req, h));
-        }
+    if req.groups.is_empty() {
+        fit_unnamed(c, used, req, host, &mut scratch.allocs)
+    } else {
+        fit_groups(c, used, req, host, scratch)
     }
-    // Unnamed resources: the first slot of the class, in tree order then shared providers, with room.
+}
+
+/// Unnamed resources: the first slot of the class, in tree order then shared providers, with room,
+/// on top of `allocs`. Each class takes one slot and classes never share one, so first-fit is exact.
+fn fit_unnamed(
+    c: &Cluster,
+    used: &[u64],
+    req: &CompiledRequest,
+    host: HostId,
+    allocs: &mut Vec<SlotAllocation>,
+) -> Result<(), Reason> {
     // Tree slots are contiguous and each provider has at most one slot per class, so scanning the
     // packed class column visits the same slots as walking the providers, touching less memory.
     let (start, end) = c.host_slots[host.idx()];
@@ -236,13 +423,13 @@ pub(crate) fn fit_host(
         };
         let mut found = (start..end)
             .filter(|slot| c.slot_class[*slot as usize] == class)
-            .any(|slot| try_slot(slot, &mut scratch.allocs));
+            .any(|slot| try_slot(slot, allocs));
         if !found {
             'shared: for p in &c.host(host).shared {
                 let p = c.provider(*p);
                 for slot in p.slot_start..p.slot_end {
                     if c.slot_class[slot as usize] == class {
-                        if try_slot(slot, &mut scratch.allocs) {
+                        if try_slot(slot, allocs) {
                             found = true;
                             break 'shared;
                         }

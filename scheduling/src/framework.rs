@@ -49,7 +49,7 @@ use crate::model::{Cluster, HostId};
 use crate::request::CompiledRequest;
 use crate::state::{Claim, State};
 
-pub use crate::fit::FitScratch;
+pub use crate::fit::{FitScratch, SEARCH_BUDGET};
 pub use crate::hostset::HostSet;
 pub use crate::index::ClusterIndex;
 
