@@ -138,6 +138,19 @@ impl VmBuilder {
     /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, e.g. passed by a privileged manager over a Unix
     /// socket, so the VMM itself needs no `CAP_NET_ADMIN`). The NIC's `tap` must be empty. The VM
     /// owns `fd` from now on; pass a duplicate to keep one.
+    ///
+    /// ```no_run
+    /// use std::os::fd::OwnedFd;
+    /// use vmm_core::config::NetConfig;
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// # fn tap_from_manager() -> OwnedFd { unimplemented!() }
+    /// let mut config = VmConfig::new("vmlinux");
+    /// config.nets.push(NetConfig { id: "net0".into(), tap: String::new(), mac: None });
+    /// let tap: OwnedFd = tap_from_manager(); // e.g. received with SCM_RIGHTS
+    /// let vm = VmBuilder::new(config).tap_fd("net0", tap).build()?;
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
     pub fn tap_fd(mut self, id: impl Into<String>, fd: OwnedFd) -> Self {
         self.tap_fds.push((id.into(), fd));
         self
@@ -238,6 +251,21 @@ impl VmBuilder {
     /// Adds a virtio device of the embedder's own that also has host-side event sources (a
     /// socket, a TAP): the VM's event loop drives it through its
     /// [`MutEventSubscriber`] side.
+    ///
+    /// ```no_run
+    /// use devices::virtio::vsock::{Vsock, VsockConfig};
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// // A second vsock device, listening on its own socket.
+    /// let vsock = Vsock::new(VsockConfig {
+    ///     id: "vsock1".into(),
+    ///     guest_cid: 4,
+    ///     uds_path: "/run/vm1-side.vsock".into(),
+    /// })?;
+    /// let builder = VmBuilder::new(VmConfig::new("vmlinux")).virtio_device_with_events("vsock1", vsock);
+    /// # drop(builder);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn virtio_device_with_events<D>(mut self, id: &str, device: D) -> Self
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
