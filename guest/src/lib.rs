@@ -5,8 +5,7 @@
 //! (`src/main.rs`) adds what needs the machine: the boot assembly, the UART, the local APIC and the
 //! exit paths.
 #![cfg_attr(not(test), no_std)]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 pub mod bootinfo;
 pub mod cmdline;

@@ -8,8 +8,6 @@
 //! fault) and ends the VM. `README.md` documents the output lines, which are the protocol Keel's host tests parse.
 #![no_std]
 #![no_main]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod boot;
 mod console;

@@ -496,7 +496,9 @@ fn sigterm_stops_the_vm_and_cleans_up() {
         ],
     );
     assert_eq!(client.ping().unwrap().state, ApiVmState::Running);
-    // SAFETY: kill sends a signal to our own child.
+    // SAFETY: kill(2) takes no pointers and touches no memory of ours. The pid is our own
+    // child's, which has not been waited for yet, so it cannot have been reused by another
+    // process.
     unsafe { libc::kill(keel.child.id() as i32, libc::SIGTERM) };
     let status = keel.wait();
     assert_eq!(

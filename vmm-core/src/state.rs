@@ -243,10 +243,12 @@ impl Control {
         for slot in &inner.slots {
             if let Some(addr) = slot.immediate_exit {
                 // SAFETY: `addr` is the address of `immediate_exit` in the vCPU's mapped
-                // `kvm_run` page. The slot holds it only while the vCPU thread is alive and
-                // owns its VcpuFd (the thread clears it under this lock before dropping the fd),
-                // and we hold the lock, so the page is mapped. KVM reads the byte on entry;
-                // an atomic store is how concurrent writers must touch it.
+                // `kvm_run` page, as `register_vcpu`'s contract requires. The slot holds it only
+                // until the vCPU thread calls `vcpu_exited`, which it does (under this lock, on
+                // every path including unwinding) before its VcpuFd and mapping are dropped; we
+                // hold the lock, so the page is mapped. `AtomicU8` has the size and alignment of
+                // `u8`, and every Rust write to the byte happens under this lock; KVM reads it
+                // on guest entry from the vCPU thread, which an atomic store cannot tear.
                 let flag = unsafe { &*(addr as *const AtomicU8) };
                 flag.store(1, Ordering::SeqCst);
             }
@@ -271,23 +273,38 @@ impl Control {
     }
 
     /// Registers the calling vCPU thread and its `immediate_exit` byte.
-    pub(crate) fn register_vcpu(&self, index: usize, immediate_exit: *mut u8) {
+    ///
+    /// # Safety
+    ///
+    /// `immediate_exit` must point to the `immediate_exit` byte of the calling thread's own
+    /// vCPU's mapped `kvm_run` page, and that mapping must stay alive until the same thread has
+    /// called [`Control::vcpu_exited`] for `index` (on every path, unwinding included): until
+    /// then any thread may write the byte through [`Control::kick_all`].
+    pub(crate) unsafe fn register_vcpu(&self, index: usize, immediate_exit: *mut u8) {
         let mut inner = self.lock();
         if let Some(slot) = inner.slots.get_mut(index) {
-            // SAFETY: pthread_self has no preconditions.
+            // SAFETY: pthread_self has no preconditions and cannot fail.
             slot.thread = Some(ThreadHandle(unsafe { libc::pthread_self() }));
             slot.immediate_exit = Some(immediate_exit as usize);
         }
         // A request made before this thread registered could not kick it: make it see it.
         if inner.request != Request::Run {
-            // SAFETY: the caller passes the live `immediate_exit` byte of its own vCPU.
+            // SAFETY: the caller guarantees `immediate_exit` is its own vCPU's live, mapped
+            // `kvm_run.immediate_exit` byte. Every other writer (`kick_all`) holds the lock we
+            // hold, so this write races with no other Rust access; KVM only reads the byte on
+            // entry to the guest, which this thread is not doing now.
             unsafe { immediate_exit.write_volatile(1) };
         }
     }
 
     /// Called by a vCPU thread before entering the guest: parks while paused, returns `false`
     /// when the vCPU must leave its loop. Clears `immediate_exit` when it returns `true`.
-    pub(crate) fn before_run(&self, immediate_exit: *mut u8) -> bool {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Control::register_vcpu`]: `immediate_exit` is the calling thread's own vCPU's
+    /// live `kvm_run.immediate_exit` byte.
+    pub(crate) unsafe fn before_run(&self, immediate_exit: *mut u8) -> bool {
         let mut inner = self.lock();
         loop {
             match inner.request {
@@ -306,8 +323,10 @@ impl Control {
                 }
             }
         }
-        // SAFETY: `immediate_exit` is this thread's own live kvm_run byte; kicks write it only
-        // under the lock we hold, so clearing it here cannot lose a kick made after the check.
+        // SAFETY: the caller guarantees `immediate_exit` is this thread's own live, mapped
+        // kvm_run byte, and this thread is not inside KVM_RUN. Kicks write it only under the
+        // lock we hold, so this write races with no other Rust access, and clearing it here
+        // cannot lose a kick made after the check above.
         unsafe { immediate_exit.write_volatile(0) };
         true
     }

@@ -110,8 +110,16 @@ pub(crate) fn run(mut vcpu: VcpuFd, context: RunContext) {
         mut first_exit,
     } = context;
     let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
-    control.register_vcpu(index as usize, immediate_exit);
-    while control.before_run(immediate_exit) {
+    // SAFETY: `immediate_exit` is this thread's own vCPU's `kvm_run` byte, mapped for as long as
+    // `vcpu` lives. `registered` is a local and `vcpu` a parameter, so on return and on
+    // unwinding alike `registered` is dropped first: `vcpu_exited` runs before the unmapping.
+    unsafe { control.register_vcpu(index as usize, immediate_exit) };
+    let registered = Registered {
+        control: &control,
+        index,
+    };
+    // SAFETY: as above; `vcpu` is alive for the whole loop.
+    while unsafe { control.before_run(immediate_exit) } {
         let result = vcpu.run();
         if let Some(timer) = first_exit.take() {
             timer.mark("first exit from the guest (boot vCPU)");
@@ -142,8 +150,28 @@ pub(crate) fn run(mut vcpu: VcpuFd, context: RunContext) {
         }
     }
     // Unregister before the fd (and its kvm_run mapping) goes away.
-    control.vcpu_exited(index as usize);
+    drop(registered);
     drop(vcpu);
+}
+
+/// Unregisters a vCPU from the control block when dropped, so that even a vCPU thread that
+/// panics (an embedder may build with `panic = "unwind"`) stops other threads from writing to
+/// its `kvm_run` page before that page is unmapped, and still counts as exited.
+struct Registered<'a> {
+    control: &'a Control,
+    index: u32,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.control.request_exit(ExitReason::Failed {
+                vcpu: Some(self.index),
+                detail: "the vCPU thread panicked".to_string(),
+            });
+        }
+        self.control.vcpu_exited(self.index as usize);
+    }
 }
 
 fn handle_exit(exit: VcpuExit<'_>, index: u32, buses: &IoBuses, exits: &ExitCounters) -> Next {

@@ -135,8 +135,11 @@ struct InFlight {
     iovecs: Vec<libc::iovec>,
 }
 
-// SAFETY: the iovecs point into guest memory, which the thread's queue keeps mapped; nothing
-// else dereferences them.
+// SAFETY: only `iovecs` keeps `InFlight` from being `Send`, through the raw `iov_base` pointers
+// in `libc::iovec`. Those are plain addresses handed to the kernel: no Rust code dereferences
+// them, so no thread-affine or unsynchronised Rust access comes with moving them to another
+// thread. They point into guest memory, which is shared with every thread anyway
+// (`GuestMemoryMmap` is `Send + Sync`) and stays mapped while the queue holding it lives.
 unsafe impl Send for InFlight {}
 
 /// What happened to a request offered to io_uring.

@@ -661,7 +661,8 @@ mod tap_test {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     fn ifreq(name: &str) -> libc::ifreq {
-        // SAFETY: `ifreq` is plain old data; all zeroes is valid.
+        // SAFETY: `ifreq` is plain old data (a byte array and a union of integers and arrays);
+        // all zeroes is a valid value of it.
         let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
@@ -674,7 +675,8 @@ mod tap_test {
         kind: libc::c_int,
         protocol: libc::c_int,
     ) -> io::Result<OwnedFd> {
-        // SAFETY: plain system call; the result is checked before being owned.
+        // SAFETY: socket(2) takes only integers and touches no memory of ours; a negative
+        // result is checked before the descriptor is owned.
         let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -702,7 +704,9 @@ mod tap_test {
     fn set_up(name: &str, up: bool) -> io::Result<()> {
         let sock = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         let mut request = ifreq(name);
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one `ifreq` we own.
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one `ifreq`, which we own and which
+        // outlives both calls; `ifru_flags` is the union member SIOCGIFFLAGS just filled in (and
+        // any `c_short` bit pattern is valid to read anyway).
         unsafe {
             if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
                 return Err(io::Error::last_os_error());
@@ -736,13 +740,15 @@ mod tap_test {
                 protocol,
             )?;
             let cname = std::ffi::CString::new(name).unwrap();
-            // SAFETY: reads a NUL-terminated string that outlives the call.
+            // SAFETY: if_nametoindex only reads `cname`, a NUL-terminated string that outlives
+            // the call.
             let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as libc::c_int;
             if ifindex == 0 {
                 return Err(io::Error::last_os_error());
             }
             let address = Self::address(ifindex, protocol as u16);
-            // SAFETY: `address` is a valid sockaddr_ll of the size passed.
+            // SAFETY: `address` is a live, initialised sockaddr_ll and the length passed is its
+            // size, so the kernel reads only memory we own; the descriptor is an open socket.
             let ret = unsafe {
                 libc::bind(
                     fd.as_raw_fd(),
@@ -757,7 +763,8 @@ mod tap_test {
         }
 
         fn address(ifindex: libc::c_int, protocol: u16) -> libc::sockaddr_ll {
-            // SAFETY: plain old data.
+            // SAFETY: `sockaddr_ll` is plain old data (integers and a byte array); all zeroes
+            // is a valid value of it.
             let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             address.sll_family = libc::AF_PACKET as u16;
             address.sll_protocol = protocol;
@@ -770,7 +777,8 @@ mod tap_test {
         pub fn send(&self, frame: &[u8]) -> io::Result<()> {
             let mut address = Self::address(self.ifindex, 0);
             address.sll_addr[..6].copy_from_slice(&frame[..6]);
-            // SAFETY: the buffer and address are valid for the lengths passed.
+            // SAFETY: `frame` is readable for `frame.len()` bytes and `address` is a live
+            // sockaddr_ll of the size passed; sendto only reads them during the call.
             let ret = unsafe {
                 libc::sendto(
                     self.fd.as_raw_fd(),
@@ -792,7 +800,8 @@ mod tap_test {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             let mut buf = vec![0u8; 65_536];
             while std::time::Instant::now() < deadline {
-                // SAFETY: the buffer is valid for its length.
+                // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes and recv writes
+                // at most that many into it.
                 let n = unsafe {
                     libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
                 };
