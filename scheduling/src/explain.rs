@@ -6,7 +6,7 @@
 
 use crate::model::{ClassId, Cluster, HostId, TraitId};
 use crate::request::CompiledRequest;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why one host cannot take a request.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,85 +91,277 @@ impl Reason {
         )
     }
 
-    /// Human-readable reason, resolving ids through the cluster and request.
+    /// Human-readable reason, resolving ids through the cluster and request (the text of
+    /// [`Reason::resolve`]).
     pub fn describe(&self, cluster: &Cluster, req: &CompiledRequest) -> String {
-        let group_name = || req.server_group_name.clone().unwrap_or_else(|| "?".into());
+        self.resolve(cluster, req).to_string()
+    }
+
+    /// The reason by names, as an embedder matches on it or serialises it.
+    pub fn resolve(&self, cluster: &Cluster, req: &CompiledRequest) -> RejectionReason {
+        let server_group = || req.server_group_name.clone().unwrap_or_default();
+        let traits = |set: Option<&Vec<TraitId>>| {
+            set.map(|s| {
+                s.iter()
+                    .map(|t| cluster.trait_name(*t).to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let class = |c: ClassId| cluster.class_name(c).to_string();
         match *self {
-            Reason::HostDisabled => "host disabled".into(),
-            Reason::Excluded => "excluded by caller".into(),
-            Reason::WrongZone => "not in requested zone".into(),
-            Reason::NotInAggregates(i) => format!(
-                "not in aggregate {}",
-                req.member_of
-                    .get(i as usize)
-                    .map(|s| s
-                        .iter()
-                        .map(|a| cluster.aggregate_name(*a))
-                        .collect::<Vec<_>>()
-                        .join("|"))
-                    .unwrap_or_default()
-            ),
-            Reason::MissingTrait(i) => {
-                format!(
-                    "missing trait {}",
-                    req.required_traits
-                        .get(i as usize)
-                        .map_or("?", |t| t.name.as_str())
-                )
-            }
-            Reason::ForbiddenTrait(t) => format!("forbidden trait {}", cluster.trait_name(t)),
-            Reason::NoneOfTraits(i) => format!(
-                "none of traits {}",
-                req.any_of_traits
-                    .get(i as usize)
-                    .map(|s| s
-                        .iter()
-                        .map(|t| cluster.trait_name(*t))
-                        .collect::<Vec<_>>()
-                        .join("|"))
-                    .unwrap_or_default()
-            ),
-            Reason::NodeSelector(i) => match req.node_selector.get(i as usize) {
-                Some((k, v)) => format!("label {k}={v} mismatch"),
-                None => "node selector mismatch".into(),
+            Reason::HostDisabled => RejectionReason::HostDisabled,
+            Reason::Excluded => RejectionReason::Excluded,
+            Reason::WrongZone => RejectionReason::WrongZone {
+                zone: req
+                    .zone
+                    .map(|z| cluster.zone_name(z).to_string())
+                    .unwrap_or_default(),
             },
-            Reason::NodeAffinity(i) => match req.node_affinity.get(i as usize) {
-                Some(e) => format!("node affinity on {} not met", e.key),
-                None => "node affinity not met".into(),
+            Reason::NotInAggregates(i) => RejectionReason::NotInAggregates {
+                aggregates: req
+                    .member_of
+                    .get(i as usize)
+                    .map(|s| {
+                        s.iter()
+                            .map(|a| cluster.aggregate_name(*a).to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            Reason::MissingTrait(i) => RejectionReason::MissingTrait {
+                trait_name: req
+                    .required_traits
+                    .get(i as usize)
+                    .map_or_else(String::new, |t| t.name.clone()),
+            },
+            Reason::ForbiddenTrait(t) => RejectionReason::ForbiddenTrait {
+                trait_name: cluster.trait_name(t).to_string(),
+            },
+            Reason::NoneOfTraits(i) => RejectionReason::NoneOfTraits {
+                traits: traits(req.any_of_traits.get(i as usize)),
+            },
+            Reason::NodeSelector(i) => {
+                let (key, value) = req
+                    .node_selector
+                    .get(i as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                RejectionReason::NodeSelector { key, value }
+            }
+            Reason::NodeAffinity(i) => RejectionReason::NodeAffinity {
+                key: req
+                    .node_affinity
+                    .get(i as usize)
+                    .map_or_else(String::new, |e| e.key.clone()),
             },
             Reason::UntoleratedTaint(i) => {
                 match cluster.index().blocking_taints().get(i as usize) {
-                    Some((t, _)) => format!("untolerated taint {}={}", t.key, t.value),
-                    None => "untolerated taint".into(),
+                    Some((t, _)) => RejectionReason::UntoleratedTaint { taint: t.clone() },
+                    None => RejectionReason::Plugin {
+                        plugin: "TaintToleration".into(),
+                    },
                 }
             }
-            Reason::NoInventory(c) => format!("no {} inventory", cluster.class_name(c)),
-            Reason::Insufficient(c) => format!("insufficient {}", cluster.class_name(c)),
-            Reason::UnitConstraint(c) => format!(
-                "{} outside min_unit/max_unit/step_size",
-                cluster.class_name(c)
-            ),
-            Reason::GroupUnsatisfiable(i) => format!(
-                "no single provider for group {}",
-                req.groups.get(i as usize).map_or("?", |g| g.name.as_str())
-            ),
-            Reason::GroupLayout => {
-                "named groups cannot be placed together (isolation, same_subtree or shared capacity)".into()
-            }
-            Reason::SearchLimit(h) => format!(
-                "search limit of {} steps reached on host {}",
-                crate::fit::SEARCH_BUDGET,
-                cluster.host(h).name
-            ),
-            Reason::AntiAffinity => format!("anti-affinity (group {})", group_name()),
-            Reason::MaxPerHost => format!("max-per-host reached (group {})", group_name()),
-            Reason::Affinity => format!("affinity (group {} members elsewhere)", group_name()),
-            Reason::TopologySpread(i) => match req.spread.get(i as usize) {
-                Some(s) => format!("topology spread over {:?} (max skew {})", s.key, s.max_skew)
-                    .to_lowercase(),
-                None => "topology spread".into(),
+            Reason::NoInventory(c) => RejectionReason::NoInventory { class: class(c) },
+            Reason::Insufficient(c) => RejectionReason::Insufficient { class: class(c) },
+            Reason::UnitConstraint(c) => RejectionReason::UnitConstraint { class: class(c) },
+            Reason::GroupUnsatisfiable(i) => RejectionReason::GroupUnsatisfiable {
+                group: req
+                    .groups
+                    .get(i as usize)
+                    .map_or_else(String::new, |g| g.name.clone()),
             },
-            Reason::Plugin(name) => format!("rejected by {name}"),
+            Reason::GroupLayout => RejectionReason::GroupLayout,
+            Reason::SearchLimit(h) => RejectionReason::SearchLimit {
+                host: cluster.host(h).name.clone(),
+                steps: crate::fit::SEARCH_BUDGET,
+            },
+            Reason::AntiAffinity => RejectionReason::AntiAffinity {
+                server_group: server_group(),
+            },
+            Reason::MaxPerHost => RejectionReason::MaxPerHost {
+                server_group: server_group(),
+                max_per_host: req.server_group.map_or(0, |g| g.max_per_host),
+            },
+            Reason::Affinity => RejectionReason::Affinity {
+                server_group: server_group(),
+            },
+            Reason::TopologySpread(i) => {
+                let s = req.spread.get(i as usize);
+                RejectionReason::TopologySpread {
+                    key: s.map_or(crate::request::TopologyKey::Zone, |s| s.key),
+                    max_skew: s.map_or(0, |s| s.max_skew),
+                }
+            }
+            Reason::Plugin(name) => RejectionReason::Plugin {
+                plugin: name.to_string(),
+            },
+        }
+    }
+}
+
+/// Why one host cannot take a request, by names: what [`Reason`] says, resolved against the cluster
+/// and the request, for an embedder to match on or serialise (`{"reason": "insufficient", "class":
+/// "MEMORY_MB"}`). `Display` gives the text users see.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum RejectionReason {
+    /// The host is disabled (failed, maintenance).
+    HostDisabled,
+    /// The caller excluded the host.
+    Excluded,
+    /// Not in the requested zone.
+    WrongZone {
+        /// The zone requested.
+        zone: String,
+    },
+    /// In none of these aggregates (one `member_of` entry).
+    NotInAggregates {
+        /// The aggregates.
+        aggregates: Vec<String>,
+    },
+    /// Lacks a required trait.
+    MissingTrait {
+        /// The trait.
+        #[serde(rename = "trait")]
+        trait_name: String,
+    },
+    /// Has a forbidden trait.
+    ForbiddenTrait {
+        /// The trait.
+        #[serde(rename = "trait")]
+        trait_name: String,
+    },
+    /// Has none of these traits (one `any_of_traits` entry).
+    NoneOfTraits {
+        /// The traits.
+        traits: Vec<String>,
+    },
+    /// A node selector label does not match.
+    NodeSelector {
+        /// Label key.
+        key: String,
+        /// Value required.
+        value: String,
+    },
+    /// A required node-affinity expression does not match.
+    NodeAffinity {
+        /// Its label key.
+        key: String,
+    },
+    /// Carries a `NoSchedule`/`NoExecute` taint the request does not tolerate.
+    UntoleratedTaint {
+        /// The taint, with its effect.
+        taint: crate::model::Taint,
+    },
+    /// No provider in reach has an inventory of the class.
+    NoInventory {
+        /// The class.
+        class: String,
+    },
+    /// Not enough free capacity of the class.
+    Insufficient {
+        /// The class.
+        class: String,
+    },
+    /// The class's min_unit/max_unit/step_size reject the amount.
+    UnitConstraint {
+        /// The class.
+        class: String,
+    },
+    /// A named group fits on no single provider.
+    GroupUnsatisfiable {
+        /// The group.
+        group: String,
+    },
+    /// The named groups each fit alone but not together.
+    GroupLayout,
+    /// The fit search stopped at its step limit on this host without an answer.
+    SearchLimit {
+        /// The host.
+        host: String,
+        /// The limit.
+        steps: u32,
+    },
+    /// A member of the anti-affinity server group is there.
+    AntiAffinity {
+        /// The server group.
+        server_group: String,
+    },
+    /// The host has `max_per_host` members of the server group.
+    MaxPerHost {
+        /// The server group.
+        server_group: String,
+        /// Its limit.
+        max_per_host: u32,
+    },
+    /// The affinity server group's members are elsewhere.
+    Affinity {
+        /// The server group.
+        server_group: String,
+    },
+    /// One more member here would exceed a topology spread constraint's skew (or the host lacks
+    /// the domain).
+    TopologySpread {
+        /// The domain key.
+        key: crate::request::TopologyKey,
+        /// The constraint's max skew.
+        max_skew: u32,
+    },
+    /// A plugin rejected the host.
+    Plugin {
+        /// The plugin.
+        plugin: String,
+    },
+}
+
+impl std::fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectionReason::HostDisabled => f.write_str("host disabled"),
+            RejectionReason::Excluded => f.write_str("excluded by caller"),
+            RejectionReason::WrongZone { .. } => f.write_str("not in requested zone"),
+            RejectionReason::NotInAggregates { aggregates } => {
+                write!(f, "not in aggregate {}", aggregates.join("|"))
+            }
+            RejectionReason::MissingTrait { trait_name } => write!(f, "missing trait {trait_name}"),
+            RejectionReason::ForbiddenTrait { trait_name } => {
+                write!(f, "forbidden trait {trait_name}")
+            }
+            RejectionReason::NoneOfTraits { traits } => {
+                write!(f, "none of traits {}", traits.join("|"))
+            }
+            RejectionReason::NodeSelector { key, value } => write!(f, "label {key}={value} mismatch"),
+            RejectionReason::NodeAffinity { key } => write!(f, "node affinity on {key} not met"),
+            RejectionReason::UntoleratedTaint { taint } => write!(f, "untolerated taint {taint}"),
+            RejectionReason::NoInventory { class } => write!(f, "no {class} inventory"),
+            RejectionReason::Insufficient { class } => write!(f, "insufficient {class}"),
+            RejectionReason::UnitConstraint { class } => {
+                write!(f, "{class} outside min_unit/max_unit/step_size")
+            }
+            RejectionReason::GroupUnsatisfiable { group } => {
+                write!(f, "no single provider for group {group}")
+            }
+            RejectionReason::GroupLayout => f.write_str(
+                "named groups cannot be placed together (isolation, same_subtree or shared capacity)",
+            ),
+            RejectionReason::SearchLimit { host, steps } => {
+                write!(f, "search limit of {steps} steps reached on host {host}")
+            }
+            RejectionReason::AntiAffinity { server_group } => {
+                write!(f, "anti-affinity (group {server_group})")
+            }
+            RejectionReason::MaxPerHost { server_group, .. } => {
+                write!(f, "max-per-host reached (group {server_group})")
+            }
+            RejectionReason::Affinity { server_group } => {
+                write!(f, "affinity (group {server_group} members elsewhere)")
+            }
+            RejectionReason::TopologySpread { key, max_skew } => {
+                write!(f, "topology spread over {key} (max skew {max_skew})")
+            }
+            RejectionReason::Plugin { plugin } => write!(f, "rejected by {plugin}"),
         }
     }
 }
@@ -243,20 +435,36 @@ impl Diagnosis {
 
     /// Renders the diagnosis for users.
     pub fn explain(&self, cluster: &Cluster, req: &CompiledRequest) -> Explanation {
-        let mut reasons: Vec<(String, u32)> = Vec::new();
+        let mut details: Vec<(RejectionReason, u32)> = Vec::new();
         for (r, n) in &self.counts {
-            let text = r.describe(cluster, req);
+            let reason = r.resolve(cluster, req);
+            match details.iter_mut().find(|(x, _)| *x == reason) {
+                Some((_, c)) => *c += n,
+                None => details.push((reason, *n)),
+            }
+        }
+        let mut reasons: Vec<(String, u32)> = Vec::new();
+        for (r, n) in &details {
+            let text = r.to_string();
             match reasons.iter_mut().find(|(t, _)| *t == text) {
                 Some((_, c)) => *c += n,
                 None => reasons.push((text, *n)),
             }
         }
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let per_host = self.per_host.as_ref().map(|v| {
-            v.iter()
-                .map(|(h, r)| (cluster.host(*h).name.clone(), r.describe(cluster, req)))
-                .collect()
+        details.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
         });
+        let host_reasons: Option<Vec<(String, RejectionReason)>> =
+            self.per_host.as_ref().map(|v| {
+                v.iter()
+                    .map(|(h, r)| (cluster.host(*h).name.clone(), r.resolve(cluster, req)))
+                    .collect()
+            });
+        let per_host = host_reasons
+            .as_ref()
+            .map(|v| v.iter().map(|(h, r)| (h.clone(), r.to_string())).collect());
         let list = reasons
             .iter()
             .map(|(t, n)| format!("{n} {t}"))
@@ -274,7 +482,9 @@ impl Diagnosis {
                 }
             ),
             reasons,
+            details,
             per_host,
+            host_reasons,
         }
     }
 }
@@ -288,8 +498,12 @@ pub struct Explanation {
     pub summary: String,
     /// `(reason, hosts)` sorted by count, descending.
     pub reasons: Vec<(String, u32)>,
+    /// The same counts with each reason structured (its class, trait, taint, group or limit).
+    pub details: Vec<(RejectionReason, u32)>,
     /// `(host, reason)` for every rejected host, when requested.
     pub per_host: Option<Vec<(String, String)>>,
+    /// The same with each reason structured, when requested.
+    pub host_reasons: Option<Vec<(String, RejectionReason)>>,
 }
 
 /// Score breakdown of one host.

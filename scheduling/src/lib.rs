@@ -123,7 +123,7 @@ pub use error::{
     CommitError, ModelError, ParseError, ParseTextError, PlacementRequestError,
     PlacementStateError, RestoreError,
 };
-pub use explain::{Diagnosis, Explanation, HostScore, Reason};
+pub use explain::{Diagnosis, Explanation, HostScore, Reason, RejectionReason};
 pub use model::{Cluster, ClusterSpec, HostId};
 pub use placement::{PlacedResource, Placement};
 pub use profile::{Policy, Profile, Sampling, ScanOrder};

@@ -541,7 +541,7 @@ pub enum PlaceError {
     Request(#[from] PlacementRequestError),
     /// No host fits.
     #[error("{}", .0.summary)]
-    Unschedulable(Explanation),
+    Unschedulable(Box<Explanation>),
     /// The commit failed (after retries, for concurrency conflicts).
     #[error(transparent)]
     Commit(#[from] CommitError),
@@ -610,7 +610,7 @@ impl Placer {
         let decision = self
             .scheduler
             .decide(&self.state, req, opts)
-            .map_err(|u| PlaceError::Unschedulable(u.explain(self.state.cluster())))?;
+            .map_err(|u| PlaceError::Unschedulable(Box::new(u.explain(self.state.cluster()))))?;
         let placement = decision.claim.placement(self.state.cluster());
         self.scheduler.commit(&mut self.state, decision.claim)?;
         Ok(placement)
@@ -634,6 +634,6 @@ impl Placer {
         let compiled = self.state.compile(req)?;
         self.scheduler
             .decide(&self.state, &compiled, opts)
-            .map_err(|u| PlaceError::Unschedulable(u.explain(self.state.cluster())))
+            .map_err(|u| PlaceError::Unschedulable(Box::new(u.explain(self.state.cluster()))))
     }
 }

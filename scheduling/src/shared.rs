@@ -77,7 +77,7 @@ impl SharedState {
                 };
                 scheduler
                     .decide(&st, &compiled, &opts)
-                    .map_err(|u| PlaceError::Unschedulable(u.explain(st.cluster())))?
+                    .map_err(|u| PlaceError::Unschedulable(Box::new(u.explain(st.cluster()))))?
             };
             let mut st = self.write();
             let placement = decision.claim.placement(st.cluster());

@@ -436,8 +436,32 @@ fn explanations_count_reasons_and_list_hosts_on_request() {
             ("big".to_string(), "insufficient VCPU".to_string()),
             ("gpu".into(), "insufficient VCPU".into()),
             ("small".into(), "insufficient VCPU".into()),
-            ("tainted".into(), "untolerated taint maint=".into()),
+            (
+                "tainted".into(),
+                "untolerated taint maint:NoSchedule".into()
+            ),
         ]
+    );
+    // The same reasons, structured: what an embedder matches on or serialises.
+    let structured = x.host_reasons.unwrap();
+    let tainted = structured.iter().find(|(h, _)| h == "tainted").unwrap();
+    assert_eq!(
+        serde_json::to_value(&tainted.1).unwrap(),
+        serde_json::json!({"reason": "untolerated_taint",
+            "taint": {"key": "maint", "value": "", "effect": "NoSchedule"}})
+    );
+    assert_eq!(
+        x.details[0],
+        (
+            scheduling::RejectionReason::Insufficient {
+                class: "VCPU".into()
+            },
+            3
+        )
+    );
+    assert_eq!(
+        serde_json::to_string(&x.details[0].0).unwrap(),
+        r#"{"reason":"insufficient","class":"VCPU"}"#
     );
 }
 
