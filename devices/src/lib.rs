@@ -27,11 +27,17 @@
 //! ```
 
 #![deny(missing_docs)]
+// A value from a guest register or guest memory that is silently truncated is a bug class:
+// device code narrows with `try_from` (and handles the failure), with the lossless helpers of
+// `narrow`, or, where a bound makes it provably lossless, with an `as` under a local `allow` that
+// names the bound. Unit tests, which build small fixed inputs, are exempt.
+#![cfg_attr(not(test), deny(clippy::cast_possible_truncation))]
 
 pub mod bus;
 pub mod console;
 pub mod counters;
 pub mod legacy;
 pub mod log_limit;
+mod narrow;
 pub mod pci;
 pub mod virtio;

@@ -17,7 +17,8 @@ pub const WINDOW_MS: u64 = 5_000;
 
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    // u64 milliseconds last 584 million years; saturate rather than wrap all the same.
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The state of one call site's limit.

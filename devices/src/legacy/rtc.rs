@@ -84,6 +84,9 @@ struct DateTime {
 
 impl DateTime {
     /// Converts Unix seconds to a civil date (proleptic Gregorian calendar).
+    // The narrowed fields are bounded by the arithmetic: month 1..=12, day 1..=31, weekday
+    // 1..=7 (`rem_euclid(7) + 1`), hour < 24, minute and second < 60 (from `rem_euclid(86_400)`).
+    #[allow(clippy::cast_possible_truncation)]
     fn from_unix(seconds: i64) -> Self {
         let days = seconds.div_euclid(86_400);
         let secs_of_day = seconds.rem_euclid(86_400);
@@ -299,7 +302,11 @@ impl<C: Clock> CmosRtc<C> {
             REG_WEEKDAY => self.encode(now().weekday),
             REG_DAY => self.encode(now().day),
             REG_MONTH => self.encode(now().month),
+            // In 0..100 (`rem_euclid(100)`): fits a u8.
+            #[allow(clippy::cast_possible_truncation)]
             REG_YEAR => self.encode(now().year.rem_euclid(100) as u8),
+            // In 0..=99 (`clamp`): fits a u8.
+            #[allow(clippy::cast_possible_truncation)]
             REG_CENTURY => self.encode(now().year.div_euclid(100).clamp(0, 99) as u8),
             REG_STATUS_C => 0,
             _ => self.ram[usize::from(index)],

@@ -54,7 +54,7 @@ pub const PCI_CONFIG_IO_PORT_LEN: u64 = 8;
 /// Size of the ECAM window for one bus.
 pub const ECAM_BUS_SIZE: u64 = 1 << 20;
 /// Bytes of config space per function in ECAM (conventional 256 plus extended).
-const ECAM_FUNCTION_SIZE: usize = 0x1000;
+const ECAM_FUNCTION_SIZE: u64 = 0x1000;
 /// Address register bit: the data port accesses config space.
 const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
 
@@ -187,7 +187,7 @@ pub enum PciBusError {
 #[derive(Clone, Copy, Debug)]
 struct BarMapping {
     size: u64,
-    slot: usize,
+    slot: u8,
     index: usize,
 }
 
@@ -254,13 +254,15 @@ impl PciBus {
 
     /// Puts `device` in the first free slot and maps its BARs; returns the slot (device number).
     pub fn add_device(&mut self, name: &str, device: SharedPciDevice) -> Result<u8, PciBusError> {
-        let slot =
-            self.slots
-                .iter()
-                .position(Option::is_none)
-                .ok_or_else(|| PciBusError::NoFreeSlot {
-                    name: name.to_string(),
-                })?;
+        // The bus has MAX_DEVICES (32) slots, so the index of a free one is a device number.
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .and_then(|index| u8::try_from(index).ok())
+            .ok_or_else(|| PciBusError::NoFreeSlot {
+                name: name.to_string(),
+            })?;
         let bars = lock(&device).bars();
         for bar in &bars {
             if self.overlapping(bar.address, bar.size).is_some() {
@@ -275,11 +277,11 @@ impl PciBus {
         for bar in bars {
             self.map_bar(slot, bar.index, bar.address, bar.size);
         }
-        self.slots[slot] = Some(Slot {
+        self.slots[usize::from(slot)] = Some(Slot {
             name: name.to_string(),
             device,
         });
-        Ok(slot as u8)
+        Ok(slot)
     }
 
     /// The device in `slot`, if any.
@@ -294,7 +296,7 @@ impl PciBus {
     pub fn bar_map(&self) -> Vec<(u64, u64, u8, usize)> {
         self.bars
             .iter()
-            .map(|(address, m)| (*address, m.size, m.slot as u8, m.index))
+            .map(|(address, m)| (*address, m.size, m.slot, m.index))
             .collect()
     }
 
@@ -304,13 +306,17 @@ impl PciBus {
         (base + (mapping.size - 1) >= address).then_some(*base)
     }
 
-    fn map_bar(&mut self, slot: usize, index: usize, address: u64, size: u64) {
+    fn map_bar(&mut self, slot: u8, index: usize, address: u64, size: u64) {
         self.bars.insert(address, BarMapping { size, slot, index });
     }
 
-    fn apply_moves(&mut self, slot: usize, moves: Vec<BarMove>) {
+    fn apply_moves(&mut self, slot: u8, moves: Vec<BarMove>) {
         for bar_move in moves {
-            let name = self.slots[slot].as_ref().map_or("?", |s| s.name.as_str());
+            let name = self
+                .slots
+                .get(usize::from(slot))
+                .and_then(Option::as_ref)
+                .map_or("?", |s| s.name.as_str());
             debug!(
                 "pci: {name} BAR {} moved {:#x} -> {:#x}",
                 bar_move.index, bar_move.old_address, bar_move.new_address
@@ -341,7 +347,7 @@ impl PciBus {
                 continue;
             }
             let relocation = BarRelocation {
-                slot: slot as u8,
+                slot,
                 index: bar_move.index,
                 size: bar_move.size,
                 old_address,
@@ -375,7 +381,7 @@ impl PciBus {
         };
         let moves = lock(&shared).write_config_register(reg, offset, data);
         if !moves.is_empty() {
-            self.apply_moves(usize::from(device), moves);
+            self.apply_moves(device, moves);
         }
     }
 
@@ -386,7 +392,12 @@ impl PciBus {
         if offset.checked_add(len as u64)? > mapping.size {
             return None;
         }
-        let device = self.slots[mapping.slot].as_ref()?.device.clone();
+        let device = self
+            .slots
+            .get(usize::from(mapping.slot))?
+            .as_ref()?
+            .device
+            .clone();
         Some((device, mapping.index, offset))
     }
 }
@@ -395,6 +406,12 @@ impl PciBus {
 fn extract(value: u32, offset: usize, data: &mut [u8]) {
     let bytes = value.to_le_bytes();
     data.copy_from_slice(&bytes[offset..offset + data.len()]);
+}
+
+/// The byte of the selected dword that an access at `offset` (4..=7, the data port) starts at:
+/// `offset - 4`, computed as `offset % 4`, which is below 4 whatever `offset` is.
+fn data_port_byte(offset: u64) -> usize {
+    (offset % 4) as usize
 }
 
 /// Whether a config access of `len` bytes at byte `offset` of a dword is well formed.
@@ -433,7 +450,7 @@ impl BusDevice for PciConfigIo {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
             4..=7 => {
-                let byte = (offset - 4) as usize;
+                let byte = data_port_byte(offset);
                 match self.target() {
                     Some((device, function, reg)) if valid_access(byte, data.len()) => {
                         let value = lock(&self.bus).read_config(device, function, reg);
@@ -456,7 +473,7 @@ impl BusDevice for PciConfigIo {
                 }
             }
             4..=7 => {
-                let byte = (offset - 4) as usize;
+                let byte = data_port_byte(offset);
                 if let Some((device, function, reg)) = self.target() {
                     if valid_access(byte, data.len()) {
                         lock(&self.bus).write_config(device, function, reg, byte as u64, data);
@@ -484,7 +501,7 @@ impl PciConfigMmio {
         if offset >= ECAM_BUS_SIZE {
             return None;
         }
-        let in_function = offset as usize % ECAM_FUNCTION_SIZE;
+        let in_function = usize::try_from(offset % ECAM_FUNCTION_SIZE).ok()?;
         let byte = in_function % 4;
         if !valid_access(byte, len) {
             return None;

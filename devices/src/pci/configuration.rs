@@ -29,6 +29,8 @@
 
 use log::debug;
 
+use crate::narrow::halves;
+
 /// Number of dword registers in conventional config space.
 pub const NUM_REGISTERS: usize = 64;
 /// Size of conventional config space in bytes.
@@ -209,14 +211,16 @@ impl PciConfiguration {
         let Some(mask) = self.writable.get(reg).copied() else {
             return Vec::new();
         };
-        if data.is_empty() || offset >= 4 || data.len() as u64 > 4 - offset {
-            debug!(
-                "pci config: {}-byte write at register {reg} offset {offset} ignored",
-                data.len()
-            );
-            return Vec::new();
-        }
-        let offset = offset as usize;
+        let offset = match usize::try_from(offset) {
+            Ok(offset) if !data.is_empty() && offset < 4 && data.len() <= 4 - offset => offset,
+            _ => {
+                debug!(
+                    "pci config: {}-byte write at register {reg} offset {offset} ignored",
+                    data.len()
+                );
+                return Vec::new();
+            }
+        };
         let mut bytes = self.registers[reg].to_le_bytes();
         bytes[offset..offset + data.len()].copy_from_slice(data);
         let value = u32::from_le_bytes(bytes);
@@ -237,7 +241,9 @@ impl PciConfiguration {
 
     /// The command register.
     pub fn command(&self) -> u16 {
-        self.registers[REG_COMMAND_STATUS] as u16
+        // The low half of the command/status dword.
+        let [low, high, _, _] = self.registers[REG_COMMAND_STATUS].to_le_bytes();
+        u16::from_le_bytes([low, high])
     }
 
     /// Adds a 64-bit memory BAR in slots `index` and `index + 1`, initially programmed at
@@ -267,11 +273,12 @@ impl PciConfiguration {
                 size,
             });
         }
-        let mask = !(size - 1);
-        self.registers[REG_BAR0 + index] = (address as u32) | BAR_MEMORY_64BIT;
-        self.registers[REG_BAR0 + index + 1] = (address >> 32) as u32;
-        self.writable[REG_BAR0 + index] = (mask as u32) & !BAR_FLAGS_MASK;
-        self.writable[REG_BAR0 + index + 1] = (mask >> 32) as u32;
+        let (address_low, address_high) = halves(address);
+        let (mask_low, mask_high) = halves(!(size - 1));
+        self.registers[REG_BAR0 + index] = address_low | BAR_MEMORY_64BIT;
+        self.registers[REG_BAR0 + index + 1] = address_high;
+        self.writable[REG_BAR0 + index] = mask_low & !BAR_FLAGS_MASK;
+        self.writable[REG_BAR0 + index + 1] = mask_high;
         self.bars[index] = Some(Bar {
             size,
             applied_address: address,
@@ -290,10 +297,10 @@ impl PciConfiguration {
     /// Whether the BAR holds the all-ones sizing pattern in either half (a driver is probing
     /// its size, not placing it).
     fn is_probing(&self, index: usize, size: u64) -> bool {
-        let mask = !(size - 1);
+        let (mask_low, mask_high) = halves(!(size - 1));
         let low = self.registers[REG_BAR0 + index] & !BAR_FLAGS_MASK;
         let high = self.registers[REG_BAR0 + index + 1];
-        low == (mask as u32) & !BAR_FLAGS_MASK || high == (mask >> 32) as u32 && high != 0
+        low == mask_low & !BAR_FLAGS_MASK || high == mask_high && high != 0
     }
 
     /// BARs whose programmed address differs from where the VMM routes them, while memory
@@ -352,19 +359,24 @@ impl PciConfiguration {
     pub fn add_capability(&mut self, bytes: &[u8]) -> Result<usize, PciConfigError> {
         let offset = self.next_capability;
         let end = offset + bytes.len();
+        let no_space = PciConfigError::CapabilitySpace {
+            len: bytes.len(),
+            offset,
+        };
         if bytes.len() < 2 || end > CONFIG_SPACE_SIZE {
-            return Err(PciConfigError::CapabilitySpace {
-                len: bytes.len(),
-                offset,
-            });
+            return Err(no_space);
         }
+        // The next pointers are one byte: config space is CONFIG_SPACE_SIZE (256) bytes.
+        let Ok(pointer) = u8::try_from(offset) else {
+            return Err(no_space);
+        };
         for (i, byte) in bytes.iter().enumerate() {
             let value = if i == 1 { 0 } else { *byte };
             self.set_byte(offset + i, value);
         }
         match self.last_capability {
-            Some(previous) => self.set_byte(previous + 1, offset as u8),
-            None => self.set_byte(REG_CAPABILITIES_POINTER * 4, offset as u8),
+            Some(previous) => self.set_byte(previous + 1, pointer),
+            None => self.set_byte(REG_CAPABILITIES_POINTER * 4, pointer),
         }
         self.registers[REG_COMMAND_STATUS] |= u32::from(STATUS_CAPABILITIES_LIST) << 16;
         self.last_capability = Some(offset);
@@ -383,7 +395,7 @@ impl PciConfiguration {
 
     /// Reads the byte at `offset` in config space (zero beyond it).
     pub fn read_byte(&self, offset: usize) -> u8 {
-        (self.read_register(offset / 4) >> ((offset % 4) * 8)) as u8
+        self.read_register(offset / 4).to_le_bytes()[offset % 4]
     }
 
     fn set_byte(&mut self, offset: usize, value: u8) {

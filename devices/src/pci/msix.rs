@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use log::debug;
 
+use crate::narrow::halves;
+
 /// Capability ID of MSI-X.
 pub const MSIX_CAPABILITY_ID: u8 = 0x11;
 /// Bytes per table entry.
@@ -84,7 +86,8 @@ impl MsixTable {
 
     /// Number of vectors.
     pub fn len(&self) -> u16 {
-        self.entries.len() as u16
+        // The table is built from a u16 count (at most MSIX_MAX_VECTORS) and never resized.
+        u16::try_from(self.entries.len()).unwrap_or(MSIX_MAX_VECTORS)
     }
 
     /// Always false: a table has at least one vector.
@@ -143,11 +146,13 @@ impl MsixTable {
 
     /// The driver wrote the capability's message control register.
     pub fn set_message_control(&mut self, control: u16) {
-        let was_masked: Vec<bool> = (0..self.entries.len()).map(|v| self.masked(v)).collect();
+        let was_masked: Vec<bool> = (0..self.len())
+            .map(|v| self.masked(usize::from(v)))
+            .collect();
         self.enabled = control & MSIX_CONTROL_ENABLE != 0;
         self.function_masked = control & MSIX_CONTROL_FUNCTION_MASK != 0;
-        for (vector, was) in was_masked.into_iter().enumerate() {
-            if was != self.masked(vector) {
+        for (vector, was) in (0..self.len()).zip(was_masked) {
+            if was != self.masked(usize::from(vector)) {
                 self.update_route(vector);
             }
             self.deliver_if_unmasked(vector);
@@ -179,19 +184,18 @@ impl MsixTable {
         }
     }
 
-    fn deliver_if_unmasked(&mut self, vector: usize) {
-        if self.enabled && !self.masked(vector) && self.is_pending(vector as u16) {
-            self.set_pending(vector, false);
-            self.fire(vector as u16);
+    fn deliver_if_unmasked(&mut self, vector: u16) {
+        let index = usize::from(vector);
+        if self.enabled && !self.masked(index) && self.is_pending(vector) {
+            self.set_pending(index, false);
+            self.fire(vector);
         }
     }
 
-    fn update_route(&self, vector: usize) {
-        let entry = self.entries[vector];
-        if let Err(err) = self
-            .route
-            .update(vector as u16, entry.message, self.masked(vector))
-        {
+    fn update_route(&self, vector: u16) {
+        let index = usize::from(vector);
+        let entry = self.entries[index];
+        if let Err(err) = self.route.update(vector, entry.message, self.masked(index)) {
             crate::guest_warn!("msi-x: cannot update the route of vector {vector}: {err}");
         }
     }
@@ -216,9 +220,10 @@ impl MsixTable {
 
     fn read_table_dword(&self, offset: u64) -> Option<u32> {
         let entry = self.entries.get((offset / MSIX_ENTRY_SIZE) as usize)?;
+        let (address_low, address_high) = halves(entry.message.address);
         Some(match offset % MSIX_ENTRY_SIZE {
-            0 => entry.message.address as u32,
-            4 => (entry.message.address >> 32) as u32,
+            0 => address_low,
+            4 => address_high,
             8 => entry.message.data,
             _ => entry.control,
         })
@@ -240,15 +245,16 @@ impl MsixTable {
     }
 
     fn write_table_dword(&mut self, offset: u64, value: u32) {
-        let vector = (offset / MSIX_ENTRY_SIZE) as usize;
-        let was_masked = match self.entries.get(vector) {
-            Some(_) => self.masked(vector),
-            None => {
-                debug!("msi-x: write beyond the table at {offset:#x} ignored");
-                return;
-            }
+        let Some(vector) = u16::try_from(offset / MSIX_ENTRY_SIZE)
+            .ok()
+            .filter(|&vector| vector < self.len())
+        else {
+            debug!("msi-x: write beyond the table at {offset:#x} ignored");
+            return;
         };
-        let entry = &mut self.entries[vector];
+        let index = usize::from(vector);
+        let was_masked = self.masked(index);
+        let entry = &mut self.entries[index];
         let before = entry.message;
         match offset % MSIX_ENTRY_SIZE {
             0 => entry.message.address = (entry.message.address & !0xffff_ffff) | u64::from(value),
@@ -259,7 +265,7 @@ impl MsixTable {
             8 => entry.message.data = value,
             _ => entry.control = value & VECTOR_CONTROL_MASKED,
         }
-        let changed = before != entry.message || was_masked != self.masked(vector);
+        let changed = before != entry.message || was_masked != self.masked(index);
         if changed {
             self.update_route(vector);
         }
@@ -287,8 +293,8 @@ impl MsixTable {
         self.enabled = false;
         self.function_masked = false;
         self.pending.fill(0);
-        for vector in 0..self.entries.len() {
-            self.entries[vector] = Entry::default();
+        for vector in 0..self.len() {
+            self.entries[usize::from(vector)] = Entry::default();
             self.update_route(vector);
         }
     }

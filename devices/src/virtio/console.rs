@@ -25,6 +25,7 @@ pub use super::TYPE_CONSOLE;
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::console::ConsoleInput;
 use crate::counters::Counter;
+use crate::narrow::len_u32;
 
 /// Feature bit: the driver may write single bytes to `emerg_wr` in config space.
 pub const VIRTIO_CONSOLE_F_EMERG_WRITE: u64 = 1 << 2;
@@ -179,7 +180,7 @@ impl<W: Write + Send> VirtioConsole<W> {
                         0
                     }
                 };
-            if let Err(err) = active.rx.add_used(&active.mem, head, written as u32) {
+            if let Err(err) = active.rx.add_used(&active.mem, head, len_u32(written)) {
                 crate::guest_warn!("virtio-console: rx queue: {err}");
             }
             completed = true;

@@ -167,8 +167,16 @@ impl MmioTransport {
                 self.interrupt.status.fetch_and(!value, Ordering::SeqCst);
             }
             REG_STATUS => {
+                // The device status is a byte (virtio 1.2, 2.1) and only writing zero resets
+                // (4.2.2). Cut to its low byte, a write such as 0x100 would reset the device.
+                let Ok(value) = u8::try_from(value) else {
+                    crate::guest_warn!(
+                        "virtio-mmio: status {value:#x} has bits above the low byte; ignored"
+                    );
+                    return;
+                };
                 let interrupt = self.interrupt.clone();
-                if self.state.write_status(value as u8, move || interrupt) {
+                if self.state.write_status(value, move || interrupt) {
                     self.interrupt.status.store(0, Ordering::SeqCst);
                 }
             }
@@ -283,6 +291,22 @@ mod tests {
                 status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
             self.write(REG_STATUS, u32::from(all));
         }
+    }
+
+    #[test]
+    fn a_status_write_with_bits_above_the_low_byte_is_ignored_not_a_reset() {
+        let mut d = Driver::new();
+        d.write(REG_STATUS, u32::from(status::ACKNOWLEDGE));
+        // Its low byte is zero, the value is not.
+        d.write(REG_STATUS, 0x100);
+        assert_eq!(d.read(REG_STATUS), u32::from(status::ACKNOWLEDGE));
+        d.write(
+            REG_STATUS,
+            0x100 | u32::from(status::ACKNOWLEDGE | status::DRIVER),
+        );
+        assert_eq!(d.read(REG_STATUS), u32::from(status::ACKNOWLEDGE));
+        d.write(REG_STATUS, 0);
+        assert_eq!(d.read(REG_STATUS), 0, "zero still resets");
     }
 
     #[test]

@@ -44,6 +44,7 @@ use super::transport::TransportError;
 use super::transport::{AddressHalf, QueueRing, TransportState};
 use super::SharedVirtioDevice;
 use super::{InterruptKind, NotifyStats, VirtioInterrupt, TYPE_BLOCK, TYPE_CONSOLE, TYPE_NET};
+use crate::narrow::halves;
 use crate::pci::bus::PciDevice;
 use crate::pci::configuration::{BarInfo, BarMove, PciConfigError, PciConfiguration, PciHeader};
 use crate::pci::msix::{MsiInterruptRoute, MsixTable, MSIX_CAPABILITY_ID};
@@ -223,11 +224,31 @@ pub fn class_code(device_type: u32) -> u32 {
 fn virtio_capability(cfg_type: u8, offset: u64, length: u64, multiplier: Option<u32>) -> Vec<u8> {
     let len = if multiplier.is_some() { 20 } else { 16 };
     let mut bytes = vec![VENDOR_CAPABILITY_ID, 0, len, cfg_type, 0, 0, 0, 0];
-    bytes.extend_from_slice(&(offset as u32).to_le_bytes());
-    bytes.extend_from_slice(&(length as u32).to_le_bytes());
+    bytes.extend_from_slice(&bar0_field(offset));
+    bytes.extend_from_slice(&bar0_field(length));
     if let Some(multiplier) = multiplier {
         bytes.extend_from_slice(&multiplier.to_le_bytes());
     }
+    bytes
+}
+
+/// An offset or length inside BAR 0, as the little-endian 32-bit field of a capability that
+/// describes it. Only the device's fixed layout and its notify area (at most MAX_QUEUES slots)
+/// are described, so every value lies within BAR 0's VIRTIO_PCI_BAR_SIZE (32 KiB).
+fn bar0_field(value: u64) -> [u8; 4] {
+    debug_assert!(value <= VIRTIO_PCI_BAR_SIZE, "{value:#x} is not in BAR 0");
+    // At most VIRTIO_PCI_BAR_SIZE (above): fits a u32.
+    #[allow(clippy::cast_possible_truncation)]
+    let field = value as u32;
+    field.to_le_bytes()
+}
+
+/// The first `N` bytes of `data`, zero-padded: the value of an access as an `N`-byte
+/// register. Callers match the access's width to the register's first, so nothing is cut off.
+fn le_bytes<const N: usize>(data: &[u8]) -> [u8; N] {
+    let mut bytes = [0u8; N];
+    let len = data.len().min(N);
+    bytes[..len].copy_from_slice(&data[..len]);
     bytes
 }
 
@@ -235,7 +256,8 @@ impl VirtioPciDevice {
     /// Number of MSI-X vectors a device with `queues` queues gets (one per queue plus one for
     /// configuration changes); the VMM sizes its interrupt route with it.
     pub fn msix_vectors(queues: usize) -> u16 {
-        (queues.min(MAX_QUEUES) + 1) as u16
+        // At most MAX_QUEUES + 1 (512).
+        u16::try_from(queues.min(MAX_QUEUES) + 1).unwrap_or(u16::MAX)
     }
 
     /// Puts `device` behind a virtio-PCI function whose BAR 0 starts at `bar_address` (aligned
@@ -252,9 +274,20 @@ impl VirtioPciDevice {
             return Err(VirtioPciError::TooManyQueues { queues });
         }
         let device_type = state.device_type();
+        // The PCI device ID is 0x1040 plus the virtio device ID (virtio 1.2, 4.1.2.1). A type
+        // beyond what that can express (a device of the embedder's own) used to wrap around
+        // into another device's ID; it gets virtio's invalid type 0 instead, which no driver
+        // binds to.
+        let device_id = u16::try_from(device_type)
+            .ok()
+            .and_then(|device_type| VIRTIO_PCI_DEVICE_ID_BASE.checked_add(device_type))
+            .unwrap_or_else(|| {
+                log::warn!("virtio-pci: device type {device_type} has no PCI device ID");
+                VIRTIO_PCI_DEVICE_ID_BASE
+            });
         let mut config = PciConfiguration::new(&PciHeader {
             vendor_id: VIRTIO_PCI_VENDOR_ID,
-            device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(device_type as u16),
+            device_id,
             revision: VIRTIO_PCI_REVISION,
             class_code: class_code(device_type),
             subsystem_vendor_id: VIRTIO_PCI_VENDOR_ID,
@@ -288,8 +321,8 @@ impl VirtioPciDevice {
         let mut msix_capability = vec![MSIX_CAPABILITY_ID, 0];
         msix_capability.extend_from_slice(&msix.message_control().to_le_bytes());
         // Table and PBA in BAR 0: the BAR index is in the low 3 bits of each offset.
-        msix_capability.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
-        msix_capability.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
+        msix_capability.extend_from_slice(&bar0_field(MSIX_TABLE_OFFSET));
+        msix_capability.extend_from_slice(&bar0_field(MSIX_PBA_OFFSET));
         let msix_offset = config.add_capability(&msix_capability)?;
         // The driver may write the enable and function-mask bits of message control.
         config.set_writable(msix_offset / 4, 0xc000_0000);
@@ -427,8 +460,10 @@ impl VirtioPciDevice {
             }
             (NUM_QUEUES, 2) => self.state.num_queues() as u64,
             (DEVICE_STATUS, 1) => u64::from(self.state.status()),
-            (CONFIG_GENERATION, 1) => u64::from(self.state.config_generation() as u8),
-            (QUEUE_SELECT, 2) => u64::from(self.state.queue_select() as u16),
+            // The caller returns the access's `len` low bytes: the low byte of the generation,
+            // the low half of the selected queue (which the driver wrote as a u16 here).
+            (CONFIG_GENERATION, 1) => u64::from(self.state.config_generation()),
+            (QUEUE_SELECT, 2) => u64::from(self.state.queue_select()),
             (QUEUE_SIZE, 2) => u64::from(self.state.queue_size()),
             (QUEUE_MSIX_VECTOR, 2) => u64::from(
                 self.selected_queue_vector()
@@ -457,48 +492,54 @@ impl VirtioPciDevice {
         Some(value)
     }
 
-    fn write_common(&mut self, offset: u64, len: usize, value: u64) {
+    /// The driver writes `data` (1 to 8 bytes) at `offset` of the common configuration.
+    fn write_common(&mut self, offset: u64, data: &[u8]) {
         let ring = match offset & !7 {
             QUEUE_DESC => QueueRing::Descriptors,
             QUEUE_DRIVER => QueueRing::Driver,
             _ => QueueRing::Device,
         };
+        let len = data.len();
+        // The value at each register width; an arm uses the one its access width is.
+        let [byte] = le_bytes(data);
+        let word = u16::from_le_bytes(le_bytes(data));
+        let dword = u32::from_le_bytes(le_bytes(data));
+        let qword = u64::from_le_bytes(le_bytes(data));
         match (offset, len) {
-            (DEVICE_FEATURE_SELECT, 4) => self.state.set_device_features_select(value as u32),
-            (DRIVER_FEATURE_SELECT, 4) => self.state.set_driver_features_select(value as u32),
-            (DRIVER_FEATURE, 4) => self.state.set_driver_features(value as u32),
+            (DEVICE_FEATURE_SELECT, 4) => self.state.set_device_features_select(dword),
+            (DRIVER_FEATURE_SELECT, 4) => self.state.set_driver_features_select(dword),
+            (DRIVER_FEATURE, 4) => self.state.set_driver_features(dword),
             (CONFIG_MSIX_VECTOR, 2) => {
-                let vector = self.checked_vector(value as u16);
+                let vector = self.checked_vector(word);
                 self.interrupt.config_vector.store(vector, Ordering::SeqCst);
             }
             (DEVICE_STATUS, 1) => {
                 let interrupt = self.interrupt.clone();
                 let reset = self
                     .state
-                    .write_status(value as u8, || interrupt as Arc<dyn VirtioInterrupt>);
+                    .write_status(byte, || interrupt as Arc<dyn VirtioInterrupt>);
                 if reset {
                     self.interrupt.reset_vectors();
                 }
             }
-            (QUEUE_SELECT, 2) => self.state.set_queue_select(value as u32),
-            (QUEUE_SIZE, 2) => self.state.set_queue_size(value as u32),
+            (QUEUE_SELECT, 2) => self.state.set_queue_select(u32::from(word)),
+            (QUEUE_SIZE, 2) => self.state.set_queue_size(u32::from(word)),
             (QUEUE_MSIX_VECTOR, 2) => {
-                let vector = self.checked_vector(value as u16);
+                let vector = self.checked_vector(word);
                 if let Some(slot) = self.selected_queue_vector() {
                     slot.store(vector, Ordering::SeqCst);
                 }
             }
             (QUEUE_ENABLE, 2) => {
                 // Drivers may only write 1 (disabling needs VIRTIO_F_RING_RESET).
-                if value == 1 {
+                if word == 1 {
                     self.state.set_queue_ready(true);
                 }
             }
             (QUEUE_DESC | QUEUE_DRIVER | QUEUE_DEVICE, 8) => {
-                self.state
-                    .set_queue_address(ring, AddressHalf::Low, value as u32);
-                self.state
-                    .set_queue_address(ring, AddressHalf::High, (value >> 32) as u32);
+                let (low, high) = halves(qword);
+                self.state.set_queue_address(ring, AddressHalf::Low, low);
+                self.state.set_queue_address(ring, AddressHalf::High, high);
             }
             (0x20..0x38, 4) if offset.is_multiple_of(4) => {
                 let half = if offset.is_multiple_of(8) {
@@ -506,20 +547,13 @@ impl VirtioPciDevice {
                 } else {
                     AddressHalf::High
                 };
-                self.state.set_queue_address(ring, half, value as u32);
+                self.state.set_queue_address(ring, half, dword);
             }
             _ => debug!(
-                "virtio-pci: {len}-byte write of {value:#x} at common config {offset:#x} ignored"
+                "virtio-pci: {len}-byte write of {qword:#x} at common config {offset:#x} ignored"
             ),
         }
     }
-}
-
-fn to_value(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let len = data.len().min(8);
-    bytes[..len].copy_from_slice(&data[..len]);
-    u64::from_le_bytes(bytes)
 }
 
 fn in_region(offset: u64, len: usize, start: u64, size: u64) -> bool {
@@ -604,18 +638,22 @@ impl PciDevice for VirtioPciDevice {
             return;
         }
         if in_region(offset, len, COMMON_CFG_OFFSET, COMMON_CFG_SIZE) {
-            self.write_common(offset - COMMON_CFG_OFFSET, len, to_value(data));
+            self.write_common(offset - COMMON_CFG_OFFSET, data);
         } else if in_region(offset, len, DEVICE_CFG_OFFSET, DEVICE_CFG_SIZE) {
             self.state.write_config(offset - DEVICE_CFG_OFFSET, data);
         } else if in_region(offset, len, NOTIFY_CFG_OFFSET, NOTIFY_CFG_SIZE) {
             // The address names the queue; the value (the queue index) is not needed.
             let slot = offset - NOTIFY_CFG_OFFSET;
-            let queue = slot / u64::from(NOTIFY_OFF_MULTIPLIER);
-            if slot.is_multiple_of(u64::from(NOTIFY_OFF_MULTIPLIER))
-                && queue < self.state.num_queues() as u64
-            {
-                self.notify_stats.record_vcpu();
-                self.state.notify(queue as u32);
+            let queue = u32::try_from(slot / u64::from(NOTIFY_OFF_MULTIPLIER));
+            match queue {
+                Ok(queue)
+                    if slot.is_multiple_of(u64::from(NOTIFY_OFF_MULTIPLIER))
+                        && (queue as usize) < self.state.num_queues() =>
+                {
+                    self.notify_stats.record_vcpu();
+                    self.state.notify(queue);
+                }
+                _ => {}
             }
         } else if in_region(
             offset,
@@ -668,7 +706,7 @@ mod tests {
         fn read(&mut self, offset: u64, len: usize) -> u64 {
             let mut data = vec![0u8; len];
             self.pci.read_bar(0, offset, &mut data);
-            to_value(&data)
+            u64::from_le_bytes(le_bytes(&data))
         }
 
         fn write(&mut self, offset: u64, len: usize, value: u64) {
@@ -769,6 +807,16 @@ mod tests {
         assert_eq!(d.pci.read_config_register(REG_BAR0), BAR as u32 | 0b100);
         assert_eq!(class_code(TYPE_BLOCK), 0x01_80_00);
         assert_eq!(class_code(crate::virtio::TYPE_RNG), 0xff_00_00);
+    }
+
+    #[test]
+    fn a_device_type_beyond_the_pci_id_range_does_not_pose_as_another_device() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        // Cut to 16 bits, 0x1_0001 was 1, and the function a network card.
+        let device = Arc::new(Mutex::new(Recorder::new(0x1_0001)));
+        let route = Arc::new(RecordingRoute::default());
+        let mut pci = VirtioPciDevice::new(device, mem, BAR, route).unwrap();
+        assert_eq!(pci.read_config_register(REG_ID), 0x1040_1af4);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::queue_ops::drain_queue;
 use super::single_queue::SingleQueue;
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::counters::Counter;
+use crate::narrow::len_u32;
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -161,12 +162,12 @@ impl<E: EntropySource> VirtioRng<E> {
                 let buf = &mut buffer[..chunk];
                 if let Err(err) = source.fill(buf) {
                     crate::guest_warn!("virtio-rng: entropy source failed: {err}");
-                    return written as u32;
+                    return len_u32(written);
                 }
                 let addr = desc.addr().unchecked_add(done as u64);
                 if let Err(err) = mem.write_slice(buf, addr) {
                     crate::guest_warn!("virtio-rng: write to guest at {:#x} failed: {err}", addr.0);
-                    return written as u32;
+                    return len_u32(written);
                 }
                 done += chunk;
                 written += chunk;
@@ -176,7 +177,7 @@ impl<E: EntropySource> VirtioRng<E> {
             }
         }
         // At most MAX_BYTES_PER_REQUEST: fits in u32.
-        written as u32
+        len_u32(written)
     }
 
     /// Serves every available chain; returns how many went back to the driver.

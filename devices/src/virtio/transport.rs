@@ -15,6 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{status, SharedVirtioDevice, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::narrow::halves;
 
 /// Errors creating a transport.
 #[derive(Debug, thiserror::Error)]
@@ -220,12 +221,13 @@ impl TransportState {
         let Some(queue) = self.queue_for_setup() else {
             return;
         };
-        let max = u32::from(queue.max_size());
-        if value == 0 || value > max || !value.is_power_of_two() {
-            crate::guest_warn!("{tag}: queue {select} size {value} is invalid (max {max})");
-            self.invalid_queue_size = true;
-        } else {
-            queue.set_size(value as u16);
+        let max = queue.max_size();
+        match u16::try_from(value) {
+            Ok(size) if size != 0 && size <= max && size.is_power_of_two() => queue.set_size(size),
+            _ => {
+                crate::guest_warn!("{tag}: queue {select} size {value} is invalid (max {max})");
+                self.invalid_queue_size = true;
+            }
         }
     }
 
@@ -405,9 +407,10 @@ impl TransportState {
 }
 
 fn features_page(features: u64, select: u32) -> u32 {
+    let (low, high) = halves(features);
     match select {
-        0 => features as u32,
-        1 => (features >> 32) as u32,
+        0 => low,
+        1 => high,
         _ => 0,
     }
 }

@@ -14,10 +14,10 @@ use std::path::Path;
 
 use log::debug;
 
-use super::request::SECTOR_SIZE;
+use super::request::SECTOR_SHIFT;
 
 /// Memory alignment of the `O_DIRECT` bounce buffer unless the file system asks for more.
-const DIRECT_MEMORY_ALIGNMENT: usize = 4096;
+const DIRECT_MEMORY_ALIGNMENT: u32 = 4096;
 /// Size of the `O_DIRECT` bounce buffer; larger transfers are split.
 const DIRECT_BUFFER_LEN: usize = 256 * 1024;
 /// Largest I/O alignment accepted from the file system for `O_DIRECT`.
@@ -51,7 +51,7 @@ pub trait DiskBackend: Send {
 
     /// The smallest I/O unit in bytes the backend handles (a power of two, at least 512).
     fn block_size(&self) -> u32 {
-        SECTOR_SIZE as u32
+        1 << SECTOR_SHIFT // SECTOR_SIZE, as a u32
     }
 
     /// The file under the disk, when reads and writes of the disk are plain positional reads
@@ -167,11 +167,11 @@ impl RawFile {
             options.custom_flags(libc::O_DIRECT);
         }
         let file = options.open(path)?;
-        let mut block_size = SECTOR_SIZE as u32;
+        let mut block_size: u32 = 1 << SECTOR_SHIFT; // SECTOR_SIZE
         let mut direct_buffer = None;
         if direct {
             let (offset_align, memory_align) =
-                direct_io_alignment(&file).unwrap_or((block_size, DIRECT_MEMORY_ALIGNMENT as u32));
+                direct_io_alignment(&file).unwrap_or((block_size, DIRECT_MEMORY_ALIGNMENT));
             let offset_align = offset_align.max(block_size);
             if !offset_align.is_power_of_two() || offset_align > MAX_DIRECT_ALIGNMENT {
                 return Err(io::Error::new(
@@ -180,9 +180,7 @@ impl RawFile {
                 ));
             }
             block_size = offset_align;
-            let memory_align = (memory_align as usize)
-                .max(DIRECT_MEMORY_ALIGNMENT)
-                .max(offset_align as usize);
+            let memory_align = memory_align.max(DIRECT_MEMORY_ALIGNMENT).max(offset_align) as usize;
             if !memory_align.is_power_of_two() {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -218,7 +216,9 @@ impl RawFile {
         let zeroes = vec![0u8; ZERO_CHUNK_LEN];
         let mut done = 0u64;
         while done < len {
-            let chunk = (len - done).min(ZERO_CHUNK_LEN as u64) as usize;
+            // What is left, unless that is more than a chunk (or than a usize holds).
+            let chunk =
+                usize::try_from(len - done).map_or(ZERO_CHUNK_LEN, |rest| rest.min(ZERO_CHUNK_LEN));
             self.write_at(offset + done, &zeroes[..chunk])?;
             done += chunk as u64;
         }

@@ -15,6 +15,7 @@ use super::request::{
 };
 use super::DiskBackend;
 use crate::counters::Counter;
+use crate::narrow::len_u32;
 use crate::virtio::queue_ops::drain_queue;
 use crate::virtio::single_queue::SingleQueue;
 
@@ -298,17 +299,18 @@ fn read_into_guest<D: DiskBackend>(
     written: &mut u32,
 ) -> io::Result<()> {
     let mut offset = sector << SECTOR_SHIFT;
+    let buffer_len = u32::try_from(buffer.len()).unwrap_or(u32::MAX);
     for segment in segments {
-        let mut done = 0usize;
-        while done < segment.len as usize {
-            let chunk = (segment.len as usize - done).min(buffer.len());
-            let buf = &mut buffer[..chunk];
+        let mut done = 0u32;
+        while done < segment.len {
+            let chunk = (segment.len - done).min(buffer_len);
+            let buf = &mut buffer[..chunk as usize];
             disk.read_at(offset, buf)?;
-            let addr = segment.addr.unchecked_add(done as u64);
+            let addr = segment.addr.unchecked_add(u64::from(done));
             mem.write_slice(buf, addr).map_err(io::Error::other)?;
-            *written = written.saturating_add(chunk as u32);
+            *written = written.saturating_add(chunk);
             done += chunk;
-            offset += chunk as u64;
+            offset += u64::from(chunk);
         }
     }
     Ok(())
@@ -350,11 +352,12 @@ fn write_id(
         if rest.is_empty() {
             break;
         }
-        let chunk = rest.len().min(segment.len as usize);
-        mem.write_slice(&rest[..chunk], segment.addr)
+        let (head, tail) = rest.split_at(rest.len().min(segment.len as usize));
+        mem.write_slice(head, segment.addr)
             .map_err(io::Error::other)?;
-        *written += chunk as u32;
-        rest = &rest[chunk..];
+        // At most ID_BYTES (20) in all.
+        *written += len_u32(head.len());
+        rest = tail;
     }
     Ok(())
 }

@@ -265,7 +265,7 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
             avail_features |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
         }
 
-        let alignment_sectors = (u64::from(block_size) >> SECTOR_SHIFT).max(1) as u32;
+        let alignment_sectors = (block_size >> SECTOR_SHIFT).max(1);
         let config = BlockConfigSpace {
             capacity: capacity.into(),
             seg_max: SEG_MAX.into(),

@@ -47,9 +47,12 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = byte(virtio_blk::VIRTIO_BLK_S_UNSUPP);
 pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = virtio_blk::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// Length of the request header (`struct virtio_blk_req` up to the data).
-pub const HEADER_LEN: u32 = size_of::<RequestHeader>() as u32;
+pub const HEADER_LEN: u32 = 16;
 /// Length of one discard/write-zeroes range (`struct virtio_blk_discard_write_zeroes`).
-pub const RANGE_LEN: u32 = size_of::<RangeEntry>() as u32;
+pub const RANGE_LEN: u32 = 16;
+// The lengths are the sizes of the structs read from guest memory.
+const _: () = assert!(size_of::<RequestHeader>() == HEADER_LEN as usize);
+const _: () = assert!(size_of::<RangeEntry>() == RANGE_LEN as usize);
 
 /// The fixed part of a request as it sits in guest memory.
 #[repr(C)]
@@ -522,8 +525,9 @@ impl Request {
                 max: max_ranges,
             });
         }
-        // Ranges may straddle descriptors; gather the (bounded) payload first.
-        let mut payload = Vec::with_capacity(total as usize);
+        // Ranges may straddle descriptors; gather the (bounded: `count` is checked above)
+        // payload first.
+        let mut payload = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         for segment in &segments {
             let start = payload.len();
             payload.resize(start + segment.len as usize, 0);

@@ -231,9 +231,9 @@ impl Uring {
                     kicked = true;
                     continue;
                 }
-                let Some(request) = self
-                    .slots
-                    .get_mut(user_data as usize)
+                let Some(request) = usize::try_from(user_data)
+                    .ok()
+                    .and_then(|slot| self.slots.get_mut(slot))
                     .and_then(Option::take)
                 else {
                     continue;
@@ -315,8 +315,16 @@ impl Uring {
                 let Some(iovecs) = self.iovecs(mem, offset, segments) else {
                     return Ok(Offer::Inline);
                 };
-                let len = segments.iter().map(|s| s.len).sum::<u32>();
-                let count = iovecs.len() as u32;
+                // Segments may overlap, so their lengths can add up to more than 4 GiB
+                // (summing them in u32 wrapped, or panicked with overflow checks on): such a
+                // request takes the thread's chunked path, as it does without io_uring. The
+                // iovec count is at most the queue size.
+                let len = segments
+                    .iter()
+                    .try_fold(0u32, |total, segment| total.checked_add(segment.len));
+                let (Some(len), Ok(count)) = (len, u32::try_from(iovecs.len())) else {
+                    return Ok(Offer::Inline);
+                };
                 let entry = if write {
                     opcode::Writev::new(fd, iovecs.as_ptr(), count)
                         .offset(offset)
@@ -555,6 +563,58 @@ mod tests {
         // Reset stops the thread and gives the disk back; a new activation works.
         assert!(block.reset());
         assert!(block.disk().is_some());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_request_of_more_than_4_gib_is_not_given_to_io_uring() {
+        use super::super::disk::RawFile;
+        use super::super::exec::BlockMetrics;
+        use super::super::request::{Limits, Request, RequestKind, Segment};
+        use super::{IoUring, Offer, Uring, RING_ENTRIES};
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+        let Ok(ring) = IoUring::new(RING_ENTRIES) else {
+            eprintln!("skipped: no io_uring on this host");
+            return;
+        };
+        let path = temp_image("huge.img", 4096);
+        let disk = RawFile::open(&path, false, false).unwrap();
+        let mut engine = Uring::new(ring, disk.io_file().unwrap());
+        let limits = Limits {
+            capacity: 8,
+            seg_max: 254,
+            max_discard_sectors: 1,
+            max_discard_seg: 1,
+            max_write_zeroes_sectors: 1,
+            max_write_zeroes_seg: 1,
+        };
+        let executor = super::Executor::new(
+            disk,
+            [0; 20],
+            false,
+            limits,
+            Arc::new(Mutex::new(BlockMetrics::default())),
+        );
+        // 64 MiB of guest memory (mapped, never touched) read into 65 times over: 4160 MiB,
+        // which a u32 total wraps to 64 MiB.
+        const LEN: u32 = 64 << 20;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), LEN as usize)]).unwrap();
+        let segment = Segment {
+            addr: GuestAddress(0),
+            len: LEN,
+        };
+        let request = Request {
+            kind: RequestKind::In {
+                sector: 0,
+                segments: vec![segment; 65],
+            },
+            status: GuestAddress(0),
+        };
+        let offer = engine.offer(&executor, &mem, 0, &request);
+        assert!(matches!(offer, Ok(Offer::Inline)), "nothing was submitted");
+        assert_eq!(engine.in_flight, 0);
+        assert!(engine.slots.iter().all(Option::is_none));
         std::fs::remove_file(path).unwrap();
     }
 

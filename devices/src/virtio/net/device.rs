@@ -11,6 +11,7 @@ use vm_memory::{ByteValued, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::Counter;
+use crate::narrow::len_u32;
 
 use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
 use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
@@ -598,7 +599,8 @@ impl Net {
         };
 
         if matches!(outcome, Delivery::Delivered) {
-            let count = chains.len() as u16;
+            // At most the receive queue's size, a u16: chains stop being taken at it.
+            let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
             self.rx_frame[NUM_BUFFERS_OFFSET..VIRTIO_NET_HDR_LEN]
                 .copy_from_slice(&count.to_le_bytes());
             let mut offset = 0usize;
@@ -613,7 +615,7 @@ impl Net {
                 offset += written;
                 if let Err(err) = active
                     .rx
-                    .add_used(&active.mem, buffers.head(), written as u32)
+                    .add_used(&active.mem, buffers.head(), len_u32(written))
                 {
                     crate::guest_warn!("net `{id}`: rx queue: {err}");
                 }

@@ -90,7 +90,10 @@ impl Tap {
             .open(TUN_DEVICE)
             .map_err(TapError::OpenTun)?;
         let mut request = interface_request(name)?;
-        request.ifr_ifru.ifru_flags = REQUIRED_FLAGS as libc::c_short;
+        // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR is 0x5002: it fits the request's short.
+        #[allow(clippy::cast_possible_truncation)]
+        let flags = REQUIRED_FLAGS as libc::c_short;
+        request.ifr_ifru.ifru_flags = flags;
         // SAFETY: TUNSETIFF reads and writes one `ifreq`, which lives for the whole call; the
         // descriptor is our open /dev/net/tun file.
         let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
@@ -149,6 +152,8 @@ impl Tap {
     }
 
     fn finish_setup(&self) -> Result<(), TapError> {
+        // VIRTIO_NET_HDR_LEN is 12: it fits a C int.
+        #[allow(clippy::cast_possible_truncation)]
         let header_len = VIRTIO_NET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which outlives the call.
         let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) };

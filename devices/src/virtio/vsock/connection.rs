@@ -14,6 +14,7 @@ use std::os::unix::net::UnixStream;
 use log::debug;
 
 use super::packet::{op, shutdown, PacketHeader, HOST_CID, MAX_PAYLOAD, TYPE_STREAM};
+use crate::narrow::len_u32;
 
 /// Receive buffer the device advertises per connection (`buf_alloc`): the bound on data from
 /// the guest waiting for the host socket.
@@ -238,7 +239,7 @@ impl<S: HostStream> Connection<S> {
         if self.tx_buf.is_empty() {
             match write_some(&mut self.stream, rest) {
                 Ok(written) => {
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(written as u32);
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(len_u32(written));
                     rest = &rest[written..];
                 }
                 Err(err) => {
@@ -263,7 +264,7 @@ impl<S: HostStream> Connection<S> {
                 Ok(0) => break,
                 Ok(written) => {
                     self.tx_buf.drain(..written);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(written as u32);
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(len_u32(written));
                 }
                 Err(err) => {
                     debug!(
@@ -376,8 +377,10 @@ impl<S: HostStream> Connection<S> {
                             self.send_shutdown = true;
                         }
                         Ok(read) => {
-                            self.rx_cnt = self.rx_cnt.wrapping_add(read as u32);
-                            return Some(self.header(op::RW, 0, read as u32));
+                            // At most MAX_PAYLOAD bytes.
+                            let read = len_u32(read);
+                            self.rx_cnt = self.rx_cnt.wrapping_add(read);
+                            return Some(self.header(op::RW, 0, read));
                         }
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                             self.host_readable = false

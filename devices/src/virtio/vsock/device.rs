@@ -12,6 +12,7 @@ use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::packet::{validate_tx, HDR_LEN, MAX_PAYLOAD};
 use crate::counters::Counter;
+use crate::narrow::len_u32;
 use crate::virtio::chain::{ChainBuffers, Direction};
 use crate::virtio::config_space::{read_config_bytes, VsockConfigSpace};
 use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
@@ -236,7 +237,7 @@ impl Vsock {
                     0
                 }
             };
-            if let Err(err) = active.rx.add_used(&active.mem, head, written as u32) {
+            if let Err(err) = active.rx.add_used(&active.mem, head, len_u32(written)) {
                 crate::guest_warn!("vsock `{id}`: rx queue: {err}");
             }
             self.metrics.rx_packets += 1;

@@ -160,7 +160,11 @@ impl VsockMuxer {
                 self.accept_host_connections();
                 continue;
             }
-            let fd = token as RawFd;
+            // Connection tokens are the descriptors they were registered with.
+            let Ok(fd) = RawFd::try_from(token) else {
+                debug!("vsock: epoll event with unknown token {token:#x}");
+                continue;
+            };
             if self.handshakes.contains_key(&fd) {
                 self.continue_handshake(fd);
             } else if let Some(&key) = self.by_fd.get(&fd) {
