@@ -260,7 +260,7 @@ pub enum PlacementRequestError {
         reason: String,
     },
     /// The request refers to a server group that does not exist.
-    #[error("request `{request}`: unknown server group `{group}`")]
+    #[error("request `{request}`: unknown server group `{group}` (create it first: State::create_server_group, State::ensure_server_group, or a stream's `server_groups`)")]
     UnknownServerGroup {
         /// Request id.
         request: String,
@@ -318,6 +318,23 @@ pub enum CommitError {
     /// A generation owner in the claim does not belong to the cluster.
     #[error("claim refers to an unknown generation owner {0:?}")]
     UnknownOwner(crate::model::OwnerId),
+    /// The claim would take a project's or user's usage past a quota (see
+    /// [`crate::State::set_quota`]).
+    #[error(
+        "quota of {scope} exceeded: {class} limit {limit}, used {used}, requested {requested}"
+    )]
+    QuotaExceeded {
+        /// `project `p`` or `user `u` of project `p``.
+        scope: String,
+        /// `instances`, or the resource class.
+        class: String,
+        /// The limit.
+        limit: u64,
+        /// Used before this claim.
+        used: u64,
+        /// What the claim asks for.
+        requested: u64,
+    },
     /// A permit plugin rejected the claim.
     #[error("permit plugin `{plugin}` rejected: {reason}")]
     Denied {

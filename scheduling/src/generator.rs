@@ -94,6 +94,7 @@ pub fn cluster(shape: ClusterShape) -> ClusterSpec {
             };
             let mut numa = ProviderSpec {
                 name: format!("{name}-numa{n}"),
+                numa_node: Some(n),
                 traits: vec!["HW_NUMA_ROOT".into()],
                 inventories: inv(&[
                     cpu,
@@ -108,6 +109,7 @@ pub fn cluster(shape: ClusterShape) -> ClusterSpec {
             if kind == HostKind::Gpu {
                 numa.children.push(ProviderSpec {
                     name: format!("{name}-gpu{n}"),
+                    numa_node: None,
                     traits: vec!["CUSTOM_VGPU_A16_4Q".into()],
                     inventories: inv(&[("VGPU", InventorySpec::new(4))]),
                     children: Vec::new(),

@@ -23,6 +23,11 @@ pub struct PlacedResource {
     pub class: String,
     /// Amount.
     pub amount: u64,
+    /// The host NUMA node the provider is, or lies under (see
+    /// [`crate::model::ProviderSpec::numa_node`]): where a VMM pins the vCPUs and memory, or which
+    /// node a device is attached to. Informational: restore reads the provider's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
 }
 
 /// A committed placement, by name.
@@ -69,10 +74,12 @@ impl Placement {
                 .iter()
                 .filter_map(|a| {
                     let s = cluster.slot(a.slot())?;
+                    let p = cluster.provider(s.provider);
                     Some(PlacedResource {
-                        provider: cluster.provider(s.provider).name.clone(),
+                        provider: p.name.clone(),
                         class: cluster.class_name(s.class).to_string(),
                         amount: a.amount(),
+                        numa_node: p.numa_node,
                     })
                 })
                 .collect(),

@@ -317,6 +317,12 @@ pub struct PlacementRequest {
     /// Priority (higher preempts lower).
     #[serde(default)]
     pub priority: i32,
+    /// Project the VM belongs to (its usage counts towards the project's quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// User who started it (counts towards the user's quota within the project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl PlacementRequest {
@@ -355,6 +361,9 @@ impl PlacementRequest {
             server_group,
             topology_spread,
             priority,
+            // Quotas are checked at commit; they do not change which hosts fit.
+            project: _,
+            user: _,
         } = self;
         (
             resources,

@@ -78,6 +78,7 @@ fn cluster() -> impl Strategy<Value = ClusterSpec> {
                     .enumerate()
                     .map(|(n, inventories)| ProviderSpec {
                         name: format!("h{i}-n{n}"),
+                        numa_node: None,
                         inventories,
                         ..Default::default()
                     })

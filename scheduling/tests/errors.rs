@@ -190,7 +190,7 @@ fn bad_requests_are_rejected_before_scheduling() {
     );
     let mut r = PlacementRequest::new("a", &[("VCPU", 1)]);
     r.server_group = Some("nope".into());
-    assert_eq!(err(&mut p, r), "request `a`: unknown server group `nope`");
+    assert_eq!(err(&mut p, r), "request `a`: unknown server group `nope` (create it first: State::create_server_group, State::ensure_server_group, or a stream's `server_groups`)");
     let mut r = PlacementRequest::new("a", &[("VCPU", 1)]);
     r.groups.push(RequestGroup {
         name: "g1".into(),

@@ -17,6 +17,7 @@ fn isolated_groups_needing_the_one_special_node_are_placed() {
     let children = (0..16)
         .map(|n| ProviderSpec {
             name: format!("numa{n}"),
+            numa_node: None,
             traits: if n == 0 {
                 vec!["CUSTOM_FAST".into()]
             } else {
@@ -252,6 +253,7 @@ fn host() -> impl Strategy<Value = HostSpec> {
                 .enumerate()
                 .map(|(i, (inventories, traits, kids))| ProviderSpec {
                     name: format!("n{i}"),
+                    numa_node: None,
                     traits,
                     inventories,
                     children: kids
@@ -259,6 +261,7 @@ fn host() -> impl Strategy<Value = HostSpec> {
                         .enumerate()
                         .map(|(j, (inventories, traits))| ProviderSpec {
                             name: format!("n{i}-d{j}"),
+                            numa_node: None,
                             traits,
                             inventories,
                             children: vec![],

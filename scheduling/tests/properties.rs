@@ -88,6 +88,7 @@ fn host(i: usize) -> impl Strategy<Value = HostSpec> {
                 .enumerate()
                 .map(|(n, (inventories, traits))| ProviderSpec {
                     name: format!("h{i}-n{n}"),
+                    numa_node: None,
                     traits,
                     inventories,
                     children: vec![],

@@ -226,6 +226,7 @@ fn corrupted_placements_are_refused_by_name_and_change_nothing() {
             provider: numa.clone(),
             class: "VCPU".into(),
             amount: 128,
+            numa_node: None,
         }],
         request: Arc::new(PlacementRequest::new("ghost-cpu", &[("VCPU", 128)])),
     };

@@ -62,6 +62,8 @@ pub struct Provider {
     pub owner: OwnerId,
     /// Sorted traits.
     pub traits: Vec<TraitId>,
+    /// The NUMA node it is, or lies under (see [`crate::model::ProviderSpec::numa_node`]).
+    pub numa_node: Option<u32>,
     /// First inventory slot.
     pub(crate) slot_start: u32,
     /// One past the last inventory slot.
@@ -164,6 +166,14 @@ pub struct Cluster {
     pub(crate) server_groups: Vec<ServerGroupSpec>,
 }
 
+/// Where a provider sits: its parent, host tree, generation owner and NUMA node.
+struct Position {
+    parent: Option<ProviderId>,
+    host: Option<HostId>,
+    owner: OwnerId,
+    numa_node: Option<u32>,
+}
+
 struct Builder {
     classes: Interner,
     traits: Interner,
@@ -176,12 +186,16 @@ impl Builder {
     fn add_provider(
         &mut self,
         name: &str,
-        parent: Option<ProviderId>,
-        host: Option<HostId>,
-        owner: OwnerId,
+        at: Position,
         traits: &[String],
         inventories: &BTreeMap<String, InventorySpec>,
     ) -> Result<ProviderId, ModelError> {
+        let Position {
+            parent,
+            host,
+            owner,
+            numa_node,
+        } = at;
         if name.is_empty() {
             return Err(ModelError::Empty {
                 what: "provider".into(),
@@ -221,6 +235,7 @@ impl Builder {
             host,
             owner,
             traits: trait_ids,
+            numa_node,
             slot_start,
             slot_end: self.slots.len() as u32,
         });
@@ -233,6 +248,7 @@ impl Builder {
         parent: ProviderId,
         host: HostId,
         depth: usize,
+        numa_seen: &mut u32,
     ) -> Result<(), ModelError> {
         if depth > 8 {
             return Err(ModelError::TreeTooDeep {
@@ -241,15 +257,23 @@ impl Builder {
             });
         }
         for child in children {
-            let id = self.add_provider(
-                &child.name,
-                Some(parent),
-                Some(host),
-                OwnerId::new(host.idx()),
-                &child.traits,
-                &child.inventories,
-            )?;
-            self.add_children(&child.children, id, host, depth + 1)?;
+            let numa_node = match child.numa_node {
+                Some(n) => Some(n),
+                None if child.traits.iter().any(|t| t == "HW_NUMA_ROOT") => {
+                    let n = *numa_seen;
+                    *numa_seen += 1;
+                    Some(n)
+                }
+                None => self.providers[parent.idx()].numa_node,
+            };
+            let at = Position {
+                parent: Some(parent),
+                host: Some(host),
+                owner: OwnerId::new(host.idx()),
+                numa_node,
+            };
+            let id = self.add_provider(&child.name, at, &child.traits, &child.inventories)?;
+            self.add_children(&child.children, id, host, depth + 1, numa_seen)?;
         }
         Ok(())
     }
@@ -391,9 +415,14 @@ impl Cluster {
             let hid = HostId::new(i);
             let provider_start = b.providers.len() as u32;
             let owner = OwnerId::new(i);
-            let root =
-                b.add_provider(&h.name, None, Some(hid), owner, &h.traits, &h.inventories)?;
-            b.add_children(&h.children, root, hid, 1)?;
+            let at = Position {
+                parent: None,
+                host: Some(hid),
+                owner,
+                numa_node: None,
+            };
+            let root = b.add_provider(&h.name, at, &h.traits, &h.inventories)?;
+            b.add_children(&h.children, root, hid, 1, &mut 0)?;
             host_by_name.insert(h.name.clone(), hid);
             owner_names.push(h.name.clone());
             let mut aggs: Vec<AggregateId> = h
@@ -431,14 +460,13 @@ impl Cluster {
                     field: "aggregates",
                 });
             }
-            let pid = b.add_provider(
-                &sp.name,
-                None,
-                None,
-                OwnerId::new(n_hosts + k),
-                &sp.traits,
-                &sp.inventories,
-            )?;
+            let at = Position {
+                parent: None,
+                host: None,
+                owner: OwnerId::new(n_hosts + k),
+                numa_node: None,
+            };
+            let pid = b.add_provider(&sp.name, at, &sp.traits, &sp.inventories)?;
             owner_names.push(sp.name.clone());
             let aggs: Vec<AggregateId> = sp
                 .aggregates
@@ -510,15 +538,14 @@ impl Cluster {
             provider_by_name: std::mem::take(&mut c.provider_by_name),
         };
         let provider_start = b.providers.len() as u32;
-        let root = b.add_provider(
-            &spec.name,
-            None,
-            Some(hid),
-            OwnerId::new(hid.idx()),
-            &spec.traits,
-            &spec.inventories,
-        )?;
-        b.add_children(&spec.children, root, hid, 1)?;
+        let at = Position {
+            parent: None,
+            host: Some(hid),
+            owner: OwnerId::new(hid.idx()),
+            numa_node: None,
+        };
+        let root = b.add_provider(&spec.name, at, &spec.traits, &spec.inventories)?;
+        b.add_children(&spec.children, root, hid, 1, &mut 0)?;
         c.classes = b.classes;
         c.traits = b.traits;
         c.providers = b.providers;

@@ -61,6 +61,12 @@ pub struct HostSpec {
 pub struct ProviderSpec {
     /// Unique name.
     pub name: String,
+    /// The host's NUMA node number (the Linux node id a VMM pins vCPUs and memory to) when this
+    /// provider is a NUMA node. When absent, a provider with the trait `HW_NUMA_ROOT` (OpenStack's
+    /// marker) is numbered by its position among the host's `HW_NUMA_ROOT` providers, in tree order.
+    /// Providers below a NUMA node (a GPU, a NIC function) report their node's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
     /// Traits of this provider.
     #[serde(default)]
     pub traits: Vec<String>,

@@ -10,11 +10,13 @@
 mod allocations;
 mod free;
 mod groups;
+mod quota;
 mod restore;
 
 pub use allocations::Allocations;
 pub(crate) use groups::validate_server_group;
 pub use groups::ServerGroupState;
+pub use quota::{QuotaLimits, QuotaScope, QuotaUsage};
 
 use crate::error::{CommitError, PlacementRequestError, PlacementStateError};
 use crate::fit::{fit_host, FitScratch};
@@ -145,6 +147,7 @@ pub struct State {
     group_by_name: HashMap<String, ServerGroupId>,
     release_epoch: u64,
     topology_version: u64,
+    quotas: quota::Quotas,
 }
 
 impl State {
@@ -166,6 +169,7 @@ impl State {
             group_by_name: HashMap::new(),
             release_epoch: 0,
             topology_version: 0,
+            quotas: quota::Quotas::default(),
             cluster,
         };
         let initial: Vec<ServerGroupSpec> = s.cluster.initial_server_groups().to_vec();
@@ -195,6 +199,45 @@ impl State {
         self.group_by_name.insert(spec.name.clone(), id);
         self.groups.push(ServerGroupState::new(spec, &self.cluster));
         Ok(id)
+    }
+
+    /// The server group `spec` names, created on first use: an existing group of that name is
+    /// returned if its definition is the same, and refused (naming both policies) if not.
+    ///
+    /// ```
+    /// use scheduling::model::{ServerGroupPolicy, ServerGroupSpec};
+    /// let mut state = scheduling::State::new(std::sync::Arc::new(scheduling::Cluster::from_json(
+    ///     r#"{"hosts": [{"name": "a", "inventories": {"VCPU": {"total": 4}}}]}"#).unwrap()));
+    /// let web = ServerGroupSpec { name: "web".into(), policy: ServerGroupPolicy::AntiAffinity, max_per_host: None };
+    /// let id = state.ensure_server_group(web.clone()).unwrap();
+    /// assert_eq!(state.ensure_server_group(web.clone()).unwrap(), id);
+    /// let other = ServerGroupSpec { policy: ServerGroupPolicy::Affinity, ..web };
+    /// assert_eq!(state.ensure_server_group(other).unwrap_err().to_string(),
+    ///     "server group `web`: exists with policy anti-affinity (max_per_host None), asked for affinity (max_per_host None)");
+    /// ```
+    pub fn ensure_server_group(
+        &mut self,
+        spec: ServerGroupSpec,
+    ) -> Result<ServerGroupId, PlacementStateError> {
+        match self.group_by_name.get(&spec.name) {
+            None => self.create_server_group(spec),
+            Some(&id) => {
+                let have = &self.groups[id.idx()].spec;
+                if *have == spec {
+                    Ok(id)
+                } else {
+                    Err(PlacementStateError::Model(
+                        crate::error::ModelError::InvalidServerGroup {
+                            group: spec.name.clone(),
+                            reason: format!(
+                                "exists with policy {} (max_per_host {:?}), asked for {} (max_per_host {:?})",
+                                have.policy, have.max_per_host, spec.policy, spec.max_per_host
+                            ),
+                        },
+                    ))
+                }
+            }
+        }
     }
 
     /// Server group by id.
@@ -402,6 +445,9 @@ impl State {
                 return Err(CommitError::GroupChanged(gs.spec.name.clone()));
             }
         }
+        if moving.is_none() {
+            self.quotas.check(c, &claim.request, None)?;
+        }
         // Defensive: even with matching generations, re-check every slot (the claim may be hand-made).
         for (i, a) in claim.allocations.iter().enumerate() {
             let slot = a.slot();
@@ -475,6 +521,7 @@ impl State {
         if let Some(g) = request.server_group {
             self.groups[g.id.idx()].add(&self.cluster, host);
         }
+        self.quotas.count(&request, true);
         self.allocations.insert(
             request.id().to_string(),
             Allocation {
@@ -506,6 +553,7 @@ impl State {
         if let Some(g) = alloc.request.server_group {
             self.groups[g.id.idx()].remove(&self.cluster, host);
         }
+        self.quotas.count(&alloc.request, false);
         self.release_epoch += 1;
     }
 
@@ -589,6 +637,9 @@ impl State {
             CompiledRequest::clone(&*self.compile(new).map_err(ResizeError::Request)?);
         // Keep group membership as it is: resizing does not change a VM's server group.
         compiled.server_group = old.request.server_group;
+        self.quotas
+            .check(&self.cluster, &compiled, Some(&old.request))
+            .map_err(|e| ResizeError::DoesNotFit(e.to_string()))?;
         for a in &old.slots {
             let u = &mut self.used[a.slot().idx()];
             *u = u.saturating_sub(a.amount());
@@ -693,6 +744,15 @@ impl State {
             .collect();
         if !self.free.consistent(c, &used) {
             problems.push("free-capacity index differs from allocations".into());
+        }
+        if !self.quotas.is_empty() {
+            let mut fresh = quota::Quotas::default();
+            for a in self.allocations.values() {
+                fresh.count(&a.request, true);
+            }
+            if !fresh.same_usage(&self.quotas) {
+                problems.push("quota usage differs from allocations".into());
+            }
         }
         if vms != self.vm_count {
             problems.push("per-host VM counts differ from allocations".into());
