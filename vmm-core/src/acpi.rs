@@ -48,6 +48,42 @@ const RTC_CENTURY_INDEX: u8 = 0x32;
 /// "KEELKVM" hypervisor vendor identity in the FADT.
 const HYPERVISOR_ID: u64 = u64::from_le_bytes(*b"KEELKVM\0");
 
+/// A device model's I/O port (a u64 bus address) as the 16-bit number ACPI resources take.
+/// Only called for constants, so the check runs when the crate is compiled.
+#[allow(clippy::cast_possible_truncation)] // checked by the assertion
+const fn io_port(port: u64) -> u16 {
+    assert!(port <= 0xffff, "I/O ports are 16 bits");
+    port as u16
+}
+
+/// The length of a device model's port range as the byte ACPI resources take (constants only).
+#[allow(clippy::cast_possible_truncation)] // checked by the assertion
+const fn io_len(len: u64) -> u8 {
+    assert!(len <= 0xff, "port range too long for an ACPI descriptor");
+    len as u8
+}
+
+/// A fixed layout address below 4 GiB as a 32-bit ACPI field (constants only).
+#[allow(clippy::cast_possible_truncation)] // checked by the assertion
+const fn address32(address: u64) -> u32 {
+    assert!(address <= 0xffff_ffff, "not a 32-bit address");
+    address as u32
+}
+
+const PCI_CONFIG_PORT: u16 = io_port(PCI_CONFIG_IO_PORT);
+const PCI_CONFIG_PORTS: u8 = io_len(PCI_CONFIG_IO_PORT_LEN);
+const COM1_PORT: u16 = io_port(COM1_PORT_BASE);
+const RTC_PORT: u16 = io_port(RTC_PORT_BASE);
+const GED_PORT: u16 = io_port(GED_PORT_BASE);
+const GED_PORTS: u8 = io_len(GED_PORT_LEN);
+const LAPIC_ADDRESS: u32 = address32(layout::LAPIC_START);
+const IOAPIC_ADDRESS: u32 = address32(layout::IOAPIC_START);
+
+/// `value` as a 32-bit ACPI field, or why it does not fit (`what` names it).
+fn field32(value: u64, what: impl std::fmt::Display) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("{what} {value:#x} does not fit a 32-bit field"))
+}
+
 /// Errors writing the tables.
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -105,6 +141,24 @@ struct MmioDeviceAml {
     irq: u32,
 }
 
+impl MmioDeviceAml {
+    /// The `index`th device; its window must lie below 4 GiB (a 32-bit memory descriptor).
+    fn new(index: usize, device: &MmioDeviceInfo) -> Result<Self, String> {
+        let name = format!("VR{index:02X}");
+        let uid = u32::try_from(index).map_err(|_| format!("{name}: too many devices"))?;
+        let base = field32(device.base, format_args!("{name} base"))?;
+        let end = device.base.saturating_add(device.size);
+        field32(end.saturating_sub(1), format_args!("{name} last byte"))?;
+        Ok(MmioDeviceAml {
+            size: field32(device.size, format_args!("{name} size"))?,
+            name,
+            uid,
+            base,
+            irq: device.irq,
+        })
+    }
+}
+
 impl Aml for MmioDeviceAml {
     fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
         let window = aml::Memory32Fixed::new(true, self.base, self.size);
@@ -117,12 +171,35 @@ impl Aml for MmioDeviceAml {
     }
 }
 
-/// The PCI host bridge of segment 0, bus 0 (`PNP0A08`, compatible with `PNP0A03`).
-struct PciHostBridgeAml<'a>(&'a PciHostInfo);
+/// The PCI host bridge of segment 0, bus 0 (`PNP0A08`, compatible with `PNP0A03`), with the
+/// 32-bit window and the ECAM area checked to be 32-bit (their descriptors are).
+struct PciHostBridgeAml<'a> {
+    host: &'a PciHostInfo,
+    mmio32_first: u32,
+    mmio32_last: u32,
+    ecam_start: u32,
+    ecam_len: u32,
+}
+
+impl<'a> PciHostBridgeAml<'a> {
+    fn new(host: &'a PciHostInfo) -> Result<Self, String> {
+        let last = |range: &std::ops::Range<u64>| range.end.saturating_sub(1);
+        Ok(PciHostBridgeAml {
+            host,
+            mmio32_first: field32(host.mmio32.start, "the 32-bit PCI window's start")?,
+            mmio32_last: field32(last(&host.mmio32), "the 32-bit PCI window's end")?,
+            ecam_start: field32(host.ecam.start, "the ECAM window's start")?,
+            ecam_len: field32(
+                host.ecam.end.saturating_sub(host.ecam.start),
+                "the ECAM window's size",
+            )?,
+        })
+    }
+}
 
 impl Aml for PciHostBridgeAml<'_> {
     fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
-        let host = self.0;
+        let host = self.host;
         let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
         let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
         let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
@@ -130,17 +207,12 @@ impl Aml for PciHostBridgeAml<'_> {
         let uid = aml::Name::new("_UID".into(), &aml::ZERO);
         let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
         let buses = aml::AddressSpace::new_bus_number(0u16, 0u16);
-        let config_ports = aml::IO::new(
-            PCI_CONFIG_IO_PORT as u16,
-            PCI_CONFIG_IO_PORT as u16,
-            1,
-            PCI_CONFIG_IO_PORT_LEN as u8,
-        );
+        let config_ports = aml::IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORTS);
         let mmio32 = aml::AddressSpace::new_memory(
             aml::AddressSpaceCacheable::NotCacheable,
             true,
-            host.mmio32.start as u32,
-            (host.mmio32.end - 1) as u32,
+            self.mmio32_first,
+            self.mmio32_last,
             None,
         );
         let mmio64 = aml::AddressSpace::new_memory(
@@ -161,11 +233,7 @@ impl Aml for PciHostBridgeAml<'_> {
         // Linux uses the MCFG area only if a motherboard resource reserves it.
         let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
         let uid = aml::Name::new("_UID".into(), &aml::ZERO);
-        let ecam = aml::Memory32Fixed::new(
-            false,
-            host.ecam.start as u32,
-            (host.ecam.end - host.ecam.start) as u32,
-        );
+        let ecam = aml::Memory32Fixed::new(false, self.ecam_start, self.ecam_len);
         let crs = aml::ResourceTemplate::new(vec![&ecam]);
         let crs = aml::Name::new("_CRS".into(), &crs);
         aml::Device::new("MBRD".into(), vec![&hid, &uid, &crs]).to_aml_bytes(sink);
@@ -196,9 +264,12 @@ impl Aml for PowerButtonAml {
         let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
         let crs = aml::ResourceTemplate::new(vec![&irq]);
         let crs = aml::Name::new("_CRS".into(), &crs);
-        let port = GED_PORT_BASE as u16;
-        let len = GED_PORT_LEN as u8;
-        let region = aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &port, &len);
+        let region = aml::OpRegion::new(
+            "GDST".into(),
+            aml::OpRegionSpace::SystemIO,
+            &GED_PORT,
+            &GED_PORTS,
+        );
         let field = aml::Field::new(
             "GDST".into(),
             aml::FieldAccessType::DWord,
@@ -219,7 +290,8 @@ impl Aml for PowerButtonAml {
     }
 }
 
-fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
+/// The DSDT, or why a device's resources cannot be described.
+fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Result<Sdt, String> {
     let mut table = Sdt::new(
         *b"DSDT",
         36,
@@ -229,7 +301,7 @@ fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
         OEM_REVISION,
     );
 
-    let com1_io = aml::IO::new(COM1_PORT_BASE as u16, COM1_PORT_BASE as u16, 1, 8);
+    let com1_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
     let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
     let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
     let com1_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
@@ -237,26 +309,20 @@ fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
     let com1_crs = aml::Name::new("_CRS".into(), &com1_crs);
     let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
 
-    let rtc_io = aml::IO::new(RTC_PORT_BASE as u16, RTC_PORT_BASE as u16, 1, 2);
+    let rtc_io = aml::IO::new(RTC_PORT, RTC_PORT, 1, 2);
     let rtc_crs = aml::ResourceTemplate::new(vec![&rtc_io]);
     let rtc_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
     let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
 
-    let virtio: Vec<MmioDeviceAml> = mmio_devices
+    let virtio = mmio_devices
         .iter()
         .enumerate()
-        .map(|(index, device)| MmioDeviceAml {
-            name: format!("VR{index:02X}"),
-            uid: index as u32,
-            base: device.base as u32,
-            size: device.size as u32,
-            irq: device.irq,
-        })
-        .collect();
+        .map(|(index, device)| MmioDeviceAml::new(index, device))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut children: Vec<&dyn Aml> = vec![&com1, &rtc, &PowerButtonAml];
     children.extend(virtio.iter().map(|device| device as &dyn Aml));
-    let pci_host = pci.map(PciHostBridgeAml);
+    let pci_host = pci.map(PciHostBridgeAml::new).transpose()?;
     if let Some(host) = &pci_host {
         children.push(host);
     }
@@ -264,7 +330,7 @@ fn dsdt(mmio_devices: &[MmioDeviceInfo], pci: Option<&PciHostInfo>) -> Sdt {
     // \_S5: the SLP_TYP value the guest writes to enter soft-off.
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut table);
-    table
+    Ok(table)
 }
 
 fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
@@ -285,21 +351,24 @@ fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
     builder.finalize()
 }
 
-fn madt(vcpus: u32) -> MADT {
+/// The MADT, or why `vcpus` vCPUs cannot be described: APIC IDs are bytes, and the IOAPIC's
+/// comes after the vCPUs' (the config allows at most 254 vCPUs).
+fn madt(vcpus: u32) -> Result<MADT, String> {
+    let ioapic_id =
+        u8::try_from(vcpus).map_err(|_| format!("{vcpus} vCPUs need APIC IDs beyond 255"))?;
     let mut madt = MADT::new(
         OEM_ID,
         *b"KEELMADT",
         OEM_REVISION,
-        LocalInterruptController::Address(layout::LAPIC_START as u32),
+        LocalInterruptController::Address(LAPIC_ADDRESS),
     );
-    for id in 0..vcpus {
-        // vCPU index = ACPI processor UID = APIC ID (see vcpu::cpuid); at most 254.
-        let id = id as u8;
+    // vCPU index = ACPI processor UID = APIC ID (see vcpu::cpuid).
+    for id in 0..ioapic_id {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
     // The IOAPIC's ID follows the local APIC IDs so the two never collide.
-    madt.add_structure(IoApic::new(vcpus as u8, layout::IOAPIC_START as u32, 0));
-    madt
+    madt.add_structure(IoApic::new(ioapic_id, IOAPIC_ADDRESS, 0));
+    Ok(madt)
 }
 
 /// MADT flag: the platform also has dual 8259 PICs (KVM's in-kernel irqchip does). Without it
@@ -312,8 +381,8 @@ const TABLE_CHECKSUM_OFFSET: usize = 9;
 
 /// The MADT with its flags set. acpi_tables 0.2 always writes flags 0, so they are patched into
 /// the serialized table and its checksum fixed.
-fn madt_bytes(vcpus: u32) -> Vec<u8> {
-    let mut bytes = bytes_of(&madt(vcpus));
+fn madt_bytes(vcpus: u32) -> Result<Vec<u8>, String> {
+    let mut bytes = bytes_of(&madt(vcpus)?);
     if let Some(flags) = bytes.get_mut(MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4) {
         flags.copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
     }
@@ -322,7 +391,7 @@ fn madt_bytes(vcpus: u32) -> Vec<u8> {
         let sum = bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b));
         bytes[TABLE_CHECKSUM_OFFSET] = 0u8.wrapping_sub(sum);
     }
-    bytes
+    Ok(bytes)
 }
 
 fn bytes_of(table: &dyn Aml) -> Vec<u8> {
@@ -353,11 +422,19 @@ pub fn write_tables_with_pci(
     // The RSDP goes first, in the area Linux scans, at a 16-byte boundary.
     let rsdp_addr = layout::ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = bytes_of(&dsdt(mmio_devices, pci));
+    // A table whose contents cannot be encoded is reported as a failed write of it.
+    let unwritable = |table, addr| {
+        move |detail| AcpiError::Write {
+            table,
+            addr,
+            detail,
+        }
+    };
+    let dsdt = bytes_of(&dsdt(mmio_devices, pci).map_err(unwritable("DSDT", dsdt_addr))?);
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = bytes_of(&fadt(dsdt_addr));
     let madt_addr = align(fadt_addr + fadt.len() as u64);
-    let madt = madt_bytes(vcpus);
+    let madt = madt_bytes(vcpus).map_err(unwritable("APIC", madt_addr))?;
     let mcfg_addr = align(madt_addr + madt.len() as u64);
     let mcfg = pci.map(|host| bytes_of(&mcfg(host))).unwrap_or_default();
     let xsdt_addr = align(mcfg_addr + mcfg.len() as u64);
@@ -401,4 +478,42 @@ pub fn write_tables_with_pci(
         mcfg: pci.map(|_| mcfg_addr),
         end,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> GuestMemoryMmap {
+        crate::memory::create_guest_memory(64 << 20).unwrap()
+    }
+
+    #[test]
+    fn a_device_window_above_4_gib_is_refused_not_described_at_its_low_half() {
+        let device = MmioDeviceInfo {
+            id: "disk0".into(),
+            device_type: 2,
+            base: 0x1_d000_0000,
+            size: 0x1000,
+            irq: 5,
+        };
+        match write_tables(&memory(), 1, &[device]) {
+            Err(AcpiError::Write {
+                table: "DSDT",
+                detail,
+                ..
+            }) => assert!(detail.contains("VR00 base"), "{detail}"),
+            other => panic!("a 32-bit descriptor for a 64-bit window: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn more_vcpus_than_apic_ids_is_refused_not_wrapped() {
+        // 255 vCPUs take APIC IDs 0..=254 and leave 255 for the IOAPIC.
+        assert!(write_tables(&memory(), 255, &[]).is_ok());
+        match write_tables(&memory(), 256, &[]) {
+            Err(AcpiError::Write { table: "APIC", .. }) => {}
+            other => panic!("APIC IDs wrapped around: {other:?}"),
+        }
+    }
 }

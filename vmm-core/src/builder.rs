@@ -849,12 +849,14 @@ impl Vm {
         let count = vcpus.len();
         self.control.mark_started(count);
         let mut first_exit = self.boot_timer.take();
-        for (index, fd) in vcpus.into_iter().enumerate() {
+        // vCPU indexes are u32 (the config allows at most 254 vCPUs).
+        for (fd, index) in vcpus.into_iter().zip(0u32..) {
+            let slot = index as usize;
             let run = vcpu::RunContext {
-                index: index as u32,
+                index,
                 buses: self.buses.clone(),
                 control: self.control.clone(),
-                exits: self.handle_devices.counters.exits[index].clone(),
+                exits: self.handle_devices.counters.exits[slot].clone(),
                 first_exit: if index == 0 { first_exit.clone() } else { None },
             };
             let spawned = std::thread::Builder::new()
@@ -865,10 +867,10 @@ impl Vm {
                 Err(err) => {
                     // The threads already started must not wait for this one.
                     self.control.request_exit(ExitReason::Failed {
-                        vcpu: Some(index as u32),
+                        vcpu: Some(index),
                         detail: format!("cannot spawn vCPU thread: {err}"),
                     });
-                    for never_started in index..count {
+                    for never_started in slot..count {
                         self.control.vcpu_exited(never_started);
                     }
                     return Err(Error::Io(err));

@@ -46,6 +46,9 @@
 //! `testing` feature, which is not part of the supported API.
 
 #![deny(missing_docs)]
+// A silently truncated guest value (or layout value) is a bug class: narrowings use `try_from`
+// with the failure handled, a lossless form, or an `as` under a local `allow` naming the bound.
+#![deny(clippy::cast_possible_truncation)]
 #![warn(unnameable_types)]
 
 /// Declares an internal module: private, or public (and hidden from the docs) with the
@@ -76,6 +79,7 @@ mod builder;
 pub mod config;
 pub mod console;
 mod counters;
+mod narrow;
 mod state;
 mod sync;
 

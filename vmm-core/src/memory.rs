@@ -17,14 +17,15 @@ pub struct MemoryError {
 /// Maps `bytes` of guest RAM (private, anonymous, not reserved up front: pages cost host
 /// memory only once the guest touches them).
 pub fn create_guest_memory(bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<_> = layout::ram_regions(bytes)
+    let error = |detail: String| MemoryError { bytes, detail };
+    let ranges = layout::ram_regions(bytes)
         .into_iter()
-        .map(|(start, len)| (start, len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError {
-        bytes,
-        detail: err.to_string(),
-    })
+        .map(|(start, len)| match usize::try_from(len) {
+            Ok(len) => Ok((start, len)),
+            Err(_) => Err(error(format!("a region of {len} bytes does not fit the address space"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|err| error(err.to_string()))
 }
 
 /// Total bytes of RAM in `mem`.
@@ -46,15 +47,16 @@ pub fn resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|err| std::io::Error::other(err.to_string()))?;
-        let len = region.len();
-        let pages = len.div_ceil(page) as usize;
+        let too_large = |_| std::io::Error::other("a region larger than the address space");
+        let len = usize::try_from(region.len()).map_err(too_large)?;
+        let pages = usize::try_from(region.len().div_ceil(page)).map_err(too_large)?;
         let mut residency = vec![0u8; pages];
         // SAFETY: `host..host + len` is one live mapping owned by `mem` (borrowed for this
         // call), page-aligned as mmap returns it; `residency` has one byte per page of it.
         let rc = unsafe {
             libc::mincore(
                 host.cast::<libc::c_void>(),
-                len as usize,
+                len,
                 residency.as_mut_ptr(),
             )
         };

@@ -75,12 +75,12 @@ pub fn open_kvm(vcpus: u32) -> Result<Kvm, VmError> {
 /// Creates the VM: memory slots, TSS and identity-map pages, in-kernel PIC/IOAPIC/LAPICs, PIT.
 pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    for (slot, region) in mem.iter().enumerate() {
+    for (region, slot) in mem.iter().zip(0u32..) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|_| VmError::MissingCapability("host address of guest memory"))?;
         let region_info = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
@@ -94,7 +94,11 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     }
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+    let tss_address = usize::try_from(layout::KVM_TSS_ADDRESS).map_err(|_| VmError::Kvm {
+        op: "KVM_SET_TSS_ADDR",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    vm.set_tss_address(tss_address)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
         .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;

@@ -5,6 +5,12 @@
 
 use kvm_bindings::kvm_segment;
 
+use crate::narrow::halves;
+
+/// The limit of either entry GDT (four 8-byte descriptors), as the GDTR takes it.
+pub const GDT_LIMIT: u16 = 4 * 8 - 1;
+const _: () = assert!(std::mem::size_of::<[u64; 4]>() == GDT_LIMIT as usize + 1);
+
 /// GDT selector of the code segment.
 #[cfg(test)]
 pub const CODE_SELECTOR: u16 = 0x08;
@@ -46,12 +52,14 @@ pub const GDT_PVH: [u64; 4] = [
 ];
 
 /// Decodes descriptor `index` of `gdt` into the segment register KVM loads.
-pub fn segment(gdt: &[u64; 4], index: usize) -> kvm_segment {
-    let entry = gdt[index % gdt.len()];
+pub fn segment(gdt: &[u64; 4], index: u16) -> kvm_segment {
+    let entry = gdt[usize::from(index) % gdt.len()];
     let access = ((entry >> 40) & 0xff) as u8;
     let flags = ((entry >> 52) & 0xf) as u8;
     let granular = flags & 0x8 != 0;
-    let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
+    // Limit bits 0..16 sit in the low dword, bits 16..20 in the high one.
+    let (low, high) = halves(entry);
+    let raw_limit = (low & 0xffff) | (high & 0xf_0000);
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
         limit: if granular {
@@ -59,7 +67,8 @@ pub fn segment(gdt: &[u64; 4], index: usize) -> kvm_segment {
         } else {
             raw_limit
         },
-        selector: (index * 8) as u16,
+        // The index sits above the selector's table-indicator and privilege bits.
+        selector: index << 3,
         type_: access & 0xf,
         present: (access >> 7) & 1,
         dpl: (access >> 5) & 3,

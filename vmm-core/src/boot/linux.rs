@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{gdt, LoadError};
 use crate::layout::{self, MemoryMapEntry};
+use crate::narrow::halves;
 
 /// `HdrS`: the setup header magic.
 const HDRS_MAGIC: u32 = 0x5372_6448;
@@ -55,17 +56,17 @@ pub fn write_boot_structures(
         }
     }
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.ext_cmd_line_ptr = (layout::CMDLINE_START >> 32) as u32;
+    (params.hdr.cmd_line_ptr, params.ext_cmd_line_ptr) = halves(layout::CMDLINE_START);
     if let Some((addr, size)) = initrd {
-        params.hdr.ramdisk_image = addr as u32;
-        params.ext_ramdisk_image = (addr >> 32) as u32;
-        params.hdr.ramdisk_size = size as u32;
-        params.ext_ramdisk_size = (size >> 32) as u32;
+        (params.hdr.ramdisk_image, params.ext_ramdisk_image) = halves(addr);
+        (params.hdr.ramdisk_size, params.ext_ramdisk_size) = halves(size);
     }
     // Boot protocol 2.14+: where the RSDP is, so the kernel need not scan for it.
     params.acpi_rsdp_addr = acpi_rsdp.unwrap_or(0);
-    if map.len() > params.e820_table.len() {
+    let entries = u8::try_from(map.len())
+        .ok()
+        .filter(|&entries| usize::from(entries) <= params.e820_table.len());
+    let Some(entries) = entries else {
         return Err(LoadError::Write {
             what: "e820 map",
             detail: format!(
@@ -74,7 +75,7 @@ pub fn write_boot_structures(
                 params.e820_table.len()
             ),
         });
-    }
+    };
     for (slot, entry) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
             addr: entry.addr,
@@ -82,7 +83,7 @@ pub fn write_boot_structures(
             r#type: entry.kind,
         };
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = entries;
 
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, GuestAddress(layout::ZERO_PAGE_START)),

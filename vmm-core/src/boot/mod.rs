@@ -276,7 +276,11 @@ pub fn load(
     };
 
     let map = layout::memory_map(crate::memory::total_ram(mem));
-    let cmdline_len = config.cmdline.len() as u32 + 1;
+    // With its NUL; the config caps the command line at MAX_CMDLINE_LEN bytes.
+    let cmdline_len = u32::try_from(config.cmdline.len() + 1).map_err(|_| LoadError::Write {
+        what: "kernel command line",
+        detail: format!("{} bytes", config.cmdline.len()),
+    })?;
     let entry = match protocol {
         EntryProtocol::Linux64 => {
             linux::write_boot_structures(

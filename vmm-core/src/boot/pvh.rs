@@ -28,7 +28,10 @@ pub fn write_start_info(
     map: &[MemoryMapEntry],
 ) -> Result<(), LoadError> {
     write_gdt(mem, &gdt::GDT_PVH)?;
-    if map.len() > layout::MAX_E820_ENTRIES {
+    let entries = u32::try_from(map.len())
+        .ok()
+        .filter(|_| map.len() <= layout::MAX_E820_ENTRIES);
+    let Some(memmap_entries) = entries else {
         return Err(LoadError::Write {
             what: "PVH memory map",
             detail: format!(
@@ -37,14 +40,14 @@ pub fn write_start_info(
                 layout::MAX_E820_ENTRIES
             ),
         });
-    }
+    };
     let info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: START_INFO_VERSION,
         cmdline_paddr: layout::CMDLINE_START,
         rsdp_paddr: acpi_rsdp.unwrap_or(0),
         memmap_paddr: layout::PVH_MEMMAP_START,
-        memmap_entries: map.len() as u32,
+        memmap_entries,
         nr_modules: u32::from(initrd.is_some()),
         modlist_paddr: if initrd.is_some() {
             layout::PVH_MODLIST_START

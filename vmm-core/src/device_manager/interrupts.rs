@@ -21,6 +21,7 @@ use log::debug;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::PciError;
+use crate::narrow::halves;
 use crate::sync::lock;
 
 /// IOAPIC pins KVM routes by default.
@@ -115,10 +116,11 @@ impl GsiRoutingTable {
                         entry.u.irqchip = kvm_irq_routing_irqchip { irqchip: chip, pin };
                     }
                     GsiRoute::Msi(message) => {
+                        let (address_lo, address_hi) = halves(message.address);
                         entry.type_ = KVM_IRQ_ROUTING_MSI;
                         entry.u.msi = kvm_irq_routing_msi {
-                            address_lo: message.address as u32,
-                            address_hi: (message.address >> 32) as u32,
+                            address_lo,
+                            address_hi,
                             data: message.data,
                             ..Default::default()
                         };
@@ -149,10 +151,11 @@ impl KvmMsiRoute {
         gsis: Range<u32>,
     ) -> Result<Self, PciError> {
         let mut irqfds = Vec::new();
-        for (vector, gsi) in gsis.clone().enumerate() {
+        // One vector per GSI: the range comes from the device's MSI-X vector count, a u16.
+        for (gsi, vector) in gsis.clone().zip(0u16..) {
             let irq_error = |detail: String| PciError::Irq {
                 id: id.to_string(),
-                vector: vector as u16,
+                vector,
                 gsi,
                 detail,
             };

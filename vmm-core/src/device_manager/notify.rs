@@ -106,11 +106,11 @@ impl QueueIoeventfds {
     /// again, nothing stays registered, and the error is returned.
     pub fn register(&mut self, base: u64) -> std::io::Result<()> {
         self.unregister();
-        for (index, fd) in self.fds.iter().enumerate() {
-            let index = index as u16;
+        // Queue indexes are u16 (a device has at most virtio-pci's MAX_QUEUES queues).
+        for (fd, index) in self.fds.iter().zip(0u16..) {
             if let Err(err) = self.layout.ioctl(&self.vm, fd, base, index, true) {
-                for (done, fd) in self.fds.iter().enumerate().take(usize::from(index)) {
-                    let _ = self.layout.ioctl(&self.vm, fd, base, done as u16, false);
+                for (done, fd) in (0u16..index).zip(&self.fds) {
+                    let _ = self.layout.ioctl(&self.vm, fd, base, done, false);
                 }
                 return Err(err);
             }
@@ -124,8 +124,8 @@ impl QueueIoeventfds {
         let Some(base) = self.base.take() else {
             return;
         };
-        for (index, fd) in self.fds.iter().enumerate() {
-            if let Err(err) = self.layout.ioctl(&self.vm, fd, base, index as u16, false) {
+        for (fd, index) in self.fds.iter().zip(0u16..) {
+            if let Err(err) = self.layout.ioctl(&self.vm, fd, base, index, false) {
                 devices::guest_warn!(
                     "device `{}`: cannot remove the ioeventfd of queue {index} at base {base:#x}: {err}",
                     self.id
@@ -220,20 +220,24 @@ pub struct QueueNotifier {
 
 impl MutEventSubscriber for QueueNotifier {
     fn init(&mut self, ops: &mut EventOps) {
-        for (index, fd) in self.queues.iter().enumerate() {
-            if let Err(err) = ops.add(Events::with_data(fd, index as u32, EventSet::IN)) {
+        for (fd, index) in self.queues.iter().zip(0u16..) {
+            let data = u32::from(index);
+            if let Err(err) = ops.add(Events::with_data(fd, data, EventSet::IN)) {
                 warn!("device `{}`: cannot watch queue {index}: {err:?}", self.id);
             }
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data();
-        if let Some(fd) = self.queues.get(index as usize) {
+        // The data is the queue index `init` registered, a u16.
+        let Ok(index) = u16::try_from(events.data()) else {
+            return;
+        };
+        if let Some(fd) = self.queues.get(usize::from(index)) {
             // The count of notifications does not matter: one pass drains the queue.
             let _ = fd.read();
             self.stats.record_ioeventfd();
-            lock(&self.device).queue_notify(index as u16);
+            lock(&self.device).queue_notify(index);
         }
     }
 }

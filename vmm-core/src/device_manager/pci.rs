@@ -168,17 +168,17 @@ impl VirtioPciDevices {
         let host = resources.pci_host().clone();
         let mut planned = Vec::new();
         for (index, (id, device_type)) in devices.iter().enumerate() {
-            let slot = index + 1;
-            if slot >= devices::pci::bus::MAX_DEVICES {
-                return Err(PciError::Bus(PciBusError::NoFreeSlot { name: id.clone() }));
-            }
+            let slot = u8::try_from(index + 1)
+                .ok()
+                .filter(|&slot| usize::from(slot) < devices::pci::bus::MAX_DEVICES)
+                .ok_or_else(|| PciError::Bus(PciBusError::NoFreeSlot { name: id.clone() }))?;
             let bar_address = resources
                 .bar(VIRTIO_PCI_BAR_SIZE)
                 .ok_or_else(|| PciError::NoBarSpace { id: id.clone() })?;
             planned.push(PciDeviceInfo {
                 id: id.clone(),
                 device_type: *device_type,
-                slot: slot as u8,
+                slot,
                 bar_address,
             });
         }

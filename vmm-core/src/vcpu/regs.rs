@@ -158,7 +158,7 @@ pub fn boot_sregs(mut sregs: kvm_sregs, protocol: EntryProtocol) -> kvm_sregs {
     let data = gdt::segment(table, 2);
     let tss = gdt::segment(table, 3);
     sregs.gdt.base = layout::BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(table) - 1) as u16;
+    sregs.gdt.limit = gdt::GDT_LIMIT;
     sregs.idt.base = layout::BOOT_IDT_START;
     sregs.idt.limit = 0;
     sregs.cs = code;
