@@ -16,7 +16,9 @@ pub struct ClusterIndex {
     by_trait: HashMap<TraitId, HostSet>,
     by_aggregate: Vec<HostSet>,
     by_zone: Vec<HostSet>,
-    by_rack: Vec<HostSet>,
+    /// Hosts per rack, as lists: racks grow with the cluster (one per ~40 hosts), so a bitset per
+    /// rack would cost O(hosts²) bits.
+    by_rack: Vec<Vec<u32>>,
     with_zone: HostSet,
     with_rack: HostSet,
     by_label: HashMap<(String, String), HostSet>,
@@ -34,7 +36,7 @@ impl ClusterIndex {
             none: HostSet::empty(n),
             by_aggregate: vec![HostSet::empty(n); cluster.aggregates.len()],
             by_zone: vec![HostSet::empty(n); cluster.zones.len()],
-            by_rack: vec![HostSet::empty(n); cluster.racks.len()],
+            by_rack: vec![Vec::new(); cluster.racks.len()],
             by_class: vec![HostSet::empty(n); cluster.class_count()],
             with_zone: HostSet::empty(n),
             with_rack: HostSet::empty(n),
@@ -56,16 +58,16 @@ impl ClusterIndex {
                 ix.with_zone.insert(i);
             }
             if let Some(r) = h.rack {
-                ix.by_rack[r.idx()].insert(i);
+                ix.by_rack[r.idx()].push(i as u32);
                 ix.with_rack.insert(i);
             }
-            for (k, v) in &h.labels {
+            for (k, v) in h.labels.iter() {
                 ix.by_label
-                    .entry((k.clone(), v.clone()))
+                    .entry((k.to_string(), v.to_string()))
                     .or_insert_with(|| HostSet::empty(n))
                     .insert(i);
                 ix.by_label_key
-                    .entry(k.clone())
+                    .entry(k.to_string())
                     .or_insert_with(|| HostSet::empty(n))
                     .insert(i);
             }
@@ -112,9 +114,9 @@ impl ClusterIndex {
         self.by_zone.get(z.idx()).unwrap_or(&self.none)
     }
 
-    /// Hosts in rack `r`.
-    pub fn in_rack(&self, r: RackId) -> &HostSet {
-        self.by_rack.get(r.idx()).unwrap_or(&self.none)
+    /// Hosts in rack `r`, ascending (a list rather than a set: see the field).
+    pub fn in_rack(&self, r: RackId) -> &[u32] {
+        self.by_rack.get(r.idx()).map_or(&[], |v| v.as_slice())
     }
 
     /// Hosts that have a value for the topology key (a zone, or a rack).

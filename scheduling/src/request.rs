@@ -73,11 +73,11 @@ pub struct LabelExpression {
 
 impl LabelExpression {
     /// Whether host labels satisfy the expression.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &crate::model::Labels) -> bool {
         let v = labels.get(&self.key);
         match self.operator {
-            LabelOperator::In => v.is_some_and(|v| self.values.contains(v)),
-            LabelOperator::NotIn => v.is_none_or(|v| !self.values.contains(v)),
+            LabelOperator::In => v.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            LabelOperator::NotIn => v.is_none_or(|v| !self.values.iter().any(|x| x == v)),
             LabelOperator::Exists => v.is_some(),
             LabelOperator::DoesNotExist => v.is_none(),
         }

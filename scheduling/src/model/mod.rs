@@ -5,7 +5,7 @@ mod ids;
 mod resource;
 pub mod spec;
 
-pub use cluster::{Cluster, Host, Provider, Slot};
+pub use cluster::{Cluster, Host, Labels, Provider, Slot};
 pub use ids::{
     AggregateId, ClassId, HostId, OwnerGeneration, OwnerId, ProviderId, RackId, ServerGroupId,
     SlotAllocation, SlotId, TraitId, ZoneId,

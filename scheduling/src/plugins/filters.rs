@@ -261,11 +261,19 @@ impl PreFilterPlugin for TopologySpreadPre {
             restrict(candidates, ix.with_topology_key(s.key), reason, diag);
             for (d, count) in counts.iter().enumerate() {
                 if count + 1 - min > s.max_skew {
-                    let domain = match s.key {
-                        TopologyKey::Zone => ix.in_zone(ZoneId::new(d)),
-                        TopologyKey::Rack => ix.in_rack(RackId::new(d)),
-                    };
-                    exclude(candidates, domain, reason, diag);
+                    match s.key {
+                        TopologyKey::Zone => {
+                            exclude(candidates, ix.in_zone(ZoneId::new(d)), reason, diag)
+                        }
+                        TopologyKey::Rack => {
+                            for &h in ix.in_rack(RackId::new(d)) {
+                                if candidates.contains(h as usize) {
+                                    candidates.remove(h as usize);
+                                    diag.add(HostId::new(h as usize), reason);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
