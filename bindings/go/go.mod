@@ -1,0 +1,3 @@
+module keel.invalid/keel
+
+go 1.19
