@@ -7,6 +7,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,6 +40,7 @@ use crate::device_manager::pci::{PciAttachment, VirtioNotifyCount};
 use crate::device_manager::{self, Resources, VirtioMmioDevices, VirtioPciDevices, GED_IRQ};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedConsoleInput, SharedSerial};
 use crate::memory;
+use crate::snapshot::{self, SnapshotSources};
 use crate::state::{self, Control, ExitReason, HandleDevices, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
 use crate::vm::{self, IoBuses};
@@ -64,6 +66,7 @@ fn legacy_devices(
     control: &Arc<Control>,
     serial: SharedSerial,
     ged: SharedGed,
+    rtc: SharedRtc,
 ) -> Result<Bus, Error> {
     let mut pio = Bus::new(BusKind::Pio);
     pio.insert("com1", COM1_PORT_BASE, SERIAL_PORT_LEN, serial)?;
@@ -86,14 +89,12 @@ fn legacy_devices(
             ExitTrigger(control.clone(), ExitReason::Reset),
         ))),
     )?;
-    pio.insert(
-        "rtc",
-        RTC_PORT_BASE,
-        RTC_PORT_LEN,
-        Arc::new(Mutex::new(CmosRtc::new(SystemClock))),
-    )?;
+    pio.insert("rtc", RTC_PORT_BASE, RTC_PORT_LEN, rtc)?;
     Ok(pio)
 }
+
+/// The CMOS RTC, shared by the port-I/O bus and snapshots.
+type SharedRtc = Arc<Mutex<CmosRtc<SystemClock>>>;
 
 /// Builds a [`Vm`] from a [`VmConfig`], with optional caller-supplied serial I/O.
 ///
@@ -117,6 +118,8 @@ pub struct VmBuilder {
     tap_fds: Vec<(String, OwnedFd)>,
     /// Devices the embedder added, in order (or why one could not be made).
     extra_devices: Vec<Result<device_manager::VirtioDeviceEntry, Error>>,
+    /// A snapshot directory to restore instead of booting the kernel.
+    restore_from: Option<PathBuf>,
 }
 
 impl VmBuilder {
@@ -131,7 +134,29 @@ impl VmBuilder {
             boot_timer: None,
             tap_fds: Vec::new(),
             extra_devices: Vec::new(),
+            restore_from: None,
         }
+    }
+
+    /// Builds the VM from the snapshot in `dir` (see [`VmHandle::snapshot`]) instead of booting
+    /// the config's kernel: guest memory is the snapshot's (mapped privately, read in as the
+    /// guest touches it), and the vCPUs and devices continue where they were when it was taken,
+    /// once [`Vm::start`] runs them. The config must describe a VM of the same shape (vCPUs,
+    /// memory, transport, devices by id and type; the error names what differs) but may put the
+    /// devices' back ends elsewhere: a disk at a new path, a NIC on another TAP device. Its
+    /// kernel and command line are not used.
+    ///
+    /// ```no_run
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// let config = VmConfig::new("vmlinux"); // the same shape as the snapshotted VM
+    /// let mut vm = VmBuilder::new(config).restore("/var/lib/vm1/snapshot").build()?;
+    /// vm.start()?; // the guest goes on from where it was
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
+    pub fn restore(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.restore_from = Some(dir.into());
+        self
     }
 
     /// Gives the config's NIC `id` the TAP device behind `fd` (opened with
@@ -321,7 +346,18 @@ impl VmBuilder {
     pub fn build(mut self) -> Result<Vm, Error> {
         let timer = self.boot_timer.take();
         let mark = |stage| boot_timer::mark(timer.as_ref(), stage);
-        self.config.validate()?;
+        let restore = match &self.restore_from {
+            Some(dir) => {
+                // The kernel is not loaded: only the devices' back ends must exist here.
+                self.config.check()?;
+                self.config.check_host_devices()?;
+                Some((dir.clone(), snapshot::read(dir)?))
+            }
+            None => {
+                self.config.validate()?;
+                None
+            }
+        };
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
         mark("config validated");
         let serial = ConsoleEnds::open(
@@ -343,22 +379,66 @@ impl VmBuilder {
             .into_iter()
             .collect::<Result<Vec<_>, Error>>()?;
         extra.extend(console.iter().map(VirtioConsoleParts::entry));
-        let mut image =
-            GuestImage::prepare(&self.config, timer.as_ref(), &mut self.tap_fds, extra)?;
+        let saved = restore.as_ref().map(|(dir, saved)| (dir.as_path(), saved));
+        let mut image = GuestImage::prepare(
+            &self.config,
+            timer.as_ref(),
+            &mut self.tap_fds,
+            extra,
+            saved,
+        )?;
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
         mark("KVM VM created, memory registered");
         let control = Control::new(self.config.vcpus as usize);
-        let wired = wire_devices(&control, &vm_fd, &mut image, serial, console)?;
+        let snapshot = restore.as_ref().map(|(_, saved)| saved);
+        let wired = wire_devices(
+            &control,
+            &vm_fd,
+            &mut image,
+            serial,
+            console,
+            &self.config,
+            snapshot,
+        )?;
         mark("devices wired");
         let GuestImage { memory, boot, .. } = image;
-        let vcpus = create_vcpus(&kvm, &vm_fd, self.config.vcpus, &boot)?;
+        let vcpus = match (snapshot, &boot) {
+            (Some(saved), _) => {
+                saved.vm.apply(&vm_fd)?;
+                restore_vcpus(&vm_fd, saved)?
+            }
+            (None, Some(boot)) => create_vcpus(&kvm, &vm_fd, self.config.vcpus, boot)?,
+            (None, None) => {
+                return Err(Error::Snapshot(snapshot::SnapshotError::State(
+                    "no kernel loaded and no snapshot".into(),
+                )))
+            }
+        };
         mark("vCPUs created");
-        debug!(
-            "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
-            self.config.vcpus, self.config.memory, boot.format, boot.entry.protocol, boot.entry.rip
+        let msr_indices = Arc::new(
+            kvm.get_msr_index_list()
+                .map(|list| list.as_slice().to_vec())
+                .map_err(|source| vm::VmError::Kvm {
+                    op: "KVM_GET_MSR_INDEX_LIST",
+                    source,
+                })?,
         );
+        match &boot {
+            Some(boot) => debug!(
+                "vm built: {} vCPUs, {}, kernel {:?} entered via {:?} at {:#x}",
+                self.config.vcpus,
+                self.config.memory,
+                boot.format,
+                boot.entry.protocol,
+                boot.entry.rip
+            ),
+            None => debug!(
+                "vm restored: {} vCPUs, {}",
+                self.config.vcpus, self.config.memory
+            ),
+        }
         Ok(Vm {
             control,
             threads: Vec::new(),
@@ -369,6 +449,7 @@ impl VmBuilder {
             pci_notify_stats: wired.pci_notify_stats,
             handle_devices: wired.handle_devices,
             boot_timer: timer,
+            msr_indices,
             boot,
             vm_fd,
             memory,
@@ -385,28 +466,40 @@ fn wire_devices(
     image: &mut GuestImage,
     serial_ends: ConsoleEnds,
     console: Option<VirtioConsoleParts>,
+    config: &VmConfig,
+    restore: Option<&snapshot::VmSnapshot>,
 ) -> Result<WiredDevices, Error> {
     let (serial_output, serial_feed) = serial_ends.split();
-    let serial: SharedSerial = Arc::new(Mutex::new(
-        Serial::new(
-            irq_line(vm_fd, COM1_IRQ, "KVM_IRQFD (COM1)")?,
-            serial_output,
-        )
-        .map_err(Error::Io)?,
-    ));
-    let ged: SharedGed = Arc::new(Mutex::new(Ged::new(irq_line(
-        vm_fd,
-        GED_IRQ,
-        "KVM_IRQFD (GED)",
-    )?)));
-    let mut pio = legacy_devices(control, serial.clone(), ged.clone())?;
+    let serial_line = irq_line(vm_fd, COM1_IRQ, "KVM_IRQFD (COM1)")?;
+    let serial = match restore {
+        Some(saved) => Serial::from_state(serial_line, serial_output, &saved.serial),
+        None => Serial::new(serial_line, serial_output),
+    }
+    .map_err(Error::Io)?;
+    let serial: SharedSerial = Arc::new(Mutex::new(serial));
+    let ged_line = irq_line(vm_fd, GED_IRQ, "KVM_IRQFD (GED)")?;
+    let ged: SharedGed = Arc::new(Mutex::new(match restore {
+        Some(saved) => Ged::from_state(&saved.ged, ged_line),
+        None => Ged::new(ged_line),
+    }));
+    let mut rtc = CmosRtc::new(SystemClock);
+    if let Some(saved) = restore {
+        rtc.restore(&saved.rtc)
+            .map_err(|detail| snapshot::SnapshotError::Unsupported {
+                id: "rtc".into(),
+                detail,
+            })?;
+    }
+    let rtc: SharedRtc = Arc::new(Mutex::new(rtc));
+    let mut pio = legacy_devices(control, serial.clone(), ged.clone(), rtc.clone())?;
+    let mut mmio_transports = Vec::new();
     let mut mmio = Bus::new(BusKind::Mmio);
     let mut events = EventLoopBuilder::new()?;
     let mut pci_devices = Vec::new();
     for (index, entry) in image.virtio.iter().enumerate() {
         match image.mmio_plan.devices().get(index) {
             Some(info) => {
-                let notifier = VirtioMmioDevices::attach(
+                let (transport, notifier) = VirtioMmioDevices::attach(
                     info,
                     vm_fd,
                     &mut mmio,
@@ -416,6 +509,7 @@ fn wire_devices(
                 if let Some(notifier) = notifier {
                     events.add_subscriber(Box::new(notifier));
                 }
+                mmio_transports.push((entry.id.clone(), entry.device_type(), transport));
             }
             None => pci_devices.push(entry.device.clone()),
         }
@@ -468,6 +562,23 @@ fn wire_devices(
         .iter()
         .filter_map(|entry| Some((entry.id.clone(), entry.net.clone()?)))
         .collect();
+    if let Some(saved) = restore {
+        restore_virtio(saved, &mmio_transports)?;
+    }
+    let snapshot_sources = SnapshotSources {
+        vm_fd: vm_fd.clone(),
+        memory: image.memory.clone(),
+        config: config.clone(),
+        serial: counters_serial.clone(),
+        rtc,
+        mmio: mmio_transports,
+        pci: image
+            .virtio
+            .iter()
+            .skip(image.mmio_plan.devices().len())
+            .map(|entry| entry.id.clone())
+            .collect(),
+    };
     let counters = CounterSources {
         exits: (0..control.vcpu_count())
             .map(|_| Arc::new(ExitCounters::default()))
@@ -484,8 +595,38 @@ fn wire_devices(
             ged,
             counters,
             nets,
+            snapshot: snapshot_sources,
         }),
     })
+}
+
+/// Puts each virtio device back into its saved state (the shape was checked: same devices, same
+/// order, same transport).
+fn restore_virtio(
+    saved: &snapshot::VmSnapshot,
+    mmio: &[(
+        String,
+        u32,
+        Arc<Mutex<devices::virtio::mmio::MmioTransport>>,
+    )],
+) -> Result<(), Error> {
+    for device in &saved.virtio {
+        let snapshot::TransportState::Mmio(state) = &device.transport;
+        let (_, _, transport) =
+            mmio.iter()
+                .find(|(id, _, _)| id == &device.id)
+                .ok_or_else(|| snapshot::SnapshotError::Unsupported {
+                    id: device.id.clone(),
+                    detail: "saved on virtio-mmio but not on virtio-mmio now".into(),
+                })?;
+        crate::sync::lock(transport)
+            .restore_state(state)
+            .map_err(|source| snapshot::SnapshotError::Device {
+                id: device.id.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Refuses two devices with one id (an embedder's device may repeat a config id), and ids a
@@ -529,7 +670,8 @@ type SharedGed = Arc<Mutex<Ged<EventFdTrigger>>>;
 /// device goes. Any error here is about the user's input, and nothing of KVM exists yet.
 struct GuestImage {
     memory: GuestMemoryMmap,
-    boot: BootLayout,
+    /// Where the kernel went (none when restoring a snapshot).
+    boot: Option<BootLayout>,
     virtio: Vec<device_manager::VirtioDeviceEntry>,
     /// Event-loop subscribers of the device back ends, taken by the wiring stage.
     subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
@@ -549,8 +691,12 @@ impl GuestImage {
         timer: Option<&BootTimer>,
         tap_fds: &mut Vec<(String, OwnedFd)>,
         extra: Vec<device_manager::VirtioDeviceEntry>,
+        restore: Option<(&Path, &snapshot::VmSnapshot)>,
     ) -> Result<Self, Error> {
-        let memory = memory::create_guest_memory(config.memory.as_bytes())?;
+        let memory = match restore {
+            Some((dir, saved)) => snapshot::map_memory(dir, saved)?,
+            None => memory::create_guest_memory(config.memory.as_bytes())?,
+        };
         boot_timer::mark(timer, "guest memory mapped");
         let mut virtio = device_manager::create_virtio_devices(config, tap_fds)?;
         virtio.extend(extra);
@@ -564,6 +710,9 @@ impl GuestImage {
             .iter()
             .map(|entry| (entry.id.clone(), entry.device_type()))
             .collect();
+        if let Some((_, saved)) = restore {
+            snapshot::check_shape(saved, config, &planned)?;
+        }
         // One plan is empty, by the transport the config chose.
         let mut resources = Resources::new(config.memory.as_bytes())
             .map_err(device_manager::DeviceManagerError::from)?;
@@ -574,20 +723,27 @@ impl GuestImage {
                 Some(VirtioPciDevices::plan(&planned, &mut resources)?),
             ),
         };
-        let acpi = acpi::write_tables_with_pci(
-            &memory,
-            config.vcpus,
-            mmio_plan.devices(),
-            pci_plan.as_ref().map(VirtioPciDevices::host),
-        )?;
-        let boot = if config.virtio_mmio_cmdline && !mmio_plan.devices().is_empty() {
-            let mut with_devices = config.clone();
-            with_devices.cmdline = format!("{} {}", config.cmdline, mmio_plan.cmdline_entries());
-            boot::load(&memory, &with_devices, Some(acpi.rsdp))?
+        // A restored guest's memory already holds its ACPI tables and kernel.
+        let boot = if restore.is_some() {
+            None
         } else {
-            boot::load(&memory, config, Some(acpi.rsdp))?
+            let acpi = acpi::write_tables_with_pci(
+                &memory,
+                config.vcpus,
+                mmio_plan.devices(),
+                pci_plan.as_ref().map(VirtioPciDevices::host),
+            )?;
+            let boot = if config.virtio_mmio_cmdline && !mmio_plan.devices().is_empty() {
+                let mut with_devices = config.clone();
+                with_devices.cmdline =
+                    format!("{} {}", config.cmdline, mmio_plan.cmdline_entries());
+                boot::load(&memory, &with_devices, Some(acpi.rsdp))?
+            } else {
+                boot::load(&memory, config, Some(acpi.rsdp))?
+            };
+            boot_timer::mark(timer, "ACPI tables written, kernel loaded");
+            Some(boot)
         };
-        boot_timer::mark(timer, "ACPI tables written, kernel loaded");
         Ok(GuestImage {
             memory,
             boot,
@@ -760,6 +916,28 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
+/// Creates the vCPUs of a restored VM, each put into its saved state.
+fn restore_vcpus(vm_fd: &VmFd, saved: &snapshot::VmSnapshot) -> Result<Vec<VcpuFd>, Error> {
+    let mut vcpus = Vec::with_capacity(saved.vcpus.len());
+    for (state, index) in saved.vcpus.iter().zip(0u32..) {
+        let fd = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| vcpu::VcpuError::Kvm {
+                index,
+                op: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        state
+            .apply(&fd)
+            .map_err(|err| snapshot::SnapshotError::Vcpu {
+                index: index as usize,
+                detail: err.to_string(),
+            })?;
+        vcpus.push(fd);
+    }
+    Ok(vcpus)
+}
+
 /// A VM: built by [`VmBuilder`], started with [`Vm::start`], controlled through
 /// [`Vm::handle`] from any thread.
 ///
@@ -777,8 +955,11 @@ pub struct Vm {
     handle_devices: Arc<HandleDevices>,
     /// Marks the vCPU start and the boot vCPU's first exit, when set.
     boot_timer: Option<BootTimer>,
+    /// The MSRs a snapshot saves.
+    msr_indices: Arc<Vec<u32>>,
+    /// Where the kernel was loaded (none for a restored VM).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))] // read by the testing accessors
-    boot: BootLayout,
+    boot: Option<BootLayout>,
     // Declared after everything that uses them, so they are dropped last.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))] // kept alive; read by tests
     vm_fd: Arc<VmFd>,
@@ -788,9 +969,9 @@ pub struct Vm {
 
 impl Vm {
     #[cfg(feature = "testing")]
-    /// Where the kernel, initrd and boot structures were placed.
-    pub fn boot_layout(&self) -> &BootLayout {
-        &self.boot
+    /// Where the kernel, initrd and boot structures were placed (none for a restored VM).
+    pub fn boot_layout(&self) -> Option<&BootLayout> {
+        self.boot.as_ref()
     }
 
     #[cfg(feature = "testing")]
@@ -858,6 +1039,7 @@ impl Vm {
                 control: self.control.clone(),
                 exits: self.handle_devices.counters.exits[slot].clone(),
                 first_exit: if index == 0 { first_exit.clone() } else { None },
+                msr_indices: self.msr_indices.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("keel-vcpu-{index}"))

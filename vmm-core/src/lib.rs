@@ -70,6 +70,7 @@ internal!(
     event_loop,
     layout,
     memory,
+    snapshot,
     vcpu,
     vm
 );
@@ -111,6 +112,8 @@ pub mod errors {
     pub use crate::device_manager::{PciError, ResourceError};
     pub use crate::event_loop::EventLoopError;
     pub use crate::memory::MemoryError;
+    pub use crate::snapshot::file::StateFileError;
+    pub use crate::snapshot::SnapshotError;
     pub use crate::vcpu::regs::RegsError;
     pub use crate::vcpu::VcpuError;
     pub use crate::vm::VmError;
@@ -147,6 +150,9 @@ pub enum Error {
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),
+    /// A snapshot could not be restored.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
     /// The console socket could not be created.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),

@@ -21,6 +21,7 @@ use log::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::{CounterSources, VmCounters};
+use crate::vcpu::state::VcpuState;
 
 /// Why a VM stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,9 +150,21 @@ struct VcpuSlot {
     immediate_exit: Option<usize>,
 }
 
+/// What a parked vCPU thread is asked to do before it enters the guest again.
+pub(crate) enum Step {
+    /// Enter the guest.
+    Run,
+    /// Leave the run loop.
+    Exit,
+    /// Save the vCPU's state ([`Control::deliver_vcpu_state`]), then ask again.
+    Save,
+}
+
 struct Inner {
     state: VmState,
     request: Request,
+    /// A snapshot in progress: each vCPU's saved state, as the threads deliver them.
+    saving: Option<Vec<Option<Result<VcpuState, String>>>>,
     exit: Option<ExitReason>,
     slots: Vec<VcpuSlot>,
     live: usize,
@@ -201,6 +214,7 @@ impl Control {
             inner: Mutex::new(Inner {
                 state: VmState::Created,
                 request: Request::Run,
+                saving: None,
                 exit: None,
                 slots: (0..vcpus).map(|_| VcpuSlot::default()).collect(),
                 live: 0,
@@ -304,16 +318,24 @@ impl Control {
     ///
     /// As for [`Control::register_vcpu`]: `immediate_exit` is the calling thread's own vCPU's
     /// live `kvm_run.immediate_exit` byte.
-    pub(crate) unsafe fn before_run(&self, immediate_exit: *mut u8) -> bool {
+    pub(crate) unsafe fn before_run(&self, index: usize, immediate_exit: *mut u8) -> Step {
         let mut inner = self.lock();
         loop {
             match inner.request {
                 Request::Run => break,
-                Request::Exit => return false,
+                Request::Exit => return Step::Exit,
                 Request::Pause => {
                     inner.parked += 1;
                     self.changed.notify_all();
                     while inner.request == Request::Pause {
+                        let wanted = inner
+                            .saving
+                            .as_ref()
+                            .is_some_and(|saved| saved.get(index).is_some_and(Option::is_none));
+                        if wanted {
+                            inner.parked -= 1;
+                            return Step::Save;
+                        }
                         inner = self
                             .changed
                             .wait(inner)
@@ -328,7 +350,63 @@ impl Control {
         // lock we hold, so this write races with no other Rust access, and clearing it here
         // cannot lose a kick made after the check above.
         unsafe { immediate_exit.write_volatile(0) };
-        true
+        Step::Run
+    }
+
+    /// Called by a parked vCPU thread with its saved state (or why it could not be saved).
+    pub(crate) fn deliver_vcpu_state(&self, index: usize, state: Result<VcpuState, String>) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.saving.as_mut().and_then(|saved| saved.get_mut(index)) {
+            *slot = Some(state);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Has every vCPU thread of a paused VM save its state, and returns the states in vCPU
+    /// order.
+    pub(crate) fn capture_vcpus(&self, timeout: Duration) -> Result<Vec<VcpuState>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        if inner.state != VmState::Paused || inner.request != Request::Pause {
+            return Err(format!("the VM is {:?}, not paused", inner.state));
+        }
+        if inner.saving.is_some() {
+            return Err("another snapshot is being taken".into());
+        }
+        let vcpus = inner.slots.len();
+        inner.saving = Some((0..vcpus).map(|_| None).collect());
+        self.changed.notify_all();
+        loop {
+            let done = inner
+                .saving
+                .as_ref()
+                .is_some_and(|saved| saved.iter().all(Option::is_some));
+            if done {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                inner.saving = None;
+                return Err(format!(
+                    "the vCPUs did not save their state within {timeout:?}"
+                ));
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+        let saved = inner.saving.take().unwrap_or_default();
+        saved
+            .into_iter()
+            .enumerate()
+            .map(|(index, state)| match state {
+                Some(Ok(state)) => Ok(state),
+                Some(Err(err)) => Err(format!("vCPU {index}: {err}")),
+                None => Err(format!("vCPU {index}: no state")),
+            })
+            .collect()
     }
 
     /// Records why the VM must exit (the first reason wins) and kicks every vCPU.
@@ -479,6 +557,7 @@ pub(crate) struct HandleDevices {
     pub(crate) ged: Arc<Mutex<Ged<EventFdTrigger>>>,
     pub(crate) counters: CounterSources,
     pub(crate) nets: Vec<(String, Arc<Mutex<Net>>)>,
+    pub(crate) snapshot: crate::snapshot::SnapshotSources,
 }
 
 /// Why a NIC could not be asked to announce itself.
@@ -607,6 +686,38 @@ impl VmHandle {
     /// already exited for another reason. Returns without waiting.
     pub fn stop(&self) {
         self.control.request_exit(ExitReason::Stopped);
+    }
+
+    /// Saves the paused VM to `dir` (created if missing): guest memory to `dir/memory`, vCPUs,
+    /// in-kernel devices and every device's state to `dir/state`. The VM stays paused; resume
+    /// it, or stop it and [`VmBuilder::restore`](crate::VmBuilder::restore) the snapshot in
+    /// this or another process. Requests in flight on a disk complete first; a snapshot that
+    /// fails leaves no state file behind, so a directory never holds a half snapshot.
+    ///
+    /// ```no_run
+    /// # fn demo(vm: &vmm_core::VmHandle) -> Result<(), Box<dyn std::error::Error>> {
+    /// vm.pause()?;
+    /// vm.snapshot("/var/lib/vm1/snapshot")?;
+    /// vm.resume()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn snapshot(
+        &self,
+        dir: impl AsRef<std::path::Path>,
+    ) -> Result<(), crate::snapshot::SnapshotError> {
+        let vcpus = self
+            .control
+            .capture_vcpus(PAUSE_TIMEOUT)
+            .map_err(crate::snapshot::SnapshotError::State)?;
+        let ged = self
+            .devices
+            .ged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .state();
+        let sources = &self.devices.snapshot;
+        let saved = sources.capture(vcpus, ged)?;
+        crate::snapshot::write(dir.as_ref(), &saved, &sources.memory)
     }
 
     /// Waits until the VM exits, or `timeout` passes (`None`).

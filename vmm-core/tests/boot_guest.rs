@@ -103,7 +103,7 @@ fn auto_protocol_picks_pvh_for_an_elf_with_the_note() {
     require_kvm!();
     let (vm, _) = build(config(1, BootProtocol::Auto, ""));
     assert_eq!(
-        vm.boot_layout().entry.protocol,
+        vm.boot_layout().expect("a booted VM").entry.protocol,
         vmm_core::boot::EntryProtocol::Pvh
     );
 }

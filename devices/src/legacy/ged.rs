@@ -42,7 +42,7 @@ pub struct Ged<T: Trigger> {
 }
 
 /// Snapshot of a [`Ged`]'s guest-visible state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GedState {
     /// Events raised and not yet read by the guest.
     pub pending: u32,

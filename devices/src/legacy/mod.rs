@@ -20,6 +20,6 @@ pub use acpi_pm::{
 };
 pub use ged::{Ged, GedState, GED_EVENT_POWER_BUTTON, GED_PORT_BASE, GED_PORT_LEN};
 pub use i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
-pub use rtc::{Clock, CmosRtc, SystemClock, RTC_PORT_BASE, RTC_PORT_LEN};
-pub use serial::{Serial, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
+pub use rtc::{Clock, CmosRtc, RtcState, SystemClock, RTC_PORT_BASE, RTC_PORT_LEN};
+pub use serial::{Serial, SerialSnapshot, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;

@@ -187,7 +187,48 @@ pub struct CmosRtc<C: Clock> {
     ram: [u8; 128],
 }
 
+/// What the RTC saves in a snapshot: the guest's offset from the host clock (so its time goes
+/// on from the host's clock, as after a suspend) and its registers and CMOS RAM.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtcState {
+    /// Seconds the guest's time is ahead of the host clock.
+    pub offset: i64,
+    /// Selected register.
+    pub index: u8,
+    /// CMOS RAM (128 bytes).
+    pub ram: Vec<u8>,
+}
+
 impl<C: Clock> CmosRtc<C> {
+    /// The state for a snapshot. A guest in the middle of setting the clock (status B's SET
+    /// bit on) is saved with the time it was editing folded into the offset.
+    pub fn state(&self) -> RtcState {
+        let offset = match self.setting {
+            Some(time) => time.to_unix().map_or(self.offset, |at| {
+                at.saturating_sub(self.clock.unix_seconds())
+            }),
+            None => self.offset,
+        };
+        RtcState {
+            offset,
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    /// Takes a saved state; a RAM image of the wrong size is refused.
+    pub fn restore(&mut self, state: &RtcState) -> Result<(), String> {
+        self.ram = state
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("CMOS RAM of {} bytes, expected 128", state.ram.len()))?;
+        self.offset = state.offset;
+        self.index = state.index & 0x7f;
+        self.setting = None;
+        Ok(())
+    }
+
     /// Creates the RTC in 24-hour BCD mode, as PC firmware leaves it.
     pub fn new(clock: C) -> Self {
         let mut ram = [0u8; 128];

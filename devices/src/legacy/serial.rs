@@ -77,21 +77,95 @@ pub struct Serial<W: Write + Send> {
     counters: Arc<SerialCounters>,
 }
 
+/// What the UART saves in a snapshot: its registers and the bytes waiting in the receive FIFO.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Receive FIFO contents.
+    pub in_buffer: Vec<u8>,
+}
+
+impl Default for SerialSnapshot {
+    fn default() -> Self {
+        Self::from(&vm_superio::serial::SerialState::default())
+    }
+}
+
+impl From<&vm_superio::serial::SerialState> for SerialSnapshot {
+    fn from(state: &vm_superio::serial::SerialState) -> Self {
+        SerialSnapshot {
+            baud_divisor: [state.baud_divisor_low, state.baud_divisor_high],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        }
+    }
+}
+
 impl<W: Write + Send> Serial<W> {
     /// Creates the UART; `interrupt` is signalled when it raises its IRQ line, `out` receives
     /// what the guest transmits.
     pub fn new(interrupt: EventFdTrigger, out: W) -> std::io::Result<Self> {
+        Self::from_state(interrupt, out, &SerialSnapshot::default())
+    }
+
+    /// Creates the UART in a saved state (a restored VM); a receive FIFO over the UART's 64
+    /// bytes is refused.
+    pub fn from_state(
+        interrupt: EventFdTrigger,
+        out: W,
+        saved: &SerialSnapshot,
+    ) -> std::io::Result<Self> {
         let drained = EventFd::new(EFD_NONBLOCK)?;
         let counters = Arc::new(SerialCounters::default());
         let notifier = DrainNotifier {
             drained: drained.try_clone()?,
             counters: counters.clone(),
         };
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: saved.baud_divisor[0],
+            baud_divisor_high: saved.baud_divisor[1],
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let uart = vm_superio::Serial::from_state(&state, interrupt, notifier, out)
+            .map_err(|err| std::io::Error::other(format!("serial state refused: {err:?}")))?;
         Ok(Serial {
-            uart: vm_superio::Serial::with_events(interrupt, notifier, out),
+            uart,
             drained,
             counters,
         })
+    }
+
+    /// The UART's state for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        SerialSnapshot::from(&self.uart.state())
     }
 
     /// Queues bytes for the guest to receive; returns how many fit in the FIFO.

@@ -21,6 +21,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::chain::{ChainBuffers, Direction};
 use super::config_space::{read_config_bytes, ConsoleConfigSpace};
 use super::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
+use super::snapshot::{
+    restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
+};
 pub use super::TYPE_CONSOLE;
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::console::ConsoleInput;
@@ -296,6 +299,29 @@ impl<W: Write + Send> VirtioDevice for VirtioConsole<W> {
         self.active = None;
         self.acked_features = 0;
         true
+    }
+
+    fn save_state(&mut self) -> Result<VirtioDeviceState, SnapshotError> {
+        Ok(VirtioDeviceState {
+            device_type: TYPE_CONSOLE,
+            acked_features: self.acked_features,
+            activated: self.active.is_some(),
+            queues: self
+                .active
+                .iter()
+                .flat_map(|active| [QueueSnapshot::of(&active.rx), QueueSnapshot::of(&active.tx)])
+                .collect(),
+            extra: DeviceExtra::None,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &VirtioDeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), SnapshotError> {
+        restore_plain(self, state, mem, interrupt)
     }
 
     fn counters(&self) -> Vec<Counter> {

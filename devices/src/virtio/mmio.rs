@@ -16,8 +16,9 @@ use virtio_bindings::virtio_mmio as mmio;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::snapshot::SnapshotError;
 pub use super::transport::TransportError;
-use super::transport::{AddressHalf, QueueRing, TransportState};
+use super::transport::{AddressHalf, QueueRing, TransportSnapshot, TransportState};
 pub use super::SharedVirtioDevice;
 use super::{InterruptKind, VirtioInterrupt};
 use crate::bus::BusDevice;
@@ -90,6 +91,15 @@ impl VirtioInterrupt for MmioInterrupt {
     }
 }
 
+/// What a virtio-mmio transport saves in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MmioSnapshot {
+    /// Negotiation, queues and the device.
+    pub transport: TransportSnapshot,
+    /// `InterruptStatus` bits pending.
+    pub interrupt_status: u32,
+}
+
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
     state: TransportState,
@@ -110,6 +120,24 @@ impl MmioTransport {
                 line: interrupt_line,
             }),
         })
+    }
+
+    /// Saves the transport, its device and the pending interrupt bits (the VM is paused).
+    pub fn save_state(&mut self) -> Result<MmioSnapshot, SnapshotError> {
+        Ok(MmioSnapshot {
+            transport: self.state.save()?,
+            interrupt_status: self.interrupt.pending(),
+        })
+    }
+
+    /// Puts a freshly created transport back into `saved`.
+    pub fn restore_state(&mut self, saved: &MmioSnapshot) -> Result<(), SnapshotError> {
+        self.interrupt.status.store(
+            saved.interrupt_status & (INT_USED_RING | INT_CONFIG),
+            Ordering::SeqCst,
+        );
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        self.state.restore(&saved.transport, interrupt)
     }
 
     /// The interrupt state (shared with the device once activated).

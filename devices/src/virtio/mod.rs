@@ -21,6 +21,7 @@ pub mod pci;
 pub mod queue_ops;
 pub mod rng;
 mod single_queue;
+pub mod snapshot;
 #[cfg(test)]
 mod testing;
 pub mod transport;
@@ -205,5 +206,25 @@ pub trait VirtioDevice: Send {
     /// counters keep the default (none).
     fn counters(&self) -> Vec<crate::counters::Counter> {
         Vec::new()
+    }
+
+    /// Saves the device's state for a snapshot, while the VM is paused: negotiated features,
+    /// live queues, device-specific state. Requests in flight complete first. The default
+    /// refuses, so a device is only ever snapshotted if it says how.
+    fn save_state(&mut self) -> Result<snapshot::VirtioDeviceState, snapshot::SnapshotError> {
+        Err(snapshot::SnapshotError::Unsupported(self.device_type()))
+    }
+
+    /// Puts a freshly built device into a saved state and, if it was running, activates it on
+    /// `mem` and `interrupt` with the saved queues, as if the driver had set it up. The default
+    /// refuses (see [`VirtioDevice::save_state`]).
+    fn restore_state(
+        &mut self,
+        state: &snapshot::VirtioDeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), snapshot::SnapshotError> {
+        let _ = (state, mem, interrupt);
+        Err(snapshot::SnapshotError::Unsupported(self.device_type()))
     }
 }

@@ -17,6 +17,9 @@ use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::queue_ops::drain_queue;
 use super::single_queue::SingleQueue;
+use super::snapshot::{
+    restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
+};
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::counters::Counter;
 use crate::narrow::len_u32;
@@ -253,6 +256,29 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
         self.active = None;
         self.acked_features = 0;
         true
+    }
+
+    fn save_state(&mut self) -> Result<VirtioDeviceState, SnapshotError> {
+        Ok(VirtioDeviceState {
+            device_type: TYPE_RNG,
+            acked_features: self.acked_features,
+            activated: self.active.is_some(),
+            queues: self
+                .active
+                .iter()
+                .map(|active| QueueSnapshot::of(&active.queue))
+                .collect(),
+            extra: DeviceExtra::None,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &VirtioDeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), SnapshotError> {
+        restore_plain(self, state, mem, interrupt)
     }
 
     fn counters(&self) -> Vec<Counter> {

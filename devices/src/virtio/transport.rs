@@ -14,6 +14,7 @@ use log::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::snapshot::{QueueSnapshot, SnapshotError, VirtioDeviceState};
 use super::{status, SharedVirtioDevice, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::narrow::halves;
 
@@ -403,6 +404,106 @@ impl TransportState {
             queue.reset();
         }
         true
+    }
+}
+
+/// What a transport saves in a snapshot: the driver's negotiation and queue set-up as the
+/// transport's registers show them, and the device's own state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportSnapshot {
+    /// Device status.
+    pub status: u8,
+    /// Features the driver wrote.
+    pub driver_features: u64,
+    /// Selected queue.
+    pub queue_select: u32,
+    /// Selected device-feature page.
+    pub device_features_select: u32,
+    /// Selected driver-feature page.
+    pub driver_features_select: u32,
+    /// Configuration generation (the driver-write part).
+    pub config_generation: u32,
+    /// Whether the device was activated.
+    pub activated: bool,
+    /// Whether the driver chose an invalid queue size.
+    pub invalid_queue_size: bool,
+    /// The queue registers as the driver set them.
+    pub queues: Vec<QueueSnapshot>,
+    /// The device.
+    pub device: VirtioDeviceState,
+}
+
+impl TransportState {
+    /// Saves the transport and its device (the VM is paused).
+    pub fn save(&mut self) -> Result<TransportSnapshot, SnapshotError> {
+        let device = lock(&self.device).save_state()?;
+        Ok(TransportSnapshot {
+            status: self.status,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            invalid_queue_size: self.invalid_queue_size,
+            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
+            device,
+        })
+    }
+
+    /// Puts a freshly created transport (and its device) back into `saved`; the device is
+    /// reactivated on `interrupt` if it was running.
+    pub fn restore(
+        &mut self,
+        saved: &TransportSnapshot,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), SnapshotError> {
+        if saved.queues.len() != self.queues.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} queues saved, the device has {}",
+                saved.queues.len(),
+                self.queues.len()
+            )));
+        }
+        let queues = saved
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, queue)| {
+                if queue.max_size != self.queues[index].max_size() {
+                    return Err(SnapshotError::Mismatch(format!(
+                        "queue {index} had {} entries at most, the device offers {}",
+                        queue.max_size,
+                        self.queues[index].max_size()
+                    )));
+                }
+                queue.to_queue(index, &self.mem)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        lock(&self.device).restore_state(&saved.device, self.mem.clone(), interrupt.clone())?;
+        self.queues = queues;
+        self.status = saved.status;
+        self.driver_features = saved.driver_features;
+        self.queue_select = saved.queue_select;
+        self.device_features_select = saved.device_features_select;
+        self.driver_features_select = saved.driver_features_select;
+        self.config_generation = saved.config_generation;
+        self.activated = saved.activated && saved.device.activated;
+        self.invalid_queue_size = saved.invalid_queue_size;
+        // An interrupt raised just before the snapshot may not have reached the driver: raise
+        // one per queue again (a spurious interrupt is harmless, a lost one is not).
+        if self.activated {
+            for index in 0..saved.device.queues.len() {
+                let index = u16::try_from(index).unwrap_or(u16::MAX);
+                if let Err(err) = interrupt.trigger(super::InterruptKind::Queue(index)) {
+                    crate::guest_warn!(
+                        "{}: cannot raise queue {index}'s interrupt: {err}",
+                        self.tag
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -395,6 +395,12 @@ impl VmConfig {
         check_devices_on_host(&self.disks, self.vsock.as_ref())
     }
 
+    /// The device half of [`VmConfig::check_host`]: disk images and the vsock socket's
+    /// directory (a restored VM loads no kernel).
+    pub(crate) fn check_host_devices(&self) -> Result<(), ConfigError> {
+        check_devices_on_host(&self.disks, self.vsock.as_ref())
+    }
+
     /// Checks the config on its own, touching nothing on this host (no files, no devices), so a
     /// control plane can check a config meant for another node: counts and sizes, the command
     /// line, device ids, names, MACs, CIDs and socket paths, and the consoles.

@@ -78,15 +78,16 @@ impl VirtioMmioDevices {
 
     /// Puts `device` (planned as `info`) on `bus` behind an MMIO transport, connects its
     /// interrupt line through a KVM irqfd, and its queue notifications through KVM ioeventfds.
-    /// Returns the event-loop subscriber that processes the notified queues (`None` if KVM
-    /// refused the ioeventfds: the transport then handles notifications on the vCPU thread).
+    /// Returns the transport and the event-loop subscriber that processes the notified queues
+    /// (`None` if KVM refused the ioeventfds: the transport then handles notifications on the
+    /// vCPU thread).
     pub fn attach(
         info: &MmioDeviceInfo,
         vm: &Arc<VmFd>,
         bus: &mut Bus,
         mem: &GuestMemoryMmap,
         device: SharedVirtioDevice,
-    ) -> Result<Option<QueueNotifier>, DeviceManagerError> {
+    ) -> Result<(Arc<Mutex<MmioTransport>>, Option<QueueNotifier>), DeviceManagerError> {
         let irq_error = |detail: String| DeviceManagerError::Irq {
             id: info.id.clone(),
             irq: info.irq,
@@ -100,14 +101,10 @@ impl VirtioMmioDevices {
                     source,
                 }
             })?;
-        bus.insert(
-            &info.id,
-            info.base,
-            info.size,
-            Arc::new(Mutex::new(transport)),
-        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(&info.id, info.base, info.size, transport.clone())?;
         // Registrations on a virtio-mmio window never move: only the subscriber is kept.
-        Ok(QueueIoeventfds::attach(
+        let notifier = QueueIoeventfds::attach(
             &info.id,
             vm,
             NotifyLayout::Mmio,
@@ -115,7 +112,8 @@ impl VirtioMmioDevices {
             device,
             Arc::new(NotifyStats::default()),
         )
-        .map(|(_, notifier)| notifier))
+        .map(|(_, notifier)| notifier);
+        Ok((transport, notifier))
     }
 
     /// The planned devices.

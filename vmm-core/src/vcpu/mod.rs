@@ -4,6 +4,7 @@
 
 pub mod cpuid;
 pub mod regs;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use log::{debug, error};
 use crate::boot::EntryState;
 use crate::boot_timer::BootTimer;
 use crate::counters::{ExitCounters, ExitKind};
-use crate::state::{Control, ExitReason};
+use crate::state::{Control, ExitReason, Step};
 use crate::vm::IoBuses;
 
 /// KVM's `KVM_SYSTEM_EVENT_*` types.
@@ -98,6 +99,8 @@ pub(crate) struct RunContext {
     pub(crate) exits: Arc<ExitCounters>,
     /// Marked once, when the vCPU first comes back from the guest.
     pub(crate) first_exit: Option<BootTimer>,
+    /// The MSRs a snapshot saves (`KVM_GET_MSR_INDEX_LIST`).
+    pub(crate) msr_indices: Arc<Vec<u32>>,
 }
 
 /// Runs a vCPU until the VM exits. Meant to be the body of the vCPU's thread.
@@ -108,6 +111,7 @@ pub(crate) fn run(mut vcpu: VcpuFd, context: RunContext) {
         control,
         exits,
         mut first_exit,
+        msr_indices,
     } = context;
     let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     // SAFETY: `immediate_exit` is this thread's own vCPU's `kvm_run` byte, mapped for as long as
@@ -118,8 +122,23 @@ pub(crate) fn run(mut vcpu: VcpuFd, context: RunContext) {
         control: &control,
         index,
     };
-    // SAFETY: as above; `vcpu` is alive for the whole loop.
-    while unsafe { control.before_run(immediate_exit) } {
+    loop {
+        // SAFETY: as above; `vcpu` is alive for the whole loop.
+        match unsafe { control.before_run(index as usize, immediate_exit) } {
+            Step::Run => {}
+            Step::Exit => break,
+            Step::Save => {
+                let saved = vcpu
+                    .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                    .map_err(|err| format!("KVM_GET_CPUID2 failed: {err}"))
+                    .and_then(|cpuid| {
+                        state::VcpuState::capture(&vcpu, &cpuid, &msr_indices)
+                            .map_err(|err| err.to_string())
+                    });
+                control.deliver_vcpu_state(index as usize, saved);
+                continue;
+            }
+        }
         let result = vcpu.run();
         if let Some(timer) = first_exit.take() {
             timer.mark("first exit from the guest (boot vCPU)");

@@ -37,6 +37,9 @@ use super::{
 };
 use crate::counters::Counter;
 use crate::virtio::config_space::{read_config_bytes, BlockConfigSpace};
+use crate::virtio::snapshot::{
+    restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
+};
 use request::{ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE};
 use virtio_bindings::virtio_blk;
 
@@ -335,7 +338,7 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
         self.io = match std::mem::replace(&mut self.io, Io::Gone) {
             Io::Inline(executor, _) => Io::Idle(executor),
             Io::Thread(worker) => match worker.stop() {
-                Some(executor) => Io::Idle(executor),
+                Some((executor, _)) => Io::Idle(executor),
                 None => Io::Gone,
             },
             other => other,
@@ -414,6 +417,55 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
         self.quiesce();
         self.acked_features = 0;
         !matches!(self.io, Io::Gone)
+    }
+
+    /// Requests in flight on the I/O thread complete first (the thread is stopped and started
+    /// again), so the saved queue holds only what the driver has not been told is done.
+    fn save_state(&mut self) -> Result<VirtioDeviceState, SnapshotError> {
+        let queue = match std::mem::replace(&mut self.io, Io::Gone) {
+            Io::Inline(executor, active) => {
+                let saved = QueueSnapshot::of(&active.queue);
+                self.io = Io::Inline(executor, active);
+                Some(saved)
+            }
+            Io::Thread(worker) => {
+                let Some((executor, active)) = worker.stop() else {
+                    return Err(SnapshotError::Activate(
+                        "the I/O thread failed; the disk is lost".into(),
+                    ));
+                };
+                let saved = QueueSnapshot::of(&active.queue);
+                self.io = match Worker::start(executor, active) {
+                    Ok(worker) => Io::Thread(worker),
+                    Err(err) => {
+                        return Err(SnapshotError::Activate(format!(
+                            "cannot restart the I/O thread: {err}"
+                        )))
+                    }
+                };
+                Some(saved)
+            }
+            other => {
+                self.io = other;
+                None
+            }
+        };
+        Ok(VirtioDeviceState {
+            device_type: TYPE_BLOCK,
+            acked_features: self.acked_features,
+            activated: queue.is_some(),
+            queues: queue.into_iter().collect(),
+            extra: DeviceExtra::None,
+        })
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &VirtioDeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), SnapshotError> {
+        restore_plain(self, state, mem, interrupt)
     }
 
     fn counters(&self) -> Vec<Counter> {

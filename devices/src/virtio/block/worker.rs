@@ -41,7 +41,7 @@ const KICK: u64 = u64::MAX;
 pub(crate) struct Worker<D: DiskBackend + 'static> {
     kick: EventFd,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Executor<D>>>,
+    thread: Option<JoinHandle<(Executor<D>, SingleQueue)>>,
 }
 
 impl<D: DiskBackend + 'static> Worker<D> {
@@ -72,13 +72,13 @@ impl<D: DiskBackend + 'static> Worker<D> {
         }
     }
 
-    /// Stops the thread once its requests in flight completed; returns the disk (`None` if the
-    /// thread panicked).
-    pub(crate) fn stop(mut self) -> Option<Executor<D>> {
+    /// Stops the thread once its requests in flight completed; returns the disk and the queue
+    /// (`None` if the thread panicked).
+    pub(crate) fn stop(mut self) -> Option<(Executor<D>, SingleQueue)> {
         self.join()
     }
 
-    fn join(&mut self) -> Option<Executor<D>> {
+    fn join(&mut self) -> Option<(Executor<D>, SingleQueue)> {
         let thread = self.thread.take()?;
         self.stop.store(true, Ordering::SeqCst);
         self.kick();
@@ -99,14 +99,14 @@ fn run<D: DiskBackend>(
     mut active: SingleQueue,
     kick: EventFd,
     stop: Arc<AtomicBool>,
-) -> Executor<D> {
+) -> (Executor<D>, SingleQueue) {
     if let Some(file) = executor.disk.io_file() {
         match IoUring::new(RING_ENTRIES) {
             Ok(ring) => {
                 debug!("virtio-blk: io_uring engine");
                 let mut engine = Uring::new(ring, file);
                 engine.run(&mut executor, &mut active, &kick, &stop);
-                return executor;
+                return (executor, active);
             }
             Err(err) => debug!("virtio-blk: no io_uring ({err}); one request at a time"),
         }
@@ -115,7 +115,7 @@ fn run<D: DiskBackend>(
         // Blocks until kicked; an error (none expected) still re-checks the queue.
         let _ = kick.read();
         if stop.load(Ordering::SeqCst) {
-            return executor;
+            return (executor, active);
         }
         if executor.process_queue(&mut active) > 0 {
             active.notify_driver("virtio-blk");

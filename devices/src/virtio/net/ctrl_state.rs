@@ -17,7 +17,7 @@ use super::ctrl::{Command, RxMode, VIRTIO_NET_OK};
 use super::{ANNOUNCE, LINK_UP};
 
 /// The receive filter a driver configured with `CTRL_RX` commands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RxFilter {
     /// Receive every frame (on after reset, as the device behaves).
     pub promisc: bool,
@@ -158,6 +158,44 @@ impl CtrlState {
             }
         }
         VIRTIO_NET_OK
+    }
+}
+
+/// What a NIC's control state saves in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetSnapshot {
+    /// The MAC address config space shows (the driver may have set it).
+    pub mac: Option<[u8; 6]>,
+    /// Whether an announcement was pending.
+    pub announce_pending: bool,
+    /// The receive filter.
+    pub filter: RxFilter,
+    /// Config-space changes so far (the configuration generation's device part).
+    pub config_changes: u32,
+}
+
+impl CtrlState {
+    /// The state to save.
+    pub(crate) fn snapshot(&self) -> NetSnapshot {
+        NetSnapshot {
+            mac: self.mac.map(|mac| mac.bytes()),
+            announce_pending: self.announce_pending,
+            filter: self.filter.clone(),
+            config_changes: self.changes,
+        }
+    }
+
+    /// Takes a saved state; a MAC that is not a unicast address is refused.
+    pub(crate) fn restore(&mut self, saved: &NetSnapshot) -> Result<(), String> {
+        self.mac = saved
+            .mac
+            .map(MacAddress::new)
+            .transpose()
+            .map_err(|err| err.to_string())?;
+        self.announce_pending = saved.announce_pending;
+        self.filter = saved.filter.clone();
+        self.changes = saved.config_changes;
+        Ok(())
     }
 }
 

@@ -23,6 +23,9 @@ use super::tap::{Tap, TapError};
 use crate::virtio::chain::{ChainBuffers, Direction};
 use crate::virtio::config_space::{read_config_bytes, NetConfigSpace};
 use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
+use crate::virtio::snapshot::{
+    restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
+};
 use crate::virtio::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -850,6 +853,40 @@ impl VirtioDevice for Net {
             crate::guest_warn!("net `{}`: cannot clear offloads on reset: {err}", self.id);
         }
         true
+    }
+
+    fn save_state(&mut self) -> Result<VirtioDeviceState, SnapshotError> {
+        Ok(VirtioDeviceState {
+            device_type: TYPE_NET,
+            acked_features: self.acked_features,
+            activated: self.active.is_some(),
+            queues: self
+                .active
+                .iter()
+                .flat_map(|active| {
+                    [Some(&active.rx), Some(&active.tx), active.ctrl.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .map(QueueSnapshot::of)
+                })
+                .collect(),
+            extra: DeviceExtra::Net(self.ctrl.snapshot()),
+        })
+    }
+
+    /// A frame read from the backend but not yet delivered is not saved: the network may
+    /// drop it like any other.
+    fn restore_state(
+        &mut self,
+        state: &VirtioDeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), SnapshotError> {
+        let DeviceExtra::Net(saved) = &state.extra else {
+            return Err(SnapshotError::Mismatch("no NIC state saved".into()));
+        };
+        self.ctrl.restore(saved).map_err(SnapshotError::Mismatch)?;
+        restore_plain(self, state, mem, interrupt)
     }
 
     fn counters(&self) -> Vec<Counter> {

@@ -48,7 +48,7 @@ pub use config::{
     valid_interface_name, MacAddress, MacAddressError, NetConfig, NetConfigError, TapSource,
     MAX_IF_NAME_LEN,
 };
-pub use ctrl_state::RxFilter;
+pub use ctrl_state::{NetSnapshot, RxFilter};
 pub use device::{
     AnnounceError, Net, NetError, NetMetrics, RxState, CTRL_QUEUE, CTRL_QUEUE_SIZE, MAX_FRAME_LEN,
     QUEUE_SIZE, RX_QUEUE, TX_QUEUE,

@@ -16,6 +16,9 @@ use crate::narrow::len_u32;
 use crate::virtio::chain::{ChainBuffers, Direction};
 use crate::virtio::config_space::{read_config_bytes, VsockConfigSpace};
 use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
+use crate::virtio::snapshot::{
+    restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
+};
 use crate::virtio::{
     ActivateError, VirtioDevice, VirtioInterrupt, TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -27,6 +30,8 @@ pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
 /// Index of the event queue (unused: no transport resets are sent).
 pub const EVENT_QUEUE: u16 = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: every connection is gone.
+const TRANSPORT_RESET_EVENT: u32 = 0;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 
@@ -68,6 +73,9 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     rx: Queue,
     tx: Queue,
+    /// The event queue: used only to tell the driver its connections were reset (after a
+    /// restore).
+    event: Queue,
 }
 
 /// A virtio-vsock device with a Unix-socket backend.
@@ -192,6 +200,41 @@ impl Vsock {
         self.process_rx();
     }
 
+    /// Puts `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` in the driver's first event buffer.
+    fn send_transport_reset(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(chain) = pop_or_enable_notification(&mut active.event, &active.mem) else {
+            crate::guest_warn!(
+                "vsock `{}`: no event buffer for the transport reset",
+                self.id
+            );
+            return;
+        };
+        let head = chain.head_index();
+        let written = match ChainBuffers::new(&active.mem, chain, Direction::DeviceWrites, 64) {
+            Ok(buffers) => buffers
+                .write_at(&active.mem, 0, &TRANSPORT_RESET_EVENT.to_le_bytes())
+                .unwrap_or(0),
+            Err(err) => {
+                crate::guest_warn!("vsock `{}`: event buffer unusable: {err}", self.id);
+                0
+            }
+        };
+        if let Err(err) = active.event.add_used(&active.mem, head, len_u32(written)) {
+            crate::guest_warn!("vsock `{}`: event queue: {err}", self.id);
+        }
+        let tag = format_args!("vsock `{}` event", self.id);
+        notify_used(
+            &mut active.event,
+            &active.mem,
+            active.interrupt.as_ref(),
+            EVENT_QUEUE,
+            tag,
+        );
+    }
+
     fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -288,17 +331,19 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
         let got = queues.len();
-        let Ok([mut rx, mut tx, _event]) = <[Queue; 3]>::try_from(queues) else {
+        let Ok([mut rx, mut tx, mut event]) = <[Queue; 3]>::try_from(queues) else {
             return Err(ActivateError::QueueCount { expected: 3, got });
         };
         let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);
+        event.set_event_idx(event_idx);
         self.active = Some(Active {
             mem,
             interrupt,
             rx,
             tx,
+            event,
         });
         self.process_tx();
         Ok(())
@@ -318,6 +363,34 @@ impl VirtioDevice for Vsock {
         self.acked_features = 0;
         self.muxer.reset();
         true
+    }
+
+    fn save_state(&mut self) -> Result<VirtioDeviceState, SnapshotError> {
+        Ok(VirtioDeviceState {
+            device_type: TYPE_VSOCK,
+            acked_features: self.acked_features,
+            activated: self.active.is_some(),
+            queues: self
+                .active
+                .iter()
+                .flat_map(|active| [&active.rx, &active.tx, &active.event].map(QueueSnapshot::of))
+                .collect(),
+            extra: DeviceExtra::None,
+        })
+    }
+
+    /// Host connections do not survive a snapshot (their sockets belong to the old process):
+    /// after reactivating, the device sends the transport-reset event, on which the driver
+    /// drops its connections and reads the CID again (virtio 1.2, 5.10.6.6).
+    fn restore_state(
+        &mut self,
+        state: &VirtioDeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), SnapshotError> {
+        restore_plain(self, state, mem, interrupt)?;
+        self.send_transport_reset();
+        Ok(())
     }
 
     fn counters(&self) -> Vec<Counter> {

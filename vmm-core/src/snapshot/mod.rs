@@ -1,0 +1,391 @@
+//! Snapshots: a paused VM saved to a directory and restored, in another process if need be.
+//!
+//! A snapshot directory holds two files: `memory`, the guest's RAM regions one after another
+//! (mapped `MAP_PRIVATE` on restore, so the restored VM starts at once and reads pages in as
+//! it touches them, and never writes back into the snapshot), and `state`, everything else in
+//! the format of [`file`]: the config the VM was built from, each vCPU's registers, the
+//! in-kernel interrupt controllers, PIT and clock, and every device's state. A snapshot is
+//! restored only into a VM of the same shape (vCPUs, memory, transport, devices by id and
+//! type); the error names what differs. Device back ends are opened afresh from the restoring
+//! config, so a disk may be given at a new path or a NIC on a new TAP device.
+
+pub mod file;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{CmosRtc, GedState, RtcState, SerialSnapshot, SystemClock};
+use devices::virtio::mmio::{MmioSnapshot, MmioTransport};
+use devices::virtio::snapshot::SnapshotError as DeviceSnapshotError;
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::VmFd;
+use serde::{Deserialize, Serialize};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
+
+use crate::config::{VirtioTransport, VmConfig};
+use crate::event_loop::SharedSerial;
+use crate::sync::lock;
+use crate::vcpu::state::VcpuState;
+use file::StateFileError;
+
+/// Name of the guest-memory file in a snapshot directory.
+pub const MEMORY_FILE: &str = "memory";
+/// Name of the state file in a snapshot directory.
+pub const STATE_FILE: &str = "state";
+
+/// Why a snapshot could not be taken or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The VM is not in a state that allows it.
+    #[error("{0}")]
+    State(String),
+    /// The snapshot directory or a file in it.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The state file is damaged, of another format, or not a snapshot.
+    #[error("{path}: {source}")]
+    File {
+        /// The state file.
+        path: PathBuf,
+        /// Cause.
+        source: StateFileError,
+    },
+    /// The state file's contents do not parse.
+    #[error("{path}: the snapshot state does not parse: {source}")]
+    Parse {
+        /// The state file.
+        path: PathBuf,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// The snapshot was taken from a VM of another shape.
+    #[error("the snapshot does not fit this VM: {what}: the snapshot has {saved}, this VM {now}")]
+    Shape {
+        /// What differs.
+        what: String,
+        /// In the snapshot.
+        saved: String,
+        /// In the VM being restored.
+        now: String,
+    },
+    /// A KVM call failed.
+    #[error("{op} failed: {source}")]
+    Kvm {
+        /// The ioctl.
+        op: &'static str,
+        /// errno from KVM.
+        source: kvm_ioctls::Error,
+    },
+    /// A vCPU's state could not be saved or restored.
+    #[error("vCPU {index}: {detail}")]
+    Vcpu {
+        /// The vCPU.
+        index: usize,
+        /// What failed.
+        detail: String,
+    },
+    /// A device's state could not be saved or restored.
+    #[error("device `{id}`: {source}")]
+    Device {
+        /// The device.
+        id: String,
+        /// Cause.
+        source: DeviceSnapshotError,
+    },
+    /// A device that cannot be snapshotted, or a legacy device's state refused.
+    #[error("device `{id}`: {detail}")]
+    Unsupported {
+        /// The device.
+        id: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The in-kernel devices KVM emulates for the VM: the two PICs, the IOAPIC, the PIT and the
+/// clock (kvm-clock's reference).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KvmVmState {
+    pic_master: kvm_irqchip,
+    pic_slave: kvm_irqchip,
+    ioapic: kvm_irqchip,
+    pit: kvm_pit_state2,
+    clock: kvm_clock_data,
+}
+
+fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
+    move |source| SnapshotError::Kvm { op, source }
+}
+
+impl KvmVmState {
+    pub(crate) fn capture(vm: &VmFd) -> Result<Self, SnapshotError> {
+        let chip = |id| -> Result<kvm_irqchip, SnapshotError> {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip).map_err(kvm("KVM_GET_IRQCHIP"))?;
+            Ok(chip)
+        };
+        let mut clock = vm.get_clock().map_err(kvm("KVM_GET_CLOCK"))?;
+        // KVM_SET_CLOCK takes only the time; the flags it reports are not for setting.
+        clock.flags = 0;
+        Ok(KvmVmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: vm.get_pit2().map_err(kvm("KVM_GET_PIT2"))?,
+            clock,
+        })
+    }
+
+    pub(crate) fn apply(&self, vm: &VmFd) -> Result<(), SnapshotError> {
+        vm.set_clock(&self.clock).map_err(kvm("KVM_SET_CLOCK"))?;
+        for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
+            vm.set_irqchip(chip).map_err(kvm("KVM_SET_IRQCHIP"))?;
+        }
+        vm.set_pit2(&self.pit).map_err(kvm("KVM_SET_PIT2"))
+    }
+}
+
+/// A virtio device's saved state, by transport.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum TransportState {
+    /// On virtio-mmio.
+    Mmio(MmioSnapshot),
+}
+
+/// One virtio device in a snapshot.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct VirtioSnapshot {
+    pub id: String,
+    pub device_type: u32,
+    pub transport: TransportState,
+}
+
+/// Everything but guest memory.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct VmSnapshot {
+    /// The Keel that took it.
+    pub keel_version: String,
+    /// The config the VM was built from.
+    pub config: VmConfig,
+    /// Guest RAM regions (guest address, length), in the memory file's order.
+    pub memory_regions: Vec<(u64, u64)>,
+    pub vcpus: Vec<VcpuState>,
+    pub vm: KvmVmState,
+    pub serial: SerialSnapshot,
+    pub rtc: RtcState,
+    pub ged: GedState,
+    pub virtio: Vec<VirtioSnapshot>,
+}
+
+/// What a running VM's handle needs to take a snapshot.
+pub(crate) struct SnapshotSources {
+    pub vm_fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub config: VmConfig,
+    pub serial: SharedSerial,
+    pub rtc: Arc<Mutex<CmosRtc<SystemClock>>>,
+    pub mmio: Vec<(String, u32, Arc<Mutex<MmioTransport>>)>,
+    /// Devices on virtio-PCI (not snapshotted yet), by id.
+    pub pci: Vec<String>,
+}
+
+impl SnapshotSources {
+    /// Saves every device and the in-kernel state; the vCPU states come from their threads.
+    pub(crate) fn capture(
+        &self,
+        vcpus: Vec<VcpuState>,
+        ged: GedState,
+    ) -> Result<VmSnapshot, SnapshotError> {
+        if let Some(id) = self.pci.first() {
+            return Err(SnapshotError::Unsupported {
+                id: id.clone(),
+                detail: "snapshots of virtio-PCI devices are not supported yet; use the virtio-mmio transport".into(),
+            });
+        }
+        let mut virtio = Vec::new();
+        for (id, device_type, transport) in &self.mmio {
+            let saved = lock(transport)
+                .save_state()
+                .map_err(|source| SnapshotError::Device {
+                    id: id.clone(),
+                    source,
+                })?;
+            virtio.push(VirtioSnapshot {
+                id: id.clone(),
+                device_type: *device_type,
+                transport: TransportState::Mmio(saved),
+            });
+        }
+        Ok(VmSnapshot {
+            keel_version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.config.clone(),
+            memory_regions: self
+                .memory
+                .iter()
+                .map(|region| (region.start_addr().0, region.len()))
+                .collect(),
+            vcpus,
+            vm: KvmVmState::capture(&self.vm_fd)?,
+            serial: lock(&self.serial).state(),
+            rtc: lock(&self.rtc).state(),
+            ged,
+            virtio,
+        })
+    }
+}
+
+/// Writes `snapshot` and `memory` into `dir` (created if missing). The memory file is written
+/// and synced before the state file is renamed into place: a directory with a state file
+/// always has the memory that goes with it.
+pub(crate) fn write(dir: &Path, snapshot: &VmSnapshot, memory: &GuestMemoryMmap) -> Result<(), SnapshotError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let state_path = dir.join(STATE_FILE);
+    let memory_path = dir.join(MEMORY_FILE);
+    // An old state file must not pair with a new, half-written memory file.
+    match std::fs::remove_file(&state_path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io(&state_path)(err)),
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&memory_path)
+        .map_err(io(&memory_path))?;
+    for region in memory.iter() {
+        let len = usize::try_from(region.len()).map_err(|_| {
+            io(&memory_path)(std::io::Error::other("a region larger than the address space"))
+        })?;
+        memory
+            .write_all_volatile_to(region.start_addr(), &mut file, len)
+            .map_err(|err| io(&memory_path)(std::io::Error::other(err.to_string())))?;
+    }
+    file.sync_all().map_err(io(&memory_path))?;
+    let payload = serde_json::to_vec(snapshot).map_err(|source| SnapshotError::Parse {
+        path: state_path.clone(),
+        source,
+    })?;
+    file::write_atomic(&state_path, &file::encode(&payload)).map_err(|source| SnapshotError::File {
+        path: state_path,
+        source,
+    })
+}
+
+/// Reads and checks a snapshot's state file.
+pub(crate) fn read(dir: &Path) -> Result<VmSnapshot, SnapshotError> {
+    let path = dir.join(STATE_FILE);
+    let payload = file::read(&path).map_err(|source| SnapshotError::File {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&payload).map_err(|source| SnapshotError::Parse { path, source })
+}
+
+/// Checks that the VM `config` describes (with `devices`, the (id, type) of every virtio
+/// device in order) has the snapshot's shape.
+pub(crate) fn check_shape(
+    snapshot: &VmSnapshot,
+    config: &VmConfig,
+    devices: &[(String, u32)],
+) -> Result<(), SnapshotError> {
+    let differ = |what: &str, saved: String, now: String| {
+        if saved == now {
+            Ok(())
+        } else {
+            Err(SnapshotError::Shape {
+                what: what.into(),
+                saved,
+                now,
+            })
+        }
+    };
+    differ("vCPUs", snapshot.vcpus.len().to_string(), config.vcpus.to_string())?;
+    differ(
+        "memory",
+        snapshot.config.memory.to_string(),
+        config.memory.to_string(),
+    )?;
+    let transport = |t: VirtioTransport| format!("{t:?}").to_lowercase();
+    differ(
+        "virtio transport",
+        transport(snapshot.config.virtio_transport),
+        transport(config.virtio_transport),
+    )?;
+    let list = |devices: &mut dyn Iterator<Item = (&String, u32)>| {
+        devices
+            .map(|(id, device_type)| format!("{id} (type {device_type})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    differ(
+        "virtio devices",
+        list(&mut snapshot.virtio.iter().map(|d| (&d.id, d.device_type))),
+        list(&mut devices.iter().map(|(id, t)| (id, *t))),
+    )
+}
+
+/// Maps the snapshot's memory file as the guest's RAM: private, so the guest's writes stay in
+/// this process and the snapshot is never changed; pages are read in as the guest touches
+/// them.
+pub(crate) fn map_memory(dir: &Path, snapshot: &VmSnapshot) -> Result<GuestMemoryMmap, SnapshotError> {
+    let path = dir.join(MEMORY_FILE);
+    let file = File::open(&path).map_err(io(&path))?;
+    let expected: u64 = snapshot.memory_regions.iter().map(|(_, len)| len).sum();
+    let found = file.metadata().map_err(io(&path))?.len();
+    if found != expected {
+        return Err(io(&path)(std::io::Error::other(format!(
+            "holds {found} bytes, the snapshot's RAM is {expected}"
+        ))));
+    }
+    let mut offset = 0u64;
+    let mut regions = Vec::new();
+    for &(start, len) in &snapshot.memory_regions {
+        let size = usize::try_from(len)
+            .map_err(|_| io(&path)(std::io::Error::other("a region larger than the address space")))?;
+        let clone = file.try_clone().map_err(io(&path))?;
+        let mapping = MmapRegion::build(
+            Some(FileOffset::new(clone, offset)),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_NORESERVE | libc::MAP_PRIVATE,
+        )
+        .map_err(|err| io(&path)(std::io::Error::other(err.to_string())))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or_else(|| {
+            io(&path)(std::io::Error::other(format!("region at {start:#x} wraps around")))
+        })?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|err| io(&path)(std::io::Error::other(err.to_string())))
+}
+
+/// Reads `len` bytes of guest memory at `addr` (for tests and checks).
+#[cfg(any(test, feature = "testing"))]
+pub fn read_guest(memory: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    let _ = memory.read_slice(&mut out, GuestAddress(addr));
+    out
+}
