@@ -63,7 +63,9 @@ impl Default for Sampling {
 impl Sampling {
     /// For scan orders that visit the hosts a policy prefers first ([`ScanOrder::EmptiestFirst`]): the
     /// first feasible hosts found already lie in the best utilisation bucket, so scoring a few of them
-    /// loses little and visits a quarter of the hosts of [`Sampling::default`].
+    /// loses little and visits a quarter of the hosts of [`Sampling::default`]. (Eight were tried:
+    /// 10% faster, but `tests/quality.rs` then found spread slightly worse than a rotating sample of
+    /// 64.)
     pub const ORDERED: Sampling = Sampling {
         min_feasible: 16,
         percentage: 0,

@@ -340,24 +340,32 @@ impl PlacementRequest {
         }
     }
 
-    /// Hash of everything but the id: identical requests share an equivalence class.
+    /// Hash of everything but the id (and the quota owners, which do not change where a request
+    /// fits): identical requests share an equivalence class.
     pub fn equivalence_key(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.keys().0
+    }
+
+    /// `(equivalence, prefilter, fit)` keys in one pass: the equivalence key combines the two others
+    /// with the fields neither covers, so the request is hashed once, not three times.
+    pub(crate) fn keys(&self) -> (u64, u64, u64) {
         let Self {
             id: _,
-            resources,
-            groups,
-            group_policy,
-            same_subtree,
-            required_traits,
-            forbidden_traits,
-            any_of_traits,
-            member_of,
-            zone,
-            node_selector,
-            node_affinity,
+            // Covered by the prefilter and fit keys.
+            resources: _,
+            groups: _,
+            group_policy: _,
+            same_subtree: _,
+            required_traits: _,
+            forbidden_traits: _,
+            any_of_traits: _,
+            member_of: _,
+            zone: _,
+            node_selector: _,
+            node_affinity: _,
+            tolerations: _,
+            // Covered by neither.
             preferred_affinity,
-            tolerations,
             server_group,
             topology_spread,
             priority,
@@ -365,26 +373,18 @@ impl PlacementRequest {
             project: _,
             user: _,
         } = self;
+        let (prefilter, fit) = (self.prefilter_key(), self.fit_key());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
         (
-            resources,
-            groups,
-            group_policy,
-            same_subtree,
-            required_traits,
-            forbidden_traits,
-        )
-            .hash(&mut h);
-        (
-            any_of_traits,
-            member_of,
-            zone,
-            node_selector,
-            node_affinity,
+            prefilter,
+            fit,
             preferred_affinity,
+            server_group,
+            topology_spread,
+            priority,
         )
             .hash(&mut h);
-        (tolerations, server_group, topology_spread, priority).hash(&mut h);
-        h.finish()
+        (h.finish(), prefilter, fit)
     }
 }
 
@@ -737,8 +737,7 @@ impl CompiledRequest {
                 ));
             }
         }
-        let (equivalence_key, prefilter_key, fit_key) =
-            (req.equivalence_key(), req.prefilter_key(), req.fit_key());
+        let (equivalence_key, prefilter_key, fit_key) = req.keys();
         Ok(CompiledRequest {
             unnamed,
             groups,

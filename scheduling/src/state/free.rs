@@ -101,16 +101,17 @@ impl FreeIndex {
 
     /// The largest free amount of class `c` in one slot of `host`'s tree.
     fn largest_free(cluster: &Cluster, used: &[u64], host: HostId, c: ClassId) -> u64 {
-        let mut best = 0;
-        for p in cluster.tree(host) {
-            for slot in p.slot_start..p.slot_end {
-                let s = &cluster.slots()[slot as usize];
-                if s.class == c {
-                    best = best.max(s.capacity.saturating_sub(used[slot as usize]));
-                }
-            }
-        }
-        best
+        // A tree's slots are contiguous: scan the packed class column, not the providers.
+        let (start, end) = cluster.host_slots[host.idx()];
+        let range = start as usize..end as usize;
+        cluster.slot_class[range.clone()]
+            .iter()
+            .zip(&cluster.slots()[range.clone()])
+            .zip(&used[range])
+            .filter(|((class, _), _)| **class == c)
+            .map(|((_, s), u)| s.capacity.saturating_sub(*u))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Re-reads `host`'s free capacity of class `c` after its usage changed.
