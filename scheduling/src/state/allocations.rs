@@ -42,11 +42,14 @@ impl Default for Allocations {
 }
 
 impl Allocations {
-    /// The id's hash, and its shard (from the high bits; the table uses the low ones).
+    /// The id's hash, and its shard. The table takes a slot's position from the hash's low bits
+    /// and its tag from the top seven, so the shard comes from bits 40..47, which neither uses
+    /// (a shard of 2^40 entries is far beyond any cluster): sharing a tag in a shard would make
+    /// every probe compare keys.
     #[inline]
     fn hash(&self, consumer: &str) -> (u64, usize) {
         let h = self.pick.hash_one(consumer);
-        (h, (h >> 57) as usize % SHARDS)
+        (h, (h >> 40) as usize % SHARDS)
     }
 
     /// Number of allocations.
