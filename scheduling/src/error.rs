@@ -387,6 +387,16 @@ pub enum RestoreError {
         #[source]
         source: PlacementRequestError,
     },
+    /// The server group a placement records conflicts with the state's group of that name.
+    #[error("placement `{consumer}`: server group `{group}`: {reason}")]
+    ServerGroupConflict {
+        /// Consumer id.
+        consumer: String,
+        /// The group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
     /// The placement's consumer differs from its request's id.
     #[error("placement `{consumer}`: its request is for `{request}`")]
     ConsumerMismatch {

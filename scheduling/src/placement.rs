@@ -8,7 +8,7 @@
 //! [`crate::State::restore`]. Only names cross that boundary, never dense ids, so a placement
 //! stays valid for any cluster description that still has its host and providers.
 
-use crate::model::{Cluster, HostId, SlotAllocation};
+use crate::model::{Cluster, HostId, ServerGroupPolicy, ServerGroupSpec, SlotAllocation};
 use crate::request::{CompiledRequest, PlacementRequest};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -58,6 +58,10 @@ pub struct Placement {
     /// The request it was placed for: restoring needs it for the server group, the priority and the
     /// constraints a later move (evacuation, migration, preemption) must keep.
     pub request: Arc<PlacementRequest>,
+    /// The definition of the request's server group, so that a state restored from placements
+    /// recreates groups made at run time (see [`crate::State::import`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_group: Option<ServerGroupSpec>,
 }
 
 impl Placement {
@@ -84,6 +88,12 @@ impl Placement {
                 })
                 .collect(),
             request: request.source().clone(),
+            server_group: request.server_group.map(|g| ServerGroupSpec {
+                name: request.server_group_name.clone().unwrap_or_default(),
+                policy: g.policy,
+                max_per_host: (g.policy == ServerGroupPolicy::AntiAffinity && g.max_per_host != 1)
+                    .then_some(g.max_per_host),
+            }),
         }
     }
 }

@@ -229,6 +229,7 @@ fn corrupted_placements_are_refused_by_name_and_change_nothing() {
             numa_node: None,
         }],
         request: Arc::new(PlacementRequest::new("ghost-cpu", &[("VCPU", 128)])),
+        server_group: None,
     };
     let err = refuse(&mut state, ghost.clone());
     match &err {
@@ -310,4 +311,57 @@ fn corrupted_placements_are_refused_by_name_and_change_nothing() {
     state.import(rest).unwrap();
     assert_eq!(state.placements(), placements);
     assert!(state.check_consistency().is_empty());
+}
+
+/// A server group made at run time (not in the cluster description) is recorded in the placements
+/// of its members, so a restart recreates it on first use, membership counted; a placement whose
+/// group conflicts with one of the same name already there is refused, naming both policies.
+#[test]
+fn server_groups_made_at_run_time_are_recreated_on_restore() {
+    use scheduling::model::{ServerGroupPolicy, ServerGroupSpec};
+    let cluster = Arc::new(
+        Cluster::from_json(
+            r#"{"hosts": [{"name": "a", "inventories": {"VCPU": {"total": 8}}},
+                          {"name": "b", "inventories": {"VCPU": {"total": 8}}}]}"#,
+        )
+        .unwrap(),
+    );
+    let mut p = Placer::new(cluster.clone(), Profile::default(), 1);
+    let web = ServerGroupSpec {
+        name: "web".into(),
+        policy: ServerGroupPolicy::AntiAffinity,
+        max_per_host: None,
+    };
+    p.state_mut().ensure_server_group(web.clone()).unwrap();
+    for i in 0..2 {
+        let mut r = PlacementRequest::new(format!("web-{i}"), &[("VCPU", 1)]);
+        r.server_group = Some("web".into());
+        p.place(&r).unwrap();
+    }
+    let stored = serde_json::to_string(&p.state().placements()).unwrap();
+    let placements: Vec<Placement> = serde_json::from_str(&stored).unwrap();
+    assert_eq!(placements[0].server_group.as_ref(), Some(&web));
+    let restored = State::restore(cluster.clone(), &placements).unwrap();
+    let id = restored.group_id("web").expect("recreated");
+    assert_eq!(restored.group(id).unwrap().members(), 2);
+    assert_eq!(restored.placements(), p.state().placements());
+    // A third member has nowhere to go: anti-affinity holds after the restart.
+    let mut p2 = Placer::from_state(restored, Profile::default(), 1);
+    let mut r = PlacementRequest::new("web-2", &[("VCPU", 1)]);
+    r.server_group = Some("web".into());
+    assert!(p2.place(&r).is_err());
+
+    let mut other = State::new(cluster);
+    other
+        .create_server_group(ServerGroupSpec {
+            policy: ServerGroupPolicy::Affinity,
+            ..web
+        })
+        .unwrap();
+    let err = other.import(&placements).unwrap_err();
+    assert!(
+        err.to_string().contains("server group `web`: it exists with policy affinity (max_per_host 1), the placement records anti-affinity (max_per_host 1)"),
+        "{err}"
+    );
+    assert!(other.allocations().is_empty());
 }

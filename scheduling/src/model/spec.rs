@@ -297,7 +297,7 @@ pub enum ServerGroupPolicy {
 }
 
 /// A server group: members share an affinity policy and are counted for topology spread.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerGroupSpec {
     /// Unique name.

@@ -6,9 +6,12 @@
 //! cluster and against the usage of those before it; the first one that does not fit is refused with
 //! an error naming it (and the provider at fault), and nothing of the list is applied.
 
+use super::validate_server_group;
 use super::State;
 use crate::error::RestoreError;
-use crate::model::{ClassId, Cluster, HostId, SlotAllocation, SlotId};
+use crate::model::{
+    ClassId, Cluster, HostId, ServerGroupId, ServerGroupSpec, SlotAllocation, SlotId,
+};
 use crate::placement::Placement;
 use crate::request::{CompiledRequest, GroupRef};
 use std::collections::HashSet;
@@ -59,8 +62,9 @@ impl State {
     /// inventories of the classes named; amounts must respect each inventory's min/max unit and step
     /// and fit within what is left of its capacity (after the state's current usage and the
     /// placements before it in the list); resources must add up to what the request asks for per
-    /// class; its request must compile against the cluster and this state's server groups (create
-    /// groups made at run time with [`State::create_server_group`] first); and no consumer may
+    /// class; its request must compile against the cluster and this state's server groups, or the
+    /// group the placement records (groups made at run time are created on first use, unless one of
+    /// that name exists with another policy); and no consumer may
     /// already hold an allocation. The first violation is returned, naming the placement, and the
     /// state is left exactly as it was.
     ///
@@ -72,16 +76,67 @@ impl State {
         let mut used = self.used.clone();
         let mut seen: HashSet<&str> = HashSet::with_capacity(placements.len());
         let mut resolved = Vec::with_capacity(placements.len());
+        // Server groups the placements define and the state lacks: created on first use, once
+        // every placement has been checked.
+        let mut new_groups: Vec<ServerGroupSpec> = Vec::new();
         for p in placements {
             if !seen.insert(p.consumer.as_str()) || self.allocations.contains_key(&p.consumer) {
                 return Err(RestoreError::DuplicateConsumer(p.consumer.clone()));
             }
-            resolved.push(self.resolve(p, &mut used)?);
+            self.note_group(p, &mut new_groups)?;
+            resolved.push(self.resolve(p, &mut used, &new_groups)?);
+        }
+        for g in new_groups {
+            // Validated and unique by name in `note_group`.
+            let _ = self.create_server_group(g);
         }
         for r in resolved {
             self.apply(r.host, r.slots, r.request);
         }
         Ok(())
+    }
+
+    /// Checks the server group a placement records against the state's (and those `pending`
+    /// creation), adding it to `pending` if it is new.
+    fn note_group(
+        &self,
+        p: &Placement,
+        pending: &mut Vec<ServerGroupSpec>,
+    ) -> Result<(), RestoreError> {
+        let (Some(name), Some(spec)) = (&p.request.server_group, &p.server_group) else {
+            return Ok(());
+        };
+        let conflict = |reason: String| RestoreError::ServerGroupConflict {
+            consumer: p.consumer.clone(),
+            group: name.clone(),
+            reason,
+        };
+        if &spec.name != name {
+            return Err(conflict(format!(
+                "the placement records group `{}` for it",
+                spec.name
+            )));
+        }
+        validate_server_group(spec).map_err(|e| conflict(e.to_string()))?;
+        let have = match self.group_id(name) {
+            Some(id) => Some(&self.groups[id.idx()].spec),
+            None => pending.iter().find(|g| &g.name == name),
+        };
+        let effective = |g: &ServerGroupSpec| (g.policy, g.max_per_host.unwrap_or(1));
+        match have {
+            Some(h) if effective(h) != effective(spec) => Err(conflict(format!(
+                "it exists with policy {} (max_per_host {}), the placement records {} (max_per_host {})",
+                h.policy,
+                effective(h).1,
+                spec.policy,
+                effective(spec).1
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                pending.push(spec.clone());
+                Ok(())
+            }
+        }
     }
 
     /// Every allocation by names, sorted by consumer: what a manager would persist to be able to
@@ -97,7 +152,12 @@ impl State {
     }
 
     /// Checks one placement against the cluster and `used` (which it then includes).
-    fn resolve(&self, p: &Placement, used: &mut [u64]) -> Result<Resolved, RestoreError> {
+    fn resolve(
+        &self,
+        p: &Placement,
+        used: &mut [u64],
+        pending: &[ServerGroupSpec],
+    ) -> Result<Resolved, RestoreError> {
         let c = &*self.cluster;
         let consumer = || p.consumer.clone();
         if p.request.id != p.consumer {
@@ -107,12 +167,24 @@ impl State {
             });
         }
         let request = CompiledRequest::compile_shared(p.request.clone(), c, |name| {
-            let id = self.group_id(name)?;
-            let g = &self.groups[id.idx()];
+            if let Some(id) = self.group_id(name) {
+                let g = &self.groups[id.idx()];
+                return Some(GroupRef {
+                    id,
+                    policy: g.spec.policy,
+                    max_per_host: g.max_per_host(),
+                });
+            }
+            // A group to be created: it will get the next ids, in order.
+            let k = pending.iter().position(|g| g.name == name)?;
+            let g = &pending[k];
             Some(GroupRef {
-                id,
-                policy: g.spec.policy,
-                max_per_host: g.max_per_host(),
+                id: ServerGroupId::new(self.groups.len() + k),
+                policy: g.policy,
+                max_per_host: match g.policy {
+                    crate::model::ServerGroupPolicy::AntiAffinity => g.max_per_host.unwrap_or(1),
+                    _ => u32::MAX,
+                },
             })
         })
         .map_err(|source| RestoreError::Request {
