@@ -14,6 +14,9 @@ use crate::error::ModelError;
 use crate::index::ClusterIndex;
 use std::collections::{BTreeMap, HashMap};
 
+/// Column of a class no host's tree has.
+pub(crate) const NO_COLUMN: u16 = u16::MAX;
+
 /// Maps names to dense ids and back.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Interner {
@@ -201,8 +204,14 @@ pub struct Cluster {
     pub(crate) max_unit_by_class: Vec<u64>,
     /// Per class: whether any provider has an inventory of it.
     pub(crate) offered: Vec<bool>,
-    /// `hosts × classes` matrix of tree capacity per class (shared providers excluded).
+    /// `hosts × columns` matrix of tree capacity per class (shared providers excluded): one column
+    /// per class some host's tree has, so a host's row is one cache line rather than one entry per
+    /// class the cluster knows.
     pub(crate) host_capacity: Vec<u64>,
+    /// Per class: its column in the per-host matrices ([`NO_COLUMN`] if no tree has it).
+    pub(crate) column: Vec<u16>,
+    /// Number of columns.
+    pub(crate) columns: usize,
     /// Per host, the contiguous range of its tree's inventory slots (tree order).
     pub(crate) host_slots: Vec<(u32, u32)>,
     /// Class of every slot, packed apart from [`Slot`] so fitting scans touch little memory.
@@ -549,6 +558,8 @@ impl Cluster {
             max_unit_by_class: Vec::new(),
             offered: Vec::new(),
             host_capacity: Vec::new(),
+            column: Vec::new(),
+            columns: 0,
             host_slots: Vec::new(),
             slot_class: Vec::new(),
             prefer_no_schedule: crate::hostset::HostSet::default(),
@@ -647,13 +658,28 @@ impl Cluster {
             *m = (*m).max(s.max_unit.min(s.capacity));
             offered[s.class.idx()] = true;
         }
-        let mut host_capacity = vec![0u64; self.hosts.len() * n_classes];
+        // One column per class some host's tree has (shared-only and unused classes need none).
+        let mut column = vec![NO_COLUMN; n_classes];
+        let mut columns = 0usize;
+        for h in &self.hosts {
+            let tree = &self.providers[h.provider_start as usize..h.provider_end as usize];
+            for p in tree {
+                for s in &self.slots[p.slot_start as usize..p.slot_end as usize] {
+                    if column[s.class.idx()] == NO_COLUMN {
+                        column[s.class.idx()] = columns as u16;
+                        columns += 1;
+                    }
+                }
+            }
+        }
+        let mut host_capacity = vec![0u64; self.hosts.len() * columns];
         let mut host_slots = Vec::with_capacity(self.hosts.len());
         for (i, h) in self.hosts.iter().enumerate() {
             let tree = &self.providers[h.provider_start as usize..h.provider_end as usize];
             for p in tree {
                 for s in &self.slots[p.slot_start as usize..p.slot_end as usize] {
-                    let sum = &mut host_capacity[i * n_classes + s.class.idx()];
+                    let col = usize::from(column[s.class.idx()]);
+                    let sum = &mut host_capacity[i * columns + col];
                     // Both terms are at most MAX_QUANTITY (2^53), so the sum cannot wrap.
                     *sum += s.capacity;
                     if *sum > MAX_QUANTITY {
@@ -694,6 +720,8 @@ impl Cluster {
         self.max_unit_by_class = max_unit_by_class;
         self.offered = offered;
         self.host_capacity = host_capacity;
+        self.column = column;
+        self.columns = columns;
         self.host_slots = host_slots;
         self.prefer_no_schedule = prefer_no_schedule;
         self.index = ClusterIndex::build(self);
@@ -846,7 +874,16 @@ impl Cluster {
     /// Tree capacity of class `c` on `host` (shared providers excluded).
     #[inline]
     pub fn host_capacity(&self, host: HostId, c: ClassId) -> u64 {
-        self.host_capacity[host.idx() * self.classes.len() + c.idx()]
+        self.cell(host, c).map_or(0, |i| self.host_capacity[i])
+    }
+
+    /// The index of `(host, c)` in the `hosts × columns` matrices, if some tree has class `c`.
+    #[inline]
+    pub(crate) fn cell(&self, host: HostId, c: ClassId) -> Option<usize> {
+        match self.column.get(c.idx()) {
+            Some(&col) if col != NO_COLUMN => Some(host.idx() * self.columns + usize::from(col)),
+            _ => None,
+        }
     }
 
     /// Name of a generation owner (host or shared provider).

@@ -158,7 +158,7 @@ impl State {
         let mut s = State {
             free: FreeIndex::new(&cluster, &used),
             used,
-            host_used: vec![0; n_hosts * cluster.class_count()],
+            host_used: vec![0; n_hosts * cluster.columns],
             generation: vec![0; cluster.owner_count()],
             vm_count: vec![0; n_hosts],
             fill: FillBuckets::new(n_hosts),
@@ -281,7 +281,7 @@ impl State {
     /// Used amount of class `c` in the tree of `host`.
     #[inline]
     pub fn host_used(&self, host: HostId, c: crate::model::ClassId) -> u64 {
-        self.host_used[host.idx() * self.cluster.class_count() + c.idx()]
+        self.cluster.cell(host, c).map_or(0, |i| self.host_used[i])
     }
 
     /// Number of VMs on `host`.
@@ -334,7 +334,20 @@ impl State {
         let host = HostId::new(self.cluster.host_count());
         let n = cluster.host_count();
         self.used.resize(cluster.slots().len(), 0);
-        self.host_used.resize(n * cluster.class_count(), 0);
+        // The new host may bring a class no tree had: the matrix's columns may change, so it is
+        // rebuilt from the allocations.
+        let mut host_used = vec![0u64; n * cluster.columns];
+        for a in self.allocations.values() {
+            for x in &a.slots {
+                let s = cluster.slots()[x.slot().idx()];
+                if cluster.provider(s.provider).host == Some(a.host) {
+                    if let Some(i) = cluster.cell(a.host, s.class) {
+                        host_used[i] = host_used[i].saturating_add(x.amount());
+                    }
+                }
+            }
+        }
+        self.host_used = host_used;
         let newest = self.generation.iter().copied().max().unwrap_or(0) + 1;
         for g in &mut self.generation {
             *g += 1;
@@ -499,7 +512,6 @@ impl State {
     }
 
     fn apply(&mut self, host: HostId, slots: Vec<SlotAllocation>, request: Arc<CompiledRequest>) {
-        let nc = self.cluster.class_count();
         for a in &slots {
             let (slot, amount) = (a.slot(), a.amount());
             // `check` proved used + amount ≤ capacity ≤ MAX_QUANTITY; saturating all the same, so
@@ -509,8 +521,9 @@ impl State {
             let s = self.cluster.slots()[slot.idx()];
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
-                let h = &mut self.host_used[host.idx() * nc + s.class.idx()];
-                *h = h.saturating_add(amount);
+                if let Some(i) = self.cluster.cell(host, s.class) {
+                    self.host_used[i] = self.host_used[i].saturating_add(amount);
+                }
                 self.free.update(&self.cluster, &self.used, host, s.class);
             }
             self.generation[p.owner.idx()] += 1;
@@ -533,7 +546,6 @@ impl State {
     }
 
     fn unapply(&mut self, alloc: &Allocation) {
-        let nc = self.cluster.class_count();
         let host = alloc.host;
         for a in &alloc.slots {
             let (slot, amount) = (a.slot(), a.amount());
@@ -541,8 +553,9 @@ impl State {
             let s = self.cluster.slots()[slot.idx()];
             let p = self.cluster.provider(s.provider);
             if p.host == Some(host) {
-                let h = &mut self.host_used[host.idx() * nc + s.class.idx()];
-                *h = h.saturating_sub(amount);
+                if let Some(i) = self.cluster.cell(host, s.class) {
+                    self.host_used[i] = self.host_used[i].saturating_sub(amount);
+                }
                 self.free.update(&self.cluster, &self.used, host, s.class);
             }
             self.generation[p.owner.idx()] += 1;
@@ -560,12 +573,15 @@ impl State {
     /// Dominant utilisation of a host's tree: the highest used/capacity over its classes (summed over
     /// the tree, as the resource scores see them), in `0..FILL_BUCKETS` steps.
     fn refill(&mut self, host: HostId) {
-        let nc = self.cluster.class_count();
+        let cols = self.cluster.columns;
+        let row = host.idx() * cols..(host.idx() + 1) * cols;
         let mut worst = 0u64;
-        for c in 0..nc {
-            let cap = self.cluster.host_capacity(host, ClassId::new(c));
+        for (&cap, &used) in self.cluster.host_capacity[row.clone()]
+            .iter()
+            .zip(&self.host_used[row])
+        {
             // host_used ≤ capacity ≤ MAX_QUANTITY (2^53): × 20 cannot wrap.
-            let used = self.host_used[host.idx() * nc + c].min(cap);
+            let used = used.min(cap);
             if let Some(b) = (used * FILL_BUCKETS as u64).checked_div(cap) {
                 worst = worst.max(b);
             }
@@ -668,7 +684,6 @@ impl State {
     /// incremental bookkeeping. Returns every discrepancy found (empty = consistent).
     pub fn check_consistency(&self) -> Vec<String> {
         let c = &self.cluster;
-        let nc = c.class_count();
         // Sums in 128 bits: whatever the allocations hold, recomputing them cannot wrap.
         let mut used = vec![0u128; self.used.len()];
         let mut host_used = vec![0u128; self.host_used.len()];
@@ -695,7 +710,9 @@ impl State {
                 };
                 used[x.slot().idx()] += u128::from(x.amount());
                 if c.provider(s.provider).host == Some(a.host) {
-                    host_used[a.host.idx() * nc + s.class.idx()] += u128::from(x.amount());
+                    if let Some(i) = c.cell(a.host, s.class) {
+                        host_used[i] += u128::from(x.amount());
+                    }
                 }
             }
             if let Some(g) = a.request.server_group {
