@@ -16,6 +16,7 @@ pub mod legacy;
 pub mod net;
 pub mod net_ctrl;
 pub mod rng;
+pub mod snapshot;
 pub mod support;
 pub mod transport;
 pub mod vsock;
@@ -37,4 +38,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vm_config", config::vm_config),
     ("keel_flags", flags::keel_flags),
     ("kernel_image", kernel::kernel_image),
+    ("snapshot_state", snapshot::snapshot_state),
 ];

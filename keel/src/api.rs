@@ -74,6 +74,10 @@ pub enum Endpoint {
     VmReboot,
     /// Forget the VM and its config (stopping it first).
     VmDelete,
+    /// Save the paused VM to a directory.
+    VmSnapshot,
+    /// Build the VM from a snapshot (instead of `vm.create`).
+    VmRestore,
     /// Config, state and exit reason.
     VmInfo,
     /// The VM's counters as JSON.
@@ -84,7 +88,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// All endpoints, in documentation order.
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::Ping,
         Endpoint::VmmShutdown,
         Endpoint::VmCreate,
@@ -95,6 +99,8 @@ impl Endpoint {
         Endpoint::VmPowerButton,
         Endpoint::VmReboot,
         Endpoint::VmDelete,
+        Endpoint::VmSnapshot,
+        Endpoint::VmRestore,
         Endpoint::VmInfo,
         Endpoint::VmCounters,
         Endpoint::Metrics,
@@ -113,6 +119,8 @@ impl Endpoint {
             Endpoint::VmPowerButton => "/api/v1/vm.power-button",
             Endpoint::VmReboot => "/api/v1/vm.reboot",
             Endpoint::VmDelete => "/api/v1/vm.delete",
+            Endpoint::VmSnapshot => "/api/v1/vm.snapshot",
+            Endpoint::VmRestore => "/api/v1/vm.restore",
             Endpoint::VmInfo => "/api/v1/vm.info",
             Endpoint::VmCounters => "/api/v1/vm.counters",
             Endpoint::Metrics => "/metrics",
@@ -152,6 +160,12 @@ impl Endpoint {
             }
             Endpoint::VmReboot => "Reset the VM: a fresh VM from the same config, started",
             Endpoint::VmDelete => "Stop the VM if it runs and forget it and its config",
+            Endpoint::VmSnapshot => {
+                "Save the paused VM (memory, vCPUs, devices) to a directory; it stays paused"
+            }
+            Endpoint::VmRestore => {
+                "Build the VM from a snapshot directory, with its saved config or a given one of the same shape"
+            }
             Endpoint::VmInfo => "The VM's config, state and, once it exited, why",
             Endpoint::VmCounters => {
                 "Counters: vCPU exits by kind, serial bytes, each device's own counters"
@@ -160,9 +174,23 @@ impl Endpoint {
         }
     }
 
-    /// Whether the request carries a JSON body (only `vm.create`: a [`VmConfig`]).
+    /// Whether the request carries a JSON body (`vm.create`: a [`VmConfig`]; `vm.snapshot`: a
+    /// [`SnapshotRequest`]; `vm.restore`: a [`RestoreRequest`]).
     pub fn takes_body(self) -> bool {
-        self == Endpoint::VmCreate
+        matches!(
+            self,
+            Endpoint::VmCreate | Endpoint::VmSnapshot | Endpoint::VmRestore
+        )
+    }
+
+    /// The schema name of the body it takes.
+    pub fn body_schema(self) -> Option<&'static str> {
+        match self {
+            Endpoint::VmCreate => Some("VmConfig"),
+            Endpoint::VmSnapshot => Some("SnapshotRequest"),
+            Endpoint::VmRestore => Some("RestoreRequest"),
+            _ => None,
+        }
     }
 
     /// What a successful call returns.
@@ -189,6 +217,40 @@ impl Endpoint {
             .into_iter()
             .find(|endpoint| endpoint.name() == name)
     }
+}
+
+/// `PUT /api/v1/vm.snapshot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Directory to write the snapshot to (created if missing): `memory` and `state` in it.
+    pub destination: String,
+}
+
+/// `PUT /api/v1/vm.restore`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Snapshot directory (from `vm.snapshot`).
+    pub source: String,
+    /// The config to restore into: the VM's shape must be the snapshot's, its device back ends
+    /// may differ (a disk at a new path, a NIC on another TAP). Default: the saved config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<VmConfig>,
+    /// Start the restored VM at once (default: it waits for `vm.boot`).
+    #[serde(default)]
+    pub resume: bool,
+}
+
+/// A request's parsed body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RequestBody {
+    /// `vm.create`.
+    Config(Box<VmConfig>),
+    /// `vm.snapshot`.
+    Snapshot(SnapshotRequest),
+    /// `vm.restore`.
+    Restore(Box<RestoreRequest>),
 }
 
 /// An error answer.

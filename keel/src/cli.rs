@@ -76,6 +76,22 @@ pub enum RemoteAction {
     Metrics,
     /// Stop the VM and end the keel process.
     ShutdownVmm,
+    /// Save the paused VM to a directory.
+    Snapshot {
+        /// Where to write the snapshot (created if missing).
+        destination: PathBuf,
+    },
+    /// Build the VM from a snapshot directory (no VM may be running).
+    Restore {
+        /// The snapshot directory.
+        source: PathBuf,
+        /// A config of the same shape to restore into (JSON or YAML); default: the saved one.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Start it at once.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Attach to the serial console, or with --virtio the virtio console (detach with Ctrl-]).
     Console {
         /// The console socket; default: the one `info` reports.
@@ -188,6 +204,10 @@ pub struct VmmArgs {
     /// Keep the process (and its API) up after the guest exits, until `vmm.shutdown`.
     #[arg(long, requires = "api_socket")]
     pub keep_alive: bool,
+    /// Restore the VM from this snapshot directory (`vm.snapshot`) and run it, instead of
+    /// booting a kernel; with --config or device flags, into that config (same shape).
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Warn)]
     pub log_level: LogLevel,

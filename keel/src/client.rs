@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 use vmm_core::VmConfig;
 
-use crate::api::{ApiError, Endpoint, Method, VmInfo, VmmPing};
+use crate::api::{ApiError, Endpoint, Method, RestoreRequest, SnapshotRequest, VmInfo, VmmPing};
 
 /// Errors of a call.
 #[derive(Debug, thiserror::Error)]
@@ -202,9 +202,19 @@ impl AsyncClient {
         endpoint: Endpoint,
         config: Option<&VmConfig>,
     ) -> Result<Vec<u8>, ClientError> {
+        self.call_with(endpoint, config).await
+    }
+
+    /// Calls `endpoint` with `body` as its JSON body; returns the answer's body.
+    pub async fn call_with(
+        &self,
+        endpoint: Endpoint,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<Vec<u8>, ClientError> {
         let name = endpoint.name();
-        let body = match config {
-            Some(config) => serde_json::to_vec(config).map_err(|source| ClientError::Decode {
+        let config = body.map(|_| ());
+        let body = match body {
+            Some(body) => serde_json::to_vec(body).map_err(|source| ClientError::Decode {
                 endpoint: name,
                 source,
             })?,
@@ -272,6 +282,34 @@ impl AsyncClient {
     /// Any endpoint that takes no body and returns nothing (`vm.pause`, `vm.boot`, ...).
     pub async fn act(&self, endpoint: Endpoint) -> Result<(), ClientError> {
         self.call(endpoint, None).await.map(drop)
+    }
+
+    /// `vm.snapshot`: saves the paused VM to `destination`.
+    pub async fn snapshot(&self, destination: &str) -> Result<(), ClientError> {
+        let request = SnapshotRequest {
+            destination: destination.into(),
+        };
+        self.call_with(Endpoint::VmSnapshot, Some(&request))
+            .await
+            .map(drop)
+    }
+
+    /// `vm.restore`: builds the VM from the snapshot in `source` (with `config`, or the saved
+    /// one), started at once if `resume`.
+    pub async fn restore(
+        &self,
+        source: &str,
+        config: Option<&VmConfig>,
+        resume: bool,
+    ) -> Result<(), ClientError> {
+        let request = RestoreRequest {
+            source: source.into(),
+            config: config.cloned(),
+            resume,
+        };
+        self.call_with(Endpoint::VmRestore, Some(&request))
+            .await
+            .map(drop)
     }
 }
 
@@ -374,5 +412,22 @@ impl Client {
     /// Any endpoint that takes no body and returns nothing.
     pub fn act(&self, endpoint: Endpoint) -> Result<(), ClientError> {
         self.runtime.block_on(self.inner.act(endpoint))
+    }
+
+    /// `vm.snapshot`: saves the paused VM to `destination`.
+    pub fn snapshot(&self, destination: &str) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.snapshot(destination))
+    }
+
+    /// `vm.restore`: builds the VM from the snapshot in `source` (with `config`, or the saved
+    /// one), started at once if `resume`.
+    pub fn restore(
+        &self,
+        source: &str,
+        config: Option<&VmConfig>,
+        resume: bool,
+    ) -> Result<(), ClientError> {
+        self.runtime
+            .block_on(self.inner.restore(source, config, resume))
     }
 }

@@ -158,7 +158,7 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if config.is_none() && args.api_socket.is_none() {
+    if config.is_none() && args.api_socket.is_none() && args.restore.is_none() {
         eprintln!("keel: nothing to run: give --kernel, --config or --api-socket (see --help)");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -193,15 +193,21 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
     let raw = interactive
         .then(|| terminal::RawMode::enable(libc::STDIN_FILENO))
         .flatten();
-    if let Some(config) = config {
-        let booted = vmm
-            .create(config)
-            .and_then(|()| vmm.boot(api::Endpoint::VmBoot));
-        if let Err(failure) = booted {
-            drop(raw);
-            eprintln!("keel: {}", failure.error.error);
-            return ExitCode::from(if failure.status < 500 { EXIT_USAGE } else { 1 });
-        }
+    let start = match (&args.restore, config) {
+        (Some(dir), config) => Some(
+            vmm.restore(&dir.to_string_lossy(), config)
+                .and_then(|()| vmm.boot(api::Endpoint::VmBoot)),
+        ),
+        (None, Some(config)) => Some(
+            vmm.create(config)
+                .and_then(|()| vmm.boot(api::Endpoint::VmBoot)),
+        ),
+        (None, None) => None,
+    };
+    if let Some(Err(failure)) = start {
+        drop(raw);
+        eprintln!("keel: {}", failure.error.error);
+        return ExitCode::from(if failure.status < 500 { EXIT_USAGE } else { 1 });
     }
     forward_signals(signals, events);
     let outcome = vmm.run(&receiver);

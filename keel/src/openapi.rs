@@ -12,7 +12,10 @@ use utoipa::openapi::{
 use utoipa::ToSchema;
 use vmm_core::VmConfig;
 
-use crate::api::{ApiError, ApiVmState, Endpoint, ExitInfo, Method, Reply, VmInfo, VmmPing};
+use crate::api::{
+    ApiError, ApiVmState, Endpoint, ExitInfo, Method, Reply, RestoreRequest, SnapshotRequest,
+    VmInfo, VmmPing,
+};
 
 fn schema_ref(name: &str) -> Ref {
     Ref::from_schema_name(name)
@@ -69,10 +72,10 @@ fn operation(endpoint: Endpoint) -> utoipa::openapi::path::Operation {
     let mut op = OperationBuilder::new()
         .operation_id(Some(endpoint.name().replace(['.', '-'], "_")))
         .summary(Some(endpoint.summary()));
-    if endpoint.takes_body() {
+    if let Some(schema) = endpoint.body_schema() {
         op = op.request_body(Some(
             RequestBodyBuilder::new()
-                .content("application/json", json(schema_ref("VmConfig")))
+                .content("application/json", json(schema_ref(schema)))
                 .required(Some(utoipa::openapi::Required::True))
                 .build(),
         ));
@@ -164,6 +167,8 @@ pub fn document() -> OpenApi {
         .schema_from::<ApiVmState>()
         .schema_from::<ExitInfo>()
         .schema_from::<ApiError>()
+        .schema_from::<SnapshotRequest>()
+        .schema_from::<RestoreRequest>()
         .schema("VmCounters", counters_schema())
         .build();
     OpenApiBuilder::new()

@@ -54,6 +54,24 @@ fn execute(args: &RemoteArgs) -> Result<(), String> {
             let config = read_config_file(config).map_err(|err| err.to_string())?;
             return client.create(&config).map_err(text);
         }
+        RemoteAction::Snapshot { destination } => {
+            return client
+                .snapshot(&destination.to_string_lossy())
+                .map_err(text);
+        }
+        RemoteAction::Restore {
+            source,
+            config,
+            resume,
+        } => {
+            let config = match config {
+                Some(path) => Some(read_config_file(path).map_err(|err| err.to_string())?),
+                None => None,
+            };
+            return client
+                .restore(&source.to_string_lossy(), config.as_ref(), *resume)
+                .map_err(text);
+        }
         RemoteAction::Console { socket, virtio } => {
             let path = match socket {
                 Some(path) => path.clone(),

@@ -22,7 +22,9 @@ use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use vmm_core::VmConfig;
 
-use crate::api::{ApiError, Endpoint, Method, MAX_BODY_BYTES};
+use crate::api::{
+    ApiError, Endpoint, Method, RequestBody, RestoreRequest, SnapshotRequest, MAX_BODY_BYTES,
+};
 use crate::vmm::{Answer, Event, Failure, Request};
 
 /// How long in-flight requests may take to finish when the server stops.
@@ -193,7 +195,7 @@ fn error(status: StatusCode, message: String) -> Reply {
 /// Checks a request and turns it into the controller's form, or the 4xx to answer.
 async fn parse(
     request: hyper::Request<Incoming>,
-) -> Result<(Endpoint, Option<Box<VmConfig>>), Reply> {
+) -> Result<(Endpoint, Option<RequestBody>), Reply> {
     let path = request.uri().path().to_string();
     let Some(endpoint) = Endpoint::from_path(&path) else {
         let known: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
@@ -273,30 +275,42 @@ async fn parse(
             ));
         }
     }
+    let schema = endpoint.body_schema().unwrap_or("JSON");
     if body.is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,
-            format!("{}: a JSON VmConfig body is required", endpoint.name()),
+            format!("{}: a JSON {schema} body is required", endpoint.name()),
         ));
     }
-    match serde_json::from_slice::<VmConfig>(&body) {
-        Ok(config) => Ok((endpoint, Some(Box::new(config)))),
-        Err(err) => Err(error(
+    let invalid = |err: serde_json::Error| {
+        error(
             StatusCode::BAD_REQUEST,
-            format!("{}: invalid VmConfig body: {err}", endpoint.name()),
-        )),
-    }
+            format!("{}: invalid {schema} body: {err}", endpoint.name()),
+        )
+    };
+    let parsed = match endpoint {
+        Endpoint::VmSnapshot => serde_json::from_slice::<SnapshotRequest>(&body)
+            .map(RequestBody::Snapshot)
+            .map_err(invalid)?,
+        Endpoint::VmRestore => serde_json::from_slice::<RestoreRequest>(&body)
+            .map(|request| RequestBody::Restore(Box::new(request)))
+            .map_err(invalid)?,
+        _ => serde_json::from_slice::<VmConfig>(&body)
+            .map(|config| RequestBody::Config(Box::new(config)))
+            .map_err(invalid)?,
+    };
+    Ok((endpoint, Some(parsed)))
 }
 
 async fn handle(request: hyper::Request<Incoming>, events: Sender<Event>) -> Reply {
-    let (endpoint, config) = match parse(request).await {
+    let (endpoint, body) = match parse(request).await {
         Ok(parsed) => parsed,
         Err(reply) => return reply,
     };
     let (reply, answer) = oneshot::channel();
     let sent = events.send(Event::Api(Request {
         endpoint,
-        config,
+        body,
         reply,
     }));
     let answer = match sent {

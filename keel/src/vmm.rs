@@ -19,7 +19,7 @@ use vmm_core::{
     VmState,
 };
 
-use crate::api::{ApiError, ApiVmState, Endpoint, ExitInfo, VmInfo, VmmPing};
+use crate::api::{ApiError, ApiVmState, Endpoint, ExitInfo, RequestBody, VmInfo, VmmPing};
 use crate::cli::OnReset;
 
 /// How long `vm.shutdown` and friends wait for the vCPUs to stop.
@@ -112,8 +112,8 @@ fn keep_socket(
 pub struct Request {
     /// What is asked.
     pub endpoint: Endpoint,
-    /// `vm.create`'s config.
-    pub config: Option<Box<VmConfig>>,
+    /// The body (`vm.create`'s config, `vm.snapshot`'s and `vm.restore`'s requests).
+    pub body: Option<RequestBody>,
     /// The answer goes back here.
     pub reply: oneshot::Sender<Result<Answer, Failure>>,
 }
@@ -223,10 +223,28 @@ impl Vmm {
     }
 
     fn build(&mut self, config: VmConfig) -> Result<(), Failure> {
+        self.build_from(config, None)
+    }
+
+    /// Builds the VM from the snapshot in `source`, with `config` (or the snapshot's own), not
+    /// started.
+    pub fn restore(&mut self, source: &str, config: Option<VmConfig>) -> Result<(), Failure> {
+        let config = match config {
+            Some(config) => config,
+            None => vmm_core::saved_config(source)
+                .map_err(|err| Failure::new(400, format!("vm.restore: {err}")))?,
+        };
+        self.build_from(config, Some(source))
+    }
+
+    fn build_from(&mut self, config: VmConfig, snapshot: Option<&str>) -> Result<(), Failure> {
         // The old VM (exited or never started) goes first: its devices hold files and sockets
         // the new one may open again.
         self.vm = None;
         let mut builder = VmBuilder::new(config.clone());
+        if let Some(dir) = snapshot {
+            builder = builder.restore(dir);
+        }
         if let Some(socket) = keep_socket(&mut self.console, Some(&config.serial.output))? {
             builder = builder.console_socket(socket);
         }
@@ -356,8 +374,12 @@ impl Vmm {
     pub fn request(
         &mut self,
         endpoint: Endpoint,
-        config: Option<VmConfig>,
+        body: Option<RequestBody>,
     ) -> (Result<Answer, Failure>, Option<Outcome>) {
+        let config = match &body {
+            Some(RequestBody::Config(config)) => Some((**config).clone()),
+            _ => None,
+        };
         let answer = match endpoint {
             Endpoint::Ping => Ok(Answer::Ping(VmmPing {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -432,6 +454,46 @@ impl Vmm {
                 self.exit = None;
                 Answer::Empty
             }),
+            Endpoint::VmSnapshot => match body {
+                Some(RequestBody::Snapshot(request)) => self.handle(endpoint).and_then(|handle| {
+                    if handle.state() != VmState::Paused {
+                        return Err(Failure::conflict(
+                            endpoint,
+                            self.state(),
+                            "vm.pause it first",
+                        ));
+                    }
+                    handle
+                        .snapshot(&request.destination)
+                        .map(|()| Answer::Empty)
+                        .map_err(|err| Failure::new(500, format!("vm.snapshot: {err}")))
+                }),
+                _ => Err(Failure::new(
+                    400,
+                    "vm.snapshot: a SnapshotRequest body is required",
+                )),
+            },
+            Endpoint::VmRestore => {
+                match (self.state(), body) {
+                    (state @ (ApiVmState::Running | ApiVmState::Paused), _) => Err(
+                        Failure::conflict(endpoint, state, "vm.delete it first to restore another"),
+                    ),
+                    (_, Some(RequestBody::Restore(request))) => self
+                        .restore(&request.source, request.config)
+                        .and_then(|()| {
+                            if request.resume {
+                                self.boot(endpoint)
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .map(|()| Answer::Empty),
+                    _ => Err(Failure::new(
+                        400,
+                        "vm.restore: a RestoreRequest body is required",
+                    )),
+                }
+            }
             Endpoint::VmInfo => Ok(Answer::Info(Box::new(self.info()))),
             Endpoint::VmCounters => self
                 .handle(endpoint)
@@ -514,8 +576,7 @@ impl Vmm {
             };
             let outcome = match event {
                 Event::Api(request) => {
-                    let config = request.config.map(|config| *config);
-                    let (answer, outcome) = self.request(request.endpoint, config);
+                    let (answer, outcome) = self.request(request.endpoint, request.body);
                     let _ = request.reply.send(answer);
                     outcome
                 }

@@ -659,3 +659,71 @@ fn a_virtio_console_is_reached_with_keel_remote_console_virtio() {
     );
     assert!(!hvc.exists(), "the console socket is removed");
 }
+
+#[test]
+fn a_snapshot_taken_over_the_api_is_restored_in_another_keel_process() {
+    require_kvm!();
+    let dir = scratch("snapshot");
+    let guest = guest();
+    let console = dir.join("console.sock");
+    let snapshot = dir.join("snap");
+    let args = [
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "keel.cpus=1 keel.ticks=0 keel.tick_tsc=3000000 keel.power_button",
+        "--rng",
+    ];
+    let mut with_console = args.to_vec();
+    let serial = format!("socket={}", console.display());
+    with_console.extend(["--serial", &serial]);
+    let (mut first, client) = Keel::with_api(&dir, &with_console);
+    let mut attached = UnixStream::connect(&console).unwrap();
+    read_console_until(&mut attached, "tick 3");
+
+    // Only a paused VM is snapshotted.
+    let (status, error) = refused(client.snapshot(snapshot.to_str().unwrap()));
+    assert_eq!(status, 409, "{error}");
+    assert!(error.contains("vm.pause it first"), "{error}");
+    client.pause().unwrap();
+    client.snapshot(snapshot.to_str().unwrap()).unwrap();
+    assert!(snapshot.join("state").exists() && snapshot.join("memory").exists());
+    client.shutdown_vmm().unwrap();
+    assert!(first.wait().success(), "{}", first.stderr());
+    drop(attached);
+
+    // A second keel: restored over its API (with the saved config), then resumed.
+    let second_dir = dir.join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let (mut second, client) = Keel::with_api(&second_dir, &["--keep-alive"]);
+    let (status, error) =
+        refused(client.restore(second_dir.join("nope").to_str().unwrap(), None, false));
+    assert_eq!(status, 400, "{error}");
+    assert!(error.contains("nope/state"), "{error}");
+    let mut other_shape = vmm_core::saved_config(&snapshot).unwrap();
+    other_shape.vcpus = 2;
+    let (status, error) =
+        refused(client.restore(snapshot.to_str().unwrap(), Some(&other_shape), false));
+    assert!(status >= 400 && error.contains("vCPUs"), "{status} {error}");
+    let mut config = vmm_core::saved_config(&snapshot).unwrap();
+    let console2 = second_dir.join("console.sock");
+    config.serial.output = SerialOutput::Socket(console2.clone());
+    client
+        .restore(snapshot.to_str().unwrap(), Some(&config), true)
+        .unwrap();
+    assert_eq!(client.info().unwrap().state, ApiVmState::Running);
+    let mut attached = UnixStream::connect(&console2).unwrap();
+    let text = read_console_until(&mut attached, "tick 6");
+    assert!(!text.contains("boot protocol"), "no second boot: {text}");
+    client.power_button().unwrap();
+    eventually("the restored guest powers off", || {
+        client
+            .info()
+            .map(|info| info.state == ApiVmState::Exited)
+            .unwrap_or(false)
+    });
+    let text = read_console_until(&mut attached, "exit via=s5");
+    assert!(text.contains("power button"), "{text}");
+    client.shutdown_vmm().unwrap();
+    assert!(second.wait().success(), "{}", second.stderr());
+}

@@ -407,7 +407,9 @@ impl VmBuilder {
         let vcpus = match (snapshot, &boot) {
             (Some(saved), _) => {
                 saved.vm.apply(&vm_fd)?;
-                restore_vcpus(&vm_fd, saved)?
+                let vcpus = restore_vcpus(&vm_fd, saved)?;
+                wired.handle_devices.snapshot.raise_after_restore();
+                vcpus
             }
             (None, Some(boot)) => create_vcpus(&kvm, &vm_fd, self.config.vcpus, boot)?,
             (None, None) => {
@@ -518,6 +520,7 @@ fn wire_devices(
         events.add_subscriber(subscriber);
     }
     let mut pci_notify_stats = Vec::new();
+    let mut pci_functions = Vec::new();
     if let Some(plan) = &image.pci_plan {
         let attached = plan.attach(
             vm_fd,
@@ -531,6 +534,7 @@ fn wire_devices(
             events.add_subscriber(Box::new(notifier));
         }
         pci_notify_stats = attached.notify_stats;
+        pci_functions = attached.functions;
     }
     let virtio = image
         .virtio
@@ -562,8 +566,15 @@ fn wire_devices(
         .iter()
         .filter_map(|entry| Some((entry.id.clone(), entry.net.clone()?)))
         .collect();
+    let pci_functions: Vec<_> = pci_functions
+        .into_iter()
+        .map(|(id, slot, function)| {
+            let device_type = crate::sync::lock(&function).virtio_device_type();
+            (id, device_type, slot, function)
+        })
+        .collect();
     if let Some(saved) = restore {
-        restore_virtio(saved, &mmio_transports)?;
+        restore_virtio(saved, &mmio_transports, &pci_functions, &pio)?;
     }
     let snapshot_sources = SnapshotSources {
         vm_fd: vm_fd.clone(),
@@ -572,12 +583,7 @@ fn wire_devices(
         serial: counters_serial.clone(),
         rtc,
         mmio: mmio_transports,
-        pci: image
-            .virtio
-            .iter()
-            .skip(image.mmio_plan.devices().len())
-            .map(|entry| entry.id.clone())
-            .collect(),
+        pci: pci_functions,
     };
     let counters = CounterSources {
         exits: (0..control.vcpu_count())
@@ -609,24 +615,78 @@ fn restore_virtio(
         u32,
         Arc<Mutex<devices::virtio::mmio::MmioTransport>>,
     )],
+    pci: &[PciFunction],
+    pio: &Bus,
 ) -> Result<(), Error> {
+    let missing = |id: &str| snapshot::SnapshotError::Unsupported {
+        id: id.to_string(),
+        detail: "not on the transport or in the slot it was saved in".into(),
+    };
     for device in &saved.virtio {
-        let snapshot::TransportState::Mmio(state) = &device.transport;
-        let (_, _, transport) =
-            mmio.iter()
-                .find(|(id, _, _)| id == &device.id)
-                .ok_or_else(|| snapshot::SnapshotError::Unsupported {
-                    id: device.id.clone(),
-                    detail: "saved on virtio-mmio but not on virtio-mmio now".into(),
-                })?;
-        crate::sync::lock(transport)
-            .restore_state(state)
-            .map_err(|source| snapshot::SnapshotError::Device {
-                id: device.id.clone(),
-                source,
-            })?;
+        let device_error = |source| snapshot::SnapshotError::Device {
+            id: device.id.clone(),
+            source,
+        };
+        match &device.transport {
+            snapshot::TransportState::Mmio(state) => {
+                let (_, _, transport) = mmio
+                    .iter()
+                    .find(|(id, _, _)| id == &device.id)
+                    .ok_or_else(|| missing(&device.id))?;
+                crate::sync::lock(transport)
+                    .restore_state(state)
+                    .map_err(device_error)?;
+            }
+            snapshot::TransportState::Pci { slot, function } => {
+                let (_, _, placed, transport) = pci
+                    .iter()
+                    .find(|(id, _, _, _)| id == &device.id)
+                    .ok_or_else(|| missing(&device.id))?;
+                if placed != slot {
+                    return Err(missing(&device.id).into());
+                }
+                crate::sync::lock(transport)
+                    .restore_state(function)
+                    .map_err(device_error)?;
+                // The BARs and the command register go through the bus, as the guest's own
+                // writes did, so that it decodes each BAR where the guest had put it (and the
+                // queue notifications follow BAR 0).
+                replay_pci_routing(pio, *slot, &function.registers);
+            }
+        }
     }
     Ok(())
+}
+
+/// A virtio-PCI function: device id, virtio type, slot on bus 0, the function.
+type PciFunction = (
+    String,
+    u32,
+    u8,
+    Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>,
+);
+
+/// Writes the BAR registers, then the command register, of the function in `slot` through the
+/// PCI configuration ports, as a guest would.
+fn replay_pci_routing(pio: &Bus, slot: u8, registers: &[u32]) {
+    use devices::pci::bus::PCI_CONFIG_IO_PORT;
+    use devices::pci::configuration::PciConfiguration;
+    let write = |reg: usize, value: u32| {
+        let Ok(reg) = u32::try_from(reg) else { return };
+        let address = 1u32 << 31 | u32::from(slot) << 11 | reg << 2;
+        pio.write(PCI_CONFIG_IO_PORT, &address.to_le_bytes());
+        pio.write(PCI_CONFIG_IO_PORT + 4, &value.to_le_bytes());
+    };
+    let routing: Vec<usize> = (0..registers.len())
+        .filter(|&reg| PciConfiguration::is_routing_register(reg))
+        .collect();
+    // The BARs first (registers 4 to 9), then the command register (1) turns decoding on.
+    for &reg in routing.iter().filter(|&&reg| reg != 1) {
+        write(reg, registers[reg]);
+    }
+    for &reg in routing.iter().filter(|&&reg| reg == 1) {
+        write(reg, registers[reg]);
+    }
 }
 
 /// Refuses two devices with one id (an embedder's device may repeat a config id), and ids a

@@ -21,8 +21,8 @@ fn snapshot_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn counting_config(disk: &Path) -> VmConfig {
-    let mut config = guest_config(VirtioTransport::Mmio, COUNTING);
+fn counting_config(disk: &Path, transport: VirtioTransport) -> VmConfig {
+    let mut config = guest_config(transport, COUNTING);
     config.disks.push(DiskConfig {
         id: "disk0".into(),
         path: disk.to_path_buf(),
@@ -56,11 +56,22 @@ fn wait_for_tick(out: &SharedBuffer, at_least: u64) -> u64 {
 }
 
 #[test]
-fn a_restored_vm_goes_on_counting_with_its_devices() {
+fn a_restored_vm_goes_on_counting_with_its_devices_on_mmio() {
     require_kvm!();
-    let disk = image("snapshot-disk.img", 64, |_| 0);
-    let dir = snapshot_dir("count");
-    let config = counting_config(&disk);
+    counts_on_across_a_restore(VirtioTransport::Mmio);
+}
+
+#[test]
+fn a_restored_vm_goes_on_counting_with_its_devices_on_pci() {
+    require_kvm!();
+    counts_on_across_a_restore(VirtioTransport::Pci);
+}
+
+fn counts_on_across_a_restore(transport: VirtioTransport) {
+    let name = format!("{transport:?}").to_lowercase();
+    let disk = image(&format!("snapshot-disk-{name}.img"), 64, |_| 0);
+    let dir = snapshot_dir(&name);
+    let config = counting_config(&disk, transport);
 
     // Run, pause at some tick, snapshot, stop.
     let out = SharedBuffer::new();
@@ -133,7 +144,7 @@ fn snapshots_of_another_shape_or_damaged_are_refused_and_left_alone() {
     require_kvm!();
     let disk = image("snapshot-shape.img", 64, |_| 0);
     let dir = snapshot_dir("shape");
-    let config = counting_config(&disk);
+    let config = counting_config(&disk, VirtioTransport::Pci);
     let out = SharedBuffer::new();
     let mut vm = VmBuilder::new(config.clone())
         .serial_output(out.clone())

@@ -239,6 +239,30 @@ impl PciConfiguration {
         }
     }
 
+    /// Every register, for a snapshot.
+    pub fn registers(&self) -> Vec<u32> {
+        self.registers.to_vec()
+    }
+
+    /// Puts back the writable bits of saved `registers`, except the command register and the
+    /// BARs: those must be written through the bus, which routes the BARs where they go (see
+    /// [`Self::is_routing_register`]).
+    pub fn restore_registers(&mut self, registers: &[u32]) {
+        for (reg, &saved) in registers.iter().enumerate().take(NUM_REGISTERS) {
+            if Self::is_routing_register(reg) {
+                continue;
+            }
+            let mask = self.writable[reg];
+            self.registers[reg] = (self.registers[reg] & !mask) | (saved & mask);
+        }
+    }
+
+    /// Whether `reg` is the command register or a BAR: registers a restore writes through the
+    /// bus so that it decodes the BARs where the guest had put them.
+    pub fn is_routing_register(reg: usize) -> bool {
+        reg == REG_COMMAND_STATUS || (REG_BAR0..REG_BAR0 + NUM_BARS).contains(&reg)
+    }
+
     /// The command register.
     pub fn command(&self) -> u16 {
         // The low half of the command/status dword.

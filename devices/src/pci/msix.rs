@@ -45,6 +45,19 @@ pub trait MsiInterruptRoute: Send + Sync {
     fn update(&self, vector: u16, message: MsiMessage, masked: bool) -> std::io::Result<()>;
 }
 
+/// An MSI-X table as a snapshot saves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixSnapshot {
+    /// Per vector: message address, message data, vector control.
+    pub entries: Vec<[u64; 3]>,
+    /// Pending bits, 64 vectors a word.
+    pub pending: Vec<u64>,
+    /// MSI-X enabled.
+    pub enabled: bool,
+    /// All vectors masked.
+    pub function_masked: bool,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     message: MsiMessage,
@@ -285,6 +298,53 @@ impl MsixTable {
         let shift = (offset % 8) * 8;
         let value = word >> shift;
         data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+    }
+
+    /// The table, the pending bits and the enable and function-mask bits, for a snapshot.
+    pub fn snapshot(&self) -> MsixSnapshot {
+        MsixSnapshot {
+            entries: self
+                .entries
+                .iter()
+                .map(|entry| {
+                    [
+                        entry.message.address,
+                        u64::from(entry.message.data),
+                        u64::from(entry.control),
+                    ]
+                })
+                .collect(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Puts a saved table back and points every vector's route at its saved message. A table of
+    /// another size is refused.
+    pub fn restore(&mut self, saved: &MsixSnapshot) -> Result<(), String> {
+        if saved.entries.len() != self.entries.len() || saved.pending.len() != self.pending.len() {
+            return Err(format!(
+                "MSI-X table of {} vectors saved, the device has {}",
+                saved.entries.len(),
+                self.entries.len()
+            ));
+        }
+        for (entry, &[address, data, control]) in self.entries.iter_mut().zip(&saved.entries) {
+            entry.message = MsiMessage {
+                address,
+                data: u32::try_from(data)
+                    .map_err(|_| format!("MSI data {data:#x} over 32 bits"))?,
+            };
+            entry.control = u32::try_from(control).unwrap_or(0) & VECTOR_CONTROL_MASKED;
+        }
+        self.pending.copy_from_slice(&saved.pending);
+        self.enabled = saved.enabled;
+        self.function_masked = saved.function_masked;
+        for vector in 0..self.len() {
+            self.update_route(vector);
+        }
+        Ok(())
     }
 
     /// Returns to the reset state: disabled, unmasked function, all vectors masked, nothing

@@ -140,6 +140,11 @@ impl MmioTransport {
         self.state.restore(&saved.transport, interrupt)
     }
 
+    /// See [`TransportState::raise_after_restore`].
+    pub fn raise_after_restore(&self) {
+        self.state.raise_after_restore(self.interrupt.as_ref());
+    }
+
     /// The interrupt state (shared with the device once activated).
     pub fn interrupt(&self) -> &Arc<MmioInterrupt> {
         &self.interrupt

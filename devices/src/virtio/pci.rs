@@ -40,14 +40,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::debug;
 use vm_memory::GuestMemoryMmap;
 
+use super::snapshot::SnapshotError;
 use super::transport::TransportError;
-use super::transport::{AddressHalf, QueueRing, TransportState};
+use super::transport::{AddressHalf, QueueRing, TransportSnapshot, TransportState};
 use super::SharedVirtioDevice;
 use super::{InterruptKind, NotifyStats, VirtioInterrupt, TYPE_BLOCK, TYPE_CONSOLE, TYPE_NET};
 use crate::narrow::halves;
 use crate::pci::bus::PciDevice;
 use crate::pci::configuration::{BarInfo, BarMove, PciConfigError, PciConfiguration, PciHeader};
-use crate::pci::msix::{MsiInterruptRoute, MsixTable, MSIX_CAPABILITY_ID};
+use crate::pci::msix::{MsiInterruptRoute, MsixSnapshot, MsixTable, MSIX_CAPABILITY_ID};
 
 // virtio-bindings has no virtio_pci module (the kernel header is not in its set), so the
 // virtio-PCI layout (virtio 1.2, 4.1) is spelled out here.
@@ -208,6 +209,23 @@ pub struct VirtioPciDevice {
     /// Config space offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability.
     pci_cfg_capability: usize,
     notify_stats: Arc<NotifyStats>,
+}
+
+/// What a virtio-PCI function saves in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioPciSnapshot {
+    /// Config space, 64 dwords.
+    pub registers: Vec<u32>,
+    /// The MSI-X table.
+    pub msix: MsixSnapshot,
+    /// Interrupt status bits pending.
+    pub isr: u8,
+    /// MSI-X vector of configuration changes.
+    pub config_vector: u16,
+    /// MSI-X vector of each queue.
+    pub queue_vectors: Vec<u16>,
+    /// Negotiation, queues and the device.
+    pub transport: TransportSnapshot,
 }
 
 /// The PCI class code Keel reports for a virtio device type.
@@ -407,6 +425,67 @@ impl VirtioPciDevice {
             .read_register(self.pci_cfg_data_register())
             .to_le_bytes();
         self.write_bar(0, offset, &data[..length]);
+    }
+
+    /// Saves the function (config space, MSI-X table, vectors) and its device (the VM is
+    /// paused).
+    pub fn save_state(&mut self) -> Result<VirtioPciSnapshot, SnapshotError> {
+        Ok(VirtioPciSnapshot {
+            registers: self.config.registers(),
+            msix: self.interrupt.msix().snapshot(),
+            isr: self.interrupt.isr.load(Ordering::SeqCst),
+            config_vector: self.interrupt.config_vector.load(Ordering::SeqCst),
+            queue_vectors: self
+                .interrupt
+                .queue_vectors
+                .iter()
+                .map(|vector| vector.load(Ordering::SeqCst))
+                .collect(),
+            transport: self.state.save()?,
+        })
+    }
+
+    /// Puts a freshly created function back into `saved`: everything but the command register
+    /// and the BARs, which the caller then writes through the bus
+    /// ([`PciConfiguration::is_routing_register`]) so that it routes them where the guest had
+    /// put them.
+    pub fn restore_state(&mut self, saved: &VirtioPciSnapshot) -> Result<(), SnapshotError> {
+        if saved.queue_vectors.len() != self.interrupt.queue_vectors.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} queue vectors saved, the device has {}",
+                saved.queue_vectors.len(),
+                self.interrupt.queue_vectors.len()
+            )));
+        }
+        self.config.restore_registers(&saved.registers);
+        self.interrupt
+            .msix()
+            .restore(&saved.msix)
+            .map_err(SnapshotError::Mismatch)?;
+        self.interrupt.isr.store(saved.isr, Ordering::SeqCst);
+        self.interrupt
+            .config_vector
+            .store(self.checked_vector(saved.config_vector), Ordering::SeqCst);
+        for (vector, &value) in self
+            .interrupt
+            .queue_vectors
+            .iter()
+            .zip(&saved.queue_vectors)
+        {
+            vector.store(self.checked_vector(value), Ordering::SeqCst);
+        }
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        self.state.restore(&saved.transport, interrupt)
+    }
+
+    /// See [`TransportState::raise_after_restore`].
+    pub fn raise_after_restore(&self) {
+        self.state.raise_after_restore(self.interrupt.as_ref());
+    }
+
+    /// The virtio type of the device behind the function.
+    pub fn virtio_device_type(&self) -> u32 {
+        self.state.device_type()
     }
 
     /// The device status the driver last wrote (plus `DEVICE_NEEDS_RESET` if set).

@@ -490,20 +490,26 @@ impl TransportState {
         self.config_generation = saved.config_generation;
         self.activated = saved.activated && saved.device.activated;
         self.invalid_queue_size = saved.invalid_queue_size;
-        // An interrupt raised just before the snapshot may not have reached the driver: raise
-        // one per queue again (a spurious interrupt is harmless, a lost one is not).
-        if self.activated {
-            for index in 0..saved.device.queues.len() {
-                let index = u16::try_from(index).unwrap_or(u16::MAX);
-                if let Err(err) = interrupt.trigger(super::InterruptKind::Queue(index)) {
-                    crate::guest_warn!(
-                        "{}: cannot raise queue {index}'s interrupt: {err}",
-                        self.tag
-                    );
-                }
+        Ok(())
+    }
+
+    /// Once the whole VM is restored (interrupt controllers included): raises each running
+    /// queue's interrupt, since one raised just before the snapshot may not have reached the
+    /// driver (a spurious interrupt is harmless, a lost one is not).
+    pub fn raise_after_restore(&self, interrupt: &dyn VirtioInterrupt) {
+        if !self.activated {
+            return;
+        }
+        let ready = self.queues.iter().filter(|queue| queue.ready()).count();
+        for index in 0..ready {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            if let Err(err) = interrupt.trigger(super::InterruptKind::Queue(index)) {
+                crate::guest_warn!(
+                    "{}: cannot raise queue {index}'s interrupt: {err}",
+                    self.tag
+                );
             }
         }
-        Ok(())
     }
 }
 

@@ -124,6 +124,8 @@ pub struct PciAttachment {
     pub notifiers: Vec<QueueNotifier>,
     /// Each device's notification counters, by device id in plan order.
     pub notify_stats: Vec<(String, Arc<NotifyStats>)>,
+    /// Each function: device id, slot on bus 0, the transport (for snapshots).
+    pub functions: Vec<(String, u8, Arc<Mutex<VirtioPciDevice>>)>,
 }
 
 impl PciAttachment {
@@ -215,6 +217,7 @@ impl VirtioPciDevices {
         let bus = Arc::new(Mutex::new(PciBus::new()));
         let routing = Arc::new(Mutex::new(GsiRoutingTable::new()));
         let mut notifiers = Vec::new();
+        let mut functions = Vec::new();
         let mut notify_stats = Vec::new();
         for (info, device) in self.devices.iter().zip(devices) {
             let queues = lock(&device).queue_max_sizes().len();
@@ -245,7 +248,9 @@ impl VirtioPciDevices {
                 source,
             })?;
             let stats = transport.notify_stats();
-            let placed = lock(&bus).add_device(&info.id, Arc::new(Mutex::new(transport)))?;
+            let transport = Arc::new(Mutex::new(transport));
+            let placed = lock(&bus).add_device(&info.id, transport.clone())?;
+            functions.push((info.id.clone(), placed, transport));
             if placed != info.slot {
                 return Err(PciError::SlotMismatch {
                     id: info.id.clone(),
@@ -296,6 +301,7 @@ impl VirtioPciDevices {
         Ok(PciAttachment {
             notifiers,
             notify_stats,
+            functions,
         })
     }
 }

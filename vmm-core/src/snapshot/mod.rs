@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::legacy::{CmosRtc, GedState, RtcState, SerialSnapshot, SystemClock};
 use devices::virtio::mmio::{MmioSnapshot, MmioTransport};
+use devices::virtio::pci::{VirtioPciDevice, VirtioPciSnapshot};
 use devices::virtio::snapshot::SnapshotError as DeviceSnapshotError;
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -172,6 +173,11 @@ impl KvmVmState {
 pub(crate) enum TransportState {
     /// On virtio-mmio.
     Mmio(MmioSnapshot),
+    /// On virtio-PCI, in `slot` of bus 0.
+    Pci {
+        slot: u8,
+        function: Box<VirtioPciSnapshot>,
+    },
 }
 
 /// One virtio device in a snapshot.
@@ -207,23 +213,29 @@ pub(crate) struct SnapshotSources {
     pub serial: SharedSerial,
     pub rtc: Arc<Mutex<CmosRtc<SystemClock>>>,
     pub mmio: Vec<(String, u32, Arc<Mutex<MmioTransport>>)>,
-    /// Devices on virtio-PCI (not snapshotted yet), by id.
-    pub pci: Vec<String>,
+    /// Devices on virtio-PCI: id, type, slot, function.
+    pub pci: Vec<(String, u32, u8, Arc<Mutex<VirtioPciDevice>>)>,
 }
 
 impl SnapshotSources {
+    /// After a restore, once the interrupt controllers and vCPUs hold their saved state:
+    /// raises each running device's queue interrupts again (see
+    /// `TransportState::raise_after_restore`).
+    pub(crate) fn raise_after_restore(&self) {
+        for (_, _, transport) in &self.mmio {
+            lock(transport).raise_after_restore();
+        }
+        for (_, _, _, function) in &self.pci {
+            lock(function).raise_after_restore();
+        }
+    }
+
     /// Saves every device and the in-kernel state; the vCPU states come from their threads.
     pub(crate) fn capture(
         &self,
         vcpus: Vec<VcpuState>,
         ged: GedState,
     ) -> Result<VmSnapshot, SnapshotError> {
-        if let Some(id) = self.pci.first() {
-            return Err(SnapshotError::Unsupported {
-                id: id.clone(),
-                detail: "snapshots of virtio-PCI devices are not supported yet; use the virtio-mmio transport".into(),
-            });
-        }
         let mut virtio = Vec::new();
         for (id, device_type, transport) in &self.mmio {
             let saved = lock(transport)
@@ -236,6 +248,22 @@ impl SnapshotSources {
                 id: id.clone(),
                 device_type: *device_type,
                 transport: TransportState::Mmio(saved),
+            });
+        }
+        for (id, device_type, slot, function) in &self.pci {
+            let saved = lock(function)
+                .save_state()
+                .map_err(|source| SnapshotError::Device {
+                    id: id.clone(),
+                    source,
+                })?;
+            virtio.push(VirtioSnapshot {
+                id: id.clone(),
+                device_type: *device_type,
+                transport: TransportState::Pci {
+                    slot: *slot,
+                    function: Box::new(saved),
+                },
             });
         }
         Ok(VmSnapshot {
@@ -292,6 +320,21 @@ pub(crate) fn write(dir: &Path, snapshot: &VmSnapshot, memory: &GuestMemoryMmap)
         path: state_path,
         source,
     })
+}
+
+/// The config a snapshot's VM was built from (to restore it as it was, or to derive the config
+/// to restore it into).
+pub fn saved_config(dir: impl AsRef<Path>) -> Result<VmConfig, SnapshotError> {
+    read(dir.as_ref()).map(|snapshot| snapshot.config)
+}
+
+/// Checks and parses the bytes of a state file as a restore would (for the fuzz target).
+#[cfg(feature = "testing")]
+pub fn parse_state_file(bytes: &[u8]) -> Result<(), String> {
+    let payload = file::decode(bytes).map_err(|err| err.to_string())?;
+    serde_json::from_slice::<VmSnapshot>(payload)
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 /// Reads and checks a snapshot's state file.
