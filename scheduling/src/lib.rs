@@ -74,19 +74,24 @@
 //!
 //! - [`model`]: resource classes, inventories (total, reserved, min/max unit, step, exact allocation ratio),
 //!   nested providers (host → NUMA node → GPU), shared providers, traits, aggregates, zones, racks, labels,
-//!   taints. Loaded from serde types ([`model::ClusterSpec`]). Dense ids ([`HostId`], [`model::SlotId`],
-//!   ...) are `Copy` newtypes handed out by the cluster; only names are persisted.
+//!   taints (also as kubectl's `key=value:Effect`). Loaded from serde types ([`model::ClusterSpec`]).
+//!   Every quantity is at most [`model::MAX_QUANTITY`] (2^53), which keeps all arithmetic from
+//!   wrapping; larger ones are refused naming the provider and field. Dense ids ([`HostId`],
+//!   [`model::SlotId`], ...) are `Copy` newtypes handed out by the cluster; only names are persisted.
 //! - [`request`]: what a VM asks for: resources (optionally in named groups served by one provider each),
 //!   traits, selectors, affinity, tolerations, server groups, topology spread, priority.
 //! - [`state`]: allocations with optimistic concurrency (generations), a free-capacity index, hosts added
-//!   or retired at run time, restore from persisted placements; [`shared`] for several deciders.
+//!   or retired at run time, restore from persisted placements (server groups made at run time
+//!   included), quotas per project and user checked with each claim; [`shared`] for several deciders.
 //! - [`scheduler`]: the decider (indexes, equivalence caches, bounded sampling with a rotating start).
 //! - [`profile`], [`framework`], [`plugins`]: policies (spread, pack, balanced, power saving, even VM
 //!   count, stranded-aware) as profiles of small plugins at kube-scheduler's extension points; embedders
 //!   may write their own pre-filter, filter, score, reserve and permit plugins against [`framework`].
-//! - [`explain`]: why nothing fits (`0/5000 hosts available: ...`) and score breakdowns.
+//! - [`explain`]: why nothing fits (`0/5000 hosts available: ...`), each reason also structured
+//!   ([`RejectionReason`], serialisable), and score breakdowns.
 //! - [`ops`]: gang placement, preemption, evacuation, rebalancing, HA reservation check.
-//! - [`load`]: clusters and request streams from JSON or YAML (YAML behind the default `yaml` feature).
+//! - [`load`]: clusters and request streams from JSON or YAML (YAML behind the default `yaml` feature),
+//!   of any size up to documented [`load::Limits`]; errors name the document, line and column.
 //! - [`error`]: every error type, each with a name distinct from Keel's other crates.
 //!
 //! Behind cargo features, for benchmarks, tests and demos rather than embedders: `generator` (seeded

@@ -982,4 +982,30 @@ mod tests {
             "{problems:?}"
         );
     }
+
+    /// A host added at run time with a class no tree had gets its own column; usage stays exact.
+    #[test]
+    fn added_host_with_a_new_class_keeps_usage_exact() {
+        let mut p = placer();
+        p.place(&PlacementRequest::new("a", &[("VCPU", 4)]))
+            .unwrap();
+        let mut spec = crate::model::HostSpec {
+            name: "gpu".into(),
+            ..Default::default()
+        };
+        spec.inventories
+            .insert("VCPU".into(), crate::model::InventorySpec::new(8));
+        spec.inventories
+            .insert("PGPU".into(), crate::model::InventorySpec::new(2));
+        let h = p.state_mut().add_host(&spec).unwrap();
+        let placed = p
+            .place(&PlacementRequest::new("b", &[("VCPU", 2), ("PGPU", 1)]))
+            .unwrap();
+        assert_eq!(placed.host, "gpu");
+        let pgpu = p.state().cluster().class_id("PGPU").unwrap();
+        assert_eq!(p.state().host_used(h, pgpu), 1);
+        assert_eq!(p.state().cluster().host_capacity(h, pgpu), 2);
+        assert!(p.state().check_consistency().is_empty());
+        assert_eq!(p.state().allocation("a").unwrap().slots()[0].amount(), 4);
+    }
 }
