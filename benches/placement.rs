@@ -391,6 +391,35 @@ fn w1(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
             stats.hosts_visited as f64 / stats.decisions.max(1) as f64
         ),
     ));
+    // The same requests compiled beforehand (as a manager compiling at its API does), on a fresh
+    // prefilled state: what deciding and committing cost without compiling (which copies the request)
+    // and without building the returned Placement's names.
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Spread), 1);
+    prefill(&mut p, e, 0.2, 7);
+    let compiled: Vec<_> = reqs
+        .iter()
+        .map(|r| p.state().compile(r).expect("valid request"))
+        .collect();
+    let mut lat = Latencies(Vec::with_capacity(compiled.len()));
+    let start = Clock::now();
+    for r in &compiled {
+        let t = Instant::now();
+        let (state, scheduler) = p.parts();
+        let ok = scheduler
+            .decide(state, r, &DecideOptions::default())
+            .ok()
+            .is_some_and(|d| scheduler.commit(state, d.claim).is_ok());
+        if ok {
+            lat.0.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    rows.push(row(
+        size,
+        "W1 decide+commit, compiled (spread)",
+        lat,
+        start.elapsed(),
+        "requests compiled beforehand; no Placement built".into(),
+    ));
     let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Pack), 1);
     prefill(&mut p, e, 0.2, 7);
     let (lat, total, _) = run_requests(&mut p, &reqs);
