@@ -23,17 +23,17 @@ guest=${KEEL_TEST_GUEST:-$root/target/guest/x86_64-unknown-none/release/keel-tes
 echo "-- Java: dev.keel.bench.Bench (JNA on $(java -version 2>&1 | head -1))"
 (
   cd bindings/java
-  mvn -q -B test-compile
+  mvn -q -B -Dstyle.color=never test-compile
   # exec:exec starts a plain JVM (not Maven's) with the test classpath.
-  mvn -q -B org.codehaus.mojo:exec-maven-plugin:3.6.2:exec -Dexec.executable=java \
+  mvn -q -B -Dstyle.color=never org.codehaus.mojo:exec-maven-plugin:3.6.2:exec -Dexec.executable=java \
     -Dexec.classpathScope=test \
     -Dexec.args="-Dkeel.library.path=$root/target/capi -cp %classpath dev.keel.bench.Bench $guest $runs"
 ) | tee "$out/java.txt"
 
 # The numbers, from both outputs.
 ns() { awk -v pat="$1" 'index($0, pat) { for (i = 1; i <= NF; i++) if ($i == "ns/call") print $(i-1) }' "$out/rust.txt"; }
-ms() { awk -v pat="$1" -v key="$2" 'index($0, pat) == 3 { for (i = 1; i <= NF; i++) if ($i == key) print $(i+1) }' "$out/rust.txt"; }
-java() { awk -v key="$1" '$1 == key { print $2 }' "$out/java.txt"; }
+ms() { awk -v pat="$1" -v key="$2" 'index($0, pat) == 3 { for (i = 1; i <= NF; i++) if ($i == key) { print $(i+1); exit } }' "$out/rust.txt"; }
+java() { sed 's/\x1b\[[0-9;]*m//g' "$out/java.txt" | awk -v key="$1" '$1 == key { print $2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 rust_ready=$(ns "request ready-made") rust_json=$(ns "parsing the same JSON") c_abi=$(ns "C ABI (JSON request)")
