@@ -51,6 +51,9 @@ final class KeelNative {
 
     static native int keel_placer_decide(long placer, byte[] request, long[] out);
 
+    /** The same, with request and out in native memory ({@link Scratch}). */
+    static native int keel_placer_decide(long placer, Pointer request, Pointer out);
+
     static native int keel_placer_explain(long placer, byte[] buf, long len, long[] needed);
 
     static native int keel_claim_placement(long claim, byte[] buf, long len, long[] needed);
@@ -60,6 +63,8 @@ final class KeelNative {
     static native int keel_claim_free(long claim);
 
     static native int keel_placer_release(long placer, byte[] id);
+
+    static native int keel_placer_release(long placer, Pointer id);
 
     static native int keel_placer_placements(long placer, byte[] buf, long len, long[] needed);
 

@@ -1,5 +1,6 @@
 package dev.keel;
 
+import com.sun.jna.Pointer;
 import java.lang.ref.Reference;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -66,8 +67,9 @@ public final class Placer implements AutoCloseable {
     public Claim decide(String request) {
         try {
             long id = handle.get();
-            long[] out = new long[1];
-            int status = KeelNative.keel_placer_decide(id, Status.cstr("request", request), out);
+            Scratch scratch = Scratch.get();
+            Pointer block = scratch.withText("request", request);
+            int status = KeelNative.keel_placer_decide(id, block.share(Scratch.TEXT), block);
             if (status == Status.UNSCHEDULABLE) {
                 String message = Status.lastError();
                 Explanation explanation;
@@ -79,7 +81,7 @@ public final class Placer implements AutoCloseable {
                 throw new UnschedulableException(message, explanation);
             }
             Status.check(status);
-            return new Claim(out[0]);
+            return new Claim(block.getLong(0));
         } finally {
             Reference.reachabilityFence(this);
         }
@@ -144,7 +146,8 @@ public final class Placer implements AutoCloseable {
      */
     public void release(String consumer) {
         try {
-            Status.check(KeelNative.keel_placer_release(handle.get(), Status.cstr("consumer", consumer)));
+            long id = handle.get();
+            Status.check(KeelNative.keel_placer_release(id, Scratch.get().withText("consumer", consumer).share(Scratch.TEXT)));
         } finally {
             Reference.reachabilityFence(this);
         }

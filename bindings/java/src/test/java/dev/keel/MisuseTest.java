@@ -101,6 +101,8 @@ class MisuseTest {
                 expect(StateException.class, "committed already", claim::commit);
             }
             expect(InvalidArgumentException.class, "nobody", () -> placer.release("nobody"));
+            expect(NullArgumentException.class, "request is NULL", () -> placer.decide((String) null));
+            expect(InvalidArgumentException.class, "consumer: contains a NUL", () -> placer.release("a\0b"));
         }
         expect(InvalidArgumentException.class, "cluster description", () -> Cluster.fromJson("{\"hosts\": 3}"));
     }
