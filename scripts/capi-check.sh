@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The C ABI end to end: builds libkeel (profile `capi`), checks what it exports, compiles the C
 # example and the misuse tests with cc and runs them on /dev/kvm (also under valgrind: no
-# invalid access, nothing definitely lost), then runs the Python (pytest) and Go (go test)
-# bindings' tests against the same library. Needs the test guest built (cargo test does it).
+# invalid access, nothing definitely lost), then runs the Python (pytest), Go (go test) and Java
+# (mvn test, JUnit) bindings' tests against the same library. Needs the test guest built (cargo
+# test does it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -51,3 +52,19 @@ fi
 
 echo "-- Go binding (go test)"
 (cd bindings/go && go vet ./... && go test -count=1 ./...)
+
+echo "-- Java binding (mvn test: JUnit 5 through Surefire, JNA on Java 17)"
+reports=bindings/java/target/surefire-reports
+rm -rf "$reports"
+(cd bindings/java && mvn -q -B -Dstyle.color=never test -Dkeel.library.path="$lib")
+# -q keeps Surefire quiet on success; say what ran.
+tests=0 failed=0 skipped=0
+for report in "$reports"/TEST-*.xml; do
+  head=$(grep -m1 -o '<testsuite [^>]*' "$report")
+  count() { printf '%s' "$head" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
+  tests=$((tests + $(count tests)))
+  failed=$((failed + $(count failures) + $(count errors)))
+  skipped=$((skipped + $(count skipped)))
+done
+[ "$tests" -gt 0 ] || { echo "the Java binding ran no test" >&2; exit 1; }
+echo "java: $tests tests ($skipped skipped), $failed failed"
