@@ -89,7 +89,10 @@ fn main() {
                 if let Some(at) = *first.0.lock().unwrap_or_else(|p| p.into_inner()) {
                     break at;
                 }
-                assert!(Instant::now() < deadline, "the restored guest printed nothing");
+                assert!(
+                    Instant::now() < deadline,
+                    "the restored guest printed nothing"
+                );
                 std::thread::sleep(Duration::from_micros(200));
             };
             restores.push((at - start).as_secs_f64() * 1e3);
@@ -99,7 +102,11 @@ fn main() {
         let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         let (s_min, r_min) = (min(&snapshots), min(&restores));
         let (s_med, r_med) = (median(&mut snapshots), median(&mut restores));
-        let target = if mib == 128 { "  (target <= 10 ms)" } else { "" };
+        let target = if mib == 128 {
+            "  (target <= 10 ms)"
+        } else {
+            ""
+        };
         println!(
             "  {mib:>5} MiB  snapshot min {s_min:8.1} ms  median {s_med:8.1} ms   restore to running min {r_min:6.2} ms  median {r_med:6.2} ms{target}"
         );

@@ -33,6 +33,11 @@
 // names the bound. Unit tests, which build small fixed inputs, are exempt.
 #![cfg_attr(not(test), deny(clippy::cast_possible_truncation))]
 
+/// Guest memory as Keel maps it. Every write the VMM makes through it (a device filling a
+/// buffer, a used-ring update) marks its page in a per-region dirty bitmap: KVM's dirty log
+/// sees only the guest's own writes, and a live migration must resend both.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+
 pub mod bus;
 pub mod console;
 pub mod counters;

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 use vmm_core::{BootProtocol, VmConfig};
 
 /// Guest memory for every input (64 MiB, created once; what one input leaves there does not

@@ -7,7 +7,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 /// Size of the fuzzed guest's memory.
 pub const MEM_SIZE: u64 = 1 << 20;

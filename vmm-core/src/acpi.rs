@@ -31,7 +31,8 @@ use devices::legacy::{
     SLEEP_STATUS_OFFSET,
 };
 use devices::pci::bus::{PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 use crate::layout;
 use crate::device_manager::{MmioDeviceInfo, PciHostInfo, GED_IRQ};

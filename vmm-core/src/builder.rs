@@ -22,11 +22,11 @@ use devices::virtio::block::DiskBackend;
 use devices::virtio::console::VirtioConsole;
 use devices::virtio::net::NetBackend;
 use devices::virtio::{NotifyStats, VirtioDevice};
+use devices::GuestMemoryMmap;
 use event_manager::MutEventSubscriber;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use log::{debug, warn};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi;

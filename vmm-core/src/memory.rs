@@ -1,6 +1,7 @@
 //! Guest RAM: anonymous host mappings laid out around the 32-bit device hole.
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use devices::GuestMemoryMmap;
 
 use crate::layout;
 

@@ -7,7 +7,8 @@
 //! Without `iasl` the disassembly test prints `KEEL-IASL-SKIP` and returns, unless
 //! `KEEL_REQUIRE_TOOLS=1` (set by `.ci/run`), which makes it fail.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_core::device_manager::MmioDeviceInfo;
 use vmm_core::{acpi, layout};
 

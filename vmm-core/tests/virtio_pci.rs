@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use devices::pci::msix::MsiMessage;
 use devices::virtio::pci::queue_notify_offset;
+use devices::GuestMemoryMmap;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use testkit::{require_kvm, SharedBuffer};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_core::config::{DiskConfig, RngConfig};
 use vmm_core::device_manager::interrupts::GsiRoutingTable;
 use vmm_core::device_manager::{PciHostInfo, Resources, VirtioPciDevices};

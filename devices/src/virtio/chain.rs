@@ -7,8 +7,9 @@
 //! infallible except for guest memory changing under us. Shared by virtio-net, virtio-vsock and
 //! virtio-console, and there for an embedder's own devices.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Why a descriptor chain is unusable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -13,9 +13,10 @@ use std::io::Write;
 use std::mem::offset_of;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use log::debug;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{ChainBuffers, Direction};

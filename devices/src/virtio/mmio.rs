@@ -11,9 +11,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use log::debug;
 use virtio_bindings::virtio_mmio as mmio;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::snapshot::SnapshotError;

@@ -30,9 +30,9 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// A `virtio-bindings` constant (they are all `u32`) as the byte a register or header field
 /// holds; a value that does not fit stops the build.

@@ -37,8 +37,8 @@
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::GuestMemoryMmap;
 use log::debug;
-use vm_memory::GuestMemoryMmap;
 
 use super::snapshot::SnapshotError;
 use super::transport::TransportError;

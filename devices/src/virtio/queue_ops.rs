@@ -17,12 +17,13 @@
 //! # use std::sync::Arc;
 //! # use devices::virtio::{InterruptKind, VirtioInterrupt};
 //! # use virtio_queue::{desc::{split::Descriptor, RawDescriptor}, mock::MockSplitQueue, QueueT};
-//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! # use vm_memory::GuestAddress;
+//! # use devices::GuestMemoryMmap;
 //! # struct NoIrq;
 //! # impl VirtioInterrupt for NoIrq {
 //! #     fn trigger(&self, _: InterruptKind) -> std::io::Result<()> { Ok(()) }
 //! # }
-//! # let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+//! # let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
 //! # let driver = MockSplitQueue::new(&mem, 16);
 //! # driver.build_desc_chain(&[RawDescriptor::from(Descriptor::new(0x8000, 64, 0, 0))]).unwrap();
 //! # let mut queue: virtio_queue::Queue = driver.create_queue().unwrap();
@@ -39,8 +40,8 @@
 
 use std::fmt;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::{InterruptKind, VirtioInterrupt};
 

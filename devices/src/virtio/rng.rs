@@ -10,10 +10,11 @@
 use std::io;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use log::debug;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestMemory, Permissions};
 
 use super::queue_ops::drain_queue;
 use super::single_queue::SingleQueue;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 
 use super::queue_ops::notify_used;
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 
 use super::{ActivateError, VirtioInterrupt};
 

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::VirtioInterrupt;
 

@@ -10,9 +10,9 @@
 
 use std::sync::{Arc, MutexGuard};
 
+use crate::GuestMemoryMmap;
 use log::debug;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::snapshot::{QueueSnapshot, SnapshotError, VirtioDeviceState};
 use super::{status, SharedVirtioDevice, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};

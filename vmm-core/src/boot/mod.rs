@@ -22,7 +22,8 @@ use linux_loader::cmdline::Cmdline;
 #[cfg(any(test, feature = "testing"))]
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use devices::GuestMemoryMmap;
 
 use crate::config::{BootProtocol, VmConfig, MAX_CMDLINE_LEN};
 use crate::layout;

@@ -9,7 +9,8 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use devices::GuestMemoryMmap;
 
 use super::{gdt, linux::write_gdt, LoadError};
 use crate::layout::{self, MemoryMapEntry};

@@ -7,7 +7,7 @@ use devices::bus::Bus;
 use devices::virtio::mmio::{MmioTransport, SharedVirtioDevice, MMIO_WINDOW_SIZE};
 use devices::virtio::NotifyStats;
 use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 use super::interrupts::irqfd;
 use super::notify::{NotifyLayout, QueueIoeventfds, QueueNotifier};

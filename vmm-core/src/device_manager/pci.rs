@@ -27,7 +27,7 @@ use devices::virtio::mmio::SharedVirtioDevice;
 use devices::virtio::pci::{VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
 use devices::virtio::NotifyStats;
 use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 use super::interrupts::{GsiRoutingTable, KvmMsiRoute};
 use super::notify::{NotifyLayout, QueueIoeventfds, QueueNotifier};

@@ -5,9 +5,10 @@
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::GuestMemoryMmap;
 use log::debug;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::request::{
     Limits, Request, RequestKind, Segment, ID_BYTES, SECTOR_SHIFT, VIRTIO_BLK_S_IOERR,

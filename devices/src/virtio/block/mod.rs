@@ -19,9 +19,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::GuestMemoryMmap;
 use log::debug;
 use virtio_queue::Queue;
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
 
 pub use disk::{DiskBackend, IoFile, RawFile};
 pub use exec::BlockMetrics;

@@ -568,8 +568,8 @@ mod tests {
     use crate::virtio::testing::{
         test_memory, DriverQueue, Rng, BUFFERS, F_INDIRECT, F_NEXT, F_WRITE,
     };
+    use crate::GuestMemoryMmap;
     use virtio_queue::{Queue, QueueOwnedT};
-    use vm_memory::GuestMemoryMmap;
 
     const HDR: u64 = BUFFERS;
     const STATUS: u64 = BUFFERS + 0x100;

@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::GuestMemoryMmap;
 use io_uring::{opcode, squeue, types, IoUring};
 use log::debug;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::IoFile;
@@ -312,7 +313,7 @@ impl Uring {
                     return Ok(Offer::Inline);
                 }
                 let offset = sector << SECTOR_SHIFT;
-                let Some(iovecs) = self.iovecs(mem, offset, segments) else {
+                let Some(iovecs) = self.iovecs(mem, offset, segments, !write) else {
                     return Ok(Offer::Inline);
                 };
                 // Segments may overlap, so their lengths can add up to more than 4 GiB
@@ -370,12 +371,14 @@ impl Uring {
 
     /// The segments as host buffers, if each lies in one guest memory region and, for
     /// `O_DIRECT`, the buffers, lengths and `offset` are aligned; `None` sends the request to
-    /// the thread's copying path instead.
+    /// the thread's copying path instead. With `into_guest` (a read) the buffers are marked
+    /// dirty: the kernel writes them behind guest memory's back.
     fn iovecs(
         &self,
         mem: &GuestMemoryMmap,
         offset: u64,
         segments: &[Segment],
+        into_guest: bool,
     ) -> Option<Vec<libc::iovec>> {
         let align = u64::from(self.file.block_size.max(1));
         if self.file.direct && !offset.is_multiple_of(align) {
@@ -398,6 +401,14 @@ impl Uring {
                         || !u64::from(segment.len).is_multiple_of(align))
                 {
                     return None;
+                }
+                if into_guest {
+                    let start = usize::try_from(start).ok()?;
+                    vm_memory::bitmap::Bitmap::mark_dirty(
+                        &region.bitmap(),
+                        start,
+                        segment.len as usize,
+                    );
                 }
                 Some(libc::iovec {
                     iov_base: host.cast(),
@@ -572,7 +583,8 @@ mod tests {
         use super::super::exec::BlockMetrics;
         use super::super::request::{Limits, Request, RequestKind, Segment};
         use super::{IoUring, Offer, Uring, RING_ENTRIES};
-        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        use crate::GuestMemoryMmap;
+        use vm_memory::GuestAddress;
 
         let Ok(ring) = IoUring::new(RING_ENTRIES) else {
             eprintln!("skipped: no io_uring on this host");
@@ -599,7 +611,7 @@ mod tests {
         // 64 MiB of guest memory (mapped, never touched) read into 65 times over: 4160 MiB,
         // which a u32 total wraps to 64 MiB.
         const LEN: u32 = 64 << 20;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), LEN as usize)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), LEN as usize)]).unwrap();
         let segment = Segment {
             addr: GuestAddress(0),
             len: LEN,

@@ -4,10 +4,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{ByteValued, Bytes, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::Counter;

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{RecordingInterrupt, F_NEXT, F_WRITE};
 use crate::virtio::VirtioDevice;

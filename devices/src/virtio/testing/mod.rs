@@ -7,9 +7,10 @@ mod recorder;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::virtio::{InterruptKind, VirtioInterrupt};
 

@@ -3,10 +3,11 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
 
 use super::config::{VsockConfig, VsockConfigError};
 use super::muxer::{MuxerError, VsockMuxer};
