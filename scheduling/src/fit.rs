@@ -358,7 +358,9 @@ fn fit_groups(
             s.allocs.clear();
             for g in 0..n {
                 let p = c.provider(s.providers[s.chosen[g]]);
-                take_from(c, used, p, &req.groups[g], &mut s.allocs);
+                // Each slot's total is what the search checked, so every prefix fits too.
+                let taken = take_from(c, used, p, &req.groups[g], &mut s.allocs);
+                debug_assert!(taken);
             }
             let unnamed = fit_unnamed(c, used, req, host, &mut s.allocs);
             debug_assert!(unnamed.is_ok());

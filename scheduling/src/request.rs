@@ -571,6 +571,12 @@ impl CompiledRequest {
         if req.id.is_empty() {
             return Err(invalid("id", "must not be empty".into()));
         }
+        if req.user.is_some() && req.project.is_none() {
+            return Err(invalid(
+                "user",
+                "needs `project` (quotas count a user's VMs within a project)".into(),
+            ));
+        }
         let mut entries = 0usize;
         let mut totals: Vec<(ClassId, u64)> = Vec::new();
         let mut resolve =

@@ -77,6 +77,25 @@ fn taints_and_tolerations_read_kubectl_text_in_documents() {
     )
     .unwrap();
     assert_eq!(p.place(&req).unwrap().host, "hpc");
+    // The same in YAML, where the text form is a plain scalar.
+    let yaml = "hosts:\n  - name: hpc\n    taints: [dedicated=hpc:NoSchedule]\n    inventories: {VCPU: {total: 8}}\n";
+    let spec: scheduling::ClusterSpec =
+        scheduling::load::parse(yaml, scheduling::load::Format::Yaml).unwrap();
+    assert_eq!(
+        spec.hosts[0].taints[0].to_string(),
+        "dedicated=hpc:NoSchedule"
+    );
+    let req: PlacementRequest = scheduling::load::parse(
+        "{id: c, resources: {VCPU: 1}, tolerations: [{key: dedicated, operator: Exists}], user: u}",
+        scheduling::load::Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(req.tolerations[0].to_string(), "dedicated");
+    let err = p.place(&req).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "request `c`: field `user` needs `project` (quotas count a user's VMs within a project)"
+    );
     let bad = Cluster::from_json(
         r#"{"hosts": [{"name": "x", "taints": ["dedicated=hpc"], "inventories": {"VCPU": {"total": 8}}}]}"#,
     )
