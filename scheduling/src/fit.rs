@@ -39,11 +39,13 @@ pub struct FitScratch {
     candidates: Vec<Vec<usize>>,
     /// Groups in search order (fewest candidates first).
     order: Vec<usize>,
-    /// Matching: per provider, the group matched to it (`usize::MAX` = none); per group, whether seen.
+    /// Matching: per provider, the group matched to it (`usize::MAX` = none).
     matched: Vec<usize>,
+    /// Per provider, whether the current augmenting path has visited it.
     seen: Vec<bool>,
     /// Whether some full assignment met the layout (so a failure is the unnamed resources').
     layout_met: bool,
+    /// Why the unnamed resources did not fit at the last leaf that met the layout.
     unnamed_failure: Option<Reason>,
 }
 
