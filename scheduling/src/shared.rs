@@ -69,18 +69,22 @@ impl SharedState {
         let compiled = self.read().compile(req)?;
         let mut last = None;
         for attempt in 0..MAX_RETRIES {
-            let decision = {
+            // Deciding and naming the placement take the read lock only, so deciders do both in
+            // parallel; the write lock covers the commit alone. (A topology change in between
+            // changes generations, so the commit is then refused and decided again.)
+            let (decision, placement) = {
                 let st = self.read();
                 let opts = DecideOptions {
                     attempt,
                     ..Default::default()
                 };
-                scheduler
+                let decision = scheduler
                     .decide(&st, &compiled, &opts)
-                    .map_err(|u| PlaceError::Unschedulable(Box::new(u.explain(st.cluster()))))?
+                    .map_err(|u| PlaceError::Unschedulable(Box::new(u.explain(st.cluster()))))?;
+                let placement = decision.claim.placement(st.cluster());
+                (decision, placement)
             };
             let mut st = self.write();
-            let placement = decision.claim.placement(st.cluster());
             match scheduler.commit(&mut st, decision.claim) {
                 Ok(()) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);
