@@ -68,13 +68,39 @@ pub fn place(
         view.declare_group(group);
     }
     let state = view.state()?;
-    let compiled = state.compile(&translated.request)?;
+    let compiled = state
+        .compile(&translated.request)
+        .map_err(|e| request_error(e, view.hosts()))?;
     let mut scheduler = Scheduler::new(Arc::new(Profile::for_policy(Policy::Spread)), seed);
     match scheduler.decide(&state, &compiled, &DecideOptions::default()) {
         Ok(decision) => Ok(decision.claim.placement(state.cluster()).host),
         Err(unschedulable) => Err(PlacementError::Unschedulable(explain::kubernetes_summary(
             &unschedulable.explain(state.cluster()),
         ))),
+    }
+}
+
+/// A request refused before any node is looked at: more than the largest node offers reads as
+/// an explanation (every node lacks it), anything else stays an error.
+fn request_error(err: scheduling::PlacementRequestError, hosts: usize) -> PlacementError {
+    match err {
+        scheduling::PlacementRequestError::ExceedsMaxUnit {
+            class,
+            amount,
+            max_unit,
+            ..
+        } => {
+            let (what, unit) = match class.as_str() {
+                MEMORY => ("memory", "MiB"),
+                VCPU => ("cpu", "× 100m"),
+                other => (other, ""),
+            };
+            PlacementError::Unschedulable(format!(
+                "0/{hosts} nodes available: {hosts} insufficient {what} \
+                 (asks {amount} {unit}, the largest node has {max_unit} {unit})"
+            ))
+        }
+        other => PlacementError::Request(other),
     }
 }
 
@@ -99,7 +125,11 @@ impl BatchPlacer {
     /// Places `vmi` and books its resources; returns the node's name.
     pub fn place(&mut self, vmi: &VirtualMachineInstance) -> Result<String, PlacementError> {
         let translated = request::for_vmi(vmi)?;
-        let compiled = self.state.compile(&translated.request)?;
+        let hosts = self.state.cluster().hosts().len();
+        let compiled = self
+            .state
+            .compile(&translated.request)
+            .map_err(|e| request_error(e, hosts))?;
         match self
             .scheduler
             .decide(&self.state, &compiled, &DecideOptions::default())
@@ -115,5 +145,78 @@ impl BatchPlacer {
                 &unschedulable.explain(self.state.cluster()),
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::domain::Memory;
+    use crate::api::VirtualMachineInstanceSpec;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn node(name: &str, memory: &str, taint: Option<&str>) -> Node {
+        let taints =
+            taint.map(|t| serde_json::json!([{"key": t, "value": "x", "effect": "NoSchedule"}]));
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "z1"}},
+            "spec": {"taints": taints},
+            "status": {"allocatable": {"cpu": "4", "memory": memory}},
+        }))
+        .unwrap()
+    }
+
+    fn vmi(memory: &str) -> VirtualMachineInstance {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.memory = Some(Memory {
+            guest: Some(Quantity(memory.into())),
+        });
+        let mut vmi = VirtualMachineInstance::new("v", spec);
+        vmi.metadata.namespace = Some("ns".into());
+        vmi.metadata.uid = Some("uid-1".into());
+        vmi
+    }
+
+    #[test]
+    fn nodes_become_hosts_and_the_vmi_lands_where_it_fits() {
+        let nodes = [
+            node("small", "512Mi", None),
+            node("big", "8Gi", None),
+            node("tainted", "64Gi", Some("gpu")),
+        ];
+        assert_eq!(place(&vmi("1Gi"), &nodes, &[], 1).unwrap(), "big");
+        let err = place(&vmi("16Gi"), &nodes, &[], 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes available: 2 insufficient memory, 1 untolerated taint gpu=x:NoSchedule"
+        );
+    }
+
+    #[test]
+    fn more_than_any_node_has_reads_as_an_explanation() {
+        let nodes = [node("a", "1Gi", None), node("b", "2Gi", None)];
+        let err = place(&vmi("64Gi"), &nodes, &[], 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("0/2 nodes available: 2 insufficient memory (asks 65"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn running_pods_use_their_nodes_capacity() {
+        let nodes = [node("a", "2Gi", None), node("b", "2Gi", None)];
+        let mut placer = BatchPlacer::new(&nodes, &[], 3).unwrap();
+        let mut first = vmi("1Gi");
+        first.metadata.uid = Some("u1".into());
+        let host = placer.place(&first).unwrap();
+        let pod = crate::pod::launcher_pod(&first, &Default::default()).unwrap();
+        let mut pod = pod;
+        pod.spec.as_mut().unwrap().node_name = Some(host.clone());
+        // With the first pod running, a second 1 GiB VMI must go to the other node.
+        let mut second = vmi("1Gi");
+        second.metadata.uid = Some("u2".into());
+        let other = place(&second, &nodes, &[pod], 1).unwrap();
+        assert_ne!(other, host);
     }
 }
