@@ -1,9 +1,10 @@
 package dev.keel;
 
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.VarHandle;
 import java.lang.ref.Cleaner;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.LongToIntFunction;
 
 /**
@@ -25,15 +26,27 @@ final class NativeHandle implements Runnable {
                         return thread;
                     });
 
+    private static final VarHandle ID;
+
+    static {
+        try {
+            ID = MethodHandles.lookup().findVarHandle(NativeHandle.class, "id", long.class);
+        } catch (ReflectiveOperationException err) {
+            throw new ExceptionInInitializerError(err);
+        }
+    }
+
     private final String kind;
-    private final AtomicLong id;
+    /** The handle, 0 once freed; read and swapped through {@link #ID}. */
+    private volatile long id;
     private final LongToIntFunction free;
-    private final List<Object> kept = new ArrayList<>();
+    /** Callbacks kept reachable, allocated on the first; guarded by {@code this}. */
+    private List<Object> kept;
     private final Cleaner.Cleanable cleanable;
 
     NativeHandle(Object owner, String kind, long id, LongToIntFunction free) {
         this.kind = kind;
-        this.id = new AtomicLong(id);
+        this.id = id;
         this.free = free;
         this.cleanable = CLEANER.register(owner, this);
     }
@@ -44,7 +57,7 @@ final class NativeHandle implements Runnable {
      * @throws HandleException when the object was closed
      */
     long get() {
-        long value = id.get();
+        long value = id;
         if (value == 0) {
             throw new HandleException(kind + " is closed");
         }
@@ -52,21 +65,20 @@ final class NativeHandle implements Runnable {
     }
 
     boolean isClosed() {
-        return id.get() == 0;
+        return id == 0;
     }
 
     /** Keeps {@code callback} reachable until the handle is freed. */
-    void keep(Object callback) {
-        synchronized (kept) {
-            kept.add(callback);
+    synchronized void keep(Object callback) {
+        if (kept == null) {
+            kept = new ArrayList<>();
         }
+        kept.add(callback);
     }
 
     /** A copy of what is kept, to hand on to an object built from this one. */
-    List<Object> kept() {
-        synchronized (kept) {
-            return new ArrayList<>(kept);
-        }
+    synchronized List<Object> kept() {
+        return kept == null ? List.of() : new ArrayList<>(kept);
     }
 
     /**
@@ -75,19 +87,19 @@ final class NativeHandle implements Runnable {
      * object open.
      */
     void close() {
-        long value = id.get();
+        long value = id;
         if (value == 0) {
             return;
         }
         int status = free.applyAsInt(value);
         if (status == Status.OK) {
-            id.compareAndSet(value, 0);
+            ID.compareAndSet(this, value, 0L);
             // Runs this.run() once, which finds the handle gone and drops the callbacks: libkeel
             // calls none after a successful free.
             cleanable.clean();
         } else if (status == Status.HANDLE) {
             // Another thread's close freed it first; that close drops the callbacks.
-            id.compareAndSet(value, 0);
+            ID.compareAndSet(this, value, 0L);
         } else {
             Status.check(status);
         }
@@ -96,12 +108,12 @@ final class NativeHandle implements Runnable {
     /** The Cleaner's action (and the end of {@link #close()}): free what is left, drop callbacks. */
     @Override
     public void run() {
-        long value = id.getAndSet(0);
+        long value = (long) ID.getAndSet(this, 0L);
         if (value != 0) {
             free.applyAsInt(value);
         }
-        synchronized (kept) {
-            kept.clear();
+        synchronized (this) {
+            kept = null;
         }
     }
 }
