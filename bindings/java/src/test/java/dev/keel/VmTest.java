@@ -122,7 +122,13 @@ class VmTest {
             assertEquals(TestGuest.path(), config.kernel());
             Map<String, Object> document = config.toMap();
             assertEquals("mmio", document.get("virtio_transport"));
-            assertEquals(1, ((List<?>) document.get("disks")).size());
+            // C bools cross as JNA ints: both flags arrive as set, and unset ones as unset.
+            config.addDisk("disk1", "/var/lib/images/data.img", false, true);
+            List<?> disks = (List<?>) document.get("disks");
+            assertEquals(Map.of("id", "disk0", "path", "/var/lib/images/root.img", "read_only", true, "direct", false), disks.get(0));
+            assertEquals(
+                    Map.of("id", "disk1", "path", "/var/lib/images/data.img", "read_only", false, "direct", true),
+                    ((List<?>) config.toMap().get("disks")).get(1));
             assertEquals(1, ((List<?>) document.get("nets")).size());
             try (VmConfig copy = VmConfig.fromJson(config.toJson())) {
                 assertEquals(config.toJson(), copy.toJson());
