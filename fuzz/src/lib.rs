@@ -4,7 +4,7 @@
 //! allocate without bound. For the virtio targets the bytes play the guest driver: they become
 //! a descriptor table, an available ring and guest memory contents for a device driven through
 //! virtio-queue's mock split queue. Others play the guest's port I/O (legacy devices) or the
-//! user (VM configs in JSON and YAML and memory sizes, `keel`'s flags, kernel images). The same functions back the libFuzzer binaries (`fuzz_targets/`) and the
+//! user (VM configs in JSON and YAML and memory sizes, `keel`'s flags, kernel images, snapshot state files) or a network peer (a live-migration stream). The same functions back the libFuzzer binaries (`fuzz_targets/`) and the
 //! stable-toolchain smoke test (`tests/smoke.rs`), which runs every entry of [`TARGETS`].
 
 pub mod block;
@@ -13,6 +13,7 @@ pub mod console;
 pub mod flags;
 pub mod kernel;
 pub mod legacy;
+pub mod migration;
 pub mod net;
 pub mod net_ctrl;
 pub mod rng;
@@ -39,4 +40,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("keel_flags", flags::keel_flags),
     ("kernel_image", kernel::kernel_image),
     ("snapshot_state", snapshot::snapshot_state),
+    ("migration_stream", migration::migration_stream),
 ];

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use devices::virtio::{InterruptKind, VirtioInterrupt};
+use devices::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
-use devices::GuestMemoryMmap;
 
 /// Size of the fuzzed guest's memory.
 pub const MEM_SIZE: u64 = 1 << 20;

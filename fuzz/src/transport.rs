@@ -15,8 +15,8 @@ use devices::virtio::mmio::MmioTransport;
 use devices::virtio::pci::VirtioPciDevice;
 use devices::virtio::rng::{EntropySource, VirtioRng};
 use devices::virtio::SharedVirtioDevice;
-use vm_memory::GuestAddress;
 use devices::GuestMemoryMmap;
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::support::{Input, MEM_SIZE};

@@ -52,6 +52,11 @@ pub const MAX_BLK_SECTORS: u64 = 4096;
 /// Most frames `keel.net_frames` may ask for.
 pub const MAX_NET_FRAMES: u32 = 1000;
 
+/// Where `keel.dirty_kib` memory starts (after the benchmark buffers).
+pub const DIRTY_MEMORY_BASE: u64 = 8 << 20;
+/// The most `keel.dirty_kib` accepts (1 GiB).
+pub const MAX_DIRTY_KIB: u64 = 1 << 20;
+
 /// The most vCPUs the guest supports (the BSP and 254 APs: every xAPIC ID but the broadcast one).
 pub const MAX_CPUS: u32 = 255;
 
@@ -64,6 +69,9 @@ pub struct Options {
     pub ticks: Option<u64>,
     /// `keel.tick_tsc=T`: TSC ticks between two tick lines.
     pub tick_tsc: u64,
+    /// `keel.dirty_kib=N`: between tick lines, keep writing every page of N KiB of memory
+    /// (from [`DIRTY_MEMORY_BASE`]), as a busy guest does during a live migration.
+    pub dirty_kib: u64,
     /// `keel.echo`: echo serial input until a line `exit` arrives.
     pub echo: bool,
     /// `keel.power_button`: while ticking or echoing, watch the ACPI power button (the
@@ -209,6 +217,7 @@ impl Default for Options {
             cpus: None,
             ticks: None,
             tick_tsc: DEFAULT_TICK_TSC,
+            dirty_kib: 0,
             echo: false,
             power_button: false,
             fault: None,
@@ -383,6 +392,11 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                     .filter(|ticks| *ticks > 0)
                     .ok_or(error("a positive number of TSC ticks"))?;
             }
+            ("keel.dirty_kib", Some(value)) => {
+                options.dirty_kib = parse_number(value)
+                    .filter(|kib| *kib <= MAX_DIRTY_KIB)
+                    .ok_or(error("a size in KiB up to 1048576"))?;
+            }
             ("keel.echo", None) => options.echo = true,
             ("keel.power_button", None) => options.power_button = true,
             ("keel.fault", Some(value)) => {
@@ -459,6 +473,7 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                 "keel.cpus"
                 | "keel.ticks"
                 | "keel.tick_tsc"
+                | "keel.dirty_kib"
                 | "keel.fault"
                 | "keel.exit"
                 | "keel.blk_sectors"

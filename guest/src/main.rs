@@ -79,7 +79,17 @@ pub extern "C" fn keel_main(boot_info_addr: u64, protocol: u32) -> ! {
         power::watch();
     }
     if let Some(count) = options.ticks {
-        tick(count, options.tick_tsc);
+        let dirty_bytes = options.dirty_kib * 1024;
+        let dirty = if dirty_bytes > 0 && boot.is_ram(cmdline::DIRTY_MEMORY_BASE, dirty_bytes) {
+            report!("dirtying kib={}", options.dirty_kib);
+            Some((cmdline::DIRTY_MEMORY_BASE, dirty_bytes))
+        } else {
+            if dirty_bytes > 0 {
+                report!("FAIL dirty memory is not RAM");
+            }
+            None
+        };
+        tick(count, options.tick_tsc, dirty);
     }
     if options.echo {
         echo();
@@ -126,16 +136,43 @@ fn start_cpus(boot: &BootInfo, cpus_option: Option<u32>) {
     }
 }
 
-/// Prints `count` tick lines (forever if 0), `spacing` TSC ticks apart.
-fn tick(count: u64, spacing: u64) {
+/// Prints `count` tick lines (forever if 0), `spacing` TSC ticks apart; with `dirty`
+/// (address, bytes), writes every page of that memory over and over meanwhile.
+fn tick(count: u64, spacing: u64, dirty: Option<(u64, u64)>) {
     let mut index = 1u64;
+    let mut offset = 0u64;
     loop {
         report!("tick {index}");
         if index == count {
             return;
         }
         index = index.wrapping_add(1);
-        power::spin_checking(spacing);
+        match dirty {
+            Some((base, bytes)) => dirty_for(spacing, base, bytes, index, &mut offset),
+            None => power::spin_checking(spacing),
+        }
+    }
+}
+
+/// Writes `value` into each 4 KiB page of `base..base + bytes`, round after round, for
+/// about `spacing` TSC ticks (checking the power button as [`power::spin_checking`] does),
+/// going on from `offset` where the last call stopped.
+fn dirty_for(spacing: u64, base: u64, bytes: u64, value: u64, offset: &mut u64) {
+    let start = cpu::rdtsc();
+    loop {
+        // SAFETY: `base..base + bytes` was checked to be RAM in the boot memory map, which the
+        // guest identity-maps, and nothing else in the guest uses it.
+        unsafe { core::ptr::write_volatile((base + *offset) as *mut u64, value) };
+        *offset = (*offset + 4096) % bytes;
+        // The clock is read every 64 pages, so tick lines keep their spacing however much
+        // memory is written.
+        if offset.is_multiple_of(64 * 4096) {
+            let now = cpu::rdtsc();
+            if now.wrapping_sub(start) >= spacing {
+                power::check();
+                return;
+            }
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub enum Reply {
     Counters,
     /// 200 with Prometheus text.
     Metrics,
+    /// 200 with a [`MigrationStatus`].
+    Migration,
 }
 
 /// Every endpoint of the API.
@@ -78,6 +80,12 @@ pub enum Endpoint {
     VmSnapshot,
     /// Build the VM from a snapshot (instead of `vm.create`).
     VmRestore,
+    /// Live-migrate the VM to another keel process.
+    VmSendMigration,
+    /// Wait for a VM migrating in from another keel process.
+    VmReceiveMigration,
+    /// How the current or last migration out stands.
+    VmMigration,
     /// Config, state and exit reason.
     VmInfo,
     /// The VM's counters as JSON.
@@ -88,7 +96,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// All endpoints, in documentation order.
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 18] = [
         Endpoint::Ping,
         Endpoint::VmmShutdown,
         Endpoint::VmCreate,
@@ -101,6 +109,9 @@ impl Endpoint {
         Endpoint::VmDelete,
         Endpoint::VmSnapshot,
         Endpoint::VmRestore,
+        Endpoint::VmSendMigration,
+        Endpoint::VmReceiveMigration,
+        Endpoint::VmMigration,
         Endpoint::VmInfo,
         Endpoint::VmCounters,
         Endpoint::Metrics,
@@ -121,6 +132,9 @@ impl Endpoint {
             Endpoint::VmDelete => "/api/v1/vm.delete",
             Endpoint::VmSnapshot => "/api/v1/vm.snapshot",
             Endpoint::VmRestore => "/api/v1/vm.restore",
+            Endpoint::VmSendMigration => "/api/v1/vm.send-migration",
+            Endpoint::VmReceiveMigration => "/api/v1/vm.receive-migration",
+            Endpoint::VmMigration => "/api/v1/vm.migration",
             Endpoint::VmInfo => "/api/v1/vm.info",
             Endpoint::VmCounters => "/api/v1/vm.counters",
             Endpoint::Metrics => "/metrics",
@@ -130,9 +144,11 @@ impl Endpoint {
     /// The method it answers to.
     pub fn method(self) -> Method {
         match self {
-            Endpoint::Ping | Endpoint::VmInfo | Endpoint::VmCounters | Endpoint::Metrics => {
-                Method::Get
-            }
+            Endpoint::Ping
+            | Endpoint::VmInfo
+            | Endpoint::VmCounters
+            | Endpoint::Metrics
+            | Endpoint::VmMigration => Method::Get,
             _ => Method::Put,
         }
     }
@@ -166,6 +182,13 @@ impl Endpoint {
             Endpoint::VmRestore => {
                 "Build the VM from a snapshot directory, with its saved config or a given one of the same shape"
             }
+            Endpoint::VmSendMigration => {
+                "Live-migrate the VM to a keel waiting in vm.receive-migration; returns at once, vm.migration reports"
+            }
+            Endpoint::VmReceiveMigration => {
+                "Listen for a VM migrating in; returns once listening, the VM runs when it arrived"
+            }
+            Endpoint::VmMigration => "Progress, report or error of the current or last migration out",
             Endpoint::VmInfo => "The VM's config, state and, once it exited, why",
             Endpoint::VmCounters => {
                 "Counters: vCPU exits by kind, serial bytes, each device's own counters"
@@ -179,7 +202,11 @@ impl Endpoint {
     pub fn takes_body(self) -> bool {
         matches!(
             self,
-            Endpoint::VmCreate | Endpoint::VmSnapshot | Endpoint::VmRestore
+            Endpoint::VmCreate
+                | Endpoint::VmSnapshot
+                | Endpoint::VmRestore
+                | Endpoint::VmSendMigration
+                | Endpoint::VmReceiveMigration
         )
     }
 
@@ -189,6 +216,8 @@ impl Endpoint {
             Endpoint::VmCreate => Some("VmConfig"),
             Endpoint::VmSnapshot => Some("SnapshotRequest"),
             Endpoint::VmRestore => Some("RestoreRequest"),
+            Endpoint::VmSendMigration => Some("SendMigrationRequest"),
+            Endpoint::VmReceiveMigration => Some("ReceiveMigrationRequest"),
             _ => None,
         }
     }
@@ -200,6 +229,7 @@ impl Endpoint {
             Endpoint::VmInfo => Reply::Info,
             Endpoint::VmCounters => Reply::Counters,
             Endpoint::Metrics => Reply::Metrics,
+            Endpoint::VmMigration => Reply::Migration,
             _ => Reply::Empty,
         }
     }
@@ -242,6 +272,52 @@ pub struct RestoreRequest {
     pub resume: bool,
 }
 
+/// `PUT /api/v1/vm.send-migration`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMigrationRequest {
+    /// Where the receiving keel listens: `unix:PATH` or `tcp:HOST:PORT`.
+    pub destination: String,
+    /// Downtime budget in milliseconds: pre-copy stops once the rest would take this long
+    /// (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Pre-copy rounds at most (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u32>,
+}
+
+/// `PUT /api/v1/vm.receive-migration`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveMigrationRequest {
+    /// Where to listen: `unix:PATH` or `tcp:HOST:PORT`.
+    pub listen: String,
+    /// The config to run the VM with here (same shape, back ends of this host); default: the
+    /// source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<VmConfig>,
+}
+
+/// `GET /api/v1/vm.migration`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationStatus {
+    /// A migration out is running.
+    pub running: bool,
+    /// Its progress (phase, round, pages sent, dirty rate, bandwidth, expected downtime), as
+    /// JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub progress: Option<serde_json::Value>,
+    /// The last finished migration's report (total and downtime in ms, rounds, pages, bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub report: Option<serde_json::Value>,
+    /// Why the last migration (out, or in) failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A request's parsed body.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RequestBody {
@@ -251,6 +327,10 @@ pub enum RequestBody {
     Snapshot(SnapshotRequest),
     /// `vm.restore`.
     Restore(Box<RestoreRequest>),
+    /// `vm.send-migration`.
+    SendMigration(SendMigrationRequest),
+    /// `vm.receive-migration`.
+    ReceiveMigration(Box<ReceiveMigrationRequest>),
 }
 
 /// An error answer.

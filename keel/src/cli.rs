@@ -92,6 +92,24 @@ pub enum RemoteAction {
         #[arg(long)]
         resume: bool,
     },
+    /// Live-migrate the VM to a keel waiting in `receive-migration`.
+    SendMigration {
+        /// `unix:PATH` or `tcp:HOST:PORT`.
+        destination: String,
+        /// Downtime budget in milliseconds (default 50).
+        #[arg(long, value_name = "MS")]
+        downtime_ms: Option<u64>,
+    },
+    /// Wait for a VM migrating in.
+    ReceiveMigration {
+        /// `unix:PATH` or `tcp:HOST:PORT` to listen on.
+        listen: String,
+        /// A config of the same shape to run it with here (JSON or YAML); default: the source's.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// The current or last migration's progress, report or error (JSON).
+    Migration,
     /// Attach to the serial console, or with --virtio the virtio console (detach with Ctrl-]).
     Console {
         /// The console socket; default: the one `info` reports.

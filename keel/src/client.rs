@@ -25,7 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 use vmm_core::VmConfig;
 
-use crate::api::{ApiError, Endpoint, Method, RestoreRequest, SnapshotRequest, VmInfo, VmmPing};
+use crate::api::{
+    ApiError, Endpoint, Method, MigrationStatus, ReceiveMigrationRequest, RestoreRequest,
+    SendMigrationRequest, SnapshotRequest, VmInfo, VmmPing,
+};
 
 /// Errors of a call.
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +314,44 @@ impl AsyncClient {
             .await
             .map(drop)
     }
+
+    /// `vm.send-migration`: starts migrating the VM to `destination` (`unix:PATH` or
+    /// `tcp:HOST:PORT`); [`AsyncClient::migration`] follows it.
+    pub async fn send_migration(
+        &self,
+        destination: &str,
+        downtime_ms: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let request = SendMigrationRequest {
+            destination: destination.into(),
+            downtime_ms,
+            max_rounds: None,
+        };
+        self.call_with(Endpoint::VmSendMigration, Some(&request))
+            .await
+            .map(drop)
+    }
+
+    /// `vm.receive-migration`: listens on `listen` for a VM migrating in (run with `config`,
+    /// or the source's).
+    pub async fn receive_migration(
+        &self,
+        listen: &str,
+        config: Option<&VmConfig>,
+    ) -> Result<(), ClientError> {
+        let request = ReceiveMigrationRequest {
+            listen: listen.into(),
+            config: config.cloned(),
+        };
+        self.call_with(Endpoint::VmReceiveMigration, Some(&request))
+            .await
+            .map(drop)
+    }
+
+    /// `vm.migration`.
+    pub async fn migration(&self) -> Result<MigrationStatus, ClientError> {
+        self.call_json(Endpoint::VmMigration).await
+    }
 }
 
 /// The blocking client: [`AsyncClient`] on a runtime of its own.
@@ -429,5 +470,30 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.runtime
             .block_on(self.inner.restore(source, config, resume))
+    }
+
+    /// `vm.send-migration` (see [`AsyncClient::send_migration`]).
+    pub fn send_migration(
+        &self,
+        destination: &str,
+        downtime_ms: Option<u64>,
+    ) -> Result<(), ClientError> {
+        self.runtime
+            .block_on(self.inner.send_migration(destination, downtime_ms))
+    }
+
+    /// `vm.receive-migration` (see [`AsyncClient::receive_migration`]).
+    pub fn receive_migration(
+        &self,
+        listen: &str,
+        config: Option<&VmConfig>,
+    ) -> Result<(), ClientError> {
+        self.runtime
+            .block_on(self.inner.receive_migration(listen, config))
+    }
+
+    /// `vm.migration`.
+    pub fn migration(&self) -> Result<MigrationStatus, ClientError> {
+        self.runtime.block_on(self.inner.migration())
     }
 }

@@ -29,6 +29,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod metrics;
+mod migrate;
 pub mod openapi;
 mod options;
 mod remote;

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use vmm_core::VmConfig;
 
 use crate::api::{
-    ApiError, ApiVmState, Endpoint, ExitInfo, Method, Reply, RestoreRequest, SnapshotRequest,
-    VmInfo, VmmPing,
+    ApiError, ApiVmState, Endpoint, ExitInfo, Method, MigrationStatus, ReceiveMigrationRequest,
+    Reply, RestoreRequest, SendMigrationRequest, SnapshotRequest, VmInfo, VmmPing,
 };
 
 fn schema_ref(name: &str) -> Ref {
@@ -103,6 +103,13 @@ fn operation(endpoint: Endpoint) -> utoipa::openapi::path::Operation {
                 .content("application/json", json(schema_ref("VmCounters")))
                 .build(),
         ),
+        Reply::Migration => (
+            "200",
+            ResponseBuilder::new()
+                .description("The migration's progress, report or error")
+                .content("application/json", json(schema_ref("MigrationStatus")))
+                .build(),
+        ),
         Reply::Metrics => (
             "200",
             ResponseBuilder::new()
@@ -169,6 +176,9 @@ pub fn document() -> OpenApi {
         .schema_from::<ApiError>()
         .schema_from::<SnapshotRequest>()
         .schema_from::<RestoreRequest>()
+        .schema_from::<SendMigrationRequest>()
+        .schema_from::<ReceiveMigrationRequest>()
+        .schema_from::<MigrationStatus>()
         .schema("VmCounters", counters_schema())
         .build();
     OpenApiBuilder::new()

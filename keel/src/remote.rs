@@ -54,6 +54,27 @@ fn execute(args: &RemoteArgs) -> Result<(), String> {
             let config = read_config_file(config).map_err(|err| err.to_string())?;
             return client.create(&config).map_err(text);
         }
+        RemoteAction::SendMigration {
+            destination,
+            downtime_ms,
+        } => {
+            return client
+                .send_migration(destination, *downtime_ms)
+                .map_err(text);
+        }
+        RemoteAction::ReceiveMigration { listen, config } => {
+            let config = match config {
+                Some(path) => Some(read_config_file(path).map_err(|err| err.to_string())?),
+                None => None,
+            };
+            return client
+                .receive_migration(listen, config.as_ref())
+                .map_err(text);
+        }
+        RemoteAction::Migration => {
+            println!("{}", pretty(&client.migration().map_err(text)?)?);
+            return Ok(());
+        }
         RemoteAction::Snapshot { destination } => {
             return client
                 .snapshot(&destination.to_string_lossy())

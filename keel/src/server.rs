@@ -23,7 +23,8 @@ use tokio::sync::{oneshot, watch};
 use vmm_core::VmConfig;
 
 use crate::api::{
-    ApiError, Endpoint, Method, RequestBody, RestoreRequest, SnapshotRequest, MAX_BODY_BYTES,
+    ApiError, Endpoint, Method, ReceiveMigrationRequest, RequestBody, RestoreRequest,
+    SendMigrationRequest, SnapshotRequest, MAX_BODY_BYTES,
 };
 use crate::vmm::{Answer, Event, Failure, Request};
 
@@ -295,6 +296,12 @@ async fn parse(
         Endpoint::VmRestore => serde_json::from_slice::<RestoreRequest>(&body)
             .map(|request| RequestBody::Restore(Box::new(request)))
             .map_err(invalid)?,
+        Endpoint::VmSendMigration => serde_json::from_slice::<SendMigrationRequest>(&body)
+            .map(RequestBody::SendMigration)
+            .map_err(invalid)?,
+        Endpoint::VmReceiveMigration => serde_json::from_slice::<ReceiveMigrationRequest>(&body)
+            .map(|request| RequestBody::ReceiveMigration(Box::new(request)))
+            .map_err(invalid)?,
         _ => serde_json::from_slice::<VmConfig>(&body)
             .map(|config| RequestBody::Config(Box::new(config)))
             .map_err(invalid)?,
@@ -348,6 +355,7 @@ fn render(answer: Answer) -> Reply {
         Answer::Ping(ping) => serde_json::to_vec(ping),
         Answer::Info(info) => serde_json::to_vec(info),
         Answer::Counters(counters) => serde_json::to_vec(counters),
+        Answer::Migration(status) => serde_json::to_vec(status),
     };
     match body {
         Ok(body) => json_reply(StatusCode::OK, body),

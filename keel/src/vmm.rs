@@ -19,8 +19,14 @@ use vmm_core::{
     VmState,
 };
 
-use crate::api::{ApiError, ApiVmState, Endpoint, ExitInfo, RequestBody, VmInfo, VmmPing};
+use crate::api::{
+    ApiError, ApiVmState, Endpoint, ExitInfo, MigrationStatus, ReceiveMigrationRequest,
+    RequestBody, SendMigrationRequest, VmInfo, VmmPing,
+};
 use crate::cli::OnReset;
+use crate::migrate::{send_in_background, Address, Outgoing, Stream};
+use std::sync::{Arc, Mutex, PoisonError};
+use vmm_core::migration::{IncomingMigration, MigrationOptions};
 
 /// How long `vm.shutdown` and friends wait for the vCPUs to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +44,8 @@ pub enum Answer {
     Counters(vmm_core::VmCounters),
     /// `metrics`.
     Metrics(String),
+    /// `vm.migration`.
+    Migration(MigrationStatus),
 }
 
 /// A failed request: its HTTP status and the error body.
@@ -131,6 +139,13 @@ pub enum Event {
     },
     /// SIGINT, SIGTERM or SIGHUP: stop the VM and end the process.
     Signal(i32),
+    /// A VM migrating in has connected (`vm.receive-migration`); its config override.
+    Incoming(
+        Box<IncomingMigration<Box<dyn Stream>>>,
+        Option<Box<VmConfig>>,
+    ),
+    /// Waiting for a VM migrating in failed before it connected.
+    IncomingFailed(String),
 }
 
 /// How the process should end.
@@ -188,6 +203,10 @@ pub struct Vmm {
     stopping: bool,
     events: Sender<Event>,
     policy: Policy,
+    /// The migration out of this process, if one ran.
+    outgoing: Arc<Mutex<Outgoing>>,
+    /// Why the last migration into this process failed.
+    incoming_error: Option<String>,
 }
 
 impl Vmm {
@@ -204,6 +223,8 @@ impl Vmm {
             stopping: false,
             events,
             policy,
+            outgoing: Arc::new(Mutex::new(Outgoing::default())),
+            incoming_error: None,
         }
     }
 
@@ -238,13 +259,21 @@ impl Vmm {
     }
 
     fn build_from(&mut self, config: VmConfig, snapshot: Option<&str>) -> Result<(), Failure> {
-        // The old VM (exited or never started) goes first: its devices hold files and sockets
-        // the new one may open again.
-        self.vm = None;
-        let mut builder = VmBuilder::new(config.clone());
+        let mut builder = self.builder_for(&config)?;
         if let Some(dir) = snapshot {
             builder = builder.restore(dir);
         }
+        let vm = builder.build().map_err(build_failure)?;
+        self.adopt(vm, config);
+        Ok(())
+    }
+
+    /// A builder for `config` with this process's console sockets, TAP descriptors and boot
+    /// timer. The old VM (exited or never started) goes first: its devices hold files and
+    /// sockets the new one may open again.
+    fn builder_for(&mut self, config: &VmConfig) -> Result<VmBuilder, Failure> {
+        self.vm = None;
+        let mut builder = VmBuilder::new(config.clone());
         if let Some(socket) = keep_socket(&mut self.console, Some(&config.serial.output))? {
             builder = builder.console_socket(socket);
         }
@@ -264,7 +293,11 @@ impl Vmm {
         if let Some(timer) = self.policy.boot_timer.take() {
             builder = builder.boot_timer(timer);
         }
-        let vm = builder.build().map_err(build_failure)?;
+        Ok(builder)
+    }
+
+    /// Makes `vm` (built from `config`) this process's VM, watching its state.
+    fn adopt(&mut self, vm: Vm, config: VmConfig) {
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
@@ -278,7 +311,142 @@ impl Vmm {
         self.vm = Some(vm);
         self.exit = None;
         self.stopping = false;
-        Ok(())
+    }
+
+    /// `vm.send-migration`: connects, then migrates on a thread of its own.
+    fn send_migration(
+        &mut self,
+        endpoint: Endpoint,
+        request: SendMigrationRequest,
+    ) -> Result<(), Failure> {
+        let handle = self.handle(endpoint)?;
+        if !matches!(handle.state(), VmState::Running | VmState::Paused) {
+            return Err(Failure::conflict(
+                endpoint,
+                self.state(),
+                "it is not running",
+            ));
+        }
+        if self
+            .outgoing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running
+        {
+            return Err(Failure::conflict(
+                endpoint,
+                self.state(),
+                "a migration is running",
+            ));
+        }
+        let address = Address::parse(&request.destination, "destination")
+            .map_err(|err| Failure::new(400, format!("vm.send-migration: {err}")))?;
+        let stream = address.connect().map_err(|err| {
+            Failure::new(
+                400,
+                format!(
+                    "vm.send-migration: cannot reach {}: {err}",
+                    request.destination
+                ),
+            )
+        })?;
+        let mut options = MigrationOptions::default();
+        if let Some(ms) = request.downtime_ms {
+            options.downtime = std::time::Duration::from_millis(ms);
+        }
+        if let Some(rounds) = request.max_rounds {
+            options.max_rounds = rounds.max(1);
+        }
+        send_in_background(handle, stream, options, self.outgoing.clone())
+            .map_err(|err| Failure::new(500, format!("vm.send-migration: {err}")))
+    }
+
+    /// `vm.receive-migration`: listens, and waits for the source on a thread of its own.
+    fn receive_migration(
+        &mut self,
+        endpoint: Endpoint,
+        request: ReceiveMigrationRequest,
+    ) -> Result<(), Failure> {
+        if let state @ (ApiVmState::Running | ApiVmState::Paused) = self.state() {
+            return Err(Failure::conflict(endpoint, state, "vm.delete it first"));
+        }
+        let address = Address::parse(&request.listen, "listen")
+            .map_err(|err| Failure::new(400, format!("vm.receive-migration: {err}")))?;
+        let listener = address.listen().map_err(|err| {
+            Failure::new(
+                400,
+                format!(
+                    "vm.receive-migration: cannot listen on {}: {err}",
+                    request.listen
+                ),
+            )
+        })?;
+        let events = self.events.clone();
+        let config = request.config.map(Box::new);
+        self.incoming_error = None;
+        std::thread::Builder::new()
+            .name("keel-migrate-in".into())
+            .spawn(move || {
+                let event =
+                    match listener
+                        .accept()
+                        .map_err(|err| err.to_string())
+                        .and_then(|stream| {
+                            IncomingMigration::accept(stream).map_err(|err| err.to_string())
+                        }) {
+                        Ok(incoming) => Event::Incoming(Box::new(incoming), config),
+                        Err(err) => Event::IncomingFailed(err),
+                    };
+                let _ = events.send(event);
+            })
+            .map(drop)
+            .map_err(|err| Failure::new(500, format!("vm.receive-migration: {err}")))
+    }
+
+    /// A VM migrating in connected: receive it (the source pauses only for the last pages).
+    fn incoming(
+        &mut self,
+        incoming: IncomingMigration<Box<dyn Stream>>,
+        config: Option<Box<VmConfig>>,
+    ) {
+        let config = config
+            .map(|config| *config)
+            .unwrap_or_else(|| incoming.config().clone());
+        let received = self
+            .builder_for(&config)
+            .map_err(|failure| failure.error.error)
+            .and_then(|builder| incoming.receive(builder).map_err(|err| err.to_string()));
+        match received {
+            Ok(vm) => {
+                self.adopt(vm, config);
+                self.boots += 1;
+                info!("VM migrated in and running");
+            }
+            Err(err) => {
+                warn!("migration in failed: {err}");
+                self.incoming_error = Some(err);
+            }
+        }
+    }
+
+    fn migration_status(&self) -> MigrationStatus {
+        let outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+        let progress = self
+            .vm
+            .as_ref()
+            .and_then(|vm| vm.handle().migration_progress())
+            .and_then(|progress| serde_json::to_value(progress).ok());
+        let (report, error) = match &outgoing.result {
+            Some(Ok(report)) => (serde_json::to_value(report).ok(), None),
+            Some(Err(err)) => (None, Some(err.clone())),
+            None => (None, self.incoming_error.clone()),
+        };
+        MigrationStatus {
+            running: outgoing.running,
+            progress,
+            report,
+            error: error.or_else(|| self.incoming_error.clone()),
+        }
     }
 
     /// Starts the built VM (building a fresh one after an exit).
@@ -494,6 +662,25 @@ impl Vmm {
                     )),
                 }
             }
+            Endpoint::VmSendMigration => match body {
+                Some(RequestBody::SendMigration(request)) => self
+                    .send_migration(endpoint, request)
+                    .map(|()| Answer::Empty),
+                _ => Err(Failure::new(
+                    400,
+                    "vm.send-migration: a SendMigrationRequest body is required",
+                )),
+            },
+            Endpoint::VmReceiveMigration => match body {
+                Some(RequestBody::ReceiveMigration(request)) => self
+                    .receive_migration(endpoint, *request)
+                    .map(|()| Answer::Empty),
+                _ => Err(Failure::new(
+                    400,
+                    "vm.receive-migration: a ReceiveMigrationRequest body is required",
+                )),
+            },
+            Endpoint::VmMigration => Ok(Answer::Migration(self.migration_status())),
             Endpoint::VmInfo => Ok(Answer::Info(Box::new(self.info()))),
             Endpoint::VmCounters => self
                 .handle(endpoint)
@@ -585,6 +772,15 @@ impl Vmm {
                     info!("signal {signal}: stopping the VM");
                     self.shut_down();
                     Some(Outcome::Signal(signal))
+                }
+                Event::Incoming(incoming, config) => {
+                    self.incoming(*incoming, config);
+                    None
+                }
+                Event::IncomingFailed(err) => {
+                    warn!("migration in failed: {err}");
+                    self.incoming_error = Some(err);
+                    None
                 }
             };
             if let Some(outcome) = outcome {

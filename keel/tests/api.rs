@@ -727,3 +727,65 @@ fn a_snapshot_taken_over_the_api_is_restored_in_another_keel_process() {
     client.shutdown_vmm().unwrap();
     assert!(second.wait().success(), "{}", second.stderr());
 }
+
+#[test]
+fn a_vm_migrates_live_between_two_keel_processes() {
+    require_kvm!();
+    let dir = scratch("migrate");
+    let guest = guest();
+    let console = dir.join("console.sock");
+    let serial = format!("socket={}", console.display());
+    let (mut source, source_api) = Keel::with_api(
+        &dir,
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "keel.cpus=1 keel.ticks=0 keel.tick_tsc=3000000 keel.power_button",
+            "--rng",
+            "--serial",
+            &serial,
+        ],
+    );
+    let mut attached = UnixStream::connect(&console).unwrap();
+    read_console_until(&mut attached, "tick 3");
+
+    let dest_dir = dir.join("dest");
+    std::fs::create_dir_all(&dest_dir).unwrap();
+    let (mut destination, dest_api) = Keel::with_api(&dest_dir, &["--keep-alive"]);
+    let migration_socket = dest_dir.join("migration.sock");
+    let listen = format!("unix:{}", migration_socket.display());
+    // Bad addresses are refused by name.
+    let (status, error) = refused(dest_api.receive_migration("carrier-pigeon:x", None));
+    assert_eq!(status, 400, "{error}");
+    assert!(error.contains("listen: `carrier-pigeon:x`"), "{error}");
+    let mut config = source_api.info().unwrap().config.unwrap();
+    let dest_console = dest_dir.join("console.sock");
+    config.serial.output = SerialOutput::Socket(dest_console.clone());
+    dest_api.receive_migration(&listen, Some(&config)).unwrap();
+    let (status, error) = refused(source_api.send_migration("unix:/nonexistent/sock", None));
+    assert_eq!(status, 400, "{error}");
+
+    source_api.send_migration(&listen, Some(50)).unwrap();
+    // The source ends once the VM runs at the destination.
+    let status = source.wait();
+    assert!(status.success(), "{status}: {}", source.stderr());
+    eventually("the VM runs at the destination", || {
+        dest_api
+            .info()
+            .map(|info| info.state == ApiVmState::Running)
+            .unwrap_or(false)
+    });
+    let mut attached = UnixStream::connect(&dest_console).unwrap();
+    let text = read_console_until(&mut attached, "tick");
+    assert!(!text.contains("boot protocol"), "no second boot: {text}");
+    dest_api.power_button().unwrap();
+    eventually("the migrated guest powers off", || {
+        dest_api
+            .info()
+            .map(|info| info.state == ApiVmState::Exited)
+            .unwrap_or(false)
+    });
+    dest_api.shutdown_vmm().unwrap();
+    assert!(destination.wait().success(), "{}", destination.stderr());
+}

@@ -7,7 +7,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -119,7 +119,15 @@ pub struct VmBuilder {
     /// Devices the embedder added, in order (or why one could not be made).
     extra_devices: Vec<Result<device_manager::VirtioDeviceEntry, Error>>,
     /// A snapshot directory to restore instead of booting the kernel.
-    restore_from: Option<PathBuf>,
+    restore_from: Option<RestoreFrom>,
+}
+
+/// Where a restored VM's memory and state come from.
+enum RestoreFrom {
+    /// A snapshot directory.
+    Snapshot(PathBuf),
+    /// Memory and state received in a live migration.
+    Migration(GuestMemoryMmap, Box<snapshot::VmSnapshot>),
 }
 
 impl VmBuilder {
@@ -155,8 +163,23 @@ impl VmBuilder {
     /// # Ok::<(), vmm_core::Error>(())
     /// ```
     pub fn restore(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.restore_from = Some(dir.into());
+        self.restore_from = Some(RestoreFrom::Snapshot(dir.into()));
         self
+    }
+
+    /// Builds the VM from memory and state a live migration brought.
+    pub(crate) fn restore_migrated(
+        mut self,
+        memory: GuestMemoryMmap,
+        snapshot: snapshot::VmSnapshot,
+    ) -> Self {
+        self.restore_from = Some(RestoreFrom::Migration(memory, Box::new(snapshot)));
+        self
+    }
+
+    /// The config the VM is built from.
+    pub(crate) fn config(&self) -> &VmConfig {
+        &self.config
     }
 
     /// Gives the config's NIC `id` the TAP device behind `fd` (opened with
@@ -346,12 +369,18 @@ impl VmBuilder {
     pub fn build(mut self) -> Result<Vm, Error> {
         let timer = self.boot_timer.take();
         let mark = |stage| boot_timer::mark(timer.as_ref(), stage);
-        let restore = match &self.restore_from {
-            Some(dir) => {
+        let restore = match self.restore_from.take() {
+            Some(from) => {
                 // The kernel is not loaded: only the devices' back ends must exist here.
                 self.config.check()?;
                 self.config.check_host_devices()?;
-                Some((dir.clone(), snapshot::read(dir)?))
+                Some(match from {
+                    RestoreFrom::Snapshot(dir) => {
+                        let saved = snapshot::read(&dir)?;
+                        (snapshot::map_memory(&dir, &saved)?, saved)
+                    }
+                    RestoreFrom::Migration(memory, saved) => (memory, *saved),
+                })
             }
             None => {
                 self.config.validate()?;
@@ -379,7 +408,11 @@ impl VmBuilder {
             .into_iter()
             .collect::<Result<Vec<_>, Error>>()?;
         extra.extend(console.iter().map(VirtioConsoleParts::entry));
-        let saved = restore.as_ref().map(|(dir, saved)| (dir.as_path(), saved));
+        let (restored_memory, restore) = match restore {
+            Some((memory, saved)) => (Some(memory), Some(saved)),
+            None => (None, None),
+        };
+        let saved = restored_memory.zip(restore.as_ref());
         let mut image = GuestImage::prepare(
             &self.config,
             timer.as_ref(),
@@ -392,7 +425,7 @@ impl VmBuilder {
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);
         mark("KVM VM created, memory registered");
         let control = Control::new(self.config.vcpus as usize);
-        let snapshot = restore.as_ref().map(|(_, saved)| saved);
+        let snapshot = restore.as_ref();
         let wired = wire_devices(
             &control,
             &vm_fd,
@@ -602,6 +635,7 @@ fn wire_devices(
             counters,
             nets,
             snapshot: snapshot_sources,
+            migration: Mutex::new(None),
         }),
     })
 }
@@ -751,11 +785,11 @@ impl GuestImage {
         timer: Option<&BootTimer>,
         tap_fds: &mut Vec<(String, OwnedFd)>,
         extra: Vec<device_manager::VirtioDeviceEntry>,
-        restore: Option<(&Path, &snapshot::VmSnapshot)>,
+        restore: Option<(GuestMemoryMmap, &snapshot::VmSnapshot)>,
     ) -> Result<Self, Error> {
-        let memory = match restore {
-            Some((dir, saved)) => snapshot::map_memory(dir, saved)?,
-            None => memory::create_guest_memory(config.memory.as_bytes())?,
+        let (memory, restore) = match restore {
+            Some((memory, saved)) => (memory, Some(saved)),
+            None => (memory::create_guest_memory(config.memory.as_bytes())?, None),
         };
         boot_timer::mark(timer, "guest memory mapped");
         let mut virtio = device_manager::create_virtio_devices(config, tap_fds)?;
@@ -770,7 +804,7 @@ impl GuestImage {
             .iter()
             .map(|entry| (entry.id.clone(), entry.device_type()))
             .collect();
-        if let Some((_, saved)) = restore {
+        if let Some(saved) = restore {
             snapshot::check_shape(saved, config, &planned)?;
         }
         // One plan is empty, by the transport the config chose.

@@ -80,7 +80,9 @@ mod builder;
 pub mod config;
 pub mod console;
 mod counters;
+pub mod migration;
 mod narrow;
+mod resident;
 mod state;
 mod sync;
 
@@ -151,6 +153,9 @@ pub enum Error {
     /// Placing a device on a bus failed.
     #[error(transparent)]
     Bus(#[from] devices::bus::BusError),
+    /// A live migration could not be received.
+    #[error(transparent)]
+    Migration(Box<migration::MigrationError>),
     /// A snapshot could not be restored.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),

@@ -558,6 +558,8 @@ pub(crate) struct HandleDevices {
     pub(crate) counters: CounterSources,
     pub(crate) nets: Vec<(String, Arc<Mutex<Net>>)>,
     pub(crate) snapshot: crate::snapshot::SnapshotSources,
+    /// The progress of a migration out of this VM, once one began.
+    pub(crate) migration: Mutex<Option<crate::migration::MigrationProgress>>,
 }
 
 /// Why a NIC could not be asked to announce itself.
@@ -718,6 +720,28 @@ impl VmHandle {
         let sources = &self.devices.snapshot;
         let saved = sources.capture(vcpus, ged)?;
         crate::snapshot::write(dir.as_ref(), &saved, &sources.memory)
+    }
+
+    /// Live-migrates the VM to the Keel process at the other end of `stream` (which receives it
+    /// with [`IncomingMigration`](crate::migration::IncomingMigration)): pre-copy while the
+    /// guest runs, then a short pause for the last pages and the state. On success the VM here
+    /// is stopped (it runs there); on failure before the switch-over it keeps running here. See
+    /// [`crate::migration`].
+    pub fn send_migration<S: std::io::Read + std::io::Write>(
+        &self,
+        mut stream: S,
+        options: &crate::migration::MigrationOptions,
+    ) -> Result<crate::migration::MigrationReport, crate::migration::MigrationError> {
+        crate::migration::send(self, &mut stream, options, &self.devices.migration)
+    }
+
+    /// Where a migration out of this VM stands (none if none began).
+    pub fn migration_progress(&self) -> Option<crate::migration::MigrationProgress> {
+        self.devices
+            .migration
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Waits until the VM exits, or `timeout` passes (`None`).

@@ -73,26 +73,34 @@ pub fn open_kvm(vcpus: u32) -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
-/// Creates the VM: memory slots, TSS and identity-map pages, in-kernel PIC/IOAPIC/LAPICs, PIT.
-pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+/// Registers each region of `mem` as memory slot 0, 1, ... of `vm` (again, to change the
+/// flags), with KVM logging the pages the guest dirties when `log_dirty` is set.
+pub(crate) fn set_memory_slots(vm: &VmFd, mem: &GuestMemoryMmap, log_dirty: bool) -> Result<(), VmError> {
     for (region, slot) in mem.iter().zip(0u32..) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|_| VmError::MissingCapability("host address of guest memory"))?;
         let region_info = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if log_dirty { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
         // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which the
         // caller keeps alive for as long as the VM fd (the `Vm` owns both and drops the VM fd
-        // first); slots are distinct and the guest ranges do not overlap.
+        // first); slots are distinct and the guest ranges do not overlap. Registering a slot
+        // again with the same range only changes its flags.
         unsafe { vm.set_user_memory_region(region_info) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
+    Ok(())
+}
+
+/// Creates the VM: memory slots, TSS and identity-map pages, in-kernel PIC/IOAPIC/LAPICs, PIT.
+pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    set_memory_slots(&vm, mem, false)?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
     let tss_address = usize::try_from(layout::KVM_TSS_ADDRESS).map_err(|_| VmError::Kvm {

@@ -95,6 +95,9 @@ fn counts_on_across_a_restore(transport: VirtioTransport) {
     drop(vm);
     let memory_file = std::fs::metadata(dir.join("memory")).unwrap();
     assert_eq!(memory_file.len(), 128 << 20);
+    // Sparse: the memory the guest never touched is a hole, not 128 MiB of zeroes on disk.
+    let on_disk = std::os::unix::fs::MetadataExt::blocks(&memory_file) * 512;
+    assert!(on_disk < (32 << 20), "{on_disk} bytes on disk");
 
     // Restore into a fresh VM: the count goes on from the tick it was paused at.
     let restored_out = SharedBuffer::new();
@@ -128,14 +131,41 @@ fn counts_on_across_a_restore(transport: VirtioTransport) {
 
     // The snapshot can be restored again: its memory file was never written to.
     let again = SharedBuffer::new();
-    let mut vm = VmBuilder::new(config)
+    let mut vm = VmBuilder::new(config.clone())
         .restore(&dir)
         .serial_output(again.clone())
         .build()
         .unwrap();
     vm.start().unwrap();
     wait_for_tick(&again, paused_at + 1);
+
+    // A restored VM snapshotted into the directory it was restored from: its memory is a
+    // private mapping of the old memory file, which the new one replaces without cutting it
+    // short under the running VM.
+    let handle = vm.handle();
+    handle.pause().unwrap();
+    let second_pause = last_tick(&again.text()).unwrap();
+    handle.snapshot(&dir).unwrap();
+    handle.resume().unwrap();
+    wait_for_tick(&again, second_pause + 3);
+    handle.stop();
+    assert_eq!(vm.wait_timeout(TIMEOUT), Some(ExitReason::Stopped));
+    drop(vm);
+    let third = SharedBuffer::new();
+    let mut vm = VmBuilder::new(counting_config(&disk, transport))
+        .restore(&dir)
+        .serial_output(third.clone())
+        .build()
+        .unwrap();
+    vm.start().unwrap();
+    wait_for_tick(&third, second_pause + 1);
     vm.handle().stop();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -12,6 +12,7 @@
 pub mod file;
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +26,9 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
 use devices::GuestMemoryMmap;
 
 use crate::config::{VirtioTransport, VmConfig};
@@ -282,42 +285,94 @@ impl SnapshotSources {
     }
 }
 
-/// Writes `snapshot` and `memory` into `dir` (created if missing). The memory file is written
-/// and synced before the state file is renamed into place: a directory with a state file
-/// always has the memory that goes with it.
+/// Writes `snapshot` and `memory` into `dir` (created if missing).
+///
+/// The memory goes to a temporary file first, synced; only then is the old state file
+/// removed, the memory file renamed into place and the new state file written (atomically):
+/// a directory with a state file always has the memory that goes with it, and an error while
+/// the memory is written (a full disk) leaves an older snapshot there as it was. Renaming
+/// rather than rewriting in place also keeps a VM restored from this directory safe: its
+/// memory is a private mapping of the old file, which lives on until it is unmapped.
 pub(crate) fn write(dir: &Path, snapshot: &VmSnapshot, memory: &GuestMemoryMmap) -> Result<(), SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let state_path = dir.join(STATE_FILE);
     let memory_path = dir.join(MEMORY_FILE);
-    // An old state file must not pair with a new, half-written memory file.
-    match std::fs::remove_file(&state_path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(io(&state_path)(err)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&memory_path)
-        .map_err(io(&memory_path))?;
-    for region in memory.iter() {
-        let len = usize::try_from(region.len()).map_err(|_| {
-            io(&memory_path)(std::io::Error::other("a region larger than the address space"))
-        })?;
-        memory
-            .write_all_volatile_to(region.start_addr(), &mut file, len)
-            .map_err(|err| io(&memory_path)(std::io::Error::other(err.to_string())))?;
-    }
-    file.sync_all().map_err(io(&memory_path))?;
     let payload = serde_json::to_vec(snapshot).map_err(|source| SnapshotError::Parse {
         path: state_path.clone(),
         source,
     })?;
+    let partial = dir.join(format!(".{MEMORY_FILE}.tmp-{}", std::process::id()));
+    let committed = write_memory(&partial, memory).and_then(|()| {
+        match std::fs::remove_file(&state_path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io(&state_path)(err)),
+        }
+        std::fs::rename(&partial, &memory_path).map_err(io(&memory_path))
+    });
+    if let Err(err) = committed {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err);
+    }
     file::write_atomic(&state_path, &file::encode(&payload)).map_err(|source| SnapshotError::File {
         path: state_path,
         source,
     })
+}
+
+/// Writes guest memory to `path`, synced. Pages an anonymous region never had backed are left
+/// as holes (a sparse file: they read as the zeroes they are), so an idle guest's snapshot
+/// costs what it uses, not what it was given.
+fn write_memory(path: &Path, memory: &GuestMemoryMmap) -> Result<(), SnapshotError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io(path))?;
+    let failed = |err: vm_memory::GuestMemoryError| io(path)(std::io::Error::other(err.to_string()));
+    let mut file_offset = 0u64;
+    for region in memory.iter() {
+        let runs = match crate::resident::backed_pages(region) {
+            Some(bitmap) => page_runs(&bitmap, region.len()),
+            None => vec![(0, region.len())],
+        };
+        for (start, len) in runs {
+            let len = usize::try_from(len)
+                .map_err(|_| io(path)(std::io::Error::other("a region larger than the address space")))?;
+            file.seek(SeekFrom::Start(file_offset + start)).map_err(io(path))?;
+            memory
+                .write_all_volatile_to(region.start_addr().unchecked_add(start), &mut file, len)
+                .map_err(failed)?;
+        }
+        file_offset += region.len();
+    }
+    // The holes at the end, if any.
+    file.set_len(file_offset).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// The (offset, length) byte runs of the pages set in `bitmap`, within a region of `len` bytes.
+fn page_runs(bitmap: &[u64], len: u64) -> Vec<(u64, u64)> {
+    const PAGE: u64 = 4096;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (word_index, &word) in bitmap.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            let page = word_index as u64 * 64 + u64::from(word.trailing_zeros());
+            word &= word - 1;
+            let start = page * PAGE;
+            if start >= len {
+                break;
+            }
+            let size = (len - start).min(PAGE);
+            match runs.last_mut() {
+                Some((run_start, run_len)) if *run_start + *run_len == start => *run_len += size,
+                _ => runs.push((start, size)),
+            }
+        }
+    }
+    runs
 }
 
 /// The config a snapshot's VM was built from (to restore it as it was, or to derive the config
@@ -429,4 +484,23 @@ pub fn read_guest(memory: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0; len];
     let _ = memory.read_slice(&mut out, GuestAddress(addr));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_runs;
+
+    #[test]
+    fn set_pages_become_byte_runs() {
+        // Pages 0, 1, 2 and 5, then 63 and 64 across a word, then 130 (the region's last,
+        // 1 KiB long).
+        let bitmap = [(1 << 63) | 0b100111, 1, 1 << 2];
+        let len = 130 * 4096 + 1024;
+        assert_eq!(
+            page_runs(&bitmap, len),
+            [(0, 3 * 4096), (5 * 4096, 4096), (63 * 4096, 2 * 4096), (130 * 4096, 1024)]
+        );
+        assert_eq!(page_runs(&[u64::MAX], 4096), [(0, 4096)], "bits past the end are ignored");
+        assert!(page_runs(&[0, 0], 1 << 20).is_empty());
+    }
 }
