@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Java beside Rust and the C ABI, in one run: the same placement and VM work through
 # `cargo bench -p benches --bench capi` (Rust, and libkeel through dlopen) and through the Java
-# binding (dev.keel.bench.Bench, JNA), then one table.
+# binding (dev.keel.Bench, JNA), then one table.
 #
 #   bindings/java/bench.sh [VM_RUNS [ROUNDS]]   # default 20 VM runs per variant, 3 rounds
 #
@@ -24,11 +24,11 @@ for round in $(seq "$rounds"); do
   echo "-- round $round/$rounds: Rust and C ABI (cargo bench -p benches --bench capi -- $runs)"
   cargo bench --quiet -p benches --bench capi -- "$runs" | tee "$out/rust-$round.txt"
   ln -sf libkeel.so target/capi/libkeel.so.0
-  echo "-- round $round/$rounds: Java (dev.keel.bench.Bench, JNA on $(java -version 2>&1 | head -1))"
+  echo "-- round $round/$rounds: Java (dev.keel.Bench, JNA on $(java -version 2>&1 | head -1))"
   # exec:exec starts a plain JVM (not Maven's) with the test classpath.
   (cd bindings/java && mvn -q -B -Dstyle.color=never org.codehaus.mojo:exec-maven-plugin:3.6.2:exec \
     -Dexec.executable=java -Dexec.classpathScope=test \
-    -Dexec.args="-Dkeel.library.path=$root/target/capi -cp %classpath dev.keel.bench.Bench $guest $runs") \
+    -Dexec.args="-Dkeel.library.path=$root/target/capi -cp %classpath dev.keel.Bench $guest $runs") \
     | sed 's/\x1b\[[0-9;]*m//g' | tee "$out/java-$round.txt"
 done
 
@@ -53,6 +53,7 @@ rust_json=$(over_rounds r_ns "parsing the same JSON")
 c_abi=$(over_rounds r_ns "C ABI (JSON request)")
 java_place=$(over_rounds j_v java_placement_ns)
 java_cold=$(over_rounds j_v java_placement_cold_ns)
+java_raw=$(over_rounds j_v java_placement_raw_ns)
 rust_min=$(over_rounds r_ms "Rust " min)
 rust_med=$(over_rounds r_ms "Rust " median)
 c_min=$(over_rounds r_ms "C ABI " min)
@@ -70,6 +71,7 @@ printf '  %-34s %8s ns   %s\n' "Rust, request ready-made" "$rust_ready" "1.00"
 printf '  %-34s %8s ns   %s\n' "Rust, parsing the same JSON" "$rust_json" "$(ratio "$rust_json" "$rust_ready")"
 printf '  %-34s %8s ns   %s\n' "C ABI (JSON request)" "$c_abi" "$(ratio "$c_abi" "$rust_ready")"
 printf '  %-34s %8s ns   %s   (Java / C ABI %s)\n' "Java (JNA, JSON request), warm" "$java_place" "$(ratio "$java_place" "$rust_ready")" "$(ratio "$java_place" "$c_abi")"
+printf '  %-34s %8s ns   %s   (Java / C ABI %s)\n' "Java, the 4 calls through raw JNA" "$java_raw" "$(ratio "$java_raw" "$rust_ready")" "$(ratio "$java_raw" "$c_abi")"
 printf '  %-34s %8s ns   %s   (first 20,000 calls, JIT still compiling)\n' "Java, cold" "$java_cold" "$(ratio "$java_cold" "$rust_ready")"
 echo "VM: test guest, config -> start -> reset exit -> freed, 1 vCPU, 128 MiB ($runs runs a round)"
 printf '  %-34s %8s %10s   %s\n' "" "min ms" "median ms" "median / Rust"

@@ -181,6 +181,10 @@ public final class Placer implements AutoCloseable {
         return Collections.unmodifiableList(placements);
     }
 
+    NativeHandle handle() {
+        return handle;
+    }
+
     /**
      * Whether {@link #close()} freed this placer.
      *

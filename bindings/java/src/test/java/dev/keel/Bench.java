@@ -1,12 +1,6 @@
-package dev.keel.bench;
+package dev.keel;
 
-import dev.keel.Claim;
-import dev.keel.Cluster;
-import dev.keel.ExitReason;
-import dev.keel.Placer;
-import dev.keel.Policy;
-import dev.keel.Vm;
-import dev.keel.VmConfig;
+import com.sun.jna.Pointer;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -21,6 +15,8 @@ import java.util.List;
  *       "MEMORY_MB": 4096}}} on a 200-host cluster (spread, seed 7), per call; median of 5
  *       rounds of 20,000 calls after 3 s of uncounted ones (the JIT's warm-up; the first round
  *       is printed as the cold figure);
+ *   <li>the same four libkeel calls made straight through JNA, without the binding's objects
+ *       (no Claim, no Cleaner): the part of Java's cost that is JNA's, in alternating rounds;
  *   <li>VM: Keel's test guest ({@code keel.exit=reset}, 1 vCPU, 128 MiB) from config to exit and
  *       close, console discarded, once with a Java console callback (as the C bench uses a C
  *       callback) and once with the console on /dev/null; alternating, min and median.
@@ -58,6 +54,21 @@ public final class Bench {
         return (System.nanoTime() - start) / (double) calls;
     }
 
+    /** decide + commit + free + release straight through JNA: what the binding adds is the rest. */
+    static double rawRound(long placer, int calls) {
+        byte[] consumer = Status.cstr("consumer", "vm");
+        long start = System.nanoTime();
+        for (int i = 0; i < calls; i++) {
+            Pointer block = Scratch.get().withText("request", REQUEST);
+            Status.check(KeelNative.keel_placer_decide(placer, block.share(Scratch.TEXT), block));
+            long claim = block.getLong(0);
+            Status.check(KeelNative.keel_claim_commit(claim));
+            Status.check(KeelNative.keel_claim_free(claim));
+            Status.check(KeelNative.keel_placer_release(placer, consumer));
+        }
+        return (System.nanoTime() - start) / (double) calls;
+    }
+
     static double boot(String guest, boolean javaCallback) {
         long start = System.nanoTime();
         try (VmConfig config = new VmConfig(guest).memoryMib(128).cmdline("keel.exit=reset")) {
@@ -88,21 +99,26 @@ public final class Bench {
 
         int calls = 20_000;
         List<Double> rounds = new ArrayList<>();
+        List<Double> raw = new ArrayList<>();
         try (Cluster cluster = Cluster.fromJson(clusterJson(200)); Placer placer = new Placer(cluster, Policy.SPREAD, 7)) {
-            // Uncounted rounds first, for 3 s at least, so the JIT has compiled the path (on a
+            long placerId = placer.handle().get();
+            // Uncounted rounds first, for 3 s at least, so the JIT has compiled both paths (on a
             // busy 2-core machine its compiler threads need a while); the first is reported.
             double cold = placementRound(placer, calls);
             long warm = System.nanoTime() + 3_000_000_000L;
             while (System.nanoTime() < warm) {
                 placementRound(placer, calls);
+                rawRound(placerId, calls);
             }
-            System.out.printf("java_placement_cold_ns %.0f%n", cold);
             for (int i = 0; i < 5; i++) {
                 rounds.add(placementRound(placer, calls));
+                raw.add(rawRound(placerId, calls));
             }
+            System.out.printf("java_placement_cold_ns %.0f%n", cold);
         }
         System.out.printf("java_placement_ns %.0f%n", median(rounds));
-        System.out.printf("java_placement_rounds %s (%d x %d calls)%n", rounds, rounds.size(), calls);
+        System.out.printf("java_placement_raw_ns %.0f%n", median(raw));
+        System.out.printf("java_placement_rounds %s raw %s (%d x %d calls)%n", rounds, raw, rounds.size(), calls);
 
         boot(guest, true);
         boot(guest, false);
