@@ -470,6 +470,14 @@ impl Control {
                 })
             }
         }
+        // A stop asked for meanwhile wins: pausing must not undo it (the VM would run on and
+        // its waiters never see it exit).
+        if inner.request == Request::Exit {
+            return Err(StateError::InvalidTransition {
+                action: "pause",
+                state: inner.state.clone(),
+            });
+        }
         inner.request = Request::Pause;
         Self::kick_all(&inner);
         while inner.parked < inner.live && inner.request == Request::Pause {
@@ -507,6 +515,13 @@ impl Control {
                     state: state.clone(),
                 })
             }
+        }
+        // As in `pause`: a pending stop is never turned back into running.
+        if inner.request == Request::Exit {
+            return Err(StateError::InvalidTransition {
+                action: "resume",
+                state: inner.state.clone(),
+            });
         }
         inner.request = Request::Run;
         Self::set_state(&mut inner, VmState::Running);

@@ -139,6 +139,46 @@ fn state_callbacks_see_every_change_in_order() {
     );
 }
 
+#[test]
+fn a_stop_racing_pauses_and_resumes_is_never_lost() {
+    require_kvm!();
+    // Threads pausing and resuming while another stops: the stop must win every time (a
+    // pause or resume that overwrote it left the VM running and its waiters hanging).
+    for round in 0..10 {
+        let config = guest_config(VirtioTransport::Pci, "keel.ticks=0 keel.tick_tsc=2000000");
+        let out = SharedBuffer::new();
+        let mut vm = VmBuilder::new(config)
+            .serial_output(out.clone())
+            .build()
+            .unwrap();
+        vm.start().unwrap();
+        assert!(out.wait_for("tick 1", TIMEOUT));
+        let handle = vm.handle();
+        let togglers: Vec<_> = (0..2)
+            .map(|_| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let _ = handle.pause();
+                        let _ = handle.resume();
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2 * round));
+        handle.stop();
+        assert_eq!(
+            vm.wait_timeout(TIMEOUT),
+            Some(ExitReason::Stopped),
+            "round {round}: the stop was lost"
+        );
+        for toggler in togglers {
+            toggler.join().unwrap();
+        }
+        assert!(handle.pause().is_err() && handle.resume().is_err(), "an exited VM stays exited");
+    }
+}
+
 /// Reads from `stream` until `needle` arrives or `timeout` passes; returns what was read.
 fn read_until(stream: &mut UnixStream, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
