@@ -9,6 +9,7 @@
 //! - [`legacy`]: the 16550 UART (COM1), the i8042 reset line and the CMOS RTC.
 //! - [`pci`]: PCI bus 0 (config space, CF8/CFC and ECAM access, BAR windows) and MSI-X.
 //! - [`virtio`]: virtio devices and their MMIO and PCI transports.
+//! - [`rate_limiter`]: token buckets that limit what a guest takes from a device.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -45,4 +46,5 @@ pub mod legacy;
 pub mod log_limit;
 mod narrow;
 pub mod pci;
+pub mod rate_limiter;
 pub mod virtio;

@@ -313,6 +313,7 @@ impl<W: Write + Send> VirtioDevice for VirtioConsole<W> {
                 .flat_map(|active| [QueueSnapshot::of(&active.rx), QueueSnapshot::of(&active.tx)])
                 .collect(),
             extra: DeviceExtra::None,
+            rate_limiters: Vec::new(),
         })
     }
 

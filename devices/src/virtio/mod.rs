@@ -30,6 +30,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::rate_limiter::{RateLimit, RateLimitError, RateLimitTarget};
 use crate::GuestMemoryMmap;
 use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
@@ -201,6 +202,25 @@ pub trait VirtioDevice: Send {
     /// Returns the device to its initial state (driver wrote status 0). Returns `false` when
     /// the device cannot be reset, and then needs to stay marked as needing a reset.
     fn reset(&mut self) -> bool;
+
+    /// Sets the rate limit of one of the device's limited queues (`target`: a disk's or an
+    /// entropy device's requests, a NIC's receive or transmit side). The buckets start full;
+    /// requests waiting for the old limit are looked at again under the new one. The default
+    /// refuses: a device is only limited where it says how.
+    fn set_rate_limit(
+        &mut self,
+        target: RateLimitTarget,
+        limit: RateLimit,
+    ) -> Result<(), RateLimitError> {
+        let _ = limit;
+        Err(RateLimitError::Unsupported { target })
+    }
+
+    /// The limits in force on the device's limited queues (none for a device without rate
+    /// limiters).
+    fn rate_limits(&self) -> Vec<(RateLimitTarget, RateLimit)> {
+        Vec::new()
+    }
 
     /// What the device has done so far, for the VMM's counters and metrics. Devices without
     /// counters keep the default (none).

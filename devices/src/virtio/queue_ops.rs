@@ -41,7 +41,7 @@
 use std::fmt;
 
 use crate::GuestMemoryMmap;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::{InterruptKind, VirtioInterrupt};
 
@@ -57,7 +57,45 @@ pub fn drain_queue<'m>(
     device: impl fmt::Display,
     mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Option<u32>,
 ) -> usize {
-    let mut returned = 0;
+    drain_queue_until(queue, mem, device, |chain| match serve(chain) {
+        Some(used_len) => Served::Used(used_len),
+        None => Served::Later,
+    })
+    .returned
+}
+
+/// What [`drain_queue_until`]'s `serve` did with a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Done: return it to the driver with this used length.
+    Used(u32),
+    /// Taken: the device returns it itself later (asynchronous I/O).
+    Later,
+    /// Not taken (the device is over its rate limit): it goes back to the ring, untouched, and
+    /// draining stops until the device looks again.
+    Stop,
+}
+
+/// What [`drain_queue_until`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Chains that went back to the driver.
+    pub returned: usize,
+    /// Whether `serve` stopped it ([`Served::Stop`]) with chains left in the ring.
+    pub stopped: bool,
+}
+
+/// [`drain_queue`] for a device that may have to stop before the ring is empty (a rate
+/// limiter that says wait): a chain `serve` answers [`Served::Stop`] for is put back where it
+/// was (the driver sees nothing) and the loop ends without re-enabling notifications; the
+/// device drains again when it is allowed to, e.g. when its timer fires.
+pub fn drain_queue_until<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    device: impl fmt::Display,
+    mut serve: impl FnMut(DescriptorChain<&'m GuestMemoryMmap>) -> Served,
+) -> Drained {
+    let mut drained = Drained::default();
     loop {
         if let Err(err) = queue.disable_notification(mem) {
             crate::guest_warn!("{device}: cannot disable queue notifications: {err}");
@@ -66,11 +104,18 @@ pub fn drain_queue<'m>(
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             popped += 1;
             let head = chain.head_index();
-            let Some(used_len) = serve(chain) else {
-                continue;
+            let used_len = match serve(chain) {
+                Served::Used(used_len) => used_len,
+                Served::Later => continue,
+                Served::Stop => {
+                    // The chain was only looked at: the next pop takes it again.
+                    queue.go_to_previous_position();
+                    drained.stopped = true;
+                    return drained;
+                }
             };
             match queue.add_used(mem, head, used_len) {
-                Ok(()) => returned += 1,
+                Ok(()) => drained.returned += 1,
                 // A head outside the queue: there is nothing to return it to.
                 Err(err) => crate::guest_warn!("{device}: cannot return chain {head}: {err}"),
             }
@@ -89,7 +134,7 @@ pub fn drain_queue<'m>(
             }
         }
     }
-    returned
+    drained
 }
 
 /// Takes the next chain a device fills; when the ring looks empty, re-enables driver
@@ -159,6 +204,44 @@ mod tests {
         assert_eq!((served.get(), returned), (3, 2));
         assert_eq!(queue.next_used(), 2);
         assert!(queue.pop_descriptor_chain(&mem).is_none());
+    }
+
+    #[test]
+    fn a_stopped_drain_puts_the_chain_back_for_the_next_one() {
+        let mem = test_memory();
+        let mut driver = crate::virtio::testing::DriverQueue::new(&mem, 0, 16);
+        for i in 0..4u64 {
+            driver.add_chain(&[(0x10_0000 + i * 0x1000, 8, false)]);
+        }
+        let mut queue = driver.device_queue();
+        // Which buffer each chain served carries.
+        let mut seen = Vec::new();
+        let addr = |mut chain: DescriptorChain<&GuestMemoryMmap>| {
+            chain.next().map(|desc| desc.addr().0 - 0x10_0000)
+        };
+        let drained = drain_queue_until(&mut queue, &mem, "test", |chain| {
+            if seen.len() == 2 {
+                return Served::Stop;
+            }
+            seen.push(addr(chain));
+            Served::Used(0)
+        });
+        assert_eq!(
+            drained,
+            Drained {
+                returned: 2,
+                stopped: true
+            }
+        );
+        assert_eq!(queue.next_used(), 2);
+        // The third chain is the next one taken, then the fourth.
+        let drained = drain_queue_until(&mut queue, &mem, "test", |chain| {
+            seen.push(addr(chain));
+            Served::Used(0)
+        });
+        assert_eq!(drained.returned, 2);
+        assert!(!drained.stopped);
+        assert_eq!(seen, [Some(0), Some(0x1000), Some(0x2000), Some(0x3000)]);
     }
 
     #[test]

@@ -5,10 +5,18 @@
 //! source in tests. A chain with any device-readable descriptor, or with a buffer outside guest
 //! memory, is returned untouched (used length 0). At most [`MAX_BYTES_PER_REQUEST`] bytes are
 //! produced per chain, so a guest offering huge buffers cannot make the VMM do unbounded work;
-//! the used length tells the driver how much it got. There is no rate limiting.
+//! the used length tells the driver how much it got.
+//!
+//! A rate limit ([`VirtioDevice::set_rate_limit`] with [`RateLimitTarget::Requests`]) counts
+//! each chain as one operation and the bytes it asks for (up to the cap) as bandwidth; a chain
+//! over the limit stays in the ring until the limiter's timer fires. The timer is watched by
+//! the device's [`MutEventSubscriber`] side, so a limited device must be on the VMM's event
+//! loop.
 
 use std::io;
 use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::GuestMemoryMmap;
 use log::debug;
@@ -16,7 +24,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestMemory, Permissions};
 
-use super::queue_ops::drain_queue;
+use super::queue_ops::{drain_queue_until, Served};
 use super::single_queue::SingleQueue;
 use super::snapshot::{
     restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
@@ -24,6 +32,7 @@ use super::snapshot::{
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::counters::Counter;
 use crate::narrow::len_u32;
+use crate::rate_limiter::{RateLimit, RateLimitError, RateLimitTarget, Throttle};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -85,6 +94,7 @@ pub struct VirtioRng<E: EntropySource = HostRandom> {
     /// Requests served and bytes delivered (for [`VirtioDevice::counters`]).
     requests: u64,
     bytes: u64,
+    throttle: Throttle,
 }
 
 impl VirtioRng<HostRandom> {
@@ -147,6 +157,7 @@ impl<E: EntropySource> VirtioRng<E> {
             active: None,
             requests: 0,
             bytes: 0,
+            throttle: Throttle::new(),
         }
     }
 
@@ -184,18 +195,30 @@ impl<E: EntropySource> VirtioRng<E> {
         len_u32(written)
     }
 
-    /// Serves every available chain; returns how many went back to the driver.
+    /// Serves the available chains, as many as the rate limit allows; returns how many went
+    /// back to the driver.
     fn process_queue(&mut self) -> usize {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
+        if self.throttle.is_waiting() {
+            // A notification while throttled: the timer says when to look again.
+            return 0;
+        }
         let mem = &active.mem;
         let (source, buffer) = (&mut self.source, &mut self.buffer);
         let (requests, bytes) = (&mut self.requests, &mut self.bytes);
-        drain_queue(&mut active.queue, mem, "virtio-rng", |chain| {
+        let throttle = &mut self.throttle;
+        drain_queue_until(&mut active.queue, mem, "virtio-rng", |chain| {
             let head = chain.head_index();
             let used_len = match writable_buffers(chain, mem) {
-                Ok(descs) => Self::fill_chain(source, buffer, mem, &descs),
+                Ok(descs) => {
+                    let asked: u64 = descs.iter().map(|desc| u64::from(desc.len())).sum();
+                    if !throttle.admit(asked.min(MAX_BYTES_PER_REQUEST as u64)) {
+                        return Served::Stop;
+                    }
+                    Self::fill_chain(source, buffer, mem, &descs)
+                }
                 Err(err) => {
                     debug!("virtio-rng: chain {head} rejected: {err}");
                     0
@@ -203,8 +226,25 @@ impl<E: EntropySource> VirtioRng<E> {
             };
             *requests += 1;
             *bytes += u64::from(used_len);
-            Some(used_len)
+            Served::Used(used_len)
         })
+        .returned
+    }
+
+    /// Runs the rate limiter on `clock` (tests move time by hand).
+    #[cfg(test)]
+    fn set_rate_limit_clock(&mut self, clock: Arc<dyn crate::rate_limiter::Clock>) {
+        self.throttle.set_clock(clock);
+    }
+
+    /// Serves the queue and interrupts the driver if chains went back.
+    fn serve(&mut self) {
+        if self.process_queue() == 0 {
+            return;
+        }
+        if let Some(active) = self.active.as_mut() {
+            active.notify_driver("virtio-rng");
+        }
     }
 }
 
@@ -245,18 +285,30 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
             debug!("virtio-rng: notify for unknown queue {index}");
             return;
         }
-        if self.process_queue() == 0 {
-            return;
-        }
-        if let Some(active) = self.active.as_mut() {
-            active.notify_driver("virtio-rng");
-        }
+        self.serve();
     }
 
     fn reset(&mut self) -> bool {
         self.active = None;
         self.acked_features = 0;
+        // Nothing waits any more; the budgets stay spent (a reset does not refill them).
+        self.throttle.timer_fired();
         true
+    }
+
+    fn set_rate_limit(
+        &mut self,
+        target: RateLimitTarget,
+        limit: RateLimit,
+    ) -> Result<(), RateLimitError> {
+        if target != RateLimitTarget::Requests {
+            return Err(RateLimitError::Unsupported { target });
+        }
+        self.throttle.set_limit(limit)
+    }
+
+    fn rate_limits(&self) -> Vec<(RateLimitTarget, RateLimit)> {
+        vec![(RateLimitTarget::Requests, self.throttle.limit())]
     }
 
     fn save_state(&mut self) -> Result<VirtioDeviceState, SnapshotError> {
@@ -270,6 +322,7 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
                 .map(|active| QueueSnapshot::of(&active.queue))
                 .collect(),
             extra: DeviceExtra::None,
+            rate_limiters: vec![(RateLimitTarget::Requests, self.throttle.state())],
         })
     }
 
@@ -279,6 +332,11 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), SnapshotError> {
+        for (target, saved) in &state.rate_limiters {
+            if *target == RateLimitTarget::Requests {
+                self.throttle.restore(saved);
+            }
+        }
         restore_plain(self, state, mem, interrupt)
     }
 
@@ -286,7 +344,28 @@ impl<E: EntropySource> VirtioDevice for VirtioRng<E> {
         vec![
             Counter::count("requests", "entropy requests served", self.requests),
             Counter::count("bytes", "entropy bytes delivered", self.bytes),
+            Counter::count(
+                "rate_limited",
+                "times a request waited for the rate limiter",
+                self.throttle.throttled(),
+            ),
         ]
+    }
+}
+
+/// The rate limiter's timer: when it fires, the queue is served again.
+impl<E: EntropySource> MutEventSubscriber for VirtioRng<E> {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Some(fd) = self.throttle.timer_fd() {
+            if let Err(err) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("virtio-rng: cannot register the rate limiter's timer: {err:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.throttle.timer_fired();
+        self.serve();
     }
 }
 
@@ -474,5 +553,49 @@ mod tests {
             );
             assert!(rng.reset());
         }
+    }
+
+    #[test]
+    fn requests_over_the_rate_limit_wait_for_the_timer() {
+        use crate::rate_limiter::{BucketConfig, ManualClock};
+        use std::time::Duration;
+        let (mut rng, produced) = counting_rng(false);
+        let clock = ManualClock::new();
+        let limit = RateLimit {
+            bandwidth: Some(BucketConfig {
+                size: 64,
+                one_time_burst: 0,
+                refill_time: Duration::from_secs(1),
+            }),
+            ops: None,
+        };
+        rng.set_rate_limit(RateLimitTarget::Requests, limit)
+            .unwrap();
+        rng.set_rate_limit_clock(clock.clone());
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
+        driver.activate(&mut rng);
+        for i in 0..3 {
+            driver.add_chain(&[(BUFFERS + i * 0x100, 64, true)]);
+        }
+        rng.queue_notify(0);
+        assert_eq!(driver.used_count(), 1);
+        rng.queue_notify(0);
+        assert_eq!(driver.used_count(), 1, "a kick does not refill the bucket");
+        clock.advance(Duration::from_secs(1));
+        // The timer fires (what the event subscriber does then): one more request.
+        rng.throttle.timer_fired();
+        rng.serve();
+        assert_eq!(driver.used_count(), 2);
+        clock.advance(Duration::from_secs(1));
+        rng.throttle.timer_fired();
+        rng.serve();
+        assert_eq!(driver.used_count(), 3);
+        assert_eq!(*produced.lock().unwrap(), 192, "every byte asked for, once");
+        let limited = rng
+            .counters()
+            .into_iter()
+            .find(|c| c.name == "rate_limited");
+        assert!(limited.unwrap().value >= 2);
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::VirtioInterrupt;
+use crate::rate_limiter::{RateLimitTarget, RateLimiterState};
 
 /// Why a device's state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +137,10 @@ pub struct VirtioDeviceState {
     pub queues: Vec<QueueSnapshot>,
     /// Device-specific state.
     pub extra: DeviceExtra,
+    /// The budgets of the device's rate limiters (none without limits). Restored into the
+    /// limiters the rebuilt device has; a limiter with no saved budget starts full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limiters: Vec<(RateLimitTarget, RateLimiterState)>,
 }
 
 impl VirtioDeviceState {

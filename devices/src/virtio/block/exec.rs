@@ -17,7 +17,8 @@ use super::request::{
 use super::DiskBackend;
 use crate::counters::Counter;
 use crate::narrow::len_u32;
-use crate::virtio::queue_ops::drain_queue;
+use crate::rate_limiter::Throttle;
+use crate::virtio::queue_ops::{drain_queue_until, Served};
 use crate::virtio::single_queue::SingleQueue;
 
 /// Bytes moved between guest memory and the backend at a time.
@@ -140,6 +141,8 @@ pub(crate) struct Executor<D> {
     limits: Limits,
     buffer: Vec<u8>,
     metrics: Arc<Mutex<BlockMetrics>>,
+    /// The rate limiter, shared with the device (which changes the limit and saves budgets).
+    throttle: Arc<Mutex<Throttle>>,
 }
 
 impl<D: DiskBackend> Executor<D> {
@@ -149,6 +152,7 @@ impl<D: DiskBackend> Executor<D> {
         read_only: bool,
         limits: Limits,
         metrics: Arc<Mutex<BlockMetrics>>,
+        throttle: Arc<Mutex<Throttle>>,
     ) -> Self {
         Executor {
             disk,
@@ -157,7 +161,18 @@ impl<D: DiskBackend> Executor<D> {
             limits,
             buffer: vec![0u8; TRANSFER_CHUNK_LEN],
             metrics,
+            throttle,
         }
+    }
+
+    /// The rate limiter, locked.
+    pub(crate) fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The rate limiter, to lock while `self` is borrowed otherwise.
+    pub(crate) fn shared_throttle(&self) -> Arc<Mutex<Throttle>> {
+        self.throttle.clone()
     }
 
     /// The counters, locked.
@@ -202,18 +217,22 @@ impl<D: DiskBackend> Executor<D> {
         used_len
     }
 
-    /// Processes every available request on this thread; returns how many chains went back
-    /// to the driver.
+    /// Processes the available requests on this thread, as many as the rate limit allows;
+    /// returns how many chains went back to the driver. A request over the limit stays in the
+    /// ring and the limiter's timer is armed for it.
     pub(crate) fn process_queue(&mut self, active: &mut SingleQueue) -> usize {
         let mut completed = 0;
         let mem = &active.mem;
-        drain_queue(&mut active.queue, mem, "virtio-blk", |chain| {
+        let throttle = self.shared_throttle();
+        let mut throttle = throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        drain_queue_until(&mut active.queue, mem, "virtio-blk", |chain| {
             let used_len = match self.parse(chain, mem) {
+                Ok(request) if !throttle.admit(request.data_bytes()) => return Served::Stop,
                 Ok(request) => self.perform(mem, &request),
                 Err(used_len) => used_len,
             };
             completed += 1;
-            Some(used_len)
+            Served::Used(used_len)
         });
         completed
     }

@@ -6,9 +6,16 @@
 //! buffers. Malformed requests complete with `VIRTIO_BLK_S_IOERR` (or `UNSUPP`) when the status
 //! byte can be located, and with nothing written otherwise; guest data never panics the VMM.
 //!
-//! Requests run synchronously on the thread that delivers the notification (the vCPU thread,
-//! with the MMIO transport); there is no I/O thread, no multi-queue and no image format beyond a
-//! raw file.
+//! Requests run on the thread that delivers the notification ([`IoMode::Inline`]) or on the
+//! device's own I/O thread ([`IoMode::Thread`], io_uring when the host has it); there is no
+//! multi-queue and no image format beyond a raw file.
+//!
+//! A rate limit ([`VirtioDevice::set_rate_limit`] with [`RateLimitTarget::Requests`]) counts
+//! each request as one operation and its data (reads and writes) as bandwidth; a request over
+//! the limit stays in the ring until the budget allows it. Malformed requests, answered without
+//! touching the disk, are not counted. In [`IoMode::Thread`] the I/O thread sleeps on the
+//! limiter's timer; in [`IoMode::Inline`] nothing has a timer to sleep on, so a throttled queue
+//! is looked at again on the next notification only: use the I/O thread with a limit.
 
 pub mod disk;
 mod exec;
@@ -37,6 +44,7 @@ use super::{
     VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::counters::Counter;
+use crate::rate_limiter::{RateLimit, RateLimitError, RateLimitTarget, Throttle};
 use crate::virtio::config_space::{read_config_bytes, BlockConfigSpace};
 use crate::virtio::snapshot::{
     restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
@@ -154,6 +162,8 @@ pub struct VirtioBlock<D: DiskBackend + 'static = RawFile> {
     mode: IoMode,
     io: Io<D>,
     metrics: Arc<Mutex<BlockMetrics>>,
+    /// The rate limiter, shared with the executor (on the I/O thread while active).
+    throttle: Arc<Mutex<Throttle>>,
 }
 
 /// Where a block device performs its requests.
@@ -284,6 +294,15 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
         };
 
         let metrics = Arc::new(Mutex::new(BlockMetrics::default()));
+        let throttle = Arc::new(Mutex::new(Throttle::new()));
+        let executor = Executor::new(
+            disk,
+            id,
+            read_only,
+            limits,
+            metrics.clone(),
+            throttle.clone(),
+        );
         Ok(VirtioBlock {
             limits,
             avail_features,
@@ -291,8 +310,9 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
             config,
             queue_sizes: [QUEUE_SIZE],
             mode: IoMode::Inline,
-            io: Io::Idle(Executor::new(disk, id, read_only, limits, metrics.clone())),
+            io: Io::Idle(executor),
             metrics,
+            throttle,
         })
     }
 
@@ -332,6 +352,19 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Runs the rate limiter on `clock` (tests move time by hand).
+    #[cfg(test)]
+    pub(crate) fn set_rate_limit_clock(&self, clock: Arc<dyn crate::rate_limiter::Clock>) {
+        self.throttle().set_clock(clock);
+    }
+
+    /// The rate limiter, locked.
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stops the I/O thread (after its requests in flight complete) and takes the disk back.
@@ -405,6 +438,8 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
         }
         match &mut self.io {
             Io::Inline(executor, active) => {
+                // No timer wakes an inline device: every notification looks again.
+                executor.throttle().timer_fired();
                 if executor.process_queue(active) > 0 {
                     active.notify_driver("virtio-blk");
                 }
@@ -417,7 +452,24 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
     fn reset(&mut self) -> bool {
         self.quiesce();
         self.acked_features = 0;
+        // Nothing waits any more; the budgets stay spent (a reset does not refill them).
+        self.throttle().timer_fired();
         !matches!(self.io, Io::Gone)
+    }
+
+    fn set_rate_limit(
+        &mut self,
+        target: RateLimitTarget,
+        limit: RateLimit,
+    ) -> Result<(), RateLimitError> {
+        if target != RateLimitTarget::Requests {
+            return Err(RateLimitError::Unsupported { target });
+        }
+        self.throttle().set_limit(limit)
+    }
+
+    fn rate_limits(&self) -> Vec<(RateLimitTarget, RateLimit)> {
+        vec![(RateLimitTarget::Requests, self.throttle().limit())]
     }
 
     /// Requests in flight on the I/O thread complete first (the thread is stopped and started
@@ -457,6 +509,7 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
             activated: queue.is_some(),
             queues: queue.into_iter().collect(),
             extra: DeviceExtra::None,
+            rate_limiters: vec![(RateLimitTarget::Requests, self.throttle().state())],
         })
     }
 
@@ -466,11 +519,22 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), SnapshotError> {
+        for (target, saved) in &state.rate_limiters {
+            if *target == RateLimitTarget::Requests {
+                self.throttle().restore(saved);
+            }
+        }
         restore_plain(self, state, mem, interrupt)
     }
 
     fn counters(&self) -> Vec<Counter> {
-        self.metrics().counters()
+        let mut counters = self.metrics().counters();
+        counters.push(Counter::count(
+            "rate_limited",
+            "times a request waited for the rate limiter",
+            self.throttle().throttled(),
+        ));
+        counters
     }
 }
 
@@ -738,6 +802,133 @@ mod tests {
         let mut id = [0u8; ID_BYTES];
         id[..4].copy_from_slice(b"rec0");
         VirtioBlock::with_backend(disk, Path::new("recording"), id, read_only).unwrap()
+    }
+
+    fn ops_limit(size: u64, refill: std::time::Duration) -> RateLimit {
+        RateLimit {
+            bandwidth: None,
+            ops: Some(crate::rate_limiter::BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time: refill,
+            }),
+        }
+    }
+
+    #[test]
+    fn requests_over_the_rate_limit_wait_in_the_ring_and_all_complete_in_order() {
+        use std::time::Duration;
+        let disk = RecordingDisk::new(64 * 1024);
+        let mut block = recording_block(disk.clone(), false);
+        let clock = crate::rate_limiter::ManualClock::new();
+        // 2 requests per second, and 8 KiB per second.
+        let mut limit = ops_limit(2, Duration::from_secs(1));
+        limit.bandwidth = Some(crate::rate_limiter::BucketConfig {
+            size: 8192,
+            one_time_burst: 0,
+            refill_time: Duration::from_secs(1),
+        });
+        block
+            .set_rate_limit(RateLimitTarget::Requests, limit)
+            .unwrap();
+        block.set_rate_limit_clock(clock.clone());
+        assert!(block
+            .set_rate_limit(RateLimitTarget::Receive, RateLimit::NONE)
+            .is_err());
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
+        driver.activate(&mut block);
+        // Five flushes (no data: only the ops bucket counts them).
+        put_header(&driver, VIRTIO_BLK_T_FLUSH, 0);
+        let mut heads: Vec<u16> = (0..5)
+            .map(|_| driver.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]))
+            .collect();
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 2, "the bucket's two");
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 2, "a kick does not refill it");
+        clock.advance(Duration::from_millis(500));
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 3);
+        clock.advance(Duration::from_secs(5));
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 5, "none lost");
+        assert_eq!(disk.calls.lock().unwrap().len(), 5);
+        // Reads: 4 KiB each against 8 KiB per second (the bucket is full again).
+        clock.advance(Duration::from_secs(5));
+        put_header(&driver, VIRTIO_BLK_T_IN, 0);
+        for i in 0..3u64 {
+            heads.push(driver.add_chain(&[
+                (HDR, 16, false),
+                (BUF + i * 0x1000, 4096, true),
+                (STATUS, 1, true),
+            ]));
+        }
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 7, "8 KiB of reads");
+        clock.advance(Duration::from_millis(499));
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 7, "4095 bytes are not enough");
+        clock.advance(Duration::from_millis(1));
+        block.queue_notify(0);
+        assert_eq!(driver.used_count(), 8);
+        for (i, head) in heads.iter().enumerate() {
+            assert_eq!(
+                driver.used(i as u16).0,
+                u32::from(*head),
+                "completed in ring order"
+            );
+        }
+        let limited = block
+            .counters()
+            .into_iter()
+            .find(|counter| counter.name == "rate_limited")
+            .unwrap();
+        assert!(limited.value >= 3, "{limited:?}");
+        assert_eq!(
+            block.rate_limits(),
+            vec![(RateLimitTarget::Requests, limit)]
+        );
+    }
+
+    #[test]
+    fn rate_limiter_budgets_survive_a_snapshot() {
+        use std::time::Duration;
+        let mut block = recording_block(RecordingDisk::new(4096), false);
+        let clock = crate::rate_limiter::ManualClock::new();
+        let limit = ops_limit(3, Duration::from_secs(3600));
+        block
+            .set_rate_limit(RateLimitTarget::Requests, limit)
+            .unwrap();
+        block.set_rate_limit_clock(clock.clone());
+        let mem = test_memory();
+        let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
+        let interrupt = driver.activate(&mut block);
+        put_header(&driver, VIRTIO_BLK_T_FLUSH, 0);
+        for _ in 0..2 {
+            driver.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]);
+        }
+        block.queue_notify(0);
+        let state = block.save_state().unwrap();
+        let json = serde_json::to_string(&state).unwrap();
+        let state: VirtioDeviceState = serde_json::from_str(&json).unwrap();
+        let mut restored = recording_block(RecordingDisk::new(4096), false);
+        restored
+            .set_rate_limit(RateLimitTarget::Requests, limit)
+            .unwrap();
+        restored.set_rate_limit_clock(clock.clone());
+        restored
+            .restore_state(&state, mem.clone(), interrupt)
+            .unwrap();
+        for _ in 0..3 {
+            driver.add_chain(&[(HDR, 16, false), (STATUS, 1, true)]);
+        }
+        restored.queue_notify(0);
+        assert_eq!(
+            driver.used_count(),
+            3,
+            "one token was left, not a full bucket"
+        );
     }
 
     #[test]

@@ -173,6 +173,19 @@ pub struct Request {
     pub status: GuestAddress,
 }
 
+impl Request {
+    /// Bytes the request moves between guest memory and the disk (what a bandwidth limit
+    /// counts): the data of a read or write, nothing for the other kinds.
+    pub fn data_bytes(&self) -> u64 {
+        match &self.kind {
+            RequestKind::In { segments, .. } | RequestKind::Out { segments, .. } => {
+                segments.iter().map(|s| u64::from(s.len)).sum()
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// Why a descriptor chain is not a valid request.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

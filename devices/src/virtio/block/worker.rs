@@ -11,8 +11,13 @@
 //! one after another.
 //!
 //! Stopping (device reset or drop) lets requests in flight complete, then hands the disk back.
+//!
+//! A request over the device's rate limit stays in the ring: the thread stops taking requests
+//! and sleeps until the limiter's timer fires (io_uring polls it, or `poll(2)` without
+//! io_uring), so a throttled guest costs nothing; kicks meanwhile are read and ignored.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,7 +34,7 @@ use super::request::{
     RequestKind, Segment, SECTOR_SHIFT, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use super::{DiskBackend, QUEUE_SIZE};
-use crate::virtio::queue_ops::drain_queue;
+use crate::virtio::queue_ops::{drain_queue_until, Served};
 use crate::virtio::single_queue::SingleQueue;
 use virtio_queue::QueueT;
 
@@ -37,6 +42,8 @@ use virtio_queue::QueueT;
 const RING_ENTRIES: u32 = 2 * QUEUE_SIZE as u32;
 /// `user_data` of the wake-up read on the kick eventfd.
 const KICK: u64 = u64::MAX;
+/// `user_data` of the poll on the rate limiter's timer.
+const TIMER: u64 = u64::MAX - 1;
 
 /// A running I/O thread.
 pub(crate) struct Worker<D: DiskBackend + 'static> {
@@ -112,16 +119,50 @@ fn run<D: DiskBackend>(
             Err(err) => debug!("virtio-blk: no io_uring ({err}); one request at a time"),
         }
     }
+    let timer = executor.throttle().timer_fd();
     loop {
-        // Blocks until kicked; an error (none expected) still re-checks the queue.
-        let _ = kick.read();
+        let (kicked, timer_fired) = wait_readable(&kick, timer);
+        if kicked {
+            // Readable, so this does not block.
+            let _ = kick.read();
+        }
         if stop.load(Ordering::SeqCst) {
             return (executor, active);
+        }
+        if timer_fired {
+            executor.throttle().timer_fired();
+        } else if executor.throttle().is_waiting() {
+            // A kick while throttled: the timer says when to look again.
+            continue;
         }
         if executor.process_queue(&mut active) > 0 {
             active.notify_driver("virtio-blk");
         }
     }
+}
+
+/// Sleeps until the kick eventfd or the rate limiter's timer is readable; says which. An
+/// interrupted or failed `poll` (none expected) reports both, so the caller looks anyway.
+fn wait_readable(kick: &EventFd, timer: Option<RawFd>) -> (bool, bool) {
+    let mut fds = [
+        libc::pollfd {
+            fd: kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: timer.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is an array of two initialised pollfd structures, and its length is
+    // passed; poll only writes their `revents`. A negative fd is ignored by poll.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    if ready <= 0 {
+        return (true, timer.is_some());
+    }
+    (fds[0].revents != 0, fds[1].revents != 0)
 }
 
 /// A request io_uring is carrying out.
@@ -158,6 +199,8 @@ struct Uring {
     in_flight: usize,
     /// The wake-up read's buffer, alive as long as the ring.
     kick_buf: Box<[u8; 8]>,
+    /// A poll on the rate limiter's timer is queued.
+    timer_armed: bool,
 }
 
 impl Uring {
@@ -168,7 +211,18 @@ impl Uring {
             slots: (0..QUEUE_SIZE).map(|_| None).collect(),
             in_flight: 0,
             kick_buf: Box::new([0; 8]),
+            timer_armed: false,
         }
+    }
+
+    /// Queues a poll of the rate limiter's timer, which completes when it fires.
+    fn arm_timer(&mut self, timer: RawFd) -> io::Result<()> {
+        let poll = opcode::PollAdd::new(types::Fd(timer), u32::from(libc::POLLIN.unsigned_abs()))
+            .build()
+            .user_data(TIMER);
+        self.push(&poll)?;
+        self.timer_armed = true;
+        Ok(())
     }
 
     /// Queues a read of the kick eventfd, which completes when the thread is woken.
@@ -204,6 +258,7 @@ impl Uring {
         kick: &EventFd,
         stop: &AtomicBool,
     ) {
+        let timer = executor.throttle().timer_fd();
         let mut stopping = false;
         if let Err(err) = self.arm_kick(kick) {
             crate::guest_warn!("virtio-blk: io_uring: {err}");
@@ -227,9 +282,15 @@ impl Uring {
                 .collect();
             let mut completed = 0usize;
             let mut kicked = false;
+            let mut timer_fired = false;
             for (user_data, result) in reaped {
                 if user_data == KICK {
                     kicked = true;
+                    continue;
+                }
+                if user_data == TIMER {
+                    self.timer_armed = false;
+                    timer_fired = true;
                     continue;
                 }
                 let Some(request) = usize::try_from(user_data)
@@ -243,14 +304,30 @@ impl Uring {
                 finish(executor, active, request, result);
                 completed += 1;
             }
+            if timer_fired {
+                executor.throttle().timer_fired();
+                // Requests are taken on the kick path only, where no wake-up read or timer
+                // poll is queued: a flush drains (IOSQE_IO_DRAIN) everything submitted before
+                // it, and must not wait for the next wake-up.
+                if let Err(err) = kick.write(1) {
+                    crate::guest_warn!("virtio-blk: cannot wake the I/O thread: {err}");
+                }
+            }
+            if kicked && stop.load(Ordering::SeqCst) {
+                stopping = true;
+            }
             if kicked && !stopping {
-                if stop.load(Ordering::SeqCst) {
-                    stopping = true;
-                } else {
+                // A kick while throttled is ignored: the timer says when to look again.
+                if !executor.throttle().is_waiting() {
                     completed += self.take_requests(executor, active);
-                    // Re-armed after the requests: a flush drains (IOSQE_IO_DRAIN) everything
-                    // submitted before it, and must not wait for the next wake-up.
-                    if let Err(err) = self.arm_kick(kick) {
+                }
+                // Re-armed after the requests, for the same reason.
+                if let Err(err) = self.arm_kick(kick) {
+                    crate::guest_warn!("virtio-blk: io_uring: {err}");
+                }
+                let waiting = executor.throttle().is_waiting();
+                if let (true, false, Some(timer)) = (waiting, self.timer_armed, timer) {
+                    if let Err(err) = self.arm_timer(timer) {
                         crate::guest_warn!("virtio-blk: io_uring: {err}");
                     }
                 }
@@ -264,8 +341,8 @@ impl Uring {
         }
     }
 
-    /// Pops every available request: reads, writes and flushes go to io_uring, the rest run
-    /// here. Returns how many completed at once.
+    /// Pops the available requests, as many as the rate limit allows: reads, writes and
+    /// flushes go to io_uring, the rest run here. Returns how many completed at once.
     fn take_requests<D: DiskBackend>(
         &mut self,
         executor: &mut Executor<D>,
@@ -273,20 +350,27 @@ impl Uring {
     ) -> usize {
         let mut completed = 0;
         let mem = &active.mem;
-        drain_queue(&mut active.queue, mem, "virtio-blk", |chain| {
+        let throttle = executor.shared_throttle();
+        let mut throttle = throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drain_queue_until(&mut active.queue, mem, "virtio-blk", |chain| {
             let head = chain.head_index();
             let request = match executor.parse(chain, mem) {
                 Ok(request) => request,
                 Err(used_len) => {
                     completed += 1;
-                    return Some(used_len);
+                    return Served::Used(used_len);
                 }
             };
+            if !throttle.admit(request.data_bytes()) {
+                return Served::Stop;
+            }
             match self.offer(executor, mem, head, &request) {
-                Ok(Offer::Submitted) => None,
+                Ok(Offer::Submitted) => Served::Later,
                 Ok(Offer::Inline) | Err(_) => {
                     completed += 1;
-                    Some(executor.perform(mem, &request))
+                    Served::Used(executor.perform(mem, &request))
                 }
             }
         });
@@ -607,6 +691,7 @@ mod tests {
             false,
             limits,
             Arc::new(Mutex::new(BlockMetrics::default())),
+            Arc::new(Mutex::new(crate::rate_limiter::Throttle::new())),
         );
         // 64 MiB of guest memory (mapped, never touched) read into 65 times over: 4160 MiB,
         // which a u32 total wraps to 64 MiB.
@@ -720,5 +805,79 @@ mod tests {
         // performing finished first.
         assert_eq!(driver.used_count(), 1);
         assert_eq!(driver.read(status_addr(0), 1), [0]);
+    }
+
+    /// The I/O thread sleeps on the limiter's timer: requests over the limit wait in the ring,
+    /// and a looser limit set meanwhile wakes it at once. With io_uring (a file) and without
+    /// (a backend with no file).
+    #[test]
+    fn a_throttled_io_thread_waits_for_its_timer_and_a_new_limit_wakes_it() {
+        use crate::rate_limiter::{BucketConfig, RateLimit, RateLimitTarget};
+        let path = temp_image("throttled.img", 1 << 20);
+        let config = BlockConfig {
+            path: path.clone(),
+            read_only: false,
+            direct: false,
+            id: "throttled".into(),
+        };
+        let mut file_block = VirtioBlock::new(&config).unwrap();
+        file_block.set_io_mode(IoMode::Thread);
+        let mut plain_block =
+            VirtioBlock::with_backend_id(slow_disk(Duration::ZERO), "plain", false).unwrap();
+        plain_block.set_io_mode(IoMode::Thread);
+        let blocks: Vec<Box<dyn VirtioDevice>> = vec![Box::new(file_block), Box::new(plain_block)];
+        for (which, mut block) in blocks.into_iter().enumerate() {
+            let ops = |size, refill_time| RateLimit {
+                bandwidth: None,
+                ops: Some(BucketConfig {
+                    size,
+                    one_time_burst: 0,
+                    refill_time,
+                }),
+            };
+            // 100 requests a second, 10 at once: 30 take at least 200 ms.
+            block
+                .set_rate_limit(
+                    RateLimitTarget::Requests,
+                    ops(10, Duration::from_millis(100)),
+                )
+                .unwrap();
+            let mem = test_memory();
+            let mut driver = DriverQueue::new(&mem, 0, QUEUE_SIZE);
+            // Activation starts the I/O thread.
+            let any: &mut dyn VirtioDevice = block.as_mut();
+            driver.activate(any);
+            let started = Instant::now();
+            // Within the 64 KiB of the smaller disk: a request past its end would be refused
+            // as malformed, which no limit holds up.
+            for i in 0..30u64 {
+                queue_request(&mut driver, i, VIRTIO_BLK_T_OUT, (i % 16) * 8, true);
+            }
+            any.queue_notify(0);
+            wait_used(&driver, 30);
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(190), "{which}: {took:?}");
+            // One request an hour: the thread sleeps with two requests in the ring ...
+            any.set_rate_limit(RateLimitTarget::Requests, ops(1, Duration::from_secs(3600)))
+                .unwrap();
+            for i in 30..33u64 {
+                queue_request(&mut driver, i, VIRTIO_BLK_T_FLUSH, 0, false);
+            }
+            any.queue_notify(0);
+            wait_used(&driver, 31);
+            std::thread::sleep(Duration::from_millis(100));
+            any.queue_notify(0);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(driver.used_count(), 31, "{which}: the rest wait");
+            // ... until the limit is lifted.
+            any.set_rate_limit(RateLimitTarget::Requests, RateLimit::NONE)
+                .unwrap();
+            wait_used(&driver, 33);
+            for i in 0..33u64 {
+                assert_eq!(driver.read(status_addr(i), 1), [0], "{which}: request {i}");
+            }
+            assert!(any.reset());
+        }
+        std::fs::remove_file(path).unwrap();
     }
 }

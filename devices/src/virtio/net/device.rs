@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::Counter;
 use crate::narrow::len_u32;
+use crate::rate_limiter::{RateLimit, RateLimitError, RateLimitTarget, Throttle};
 
 use super::backend::{NetBackend, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, OFFLOAD_UFO};
 use super::config::{MacAddress, NetConfig, NetConfigError, TapSource};
@@ -23,7 +24,9 @@ use super::header::{VirtioNetHeader, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN};
 use super::tap::{Tap, TapError};
 use crate::virtio::chain::{ChainBuffers, Direction};
 use crate::virtio::config_space::{read_config_bytes, NetConfigSpace};
-use crate::virtio::queue_ops::{drain_queue, notify_used, pop_or_enable_notification};
+use crate::virtio::queue_ops::{
+    drain_queue, drain_queue_until, notify_used, pop_or_enable_notification, Served,
+};
 use crate::virtio::snapshot::{
     restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
 };
@@ -194,6 +197,9 @@ pub enum RxState {
     /// The backend may have more frames but the guest has no free buffers (or the device is
     /// not active); stop polling the backend until the driver notifies the receive queue.
     WaitingForBuffers,
+    /// The receive rate limit is reached; stop polling the backend until the limiter's timer
+    /// fires (the device's event subscriber does that).
+    Throttled,
 }
 
 /// What happened to one received frame.
@@ -251,6 +257,12 @@ pub struct Net {
     rx_kick: EventFd,
     backend_armed: bool,
     metrics: NetMetrics,
+    /// The receive rate limiter.
+    rx_throttle: Throttle,
+    /// The pending frame has been charged to the receive limiter (it waits for buffers now).
+    rx_admitted: bool,
+    /// The transmit rate limiter.
+    tx_throttle: Throttle,
 }
 
 impl Net {
@@ -314,6 +326,9 @@ impl Net {
             rx_kick,
             backend_armed: false,
             metrics: NetMetrics::default(),
+            rx_throttle: Throttle::new(),
+            rx_admitted: false,
+            tx_throttle: Throttle::new(),
         })
     }
 
@@ -409,18 +424,30 @@ impl Net {
         flags
     }
 
-    /// Sends every frame the driver queued on the transmit queue to the backend.
+    /// Sends the frames the driver queued on the transmit queue to the backend, as many as the
+    /// transmit rate limit allows (the rest stay queued until the limiter's timer fires).
     fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if self.tx_throttle.is_waiting() {
+            // A notification while throttled: the timer says when to look again.
+            return;
+        }
         let (id, acked, frame) = (&self.id, self.acked_features, &mut self.tx_frame);
         let (backend, metrics) = (self.backend.as_mut(), &mut self.metrics);
+        let throttle = &mut self.tx_throttle;
         let tag = format_args!("net `{id}` tx");
-        let returned = drain_queue(&mut active.tx, &active.mem, tag, |chain| {
-            transmit_chain(id, &active.mem, chain, acked, frame, backend, metrics);
-            Some(0)
-        });
+        let returned = drain_queue_until(&mut active.tx, &active.mem, tag, |chain| {
+            if let Some(len) = read_tx_chain(id, &active.mem, chain, acked, frame, metrics) {
+                if !throttle.admit(len as u64) {
+                    return Served::Stop;
+                }
+                send_frame(id, &frame[..len], backend, metrics);
+            }
+            Served::Used(0)
+        })
+        .returned;
         if returned > 0 {
             notify_used(
                 &mut active.tx,
@@ -484,14 +511,13 @@ impl Net {
         if self.active.is_none() {
             return RxState::WaitingForBuffers;
         }
+        if self.rx_throttle.is_waiting() {
+            return RxState::Throttled;
+        }
         for _ in 0..RX_BATCH {
             if let Some(len) = self.rx_pending {
-                match self.deliver_frame(len) {
-                    Delivery::NoBuffers => {
-                        self.metrics.rx_stalls += 1;
-                        return RxState::WaitingForBuffers;
-                    }
-                    Delivery::Delivered | Delivery::Dropped => self.rx_pending = None,
+                if let Some(state) = self.deliver_pending(len) {
+                    return state;
                 }
             }
             match self.backend.recv(&mut self.rx_frame) {
@@ -516,15 +542,33 @@ impl Net {
         }
         // Batch exhausted: deliver what we hold if we can, and come back on the next event.
         if let Some(len) = self.rx_pending {
-            match self.deliver_frame(len) {
-                Delivery::NoBuffers => {
-                    self.metrics.rx_stalls += 1;
-                    return RxState::WaitingForBuffers;
-                }
-                Delivery::Delivered | Delivery::Dropped => self.rx_pending = None,
+            if let Some(state) = self.deliver_pending(len) {
+                return state;
             }
         }
         RxState::BackendDrained
+    }
+
+    /// Delivers the pending frame of `len` bytes once the receive limiter allows it (charged
+    /// once, however long it then waits for buffers). `Some` when receiving must stop.
+    fn deliver_pending(&mut self, len: usize) -> Option<RxState> {
+        if !self.rx_admitted {
+            if !self.rx_throttle.admit(len as u64) {
+                return Some(RxState::Throttled);
+            }
+            self.rx_admitted = true;
+        }
+        match self.deliver_frame(len) {
+            Delivery::NoBuffers => {
+                self.metrics.rx_stalls += 1;
+                Some(RxState::WaitingForBuffers)
+            }
+            Delivery::Delivered | Delivery::Dropped => {
+                self.rx_pending = None;
+                self.rx_admitted = false;
+                None
+            }
+        }
     }
 
     /// Copies the pending frame of `len` bytes into receive chains, merging several when the
@@ -654,6 +698,22 @@ impl Net {
         outcome
     }
 
+    /// Runs both rate limiters on `clock` (tests move time by hand).
+    #[cfg(test)]
+    pub(crate) fn set_rate_limit_clock(&mut self, clock: Arc<dyn crate::rate_limiter::Clock>) {
+        self.rx_throttle.set_clock(clock.clone());
+        self.tx_throttle.set_clock(clock);
+    }
+
+    /// What the event subscriber does when the limiters' timers fire, without an event loop.
+    #[cfg(test)]
+    pub(crate) fn rate_limit_timers_fired(&mut self) -> RxState {
+        self.tx_throttle.timer_fired();
+        self.process_tx();
+        self.rx_throttle.timer_fired();
+        self.receive()
+    }
+
     fn set_backend_armed(&mut self, ops: &mut EventOps, armed: bool) {
         let Some(fd) = self.backend.ready_fd() else {
             return;
@@ -684,17 +744,17 @@ impl Net {
     }
 }
 
-/// Gathers one transmit chain into `frame`, checks it, and sends it to `backend`. Malformed
-/// chains are counted and dropped; the caller completes the chain either way.
-pub(crate) fn transmit_chain(
+/// Gathers one transmit chain into `frame` and checks it; returns its length (virtio-net header
+/// included). Malformed chains are counted and give `None`; the caller completes the chain
+/// either way.
+pub(crate) fn read_tx_chain(
     id: &str,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     acked_features: u64,
     frame: &mut [u8],
-    backend: &mut dyn NetBackend,
     metrics: &mut NetMetrics,
-) {
+) -> Option<usize> {
     let buffers = match ChainBuffers::new(mem, chain, Direction::DeviceReads, frame.len()) {
         Ok(buffers) if buffers.len() >= MIN_TX_LEN => buffers,
         Ok(buffers) => {
@@ -703,12 +763,12 @@ pub(crate) fn transmit_chain(
                 buffers.len()
             );
             metrics.tx_malformed += 1;
-            return;
+            return None;
         }
         Err(err) => {
             debug!("net `{id}`: tx chain dropped: {err}");
             metrics.tx_malformed += 1;
-            return;
+            return None;
         }
     };
     let len = match buffers.read_at(mem, 0, frame) {
@@ -716,20 +776,25 @@ pub(crate) fn transmit_chain(
         Err(err) => {
             debug!("net `{id}`: tx chain dropped: {err}");
             metrics.tx_malformed += 1;
-            return;
+            return None;
         }
     };
-    let frame = &frame[..len];
     // At least MIN_TX_LEN bytes were read, so the header parses.
-    let Some(header) = VirtioNetHeader::parse(frame) else {
+    let Some(header) = VirtioNetHeader::parse(&frame[..len]) else {
         metrics.tx_malformed += 1;
-        return;
+        return None;
     };
     if let Err(err) = header.validate_tx(len - VIRTIO_NET_HDR_LEN, acked_features) {
         debug!("net `{id}`: tx frame dropped: {err}");
         metrics.tx_malformed += 1;
-        return;
+        return None;
     }
+    Some(len)
+}
+
+/// Hands a checked frame to `backend`, counting what happened.
+fn send_frame(id: &str, frame: &[u8], backend: &mut dyn NetBackend, metrics: &mut NetMetrics) {
+    let len = frame.len();
     match backend.send(frame) {
         Ok(()) => {
             metrics.tx_frames += 1;
@@ -848,6 +913,10 @@ impl VirtioDevice for Net {
     fn reset(&mut self) -> bool {
         self.active = None;
         self.rx_pending = None;
+        self.rx_admitted = false;
+        // Nothing waits any more; the budgets stay spent (a reset does not refill them).
+        self.rx_throttle.timer_fired();
+        self.tx_throttle.timer_fired();
         self.acked_features = 0;
         self.ctrl.reset();
         if let Err(err) = self.backend.set_offload(0) {
@@ -872,6 +941,10 @@ impl VirtioDevice for Net {
                 })
                 .collect(),
             extra: DeviceExtra::Net(self.ctrl.snapshot()),
+            rate_limiters: vec![
+                (RateLimitTarget::Receive, self.rx_throttle.state()),
+                (RateLimitTarget::Transmit, self.tx_throttle.state()),
+            ],
         })
     }
 
@@ -887,11 +960,48 @@ impl VirtioDevice for Net {
             return Err(SnapshotError::Mismatch("no NIC state saved".into()));
         };
         self.ctrl.restore(saved).map_err(SnapshotError::Mismatch)?;
+        for (target, saved) in &state.rate_limiters {
+            match target {
+                RateLimitTarget::Receive => self.rx_throttle.restore(saved),
+                RateLimitTarget::Transmit => self.tx_throttle.restore(saved),
+                RateLimitTarget::Requests => {}
+            }
+        }
         restore_plain(self, state, mem, interrupt)
     }
 
+    fn set_rate_limit(
+        &mut self,
+        target: RateLimitTarget,
+        limit: RateLimit,
+    ) -> Result<(), RateLimitError> {
+        match target {
+            RateLimitTarget::Receive => self.rx_throttle.set_limit(limit),
+            RateLimitTarget::Transmit => self.tx_throttle.set_limit(limit),
+            RateLimitTarget::Requests => Err(RateLimitError::Unsupported { target }),
+        }
+    }
+
+    fn rate_limits(&self) -> Vec<(RateLimitTarget, RateLimit)> {
+        vec![
+            (RateLimitTarget::Receive, self.rx_throttle.limit()),
+            (RateLimitTarget::Transmit, self.tx_throttle.limit()),
+        ]
+    }
+
     fn counters(&self) -> Vec<Counter> {
-        self.metrics.counters()
+        let mut counters = self.metrics.counters();
+        counters.push(Counter::count(
+            "rx_rate_limited",
+            "times a received frame waited for the rate limiter",
+            self.rx_throttle.throttled(),
+        ));
+        counters.push(Counter::count(
+            "tx_rate_limited",
+            "times a sent frame waited for the rate limiter",
+            self.tx_throttle.throttled(),
+        ));
+        counters
     }
 }
 
@@ -900,12 +1010,30 @@ impl MutEventSubscriber for Net {
         if let Err(err) = ops.add(Events::new(&self.rx_kick, EventSet::IN)) {
             error!("net `{}`: cannot register receive kick: {err:?}", self.id);
         }
+        for fd in [self.rx_throttle.timer_fd(), self.tx_throttle.timer_fd()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(err) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                error!(
+                    "net `{}`: cannot register a rate limiter timer: {err:?}",
+                    self.id
+                );
+            }
+        }
         self.set_backend_armed(ops, true);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.rx_kick.as_raw_fd() {
+        if Some(fd) == self.tx_throttle.timer_fd() {
+            self.tx_throttle.timer_fired();
+            self.process_tx();
+            return;
+        }
+        if Some(fd) == self.rx_throttle.timer_fd() {
+            self.rx_throttle.timer_fired();
+        } else if fd == self.rx_kick.as_raw_fd() {
             // Drain the counter; a failed read only means it was already zero.
             let _ = self.rx_kick.read();
         } else if Some(fd) != self.backend.ready_fd() {

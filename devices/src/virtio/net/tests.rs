@@ -818,3 +818,147 @@ mod tap_test {
         }
     }
 }
+
+fn ops_limit(size: u64, refill: std::time::Duration) -> crate::rate_limiter::RateLimit {
+    crate::rate_limiter::RateLimit {
+        bandwidth: None,
+        ops: Some(crate::rate_limiter::BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time: refill,
+        }),
+    }
+}
+
+#[test]
+fn frames_over_the_transmit_limit_wait_in_the_ring_and_go_out_in_order() {
+    use crate::rate_limiter::RateLimitTarget;
+    use std::time::Duration;
+    let mem = test_memory();
+    let mut h = Harness::new(&mem, 0);
+    let clock = crate::rate_limiter::ManualClock::new();
+    h.net
+        .set_rate_limit(
+            RateLimitTarget::Transmit,
+            ops_limit(2, Duration::from_secs(1)),
+        )
+        .unwrap();
+    h.net.set_rate_limit_clock(clock.clone());
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(50 + i)).collect();
+    for (i, frame) in frames.iter().enumerate() {
+        let addr = BUFFERS + i as u64 * 0x1000;
+        mem.write_slice(frame, GuestAddress(addr)).unwrap();
+        h.tx.add_chain(&[(addr, frame.len() as u32, false)]);
+    }
+    h.net.queue_notify(TX_QUEUE);
+    assert_eq!(h.sent(), frames[..2].to_vec());
+    assert_eq!(h.tx.used_count(), 2, "only what was sent is returned");
+    h.net.queue_notify(TX_QUEUE);
+    assert!(h.sent().is_empty(), "a kick does not refill the bucket");
+    clock.advance(Duration::from_millis(500));
+    h.net.rate_limit_timers_fired();
+    assert_eq!(h.sent(), frames[2..3].to_vec());
+    clock.advance(Duration::from_secs(10));
+    h.net.rate_limit_timers_fired();
+    assert_eq!(h.sent(), frames[3..].to_vec());
+    assert_eq!(h.tx.used_count(), 5);
+    assert_eq!(h.net.metrics().tx_frames, 5);
+    let limited = h
+        .net
+        .counters()
+        .into_iter()
+        .find(|c| c.name == "tx_rate_limited");
+    assert!(limited.unwrap().value >= 2);
+}
+
+#[test]
+fn frames_over_the_receive_limit_stay_in_the_backend_until_the_timer() {
+    use crate::rate_limiter::RateLimitTarget;
+    use std::time::Duration;
+    let mem = test_memory();
+    let mut h = Harness::new(&mem, 0);
+    let clock = crate::rate_limiter::ManualClock::new();
+    // 100 bytes per second: one 76-byte frame, then the next must wait.
+    let limit = crate::rate_limiter::RateLimit {
+        bandwidth: Some(crate::rate_limiter::BucketConfig {
+            size: 100,
+            one_time_burst: 0,
+            refill_time: Duration::from_secs(1),
+        }),
+        ops: None,
+    };
+    h.net
+        .set_rate_limit(RateLimitTarget::Receive, limit)
+        .unwrap();
+    h.net.set_rate_limit_clock(clock.clone());
+    assert!(h
+        .net
+        .set_rate_limit(RateLimitTarget::Requests, limit)
+        .is_err());
+    for i in 0..4 {
+        h.rx.add_chain(&[(BUFFERS + i * 0x1000, 2048, true)]);
+    }
+    for _ in 0..3 {
+        h.inject(frame(50));
+    }
+    assert_eq!(h.net.receive(), RxState::Throttled);
+    assert_eq!(h.rx.used_count(), 1);
+    let calls = h.state.lock().unwrap().recv_calls;
+    assert_eq!(
+        calls, 2,
+        "the second frame is held, the third left in the backend"
+    );
+    assert_eq!(h.net.receive(), RxState::Throttled);
+    assert_eq!(
+        h.state.lock().unwrap().recv_calls,
+        calls,
+        "no reading while throttled"
+    );
+    clock.advance(Duration::from_millis(760));
+    assert_eq!(h.net.rate_limit_timers_fired(), RxState::Throttled);
+    assert_eq!(h.rx.used_count(), 2);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.net.rate_limit_timers_fired(), RxState::BackendDrained);
+    assert_eq!(h.rx.used_count(), 3);
+    assert_eq!(h.net.metrics().rx_frames, 3);
+    assert_eq!(h.net.metrics().rx_dropped, 0);
+}
+
+#[test]
+fn rate_limiter_timers_are_served_by_the_event_loop() {
+    use crate::rate_limiter::RateLimitTarget;
+    use std::time::{Duration, Instant};
+    let mem = test_memory();
+    let h = Harness::new(&mem, 0);
+    let Harness {
+        net, mut tx, state, ..
+    } = h;
+    let net = Arc::new(Mutex::new(net));
+    // 20 frames a second, 2 at once: 6 frames take at least 200 ms.
+    net.lock()
+        .unwrap()
+        .set_rate_limit(
+            RateLimitTarget::Transmit,
+            ops_limit(2, Duration::from_millis(100)),
+        )
+        .unwrap();
+    let mut event_loop = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    event_loop.add_subscriber(net.clone());
+    let sent = frame(40);
+    mem.write_slice(&sent, GuestAddress(BUFFERS)).unwrap();
+    for _ in 0..6 {
+        tx.add_chain(&[(BUFFERS, sent.len() as u32, false)]);
+    }
+    let started = Instant::now();
+    net.lock().unwrap().queue_notify(TX_QUEUE);
+    while state.lock().unwrap().sent.len() < 6 {
+        assert!(started.elapsed() < Duration::from_secs(10), "stuck");
+        event_loop.run_with_timeout(100).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(190),
+        "{took:?}: the limit held"
+    );
+    assert_eq!(tx.used_count(), 6);
+}

@@ -377,6 +377,7 @@ impl VirtioDevice for Vsock {
                 .flat_map(|active| [&active.rx, &active.tx, &active.event].map(QueueSnapshot::of))
                 .collect(),
             extra: DeviceExtra::None,
+            rate_limiters: Vec::new(),
         })
     }
 
