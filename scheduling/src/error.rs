@@ -374,6 +374,19 @@ pub enum PlacementStateError {
     Commit(#[from] CommitError),
 }
 
+/// Why an operation of [`crate::store::MemoryStore`] failed. Nothing changed.
+#[derive(Debug, Error, Clone)]
+pub enum MemoryStoreError {
+    /// The placement failed: invalid request, nothing fits, or the commit was refused (shown as
+    /// the [`crate::PlaceError`] itself).
+    #[error(transparent)]
+    Place(#[from] crate::PlaceError),
+    /// A bookkeeping operation failed, e.g. releasing an unknown consumer (shown as the
+    /// [`PlacementStateError`] itself).
+    #[error(transparent)]
+    State(#[from] PlacementStateError),
+}
+
 /// Why [`crate::State::restore`] or [`crate::State::import`] refused a list of placements. Nothing
 /// of the list was applied.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -87,6 +87,9 @@
 //! - [`profile`], [`framework`], [`plugins`]: policies (spread, pack, balanced, power saving, even VM
 //!   count, stranded-aware) as profiles of small plugins at kube-scheduler's extension points; embedders
 //!   may write their own pre-filter, filter, score, reserve and permit plugins against [`framework`].
+//! - [`store`]: the storage seam, [`store::PlacementStore`]: the in-memory
+//!   [`store::MemoryStore`] (the default) or a database shared by several decider processes
+//!   (the `scheduling-postgres` crate).
 //! - [`explain`]: why nothing fits (`0/5000 hosts available: ...`), each reason also structured
 //!   ([`RejectionReason`], serialisable), and score breakdowns.
 //! - [`ops`]: gang placement, preemption, evacuation, rebalancing, HA reservation check.
@@ -97,7 +100,8 @@
 //! Behind cargo features, for benchmarks, tests and demos rather than embedders: `generator` (seeded
 //! synthetic clusters and workloads) and `report` (utilisation summaries, packing lower bounds, SVG).
 //!
-//! What it deliberately does not do: talk to hypervisors, persist state, or run a service.
+//! What it deliberately does not do: talk to hypervisors, persist state (that is a
+//! [`store::PlacementStore`]'s job, outside this crate for a database), or run a service.
 
 #![deny(missing_docs)]
 
@@ -123,9 +127,10 @@ mod rng;
 pub mod scheduler;
 pub mod shared;
 pub mod state;
+pub mod store;
 
 pub use error::{
-    CommitError, ModelError, ParseError, ParseTextError, PlacementRequestError,
+    CommitError, MemoryStoreError, ModelError, ParseError, ParseTextError, PlacementRequestError,
     PlacementStateError, RestoreError,
 };
 pub use explain::{Diagnosis, Explanation, HostScore, Reason, RejectionReason};

@@ -77,6 +77,22 @@ dense_id! {
     OwnerId(u32)
 }
 
+impl OwnerId {
+    /// The owner's dense position (`0..cluster.owner_count()`: hosts in host order, then shared
+    /// providers), for stores keeping a generation per owner.
+    ///
+    /// ```
+    /// let c = scheduling::Cluster::from_json(r#"{"hosts": [
+    ///   {"name": "a", "inventories": {"VCPU": {"total": 4}}}]}"#).unwrap();
+    /// let owner = c.host_owner(c.host_id("a").unwrap());
+    /// assert_eq!((owner.index(), c.owner_name(owner)), (0, "a"));
+    /// ```
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 dense_id! {
     /// A trait name (`HW_CPU_X86_AVX2`, `CUSTOM_*`, ...).
     TraitId(u32)
