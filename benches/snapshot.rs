@@ -40,7 +40,10 @@ fn config(guest: &std::path::Path, mib: u64) -> VmConfig {
     config.memory = MemSize::mib(mib);
     config.virtio_transport = VirtioTransport::Pci;
     config.cmdline = "keel.cpus=1 keel.pci keel.rng keel.ticks=0 keel.tick_tsc=300000".into();
-    config.rng = Some(vmm_core::config::RngConfig { id: "rng0".into() });
+    config.rng = Some(vmm_core::config::RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     config
 }
 

@@ -371,6 +371,7 @@ pub unsafe extern "C" fn keel_config_add_disk(
                 path: path.into(),
                 read_only,
                 direct,
+                rate_limiter: None,
             });
             Ok(())
         })
@@ -408,6 +409,8 @@ pub unsafe extern "C" fn keel_config_add_net_tap(
                 id: id.to_string(),
                 tap: tap.to_string(),
                 mac: mac.map(str::to_string),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
             });
             Ok(())
         })
@@ -441,6 +444,8 @@ pub unsafe extern "C" fn keel_config_add_net_fd(
                 id: id.to_string(),
                 tap: String::new(),
                 mac: mac.map(str::to_string),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
             });
             Ok(())
         })?;
@@ -493,7 +498,10 @@ pub unsafe extern "C" fn keel_config_set_rng(
         // SAFETY: the caller passes a NUL-terminated string (keel.h).
         let id = unsafe { text(id, "id") }?;
         edit(config, |object| {
-            object.config.rng = Some(RngConfig { id: id.to_string() });
+            object.config.rng = Some(RngConfig {
+                id: id.to_string(),
+                rate_limiter: None,
+            });
             Ok(())
         })
     })

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use vmm_core::config::RateLimitUpdate;
 use vmm_core::{ExitReason, VmConfig, VmState};
 
 /// The largest request body accepted, in bytes (a VM config is a few KiB).
@@ -86,6 +87,8 @@ pub enum Endpoint {
     VmReceiveMigration,
     /// How the current or last migration out stands.
     VmMigration,
+    /// Change a device's rate limits while the VM runs.
+    VmRateLimit,
     /// Config, state and exit reason.
     VmInfo,
     /// The VM's counters as JSON.
@@ -96,7 +99,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// All endpoints, in documentation order.
-    pub const ALL: [Endpoint; 18] = [
+    pub const ALL: [Endpoint; 19] = [
         Endpoint::Ping,
         Endpoint::VmmShutdown,
         Endpoint::VmCreate,
@@ -112,6 +115,7 @@ impl Endpoint {
         Endpoint::VmSendMigration,
         Endpoint::VmReceiveMigration,
         Endpoint::VmMigration,
+        Endpoint::VmRateLimit,
         Endpoint::VmInfo,
         Endpoint::VmCounters,
         Endpoint::Metrics,
@@ -135,6 +139,7 @@ impl Endpoint {
             Endpoint::VmSendMigration => "/api/v1/vm.send-migration",
             Endpoint::VmReceiveMigration => "/api/v1/vm.receive-migration",
             Endpoint::VmMigration => "/api/v1/vm.migration",
+            Endpoint::VmRateLimit => "/api/v1/vm.rate-limit",
             Endpoint::VmInfo => "/api/v1/vm.info",
             Endpoint::VmCounters => "/api/v1/vm.counters",
             Endpoint::Metrics => "/metrics",
@@ -189,6 +194,9 @@ impl Endpoint {
                 "Listen for a VM migrating in; returns once listening, the VM runs when it arrived"
             }
             Endpoint::VmMigration => "Progress, report or error of the current or last migration out",
+            Endpoint::VmRateLimit => {
+                "Replace a disk's, NIC's or the entropy device's rate limiters (full buckets); the config keeps them"
+            }
             Endpoint::VmInfo => "The VM's config, state and, once it exited, why",
             Endpoint::VmCounters => {
                 "Counters: vCPU exits by kind, serial bytes, each device's own counters"
@@ -198,7 +206,8 @@ impl Endpoint {
     }
 
     /// Whether the request carries a JSON body (`vm.create`: a [`VmConfig`]; `vm.snapshot`: a
-    /// [`SnapshotRequest`]; `vm.restore`: a [`RestoreRequest`]).
+    /// [`SnapshotRequest`]; `vm.restore`: a [`RestoreRequest`]; `vm.rate-limit`: a
+    /// [`RateLimitUpdate`]).
     pub fn takes_body(self) -> bool {
         matches!(
             self,
@@ -207,6 +216,7 @@ impl Endpoint {
                 | Endpoint::VmRestore
                 | Endpoint::VmSendMigration
                 | Endpoint::VmReceiveMigration
+                | Endpoint::VmRateLimit
         )
     }
 
@@ -218,6 +228,7 @@ impl Endpoint {
             Endpoint::VmRestore => Some("RestoreRequest"),
             Endpoint::VmSendMigration => Some("SendMigrationRequest"),
             Endpoint::VmReceiveMigration => Some("ReceiveMigrationRequest"),
+            Endpoint::VmRateLimit => Some("RateLimitUpdate"),
             _ => None,
         }
     }
@@ -331,6 +342,8 @@ pub enum RequestBody {
     SendMigration(SendMigrationRequest),
     /// `vm.receive-migration`.
     ReceiveMigration(Box<ReceiveMigrationRequest>),
+    /// `vm.rate-limit`.
+    RateLimit(RateLimitUpdate),
 }
 
 /// An error answer.

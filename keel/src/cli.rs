@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
+use vmm_core::config::{
+    DiskConfig, NetConfig, RateLimiterConfig, RngConfig, TokenBucketConfig, VsockConfig,
+};
 use vmm_core::{BootProtocol, ConsoleConfig, SerialInput, SerialOutput, VirtioTransport, VmConfig};
 
 use crate::options::{OptionError, OptionList};
@@ -110,6 +112,17 @@ pub enum RemoteAction {
     },
     /// The current or last migration's progress, report or error (JSON).
     Migration,
+    /// Change a disk's, NIC's or the entropy device's rate limit while the VM runs.
+    RateLimit {
+        /// The device's id (`disk0`, `net0`, `rng0`).
+        device: String,
+        /// The limit: `bw_size=BYTES,bw_refill_time=MS[,bw_one_time_burst=BYTES]` and/or
+        /// `ops_size=N,ops_refill_time=MS[,ops_one_time_burst=N]`, or `none` to remove it.
+        limit: String,
+        /// Which side of a NIC (both by default); not for disks and the entropy device.
+        #[arg(long, value_enum)]
+        direction: Option<Direction>,
+    },
     /// Attach to the serial console, or with --virtio the virtio console (detach with Ctrl-]).
     Console {
         /// The console socket; default: the one `info` reports.
@@ -119,6 +132,17 @@ pub enum RemoteAction {
         #[arg(long)]
         virtio: bool,
     },
+}
+
+/// Which side of a NIC `keel remote rate-limit` limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    /// Frames to the guest.
+    Rx,
+    /// Frames from the guest.
+    Tx,
+    /// Both.
+    Both,
 }
 
 /// What happens when the guest resets itself.
@@ -184,17 +208,32 @@ pub struct VmmArgs {
     /// Guest memory: `size=SIZE` (or just SIZE: 512M, 2G). Default 128M.
     #[arg(long, value_name = "size=SIZE")]
     pub memory: Option<String>,
-    /// A virtio-blk disk on a raw image (repeatable).
-    #[arg(long, value_name = "path=PATH[,readonly=on][,direct=on][,id=ID]")]
+    /// A virtio-blk disk on a raw image (repeatable). A rate limit (Cloud Hypervisor's keys,
+    /// times in ms): `bw_size=BYTES,bw_refill_time=MS[,bw_one_time_burst=BYTES]` and/or
+    /// `ops_size=N,ops_refill_time=MS[,ops_one_time_burst=N]`.
+    #[arg(
+        long,
+        value_name = "path=PATH[,readonly=on][,direct=on][,id=ID][,bw_size=B,bw_refill_time=MS][,ops_size=N,ops_refill_time=MS]"
+    )]
     pub disk: Vec<String>,
-    /// A virtio-net card on a TAP device, by name or inherited descriptor (repeatable).
-    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC][,id=ID]")]
+    /// A virtio-net card on a TAP device, by name or inherited descriptor (repeatable). The
+    /// rate limit keys (as for --disk) limit both directions, each on its own.
+    #[arg(
+        long,
+        value_name = "tap=NAME|fd=N[,mac=MAC][,id=ID][,bw_size=B,bw_refill_time=MS][,ops_size=N,ops_refill_time=MS]"
+    )]
     pub net: Vec<String>,
     /// A vsock device; the host side is the Unix socket (Firecracker's model).
     #[arg(long, value_name = "cid=N,socket=PATH[,id=ID]")]
     pub vsock: Option<String>,
-    /// A virtio-rng device (optionally `id=ID`).
-    #[arg(long, value_name = "id=ID", num_args = 0..=1, default_missing_value = "")]
+    /// A virtio-rng device (optionally `id=ID`, and a rate limit as for --disk, in bytes of
+    /// entropy and requests).
+    #[arg(
+        long,
+        value_name = "id=ID[,bw_size=B,bw_refill_time=MS][,ops_size=N,ops_refill_time=MS]",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
     pub rng: Option<String>,
     /// The serial console (COM1): `tty` (stdout, and stdin when it is a terminal; the
     /// default), `file=PATH`, `socket=PATH` (clients attach with `keel remote console`),
@@ -406,13 +445,15 @@ fn apply_machine_flags(
     }
     if let Some(spec) = &args.rng {
         let mut id = "rng0".to_string();
+        let mut rate_limiter = None;
         if !spec.is_empty() {
-            let mut list = OptionList::parse("--rng", spec, &["id"], None)?;
+            let mut list = OptionList::parse("--rng", spec, &with_rate_limit(&["id"]), None)?;
             if let Some(given) = list.take("id")? {
                 id = given;
             }
+            rate_limiter = take_rate_limiter(&mut list)?;
         }
-        config.rng = Some(RngConfig { id });
+        config.rng = Some(RngConfig { id, rate_limiter });
     }
     if let Some(transport) = args.transport {
         config.virtio_transport = match transport {
@@ -434,11 +475,58 @@ fn apply_machine_flags(
     Ok(())
 }
 
+/// The keys of a rate limit in an option list: Cloud Hypervisor's names, times in ms.
+const RATE_LIMIT_KEYS: [&str; 6] = [
+    "bw_size",
+    "bw_one_time_burst",
+    "bw_refill_time",
+    "ops_size",
+    "ops_one_time_burst",
+    "ops_refill_time",
+];
+
+/// A flag's own keys, then the rate limit's.
+fn with_rate_limit(keys: &[&'static str]) -> Vec<&'static str> {
+    keys.iter().copied().chain(RATE_LIMIT_KEYS).collect()
+}
+
+/// The rate limit the list's `bw_*` and `ops_*` keys give, if any. A bucket needs its size and
+/// its refill time.
+pub(crate) fn take_rate_limiter(
+    list: &mut OptionList,
+) -> Result<Option<RateLimiterConfig>, OptionError> {
+    let mut bucket = |prefix: &str, unit: &str| -> Result<Option<TokenBucketConfig>, OptionError> {
+        let size_key = format!("{prefix}_size");
+        let refill_key = format!("{prefix}_refill_time");
+        let size = list.parsed::<u64>(&size_key, unit)?;
+        let burst = list.parsed::<u64>(&format!("{prefix}_one_time_burst"), unit)?;
+        let refill = list.parsed::<u64>(&refill_key, "a number of milliseconds")?;
+        match (size, refill) {
+            (None, None) if burst.is_none() => Ok(None),
+            (Some(size), Some(refill_time_ms)) => Ok(Some(TokenBucketConfig {
+                size,
+                one_time_burst: burst.unwrap_or(0),
+                refill_time_ms,
+            })),
+            (None, _) => {
+                Err(list.missing(&size_key, &format!("a `{prefix}` bucket needs its size")))
+            }
+            (Some(_), None) => Err(list.missing(
+                &refill_key,
+                &format!("a `{prefix}` bucket needs its refill time in ms"),
+            )),
+        }
+    };
+    let bandwidth = bucket("bw", "a number of bytes")?;
+    let ops = bucket("ops", "a number of operations")?;
+    Ok((bandwidth.is_some() || ops.is_some()).then_some(RateLimiterConfig { bandwidth, ops }))
+}
+
 fn parse_disk(index: usize, spec: &str) -> Result<DiskConfig, OptionError> {
     let mut list = OptionList::parse(
         "--disk",
         spec,
-        &["path", "readonly", "direct", "id"],
+        &with_rate_limit(&["path", "readonly", "direct", "id"]),
         Some("path"),
     )?;
     Ok(DiskConfig {
@@ -446,12 +534,18 @@ fn parse_disk(index: usize, spec: &str) -> Result<DiskConfig, OptionError> {
         read_only: list.flag_value("readonly", false)?,
         direct: list.flag_value("direct", false)?,
         id: list.take("id")?.unwrap_or_else(|| format!("disk{index}")),
+        rate_limiter: take_rate_limiter(&mut list)?,
     })
 }
 
 /// A NIC from `--net`, and the inherited TAP descriptor it names (`fd=N`), if any.
 fn parse_net(index: usize, spec: &str) -> Result<(NetConfig, Option<i32>), OptionError> {
-    let mut list = OptionList::parse("--net", spec, &["tap", "fd", "mac", "id"], Some("tap"))?;
+    let mut list = OptionList::parse(
+        "--net",
+        spec,
+        &with_rate_limit(&["tap", "fd", "mac", "id"]),
+        Some("tap"),
+    )?;
     let tap = list.take("tap")?;
     let tap_fd = list.parsed::<i32>("fd", "a descriptor number")?;
     let (tap, tap_fd) = match (tap, tap_fd) {
@@ -477,10 +571,15 @@ fn parse_net(index: usize, spec: &str) -> Result<(NetConfig, Option<i32>), Optio
             message: format!("key `fd`: {fd} is standard input, output or error, not a TAP"),
         });
     }
+    // One limit for each direction, as Cloud Hypervisor's --net takes it.
+    let (id, mac) = (list.take("id")?, list.take("mac")?);
+    let limiter = take_rate_limiter(&mut list)?;
     let nic = NetConfig {
-        id: list.take("id")?.unwrap_or_else(|| format!("net{index}")),
+        id: id.unwrap_or_else(|| format!("net{index}")),
         tap,
-        mac: list.take("mac")?,
+        mac,
+        rx_rate_limiter: limiter,
+        tx_rate_limiter: limiter,
     };
     Ok((nic, tap_fd))
 }
@@ -613,7 +712,8 @@ mod tests {
         let err = |args: &[&str]| parse(args).unwrap_err().to_string();
         assert_eq!(
             err(&["--kernel", "/k", "--disk", "path=/a,size=1"]),
-            "--disk: unknown key `size` (known keys: path, readonly, direct, id)"
+            "--disk: unknown key `size` (known keys: path, readonly, direct, id, bw_size, \
+             bw_one_time_burst, bw_refill_time, ops_size, ops_one_time_burst, ops_refill_time)"
         );
         assert_eq!(
             err(&["--kernel", "/k", "--memory", "size=lots"]),
@@ -627,6 +727,52 @@ mod tests {
         );
         assert!(err(&["--cpus", "2"]).contains("--cpus: describes a VM, but there is no --kernel"));
         assert!(err(&["--config", "/c.json", "--cpus", "2"]).contains("cannot be used with"));
+    }
+
+    #[test]
+    fn rate_limits_come_in_cloud_hypervisor_keys_and_need_size_and_refill_time() {
+        let config = parse(&[
+            "--kernel",
+            "/k",
+            "--disk",
+            "path=/a.img,bw_size=1048576,bw_refill_time=100,ops_size=50,ops_one_time_burst=500,ops_refill_time=1000",
+            "--net",
+            "tap=tap0,ops_size=10,ops_refill_time=10",
+            "--rng",
+            "bw_size=64,bw_refill_time=1000",
+        ])
+        .unwrap()
+        .unwrap();
+        let disk = config.disks[0].rate_limiter.unwrap();
+        assert_eq!(disk.bandwidth.unwrap().size, 1 << 20);
+        assert_eq!(disk.ops.unwrap().one_time_burst, 500);
+        let nic = &config.nets[0];
+        assert_eq!(nic.rx_rate_limiter, nic.tx_rate_limiter);
+        assert_eq!(nic.tx_rate_limiter.unwrap().ops.unwrap().refill_time_ms, 10);
+        let rng = config.rng.as_ref().unwrap();
+        assert_eq!(rng.rate_limiter.unwrap().bandwidth.unwrap().size, 64);
+        assert!(parse(&["--kernel", "/k", "--disk", "/b.img"])
+            .unwrap()
+            .unwrap()
+            .disks[0]
+            .rate_limiter
+            .is_none());
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert_eq!(
+            err(&["--kernel", "/k", "--disk", "path=/a,bw_size=10"]),
+            "--disk: key `bw_refill_time`: a `bw` bucket needs its refill time in ms"
+        );
+        assert_eq!(
+            err(&["--kernel", "/k", "--rng", "ops_refill_time=10"]),
+            "--rng: key `ops_size`: a `ops` bucket needs its size"
+        );
+        assert!(err(&[
+            "--kernel",
+            "/k",
+            "--net",
+            "tap=t,ops_size=x,ops_refill_time=1"
+        ])
+        .starts_with("--net: key `ops_size`: `x` is not a number of operations"));
     }
 
     #[test]

@@ -287,6 +287,16 @@ impl AsyncClient {
         self.call(endpoint, None).await.map(drop)
     }
 
+    /// `vm.rate-limit`: replaces a device's rate limiters.
+    pub async fn set_rate_limit(
+        &self,
+        update: &vmm_core::config::RateLimitUpdate,
+    ) -> Result<(), ClientError> {
+        self.call_with(Endpoint::VmRateLimit, Some(update))
+            .await
+            .map(drop)
+    }
+
     /// `vm.snapshot`: saves the paused VM to `destination`.
     pub async fn snapshot(&self, destination: &str) -> Result<(), ClientError> {
         let request = SnapshotRequest {
@@ -453,6 +463,14 @@ impl Client {
     /// Any endpoint that takes no body and returns nothing.
     pub fn act(&self, endpoint: Endpoint) -> Result<(), ClientError> {
         self.runtime.block_on(self.inner.act(endpoint))
+    }
+
+    /// `vm.rate-limit`: replaces a device's rate limiters.
+    pub fn set_rate_limit(
+        &self,
+        update: &vmm_core::config::RateLimitUpdate,
+    ) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.set_rate_limit(update))
     }
 
     /// `vm.snapshot`: saves the paused VM to `destination`.

@@ -179,6 +179,7 @@ pub fn document() -> OpenApi {
         .schema_from::<SendMigrationRequest>()
         .schema_from::<ReceiveMigrationRequest>()
         .schema_from::<MigrationStatus>()
+        .schema_from::<vmm_core::config::RateLimitUpdate>()
         .schema("VmCounters", counters_schema())
         .build();
     OpenApiBuilder::new()

@@ -86,6 +86,11 @@ impl OptionList {
             .ok_or_else(|| self.error(key, "is required"))
     }
 
+    /// The error for `key`, which is missing: `why`.
+    pub fn missing(&self, key: &str, why: &str) -> OptionError {
+        self.error(key, why)
+    }
+
     /// `on`/`off` (also `true`/`false`), `default` when absent.
     pub fn flag_value(&mut self, key: &str, default: bool) -> Result<bool, OptionError> {
         match self.take(key)?.as_deref() {

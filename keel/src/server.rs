@@ -302,6 +302,9 @@ async fn parse(
         Endpoint::VmReceiveMigration => serde_json::from_slice::<ReceiveMigrationRequest>(&body)
             .map(|request| RequestBody::ReceiveMigration(Box::new(request)))
             .map_err(invalid)?,
+        Endpoint::VmRateLimit => serde_json::from_slice::<vmm_core::config::RateLimitUpdate>(&body)
+            .map(RequestBody::RateLimit)
+            .map_err(invalid)?,
         _ => serde_json::from_slice::<VmConfig>(&body)
             .map(|config| RequestBody::Config(Box::new(config)))
             .map_err(invalid)?,

@@ -15,8 +15,8 @@ use log::{error, info, warn};
 use tokio::sync::oneshot;
 use vmm_core::console::ConsoleSocket;
 use vmm_core::{
-    BootTimer, Error as VmError, ExitReason, SerialOutput, StateError, Vm, VmBuilder, VmConfig,
-    VmState,
+    BootTimer, Error as VmError, ExitReason, RateLimitUpdateError, SerialOutput, StateError, Vm,
+    VmBuilder, VmConfig, VmState,
 };
 
 use crate::api::{
@@ -429,6 +429,34 @@ impl Vmm {
         }
     }
 
+    /// `vm.rate-limit`: changes the device's limiters, and the config keeps them (for `vm.info`
+    /// and the next boot).
+    fn set_rate_limit(
+        &mut self,
+        endpoint: Endpoint,
+        update: &vmm_core::config::RateLimitUpdate,
+    ) -> Result<(), Failure> {
+        let handle = self.handle(endpoint)?;
+        handle.set_rate_limit(update).map_err(|err| {
+            let (status, field) = match &err {
+                RateLimitUpdateError::UnknownDevice(_) => (400, Some("id".to_string())),
+                RateLimitUpdateError::Invalid(config) => (400, Some(config.field.to_string())),
+                _ => (500, None),
+            };
+            Failure {
+                status,
+                error: ApiError {
+                    error: format!("{}: {err}", endpoint.name()),
+                    field,
+                },
+            }
+        })?;
+        if let Some(config) = self.config.as_mut() {
+            config.apply_rate_limit(update);
+        }
+        Ok(())
+    }
+
     fn migration_status(&self) -> MigrationStatus {
         let outgoing = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
         let progress = self
@@ -681,6 +709,15 @@ impl Vmm {
                 )),
             },
             Endpoint::VmMigration => Ok(Answer::Migration(self.migration_status())),
+            Endpoint::VmRateLimit => match body {
+                Some(RequestBody::RateLimit(update)) => self
+                    .set_rate_limit(endpoint, &update)
+                    .map(|()| Answer::Empty),
+                _ => Err(Failure::new(
+                    400,
+                    "vm.rate-limit: a RateLimitUpdate body is required",
+                )),
+            },
             Endpoint::VmInfo => Ok(Answer::Info(Box::new(self.info()))),
             Endpoint::VmCounters => self
                 .handle(endpoint)

@@ -789,3 +789,123 @@ fn a_vm_migrates_live_between_two_keel_processes() {
     dest_api.shutdown_vmm().unwrap();
     assert!(destination.wait().success(), "{}", destination.stderr());
 }
+
+#[test]
+fn rate_limits_from_flags_change_over_the_api_and_keel_remote() {
+    require_kvm!();
+    let dir = scratch("rate-limit");
+    let image = dir.join("disk.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let guest = guest();
+    let (mut keel, client) = Keel::with_api(
+        &dir,
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "keel.cpus=1 keel.echo",
+            "--disk",
+            &format!(
+                "path={},id=disk0,ops_size=10,ops_refill_time=100",
+                image.display()
+            ),
+            "--rng",
+            "bw_size=4096,bw_refill_time=1000",
+            "--serial",
+            "null",
+        ],
+    );
+    let info = client.info().unwrap();
+    let config = info.config.unwrap();
+    let ops = config.disks[0].rate_limiter.unwrap().ops.unwrap();
+    assert_eq!((ops.size, ops.refill_time_ms), (10, 100));
+
+    let remote = |args: &[&str]| {
+        let mut all = vec!["remote", "--api-socket", keel.api.to_str().unwrap()];
+        all.extend_from_slice(args);
+        std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(all)
+            .output()
+            .unwrap()
+    };
+    let changed = remote(&["rate-limit", "disk0", "bw_size=1048576,bw_refill_time=100"]);
+    assert!(changed.status.success(), "{changed:?}");
+    let config = client.info().unwrap().config.unwrap();
+    let limiter = config.disks[0].rate_limiter.unwrap();
+    assert_eq!(limiter.bandwidth.unwrap().size, 1 << 20);
+    assert!(limiter.ops.is_none(), "replaced, not merged");
+    // Removing the entropy device's limit takes it out of the config.
+    assert!(remote(&["rate-limit", "rng0", "none"]).status.success());
+    let config = client.info().unwrap().config.unwrap();
+    assert!(config.rng.unwrap().rate_limiter.is_none());
+
+    // Mistakes are named: the field for the device's kind, the device, the bucket's field.
+    let wrong = remote(&[
+        "rate-limit",
+        "disk0",
+        "ops_size=1,ops_refill_time=1",
+        "--direction",
+        "rx",
+    ]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && stderr.contains("400") && stderr.contains("`rx_rate_limiter`"),
+        "{stderr}"
+    );
+    let update = |id: &str, size| vmm_core::config::RateLimitUpdate {
+        id: id.into(),
+        rate_limiter: Some(vmm_core::config::RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(vmm_core::config::TokenBucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time_ms: 100,
+            }),
+        }),
+        ..Default::default()
+    };
+    match client.set_rate_limit(&update("disk9", 1)) {
+        Err(ClientError::Api { status, error, .. }) => {
+            assert_eq!(
+                (status, error.field.as_deref()),
+                (400, Some("id")),
+                "{error:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.set_rate_limit(&update("disk0", 0)) {
+        Err(ClientError::Api { status, error, .. }) => {
+            assert_eq!(
+                (status, error.field.as_deref()),
+                (400, Some("rate_limiter.ops.size")),
+                "{error:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let local = remote(&["rate-limit", "disk0", "bw_size=5"]);
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(stderr.contains("`bw_refill_time`"), "{stderr}");
+    // The limit a flag set is refused when it cannot work, naming the flag's field.
+    client.shutdown_vmm().unwrap();
+    assert!(keel.wait().success(), "{}", keel.stderr());
+    let mut bad = Keel::spawn(
+        &dir,
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--disk",
+            &format!("path={},ops_size=0,ops_refill_time=100", image.display()),
+        ],
+    );
+    assert_eq!(bad.wait().code(), Some(2));
+    assert!(
+        bad.stderr().contains("disks.rate_limiter.ops.size"),
+        "{}",
+        bad.stderr()
+    );
+}

@@ -194,7 +194,13 @@ impl VmBuilder {
     ///
     /// # fn tap_from_manager() -> OwnedFd { unimplemented!() }
     /// let mut config = VmConfig::new("vmlinux");
-    /// config.nets.push(NetConfig { id: "net0".into(), tap: String::new(), mac: None });
+    /// config.nets.push(NetConfig {
+    ///     id: "net0".into(),
+    ///     tap: String::new(),
+    ///     mac: None,
+    ///     rx_rate_limiter: None,
+    ///     tx_rate_limiter: None,
+    /// });
     /// let tap: OwnedFd = tap_from_manager(); // e.g. received with SCM_RIGHTS
     /// let vm = VmBuilder::new(config).tap_fd("net0", tap).build()?;
     /// # Ok::<(), vmm_core::Error>(())
@@ -612,7 +618,7 @@ fn wire_devices(
     let snapshot_sources = SnapshotSources {
         vm_fd: vm_fd.clone(),
         memory: image.memory.clone(),
-        config: config.clone(),
+        config: Mutex::new(config.clone()),
         serial: counters_serial.clone(),
         rtc,
         mmio: mmio_transports,

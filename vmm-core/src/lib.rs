@@ -104,7 +104,9 @@ pub use config::{
 pub use counters::{DeviceCounters, VmCounters};
 pub use devices::counters::{Counter, CounterKind};
 pub use snapshot::saved_config;
-pub use state::{AnnounceError, ExitReason, StateError, VmHandle, VmState, PAUSE_TIMEOUT};
+pub use state::{
+    AnnounceError, ExitReason, RateLimitUpdateError, StateError, VmHandle, VmState, PAUSE_TIMEOUT,
+};
 
 /// The causes inside [`Error`]'s variants, for embedders that look deeper than its message.
 pub mod errors {

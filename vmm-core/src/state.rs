@@ -588,6 +588,25 @@ pub enum AnnounceError {
     Device(#[from] devices::virtio::net::AnnounceError),
 }
 
+/// Why a rate limit could not be changed ([`VmHandle::set_rate_limit`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitUpdateError {
+    /// The VM has no device with that id.
+    #[error("the VM has no device `{0}`")]
+    UnknownDevice(String),
+    /// The update does not fit the device, or a bucket is invalid; the error names the field.
+    #[error(transparent)]
+    Invalid(#[from] crate::ConfigError),
+    /// The device refused the limit.
+    #[error("device `{id}`: {source}")]
+    Device {
+        /// The device.
+        id: String,
+        /// Why.
+        source: devices::rate_limiter::RateLimitError,
+    },
+}
+
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -692,6 +711,56 @@ impl VmHandle {
             .ok_or_else(|| AnnounceError::UnknownNic(id.to_string()))?;
         let mut net = net.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(net.request_announce()?)
+    }
+
+    /// Changes the rate limits of a disk, NIC or entropy device while the VM runs (or in any
+    /// other state): the limiters `update` gives replace the device's, with full buckets;
+    /// requests waiting under the old limit are looked at again at once. Everything is checked
+    /// before anything changes. The VM's config (what a snapshot saves) is updated too.
+    ///
+    /// ```no_run
+    /// use vmm_core::config::{RateLimitUpdate, RateLimiterConfig, TokenBucketConfig};
+    /// # fn demo(vm: &vmm_core::VmHandle) -> Result<(), vmm_core::RateLimitUpdateError> {
+    /// // disk0: 50 MiB/s, in 5 MiB buckets.
+    /// vm.set_rate_limit(&RateLimitUpdate {
+    ///     id: "disk0".into(),
+    ///     rate_limiter: Some(RateLimiterConfig {
+    ///         bandwidth: Some(TokenBucketConfig {
+    ///             size: 5 << 20,
+    ///             one_time_burst: 0,
+    ///             refill_time_ms: 100,
+    ///         }),
+    ///         ops: None,
+    ///     }),
+    ///     ..Default::default()
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_rate_limit(
+        &self,
+        update: &crate::config::RateLimitUpdate,
+    ) -> Result<(), RateLimitUpdateError> {
+        let (id, kind, device) = self
+            .devices
+            .counters
+            .virtio
+            .iter()
+            .find(|(id, _, _)| *id == update.id)
+            .ok_or_else(|| RateLimitUpdateError::UnknownDevice(update.id.clone()))?;
+        let limits = update.check_for(kind)?;
+        {
+            let mut device = crate::sync::lock(device);
+            for (target, limit) in limits {
+                device.set_rate_limit(target, limit).map_err(|source| {
+                    RateLimitUpdateError::Device {
+                        id: id.clone(),
+                        source,
+                    }
+                })?;
+            }
+        }
+        crate::sync::lock(&self.devices.snapshot.config).apply_rate_limit(update);
+        Ok(())
     }
 
     /// Lets paused vCPUs run again.

@@ -124,6 +124,8 @@ fn a_nic_with_no_tap_or_a_descriptor_that_is_not_a_tap_is_refused_by_name() {
         id: "nic0".into(),
         tap: String::new(),
         mac: None,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     };
     // No TAP name and no descriptor for it.
     let mut nameless = VmConfig::new(&kernel);
@@ -168,7 +170,10 @@ fn a_nic_with_no_tap_or_a_descriptor_that_is_not_a_tap_is_refused_by_name() {
 fn devices_added_through_the_builder_are_checked_with_the_config_ones() {
     let kernel = temp_file("kernel-for-extra.bin", b"\x7fELF");
     let mut config = VmConfig::new(&kernel);
-    config.rng = Some(vmm_core::config::RngConfig { id: "rng0".into() });
+    config.rng = Some(vmm_core::config::RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     // The same id as a config device.
     let err = VmBuilder::new(config)
         .virtio_device("rng0", devices::virtio::rng::VirtioRng::new())

@@ -37,6 +37,7 @@ fn child_vmm() {
         path: image.into(),
         read_only: false,
         direct: direct == "direct",
+        rate_limiter: None,
     });
     let vm = VmBuilder::new(config)
         .serial_output(std::io::stdout())

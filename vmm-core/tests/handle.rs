@@ -66,8 +66,12 @@ fn counters_move_with_the_guest_work_and_serialize() {
         path: image,
         read_only: false,
         direct: false,
+        rate_limiter: None,
     });
-    config.rng = Some(RngConfig { id: "rng0".into() });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     let out = SharedBuffer::new();
     let mut vm = VmBuilder::new(config)
         .serial_output(out.clone())
@@ -175,7 +179,10 @@ fn a_stop_racing_pauses_and_resumes_is_never_lost() {
         for toggler in togglers {
             toggler.join().unwrap();
         }
-        assert!(handle.pause().is_err() && handle.resume().is_err(), "an exited VM stays exited");
+        assert!(
+            handle.pause().is_err() && handle.resume().is_err(),
+            "an exited VM stays exited"
+        );
     }
 }
 

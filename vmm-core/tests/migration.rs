@@ -19,7 +19,10 @@ fn counting(transport: VirtioTransport) -> VmConfig {
         transport,
         "keel.rng keel.ticks=0 keel.tick_tsc=2000000 keel.power_button",
     );
-    config.rng = Some(RngConfig { id: "rng0".into() });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     config
 }
 

@@ -28,8 +28,12 @@ fn counting_config(disk: &Path, transport: VirtioTransport) -> VmConfig {
         path: disk.to_path_buf(),
         read_only: false,
         direct: false,
+        rate_limiter: None,
     });
-    config.rng = Some(RngConfig { id: "rng0".into() });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     config
 }
 

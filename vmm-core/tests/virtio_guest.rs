@@ -22,6 +22,7 @@ fn guest_writes_flushes_and_reads_back_blocks_that_land_in_the_image() {
         path: path.clone(),
         read_only: false,
         direct: false,
+        rate_limiter: None,
     });
     let (reason, console) = run(config);
     assert_eq!(reason, ExitReason::Reset, "{console}");
@@ -44,6 +45,7 @@ fn a_read_only_disk_refuses_guest_writes() {
         path: path.clone(),
         read_only: true,
         direct: false,
+        rate_limiter: None,
     });
     let (reason, console) = run(config);
     assert_eq!(reason, ExitReason::Reset, "{console}");
@@ -62,7 +64,10 @@ fn a_read_only_disk_refuses_guest_writes() {
 fn guest_reads_entropy_from_virtio_rng() {
     require_kvm!();
     let mut config = guest_config("keel.rng");
-    config.rng = Some(RngConfig { id: "rng0".into() });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     let (reason, console) = run(config);
     assert_eq!(reason, ExitReason::Reset, "{console}");
     common::assert_entropy(&console);

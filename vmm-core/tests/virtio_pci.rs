@@ -116,8 +116,12 @@ fn pci_config(with_devices: bool) -> VmConfig {
             path: image,
             read_only: false,
             direct: false,
+            rate_limiter: None,
         });
-        config.rng = Some(RngConfig { id: "rng0".into() });
+        config.rng = Some(RngConfig {
+            id: "rng0".into(),
+            rate_limiter: None,
+        });
     }
     config
 }

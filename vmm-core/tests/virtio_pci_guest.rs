@@ -47,14 +47,19 @@ fn guest_drives_blk_and_rng_over_virtio_pci() {
         path: path.clone(),
         read_only: false,
         direct: false,
+        rate_limiter: None,
     });
     config.disks.push(DiskConfig {
         id: "ro".into(),
         path: ro_path.clone(),
         read_only: true,
         direct: false,
+        rate_limiter: None,
     });
-    config.rng = Some(RngConfig { id: "rng0".into() });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     let (reason, console) = run(config);
     assert_eq!(reason, ExitReason::Reset, "{console}");
     assert!(!console.contains("FAIL"), "{console}");
@@ -144,8 +149,12 @@ fn blk_and_rng(options: &str, image_name: &str) -> (VmConfig, std::path::PathBuf
         path: path.clone(),
         read_only: false,
         direct: false,
+        rate_limiter: None,
     });
-    config.rng = Some(RngConfig { id: "rng0".into() });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
     (config, path)
 }
 

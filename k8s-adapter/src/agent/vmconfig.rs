@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::json;
+
 use vmm_core::config::{DiskConfig, RngConfig};
 use vmm_core::{MemSize, SerialConfig, SerialInput, SerialOutput, VmConfig};
 
@@ -26,6 +28,15 @@ fn unrunnable(field: impl Into<String>, why: impl Into<String>) -> UnrunnableSpe
         field: field.into(),
         why: why.into(),
     }
+}
+
+/// A device section from its serialized form, the one keel's API takes: fields vmm-core adds
+/// with defaults (rate limiters, ...) keep their defaults without a change here.
+fn device<T: serde::de::DeserializeOwned>(
+    field: &str,
+    value: serde_json::Value,
+) -> Result<T, UnrunnableSpec> {
+    serde_json::from_value(value).map_err(|e| unrunnable(field, format!("not a valid device: {e}")))
 }
 
 /// The VM config for `spec`, with its serial console on `console`.
@@ -65,9 +76,10 @@ pub fn vm_config(
         input: SerialInput::default(),
     };
     if spec.domain.devices.rng.is_some() {
-        config.rng = Some(RngConfig {
-            id: "rng0".to_string(),
-        });
+        config.rng = Some(device::<RngConfig>(
+            "spec.domain.devices.rng",
+            json!({"id": "rng0"}),
+        )?);
     }
     for (i, disk) in spec.domain.devices.disks.iter().enumerate() {
         let field = format!("spec.domain.devices.disks[{i}]");
@@ -91,16 +103,15 @@ pub fn vm_config(
                 format!("{kind} volumes are not provided by the node agent yet (hostDisk is)"),
             ));
         };
-        config.disks.push(DiskConfig {
-            id: disk.name.clone(),
-            path: PathBuf::from(&host_disk.path),
-            read_only: disk
-                .disk
-                .as_ref()
-                .and_then(|d| d.read_only)
-                .unwrap_or(false),
-            direct: false,
-        });
+        let read_only = disk
+            .disk
+            .as_ref()
+            .and_then(|d| d.read_only)
+            .unwrap_or(false);
+        config.disks.push(device::<DiskConfig>(
+            &field,
+            json!({"id": disk.name, "path": host_disk.path, "read_only": read_only}),
+        )?);
     }
     if let Some(interface) = spec.domain.devices.interfaces.first() {
         return Err(unrunnable(

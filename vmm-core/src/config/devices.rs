@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::rate_limit::{LimiterField, RateLimiterConfig};
 use super::ConfigError;
 
 /// Sector size of virtio-blk.
@@ -35,6 +36,9 @@ pub struct DiskConfig {
     /// Open the image with O_DIRECT (bypass the host page cache).
     #[serde(default)]
     pub direct: bool,
+    /// Limit on the guest's requests (bytes read and written, requests); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A network card backed by a TAP device.
@@ -54,6 +58,12 @@ pub struct NetConfig {
     /// picks its own.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Limit on frames delivered to the guest; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limit on frames the guest sends; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A vsock device whose host side is a Unix socket (Firecracker's model).
@@ -83,6 +93,9 @@ pub struct RngConfig {
     /// Unique device id.
     #[serde(default = "default_rng_id")]
     pub id: String,
+    /// Limit on the guest's requests (entropy bytes asked for, requests); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 fn default_rng_id() -> String {
@@ -219,6 +232,9 @@ pub fn check_devices(
                 format!("disk `{}`: the path is empty", disk.id),
             ));
         }
+        if let Some(limiter) = &disk.rate_limiter {
+            limiter.check(LimiterField::Disk, &format!("disk `{}`", disk.id))?;
+        }
     }
     for net in nets {
         check_id(&mut ids, "nets.id", &net.id)?;
@@ -237,6 +253,15 @@ pub fn check_devices(
                 ConfigError::invalid("nets.mac", format!("nic `{}`: {reason}", net.id))
             })?;
         }
+        let owner = format!("nic `{}`", net.id);
+        for (limiter, field) in [
+            (&net.rx_rate_limiter, LimiterField::NetRx),
+            (&net.tx_rate_limiter, LimiterField::NetTx),
+        ] {
+            if let Some(limiter) = limiter {
+                limiter.check(field, &owner)?;
+            }
+        }
     }
     if let Some(vsock) = vsock {
         check_id(&mut ids, "vsock.id", &vsock.id)?;
@@ -254,6 +279,9 @@ pub fn check_devices(
     }
     if let Some(rng) = rng {
         check_id(&mut ids, "rng.id", &rng.id)?;
+        if let Some(limiter) = &rng.rate_limiter {
+            limiter.check(LimiterField::Rng, &format!("rng `{}`", rng.id))?;
+        }
     }
     Ok(())
 }
@@ -302,6 +330,7 @@ mod tests {
             path,
             read_only: false,
             direct: false,
+            rate_limiter: None,
         }
     }
 
@@ -338,6 +367,8 @@ mod tests {
             id: "same".into(),
             tap: "tap0".into(),
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         assert_eq!(field(validate_devices(&[a], &[nic], None, None)), "nets.id");
         let bad = disk("has space", image("c.img", 512));
@@ -364,6 +395,8 @@ mod tests {
             id: "n".into(),
             tap: "tap0".into(),
             mac: Some("ff:ff:ff:ff:ff:ff".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         assert_eq!(
             field(validate_devices(

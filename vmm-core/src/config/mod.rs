@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 use crate::layout;
 
 mod devices;
+mod rate_limit;
 pub use devices::{
     check_devices, check_devices_on_host, parse_mac, DiskConfig, NetConfig, RngConfig, VsockConfig,
     SECTOR_SIZE,
 };
+pub(crate) use rate_limit::LimiterField;
+pub use rate_limit::{RateLimitUpdate, RateLimiterConfig, TokenBucketConfig, MAX_REFILL_TIME_MS};
 
 /// Most vCPUs a VM may have: xAPIC IDs are 8 bits and 0xFF is the broadcast ID.
 pub const MAX_VCPUS: u32 = 254;
@@ -395,6 +398,39 @@ impl VmConfig {
         check_devices_on_host(&self.disks, self.vsock.as_ref())
     }
 
+    /// Writes the limiters `update` sets into the config of the device it names (after
+    /// [`VmHandle::set_rate_limit`](crate::VmHandle::set_rate_limit) changed them on the
+    /// running VM, so a reboot or a snapshot keeps them). Returns whether the config has that
+    /// device (an embedder's own devices are not in it).
+    pub fn apply_rate_limit(&mut self, update: &RateLimitUpdate) -> bool {
+        if let Some(disk) = self.disks.iter_mut().find(|disk| disk.id == update.id) {
+            if let Some(limiter) = update.rate_limiter {
+                disk.rate_limiter = Some(limiter).filter(|l| *l != RateLimiterConfig::default());
+            }
+            return true;
+        }
+        if let Some(nic) = self.nets.iter_mut().find(|nic| nic.id == update.id) {
+            for (slot, given) in [
+                (&mut nic.rx_rate_limiter, update.rx_rate_limiter),
+                (&mut nic.tx_rate_limiter, update.tx_rate_limiter),
+            ] {
+                if let Some(limiter) = given {
+                    *slot = Some(limiter).filter(|l| *l != RateLimiterConfig::default());
+                }
+            }
+            return true;
+        }
+        match self.rng.as_mut() {
+            Some(rng) if rng.id == update.id => {
+                if let Some(limiter) = update.rate_limiter {
+                    rng.rate_limiter = Some(limiter).filter(|l| *l != RateLimiterConfig::default());
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The device half of [`VmConfig::check_host`]: disk images and the vsock socket's
     /// directory (a restored VM loads no kernel).
     pub(crate) fn check_host_devices(&self) -> Result<(), ConfigError> {
@@ -700,6 +736,7 @@ mod tests {
                 path: temp_file("disk", 512),
                 read_only: true,
                 direct: false,
+                rate_limiter: None,
             })
             .collect();
         assert_eq!(field_of(&c), "virtio_transport");

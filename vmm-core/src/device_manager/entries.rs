@@ -8,12 +8,34 @@ use devices::virtio::block::{BlockConfig, IoMode, VirtioBlock};
 use devices::virtio::mmio::SharedVirtioDevice;
 use devices::virtio::net::{Net, NetConfig as NetDeviceConfig, TapSource};
 use devices::virtio::rng::VirtioRng;
+use devices::rate_limiter::RateLimitTarget;
 use devices::virtio::vsock::{Vsock, VsockConfig as VsockDeviceConfig};
+use devices::virtio::VirtioDevice;
 use event_manager::MutEventSubscriber;
 
 use super::DeviceManagerError;
-use crate::config::{parse_mac, VmConfig};
+use crate::config::{parse_mac, LimiterField, RateLimiterConfig, VmConfig};
 use crate::sync::lock;
+
+/// Sets the limit `config` asks for (if any) on `device`'s limiter `target`; `field` names the
+/// config field in the error.
+fn limit(
+    device: &mut dyn VirtioDevice,
+    id: &str,
+    target: RateLimitTarget,
+    field: LimiterField,
+    config: Option<&RateLimiterConfig>,
+) -> Result<(), DeviceManagerError> {
+    let Some(config) = config else {
+        return Ok(());
+    };
+    device
+        .set_rate_limit(target, config.to_limit())
+        .map_err(|err| DeviceManagerError::Create {
+            id: id.to_string(),
+            detail: format!("field `{}`: {err}", field.name()),
+        })
+}
 
 /// A virtio device created from the config, before it is placed.
 pub struct VirtioDeviceEntry {
@@ -112,9 +134,17 @@ pub fn create_virtio_devices(
             detail: err.to_string(),
         })?;
         // Requests on the disk's own I/O thread (io_uring when the host has it): a slow disk
-        // never holds up the event loop the NICs and consoles share.
+        // never holds up the event loop the NICs and consoles share. A throttled disk sleeps
+        // there too, on its limiter's timer.
         let mut block = block;
         block.set_io_mode(IoMode::Thread);
+        limit(
+            &mut block,
+            &disk.id,
+            RateLimitTarget::Requests,
+            LimiterField::Disk,
+            disk.rate_limiter.as_ref(),
+        )?;
         entries.push(VirtioDeviceEntry::new(&disk.id, block));
     }
     for nic in &config.nets {
@@ -164,6 +194,21 @@ pub fn create_virtio_devices(
             id: nic.id.clone(),
             detail: format!("{what}: {err}"),
         })?;
+        let mut net = net;
+        for (target, field, config) in [
+            (
+                RateLimitTarget::Receive,
+                LimiterField::NetRx,
+                &nic.rx_rate_limiter,
+            ),
+            (
+                RateLimitTarget::Transmit,
+                LimiterField::NetTx,
+                &nic.tx_rate_limiter,
+            ),
+        ] {
+            limit(&mut net, &nic.id, target, field, config.as_ref())?;
+        }
         entries.push(VirtioDeviceEntry::nic(&nic.id, net));
     }
     if let Some(vsock) = &config.vsock {
@@ -179,7 +224,16 @@ pub fn create_virtio_devices(
         entries.push(VirtioDeviceEntry::with_events(&vsock.id, device));
     }
     if let Some(rng) = &config.rng {
-        entries.push(VirtioDeviceEntry::new(&rng.id, VirtioRng::new()));
+        let mut device = VirtioRng::new();
+        limit(
+            &mut device,
+            &rng.id,
+            RateLimitTarget::Requests,
+            LimiterField::Rng,
+            rng.rate_limiter.as_ref(),
+        )?;
+        // On the event loop, which serves its rate limiter's timer.
+        entries.push(VirtioDeviceEntry::with_events(&rng.id, device));
     }
     Ok(entries)
 }

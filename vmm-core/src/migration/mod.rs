@@ -357,7 +357,7 @@ pub(crate) fn send<S: Read + Write>(
     wire::greet(stream)?;
     let hello = Hello {
         keel_version: env!("CARGO_PKG_VERSION").into(),
-        config: sources.config.clone(),
+        config: crate::sync::lock(&sources.config).clone(),
         memory_regions: regions(memory),
     };
     let hello = serde_json::to_vec(&hello).map_err(|err| MigrationError::State(err.to_string()))?;
@@ -636,21 +636,30 @@ mod tests {
     #[cfg(feature = "testing")]
     #[test]
     fn an_incoming_stream_is_parsed_as_far_as_it_is_valid() {
-        let frame = |stream: &mut Vec<u8>, kind: Kind, payload: &[u8]| wire::send(stream, kind, payload).unwrap();
+        let frame = |stream: &mut Vec<u8>, kind: Kind, payload: &[u8]| {
+            wire::send(stream, kind, payload).unwrap()
+        };
         let mut stream = wire::GREETING.to_vec();
-        let hello = r#"{"keel_version":"0.1.0","config":{"kernel":"k"},"memory_regions":[[0,1048576]]}"#;
+        let hello =
+            r#"{"keel_version":"0.1.0","config":{"kernel":"k"},"memory_regions":[[0,1048576]]}"#;
         frame(&mut stream, Kind::Hello, hello.as_bytes());
         let mut pages = 0u32.to_le_bytes().to_vec();
         pages.extend_from_slice(&(3u64 | ZERO_PAGE).to_le_bytes());
         frame(&mut stream, Kind::Pages, &pages);
         let good = stream.clone();
         let err = parse_incoming(&good).unwrap_err().to_string();
-        assert!(err.contains("failed to fill whole buffer") || err.contains("end"), "{err}");
+        assert!(
+            err.contains("failed to fill whole buffer") || err.contains("end"),
+            "{err}"
+        );
         let mut bad = 0u32.to_le_bytes().to_vec();
         bad.extend_from_slice(&(256u64 | ZERO_PAGE).to_le_bytes());
         frame(&mut stream, Kind::Pages, &bad);
         let err = parse_incoming(&stream).unwrap_err().to_string();
-        assert!(err.contains("page 256 is beyond region 0's 256 pages"), "{err}");
+        assert!(
+            err.contains("page 256 is beyond region 0's 256 pages"),
+            "{err}"
+        );
         let mut state = good;
         frame(&mut state, Kind::State, b"{}");
         let err = parse_incoming(&state).unwrap_err().to_string();

@@ -210,7 +210,8 @@ pub(crate) struct VmSnapshot {
 pub(crate) struct SnapshotSources {
     pub vm_fd: Arc<VmFd>,
     pub memory: GuestMemoryMmap,
-    pub config: VmConfig,
+    /// The config, with the rate limits changed since the VM was built.
+    pub config: Mutex<VmConfig>,
     pub serial: SharedSerial,
     pub rtc: Arc<Mutex<CmosRtc<SystemClock>>>,
     pub mmio: Vec<(String, u32, Arc<Mutex<MmioTransport>>)>,
@@ -269,7 +270,7 @@ impl SnapshotSources {
         }
         Ok(VmSnapshot {
             keel_version: env!("CARGO_PKG_VERSION").to_string(),
-            config: self.config.clone(),
+            config: lock(&self.config).clone(),
             memory_regions: self
                 .memory
                 .iter()

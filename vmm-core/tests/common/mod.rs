@@ -152,6 +152,8 @@ pub fn net_round_trip_on(transport: VirtioTransport, tap: &str, by_fd: bool) -> 
         id: "net0".into(),
         tap: if by_fd { String::new() } else { tap.clone() },
         mac: Some("52:54:00:12:34:56".into()),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     });
     let out = SharedBuffer::new();
     let mut builder = VmBuilder::new(config).serial_output(out.clone());
