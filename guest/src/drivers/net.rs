@@ -23,7 +23,7 @@ const RX_BUFFER_SIZE: usize = 2048;
 /// Bytes of the transmit buffer.
 const TX_BUFFER_SIZE: usize = 128;
 /// Payload characters shown of the host's frame.
-const PAYLOAD_SHOWN: usize = 32;
+const PAYLOAD_SHOWN: usize = 64;
 
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
