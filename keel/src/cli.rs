@@ -274,6 +274,32 @@ pub struct VmmArgs {
     /// Print when each start-up stage ended, from process start to the guest's first exit.
     #[arg(long)]
     pub boot_timer: bool,
+    /// Limits on the VMs this process builds, beyond the host's own (RAM, RLIMIT_NOFILE):
+    /// `max_vcpus_per_host_cpu=N` (without it more vCPUs than host CPUs are only warned
+    /// about), `max_devices=N`, `max_queue_size=N`.
+    #[arg(
+        long,
+        value_name = "max_vcpus_per_host_cpu=N[,max_devices=N][,max_queue_size=N]"
+    )]
+    pub limits: Option<String>,
+}
+
+/// The operator's limits from `--limits` (none when the flag is absent).
+pub fn limits(args: &VmmArgs) -> Result<vmm_core::config::Limits, OptionError> {
+    let Some(spec) = &args.limits else {
+        return Ok(vmm_core::config::Limits::default());
+    };
+    let mut list = OptionList::parse(
+        "--limits",
+        spec,
+        &["max_vcpus_per_host_cpu", "max_devices", "max_queue_size"],
+        None,
+    )?;
+    Ok(vmm_core::config::Limits {
+        max_vcpus_per_host_cpu: list.parsed("max_vcpus_per_host_cpu", "a number of vCPUs")?,
+        max_devices: list.parsed("max_devices", "a number of devices")?,
+        max_queue_size: list.parsed("max_queue_size", "a queue size")?,
+    })
 }
 
 /// `--transport`.
@@ -773,6 +799,25 @@ mod tests {
             "tap=t,ops_size=x,ops_refill_time=1"
         ])
         .starts_with("--net: key `ops_size`: `x` is not a number of operations"));
+    }
+
+    #[test]
+    fn limits_parse_with_their_names() {
+        let cli =
+            Cli::try_parse_from(["keel", "--limits", "max_vcpus_per_host_cpu=2,max_devices=4"])
+                .unwrap();
+        let parsed = limits(&cli.vmm).unwrap();
+        assert_eq!(parsed.max_vcpus_per_host_cpu, Some(2));
+        assert_eq!(parsed.max_devices, Some(4));
+        assert_eq!(parsed.max_queue_size, None);
+        let cli = Cli::try_parse_from(["keel", "--limits", "max_queue_size=big"]).unwrap();
+        let err = limits(&cli.vmm).unwrap_err().to_string();
+        assert!(err.starts_with("--limits: key `max_queue_size`"), "{err}");
+        let cli = Cli::try_parse_from(["keel"]).unwrap();
+        assert_eq!(
+            limits(&cli.vmm).unwrap(),
+            vmm_core::config::Limits::default()
+        );
     }
 
     #[test]

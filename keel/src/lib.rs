@@ -159,6 +159,13 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let limits = match cli::limits(&args) {
+        Ok(limits) => limits,
+        Err(err) => {
+            eprintln!("keel: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     if config.is_none() && args.api_socket.is_none() && args.restore.is_none() {
         eprintln!("keel: nothing to run: give --kernel, --config or --api-socket (see --help)");
         return ExitCode::from(EXIT_USAGE);
@@ -189,6 +196,7 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
             keep_alive: args.keep_alive,
             boot_timer: timer.clone(),
             tap_fds,
+            limits,
         },
     );
     let raw = interactive

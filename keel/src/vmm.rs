@@ -80,6 +80,7 @@ impl Failure {
 fn build_failure(err: VmError) -> Failure {
     let (status, field) = match &err {
         VmError::Config(config) => (400, Some(config.field.to_string())),
+        VmError::Limit(limit) => (400, Some(limit.field.clone())),
         VmError::Load(_)
         | VmError::Device(_)
         | VmError::SerialFile { .. }
@@ -184,6 +185,8 @@ pub struct Policy {
     pub boot_timer: Option<BootTimer>,
     /// Inherited TAP descriptors (`--net fd=N`) by NIC id; each VM built gets duplicates.
     pub tap_fds: Vec<(String, std::os::fd::OwnedFd)>,
+    /// `--limits`: what every VM built is held to.
+    pub limits: vmm_core::config::Limits,
 }
 
 /// The controller.
@@ -273,7 +276,7 @@ impl Vmm {
     /// sockets the new one may open again.
     fn builder_for(&mut self, config: &VmConfig) -> Result<VmBuilder, Failure> {
         self.vm = None;
-        let mut builder = VmBuilder::new(config.clone());
+        let mut builder = VmBuilder::new(config.clone()).limits(self.policy.limits);
         if let Some(socket) = keep_socket(&mut self.console, Some(&config.serial.output))? {
             builder = builder.console_socket(socket);
         }

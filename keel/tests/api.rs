@@ -909,3 +909,88 @@ fn rate_limits_from_flags_change_over_the_api_and_keel_remote() {
         bad.stderr()
     );
 }
+
+#[test]
+fn limits_from_the_flag_refuse_vms_over_the_api_naming_the_field() {
+    require_kvm!();
+    let dir = scratch("limits");
+    let cpus = std::thread::available_parallelism().unwrap().get() as u32;
+    let (mut keel, client) = Keel::with_api(&dir, &["--limits", "max_vcpus_per_host_cpu=1"]);
+    let refused_field = |config: &VmConfig| match client.create(config) {
+        Err(ClientError::Api { status, error, .. }) => {
+            assert_eq!(status, 400, "{error:?}");
+            (error.field.unwrap_or_default(), error.error)
+        }
+        other => panic!("{other:?}"),
+    };
+    let mut config = VmConfig::new(guest());
+    config.vcpus = cpus + 1;
+    let (field, error) = refused_field(&config);
+    assert_eq!(field, "vcpus");
+    assert!(
+        error.starts_with("max_vcpus_per_host_cpu exceeded"),
+        "{error}"
+    );
+    // The host's own memory holds whatever the flag says.
+    let host = vmm_core::config::HostResources::detect();
+    config.vcpus = 1;
+    config.memory = MemSize::bytes((host.memory >> 30) * (1 << 30) + (2 << 30));
+    let (field, error) = refused_field(&config);
+    assert_eq!(field, "memory");
+    assert!(error.starts_with("host memory exceeded"), "{error}");
+    assert_eq!(client.info().unwrap().state, ApiVmState::NotCreated);
+    // Within the limits the VM is created.
+    config.vcpus = cpus;
+    config.memory = MemSize::mib(64);
+    client.create(&config).unwrap();
+    client.shutdown_vmm().unwrap();
+    assert!(keel.wait().success(), "{}", keel.stderr());
+
+    // From flags alone: the status is 2 and the message names the limit.
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let kernel = guest();
+    let kernel = kernel.to_str().unwrap();
+    let (code, stderr) = run(&[
+        "--kernel",
+        kernel,
+        "--cpus",
+        &format!("boot={}", 2 * cpus + 1),
+        "--limits",
+        "max_vcpus_per_host_cpu=2",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("max_vcpus_per_host_cpu exceeded"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["--kernel", kernel, "--limits", "max_queue_size=big"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--limits: key `max_queue_size`"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["--kernel", kernel, "--limits", "max_ram=1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--limits: unknown key `max_ram`"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&[
+        "--kernel",
+        kernel,
+        "--serial",
+        "null",
+        "--limits",
+        "max_queue_size=256,max_devices=1",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -120,6 +120,8 @@ pub struct VmBuilder {
     extra_devices: Vec<Result<device_manager::VirtioDeviceEntry, Error>>,
     /// A snapshot directory to restore instead of booting the kernel.
     restore_from: Option<RestoreFrom>,
+    /// The operator's limits.
+    limits: crate::config::Limits,
 }
 
 /// Where a restored VM's memory and state come from.
@@ -143,7 +145,26 @@ impl VmBuilder {
             tap_fds: Vec::new(),
             extra_devices: Vec::new(),
             restore_from: None,
+            limits: crate::config::Limits::default(),
         }
+    }
+
+    /// Holds the VM to `limits` (a cap on vCPUs per host CPU, on devices, on queue sizes) on
+    /// top of what the host has: whatever the limits, guest memory that does not fit in the
+    /// host's RAM, and a VM that needs more file descriptors than `RLIMIT_NOFILE` leaves, are
+    /// refused ([`Error::Limit`], naming the limit).
+    ///
+    /// ```no_run
+    /// use vmm_core::config::Limits;
+    /// use vmm_core::{VmBuilder, VmConfig};
+    ///
+    /// let limits = Limits { max_vcpus_per_host_cpu: Some(2), ..Limits::default() };
+    /// let vm = VmBuilder::new(VmConfig::new("vmlinux")).limits(limits).build()?;
+    /// # Ok::<(), vmm_core::Error>(())
+    /// ```
+    pub fn limits(mut self, limits: crate::config::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Builds the VM from the snapshot in `dir` (see [`VmHandle::snapshot`]) instead of booting
@@ -380,12 +401,13 @@ impl VmBuilder {
                 // The kernel is not loaded: only the devices' back ends must exist here.
                 self.config.check()?;
                 self.config.check_host_devices()?;
+                // A snapshot's memory is mapped once the limits passed (below).
                 Some(match from {
                     RestoreFrom::Snapshot(dir) => {
                         let saved = snapshot::read(&dir)?;
-                        (snapshot::map_memory(&dir, &saved)?, saved)
+                        (Err(dir), saved)
                     }
-                    RestoreFrom::Migration(memory, saved) => (memory, *saved),
+                    RestoreFrom::Migration(memory, saved) => (Ok(memory), *saved),
                 })
             }
             None => {
@@ -413,9 +435,19 @@ impl VmBuilder {
         let mut extra = std::mem::take(&mut self.extra_devices)
             .into_iter()
             .collect::<Result<Vec<_>, Error>>()?;
+        let embedders = extra.len();
         extra.extend(console.iter().map(VirtioConsoleParts::entry));
+        crate::config::check_limits(
+            &self.config,
+            self.config.virtio_devices() + embedders,
+            embedders,
+            &self.limits,
+            &crate::config::HostResources::detect(),
+        )?;
+        // Guest memory is mapped only now, after the limits passed.
         let (restored_memory, restore) = match restore {
-            Some((memory, saved)) => (Some(memory), Some(saved)),
+            Some((Ok(memory), saved)) => (Some(memory), Some(saved)),
+            Some((Err(dir), saved)) => (Some(snapshot::map_memory(&dir, &saved)?), Some(saved)),
             None => (None, None),
         };
         let saved = restored_memory.zip(restore.as_ref());
@@ -426,6 +458,10 @@ impl VmBuilder {
             extra,
             saved,
         )?;
+        for entry in &image.virtio {
+            let sizes = crate::sync::lock(&entry.device).queue_max_sizes().to_vec();
+            crate::config::check_queue_sizes(&entry.id, &sizes, &self.limits)?;
+        }
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);

@@ -131,6 +131,9 @@ pub enum Error {
     /// The config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The VM would exceed a limit of this host or of the process's [`config::Limits`].
+    #[error(transparent)]
+    Limit(#[from] config::LimitError),
     /// Guest memory could not be mapped.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),

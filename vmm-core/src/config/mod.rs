@@ -14,11 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::layout;
 
 mod devices;
+mod limits;
 mod rate_limit;
 pub use devices::{
     check_devices, check_devices_on_host, parse_mac, DiskConfig, NetConfig, RngConfig, VsockConfig,
     SECTOR_SIZE,
 };
+pub(crate) use limits::{check_limits, check_queue_sizes};
+pub use limits::{descriptors_needed, HostResources, LimitError, Limits, MAX_QUEUE_SIZE};
 pub(crate) use rate_limit::LimiterField;
 pub use rate_limit::{RateLimitUpdate, RateLimiterConfig, TokenBucketConfig, MAX_REFILL_TIME_MS};
 
@@ -30,6 +33,9 @@ pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
 pub const MAX_CMDLINE_LEN: usize = 2048;
 /// Most virtio devices with the PCI transport (bus 0 slots minus the host bridge).
 pub const MAX_PCI_DEVICES: usize = 31;
+/// Most virtio devices with the virtio-mmio transport: one legacy interrupt line each, of
+/// lines 5-22 less the RTC's 8.
+pub const MAX_MMIO_DEVICES: usize = 17;
 /// Command line used when the config gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
@@ -398,6 +404,15 @@ impl VmConfig {
         check_devices_on_host(&self.disks, self.vsock.as_ref())
     }
 
+    /// The virtio devices the config asks for.
+    pub(crate) fn virtio_devices(&self) -> usize {
+        self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng.is_some())
+            + usize::from(self.console.is_some())
+    }
+
     /// Writes the limiters `update` sets into the config of the device it names (after
     /// [`VmHandle::set_rate_limit`](crate::VmHandle::set_rate_limit) changed them on the
     /// running VM, so a reboot or a snapshot keeps them). Returns whether the config has that
@@ -526,12 +541,17 @@ impl VmConfig {
             self.vsock.as_ref(),
             self.rng.as_ref(),
         )?;
+        let count = self.virtio_devices();
+        if self.virtio_transport == VirtioTransport::Mmio && count > MAX_MMIO_DEVICES {
+            return Err(ConfigError::invalid(
+                "virtio_transport",
+                format!(
+                    "{count} virtio devices need {count} interrupt lines: virtio-mmio has \
+                     {MAX_MMIO_DEVICES} (\"pci\" takes {MAX_PCI_DEVICES})"
+                ),
+            ));
+        }
         if self.virtio_transport == VirtioTransport::Pci {
-            let count = self.disks.len()
-                + self.nets.len()
-                + usize::from(self.vsock.is_some())
-                + usize::from(self.rng.is_some())
-                + usize::from(self.console.is_some());
             // Bus 0 has 32 slots and the host bridge takes one.
             if count > MAX_PCI_DEVICES {
                 return Err(ConfigError::invalid(
@@ -741,6 +761,12 @@ mod tests {
             .collect();
         assert_eq!(field_of(&c), "virtio_transport");
         c.disks.truncate(31);
+        c.validate().unwrap();
+        c.virtio_transport = VirtioTransport::Mmio;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "virtio_transport");
+        assert!(err.reason.contains("virtio-mmio has 17"), "{err}");
+        c.disks.truncate(17);
         c.validate().unwrap();
     }
 
