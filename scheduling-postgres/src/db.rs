@@ -268,10 +268,10 @@ pub(crate) fn set_quota(
     if let Some(l) = limits {
         for class in l.resources.keys() {
             if cluster.class_id(class).is_none() {
-                return Err(PgStoreError::Model(scheduling::ModelError::Empty {
-                    what: format!("quota of {scope}: unknown resource class `{class}`"),
-                    field: "resources",
-                }));
+                return Err(PgStoreError::UnknownQuotaClass {
+                    scope: scope.to_string(),
+                    class: class.clone(),
+                });
             }
         }
     }

@@ -58,6 +58,14 @@ pub enum PgStoreError {
     /// No host of that name.
     #[error("unknown host `{0}`")]
     UnknownHost(String),
+    /// A quota names a resource class the loaded cluster does not have.
+    #[error("quota of {scope}: unknown resource class `{class}` (the loaded cluster has no such inventory)")]
+    UnknownQuotaClass {
+        /// The quota's scope (`project `web``, `user `ann` of project `web``).
+        scope: String,
+        /// The class.
+        class: String,
+    },
     /// A quota would be exceeded; the message names scope, class, limit, usage and request.
     #[error("{0}")]
     QuotaExceeded(String),

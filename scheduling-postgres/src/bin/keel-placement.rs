@@ -325,6 +325,8 @@ struct Summary {
     other: u64,
     conflicts: u64,
     transactions: u64,
+    /// Times the replica was rebuilt after a lost connection.
+    reloads: u64,
     seconds: f64,
     /// VMs in this decider's replica at the end.
     replica_vms: usize,
@@ -447,6 +449,7 @@ fn place(
     (s.replica_vms, s.replica_digest) = store.read(digest);
     s.conflicts = stats.conflicts;
     s.transactions = stats.transactions;
+    s.reloads = stats.reloads;
     s.seconds = start.elapsed().as_secs_f64();
     if json {
         println!("{}", serde_json::to_string(&s).unwrap_or_default());
