@@ -162,6 +162,14 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
+        // VMMs outlive their agent by design; a test that ends (or fails) takes its own with it.
+        for pid in keel_processes_under(&self.run_dir) {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 }
 
