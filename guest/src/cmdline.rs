@@ -7,6 +7,8 @@
 
 use core::fmt;
 
+pub use crate::virtio::attack::Attack;
+
 /// Default spacing of `keel.ticks` lines, in TSC ticks.
 pub const DEFAULT_TICK_TSC: u64 = 20_000_000;
 
@@ -59,6 +61,10 @@ pub const MAX_DIRTY_KIB: u64 = 1 << 20;
 
 /// The most vCPUs the guest supports (the BSP and 254 APs: every xAPIC ID but the broadcast one).
 pub const MAX_CPUS: u32 = 255;
+/// Default of `keel.attack_count`.
+pub const DEFAULT_ATTACK_COUNT: u64 = 100_000;
+/// Most repetitions `keel.attack_count` takes.
+pub const MAX_ATTACK_COUNT: u64 = 100_000_000;
 
 /// What the command line asks the guest to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +143,11 @@ pub struct VirtioOptions {
     pub bench_bytes: u64,
     /// `keel.bench_depth=D`: requests (or packets) kept in flight at most (randread2: on each disk).
     pub bench_depth: u16,
+    /// `keel.attack=NAME`: misbehave on purpose towards a device (see [`Attack`]) instead of
+    /// testing it.
+    pub attack: Option<Attack>,
+    /// `keel.attack_count=N`: how many times an attack repeats (`notify_storm`'s kicks).
+    pub attack_count: u64,
 }
 
 /// A block benchmark.
@@ -181,6 +192,7 @@ impl VirtioOptions {
             || self.blk_bench.is_some()
             || self.net_bench
             || self.vsock_bench
+            || self.attack.is_some()
     }
 }
 
@@ -207,6 +219,8 @@ impl Default for VirtioOptions {
             bench_ops: DEFAULT_BENCH_OPS,
             bench_bytes: DEFAULT_BENCH_BYTES,
             bench_depth: DEFAULT_BENCH_DEPTH,
+            attack: None,
+            attack_count: DEFAULT_ATTACK_COUNT,
         }
     }
 }
@@ -422,6 +436,15 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                     BlkBench::from_name(value).ok_or(error("randread, seqwrite or randread2"))?,
                 );
             }
+            ("keel.attack", Some(value)) => {
+                options.virtio.attack =
+                    Some(Attack::from_name(value).ok_or(error("an attack of the catalogue"))?);
+            }
+            ("keel.attack_count", Some(value)) => {
+                options.virtio.attack_count = parse_number(value)
+                    .filter(|count| (1..=MAX_ATTACK_COUNT).contains(count))
+                    .ok_or(error("a count from 1 to 10^8"))?;
+            }
             ("keel.bench_ops", Some(value)) => {
                 options.virtio.bench_ops = parse_number(value)
                     .filter(|count| (1..=1 << 32).contains(count))
@@ -485,7 +508,9 @@ pub fn parse(cmdline: &str) -> Result<Options, OptionError<'_>> {
                 | "keel.blk_bench"
                 | "keel.bench_ops"
                 | "keel.bench_bytes"
-                | "keel.bench_depth",
+                | "keel.bench_depth"
+                | "keel.attack"
+                | "keel.attack_count",
                 None,
             ) => {
                 return Err(error("a value after '='"));
@@ -628,6 +653,15 @@ mod tests {
         assert_eq!(BlkBench::RandRead2.name(), "randread2");
         assert_eq!(virtio.bench_depth, 4);
         assert!(parse("keel.blk_bench=randread3").is_err());
+        let virtio = parse("keel.attack=desc_loop keel.attack_count=7")
+            .unwrap()
+            .virtio;
+        assert_eq!(virtio.attack, Some(Attack::DescLoop));
+        assert_eq!(virtio.attack_count, 7);
+        assert!(virtio.any());
+        assert!(parse("keel.attack=nope").is_err());
+        assert!(parse("keel.attack").is_err());
+        assert!(parse("keel.attack_count=0").is_err());
     }
 
     #[test]

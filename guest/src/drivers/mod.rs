@@ -9,6 +9,7 @@
 //!
 //! The drivers exist to prove the VMM's devices; they do only what the tests need.
 
+mod attack;
 mod blk;
 mod console;
 mod net;
@@ -88,6 +89,9 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
             .map(|(t, _)| *t)
     };
 
+    if let Some(attack) = options.attack {
+        attack::run(attack, first(ID_ENTROPY), first(ID_BLOCK), options);
+    }
     // A read left in flight on the first disk while the other tests run.
     let background = if options.blk_background {
         match first(ID_BLOCK) {

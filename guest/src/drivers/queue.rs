@@ -34,9 +34,12 @@ const AVAIL_OFFSET: usize = 0x400;
 const USED_OFFSET: usize = 0x800;
 
 /// Descriptor flag: the chain continues at `next`.
-const DESC_F_NEXT: u16 = 1;
+pub const DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer (otherwise it reads it).
-const DESC_F_WRITE: u16 = 2;
+pub const DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of descriptors (never negotiated by these drivers;
+/// the hostile-guest catalogue sets it anyway).
+pub const DESC_F_INDIRECT: u16 = 4;
 
 #[repr(C, align(4096))]
 struct Arena(UnsafeCell<[u8; DMA_ARENA_SIZE]>);
@@ -248,6 +251,21 @@ impl Virtqueue {
         Ok(queue)
     }
 
+    /// A queue of [`MAX_QUEUE_SIZE`] entries in a page of `arena`, not handed to any device
+    /// (the hostile-guest catalogue enables it with a size of its own).
+    pub fn new_unready(index: u16, arena: &mut DmaArena) -> Result<Self, DriverError> {
+        let page = arena.alloc(PAGE_SIZE, PAGE_SIZE)?;
+        Ok(Self {
+            index,
+            size: MAX_QUEUE_SIZE,
+            page,
+            free_head: 0,
+            free_count: MAX_QUEUE_SIZE,
+            avail_idx: 0,
+            last_used: 0,
+        })
+    }
+
     /// The queue's index on its device.
     pub fn index(&self) -> u16 {
         self.index
@@ -290,6 +308,44 @@ impl Virtqueue {
                 read_volatile(self.at::<u16>(offset + 12)),
                 read_volatile(self.at::<u16>(offset + 14)),
             )
+        }
+    }
+
+    /// Writes descriptor `index` as given, valid or not (the hostile-guest catalogue). Indexes
+    /// past the page's table (64 entries) are ignored.
+    pub fn write_raw_desc(&mut self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        if index < LARGEST_QUEUE_SIZE {
+            self.write_desc(index, addr, len, flags, next);
+        }
+    }
+
+    /// Puts `head` in the available ring's next slot and sets the ring's index to `idx`,
+    /// whatever they are (the hostile-guest catalogue).
+    pub fn publish_raw(&mut self, head: u16, idx: u16) {
+        let slot = 4 + 2 * usize::from(self.avail_idx % self.size);
+        fence(Ordering::SeqCst);
+        // SAFETY: the ring slot and `idx` lie in the available ring, which only the driver writes.
+        unsafe { write_volatile(self.at::<u16>(AVAIL_OFFSET + slot), head) };
+        fence(Ordering::SeqCst);
+        self.avail_idx = idx;
+        // SAFETY: as above.
+        unsafe { write_volatile(self.at::<u16>(AVAIL_OFFSET + 2), idx) };
+        fence(Ordering::SeqCst);
+    }
+
+    /// The available ring's index as the driver last set it.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The used ring's index and the length in its newest entry.
+    pub fn used_raw(&self) -> (u16, u32) {
+        // SAFETY: `idx` and the element lie in the used ring, inside the page; the device writes
+        // them, hence volatile.
+        unsafe {
+            let idx = read_volatile(self.at::<u16>(USED_OFFSET + 2));
+            let newest = 4 + 8 * usize::from(idx.wrapping_sub(1) % self.size);
+            (idx, read_volatile(self.at::<u32>(USED_OFFSET + newest + 4)))
         }
     }
 

@@ -265,6 +265,46 @@ impl Transport {
         }
     }
 
+    /// Writes the status register as it is (the hostile-guest catalogue breaks the handshake's
+    /// order with it).
+    pub fn write_status(&self, status: u32) {
+        self.set_status(status);
+    }
+
+    /// Reads the status register.
+    pub fn read_status(&self) -> u32 {
+        self.status()
+    }
+
+    /// Accepts the 64 feature bits `features`, offered or not.
+    pub fn write_driver_features(&self, features: u64) {
+        self.set_driver_features(0, features as u32);
+        self.set_driver_features(1, (features >> 32) as u32);
+    }
+
+    /// Reads the 32-bit register at `offset` of a virtio-mmio window (below the 0x200 bytes
+    /// every window has; `None` for other offsets and for virtio-pci).
+    pub fn mmio_read(&self, offset: u64) -> Option<u32> {
+        match self.kind {
+            Kind::Mmio { base } if offset < 0x200 && offset.is_multiple_of(4) => {
+                Some(read32(base + offset))
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes the 32-bit register at `offset` of a virtio-mmio window (as for
+    /// [`mmio_read`](Self::mmio_read)); returns whether it did.
+    pub fn mmio_write(&self, offset: u64, value: u32) -> bool {
+        match self.kind {
+            Kind::Mmio { base } if offset < 0x200 && offset.is_multiple_of(4) => {
+                write32(base + offset, value);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Resets the device (status 0) and waits, boundedly, for the reset to show.
     pub fn reset(&self) {
         self.set_status(0);
@@ -368,6 +408,12 @@ impl Transport {
 
     /// Hands queue `queue` (already sized no larger than its QueueNumMax) to the device.
     pub fn enable_queue(&self, queue: &Virtqueue) -> Result<(), DriverError> {
+        self.enable_queue_as(queue, queue.size())
+    }
+
+    /// [`enable_queue`](Self::enable_queue), telling the device the queue has `size` entries
+    /// whatever it really has (the hostile-guest catalogue lies about it).
+    pub fn enable_queue_as(&self, queue: &Virtqueue, size: u16) -> Result<(), DriverError> {
         let index = queue.index();
         let (desc, driver, device) = queue.addresses();
         match self.kind {
@@ -376,7 +422,7 @@ impl Transport {
                 if read32(base + REG_QUEUE_READY) != 0 {
                     return Err(DriverError::QueueUnavailable(index));
                 }
-                write32(base + REG_QUEUE_NUM, u32::from(queue.size()));
+                write32(base + REG_QUEUE_NUM, u32::from(size));
                 for (register, address) in [
                     (REG_QUEUE_DESC_LOW, desc),
                     (REG_QUEUE_DRIVER_LOW, driver),
@@ -393,7 +439,7 @@ impl Transport {
                 if read16(common + PCI_QUEUE_ENABLE) != 0 {
                     return Err(DriverError::QueueUnavailable(index));
                 }
-                write16(common + PCI_QUEUE_SIZE, queue.size());
+                write16(common + PCI_QUEUE_SIZE, size);
                 write16(common + PCI_QUEUE_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
                 for (field, address) in [
                     (PCI_QUEUE_DESC, desc),

@@ -5,6 +5,7 @@
 //! The drivers themselves (`src/drivers/` of the binary) touch the MMIO registers and the rings;
 //! everything here is plain computation so that host unit tests can check it.
 
+pub mod attack;
 pub mod bench;
 pub mod blk;
 pub mod discovery;

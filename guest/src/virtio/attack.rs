@@ -1,0 +1,150 @@
+//! The hostile-guest catalogue (`keel.attack=NAME`): ways a driver can misbehave on purpose, so
+//! the host's tests can check that the VMM survives each one and its device stays usable.
+//!
+//! Every attack but the `blk_*` ones targets the first virtio-rng device (one queue of
+//! device-writable buffers, the simplest to abuse); `blk_*` target the first virtio-blk device.
+//! After the attack the guest resets the device and sends one well-formed request, which must
+//! be served. The guest prints `attack NAME outcome=... then=served`, or a `FAIL attack` line.
+
+/// One misbehaviour of the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attack {
+    /// Two descriptors whose `next` fields point at each other.
+    DescLoop,
+    /// A chain longer than the queue: every descriptor of the table chained, the last back to
+    /// the first.
+    ChainTooLong,
+    /// A descriptor whose `next` is beyond the queue size.
+    NextOutOfRange,
+    /// An indirect descriptor whose table is the queue's own descriptor table (itself
+    /// indirect: nested and self-referencing).
+    IndirectSelf,
+    /// A buffer 1 TiB up, beyond guest memory.
+    AddrBeyondMemory,
+    /// A buffer on the I/O APIC's page in the MMIO hole below 4 GiB.
+    AddrMmioHole,
+    /// A buffer whose address plus length wraps around 2^64.
+    AddrOverflow,
+    /// A buffer of zero bytes.
+    ZeroLength,
+    /// A buffer of 4 GiB - 1 bytes.
+    HugeLength,
+    /// A device-writable buffer of 1 GiB inside guest memory (the VM needs 1.5 GiB).
+    RngGib,
+    /// Queue size 0, then DRIVER_OK.
+    QueueSizeZero,
+    /// Queue size 12 (not a power of two), then DRIVER_OK.
+    QueueSizeOdd,
+    /// Queue size 1024, over the device's maximum, then DRIVER_OK.
+    QueueSizeTooBig,
+    /// The available index moved by 1000, more than the queue size.
+    AvailJump,
+    /// The available index moved back by one after a request was served.
+    AvailBackwards,
+    /// An available ring entry naming descriptor 300 of a 16-entry queue.
+    HeadOutOfRange,
+    /// Notifications of a queue before it is set up and of queues the device does not have.
+    NotifyUnconfigured,
+    /// `keel.attack_count` notifications of a live, empty queue.
+    NotifyStorm,
+    /// Writes over the whole configuration window past the registers, and to the read-only
+    /// registers.
+    ConfigWriteOob,
+    /// DRIVER_OK before FEATURES_OK, then FEATURES_OK with features the device does not offer.
+    StatusOutOfOrder,
+    /// A block read at the last sector number there is (2^64 - 1).
+    BlkSectorOverflow,
+    /// A block request whose header is 4 bytes long.
+    BlkShortHeader,
+    /// A block read whose chain has no status byte (nothing device-writable after the data).
+    BlkNoStatus,
+}
+
+impl Attack {
+    /// Every attack, in the catalogue's order.
+    pub const ALL: [Attack; 23] = [
+        Attack::DescLoop,
+        Attack::ChainTooLong,
+        Attack::NextOutOfRange,
+        Attack::IndirectSelf,
+        Attack::AddrBeyondMemory,
+        Attack::AddrMmioHole,
+        Attack::AddrOverflow,
+        Attack::ZeroLength,
+        Attack::HugeLength,
+        Attack::RngGib,
+        Attack::QueueSizeZero,
+        Attack::QueueSizeOdd,
+        Attack::QueueSizeTooBig,
+        Attack::AvailJump,
+        Attack::AvailBackwards,
+        Attack::HeadOutOfRange,
+        Attack::NotifyUnconfigured,
+        Attack::NotifyStorm,
+        Attack::ConfigWriteOob,
+        Attack::StatusOutOfOrder,
+        Attack::BlkSectorOverflow,
+        Attack::BlkShortHeader,
+        Attack::BlkNoStatus,
+    ];
+
+    /// The name on the command line and in the `attack` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Attack::DescLoop => "desc_loop",
+            Attack::ChainTooLong => "chain_too_long",
+            Attack::NextOutOfRange => "next_out_of_range",
+            Attack::IndirectSelf => "indirect_self",
+            Attack::AddrBeyondMemory => "addr_beyond_memory",
+            Attack::AddrMmioHole => "addr_mmio_hole",
+            Attack::AddrOverflow => "addr_overflow",
+            Attack::ZeroLength => "zero_length",
+            Attack::HugeLength => "huge_length",
+            Attack::RngGib => "rng_1gib",
+            Attack::QueueSizeZero => "queue_size_zero",
+            Attack::QueueSizeOdd => "queue_size_odd",
+            Attack::QueueSizeTooBig => "queue_size_too_big",
+            Attack::AvailJump => "avail_jump",
+            Attack::AvailBackwards => "avail_backwards",
+            Attack::HeadOutOfRange => "head_out_of_range",
+            Attack::NotifyUnconfigured => "notify_unconfigured",
+            Attack::NotifyStorm => "notify_storm",
+            Attack::ConfigWriteOob => "config_write_oob",
+            Attack::StatusOutOfOrder => "status_out_of_order",
+            Attack::BlkSectorOverflow => "blk_sector_overflow",
+            Attack::BlkShortHeader => "blk_short_header",
+            Attack::BlkNoStatus => "blk_no_status",
+        }
+    }
+
+    /// The attack called `name`.
+    pub fn from_name(name: &str) -> Option<Attack> {
+        Attack::ALL.into_iter().find(|attack| attack.name() == name)
+    }
+
+    /// Whether it targets a block device (else the entropy device).
+    pub fn on_block(self) -> bool {
+        matches!(
+            self,
+            Attack::BlkSectorOverflow | Attack::BlkShortHeader | Attack::BlkNoStatus
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        for attack in Attack::ALL {
+            assert_eq!(Attack::from_name(attack.name()), Some(attack));
+        }
+        let mut names: Vec<_> = Attack::ALL.iter().map(|a| a.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Attack::ALL.len());
+        assert_eq!(Attack::from_name("nope"), None);
+        assert!(Attack::BlkNoStatus.on_block() && !Attack::DescLoop.on_block());
+    }
+}

@@ -1,0 +1,545 @@
+//! The hostile-guest catalogue: the test guest misbehaves on purpose (`keel.attack=NAME`) towards
+//! a virtio device of a real VM on /dev/kvm, and Keel must survive it. For every attack: the VM
+//! runs to its normal exit (no hang, no crash), the device answers the attack as designed (the
+//! outcome the guest reports, compared with the catalogue below), then serves a well-formed
+//! request after a reset, and the VMM's peak memory stays bounded.
+//!
+//! One test per attack checks that. `the_catalogue_table_is_current` runs them all again, one
+//! after another in a child process (so no other test's VMs are measured), next to a bystander
+//! VM in the same process that must keep running throughout; it measures each attack's peak
+//! memory and the VMM's CPU time per notification of the storm, prints them, and checks the
+//! table in `docs/hostile-guest.md` against the catalogue (`KEEL_BLESS=1` rewrites it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use testkit::{require_kvm, SharedBuffer};
+use vmm_core::config::{DiskConfig, RngConfig};
+use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// Notifications in `notify_storm`.
+const STORM_KICKS: u64 = 100_000;
+/// Most the process's peak resident memory may grow over what it was before the VM was built:
+/// the guest touches a few MiB; an attack that made the VMM allocate or fault in per byte it
+/// names (1 GiB for `rng_1gib`, 4 GiB for `huge_length`) would exceed it by far.
+const MEMORY_BOUND: u64 = 32 << 20;
+/// Set in the child process that measures the catalogue.
+const CHILD: &str = "KEEL_HOSTILE_CHILD";
+
+/// One attack: its name, the device it targets, what the device does about it (the outcome the
+/// guest prints), and the catalogue's words for it.
+struct Case {
+    name: &'static str,
+    device: &'static str,
+    outcome: &'static str,
+    abuse: &'static str,
+    answer: &'static str,
+}
+
+const CATALOGUE: &[Case] = &[
+    Case {
+        name: "desc_loop",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "two descriptors whose `next` point at each other",
+        answer: "chain rejected (it never ends), returned empty",
+    },
+    Case {
+        name: "chain_too_long",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "every descriptor chained, the last back to the first",
+        answer: "chain rejected, returned empty",
+    },
+    Case {
+        name: "next_out_of_range",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "`next` = 500 in a 16-entry queue",
+        answer: "chain rejected, returned empty",
+    },
+    Case {
+        name: "indirect_self",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "an indirect descriptor whose table is the descriptor table itself (nested)",
+        answer: "chain rejected, returned empty",
+    },
+    Case {
+        name: "addr_beyond_memory",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "a buffer at 1 TiB",
+        answer: "buffer outside guest memory: returned empty",
+    },
+    Case {
+        name: "addr_mmio_hole",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "a buffer on the I/O APIC page (MMIO hole)",
+        answer: "not RAM: returned empty",
+    },
+    Case {
+        name: "addr_overflow",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "address + length wraps past 2^64",
+        answer: "returned empty",
+    },
+    Case {
+        name: "zero_length",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "a buffer of 0 bytes",
+        answer: "returned empty",
+    },
+    Case {
+        name: "huge_length",
+        device: "rng",
+        outcome: "returned_len=0",
+        abuse: "a buffer of 4 GiB - 1 bytes",
+        answer: "beyond guest memory: returned empty, nothing allocated",
+    },
+    Case {
+        name: "rng_1gib",
+        device: "rng",
+        outcome: "returned_len=65536",
+        abuse: "a 1 GiB device-writable buffer inside guest memory (1.5 GiB VM)",
+        answer: "filled up to the 64 KiB cap per request",
+    },
+    Case {
+        name: "queue_size_zero",
+        device: "rng",
+        outcome: "needs_reset",
+        abuse: "queue size 0, then DRIVER_OK",
+        answer: "DEVICE_NEEDS_RESET, device not started",
+    },
+    Case {
+        name: "queue_size_odd",
+        device: "rng",
+        outcome: "needs_reset",
+        abuse: "queue size 12 (not a power of two), then DRIVER_OK",
+        answer: "DEVICE_NEEDS_RESET, device not started",
+    },
+    Case {
+        name: "queue_size_too_big",
+        device: "rng",
+        outcome: "needs_reset",
+        abuse: "queue size 1024 (the device offers 256), then DRIVER_OK",
+        answer: "DEVICE_NEEDS_RESET, device not started",
+    },
+    Case {
+        name: "avail_jump",
+        device: "rng",
+        outcome: "not_returned",
+        abuse: "available index moved by 1000 (more than the queue size)",
+        answer: "ring ignored (warning, rate-limited), no spinning",
+    },
+    Case {
+        name: "avail_backwards",
+        device: "rng",
+        outcome: "not_returned",
+        abuse: "available index moved back by one after a served request",
+        answer: "ring ignored (warning, rate-limited), no spinning",
+    },
+    Case {
+        name: "head_out_of_range",
+        device: "rng",
+        outcome: "not_returned",
+        abuse: "available ring entry names descriptor 300 of 16",
+        answer: "chain skipped (warning), nothing written",
+    },
+    Case {
+        name: "notify_unconfigured",
+        device: "rng",
+        outcome: "ignored count=4000",
+        abuse: "kicks of a queue before set-up, of queues 5, 7 and 65535 that do not exist",
+        answer: "ignored",
+    },
+    Case {
+        name: "notify_storm",
+        device: "rng",
+        outcome: "ignored count=100000",
+        abuse: "100,000 kicks of a live, empty queue",
+        answer: "each kick one look at the ring (CPU per kick measured)",
+    },
+    Case {
+        name: "config_write_oob",
+        device: "rng",
+        outcome: "ignored count=127",
+        abuse:
+            "0xffffffff written to every register and the (absent) config space of a live device",
+        answer: "read-only registers kept, live queue kept, config writes dropped",
+    },
+    Case {
+        name: "status_out_of_order",
+        device: "rng",
+        outcome: "features_refused",
+        abuse: "DRIVER_OK before FEATURES_OK; FEATURES_OK with all 64 feature bits",
+        answer: "not started; FEATURES_OK refused",
+    },
+    Case {
+        name: "blk_sector_overflow",
+        device: "blk",
+        outcome: "status=1",
+        abuse: "a read at sector 2^64 - 1",
+        answer: "VIRTIO_BLK_S_IOERR, counted in `malformed`",
+    },
+    Case {
+        name: "blk_short_header",
+        device: "blk",
+        outcome: "status=1",
+        abuse: "a request header of 4 bytes",
+        answer: "VIRTIO_BLK_S_IOERR, counted in `malformed`",
+    },
+    Case {
+        name: "blk_no_status",
+        device: "blk",
+        outcome: "returned_len=0",
+        abuse: "a read whose chain has no status byte",
+        answer: "returned empty, nothing read, counted in `malformed`",
+    },
+];
+
+fn guest() -> PathBuf {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST
+        .get_or_init(|| testkit::build_test_guest().unwrap_or_else(|err| panic!("{err}")))
+        .clone()
+}
+
+fn case(name: &str) -> &'static Case {
+    CATALOGUE
+        .iter()
+        .find(|case| case.name == name)
+        .unwrap_or_else(|| panic!("no attack {name} in the catalogue"))
+}
+
+/// The VM an attack runs in: one vCPU, an entropy device and a disk on virtio-mmio.
+fn attack_config(name: &str) -> VmConfig {
+    let image =
+        std::env::temp_dir().join(format!("keel-hostile-{}-{name}.img", std::process::id()));
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut config = VmConfig::new(guest());
+    config.vcpus = 1;
+    config.memory = MemSize::mib(if name == "rng_1gib" { 1536 } else { 128 });
+    config.boot_protocol = BootProtocol::Pvh;
+    config.virtio_transport = VirtioTransport::Mmio;
+    config.virtio_mmio_cmdline = true;
+    config.cmdline = format!("keel.cpus=1 keel.attack={name} keel.attack_count={STORM_KICKS}");
+    config.disks.push(DiskConfig {
+        id: "disk0".into(),
+        path: image,
+        read_only: false,
+        direct: false,
+        rate_limiter: None,
+    });
+    config.rng = Some(RngConfig {
+        id: "rng0".into(),
+        rate_limiter: None,
+    });
+    config
+}
+
+/// What one attack run measured.
+struct Run {
+    console: String,
+    /// The process's peak resident memory over its resident memory before the VM was built.
+    peak_growth: u64,
+    /// CPU time of the VM's event-loop threads (the devices).
+    device_cpu: Duration,
+    wall: Duration,
+    /// The disk's `io_errors` and `malformed` counters.
+    blk_errors: (u64, u64),
+}
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// CPU time (user + system) of this process's threads called `comm`, by thread id.
+fn threads_cpu(comm: &str) -> HashMap<String, Duration> {
+    // SAFETY: sysconf reads a constant of the running system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut cpu = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return cpu;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ..." with utime and stime the 14th and 15th fields.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if !head.ends_with(comm) || !head.contains(&format!("({comm}")) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let used = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum::<u64>())
+            .unwrap_or(0);
+        cpu.insert(
+            task.file_name().to_string_lossy().into_owned(),
+            Duration::from_millis(used * 1000 / ticks),
+        );
+    }
+    cpu
+}
+
+/// Runs one attack to the guest's exit and checks what the catalogue says of it.
+fn run_attack(name: &str) -> Run {
+    let case = case(name);
+    let before_threads = threads_cpu("keel-events");
+    // Reset the peak ("VmHWM") to the current resident size (proc(5), clear_refs).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let rss_before = status_kib("VmRSS:") * 1024;
+    let started = Instant::now();
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(attack_config(name))
+        .serial_output(out.clone())
+        .build()
+        .unwrap_or_else(|err| panic!("{name}: build: {err}"));
+    let handle = vm.handle();
+    vm.start().unwrap();
+    let mut device_cpu = HashMap::new();
+    let mut counters = handle.counters();
+    let reason = loop {
+        if let Some(reason) = vm.wait_timeout(Duration::from_millis(20)) {
+            break reason;
+        }
+        for (tid, cpu) in threads_cpu("keel-events") {
+            if !before_threads.contains_key(&tid) {
+                device_cpu.insert(tid, cpu);
+            }
+        }
+        counters = handle.counters();
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{name}: the guest did not exit:\n{}",
+            out.text()
+        );
+    };
+    let wall = started.elapsed();
+    let peak_growth = (status_kib("VmHWM:") * 1024).saturating_sub(rss_before);
+    let console = out.text();
+    assert_eq!(reason, ExitReason::Reset, "{name}:\n{console}");
+    assert!(!console.contains("FAIL"), "{name}:\n{console}");
+    assert!(!console.contains("panicked"), "{name}:\n{console}");
+    let line = format!("attack {name} outcome={} then=served", case.outcome);
+    assert!(
+        console.contains(&line),
+        "{name}: no `{line}` in:\n{console}"
+    );
+    assert!(
+        peak_growth < MEMORY_BOUND,
+        "{name}: peak resident memory grew by {peak_growth} bytes"
+    );
+    let disk = |counters: &vmm_core::VmCounters, name| {
+        counters
+            .device("disk0")
+            .and_then(|disk| disk.get(name))
+            .unwrap_or(0)
+    };
+    let last = vm.handle().counters();
+    let blk_errors = (
+        disk(&last, "io_errors").max(disk(&counters, "io_errors")),
+        disk(&last, "malformed").max(disk(&counters, "malformed")),
+    );
+    Run {
+        console,
+        peak_growth,
+        device_cpu: device_cpu.values().sum(),
+        wall,
+        blk_errors,
+    }
+}
+
+macro_rules! attacks {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                require_kvm!();
+                let run = run_attack(stringify!($name));
+                if case(stringify!($name)).device == "blk" {
+                    let (io_errors, malformed) = run.blk_errors;
+                    assert!(io_errors + malformed >= 1, "{}: no block error counted", stringify!($name));
+                }
+            }
+        )*
+        /// Every attack has its test.
+        const TESTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+attacks!(
+    desc_loop,
+    chain_too_long,
+    next_out_of_range,
+    indirect_self,
+    addr_beyond_memory,
+    addr_mmio_hole,
+    addr_overflow,
+    zero_length,
+    huge_length,
+    rng_1gib,
+    queue_size_zero,
+    queue_size_odd,
+    queue_size_too_big,
+    avail_jump,
+    avail_backwards,
+    head_out_of_range,
+    notify_unconfigured,
+    notify_storm,
+    config_write_oob,
+    status_out_of_order,
+    blk_sector_overflow,
+    blk_short_header,
+    blk_no_status,
+);
+
+/// The catalogue as the table in `docs/hostile-guest.md`.
+fn table() -> String {
+    let mut table = String::from(
+        "| attack (`keel.attack=`) | device | what the guest does | what Keel does | guest sees |\n\
+         |---|---|---|---|---|\n",
+    );
+    for case in CATALOGUE {
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} | `{}` |\n",
+            case.name, case.device, case.abuse, case.answer, case.outcome
+        ));
+    }
+    table
+}
+
+const DOC: &str = "docs/hostile-guest.md";
+const BEGIN: &str = "<!-- catalogue: generated by vmm-core/tests/hostile_guest.rs -->\n";
+const END: &str = "<!-- end of catalogue -->\n";
+
+#[test]
+fn the_catalogue_table_is_current() {
+    let mut tested: Vec<_> = TESTED.to_vec();
+    let mut listed: Vec<_> = CATALOGUE.iter().map(|case| case.name).collect();
+    tested.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(tested, listed, "every attack of the catalogue has its test");
+    let path = testkit::workspace_root().join(DOC);
+    let doc = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = table();
+    let current = doc
+        .split_once(BEGIN)
+        .and_then(|(_, rest)| rest.split_once(END))
+        .map(|(table, _)| table);
+    if std::env::var_os("KEEL_BLESS").is_some() {
+        let (head, tail) = match doc.split_once(BEGIN) {
+            Some((head, rest)) => (head, rest.split_once(END).map_or("", |(_, tail)| tail)),
+            None => (doc.as_str(), ""),
+        };
+        std::fs::write(&path, format!("{head}{BEGIN}{generated}{END}{tail}")).unwrap();
+        return;
+    }
+    assert_eq!(
+        current,
+        Some(generated.as_str()),
+        "{DOC} is out of date: KEEL_BLESS=1 cargo test -p vmm-core --test hostile_guest"
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by every_attack_in_a_row_beside_a_bystander_vm"]
+fn child_runs_the_catalogue_in_a_row() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    // The bystander: another VM of this process, ticking through the whole catalogue.
+    let mut bystander = VmConfig::new(guest());
+    bystander.vcpus = 1;
+    bystander.memory = MemSize::mib(64);
+    bystander.boot_protocol = BootProtocol::Pvh;
+    bystander.cmdline = "keel.cpus=1 keel.ticks=0 keel.tick_tsc=20000000".into();
+    let ticks = SharedBuffer::new();
+    let mut bystander = VmBuilder::new(bystander)
+        .serial_output(ticks.clone())
+        .build()
+        .unwrap();
+    bystander.start().unwrap();
+    assert!(ticks.wait_for("tick 1\r\n", TIMEOUT), "{}", ticks.text());
+    println!("| attack | outcome | peak RSS growth | device thread CPU | wall |");
+    println!("|---|---|---|---|---|");
+    for case in CATALOGUE {
+        let ticks_before = ticks.text().matches("tick ").count();
+        let run = run_attack(case.name);
+        let mut cpu = format!("{:.1} ms", run.device_cpu.as_secs_f64() * 1e3);
+        if case.name == "notify_storm" {
+            cpu.push_str(&format!(
+                " ({:.2} µs per kick)",
+                run.device_cpu.as_secs_f64() * 1e6 / STORM_KICKS as f64
+            ));
+        }
+        if case.device == "blk" {
+            cpu.push_str(&format!(
+                " (disk io_errors={} malformed={})",
+                run.blk_errors.0, run.blk_errors.1
+            ));
+        }
+        println!(
+            "| {} | {} | {:.1} MiB | {cpu} | {:.0} ms |",
+            case.name,
+            case.outcome,
+            run.peak_growth as f64 / f64::from(1 << 20),
+            run.wall.as_secs_f64() * 1e3
+        );
+        assert!(run.console.contains("then=served"));
+        // The bystander kept running meanwhile.
+        let grown = ticks.wait_for(&format!("tick {}\r\n", ticks_before + 1), TIMEOUT);
+        assert!(grown, "the bystander stopped during {}", case.name);
+    }
+    bystander.handle().stop();
+    let reason = bystander.wait_timeout(TIMEOUT);
+    assert!(reason.is_some(), "the bystander did not stop");
+    println!("KEEL-CATALOGUE-DONE");
+}
+
+#[test]
+fn every_attack_in_a_row_beside_a_bystander_vm() {
+    require_kvm!();
+    let _ = guest();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_runs_the_catalogue_in_a_row",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{}:\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("KEEL-CATALOGUE-DONE"), "{stdout}\n{stderr}");
+    for line in stdout.lines().filter(|line| line.starts_with('|')) {
+        println!("{line}");
+    }
+}
