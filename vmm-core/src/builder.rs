@@ -34,7 +34,7 @@ use crate::boot::{self, BootLayout};
 use crate::boot_timer::{self, BootTimer};
 use crate::config::{ConsoleConfig, SerialInput, SerialOutput, VirtioTransport, VmConfig};
 use crate::console::ConsoleSocket;
-use crate::counters::{self, CounterSources, ExitCounters};
+use crate::counters::{self, CounterSources, ExitCounters, TransportOf};
 #[cfg(feature = "testing")]
 use crate::device_manager::pci::{PciAttachment, VirtioNotifyCount};
 use crate::device_manager::{self, Resources, VirtioMmioDevices, VirtioPciDevices, GED_IRQ};
@@ -651,6 +651,15 @@ fn wire_devices(
     if let Some(saved) = restore {
         restore_virtio(saved, &mmio_transports, &pci_functions, &pio)?;
     }
+    let transports = mmio_transports
+        .iter()
+        .map(|(id, _, transport)| (id.clone(), TransportOf::Mmio(transport.clone())))
+        .chain(
+            pci_functions
+                .iter()
+                .map(|(id, _, _, function)| (id.clone(), TransportOf::Pci(function.clone()))),
+        )
+        .collect();
     let snapshot_sources = SnapshotSources {
         vm_fd: vm_fd.clone(),
         memory: image.memory.clone(),
@@ -667,6 +676,7 @@ fn wire_devices(
         serial: counters_serial,
         sockets,
         virtio,
+        transports,
     };
     Ok(WiredDevices {
         buses: Arc::new(IoBuses { pio, mmio }),

@@ -161,6 +161,23 @@ pub(crate) struct CounterSources {
     pub(crate) sockets: Vec<(String, ConsoleSocket)>,
     /// Virtio devices: id, kind, device.
     pub(crate) virtio: Vec<(String, String, SharedVirtioDevice)>,
+    /// Each virtio device's transport by device id, for its `needs_reset` count.
+    pub(crate) transports: Vec<(String, TransportOf)>,
+}
+
+/// The transport a virtio device sits behind.
+pub(crate) enum TransportOf {
+    Mmio(Arc<std::sync::Mutex<devices::virtio::mmio::MmioTransport>>),
+    Pci(Arc<std::sync::Mutex<devices::virtio::pci::VirtioPciDevice>>),
+}
+
+impl TransportOf {
+    fn needs_reset_count(&self) -> u64 {
+        match self {
+            TransportOf::Mmio(transport) => lock(transport).needs_reset_count(),
+            TransportOf::Pci(function) => lock(function).needs_reset_count(),
+        }
+    }
 }
 
 impl CounterSources {
@@ -185,6 +202,16 @@ impl CounterSources {
             kind: kind.clone(),
             counters: lock(device).counters(),
         }));
+        for (id, transport) in &self.transports {
+            if let Some(device) = devices.iter_mut().find(|device| &device.id == id) {
+                device.counters.push(Counter::count(
+                    "needs_reset",
+                    "times the device marked itself DEVICE_NEEDS_RESET (its driver broke the \
+                     virtio rules, or it could not start or reset)",
+                    transport.needs_reset_count(),
+                ));
+            }
+        }
         for (id, socket) in &self.sockets {
             if let Some(device) = devices.iter_mut().find(|device| &device.id == id) {
                 device.counters.push(Counter::count(

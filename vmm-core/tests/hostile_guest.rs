@@ -1,8 +1,9 @@
 //! The hostile-guest catalogue: the test guest misbehaves on purpose (`keel.attack=NAME`) towards
 //! a virtio device of a real VM on /dev/kvm, and Keel must survive it. For every attack: the VM
 //! runs to its normal exit (no hang, no crash), the device answers the attack as designed (the
-//! outcome the guest reports, compared with the catalogue below), then serves a well-formed
-//! request after a reset, and the VMM's peak memory stays bounded.
+//! outcome the guest reports, compared with the catalogue below; the device's `needs_reset`
+//! counter moves exactly when the outcome is `needs_reset`), then serves a well-formed request
+//! after a reset, and the VMM's peak memory stays bounded.
 //!
 //! One test per attack checks that. `the_catalogue_table_is_current` runs them all again, one
 //! after another in a child process (so no other test's VMs are measured), next to a bystander
@@ -115,21 +116,21 @@ const CATALOGUE: &[Case] = &[
         device: "rng",
         outcome: "needs_reset",
         abuse: "queue size 0, then DRIVER_OK",
-        answer: "DEVICE_NEEDS_RESET, device not started",
+        answer: "DEVICE_NEEDS_RESET, device not started, counted in `needs_reset`",
     },
     Case {
         name: "queue_size_odd",
         device: "rng",
         outcome: "needs_reset",
         abuse: "queue size 12 (not a power of two), then DRIVER_OK",
-        answer: "DEVICE_NEEDS_RESET, device not started",
+        answer: "DEVICE_NEEDS_RESET, device not started, counted in `needs_reset`",
     },
     Case {
         name: "queue_size_too_big",
         device: "rng",
         outcome: "needs_reset",
         abuse: "queue size 1024 (the device offers 256), then DRIVER_OK",
-        answer: "DEVICE_NEEDS_RESET, device not started",
+        answer: "DEVICE_NEEDS_RESET, device not started, counted in `needs_reset`",
     },
     Case {
         name: "avail_jump",
@@ -356,6 +357,21 @@ fn run_attack(name: &str) -> Run {
             .unwrap_or(0)
     };
     let last = vm.handle().counters();
+    // The transport reports a device it had to mark broken, and only then.
+    let target = if case.device == "blk" {
+        "disk0"
+    } else {
+        "rng0"
+    };
+    let needs_reset = last
+        .device(target)
+        .and_then(|device| device.get("needs_reset"))
+        .unwrap_or_else(|| panic!("{name}: no needs_reset counter on {target}"));
+    assert_eq!(
+        needs_reset > 0,
+        case.outcome == "needs_reset",
+        "{name}: {target} needs_reset={needs_reset}"
+    );
     let blk_errors = (
         disk(&last, "io_errors").max(disk(&counters, "io_errors")),
         disk(&last, "malformed").max(disk(&counters, "malformed")),

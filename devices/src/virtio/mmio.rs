@@ -155,6 +155,12 @@ impl MmioTransport {
         self.state.status()
     }
 
+    /// How many times the device has set `DEVICE_NEEDS_RESET` (see
+    /// [`TransportState::needs_reset_count`](crate::virtio::transport::TransportState::needs_reset_count)).
+    pub fn needs_reset_count(&self) -> u64 {
+        self.state.needs_reset_count()
+    }
+
     /// Whether the device has been activated.
     pub fn is_activated(&self) -> bool {
         self.state.is_activated()
@@ -423,12 +429,17 @@ mod tests {
     fn invalid_queue_sizes_mark_the_device_as_needing_reset() {
         let mut d = Driver::new();
         assert!(d.negotiate(VIRTIO_F_VERSION_1));
+        assert_eq!(d.transport.needs_reset_count(), 0);
         d.setup_queue(0, 12); // not a power of two
         d.driver_ok();
         assert!(!d.transport.is_activated());
         assert_ne!(d.read(REG_STATUS) as u8 & status::DEVICE_NEEDS_RESET, 0);
+        // Counted once however often the driver pokes it, and kept across the reset.
+        d.driver_ok();
+        assert_eq!(d.transport.needs_reset_count(), 1);
         d.write(REG_STATUS, 0);
         assert_eq!(d.read(REG_STATUS), 0);
+        assert_eq!(d.transport.needs_reset_count(), 1);
         assert!(d.negotiate(VIRTIO_F_VERSION_1));
         d.setup_queue(0, 16);
         d.driver_ok();

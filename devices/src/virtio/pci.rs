@@ -493,6 +493,12 @@ impl VirtioPciDevice {
         self.state.status()
     }
 
+    /// How many times the device has set `DEVICE_NEEDS_RESET` (see
+    /// [`TransportState::needs_reset_count`](crate::virtio::transport::TransportState::needs_reset_count)).
+    pub fn needs_reset_count(&self) -> u64 {
+        self.state.needs_reset_count()
+    }
+
     /// Whether the device has been activated.
     pub fn is_activated(&self) -> bool {
         self.state.is_activated()

@@ -65,6 +65,8 @@ pub struct TransportState {
     config_generation: u32,
     activated: bool,
     invalid_queue_size: bool,
+    /// Times the device set DEVICE_NEEDS_RESET (for the VMM's counters).
+    needs_reset: u64,
     /// Names the transport in logs ("virtio-pci").
     tag: &'static str,
 }
@@ -93,6 +95,7 @@ impl TransportState {
             config_generation: 0,
             activated: false,
             invalid_queue_size: false,
+            needs_reset: 0,
             tag,
         })
     }
@@ -120,6 +123,19 @@ impl TransportState {
     /// Whether the device has been activated.
     pub fn is_activated(&self) -> bool {
         self.activated
+    }
+
+    /// How many times the device has set DEVICE_NEEDS_RESET (a driver that broke the rules,
+    /// or a device that could not start or reset); a reset clears the bit, not the count.
+    pub fn needs_reset_count(&self) -> u64 {
+        self.needs_reset
+    }
+
+    fn mark_needs_reset(&mut self) {
+        if self.status & status::DEVICE_NEEDS_RESET == 0 {
+            self.needs_reset += 1;
+        }
+        self.status |= status::DEVICE_NEEDS_RESET;
     }
 
     /// Moves on whenever the device configuration changes: on the driver's writes (counted
@@ -336,7 +352,7 @@ impl TransportState {
 
     fn activate(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
         if self.invalid_queue_size {
-            self.status |= status::DEVICE_NEEDS_RESET;
+            self.mark_needs_reset();
             return;
         }
         if let Some(bad) = self
@@ -348,7 +364,7 @@ impl TransportState {
                 "{}: queue {bad} set up with an invalid size or address",
                 self.tag
             );
-            self.status |= status::DEVICE_NEEDS_RESET;
+            self.mark_needs_reset();
             return;
         }
         // Devices take their queues by position (virtio-net: rx, tx, then control), so the
@@ -361,7 +377,7 @@ impl TransportState {
                 self.tag,
                 ready + gap
             );
-            self.status |= status::DEVICE_NEEDS_RESET;
+            self.mark_needs_reset();
             return;
         }
         // The device gets its own copies; the transport keeps answering register reads.
@@ -373,14 +389,15 @@ impl TransportState {
             .collect();
         let Ok(queues) = queues else {
             crate::guest_warn!("{}: queue state cannot be copied", self.tag);
-            self.status |= status::DEVICE_NEEDS_RESET;
+            self.mark_needs_reset();
             return;
         };
-        match lock(&self.device).activate(self.mem.clone(), interrupt, queues) {
+        let activated = lock(&self.device).activate(self.mem.clone(), interrupt, queues);
+        match activated {
             Ok(()) => self.activated = true,
             Err(err) => {
                 crate::guest_warn!("{}: device activation failed: {err}", self.tag);
-                self.status |= status::DEVICE_NEEDS_RESET;
+                self.mark_needs_reset();
             }
         }
     }
@@ -390,7 +407,7 @@ impl TransportState {
     pub fn reset(&mut self) -> bool {
         if self.activated && !lock(&self.device).reset() {
             crate::guest_warn!("{}: device cannot be reset", self.tag);
-            self.status |= status::DEVICE_NEEDS_RESET;
+            self.mark_needs_reset();
             return false;
         }
         self.activated = false;
