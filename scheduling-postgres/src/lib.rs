@@ -53,6 +53,7 @@
 
 #![deny(missing_docs)]
 
+mod commit;
 mod db;
 pub mod error;
 mod feed;

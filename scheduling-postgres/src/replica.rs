@@ -10,7 +10,7 @@
 //! whose generations the replica already has is a repeat (this decider's own commit, or a row read
 //! again) and is skipped.
 
-use crate::db::{decode_json, normal_group, Snapshot};
+use crate::db::{decode_json, Snapshot};
 use crate::error::PgStoreError;
 use scheduling::model::{OwnerId, ServerGroupSpec};
 use scheduling::state::{QuotaLimits, QuotaScope};
@@ -310,10 +310,4 @@ pub(crate) fn scope_of(project: String, user: String) -> QuotaScope {
     } else {
         QuotaScope::User { project, user }
     }
-}
-
-/// The normal form of a group spec, as stored.
-pub(crate) fn group_json(spec: &ServerGroupSpec) -> serde_json::Value {
-    let (policy, max) = normal_group(spec);
-    serde_json::json!({"policy": policy, "max_per_host": max})
 }

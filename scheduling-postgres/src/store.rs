@@ -16,10 +16,11 @@
 //! that was in flight ended (each claim carries a random token it can look up), so nothing is
 //! committed twice or reported wrongly.
 
+use crate::commit::{self, PlaceItem, Refusal, Verdict};
 use crate::db::{self, normal_group, Target};
 use crate::error::PgStoreError;
 use crate::feed;
-use crate::replica::{group_json, ChangeItem, Replica};
+use crate::replica::{ChangeItem, Replica};
 use crate::schema;
 use crate::PgStoreStats;
 use postgres::types::Json;
@@ -644,7 +645,7 @@ impl Committer {
     /// the claims whose fate is unknown (the connection broke).
     fn place_batch(&mut self, jobs: Vec<Job>) -> Vec<Pending> {
         let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
-        let mut items: Vec<Value> = Vec::with_capacity(jobs.len());
+        let mut items: Vec<PlaceItem> = Vec::with_capacity(jobs.len());
         let mut later: Vec<Job> = Vec::new();
         {
             let shared = self.shared.clone();
@@ -684,6 +685,7 @@ impl Committer {
                 let claim = decision.claim;
                 let cluster = r.state.cluster().clone();
                 let placement = claim.placement(&cluster);
+                let host_owner = cluster.host_owner(claim.host()).index();
                 let check: Vec<(usize, i64)> = claim
                     .generations()
                     .iter()
@@ -727,31 +729,33 @@ impl Committer {
                     *group_bumps.entry(g.name.clone()).or_insert(0) += 1;
                 }
                 let token = self.token();
-                let usage: Vec<(String, u64)> = compiled
+                let usage: Vec<(String, i64)> = compiled
                     .totals
                     .iter()
-                    .map(|&(c, a)| (cluster.class_name(c).to_string(), a))
+                    .map(|&(c, a)| (cluster.class_name(c).to_string(), to_i64(a)))
                     .collect();
-                let alloc: Vec<(&str, &str, u64)> = placement
+                let alloc: Vec<(String, String, i64)> = placement
                     .resources
                     .iter()
-                    .map(|x| (x.provider.as_str(), x.class.as_str(), x.amount))
+                    .map(|x| (x.provider.clone(), x.class.clone(), to_i64(x.amount)))
                     .collect();
-                items.push(json!({
-                    "op": "place",
-                    "consumer": placement.consumer,
-                    "token": token,
-                    "host": placement.host,
-                    "check": check,
-                    "group": group.as_ref().map(|g| g.name.clone()),
-                    "group_spec": group.as_ref().map(group_json),
-                    "group_gen": group_gen,
-                    "project": req.project,
-                    "user": req.user,
-                    "usage": usage,
-                    "alloc": alloc,
-                    "placement": placement,
-                }));
+                items.push(PlaceItem {
+                    consumer: placement.consumer.clone(),
+                    token,
+                    host: placement.host.clone(),
+                    host_owner,
+                    check,
+                    group: group.as_ref().map(|g| {
+                        let (policy, max) = normal_group(g);
+                        (g.name.clone(), policy, max)
+                    }),
+                    group_gen,
+                    project: req.project.clone(),
+                    user: req.user.clone(),
+                    usage,
+                    alloc,
+                    placement: serde_json::to_value(&placement).unwrap_or(Value::Null),
+                });
                 pending.push(Pending {
                     consumer: placement.consumer.clone(),
                     job,
@@ -765,39 +769,35 @@ impl Committer {
         if items.is_empty() {
             return Vec::new();
         }
-        let batch = json!({"atomic": false, "items": items});
         let decided = Instant::now();
-        let outcome = self.call(&batch);
+        let Some(client) = self.client.as_mut() else {
+            self.undo(&pending);
+            self.requeue_front(pending.into_iter().map(|p| p.job).collect());
+            return Vec::new();
+        };
+        let outcome = commit::commit_places(client, &items);
+        self.shared
+            .counters
+            .transactions
+            .fetch_add(1, Ordering::Relaxed);
         log::debug!(
             "batch of {} committed in {:.2} ms",
             pending.len(),
             decided.elapsed().as_secs_f64() * 1e3
         );
         match outcome {
-            Outcome::Results(results) => {
-                self.finish_batch(pending, results);
+            Ok(verdicts) => {
+                self.finish_batch(pending, verdicts);
                 Vec::new()
             }
-            Outcome::InDoubt(e) => {
-                self.broken(e);
+            Err(e) if crate::error::is_connection_error(&e) => {
+                self.broken(PgStoreError::db("a commit")(e));
                 pending
             }
-            Outcome::Refused(v) => {
+            Err(e) => {
                 self.undo(&pending);
-                let e = PgStoreError::OutOfStep(format!("a batch was refused as a whole: {v}"));
-                for p in pending {
-                    p.job.answer(Err(e.clone()));
-                }
-                Vec::new()
-            }
-            Outcome::Failed(e) => {
-                self.undo(&pending);
-                let sqlstate = match &e {
-                    PgStoreError::Database { source, .. } => {
-                        source.code().map(|c| c.code().to_string())
-                    }
-                    _ => None,
-                };
+                let sqlstate = e.code().map(|c| c.code().to_string());
+                let e = PgStoreError::db("a commit")(e);
                 match sqlstate.as_deref() {
                     // A consumer inserted by another decider's transaction in flight (unique
                     // violation), a deadlock or serialization failure: decide again.
@@ -806,9 +806,10 @@ impl Committer {
                             self.requeue_conflict(p.job, e.to_string());
                         }
                     }
-                    // An inventory's CHECK refused: the replica was wrong. Rebuild it.
-                    Some("23514") => {
-                        log::error!("the database refused an over-allocation: {e}");
+                    // An inventory's CHECK refused, or an inventory the replica named is missing:
+                    // the replica was wrong. Rebuild it and decide again.
+                    Some("23514") | Some("22012") => {
+                        log::error!("the database refused a batch the replica allowed: {e}");
                         self.client = None;
                         for p in pending {
                             self.requeue_conflict(p.job, e.to_string());
@@ -835,48 +836,33 @@ impl Committer {
         }
     }
 
-    fn finish_batch(&mut self, pending: Vec<Pending>, results: Vec<Value>) {
+    fn finish_batch(&mut self, pending: Vec<Pending>, verdicts: Vec<Verdict>) {
         let mut retry = Vec::new();
         {
             let shared = self.shared.clone();
             let mut r = shared.replica.write().unwrap_or_else(|e| e.into_inner());
-            for (p, result) in pending.into_iter().zip(results) {
-                if result.get("ok").and_then(Value::as_bool) == Some(true) {
-                    let item: ChangeItem = match serde_json::from_value(result) {
-                        Ok(i) => i,
-                        Err(e) => {
-                            let e = PgStoreError::OutOfStep(format!("commit result: {e}"));
-                            p.job.answer(Err(e));
-                            continue;
-                        }
-                    };
-                    r.confirm(&item.gens, item.group.as_ref(), &p.consumer, item.cgen);
-                    shared.counters.commits.fetch_add(1, Ordering::Relaxed);
-                    let placement = p.placement.clone();
-                    p.job
-                        .answer(placement.map(Answer::Placed).ok_or(PgStoreError::Stopped));
-                    continue;
-                }
+            for (p, verdict) in pending.into_iter().zip(verdicts) {
+                let (kind, detail) = match verdict {
+                    Verdict::Committed { gens, group } => {
+                        r.confirm(&gens, group.as_ref(), &p.consumer, Some(1));
+                        shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                        let placement = p.placement.clone();
+                        p.job
+                            .answer(placement.map(Answer::Placed).ok_or(PgStoreError::Stopped));
+                        continue;
+                    }
+                    Verdict::Refused(kind, detail) => (kind, detail),
+                };
                 if let Err(e) = r.state.release(&p.consumer) {
                     log::error!("taking back `{}`: {e}", p.consumer);
                 }
-                let kind = result.get("error").and_then(Value::as_str).unwrap_or("");
-                let detail = result
-                    .get("detail")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
                 match kind {
-                    "conflict" | "disabled" => retry.push((p.job, detail)),
-                    "quota" => p.job.answer(Err(PgStoreError::QuotaExceeded(detail))),
-                    "duplicate" => p
+                    Refusal::Conflict => retry.push((p.job, detail)),
+                    Refusal::Quota => p.job.answer(Err(PgStoreError::QuotaExceeded(detail))),
+                    Refusal::Duplicate => p
                         .job
                         .answer(Err(PgStoreError::DuplicateConsumer(p.consumer))),
-                    "group" => p.job.answer(Err(PgStoreError::ServerGroup(detail))),
-                    _ => p.job.answer(Err(PgStoreError::OutOfStep(format!(
-                        "commit of `{}`: {kind}: {detail}",
-                        p.consumer
-                    )))),
+                    Refusal::Group => p.job.answer(Err(PgStoreError::ServerGroup(detail))),
                 }
             }
         }
@@ -1277,4 +1263,10 @@ fn is_starting(e: &PgStoreError) -> bool {
         }
         _ => false,
     }
+}
+
+/// A quantity as the database stores it (every quantity is at most 2^53, validated by the
+/// cluster model).
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
