@@ -13,12 +13,12 @@ use keel_test_guest::cmdline::VirtioOptions;
 use keel_test_guest::virtio::attack::Attack;
 use keel_test_guest::virtio::blk::{request_header, HEADER_LEN, SECTOR_SIZE, T_IN};
 
-use super::deadline;
 use super::queue::{
     DmaArena, DmaBuffer, Segment, Virtqueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
     MAX_QUEUE_SIZE,
 };
 use super::transport::{DriverError, Transport};
+use super::{deadline, pci, ID_BLOCK, ID_ENTROPY};
 use crate::console::report;
 
 /// How long an attack waits for a chain that may never come back (TSC ticks, about half a second).
@@ -34,6 +34,8 @@ const FEATURES_OK: u32 = 8;
 const IOAPIC: u64 = 0xfec0_0000;
 /// Where `rng_1gib`'s buffer starts (256 MiB; the VM has 1.5 GiB).
 const GIB_BUFFER: u64 = 0x1000_0000;
+/// Where the guest's image is loaded (1 MiB): RAM that `bar_over_ram` puts a BAR on.
+const GUEST_IMAGE: u64 = 0x10_0000;
 /// A virtio-blk status byte the device never writes.
 const NO_STATUS: u8 = 0xee;
 
@@ -52,6 +54,10 @@ enum Outcome {
     FeaturesRefused,
     /// Kept working as if nothing happened (`count` notifications or writes taken).
     Ignored(u64),
+    /// The MSI-X vectors (configuration, queue 0) read back after the driver set them.
+    Vectors(u16, u16),
+    /// BAR 0 read back after the driver moved it.
+    Bar(u64),
 }
 
 impl fmt::Display for Outcome {
@@ -63,6 +69,8 @@ impl fmt::Display for Outcome {
             Outcome::NeedsReset => f.write_str("needs_reset"),
             Outcome::FeaturesRefused => f.write_str("features_refused"),
             Outcome::Ignored(count) => write!(f, "ignored count={count}"),
+            Outcome::Vectors(config, queue) => write!(f, "vectors={config:#x},{queue:#x}"),
+            Outcome::Bar(address) => write!(f, "bar0={address:#x}"),
         }
     }
 }
@@ -80,12 +88,21 @@ pub fn run(
         report!("FAIL attack {name} no device");
         return;
     };
-    let outcome = attack_device(attack, &transport, options);
+    let outcome = attack_device(attack, &transport, blk.as_ref(), options);
     transport.reset();
     let served = if attack.on_block() {
         probe_block(&transport, options)
     } else {
         probe_entropy(&transport, options)
+    };
+    // The disk whose BAR was overlapped must work too.
+    let served = match (served, attack, blk) {
+        (Ok(()), Attack::BarsOverlap, Some(disk)) => {
+            let served = probe_block(&disk, options);
+            disk.reset();
+            served
+        }
+        (served, _, _) => served,
     };
     transport.reset();
     match (outcome, served) {
@@ -139,11 +156,45 @@ fn wait_outcome(transport: &Transport, queue: &mut Virtqueue) -> Outcome {
 fn attack_device(
     attack: Attack,
     transport: &Transport,
+    blk: Option<&Transport>,
     options: &VirtioOptions,
 ) -> Result<Outcome, DriverError> {
     const W: u16 = DESC_F_WRITE;
     const WN: u16 = DESC_F_WRITE | DESC_F_NEXT;
     match attack {
+        Attack::MsixVectorOutOfRange => {
+            let (_queue, _arena) = live(transport)?;
+            let (config, queue) = transport
+                .set_msix_vectors(0, 0x800)
+                .ok_or(DriverError::QueueUnavailable(0))?;
+            return Ok(Outcome::Vectors(config, queue));
+        }
+        Attack::BarOverRam | Attack::BarsOverlap => {
+            let entropy = pci::find(ID_ENTROPY).ok_or(DriverError::QueueUnavailable(0))?;
+            let original = pci::bar0(entropy).ok_or(DriverError::QueueUnavailable(0))?;
+            let target = if attack == Attack::BarOverRam {
+                GUEST_IMAGE
+            } else {
+                let disk = pci::find(ID_BLOCK).ok_or(DriverError::QueueUnavailable(0))?;
+                if blk.is_none() {
+                    return Err(DriverError::QueueUnavailable(0));
+                }
+                pci::bar0(disk).ok_or(DriverError::QueueUnavailable(0))?
+            };
+            let (_queue, _arena) = live(transport)?;
+            let moved = pci::set_bar0(entropy, target).unwrap_or(0);
+            // With decoding on at the new address, kick the queue where it used to be (the
+            // device's old window) and where it now claims to be.
+            transport.notify(0);
+            let back = pci::set_bar0(entropy, original);
+            if back != Some(original) {
+                report!(
+                    "FAIL attack {} bar0 did not move back: {back:?}",
+                    attack.name()
+                );
+            }
+            return Ok(Outcome::Bar(moved));
+        }
         Attack::QueueSizeZero | Attack::QueueSizeOdd | Attack::QueueSizeTooBig => {
             let size = match attack {
                 Attack::QueueSizeZero => 0,

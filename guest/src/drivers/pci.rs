@@ -70,6 +70,31 @@ fn move_bar0(device: u8, from: u64) {
     }
 }
 
+/// The device number of the first virtio function of `virtio_type` on bus 0.
+pub fn find(virtio_type: u32) -> Option<u8> {
+    (0..DEVICES).find(|device| pci::virtio_type(read(*device, pci::REG_ID)) == Some(virtio_type))
+}
+
+/// BAR 0 of `device`, if it is a memory BAR.
+pub fn bar0(device: u8) -> Option<u64> {
+    match pci::bar(|reg| read(device, reg), 0) {
+        Bar::Memory(address) => Some(address),
+        Bar::Unsupported => None,
+    }
+}
+
+/// Programs the 64-bit BAR 0 of `device` with `to` (memory decoding off meanwhile, then as it
+/// was) and returns what it reads afterwards, whatever `to` is (the hostile-guest catalogue).
+pub fn set_bar0(device: u8, to: u64) -> Option<u64> {
+    let command = read(device, pci::REG_COMMAND) as u16;
+    write16(device, pci::REG_COMMAND, command & !pci::COMMAND_MEMORY);
+    let flags = read(device, pci::REG_BAR0) & 0xf;
+    write32(device, pci::REG_BAR0, to as u32 | flags);
+    write32(device, pci::REG_BAR0 + 4, (to >> 32) as u32);
+    write16(device, pci::REG_COMMAND, command);
+    bar0(device)
+}
+
 /// Calls `found(transport, virtio type)` for every usable virtio function on bus 0, after
 /// moving its BAR 0 when `move_bar` is set.
 pub fn scan(move_bar: bool, mut found: impl FnMut(Transport, u32)) {

@@ -305,6 +305,24 @@ impl Transport {
         }
     }
 
+    /// virtio-pci: sets the configuration's MSI-X vector and queue `index`'s to `vector` and
+    /// returns what they read back (`None` on virtio-mmio).
+    pub fn set_msix_vectors(&self, index: u16, vector: u16) -> Option<(u16, u16)> {
+        match self.kind {
+            Kind::Mmio { .. } => None,
+            Kind::Pci { layout, .. } => {
+                let common = layout.common;
+                write16(common + PCI_CONFIG_MSIX_VECTOR, vector);
+                write16(common + PCI_QUEUE_SELECT, index);
+                write16(common + PCI_QUEUE_MSIX_VECTOR, vector);
+                Some((
+                    read16(common + PCI_CONFIG_MSIX_VECTOR),
+                    read16(common + PCI_QUEUE_MSIX_VECTOR),
+                ))
+            }
+        }
+    }
+
     /// Resets the device (status 0) and waits, boundedly, for the reset to show.
     pub fn reset(&self) {
         self.set_status(0);

@@ -3,6 +3,7 @@
 //!
 //! Every attack but the `blk_*` ones targets the first virtio-rng device (one queue of
 //! device-writable buffers, the simplest to abuse); `blk_*` target the first virtio-blk device.
+//! The `msix_*` and `bar*` ones need the device on virtio-pci (`keel.pci`).
 //! After the attack the guest resets the device and sends one well-formed request, which must
 //! be served. The guest prints `attack NAME outcome=... then=served`, or a `FAIL attack` line.
 
@@ -58,11 +59,19 @@ pub enum Attack {
     BlkShortHeader,
     /// A block read whose chain has no status byte (nothing device-writable after the data).
     BlkNoStatus,
+    /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
+    /// for queue 0.
+    MsixVectorOutOfRange,
+    /// virtio-pci: BAR 0 of the entropy device moved onto guest RAM (1 MiB, the guest's own
+    /// image), then back.
+    BarOverRam,
+    /// virtio-pci: BAR 0 of the entropy device moved onto the block device's BAR 0, then back.
+    BarsOverlap,
 }
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 23] = [
+    pub const ALL: [Attack; 26] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -86,6 +95,9 @@ impl Attack {
         Attack::BlkSectorOverflow,
         Attack::BlkShortHeader,
         Attack::BlkNoStatus,
+        Attack::MsixVectorOutOfRange,
+        Attack::BarOverRam,
+        Attack::BarsOverlap,
     ];
 
     /// The name on the command line and in the `attack` line.
@@ -114,12 +126,23 @@ impl Attack {
             Attack::BlkSectorOverflow => "blk_sector_overflow",
             Attack::BlkShortHeader => "blk_short_header",
             Attack::BlkNoStatus => "blk_no_status",
+            Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
+            Attack::BarOverRam => "bar_over_ram",
+            Attack::BarsOverlap => "bars_overlap",
         }
     }
 
     /// The attack called `name`.
     pub fn from_name(name: &str) -> Option<Attack> {
         Attack::ALL.into_iter().find(|attack| attack.name() == name)
+    }
+
+    /// Whether it needs the virtio-pci transport (`keel.pci`).
+    pub fn needs_pci(self) -> bool {
+        matches!(
+            self,
+            Attack::MsixVectorOutOfRange | Attack::BarOverRam | Attack::BarsOverlap
+        )
     }
 
     /// Whether it targets a block device (else the entropy device).
