@@ -352,6 +352,15 @@ fn attack_device(
             queue.write_raw_desc(0, addr, 64, W, 0);
             send(transport, &mut queue, 300)
         }
+        Attack::WarnFlood => {
+            queue.write_raw_desc(0, addr, 64, W, 0);
+            for _ in 0..options.attack_count {
+                let next = queue.avail_idx().wrapping_add(1);
+                queue.publish_raw(300, next);
+                transport.notify(0);
+            }
+            Outcome::Ignored(options.attack_count)
+        }
         Attack::NotifyStorm => {
             // The ring stays empty: each kick costs the VMM a look at it and nothing else.
             for _ in 0..options.attack_count {

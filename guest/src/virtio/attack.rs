@@ -59,6 +59,9 @@ pub enum Attack {
     BlkShortHeader,
     /// A block read whose chain has no status byte (nothing device-writable after the data).
     BlkNoStatus,
+    /// `keel.attack_count` chains whose head is out of range, each notified: a warning on the
+    /// host per chain unless the VMM limits them.
+    WarnFlood,
     /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
     /// for queue 0.
     MsixVectorOutOfRange,
@@ -71,7 +74,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 26] = [
+    pub const ALL: [Attack; 27] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -95,6 +98,7 @@ impl Attack {
         Attack::BlkSectorOverflow,
         Attack::BlkShortHeader,
         Attack::BlkNoStatus,
+        Attack::WarnFlood,
         Attack::MsixVectorOutOfRange,
         Attack::BarOverRam,
         Attack::BarsOverlap,
@@ -126,6 +130,7 @@ impl Attack {
             Attack::BlkSectorOverflow => "blk_sector_overflow",
             Attack::BlkShortHeader => "blk_short_header",
             Attack::BlkNoStatus => "blk_no_status",
+            Attack::WarnFlood => "warn_flood",
             Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
             Attack::BarOverRam => "bar_over_ram",
             Attack::BarsOverlap => "bars_overlap",
