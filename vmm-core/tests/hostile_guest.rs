@@ -678,3 +678,80 @@ fn every_attack_in_a_row_beside_a_bystander_vm() {
         println!("{line}");
     }
 }
+
+/// A serial input flood with no reader: the guest never reads its UART (it only ticks) while
+/// the host writes to its console input as fast as it can. Keel reads input only while the
+/// UART's FIFO has room, so the writer is held back by the pipe (what it got in is bounded by
+/// the pipe's buffer), the VMM's memory does not grow, and the guest keeps running.
+#[test]
+fn serial_input_flood_with_no_reader_is_held_back() {
+    require_kvm!();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, an array of two c_ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 just opened both descriptors; each is owned once, here.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fcntl on a descriptor this test owns; no memory is passed.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let flags = libc::fcntl(writer.as_raw_fd(), libc::F_GETFL);
+        assert_eq!(
+            libc::fcntl(writer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK),
+            0
+        );
+    }
+    let mut config = VmConfig::new(guest());
+    config.vcpus = 1;
+    config.memory = MemSize::mib(64);
+    config.boot_protocol = BootProtocol::Pvh;
+    config.cmdline = "keel.cpus=1 keel.ticks=0 keel.tick_tsc=20000000".into();
+    let out = SharedBuffer::new();
+    let mut vm = VmBuilder::new(config)
+        .serial_output(out.clone())
+        .serial_input(reader)
+        .build()
+        .unwrap();
+    vm.start().unwrap();
+    assert!(out.wait_for("tick 1\r\n", TIMEOUT), "{}", out.text());
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let rss_before = status_kib("VmRSS:") * 1024;
+    // Write until the pipe has refused everything for half a second.
+    let chunk = vec![b'x'; 64 << 10];
+    let mut written = 0u64;
+    let mut refused_since = Instant::now();
+    let started = Instant::now();
+    while refused_since.elapsed() < Duration::from_millis(500) {
+        assert!(started.elapsed() < TIMEOUT, "the pipe never filled");
+        match std::io::Write::write(&mut &writer, &chunk) {
+            Ok(n) => {
+                written += n as u64;
+                refused_since = Instant::now();
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("write: {err}"),
+        }
+    }
+    let peak_growth = (status_kib("VmHWM:") * 1024).saturating_sub(rss_before);
+    let ticks = out.text().matches("tick ").count();
+    // The pipe holds 64 KiB; Keel holds what it read but the UART did not take yet (at most a
+    // read's worth) and the FIFO's 64 bytes.
+    println!("serial input flood: {written} bytes went in, peak RSS growth {peak_growth} bytes");
+    assert!(
+        written <= 1 << 20,
+        "{written} bytes went in: input is not held back"
+    );
+    assert!(peak_growth < MEMORY_BOUND, "peak RSS grew by {peak_growth}");
+    let next = format!("tick {}\r\n", ticks + 1);
+    assert!(out.wait_for(&next, TIMEOUT), "the guest stopped ticking");
+    vm.handle().stop();
+    assert!(vm.wait_timeout(TIMEOUT).is_some(), "the VM did not stop");
+    drop(writer);
+}
