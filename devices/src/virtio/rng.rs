@@ -375,7 +375,9 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::virtio::testing::{test_memory, DriverQueue, Rng, BUFFERS, F_NEXT, MEMORY_SIZE};
+    use crate::virtio::testing::{
+        test_memory, DriverQueue, Rng, BUFFERS, F_INDIRECT, F_NEXT, F_WRITE, MEMORY_SIZE,
+    };
 
     /// A deterministic source: byte `n` of its output is `n as u8 ^ salt`, so tests can tell
     /// exactly which bytes reached the guest. Counts the bytes it produced.
@@ -521,6 +523,69 @@ mod tests {
         rng.read_config(0, &mut config);
         assert_eq!(config, [0; 4], "no config space");
         assert_eq!(rng.avail_features(), VIRTIO_F_VERSION_1);
+    }
+
+    /// The chain attacks of the hostile-guest catalogue (`docs/hostile-guest.md`), at the
+    /// device: each chain comes back empty, no entropy is produced for it, and the next honest
+    /// chain is served.
+    #[test]
+    fn hostile_catalogue_chains_come_back_empty() {
+        const W: u16 = F_WRITE;
+        const WN: u16 = F_WRITE | F_NEXT;
+        let size = 16u16;
+        let all_chained: Vec<Descriptor> = (0..size)
+            .map(|i| Descriptor::new(BUFFERS, 4, WN, (i + 1) % size))
+            .collect();
+        let cases: [(&str, Vec<Descriptor>); 7] = [
+            (
+                "desc_loop",
+                vec![
+                    Descriptor::new(BUFFERS, 32, WN, 1),
+                    Descriptor::new(BUFFERS + 32, 32, WN, 0),
+                ],
+            ),
+            ("chain_too_long", all_chained),
+            (
+                "next_out_of_range",
+                vec![Descriptor::new(BUFFERS, 64, WN, 500)],
+            ),
+            // The descriptor table is at the queue's base, 0.
+            (
+                "indirect_self",
+                vec![Descriptor::new(0, u32::from(size) * 16, F_INDIRECT, 0)],
+            ),
+            (
+                "addr_beyond_memory",
+                vec![Descriptor::new(1 << 40, 64, W, 0)],
+            ),
+            (
+                "addr_overflow",
+                vec![Descriptor::new(u64::MAX - 31, 64, W, 0)],
+            ),
+            (
+                "huge_length",
+                vec![Descriptor::new(BUFFERS, u32::MAX, W, 0)],
+            ),
+        ];
+        for (name, descs) in cases {
+            let (mut rng, produced) = counting_rng(false);
+            let mem = test_memory();
+            let mut driver = DriverQueue::new(&mem, 0, size);
+            driver.activate(&mut rng);
+            driver.add_raw(0, &descs);
+            rng.queue_notify(0);
+            assert_eq!(driver.used_count(), 1, "{name}: returned");
+            assert_eq!(driver.used(0), (0, 0), "{name}: returned empty");
+            assert_eq!(*produced.lock().unwrap(), 0, "{name}: nothing produced");
+            // An honest chain after it (at descriptor `size - 1`, clear of the attack's).
+            driver.add_raw(size - 1, &[Descriptor::new(BUFFERS, 8, W, 0)]);
+            rng.queue_notify(0);
+            assert_eq!(
+                driver.used(1),
+                (u32::from(size - 1), 8),
+                "{name}: served after"
+            );
+        }
     }
 
     #[test]
