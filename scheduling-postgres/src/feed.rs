@@ -20,6 +20,9 @@ use postgres::types::Json;
 use postgres::Client;
 use std::sync::RwLock;
 
+/// How long a change may wait for an earlier one before the replica is rebuilt.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads the changes committed since the last read and applies them to `replica`. Returns how
 /// many change rows were new.
 pub(crate) fn poll(client: &mut Client, replica: &RwLock<Replica>) -> Result<usize, PgStoreError> {
@@ -61,5 +64,6 @@ pub(crate) fn poll(client: &mut Client, replica: &RwLock<Replica>) -> Result<usi
     }
     r.floor = xmin;
     r.seen.retain(|&(_, xid)| xid >= xmin);
+    r.check_stalled(STALL_LIMIT)?;
     Ok(count)
 }

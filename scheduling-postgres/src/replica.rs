@@ -66,6 +66,8 @@ pub(crate) struct Replica {
     group_gen: HashMap<String, i64>,
     consumer_gen: HashMap<String, i64>,
     pending: Vec<ChangeItem>,
+    /// Since when some item has been waiting (none waits: `None`).
+    waiting_since: Option<std::time::Instant>,
     /// Xid below which every change row has been read.
     pub(crate) floor: i64,
     /// Change rows at or above the floor read already, with their xids.
@@ -123,6 +125,7 @@ impl Replica {
             group_gen,
             consumer_gen,
             pending: Vec::new(),
+            waiting_since: None,
             floor: snap.floor,
             seen: Vec::new(),
         })
@@ -203,6 +206,8 @@ impl Replica {
             Gate::Done => return Ok(()),
             Gate::Later => {
                 self.pending.push(item);
+                self.waiting_since
+                    .get_or_insert_with(std::time::Instant::now);
                 return Ok(());
             }
             Gate::Ready => self.apply(item)?,
@@ -225,8 +230,29 @@ impl Replica {
                 }
             }
             if !progressed {
+                if self.pending.is_empty() {
+                    self.waiting_since = None;
+                }
                 return Ok(());
             }
+        }
+    }
+
+    /// Refuses a replica where a change has waited longer than `limit` for an earlier change of
+    /// one of its owners. Earlier changes commit first, so one read of the feed brings both; a
+    /// change still waiting means the replica's generations went wrong, and it must be rebuilt.
+    pub(crate) fn check_stalled(&self, limit: std::time::Duration) -> Result<(), PgStoreError> {
+        match self.waiting_since {
+            Some(t) if !self.pending.is_empty() && t.elapsed() > limit => {
+                Err(PgStoreError::OutOfStep(format!(
+                    "{} change(s) waited over {} ms for earlier changes (first: {} of `{}`)",
+                    self.pending.len(),
+                    limit.as_millis(),
+                    self.pending[0].op,
+                    self.pending[0].consumer.as_deref().unwrap_or("")
+                )))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -696,13 +696,13 @@ impl Committer {
                     })
                     .collect();
                 let group = placement.server_group.clone();
-                let group_gen = match (&group, claim.group_epoch()) {
-                    (Some(g), Some(_)) => Some(
-                        r.group_generation(&g.name)
-                            + group_bumps.get(&g.name).copied().unwrap_or(0),
-                    ),
-                    _ => None,
-                };
+                // Every claim in a group checks the group's generation, whether or not this
+                // decision depended on the members elsewhere: the group's changes are then
+                // ordered by the database, and a replica never holds a group generation whose
+                // earlier changes it has not applied.
+                let group_gen = group.as_ref().map(|g| {
+                    r.group_generation(&g.name) + group_bumps.get(&g.name).copied().unwrap_or(0)
+                });
                 if let Err(e) = self.scheduler.commit(&mut r.state, claim) {
                     match e {
                         CommitError::QuotaExceeded { .. } if ahead && !job.settled => {
@@ -1031,19 +1031,28 @@ impl Committer {
                         .iter()
                         .map(|g| (g.owner().index(), r.owner_generation(g.owner())))
                         .collect();
-                    Ok((placement, check, r.consumer_generation(&consumer)))
+                    let group_gen = placement
+                        .server_group
+                        .as_ref()
+                        .map(|g| r.group_generation(&g.name));
+                    Ok((
+                        placement,
+                        check,
+                        r.consumer_generation(&consumer),
+                        group_gen,
+                    ))
                 }
                 Err(u) => Err(u.explain(r.state.cluster())),
             }
         };
-        let (placement, check, cgen) = match decided {
+        let (placement, check, cgen, group_gen) = match decided {
             Ok(x) => x,
             Err(why) => {
                 job.answer(Err(PgStoreError::Unschedulable(Box::new(why))));
                 return Vec::new();
             }
         };
-        let item = move_item(&placement, &check, cgen, token);
+        let item = move_item(&placement, &check, cgen, token, group_gen);
         job.settled = true;
         let pending = Pending {
             job: dummy_job(),
@@ -1071,6 +1080,7 @@ impl Committer {
                 Err(e) => Err(e),
                 Ok(plan) => {
                     let mut bumps: HashMap<usize, i64> = HashMap::new();
+                    let mut group_bumps: HashMap<String, i64> = HashMap::new();
                     let cluster = r.state.cluster().clone();
                     let mut items = vec![json!({"op": "disable", "host": host, "disabled": true})];
                     if let Some(h) = cluster.host_id(&host) {
@@ -1110,6 +1120,11 @@ impl Committer {
                         for o in all {
                             *bumps.entry(o).or_insert(0) += 1;
                         }
+                        let group_gen = placement.server_group.as_ref().map(|g| {
+                            let bump = group_bumps.entry(g.name.clone()).or_insert(0);
+                            *bump += 1;
+                            r.group_generation(&g.name) + *bump - 1
+                        });
                         let token = (self.next_random() >> 1) as i64;
                         tokens.push((consumer.clone(), token));
                         items.push(move_item(
@@ -1117,6 +1132,7 @@ impl Committer {
                             &check,
                             r.consumer_generation(consumer),
                             token,
+                            group_gen,
                         ));
                     }
                     Ok((plan, items, tokens))
@@ -1237,6 +1253,7 @@ fn move_item(
     check: &[(usize, i64)],
     cgen: Option<i64>,
     token: i64,
+    group_gen: Option<i64>,
 ) -> Value {
     let alloc: Vec<(&str, &str, u64)> = placement
         .resources
@@ -1250,6 +1267,7 @@ fn move_item(
         "token": token,
         "host": placement.host,
         "check": check,
+        "group_gen": group_gen,
         "alloc": alloc,
         "placement": placement,
     })

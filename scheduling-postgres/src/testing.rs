@@ -186,6 +186,18 @@ impl TempPostgres {
         Ok(self.conninfo(name))
     }
 
+    /// Drops database `name` (to free its disk space between benchmark runs).
+    pub fn drop_database(&self, name: &str) -> Result<(), TempPostgresError> {
+        self.run(
+            "dropdb",
+            Command::new(self.bin.join("dropdb"))
+                .args(["-h"])
+                .arg(&self.dir)
+                .args(["-U", "keel", name]),
+        )
+        .map(drop)
+    }
+
     fn run(&self, what: &str, command: &mut Command) -> Result<Output, TempPostgresError> {
         if let Some((uid, gid)) = self.user {
             use std::os::unix::process::CommandExt;

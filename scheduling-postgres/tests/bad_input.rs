@@ -50,7 +50,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn a_malformed_or_invalid_cluster_file_is_refused_and_nothing_is_loaded() {
-    let Some(db) = common::database("badcluster") else {
+    let Some((_server, db)) = common::database("badcluster") else {
         return;
     };
     let dir = common::scratch("badcluster");
@@ -101,7 +101,7 @@ fn a_malformed_or_invalid_cluster_file_is_refused_and_nothing_is_loaded() {
 
 #[test]
 fn unknown_classes_and_consumers_are_refused_and_nothing_is_written() {
-    let Some(db) = common::database("badrequests") else {
+    let Some((_server, db)) = common::database("badrequests") else {
         return;
     };
     load_cluster(&db, &common::flat_cluster(2, 4, 1024), false).unwrap();
@@ -212,7 +212,7 @@ fn an_unreachable_database_is_named() {
 
 #[test]
 fn a_database_without_the_schema_or_at_another_version_is_refused() {
-    let Some(server) = common::shared_server() else {
+    let Some(server) = common::server() else {
         return;
     };
     let db = server.create_database("badschema").expect("createdb");

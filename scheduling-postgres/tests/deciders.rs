@@ -12,7 +12,7 @@ use std::process::Stdio;
 
 #[test]
 fn four_deciders_place_twenty_thousand_vms_without_breaking_a_rule() {
-    let Some(db) = common::database("deciders") else {
+    let Some((_server, db)) = common::database("deciders") else {
         return;
     };
     let (spec, stream) = common::workload(5000, 20_000, 21);

@@ -46,6 +46,9 @@ fn summary(child: Child) -> serde_json::Value {
     let s: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("summary ({e}): {text}\n{stderr}"));
     eprintln!("decider: {s}");
+    for line in stderr.lines() {
+        eprintln!("  | {line}");
+    }
     assert_eq!(s["other"], 0, "{s}\n{text}\n{stderr}");
     assert_eq!(s["unschedulable"], 0, "{s}");
     s

@@ -7,7 +7,7 @@ use scheduling_postgres::{load_cluster, PgStore, PgStoreError, StoreConfig};
 
 #[test]
 fn places_releases_and_sees_the_other_deciders_claims() {
-    let Some(db) = common::database("basic") else {
+    let Some((_server, db)) = common::database("basic") else {
         return;
     };
     load_cluster(&db, &common::flat_cluster(3, 4, 4096), false).unwrap();

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use scheduling_postgres::testing::TempPostgres;
-use std::sync::OnceLock;
 
 /// Set by CI: a missing PostgreSQL is a failure there, not a skip.
 const REQUIRE: &str = "KEEL_REQUIRE_POSTGRES";
@@ -24,18 +23,14 @@ pub fn server() -> Option<TempPostgres> {
     }
 }
 
-/// One server shared by the tests of a binary, each test in a database of its own.
-pub fn shared_server() -> Option<&'static TempPostgres> {
-    static SERVER: OnceLock<Option<TempPostgres>> = OnceLock::new();
-    SERVER.get_or_init(server).as_ref()
-}
-
-/// A fresh database on the shared server, with the schema.
-pub fn database(name: &str) -> Option<String> {
-    let server = shared_server()?;
+/// A fresh server with a database `name` holding the schema. Each test owns its server, so that
+/// it is stopped and removed when the test ends (a server in a `static` would outlive the test
+/// process: statics are never dropped).
+pub fn database(name: &str) -> Option<(TempPostgres, String)> {
+    let server = server()?;
     let db = server.create_database(name).expect("createdb");
     scheduling_postgres::init(&db).expect("schema");
-    Some(db)
+    Some((server, db))
 }
 
 /// A cluster of `n` flat hosts with `cpus` VCPU and `mem` MEMORY_MB each.
