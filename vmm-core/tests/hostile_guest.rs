@@ -364,10 +364,14 @@ fn run_attack(name: &str) -> Run {
     let rss_before = status_kib("VmRSS:") * 1024;
     let started = Instant::now();
     let out = SharedBuffer::new();
-    let mut vm = VmBuilder::new(attack_config(name))
+    let config = attack_config(name);
+    let image = config.disks[0].path.clone();
+    let mut vm = VmBuilder::new(config)
         .serial_output(out.clone())
         .build()
         .unwrap_or_else(|err| panic!("{name}: build: {err}"));
+    // The VM holds the image open; the name can go now.
+    std::fs::remove_file(&image).unwrap();
     let handle = vm.handle();
     vm.start().unwrap();
     let mut device_cpu = HashMap::new();

@@ -255,6 +255,7 @@ fn child_with_a_lowered_open_files_limit() {
         return;
     };
     let config = devices_config();
+    let image = config.disks[0].path.clone();
     let needed = descriptors_needed(&config, 0);
     let _ = guest(); // built before the limit is lowered (cargo needs descriptors)
     let open = open_descriptors();
@@ -292,6 +293,7 @@ fn child_with_a_lowered_open_files_limit() {
         }
         other => panic!("unknown mode {other}"),
     }
+    std::fs::remove_file(&image).unwrap();
 }
 
 #[test]
