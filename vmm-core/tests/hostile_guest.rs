@@ -225,6 +225,15 @@ const CATALOGUE: &[Case] = &[
         answer: "refused: both read back VIRTIO_MSI_NO_VECTOR",
     },
     Case {
+        name: "msix_table_abuse",
+        device: "rng (PCI)",
+        outcome: "ignored count=18",
+        abuse: "every MSI-X entry and 16 past the table: address 0xffffffff_deadb000, vector 0, \
+                unmasked; PBA overwritten; MSI-X on and a request served",
+        answer: "writes past the table and to the PBA ignored; the 2 real entries routed to KVM \
+                 as written, which delivers nothing to that address; the request is served",
+    },
+    Case {
         name: "bar_over_ram",
         device: "rng (PCI)",
         outcome: "bar0=0x100000",
@@ -243,7 +252,12 @@ const CATALOGUE: &[Case] = &[
 ];
 
 /// Attacks that need the virtio-pci transport.
-const PCI_ATTACKS: &[&str] = &["msix_vector_out_of_range", "bar_over_ram", "bars_overlap"];
+const PCI_ATTACKS: &[&str] = &[
+    "msix_vector_out_of_range",
+    "msix_table_abuse",
+    "bar_over_ram",
+    "bars_overlap",
+];
 
 fn guest() -> PathBuf {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
@@ -493,6 +507,7 @@ attacks!(
     blk_no_status,
     warn_flood,
     msix_vector_out_of_range,
+    msix_table_abuse,
     bar_over_ram,
     bars_overlap,
 );

@@ -18,7 +18,7 @@ use super::queue::{
     MAX_QUEUE_SIZE,
 };
 use super::transport::{DriverError, Transport};
-use super::{deadline, pci, ID_BLOCK, ID_ENTROPY};
+use super::{deadline, pci, ID_BLOCK, ID_ENTROPY, MMIO_HIGH};
 use crate::console::report;
 
 /// How long an attack waits for a chain that may never come back (TSC ticks, about half a second).
@@ -168,6 +168,47 @@ fn attack_device(
                 .set_msix_vectors(0, 0x800)
                 .ok_or(DriverError::QueueUnavailable(0))?;
             return Ok(Outcome::Vectors(config, queue));
+        }
+        Attack::MsixTableAbuse => {
+            let entropy = pci::find(ID_ENTROPY).ok_or(DriverError::QueueUnavailable(0))?;
+            let bar = pci::bar0(entropy).ok_or(DriverError::QueueUnavailable(0))?;
+            let (pointer, control, table, pba) =
+                pci::msix_capability(entropy).ok_or(DriverError::QueueUnavailable(0))?;
+            // Both in BAR 0 (BIR 0), where Keel puts them; anything else is not attacked.
+            if table & 7 != 0 || pba & 7 != 0 {
+                return Err(DriverError::QueueUnavailable(0));
+            }
+            let (table, pba) = (bar + u64::from(table & !7), bar + u64::from(pba & !7));
+            let entries = u64::from(control & 0x7ff) + 1;
+            let (mut queue, _arena) = live(transport)?;
+            let mut writes = 0u64;
+            for entry in 0..entries + 16 {
+                let at = table + entry * 16;
+                // Stay below the PBA (which follows the table in Keel's layout) and in the
+                // device memory the guest maps.
+                if at + 16 > pba || at + 16 > MMIO_HIGH {
+                    break;
+                }
+                for (offset, value) in [(0, 0xdead_b000u32), (4, 0xffff_ffff), (8, 0), (12, 0)] {
+                    // SAFETY: `at` lies in BAR 0 of the entropy function, in the uncached
+                    // device memory the guest identity-maps; only this driver uses it now.
+                    unsafe { core::ptr::write_volatile((at + offset) as *mut u32, value) };
+                }
+                writes += 1;
+            }
+            for offset in [0u64, 4] {
+                // SAFETY: as above, for the PBA's first 8 bytes.
+                unsafe { core::ptr::write_volatile((pba + offset) as *mut u32, 0xffff_ffff) };
+            }
+            pci::set_msix_control(entropy, pointer, 1 << 15);
+            let vectors = transport.set_msix_vectors(0, 0);
+            let outcome = probe_live(transport, &mut queue)?;
+            pci::set_msix_control(entropy, pointer, 0);
+            transport.set_msix_vectors(0, 0xffff);
+            if vectors != Some((0, 0)) {
+                report!("FAIL attack msix_table_abuse: vectors {vectors:?}, not (0, 0)");
+            }
+            return Ok(outcome.unwrap_or(Outcome::Ignored(writes)));
         }
         Attack::BarOverRam | Attack::BarsOverlap => {
             let entropy = pci::find(ID_ENTROPY).ok_or(DriverError::QueueUnavailable(0))?;

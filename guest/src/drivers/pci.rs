@@ -95,6 +95,34 @@ pub fn set_bar0(device: u8, to: u64) -> Option<u64> {
     bar0(device)
 }
 
+/// The MSI-X capability of `device`: its offset in the configuration space, the message
+/// control register, and the table's and the PBA's BAR offset/BIR dwords.
+pub fn msix_capability(device: u8) -> Option<(u8, u16, u32, u32)> {
+    let mut pointer = (read(device, pci::REG_CAPABILITIES) & 0xfc) as u8;
+    // At most 48 capabilities fit the configuration space: a longer walk is a loop.
+    for _ in 0..48 {
+        if pointer < 0x40 {
+            return None;
+        }
+        let header = read(device, pointer);
+        if header & 0xff == 0x11 {
+            return Some((
+                pointer,
+                (header >> 16) as u16,
+                read(device, pointer + 4),
+                read(device, pointer + 8),
+            ));
+        }
+        pointer = ((header >> 8) & 0xfc) as u8;
+    }
+    None
+}
+
+/// Writes the MSI-X message control register of the capability at `pointer`.
+pub fn set_msix_control(device: u8, pointer: u8, value: u16) {
+    write16(device, pointer + 2, value);
+}
+
 /// Calls `found(transport, virtio type)` for every usable virtio function on bus 0, after
 /// moving its BAR 0 when `move_bar` is set.
 pub fn scan(move_bar: bool, mut found: impl FnMut(Transport, u32)) {

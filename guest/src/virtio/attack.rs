@@ -65,6 +65,10 @@ pub enum Attack {
     /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
     /// for queue 0.
     MsixVectorOutOfRange,
+    /// virtio-pci: every MSI-X table entry and 16 past the table's end pointed at a non-APIC
+    /// address with vector 0, unmasked; all ones written over the pending-bit array; MSI-X
+    /// enabled and a request served so the device signals through that garbage.
+    MsixTableAbuse,
     /// virtio-pci: BAR 0 of the entropy device moved onto guest RAM (1 MiB, the guest's own
     /// image), then back.
     BarOverRam,
@@ -74,7 +78,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 27] = [
+    pub const ALL: [Attack; 28] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -100,6 +104,7 @@ impl Attack {
         Attack::BlkNoStatus,
         Attack::WarnFlood,
         Attack::MsixVectorOutOfRange,
+        Attack::MsixTableAbuse,
         Attack::BarOverRam,
         Attack::BarsOverlap,
     ];
@@ -132,6 +137,7 @@ impl Attack {
             Attack::BlkNoStatus => "blk_no_status",
             Attack::WarnFlood => "warn_flood",
             Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
+            Attack::MsixTableAbuse => "msix_table_abuse",
             Attack::BarOverRam => "bar_over_ram",
             Attack::BarsOverlap => "bars_overlap",
         }
@@ -146,7 +152,10 @@ impl Attack {
     pub fn needs_pci(self) -> bool {
         matches!(
             self,
-            Attack::MsixVectorOutOfRange | Attack::BarOverRam | Attack::BarsOverlap
+            Attack::MsixVectorOutOfRange
+                | Attack::MsixTableAbuse
+                | Attack::BarOverRam
+                | Attack::BarsOverlap
         )
     }
 
