@@ -40,6 +40,7 @@ use crate::device_manager::pci::{PciAttachment, VirtioNotifyCount};
 use crate::device_manager::{self, Resources, VirtioMmioDevices, VirtioPciDevices, GED_IRQ};
 use crate::event_loop::{EventLoop, EventLoopBuilder, SharedConsoleInput, SharedSerial};
 use crate::memory;
+use crate::seccomp::{Filters, SeccompPolicy, ThreadKind};
 use crate::snapshot::{self, SnapshotSources};
 use crate::state::{self, Control, ExitReason, HandleDevices, VmHandle, VmState};
 use crate::vcpu::{self, VcpuSetup};
@@ -122,6 +123,8 @@ pub struct VmBuilder {
     restore_from: Option<RestoreFrom>,
     /// The operator's limits.
     limits: crate::config::Limits,
+    /// The seccomp filters the VM's threads install.
+    seccomp: SeccompPolicy,
 }
 
 /// Where a restored VM's memory and state come from.
@@ -146,6 +149,7 @@ impl VmBuilder {
             extra_devices: Vec::new(),
             restore_from: None,
             limits: crate::config::Limits::default(),
+            seccomp: SeccompPolicy::default(),
         }
     }
 
@@ -164,6 +168,14 @@ impl VmBuilder {
     /// ```
     pub fn limits(mut self, limits: crate::config::Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Chooses the seccomp filters the VM's threads install (see [`crate::seccomp`]): Keel's
+    /// (the default), none ([`SeccompPolicy::Off`], for debugging), or the embedder's. A
+    /// policy that does not compile fails [`VmBuilder::build`].
+    pub fn seccomp(mut self, policy: SeccompPolicy) -> Self {
+        self.seccomp = policy;
         self
     }
 
@@ -416,6 +428,7 @@ impl VmBuilder {
             }
         };
         state::install_kick_handler().map_err(|err| Error::Io(err.into()))?;
+        let filters = self.seccomp.filters()?;
         mark("config validated");
         let serial = ConsoleEnds::open(
             &self.config.serial.output,
@@ -528,6 +541,7 @@ impl VmBuilder {
             boot_timer: timer,
             msr_indices,
             boot,
+            filters,
             vm_fd,
             memory,
         })
@@ -1106,6 +1120,8 @@ pub struct Vm {
     /// Where the kernel was loaded (none for a restored VM).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))] // read by the testing accessors
     boot: Option<BootLayout>,
+    /// The seccomp filters its threads install.
+    filters: Filters,
     // Declared after everything that uses them, so they are dropped last.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))] // kept alive; read by tests
     vm_fd: Arc<VmFd>,
@@ -1169,7 +1185,7 @@ impl Vm {
         }
         if let Some(events) = self.events.take() {
             if !events.is_empty() {
-                self.event_loop = Some(events.start()?);
+                self.event_loop = Some(events.start(self.filters.clone())?);
             }
         }
         let vcpus = std::mem::take(&mut self.pending_vcpus);
@@ -1187,9 +1203,13 @@ impl Vm {
                 first_exit: if index == 0 { first_exit.clone() } else { None },
                 msr_indices: self.msr_indices.clone(),
             };
+            let filters = self.filters.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("keel-vcpu-{index}"))
-                .spawn(move || vcpu::run(fd, run));
+                .spawn(move || {
+                    filters.apply_or_exit(ThreadKind::Vcpu);
+                    vcpu::run(fd, run)
+                });
             match spawned {
                 Ok(thread) => self.threads.push(thread),
                 Err(err) => {

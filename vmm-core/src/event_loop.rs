@@ -5,6 +5,7 @@
 //! events (virtio queues, sockets) add subscribers here. The loop ends when its exit eventfd
 //! is signalled.
 
+use crate::seccomp::{Filters, ThreadKind};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -195,7 +196,7 @@ impl EventLoopBuilder {
     }
 
     /// Starts the loop's thread.
-    pub fn start(mut self) -> Result<EventLoop, EventLoopError> {
+    pub fn start(mut self, filters: Filters) -> Result<EventLoop, EventLoopError> {
         let exit = EventFd::new(EFD_NONBLOCK)?;
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.manager.add_subscriber(Box::new(ExitWatch {
@@ -206,6 +207,7 @@ impl EventLoopBuilder {
         let thread = std::thread::Builder::new()
             .name("keel-events".into())
             .spawn(move || {
+                filters.apply_or_exit(ThreadKind::EventLoop);
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
                     if let Err(err) = manager.run() {
                         warn!("event loop failed: {err:?}");

@@ -83,6 +83,7 @@ mod counters;
 pub mod migration;
 mod narrow;
 mod resident;
+pub mod seccomp;
 mod state;
 mod sync;
 
@@ -167,6 +168,9 @@ pub enum Error {
     /// The console socket could not be created.
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
+    /// The seccomp policy's filters did not compile.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The serial output file could not be opened.
     #[error("cannot open serial output file {path}: {source}")]
     SerialFile {

@@ -1,0 +1,293 @@
+//! seccomp filters for the threads a VM runs on.
+//!
+//! Each kind of thread gets its own allowlist of system calls (and, for `ioctl`, of request
+//! numbers), compiled with rust-vmm's `seccompiler` when the VM is built and installed by
+//! each thread on itself before it touches guest-controlled state: a vCPU thread before its
+//! first `KVM_RUN`, the event loop before its first event, a disk's I/O thread before its first
+//! request. A thread that makes a call outside its list is stopped: the kernel sends it
+//! `SIGSYS`, and Keel's handler writes which thread made which call to stderr and ends the
+//! process with status 159 (128 + `SIGSYS`), as a VMM whose guest may have taken over one of
+//! its threads must.
+//!
+//! Filters stack: a thread started by a filtered thread keeps its parent's filter under its
+//! own. A disk's I/O thread is started by the vCPU that sets the device's `DRIVER_OK`, so the
+//! vCPU list also holds what that thread needs (creating a thread, io_uring, file I/O).
+//!
+//! Embedders choose with [`SeccompPolicy`] on
+//! [`VmBuilder::seccomp`](crate::VmBuilder::seccomp): Keel's filters (the default), none, or
+//! their own per thread kind. Their own can start from Keel's rules ([`rules`]) and add what
+//! their back ends need (a network disk's sockets): a custom [`DiskBackend`] runs on the disk's
+//! I/O thread and a custom virtio device on the vCPU and event-loop threads, under these
+//! filters.
+//!
+//! [`DiskBackend`]: devices::virtio::block::DiskBackend
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vmm_core::seccomp::{self, SeccompPolicy, ThreadKind};
+//! use vmm_core::{VmBuilder, VmConfig};
+//!
+//! // Keel's filters, with `connect` and `sendmsg`/`recvmsg` added for a network disk.
+//! let policy = SeccompPolicy::custom(|kind| {
+//!     let mut rules = seccomp::rules(kind);
+//!     if kind == ThreadKind::BlockIo || kind == ThreadKind::Vcpu {
+//!         for call in [libc::SYS_connect, libc::SYS_sendmsg, libc::SYS_recvmsg] {
+//!             rules.insert(call, vec![]);
+//!         }
+//!     }
+//!     seccomp::compile(rules)
+//! });
+//! let vm = VmBuilder::new(VmConfig::new("vmlinux")).seccomp(policy).build()?;
+//! # Ok::<(), vmm_core::Error>(())
+//! ```
+
+mod report;
+mod rules;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+pub use rules::rules;
+pub use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+
+/// The kinds of thread Keel filters, each with its own list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ThreadKind {
+    /// A vCPU: `KVM_RUN` and the devices' register accesses it makes (MMIO and port I/O
+    /// exits), device activation.
+    Vcpu,
+    /// The event loop: queue notifications (ioeventfds), NICs, consoles, vsock, timers.
+    EventLoop,
+    /// A disk's I/O thread: reads, writes, flushes (io_uring or plain calls).
+    BlockIo,
+    /// A VMM program's own thread that builds, snapshots and migrates VMs (the `keel`
+    /// program's main thread): broad, but no `execve`, `ptrace`, mounts or module loading.
+    Vmm,
+    /// A VMM program's API server: sockets and the calls of its async runtime.
+    Api,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 5] = [
+        ThreadKind::Vcpu,
+        ThreadKind::EventLoop,
+        ThreadKind::BlockIo,
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+    ];
+
+    /// The kind's name in reports and in JSON filter files (`vcpu`, `events`, `blk`, `vmm`,
+    /// `api`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::EventLoop => "events",
+            ThreadKind::BlockIo => "blk",
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Api => "api",
+        }
+    }
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Errors building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A rule set did not compile.
+    #[error("seccomp: the filter does not compile: {0}")]
+    Compile(#[source] seccompiler::BackendError),
+    /// A custom policy failed for a thread kind.
+    #[error("seccomp: no filter for {kind} threads: {reason}")]
+    Policy {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// Why.
+        reason: String,
+    },
+    /// The kernel refused the filter.
+    #[error("seccomp: installing the {kind} filter failed: {source}")]
+    Install {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// The kernel's answer.
+        #[source]
+        source: seccompiler::Error,
+    },
+}
+
+/// A custom policy: the filter for each kind, or `None` to leave that kind unfiltered.
+type CustomPolicy = dyn Fn(ThreadKind) -> Result<Option<BpfProgram>, SeccompError> + Send + Sync;
+
+/// Which filters a VM's threads install.
+#[derive(Clone, Default)]
+pub enum SeccompPolicy {
+    /// Keel's filters ([`rules`]), trapping to a report and exit.
+    #[default]
+    Keel,
+    /// No filters (for debugging; a guest that takes over a thread can then make any call).
+    Off,
+    /// The embedder's: a filter per thread kind, or `None` for none.
+    Custom(Arc<CustomPolicy>),
+}
+
+impl SeccompPolicy {
+    /// A custom policy from a function that gives each kind's filter.
+    pub fn custom(
+        filter: impl Fn(ThreadKind) -> Result<BpfProgram, SeccompError> + Send + Sync + 'static,
+    ) -> Self {
+        SeccompPolicy::Custom(Arc::new(move |kind| filter(kind).map(Some)))
+    }
+
+    /// Compiles the filters of every kind now, so that a thread only installs one (and a
+    /// policy that cannot compile fails the build, not a running VM).
+    pub fn filters(&self) -> Result<Filters, SeccompError> {
+        let mut filters = BTreeMap::new();
+        for kind in ThreadKind::ALL {
+            let programs = match self {
+                SeccompPolicy::Off => Vec::new(),
+                SeccompPolicy::Keel => keel_programs(kind)?,
+                SeccompPolicy::Custom(policy) => policy(kind)?.into_iter().collect(),
+            };
+            if !programs.is_empty() {
+                filters.insert(kind, programs.into_iter().map(Arc::new).collect());
+            }
+        }
+        Ok(Filters(Arc::new(filters)))
+    }
+}
+
+impl fmt::Debug for SeccompPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompPolicy::Keel => "Keel",
+            SeccompPolicy::Off => "Off",
+            SeccompPolicy::Custom(_) => "Custom",
+        })
+    }
+}
+
+/// Keel's filters for `kind`: its rules, and for every kind but [`ThreadKind::Vmm`] a second
+/// filter that answers `open`/`openat` with `EACCES` instead of stopping the thread.
+///
+/// Memory allocators open files lazily on whatever thread happens to call them: glibc's
+/// malloc reads `/proc/sys/vm/overcommit_memory` the first time a thread's arena shrinks,
+/// jemalloc and mimalloc read `/proc` and `/sys` files too. Those threads need not open
+/// anything (the allocators carry on without the file), and a guest that took one over gains
+/// nothing from a refused `open`. The first filter allows the two calls, so that the second's
+/// `EACCES` is what the kernel applies (a trap would take precedence over it).
+fn keel_programs(kind: ThreadKind) -> Result<Vec<BpfProgram>, SeccompError> {
+    let mut rules = rules(kind);
+    if kind == ThreadKind::Vmm {
+        return Ok(vec![compile(rules)?]);
+    }
+    let refused = [libc::SYS_open, libc::SYS_openat];
+    for call in refused {
+        rules.insert(call, Vec::new());
+    }
+    let refuse = seccompiler::SeccompFilter::new(
+        refused.into_iter().map(|call| (call, Vec::new())).collect(),
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::EACCES.unsigned_abs()),
+        seccompiler::TargetArch::x86_64,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(SeccompError::Compile)?;
+    // The refusal first: with the rules installed last, a thread never has to install a
+    // filter (PR_SET_NO_NEW_PRIVS, seccomp) while its own rules already hold.
+    Ok(vec![refuse, compile(rules)?])
+}
+
+/// Compiled filters by thread kind, shared by a VM's threads.
+#[derive(Clone, Debug, Default)]
+pub struct Filters(Arc<BTreeMap<ThreadKind, Vec<Arc<BpfProgram>>>>);
+
+impl Filters {
+    /// Keel's filters for every kind, compiled.
+    pub fn keel() -> Result<Self, SeccompError> {
+        SeccompPolicy::Keel.filters()
+    }
+
+    /// Installs the filter of `kind` (if the policy has one) on the calling thread, with
+    /// Keel's `SIGSYS` report in place first.
+    pub fn apply(&self, kind: ThreadKind) -> Result<(), SeccompError> {
+        let Some(programs) = self.0.get(&kind) else {
+            return Ok(());
+        };
+        report::install(kind);
+        for program in programs {
+            seccompiler::apply_filter(program)
+                .map_err(|source| SeccompError::Install { kind, source })?;
+        }
+        Ok(())
+    }
+
+    /// Installs the filter of `kind` on the calling thread; a thread that cannot be filtered
+    /// must not go on to serve the guest, so a failure ends the process with a report.
+    pub fn apply_or_exit(&self, kind: ThreadKind) {
+        if let Err(err) = self.apply(kind) {
+            log::error!("{err}");
+            report::exit_now(&format!("keel: {err}\n"));
+        }
+    }
+}
+
+/// Compiles a rule set (for [`SeccompPolicy::custom`]): listed calls are allowed when a rule
+/// matches (an empty rule list: always), others trap to Keel's report.
+pub fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, SeccompError> {
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Trap,
+        seccompiler::SeccompAction::Allow,
+        seccompiler::TargetArch::x86_64,
+    )
+    .map_err(SeccompError::Compile)?;
+    filter.try_into().map_err(SeccompError::Compile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_compiles_and_custom_policies_are_used() {
+        let filters = Filters::keel().unwrap();
+        for kind in ThreadKind::ALL {
+            let programs = &filters.0[&kind];
+            assert!(programs.iter().all(|p| !p.is_empty()), "{kind}");
+            assert_eq!(
+                programs.len(),
+                if kind == ThreadKind::Vmm { 1 } else { 2 },
+                "{kind}"
+            );
+        }
+        assert!(SeccompPolicy::Off.filters().unwrap().0.is_empty());
+        let only_vcpu = SeccompPolicy::Custom(Arc::new(|kind| {
+            (kind == ThreadKind::Vcpu)
+                .then(|| compile(rules(kind)))
+                .transpose()
+        }));
+        let filters = only_vcpu.filters().unwrap();
+        assert_eq!(
+            filters.0.keys().copied().collect::<Vec<_>>(),
+            [ThreadKind::Vcpu]
+        );
+        let failing = SeccompPolicy::Custom(Arc::new(|kind| {
+            Err(SeccompError::Policy {
+                kind,
+                reason: "no".into(),
+            })
+        }));
+        assert!(failing
+            .filters()
+            .unwrap_err()
+            .to_string()
+            .contains("no filter for vcpu threads"));
+    }
+}
