@@ -282,6 +282,14 @@ pub struct VmmArgs {
         value_name = "max_vcpus_per_host_cpu=N[,max_devices=N][,max_queue_size=N]"
     )]
     pub limits: Option<String>,
+    /// Run without seccomp filters (for debugging: a guest that takes over one of keel's
+    /// threads can then make any system call).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    pub no_seccomp: bool,
+    /// seccomp filters of your own, one per thread kind (`vcpu`, `events`, `blk`, `vmm`,
+    /// `api`), in seccompiler's JSON format, instead of keel's.
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_filter: Option<PathBuf>,
 }
 
 /// The operator's limits from `--limits` (none when the flag is absent).

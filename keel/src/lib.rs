@@ -33,6 +33,7 @@ mod migrate;
 pub mod openapi;
 mod options;
 mod remote;
+mod seccomp;
 mod server;
 mod terminal;
 mod vmm;
@@ -45,6 +46,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use log::error;
+use vmm_core::seccomp::ThreadKind;
 use vmm_core::{BootTimer, SerialInput};
 
 use crate::cli::{Cli, Command, VmmArgs};
@@ -174,10 +176,23 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
     if let Some(timer) = &timer {
         timer.mark("flags parsed");
     }
+    let (seccomp, filters) = match seccomp::policy(&args) {
+        Ok(chosen) => chosen,
+        Err(message) => {
+            eprintln!("keel: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // This thread builds, snapshots and migrates VMs from here on; the threads it starts
+    // keep its filter under their own.
+    if let Err(err) = filters.apply(ThreadKind::Vmm) {
+        eprintln!("keel: {err}");
+        return ExitCode::from(1);
+    }
     let signals = block_termination_signals();
     let (events, receiver) = mpsc::channel();
     let mut server = match &args.api_socket {
-        Some(path) => match ApiServer::start(path, events.clone()) {
+        Some(path) => match ApiServer::start(path, events.clone(), filters.clone()) {
             Ok(server) => Some(server),
             Err(err) => {
                 eprintln!("keel: {err}");
@@ -197,6 +212,7 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
             boot_timer: timer.clone(),
             tap_fds,
             limits,
+            seccomp,
         },
     );
     let raw = interactive

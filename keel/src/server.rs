@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use log::{debug, warn};
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
+use vmm_core::seccomp::{Filters, ThreadKind};
 use vmm_core::VmConfig;
 
 use crate::api::{
@@ -64,7 +65,11 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Listens on `path` and serves requests, sending them to the controller as `events`.
-    pub fn start(path: &Path, events: Sender<Event>) -> Result<ApiServer, ServerError> {
+    pub fn start(
+        path: &Path,
+        events: Sender<Event>,
+        filters: Filters,
+    ) -> Result<ApiServer, ServerError> {
         vmm_core::console::remove_stale_socket(path).map_err(|err| match err {
             vmm_core::console::ConsoleError::InUse { reason, .. } => ServerError::InUse {
                 path: path.to_path_buf(),
@@ -89,7 +94,10 @@ impl ApiServer {
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("keel-api".into())
-            .spawn(move || runtime.block_on(serve(listener, events, stopped)))
+            .spawn(move || {
+                filters.apply_or_exit(ThreadKind::Api);
+                runtime.block_on(serve(listener, events, stopped))
+            })
             .map_err(ServerError::Start)?;
         Ok(ApiServer {
             path: path.to_path_buf(),

@@ -187,6 +187,8 @@ pub struct Policy {
     pub tap_fds: Vec<(String, std::os::fd::OwnedFd)>,
     /// `--limits`: what every VM built is held to.
     pub limits: vmm_core::config::Limits,
+    /// The seccomp filters every VM's threads install.
+    pub seccomp: vmm_core::seccomp::SeccompPolicy,
 }
 
 /// The controller.
@@ -276,7 +278,9 @@ impl Vmm {
     /// sockets the new one may open again.
     fn builder_for(&mut self, config: &VmConfig) -> Result<VmBuilder, Failure> {
         self.vm = None;
-        let mut builder = VmBuilder::new(config.clone()).limits(self.policy.limits);
+        let mut builder = VmBuilder::new(config.clone())
+            .limits(self.policy.limits)
+            .seccomp(self.policy.seccomp.clone());
         if let Some(socket) = keep_socket(&mut self.console, Some(&config.serial.output))? {
             builder = builder.console_socket(socket);
         }
