@@ -36,7 +36,8 @@ cc -std=c11 -Wall -Werror -o "$out/boot-static" examples/c/boot.c -Icapi/include
 
 echo "-- valgrind"
 for name in boot misuse; do
-  valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 \
+  # valgrind does not implement seccomp(2): the programs turn Keel's filters off under it.
+  KEEL_SECCOMP_OFF=1 valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 \
     --log-file="$out/$name.valgrind" "$out/$name" "$KEEL_TEST_GUEST" > /dev/null \
     || { cat "$out/$name.valgrind"; echo "valgrind found errors in $name" >&2; exit 1; }
   echo "$name: valgrind clean (0 errors, 0 bytes definitely lost)"

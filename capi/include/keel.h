@@ -116,6 +116,17 @@
 #define KEEL_TRANSPORT_MMIO 2
 
 /**
+ * Keel's seccomp filters on the VM's threads (the default).
+ */
+#define KEEL_SECCOMP_ON 1
+
+/**
+ * No seccomp filters (for running under valgrind, which cannot run them, or for console
+ * callbacks that need system calls the vCPU filter forbids).
+ */
+#define KEEL_SECCOMP_OFF 0
+
+/**
  * `keel_vm_wait` without a timeout.
  */
 #define KEEL_WAIT_FOREVER UINT64_MAX
@@ -414,6 +425,16 @@ keel_status keel_config_set_cmdline(keel_config_t config, const char *cmdline);
  * Puts virtio devices on PCI (`KEEL_TRANSPORT_PCI`) or MMIO (`KEEL_TRANSPORT_MMIO`).
  */
 keel_status keel_config_set_transport(keel_config_t config, int32_t transport);
+
+/**
+ * Turns Keel's seccomp filters on (`KEEL_SECCOMP_ON`, the default) or off
+ * (`KEEL_SECCOMP_OFF`) for the VM's threads. With them on, each vCPU thread and the device
+ * event thread may make only the system calls its job needs: a console callback runs on a vCPU
+ * thread under that thread's filter, where opening a file fails with `EACCES` and a system call
+ * outside the filter ends the process (exit status 159, the call named on stderr). Turn them
+ * off for such callbacks, and under valgrind (which cannot run seccomp filters).
+ */
+keel_status keel_config_set_seccomp(keel_config_t config, int32_t mode);
 
 /**
  * Adds a virtio-blk disk on the raw image at `path` (opened at build), with serial number

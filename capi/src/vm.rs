@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
+use vmm_core::seccomp::SeccompPolicy;
 use vmm_core::{ExitReason, MemSize, VirtioTransport, Vm, VmBuilder, VmConfig, VmHandle, VmState};
 
 use crate::handles::{self, with_object, Kind, Object};
@@ -63,6 +64,12 @@ pub const KEEL_EXIT_FAILED: i32 = 7;
 pub const KEEL_TRANSPORT_PCI: i32 = 1;
 /// virtio devices on MMIO.
 pub const KEEL_TRANSPORT_MMIO: i32 = 2;
+
+/// Keel's seccomp filters on the VM's threads (the default).
+pub const KEEL_SECCOMP_ON: i32 = 1;
+/// No seccomp filters (for running under valgrind, which cannot run them, or for console
+/// callbacks that need system calls the vCPU filter forbids).
+pub const KEEL_SECCOMP_OFF: i32 = 0;
 
 /// `keel_vm_wait` without a timeout.
 pub const KEEL_WAIT_FOREVER: u64 = u64::MAX;
@@ -119,6 +126,8 @@ impl Write for CallbackWriter {
 /// A config being put together.
 pub(crate) struct ConfigObject {
     config: VmConfig,
+    /// Whether the VM's threads get Keel's seccomp filters.
+    seccomp: bool,
     console_fd: Option<OwnedFd>,
     console: Option<ConsoleSink>,
     /// TAP descriptors for NICs, moved into the VM at build.
@@ -193,6 +202,7 @@ fn edit(config: keel_config_t, change: impl FnOnce(&mut ConfigObject) -> Outcome
 fn config_object(config: VmConfig) -> Object {
     Object::Config(Mutex::new(ConfigObject {
         config,
+        seccomp: true,
         console_fd: None,
         console: None,
         tap_fds: Vec::new(),
@@ -344,6 +354,31 @@ pub extern "C" fn keel_config_set_transport(config: keel_config_t, transport: i3
         };
         edit(config, |object| {
             object.config.virtio_transport = transport;
+            Ok(())
+        })
+    })
+}
+
+/// Turns Keel's seccomp filters on (`KEEL_SECCOMP_ON`, the default) or off
+/// (`KEEL_SECCOMP_OFF`) for the VM's threads. With them on, each vCPU thread and the device
+/// event thread may make only the system calls its job needs: a console callback runs on a vCPU
+/// thread under that thread's filter, where opening a file fails with `EACCES` and a system call
+/// outside the filter ends the process (exit status 159, the call named on stderr). Turn them
+/// off for such callbacks, and under valgrind (which cannot run seccomp filters).
+#[unsafe(no_mangle)]
+pub extern "C" fn keel_config_set_seccomp(config: keel_config_t, mode: i32) -> keel_status {
+    guard("keel_config_set_seccomp", || {
+        let on = match mode {
+            KEEL_SECCOMP_ON => true,
+            KEEL_SECCOMP_OFF => false,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "seccomp: {other} is neither KEEL_SECCOMP_ON nor KEEL_SECCOMP_OFF"
+                )))
+            }
+        };
+        edit(config, |object| {
+            object.seccomp = on;
             Ok(())
         })
     })
@@ -583,6 +618,9 @@ pub unsafe extern "C" fn keel_vm_build(config: keel_config_t, out: *mut keel_vm_
         let builder = with_object!(config, Config, |object| {
             let mut object = lock(object);
             let mut builder = VmBuilder::new(object.config.clone());
+            if !object.seccomp {
+                builder = builder.seccomp(SeccompPolicy::Off);
+            }
             if let Some(fd) = &object.console_fd {
                 let dup = fd
                     .try_clone()

@@ -61,6 +61,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list]] = {
     "keel_config_set_initrd": (c_status, [c_handle, ctypes.c_char_p]),
     "keel_config_set_cmdline": (c_status, [c_handle, ctypes.c_char_p]),
     "keel_config_set_transport": (c_status, [c_handle, ctypes.c_int32]),
+    "keel_config_set_seccomp": (c_status, [c_handle, ctypes.c_int32]),
     "keel_config_add_disk": (c_status, [c_handle, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]),
     "keel_config_add_net_tap": (c_status, [c_handle, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]),
     "keel_config_add_net_fd": (c_status, [c_handle, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]),

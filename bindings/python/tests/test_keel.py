@@ -67,6 +67,26 @@ def test_console_to_a_pipe_and_the_state_fd(guest):
     assert b"keel-guest: exit via=reset" in output
 
 
+@pytest.mark.parametrize("seccomp", [True, False])
+def test_a_console_callback_runs_under_the_vcpu_filter_unless_it_is_off(guest, seccomp):
+    opened = []
+
+    def on_console(_data: bytes) -> None:
+        if not opened:
+            try:
+                with open("/proc/self/status"):
+                    opened.append("opened")
+            except PermissionError:
+                opened.append("refused")
+
+    with keel.VmConfig(guest, cmdline="keel.exit=reset", seccomp=seccomp) as config:
+        config.on_console(on_console)
+        with config.build() as vm:
+            vm.start()
+            assert vm.wait(timeout=10) == keel.ExitReason.RESET
+    assert opened == ["refused" if seccomp else "opened"]
+
+
 def test_placement_and_explanations():
     with keel.Cluster(CLUSTER) as cluster, keel.Placer(cluster, policy="pack", seed=42) as placer:
         placement = placer.place({"id": "vm-1", "resources": {"VCPU": 2, "MEMORY_MB": 12288}})

@@ -204,7 +204,12 @@ class _Handle:
 
 
 class VmConfig(_Handle):
-    """A VM's configuration, checked field by field as it is set."""
+    """A VM's configuration, checked field by field as it is set.
+
+    ``seccomp=False`` turns Keel's seccomp filters off for the VM's threads. They are on by
+    default; a console callback runs on a vCPU thread under its filter, where opening a file
+    fails and a system call outside the filter ends the process (exit status 159).
+    """
 
     _free = lib.keel_config_free
 
@@ -217,6 +222,7 @@ class VmConfig(_Handle):
         cmdline: Optional[str] = None,
         initrd: Union[str, os.PathLike, None] = None,
         transport: Optional[Transport] = None,
+        seccomp: bool = True,
     ) -> None:
         handle = c_handle()
         _check(lib.keel_config_new(_text(kernel), ctypes.byref(handle)))
@@ -232,6 +238,9 @@ class VmConfig(_Handle):
             self.initrd = initrd
         if transport is not None:
             _check(lib.keel_config_set_transport(self.handle, int(transport)))
+        if not seccomp:
+            # Keel's filters are on by default; a console callback runs under the vCPU's.
+            _check(lib.keel_config_set_seccomp(self.handle, 0))
 
     @classmethod
     def from_json(cls, document: Union[str, dict]) -> "VmConfig":

@@ -85,6 +85,8 @@ final class KeelNative {
 
     static native int keel_config_set_transport(long config, int transport);
 
+    static native int keel_config_set_seccomp(long config, int mode);
+
     static native int keel_config_add_disk(
             long config, byte[] id, byte[] path, boolean readOnly, boolean direct);
 

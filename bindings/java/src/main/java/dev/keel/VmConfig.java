@@ -251,6 +251,24 @@ public final class VmConfig implements AutoCloseable {
     }
 
     /**
+     * Turns Keel's seccomp filters on the VM's threads on (the default) or off. A console
+     * callback runs on a vCPU thread under that thread's filter, where opening a file fails and
+     * a system call outside the filter ends the process (exit status 159); turn the filters off
+     * for callbacks that need more.
+     *
+     * @param on whether the VM's threads get Keel's filters
+     * @return this config
+     */
+    public VmConfig seccomp(boolean on) {
+        try {
+            Status.check(KeelNative.keel_config_set_seccomp(handle.get(), on ? 1 : 0));
+            return this;
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /**
      * Adds a read-write virtio-blk disk on a raw image, with buffered I/O.
      *
      * @param id the disk's serial number (at most 20 bytes, unique among the VM's devices)

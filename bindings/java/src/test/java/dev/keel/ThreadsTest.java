@@ -9,7 +9,6 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.CountDownLatch;
-import org.junit.jupiter.api.Disabled;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 
@@ -59,7 +58,6 @@ class ThreadsTest {
      * once that is fixed; it fails (rather than hangs) while it is not.
      */
     @Test
-    @Disabled("vmm-core loses a stop that races pause/resume on another thread; keel_vm_free then hangs")
     void closingWhileOtherThreadsPauseAndResume() throws InterruptedException {
         for (int round = 0; round < 20; round++) {
             closeUnderCalls(true);

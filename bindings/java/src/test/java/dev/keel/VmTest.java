@@ -22,6 +22,32 @@ import org.junit.jupiter.api.io.TempDir;
 /** VMs through the binding: Keel's test guest on /dev/kvm. */
 @Timeout(120)
 class VmTest {
+    /** Opens a file from the console callback: refused under the vCPU filter, allowed without. */
+    @Test
+    void consoleCallbackRunsUnderTheVcpuFilterUnlessItIsOff() throws Exception {
+        for (boolean seccomp : new boolean[] {true, false}) {
+            List<String> opened = Collections.synchronizedList(new ArrayList<>());
+            try (VmConfig config =
+                            new VmConfig(TestGuest.path())
+                                    .cmdline(TestGuest.RESET_AT_ONCE)
+                                    .seccomp(seccomp)
+                                    .console(bytes -> {
+                                        if (opened.isEmpty()) {
+                                            try (var in = Files.newInputStream(Path.of("/proc/self/status"))) {
+                                                opened.add("opened");
+                                            } catch (java.io.IOException err) {
+                                                opened.add("refused");
+                                            }
+                                        }
+                                    });
+                    Vm vm = config.build()) {
+                vm.start();
+                assertEquals(ExitReason.RESET, vm.waitFor(Duration.ofSeconds(10)));
+            }
+            assertEquals(List.of(seccomp ? "refused" : "opened"), opened, "seccomp " + seccomp);
+        }
+    }
+
     @Test
     void bootPauseResumePowerButton() {
         ByteArrayOutputStream console = new ByteArrayOutputStream();
