@@ -8,6 +8,10 @@
 
 use std::collections::BTreeMap;
 
+/// `FIONBIO` (set or clear non-blocking mode), as a filter compares it: glibc's `libc` types
+/// it `c_ulong`, musl's `c_int`, the kernel's number is the same (asm-generic/ioctls.h).
+const FIONBIO: u64 = 0x5421;
+
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_ioeventfd, kvm_irq_level,
     kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs,
@@ -188,7 +192,7 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_IRQ_LINE_STATUS(),
         TUNSETOFFLOAD(),
         TUNSETVNETHDRSZ(),
-        libc::FIONBIO,
+        FIONBIO,
     ]
 }
 
@@ -202,7 +206,7 @@ fn event_loop_ioctls() -> Vec<u64> {
         KVM_IOEVENTFD(),
         TUNSETOFFLOAD(),
         TUNSETVNETHDRSZ(),
-        libc::FIONBIO,
+        FIONBIO,
     ]
 }
 
@@ -247,7 +251,7 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     let ioctls = match kind {
         ThreadKind::Vcpu => Some(vcpu_ioctls()),
         ThreadKind::EventLoop => Some(event_loop_ioctls()),
-        ThreadKind::BlockIo | ThreadKind::Api => Some(vec![libc::FIONBIO]),
+        ThreadKind::BlockIo | ThreadKind::Api => Some(vec![FIONBIO]),
         ThreadKind::Vmm => None,
     };
     match ioctls {
@@ -554,5 +558,10 @@ mod tests {
         );
         let blk = rules(ThreadKind::BlockIo);
         assert!(!blk.contains_key(&libc::SYS_clone3) && !blk.contains_key(&libc::SYS_connect));
+    }
+
+    #[test]
+    fn fionbio_is_libcs() {
+        assert_eq!(Some(FIONBIO), u64::try_from(libc::FIONBIO).ok());
     }
 }
