@@ -77,6 +77,9 @@ const BASE: &[i64] = &[
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
+    // musl's stat() and lstat() (glibc's are newfstatat or statx).
+    libc::SYS_stat,
+    libc::SYS_lstat,
     libc::SYS_fcntl,
     libc::SYS_poll,
     libc::SYS_ppoll,
@@ -225,7 +228,8 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
             allow(THREADS);
             allow(DISK_IO);
             allow(EVENTS);
-            allow(&[libc::SYS_tgkill]);
+            // pthread_kill: tgkill on glibc, tkill on musl.
+            allow(&[libc::SYS_tgkill, libc::SYS_tkill]);
         }
         ThreadKind::EventLoop => {
             allow(THREADS);
@@ -327,6 +331,7 @@ const VMM: &[i64] = &[
     libc::SYS_wait4,
     libc::SYS_kill,
     libc::SYS_tgkill,
+    libc::SYS_tkill,
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_signalfd4,
