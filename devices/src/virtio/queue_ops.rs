@@ -138,24 +138,37 @@ pub fn drain_queue_until<'m>(
     drained
 }
 
-/// The next chain on `queue`, as `Queue::pop_descriptor_chain` gives it, but a ring the
-/// driver corrupted (an available index more than the queue size ahead of the device, a
-/// queue not ready) is reported with [`guest_warn!`](crate::guest_warn), rate-limited:
-/// virtio-queue's own `pop_descriptor_chain` logs an error line on every call, which a guest
-/// can repeat at will (a flood of 40,000 lines in seconds, measured by the hostile-guest
-/// catalogue's `warn_flood`). `device` names the device in the warning.
+/// The next chain on `queue`, as `Queue::pop_descriptor_chain` gives it, but what a driver
+/// can get wrong at will is reported with [`guest_warn!`](crate::guest_warn), rate-limited,
+/// where virtio-queue logs an error line every time (a flood of 40,000 lines in seconds,
+/// measured by the hostile-guest catalogue's `warn_flood`): a corrupt ring (an available index
+/// more than the queue size ahead of the device, a queue not ready), which yields nothing, and
+/// an available entry naming a descriptor beyond the queue, which is skipped (it can be neither
+/// read nor returned: virtio-queue's `add_used` refuses it, logging). `device` names the device
+/// in the warnings.
 pub fn pop_chain<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
     device: impl fmt::Display,
 ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    match queue.iter(mem) {
-        Ok(mut chains) => chains.next(),
+    let size = queue.size();
+    let mut chains = match queue.iter(mem) {
+        Ok(chains) => chains,
         Err(err) => {
             crate::guest_warn!("{device}: cannot read the available ring: {err}");
-            None
+            return None;
         }
+    };
+    for chain in chains.by_ref() {
+        if chain.head_index() < size {
+            return Some(chain);
+        }
+        crate::guest_warn!(
+            "{device}: the available ring names descriptor {} of a {size}-entry queue; skipped",
+            chain.head_index()
+        );
     }
+    None
 }
 
 /// Takes the next chain a device fills; when the ring looks empty, re-enables driver
@@ -292,6 +305,25 @@ mod tests {
         driver.avail().idx().store(1);
         let chain = pop_chain(&mut queue, &mem, "test").expect("the chain");
         assert_eq!(chain.head_index(), 0);
+        assert!(pop_chain(&mut queue, &mem, "test").is_none());
+    }
+
+    #[test]
+    fn pop_chain_skips_heads_beyond_the_queue() {
+        let mem = test_memory();
+        let driver = MockSplitQueue::new(&mem, 16);
+        driver
+            .build_desc_chain(&[desc(0x10_0000, 8, true)])
+            .unwrap();
+        driver
+            .build_desc_chain(&[desc(0x10_1000, 8, true)])
+            .unwrap();
+        let mut queue: Queue = driver.create_queue().unwrap();
+        // The first available entry names descriptor 300.
+        driver.avail().ring().ref_at(0).unwrap().store(300);
+        let chain = pop_chain(&mut queue, &mem, "test").expect("the second chain");
+        assert!(chain.head_index() < 16);
+        assert_eq!(queue.next_avail(), 2, "the bad entry was consumed");
         assert!(pop_chain(&mut queue, &mem, "test").is_none());
     }
 
