@@ -13,17 +13,19 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use testkit::{require_kvm, SharedBuffer};
-use vmm_core::config::{DiskConfig, RngConfig};
+use vmm_core::config::{DiskConfig, RngConfig, VsockConfig};
 use vmm_core::{BootProtocol, ExitReason, MemSize, VirtioTransport, VmBuilder, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Notifications in `notify_storm`.
 const STORM_KICKS: u64 = 1_000_000;
+/// Connection requests in `vsock_reset_flood`.
+const VSOCK_REQUESTS: u64 = 2000;
 /// Bad chains in `warn_flood`.
 const FLOOD_CHAINS: u64 = 100_000;
 /// Most warnings an attack may put in the host's log per 5 s window its run touches (the
@@ -215,7 +217,24 @@ const CATALOGUE: &[Case] = &[
         outcome: "ignored count=100000",
         abuse: "100,000 chains with an out-of-range head, each kicked",
         answer: "each skipped; warnings rate-limited to 10 per call site per 5 s (at most 50 \
-                 per 5 s checked; 40 measured, 43,493 before the fix)",
+                 per 5 s checked; 20-40 measured, 43,493 before the fix)",
+    },
+    Case {
+        name: "vsock_reset_flood",
+        device: "vsock",
+        outcome: "resets<=260",
+        abuse: "2,000 connection requests to a host port nobody listens on, the receive queue \
+                left unread meanwhile",
+        answer: "each refused with a reset; at most 256 resets wait for receive buffers, the \
+                 rest are dropped (260 arrive: 4 posted buffers + 256)",
+    },
+    Case {
+        name: "vsock_credit_overflow",
+        device: "vsock",
+        outcome: "reset_after<=1048576",
+        abuse: "a connection whose guest sends with no regard for its credit (host never reads)",
+        answer: "connection reset once the guest overruns the 256 KiB the device buffers for it \
+                 (353,780 bytes sent here, what the host socket took included)",
     },
     Case {
         name: "msix_vector_out_of_range",
@@ -285,10 +304,10 @@ fn attack_config(name: &str) -> VmConfig {
     config.vcpus = 1;
     config.memory = MemSize::mib(if name == "rng_1gib" { 1536 } else { 128 });
     config.boot_protocol = BootProtocol::Pvh;
-    let count = if name == "notify_storm" {
-        STORM_KICKS
-    } else {
-        FLOOD_CHAINS
+    let count = match name {
+        "notify_storm" => STORM_KICKS,
+        "vsock_reset_flood" => VSOCK_REQUESTS,
+        _ => FLOOD_CHAINS,
     };
     config.cmdline = format!("keel.cpus=1 keel.attack={name} keel.attack_count={count}");
     if PCI_ATTACKS.contains(&name) {
@@ -309,7 +328,37 @@ fn attack_config(name: &str) -> VmConfig {
         id: "rng0".into(),
         rate_limiter: None,
     });
+    config.vsock = Some(VsockConfig {
+        id: "vsock0".into(),
+        guest_cid: 3,
+        uds_path: vsock_path(name),
+    });
     config
+}
+
+/// The vsock device's socket for attack `name`; guest connections to port P go to `<it>_P`.
+fn vsock_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("keel-hostile-{}-{name}.vsock", std::process::id()))
+}
+
+/// A host peer on port 5000 for `vsock_credit_overflow`: accepts connections and never reads
+/// them, until `stop` is set.
+fn silent_peer(name: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let path = PathBuf::from(format!("{}_5000", vsock_path(name).display()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        held.len()
+    })
 }
 
 /// What one attack run measured.
@@ -378,6 +427,8 @@ fn run_attack(name: &str) -> Run {
     let rss_before = status_kib("VmRSS:") * 1024;
     let started = Instant::now();
     let out = SharedBuffer::new();
+    let stop_peer = Arc::new(AtomicBool::new(false));
+    let peer = (name == "vsock_credit_overflow").then(|| silent_peer(name, stop_peer.clone()));
     let config = attack_config(name);
     let image = config.disks[0].path.clone();
     let mut vm = VmBuilder::new(config)
@@ -418,11 +469,38 @@ fn run_attack(name: &str) -> Run {
     assert_eq!(reason, ExitReason::Reset, "{name}:\n{console}");
     assert!(!console.contains("FAIL"), "{name}:\n{console}");
     assert!(!console.contains("panicked"), "{name}:\n{console}");
-    let line = format!("attack {name} outcome={} then=served", case.outcome);
-    assert!(
-        console.contains(&line),
-        "{name}: no `{line}` in:\n{console}"
-    );
+    stop_peer.store(true, Ordering::Relaxed);
+    if let Some(peer) = peer {
+        assert_eq!(
+            peer.join().unwrap(),
+            1,
+            "{name}: the host peer's connections"
+        );
+    }
+    match case.outcome.split_once("<=") {
+        // A bound: the guest reports `key=value`.
+        Some((key, bound)) => {
+            let prefix = format!("attack {name} outcome={key}=");
+            let value: u64 = console
+                .split(&prefix)
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: no `{prefix}N` in:\n{console}"));
+            assert!(
+                value <= bound.parse().unwrap_or(0),
+                "{name}: {key}={value}, over {bound}"
+            );
+            assert!(console.contains(" then=served"), "{name}:\n{console}");
+        }
+        None => {
+            let line = format!("attack {name} outcome={} then=served", case.outcome);
+            assert!(
+                console.contains(&line),
+                "{name}: no `{line}` in:\n{console}"
+            );
+        }
+    }
     assert!(
         peak_growth < MEMORY_BOUND,
         "{name}: peak resident memory grew by {peak_growth} bytes"
@@ -435,10 +513,10 @@ fn run_attack(name: &str) -> Run {
     };
     let last = vm.handle().counters();
     // The transport reports a device it had to mark broken, and only then.
-    let target = if case.device == "blk" {
-        "disk0"
-    } else {
-        "rng0"
+    let target = match case.device {
+        "blk" => "disk0",
+        "vsock" => "vsock0",
+        _ => "rng0",
     };
     let needs_reset = last
         .device(target)
@@ -506,6 +584,8 @@ attacks!(
     blk_short_header,
     blk_no_status,
     warn_flood,
+    vsock_reset_flood,
+    vsock_credit_overflow,
     msix_vector_out_of_range,
     msix_table_abuse,
     bar_over_ram,
@@ -521,7 +601,11 @@ fn table() -> String {
     for case in CATALOGUE {
         table.push_str(&format!(
             "| `{}` | {} | {} | {} | `{}` |\n",
-            case.name, case.device, case.abuse, case.answer, case.outcome
+            case.name,
+            case.device,
+            case.abuse,
+            case.answer,
+            case.outcome.replace("<=", " ≤ ")
         ));
     }
     table

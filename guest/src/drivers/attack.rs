@@ -21,8 +21,9 @@ use super::transport::{DriverError, Transport};
 use super::{deadline, pci, ID_BLOCK, ID_ENTROPY, MMIO_HIGH};
 use crate::console::report;
 
-/// How long an attack waits for a chain that may never come back (TSC ticks, about half a second).
-const SHORT_WAIT: u64 = 1_000_000_000;
+/// How long an attack waits for a chain that may never come back (TSC ticks, about a second;
+/// long enough for a device thread on a loaded 2-core host).
+const SHORT_WAIT: u64 = 3_000_000_000;
 /// Status bit: the device has hit an error it cannot recover from alone.
 const NEEDS_RESET: u32 = 0x40;
 /// Status bits of the handshake.
@@ -80,9 +81,41 @@ pub fn run(
     attack: Attack,
     rng: Option<Transport>,
     blk: Option<Transport>,
+    vsock: Option<Transport>,
     options: &VirtioOptions,
 ) {
     let name = attack.name();
+    if attack.on_vsock() {
+        let Some(transport) = vsock else {
+            report!("FAIL attack {name} no device");
+            return;
+        };
+        let seen = super::vsock::attack(&transport, options, attack == Attack::VsockCreditOverflow);
+        let seen = match (seen, super::vsock::probe(&transport, options)) {
+            (Ok(seen), Ok(())) => Ok(seen),
+            (Ok(_), Err(error)) => {
+                report!("FAIL attack {name} then: {error}");
+                transport.reset();
+                return;
+            }
+            (Err(error), _) => Err(error),
+        };
+        transport.reset();
+        match seen {
+            Ok(super::vsock::Seen::Resets(resets, 0)) => {
+                report!("attack {name} outcome=resets={resets} then=served");
+            }
+            Ok(super::vsock::Seen::Resets(resets, other)) => {
+                report!("FAIL attack {name} resets={resets} and {other} other packets");
+            }
+            Ok(super::vsock::Seen::ResetAfter(bytes)) => {
+                report!("attack {name} outcome=reset_after={bytes} then=served");
+            }
+            Ok(super::vsock::Seen::NoReset(why)) => report!("FAIL attack {name} {why}"),
+            Err(error) => report!("FAIL attack {name} {error}"),
+        }
+        return;
+    }
     let target = if attack.on_block() { blk } else { rng };
     let Some(transport) = target else {
         report!("FAIL attack {name} no device");
@@ -130,14 +163,14 @@ fn live(transport: &Transport) -> Result<(Virtqueue, DmaArena), DriverError> {
 fn send(transport: &Transport, queue: &mut Virtqueue, head: u16) -> Outcome {
     let next = queue.avail_idx().wrapping_add(1);
     queue.publish_raw(head, next);
-    wait_outcome(transport, queue)
+    wait_outcome(transport, queue, SHORT_WAIT)
 }
 
-/// What the device did with the chains published so far, after [`SHORT_WAIT`].
-fn wait_outcome(transport: &Transport, queue: &mut Virtqueue) -> Outcome {
+/// What the device did with the chains published so far, within `wait` TSC ticks.
+fn wait_outcome(transport: &Transport, queue: &mut Virtqueue, wait: u64) -> Outcome {
     let (before, _) = queue.used_raw();
     transport.notify(queue.index());
-    let until = deadline(SHORT_WAIT);
+    let until = deadline(wait);
     loop {
         if transport.read_status() & NEEDS_RESET != 0 {
             return Outcome::NeedsReset;
@@ -317,7 +350,7 @@ fn attack_device(
         _ => {}
     }
     if attack.on_block() {
-        return attack_block(attack, transport);
+        return attack_block(attack, transport, options);
     }
     let (mut queue, mut arena) = live(transport)?;
     let buffer = arena.alloc(64, 64)?;
@@ -373,7 +406,7 @@ fn attack_device(
             queue.write_raw_desc(0, addr, 64, W, 0);
             let jumped = queue.avail_idx().wrapping_add(1000);
             queue.publish_raw(0, jumped);
-            wait_outcome(transport, &mut queue)
+            wait_outcome(transport, &mut queue, SHORT_WAIT)
         }
         Attack::AvailBackwards => {
             queue.write_raw_desc(0, addr, 64, W, 0);
@@ -387,7 +420,7 @@ fn attack_device(
             // Back by one: the ring now claims 65535 new entries.
             let back = queue.avail_idx().wrapping_sub(1);
             queue.publish_raw(0, back);
-            wait_outcome(transport, &mut queue)
+            wait_outcome(transport, &mut queue, SHORT_WAIT)
         }
         Attack::HeadOutOfRange => {
             queue.write_raw_desc(0, addr, 64, W, 0);
@@ -456,7 +489,11 @@ fn block_buffers(arena: &mut DmaArena) -> Result<(DmaBuffer, DmaBuffer, DmaBuffe
     ))
 }
 
-fn attack_block(attack: Attack, transport: &Transport) -> Result<Outcome, DriverError> {
+fn attack_block(
+    attack: Attack,
+    transport: &Transport,
+    options: &VirtioOptions,
+) -> Result<Outcome, DriverError> {
     let (mut queue, mut arena) = live(transport)?;
     let (header, data, status) = block_buffers(&mut arena)?;
     status.with_bytes(|bytes| bytes[0] = NO_STATUS);
@@ -474,7 +511,8 @@ fn attack_block(attack: Attack, transport: &Transport) -> Result<Outcome, Driver
     let used = if with_status { 3 } else { 2 };
     let segments = &mut segments[..used];
     queue.submit(segments)?;
-    let outcome = wait_outcome(transport, &mut queue);
+    // A block request always comes back, if only with an error: wait as long as for any.
+    let outcome = wait_outcome(transport, &mut queue, options.wait_tsc);
     Ok(match outcome {
         Outcome::Returned(len) if with_status => {
             let byte = status.with_bytes(|bytes| bytes[0]);

@@ -90,7 +90,13 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
     };
 
     if let Some(attack) = options.attack {
-        attack::run(attack, first(ID_ENTROPY), first(ID_BLOCK), options);
+        attack::run(
+            attack,
+            first(ID_ENTROPY),
+            first(ID_BLOCK),
+            first(ID_VSOCK),
+            options,
+        );
     }
     // A read left in flight on the first disk while the other tests run.
     let background = if options.blk_background {

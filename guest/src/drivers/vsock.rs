@@ -8,7 +8,10 @@
 
 use keel_test_guest::cmdline::VirtioOptions;
 use keel_test_guest::virtio::bench::{BENCH_QUEUE_SIZE, VSOCK_PACKET};
-use keel_test_guest::virtio::vsock::{Header, Packet, PacketIo, Session, HEADER_LEN, MAX_PAYLOAD};
+use keel_test_guest::virtio::vsock::{
+    Header, Packet, PacketIo, Session, HEADER_LEN, HOST_CID, MAX_PAYLOAD, OP_CREDIT_UPDATE,
+    OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, TYPE_STREAM,
+};
 use keel_test_guest::virtio::Printable;
 
 use super::deadline;
@@ -37,6 +40,120 @@ const BULK_HEADER_SLOT: usize = 64;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const EVENT_QUEUE: u16 = 2;
+
+/// What a hostile-guest attack on the socket device saw.
+pub enum Seen {
+    /// Resets received for a flood of connection requests, and other packets.
+    Resets(u64, u64),
+    /// The connection was reset after the guest sent this many bytes past its credit.
+    ResetAfter(u64),
+    /// The connection request was refused, or never reset however much was sent.
+    NoReset(&'static str),
+}
+
+/// Bytes `vsock_credit_overflow` sends at most before giving up on a reset.
+const OVERFLOW_LIMIT: u64 = 64 << 20;
+/// First source port of the attacks' connections.
+const ATTACK_PORT: u32 = 100_000;
+
+/// `vsock_reset_flood`: `count` connection requests to host port `keel.vsock_port` (where
+/// nobody listens) without reading the receive queue, then the resets that come back.
+/// `vsock_credit_overflow`: one connection, then data sent with no regard for the device's
+/// credit until the device resets the connection.
+pub fn attack(
+    transport: &Transport,
+    options: &VirtioOptions,
+    overflow: bool,
+) -> Result<Seen, DriverError> {
+    let mut queues = Queues::open(transport, options, None)?;
+    let cid = transport.config_u64(0);
+    let header = |op, src_port, len| Header {
+        src_cid: cid,
+        dst_cid: HOST_CID,
+        src_port,
+        dst_port: options.vsock_port,
+        len,
+        socket_type: TYPE_STREAM,
+        op,
+        flags: 0,
+        buf_alloc: BUF_ALLOC,
+        fwd_cnt: 0,
+    };
+    let short = || deadline(options.wait_tsc / 10);
+    if !overflow {
+        for port in 0..options.attack_count as u32 {
+            queues.send(&header(OP_REQUEST, ATTACK_PORT + port, 0), &[])?;
+        }
+        let (mut resets, mut other) = (0, 0);
+        while let Some(packet) = queues.receive(short())? {
+            if packet.header.op == OP_RST {
+                resets += 1;
+            } else {
+                other += 1;
+            }
+        }
+        return Ok(Seen::Resets(resets, other));
+    }
+    queues.send(&header(OP_REQUEST, ATTACK_PORT, 0), &[])?;
+    loop {
+        match queues.receive(deadline(options.wait_tsc))? {
+            Some(packet) if packet.header.op == OP_RESPONSE => break,
+            Some(packet) if packet.header.op == OP_RST => return Ok(Seen::NoReset("refused")),
+            Some(_) => {}
+            None => return Err(DriverError::Timeout("the connection's response")),
+        }
+    }
+    let payload = [0x5au8; MAX_PAYLOAD];
+    let mut sent = 0u64;
+    while sent < OVERFLOW_LIMIT {
+        queues.send(&header(OP_RW, ATTACK_PORT, MAX_PAYLOAD as u32), &payload)?;
+        sent += MAX_PAYLOAD as u64;
+        while let Some(packet) = queues.poll()? {
+            match packet.header.op {
+                OP_RST => return Ok(Seen::ResetAfter(sent)),
+                // Credit updates say the guest may send more; it sends regardless.
+                OP_CREDIT_UPDATE => {}
+                _ => {}
+            }
+        }
+    }
+    Ok(Seen::NoReset("never reset"))
+}
+
+/// After an attack: the device, set up afresh, answers a connection request to a port nobody
+/// listens on (`keel.vsock_port` + 1) with a reset.
+pub fn probe(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {
+    transport.reset();
+    let mut queues = Queues::open(transport, options, None)?;
+    let request = Header {
+        src_cid: transport.config_u64(0),
+        dst_cid: HOST_CID,
+        src_port: ATTACK_PORT - 1,
+        dst_port: options.vsock_port.wrapping_add(1),
+        len: 0,
+        socket_type: TYPE_STREAM,
+        op: OP_REQUEST,
+        flags: 0,
+        buf_alloc: BUF_ALLOC,
+        fwd_cnt: 0,
+    };
+    queues.send(&request, &[])?;
+    loop {
+        match queues.receive(deadline(options.wait_tsc))? {
+            Some(packet)
+                if packet.header.op == OP_RST && packet.header.dst_port == ATTACK_PORT - 1 =>
+            {
+                return Ok(())
+            }
+            Some(_) => {}
+            None => {
+                return Err(DriverError::Timeout(
+                    "the reset of a request after the attack",
+                ))
+            }
+        }
+    }
+}
 
 /// Runs the socket test: `cid`, then `connect`, then `accepted` lines.
 pub fn test(transport: &Transport, options: &VirtioOptions) {

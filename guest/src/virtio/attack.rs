@@ -3,7 +3,8 @@
 //!
 //! Every attack but the `blk_*` ones targets the first virtio-rng device (one queue of
 //! device-writable buffers, the simplest to abuse); `blk_*` target the first virtio-blk device.
-//! The `msix_*` and `bar*` ones need the device on virtio-pci (`keel.pci`).
+//! The `msix_*` and `bar*` ones need the device on virtio-pci (`keel.pci`); `vsock_*` target
+//! the first virtio-vsock device instead.
 //! After the attack the guest resets the device and sends one well-formed request, which must
 //! be served. The guest prints `attack NAME outcome=... then=served`, or a `FAIL attack` line.
 
@@ -62,6 +63,12 @@ pub enum Attack {
     /// `keel.attack_count` chains whose head is out of range, each notified: a warning on the
     /// host per chain unless the VMM limits them.
     WarnFlood,
+    /// virtio-vsock: `keel.attack_count` connection requests to a host port nobody listens on,
+    /// without reading the receive queue meanwhile.
+    VsockResetFlood,
+    /// virtio-vsock: a connection whose guest sends data with no regard for the credit the
+    /// device gives (the host side never reads).
+    VsockCreditOverflow,
     /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
     /// for queue 0.
     MsixVectorOutOfRange,
@@ -78,7 +85,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 28] = [
+    pub const ALL: [Attack; 30] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -103,6 +110,8 @@ impl Attack {
         Attack::BlkShortHeader,
         Attack::BlkNoStatus,
         Attack::WarnFlood,
+        Attack::VsockResetFlood,
+        Attack::VsockCreditOverflow,
         Attack::MsixVectorOutOfRange,
         Attack::MsixTableAbuse,
         Attack::BarOverRam,
@@ -136,6 +145,8 @@ impl Attack {
             Attack::BlkShortHeader => "blk_short_header",
             Attack::BlkNoStatus => "blk_no_status",
             Attack::WarnFlood => "warn_flood",
+            Attack::VsockResetFlood => "vsock_reset_flood",
+            Attack::VsockCreditOverflow => "vsock_credit_overflow",
             Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
             Attack::MsixTableAbuse => "msix_table_abuse",
             Attack::BarOverRam => "bar_over_ram",
@@ -157,6 +168,11 @@ impl Attack {
                 | Attack::BarOverRam
                 | Attack::BarsOverlap
         )
+    }
+
+    /// Whether it targets the socket device.
+    pub fn on_vsock(self) -> bool {
+        matches!(self, Attack::VsockResetFlood | Attack::VsockCreditOverflow)
     }
 
     /// Whether it targets a block device (else the entropy device).
