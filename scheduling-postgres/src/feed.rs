@@ -62,6 +62,7 @@ pub(crate) fn poll(client: &mut Client, replica: &RwLock<Replica>) -> Result<usi
         }
         r.seen.push((seq, xid));
     }
+    r.flush()?;
     r.floor = xmin;
     r.seen.retain(|&(_, xid)| xid >= xmin);
     r.check_stalled(STALL_LIMIT)?;

@@ -66,6 +66,8 @@ pub(crate) struct Replica {
     group_gen: HashMap<String, i64>,
     consumer_gen: HashMap<String, i64>,
     pending: Vec<ChangeItem>,
+    /// Placements applied (their generations recorded) but not yet imported into `state`.
+    unflushed: Vec<Placement>,
     /// Since when some item has been waiting (none waits: `None`).
     waiting_since: Option<std::time::Instant>,
     /// Xid below which every change row has been read.
@@ -125,6 +127,7 @@ impl Replica {
             group_gen,
             consumer_gen,
             pending: Vec::new(),
+            unflushed: Vec::new(),
             waiting_since: None,
             floor: snap.floor,
             seen: Vec::new(),
@@ -256,15 +259,37 @@ impl Replica {
         }
     }
 
+    /// Imports the placements applied since the last flush into the state, in one call (an
+    /// import checks against a copy of the whole usage vector: once per read of the feed, not
+    /// once per placement). Every reader of the state flushes first: the feed's reader and the
+    /// committer do, at the end of each read.
+    pub(crate) fn flush(&mut self) -> Result<(), PgStoreError> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        let placements = std::mem::take(&mut self.unflushed);
+        self.state
+            .import(&placements)
+            .map_err(|e| PgStoreError::OutOfStep(format!("place: {e}")))
+    }
+
     fn apply(&mut self, item: ChangeItem) -> Result<(), PgStoreError> {
         let broken = PgStoreError::OutOfStep;
         let consumer = item.consumer.clone().unwrap_or_default();
         match item.op.as_str() {
-            "place" | "move" => {
+            "place" => {
+                let placement = item
+                    .placement
+                    .clone()
+                    .ok_or_else(|| broken(format!("place of `{consumer}` without placement")))?;
+                self.unflushed.push(placement);
+            }
+            "move" => {
+                self.flush()?;
                 let placement = item.placement.clone().ok_or_else(|| {
                     broken(format!("{} of `{consumer}` without placement", item.op))
                 })?;
-                if item.op == "move" {
+                {
                     self.state
                         .release(&consumer)
                         .map_err(|e| broken(format!("move: {e}")))?;
@@ -274,12 +299,14 @@ impl Replica {
                     .map_err(|e| broken(format!("{}: {e}", item.op)))?;
             }
             "release" => {
+                self.flush()?;
                 self.state
                     .release(&consumer)
                     .map_err(|e| broken(format!("release: {e}")))?;
                 self.consumer_gen.remove(&consumer);
             }
             "disable" => {
+                self.flush()?;
                 let host = item.host.clone().unwrap_or_default();
                 let h = self
                     .state
@@ -290,6 +317,7 @@ impl Replica {
                     .set_host_enabled(h, !item.disabled.unwrap_or(true));
             }
             "quota" => {
+                self.flush()?;
                 let scope = scope_of(
                     item.project.clone().unwrap_or_default(),
                     item.user.clone().unwrap_or_default(),
@@ -300,6 +328,7 @@ impl Replica {
                 }
             }
             "group" => {
+                self.flush()?;
                 if let Some(spec) = &item.spec {
                     self.state.ensure_server_group(spec.clone())?;
                 }

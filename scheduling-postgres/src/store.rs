@@ -919,7 +919,7 @@ impl Committer {
                 .map_err(|e| PgStoreError::OutOfStep(format!("commit result: {e}")))?;
             r.offer(item)?;
         }
-        Ok(())
+        r.flush()
     }
 
     /// Runs one atomic batch for `job`: the results on success; conflicts are retried, other

@@ -57,11 +57,12 @@ pub struct TempPostgres {
     user: Option<(u32, u32)>,
 }
 
-/// The newest `/usr/lib/postgresql/*/bin` holding `pg_ctl`, or `$KEEL_PG_BIN`, or the directory of
-/// a `pg_ctl` on `PATH`.
+/// `$KEEL_PG_BIN` when set (if it holds `pg_ctl`), else the newest `/usr/lib/postgresql/*/bin`
+/// holding `pg_ctl`, else the directory of a `pg_ctl` on `PATH`.
 pub fn find_binaries() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("KEEL_PG_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return dir.join("pg_ctl").exists().then_some(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
