@@ -41,6 +41,10 @@ pub enum ChainError {
     /// Guest memory access failed while copying.
     #[error("guest memory access at {0:#x} failed")]
     Access(u64),
+    /// The chain does not end: a loop, or more descriptors than the queue has (virtio-queue
+    /// stops walking after the queue size, leaving the last descriptor's `next` flag set).
+    #[error("descriptor chain does not end (a loop, or longer than the queue)")]
+    Unterminated,
 }
 
 /// The checked segments of one descriptor chain.
@@ -72,7 +76,9 @@ impl ChainBuffers {
         let head = chain.head_index();
         let mut segments = Vec::new();
         let mut len = 0usize;
+        let mut continues = false;
         for (index, desc) in chain.enumerate() {
+            continues = desc.has_next();
             let writable = desc.is_write_only();
             if writable != (direction == Direction::DeviceWrites) {
                 return Err(ChainError::Direction {
@@ -101,6 +107,9 @@ impl ChainBuffers {
             if desc.len() > 0 {
                 segments.push((desc.addr(), desc.len()));
             }
+        }
+        if continues {
+            return Err(ChainError::Unterminated);
         }
         Ok(ChainBuffers {
             head,
@@ -280,5 +289,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ChainError::OutOfRange { .. }));
+    }
+
+    #[test]
+    fn a_chain_that_does_not_end_is_rejected() {
+        use virtio_queue::desc::split::Descriptor;
+        let mem = test_memory();
+        let vq = virtio_queue::mock::MockSplitQueue::new(&mem, 16);
+        let mut queue: virtio_queue::Queue = vq.create_queue().unwrap();
+        // 0 -> 1 -> 0 -> ...: virtio-queue walks 16 descriptors, then stops.
+        let looped = [
+            RawDescriptor::from(Descriptor::new(0x10_0000, 8, 1, 1)),
+            RawDescriptor::from(Descriptor::new(0x10_1000, 8, 1, 0)),
+        ];
+        vq.add_desc_chains(&looped, 0).unwrap();
+        let chain = queue.iter(&mem).unwrap().next().unwrap();
+        let err = ChainBuffers::new(&mem, chain, Direction::DeviceReads, 1 << 20).unwrap_err();
+        assert_eq!(err, ChainError::Unterminated);
     }
 }
