@@ -82,9 +82,28 @@ pub fn run(
     rng: Option<Transport>,
     blk: Option<Transport>,
     vsock: Option<Transport>,
+    console: Option<Transport>,
     options: &VirtioOptions,
 ) {
     let name = attack.name();
+    if attack.on_console() {
+        let Some(transport) = console else {
+            report!("FAIL attack {name} no device");
+            return;
+        };
+        let outcome = attack_console(attack, &transport);
+        transport.reset();
+        let served = probe_console(&transport, options);
+        transport.reset();
+        match (outcome, served) {
+            (Ok(outcome), Ok(())) => report!("attack {name} outcome={outcome} then=served"),
+            (Ok(outcome), Err(error)) => {
+                report!("FAIL attack {name} outcome={outcome} then: {error}")
+            }
+            (Err(error), _) => report!("FAIL attack {name} {error}"),
+        }
+        return;
+    }
     if attack.on_vsock() {
         let Some(transport) = vsock else {
             report!("FAIL attack {name} no device");
@@ -465,6 +484,58 @@ fn probe_live(
         Outcome::Returned(16) => Ok(None),
         other => Ok(Some(other)),
     }
+}
+
+/// The console's receive (0) and transmit (1) queues ready, DRIVER_OK set.
+fn live_console(transport: &Transport) -> Result<(Virtqueue, DmaArena), DriverError> {
+    transport.negotiate(0, 0)?;
+    // SAFETY: as in `live`.
+    let mut arena = unsafe { DmaArena::take() };
+    let _rx = Virtqueue::new(transport, 0, &mut arena)?;
+    let tx = Virtqueue::new(transport, 1, &mut arena)?;
+    transport.driver_ok()?;
+    Ok((tx, arena))
+}
+
+fn attack_console(attack: Attack, transport: &Transport) -> Result<Outcome, DriverError> {
+    const R: u16 = 0;
+    let (mut tx, mut arena) = live_console(transport)?;
+    let buffer = arena.alloc(64, 64)?;
+    buffer.with_bytes(|bytes| bytes.fill(b'!'));
+    let addr = buffer.addr();
+    match attack {
+        Attack::ConsoleWritableTx => tx.write_raw_desc(0, addr, 64, DESC_F_WRITE, 0),
+        Attack::ConsoleDescLoop => {
+            tx.write_raw_desc(0, addr, 32, DESC_F_NEXT, 1);
+            tx.write_raw_desc(1, addr + 32, 32, DESC_F_NEXT, 0);
+        }
+        Attack::ConsoleHugeChain => {
+            // 16 descriptors of 64 KiB over guest memory from 1 MiB (the guest's own image
+            // and what follows; the device only reads).
+            for index in 0..MAX_QUEUE_SIZE {
+                let last = index + 1 == MAX_QUEUE_SIZE;
+                let flags = if last { R } else { DESC_F_NEXT };
+                let at = GUEST_IMAGE + u64::from(index) * 0x1_0000;
+                tx.write_raw_desc(index, at, 0x1_0000, flags, index + 1);
+            }
+        }
+        _ => tx.write_raw_desc(0, 1 << 40, 64, R, 0),
+    }
+    Ok(send(transport, &mut tx, 0))
+}
+
+/// The line `probe_console` sends; the host test looks for it in the console's output.
+const CONSOLE_PROBE: &[u8] = b"keel-attack-probe\n";
+
+/// A fresh set-up and one line on the console's transmit queue, which must come back.
+fn probe_console(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {
+    let (mut tx, mut arena) = live_console(transport)?;
+    let line = arena.alloc(CONSOLE_PROBE.len(), 8)?;
+    line.with_bytes(|bytes| bytes.copy_from_slice(CONSOLE_PROBE));
+    tx.submit(&[Segment::readable(line)])?;
+    transport.notify(tx.index());
+    tx.wait_used(transport, deadline(options.wait_tsc), "the console probe")?;
+    Ok(())
 }
 
 /// A fresh set-up and one 64-byte entropy request, which must be served.

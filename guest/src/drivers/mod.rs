@@ -95,6 +95,7 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
             first(ID_ENTROPY),
             first(ID_BLOCK),
             first(ID_VSOCK),
+            first(ID_CONSOLE),
             options,
         );
     }

@@ -4,7 +4,8 @@
 //! Every attack but the `blk_*` ones targets the first virtio-rng device (one queue of
 //! device-writable buffers, the simplest to abuse); `blk_*` target the first virtio-blk device.
 //! The `msix_*` and `bar*` ones need the device on virtio-pci (`keel.pci`); `vsock_*` target
-//! the first virtio-vsock device instead.
+//! the first virtio-vsock device instead, `console_*` the first virtio-console device's
+//! transmit queue (whose chains go through the validation virtio-net and virtio-vsock share).
 //! After the attack the guest resets the device and sends one well-formed request, which must
 //! be served. The guest prints `attack NAME outcome=... then=served`, or a `FAIL attack` line.
 
@@ -69,6 +70,15 @@ pub enum Attack {
     /// virtio-vsock: a connection whose guest sends data with no regard for the credit the
     /// device gives (the host side never reads).
     VsockCreditOverflow,
+    /// virtio-console: a transmit descriptor marked device-writable.
+    ConsoleWritableTx,
+    /// virtio-console: two transmit descriptors whose `next` point at each other.
+    ConsoleDescLoop,
+    /// virtio-console: a transmit chain of 1 MiB (16 descriptors of 64 KiB), over the
+    /// device's 64 KiB per chain.
+    ConsoleHugeChain,
+    /// virtio-console: a transmit buffer at 1 TiB, beyond guest memory.
+    ConsoleAddrBeyondMemory,
     /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
     /// for queue 0.
     MsixVectorOutOfRange,
@@ -85,7 +95,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 30] = [
+    pub const ALL: [Attack; 34] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -112,6 +122,10 @@ impl Attack {
         Attack::WarnFlood,
         Attack::VsockResetFlood,
         Attack::VsockCreditOverflow,
+        Attack::ConsoleWritableTx,
+        Attack::ConsoleDescLoop,
+        Attack::ConsoleHugeChain,
+        Attack::ConsoleAddrBeyondMemory,
         Attack::MsixVectorOutOfRange,
         Attack::MsixTableAbuse,
         Attack::BarOverRam,
@@ -147,6 +161,10 @@ impl Attack {
             Attack::WarnFlood => "warn_flood",
             Attack::VsockResetFlood => "vsock_reset_flood",
             Attack::VsockCreditOverflow => "vsock_credit_overflow",
+            Attack::ConsoleWritableTx => "console_writable_tx",
+            Attack::ConsoleDescLoop => "console_desc_loop",
+            Attack::ConsoleHugeChain => "console_huge_chain",
+            Attack::ConsoleAddrBeyondMemory => "console_addr_beyond_memory",
             Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
             Attack::MsixTableAbuse => "msix_table_abuse",
             Attack::BarOverRam => "bar_over_ram",
@@ -173,6 +191,17 @@ impl Attack {
     /// Whether it targets the socket device.
     pub fn on_vsock(self) -> bool {
         matches!(self, Attack::VsockResetFlood | Attack::VsockCreditOverflow)
+    }
+
+    /// Whether it targets the console device's transmit queue.
+    pub fn on_console(self) -> bool {
+        matches!(
+            self,
+            Attack::ConsoleWritableTx
+                | Attack::ConsoleDescLoop
+                | Attack::ConsoleHugeChain
+                | Attack::ConsoleAddrBeyondMemory
+        )
     }
 
     /// Whether it targets a block device (else the entropy device).
