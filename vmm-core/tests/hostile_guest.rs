@@ -234,6 +234,14 @@ const CATALOGUE: &[Case] = &[
                  rest are dropped (260 arrive: 4 posted buffers + 256)",
     },
     Case {
+        name: "vsock_connection_flood",
+        device: "vsock",
+        outcome: "accepted<=1024",
+        abuse: "2,000 connection requests to a host port whose peer accepts every one",
+        answer: "at most 1,024 connections at once (one host descriptor each), the rest \
+                 refused with a reset",
+    },
+    Case {
         name: "vsock_credit_overflow",
         device: "vsock",
         outcome: "reset_after<=1048576",
@@ -340,7 +348,7 @@ fn attack_config(name: &str) -> VmConfig {
     config.boot_protocol = BootProtocol::Pvh;
     let count = match name {
         "notify_storm" => STORM_KICKS,
-        "vsock_reset_flood" => VSOCK_REQUESTS,
+        "vsock_reset_flood" | "vsock_connection_flood" => VSOCK_REQUESTS,
         _ => FLOOD_CHAINS,
     };
     config.cmdline = format!("keel.cpus=1 keel.attack={name} keel.attack_count={count}");
@@ -387,8 +395,8 @@ fn vsock_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("keel-hostile-{}-{name}.vsock", std::process::id()))
 }
 
-/// A host peer on port 5000 for `vsock_credit_overflow`: accepts connections and never reads
-/// them, until `stop` is set.
+/// A host peer on port 5000 for `vsock_credit_overflow` and `vsock_connection_flood`: accepts
+/// connections and never reads them, until `stop` is set; returns how many it accepted.
 fn silent_peer(name: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     let path = PathBuf::from(format!("{}_5000", vsock_path(name).display()));
     let _ = std::fs::remove_file(&path);
@@ -416,6 +424,8 @@ struct Run {
     device_cpu: Duration,
     /// CPU time of its vCPU thread (host time of the guest's exits included).
     vcpu_cpu: Duration,
+    /// Most descriptors the process had open during the run, over those before it.
+    fds: u64,
     wall: Duration,
     /// The disk's `io_errors` and `malformed` counters.
     blk_errors: (u64, u64),
@@ -429,6 +439,11 @@ fn status_kib(field: &str) -> u64 {
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|kib| kib.parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// Descriptors this process has open.
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
 }
 
 /// CPU time (user + system) of this process's threads called `comm`, by thread id.
@@ -475,7 +490,8 @@ fn run_attack(name: &str, alone: bool) -> Run {
     let started = Instant::now();
     let out = SharedBuffer::new();
     let stop_peer = Arc::new(AtomicBool::new(false));
-    let peer = (name == "vsock_credit_overflow").then(|| silent_peer(name, stop_peer.clone()));
+    let peer = matches!(name, "vsock_credit_overflow" | "vsock_connection_flood")
+        .then(|| silent_peer(name, stop_peer.clone()));
     let config = attack_config(name);
     let image = config.disks[0].path.clone();
     let mut vm = VmBuilder::new(config)
@@ -488,6 +504,8 @@ fn run_attack(name: &str, alone: bool) -> Run {
     vm.start().unwrap();
     let mut device_cpu = HashMap::new();
     let mut vcpu_cpu = HashMap::new();
+    let fds_before = open_fds();
+    let mut peak_fds = fds_before;
     let mut counters = handle.counters();
     let reason = loop {
         if let Some(reason) = vm.wait_timeout(Duration::from_millis(20)) {
@@ -504,6 +522,7 @@ fn run_attack(name: &str, alone: bool) -> Run {
             }
         }
         counters = handle.counters();
+        peak_fds = peak_fds.max(open_fds());
         assert!(
             started.elapsed() < TIMEOUT,
             "{name}: the guest did not exit:\n{}",
@@ -518,11 +537,15 @@ fn run_attack(name: &str, alone: bool) -> Run {
     assert!(!console.contains("panicked"), "{name}:\n{console}");
     stop_peer.store(true, Ordering::Relaxed);
     if let Some(peer) = peer {
-        assert_eq!(
-            peer.join().unwrap(),
-            1,
-            "{name}: the host peer's connections"
-        );
+        let held = peer.join().unwrap();
+        if name == "vsock_connection_flood" {
+            assert!(
+                (1..=1024).contains(&held),
+                "{name}: the host peer accepted {held}"
+            );
+        } else {
+            assert_eq!(held, 1, "{name}: the host peer's connections");
+        }
     }
     match case.outcome.split_once("<=") {
         // A bound: the guest reports `key=value`.
@@ -603,6 +626,7 @@ fn run_attack(name: &str, alone: bool) -> Run {
         peak_growth,
         device_cpu: device_cpu.values().sum(),
         vcpu_cpu: vcpu_cpu.values().sum(),
+        fds: peak_fds.saturating_sub(fds_before),
         wall,
         blk_errors,
     }
@@ -652,6 +676,7 @@ attacks!(
     blk_no_status,
     warn_flood,
     vsock_reset_flood,
+    vsock_connection_flood,
     vsock_credit_overflow,
     console_writable_tx,
     console_desc_loop,
@@ -771,9 +796,9 @@ fn child_runs_the_catalogue_in_a_row() {
     bystander.start().unwrap();
     assert!(ticks.wait_for("tick 1\r\n", TIMEOUT), "{}", ticks.text());
     println!(
-        "| attack | outcome | peak RSS growth | host log warnings | device thread CPU | wall |"
+        "| attack | outcome | peak RSS growth | host log warnings | peak fds | device thread CPU | wall |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for case in CATALOGUE {
         let ticks_before = ticks.text().matches("tick ").count();
         let warnings_before = LOGGER.warnings.load(Ordering::Relaxed);
@@ -808,10 +833,11 @@ fn child_runs_the_catalogue_in_a_row() {
             ));
         }
         println!(
-            "| {} | {} | {:.1} MiB | {warnings} | {cpu} | {:.0} ms |",
+            "| {} | {} | {:.1} MiB | {warnings} | +{} | {cpu} | {:.0} ms |",
             case.name,
             case.outcome,
             run.peak_growth as f64 / f64::from(1 << 20),
+            run.fds,
             run.wall.as_secs_f64() * 1e3
         );
         assert!(run.console.contains("then=served"));

@@ -109,7 +109,12 @@ pub fn run(
             report!("FAIL attack {name} no device");
             return;
         };
-        let seen = super::vsock::attack(&transport, options, attack == Attack::VsockCreditOverflow);
+        let which = match attack {
+            Attack::VsockResetFlood => super::vsock::VsockAttack::ResetFlood,
+            Attack::VsockConnectionFlood => super::vsock::VsockAttack::ConnectionFlood,
+            _ => super::vsock::VsockAttack::CreditOverflow,
+        };
+        let seen = super::vsock::attack(&transport, options, which);
         let seen = match (seen, super::vsock::probe(&transport, options)) {
             (Ok(seen), Ok(())) => Ok(seen),
             (Ok(_), Err(error)) => {
@@ -126,6 +131,9 @@ pub fn run(
             }
             Ok(super::vsock::Seen::Resets(resets, other)) => {
                 report!("FAIL attack {name} resets={resets} and {other} other packets");
+            }
+            Ok(super::vsock::Seen::Connections(accepted, refused)) => {
+                report!("attack {name} outcome=accepted={accepted} refused={refused} then=served");
             }
             Ok(super::vsock::Seen::ResetAfter(bytes)) => {
                 report!("attack {name} outcome=reset_after={bytes} then=served");

@@ -41,10 +41,23 @@ const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const EVENT_QUEUE: u16 = 2;
 
+/// Which socket-device attack to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum VsockAttack {
+    /// Requests to a port nobody listens on, the receive queue unread meanwhile.
+    ResetFlood,
+    /// Requests to a port whose host peer accepts them all, the receive queue read.
+    ConnectionFlood,
+    /// Data past the connection's credit.
+    CreditOverflow,
+}
+
 /// What a hostile-guest attack on the socket device saw.
 pub enum Seen {
     /// Resets received for a flood of connection requests, and other packets.
     Resets(u64, u64),
+    /// Connections accepted and refused in a flood of requests.
+    Connections(u64, u64),
     /// The connection was reset after the guest sent this many bytes past its credit.
     ResetAfter(u64),
     /// The connection request was refused, or never reset however much was sent.
@@ -63,7 +76,7 @@ const ATTACK_PORT: u32 = 100_000;
 pub fn attack(
     transport: &Transport,
     options: &VirtioOptions,
-    overflow: bool,
+    which: VsockAttack,
 ) -> Result<Seen, DriverError> {
     let mut queues = Queues::open(transport, options, None)?;
     let cid = transport.config_u64(0);
@@ -80,7 +93,25 @@ pub fn attack(
         fwd_cnt: 0,
     };
     let short = || deadline(options.wait_tsc / 10);
-    if !overflow {
+    if which == VsockAttack::ConnectionFlood {
+        let (mut accepted, mut refused) = (0u64, 0u64);
+        let mut count = |packet: Packet| match packet.header.op {
+            OP_RESPONSE => accepted += 1,
+            OP_RST => refused += 1,
+            _ => {}
+        };
+        for port in 0..options.attack_count as u32 {
+            queues.send(&header(OP_REQUEST, ATTACK_PORT + port, 0), &[])?;
+            while let Some(packet) = queues.poll()? {
+                count(packet);
+            }
+        }
+        while let Some(packet) = queues.receive(short())? {
+            count(packet);
+        }
+        return Ok(Seen::Connections(accepted, refused));
+    }
+    if which == VsockAttack::ResetFlood {
         for port in 0..options.attack_count as u32 {
             queues.send(&header(OP_REQUEST, ATTACK_PORT + port, 0), &[])?;
         }

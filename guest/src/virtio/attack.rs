@@ -67,6 +67,9 @@ pub enum Attack {
     /// virtio-vsock: `keel.attack_count` connection requests to a host port nobody listens on,
     /// without reading the receive queue meanwhile.
     VsockResetFlood,
+    /// virtio-vsock: `keel.attack_count` connection requests to a host port whose peer accepts
+    /// every connection, the replies read as they come.
+    VsockConnectionFlood,
     /// virtio-vsock: a connection whose guest sends data with no regard for the credit the
     /// device gives (the host side never reads).
     VsockCreditOverflow,
@@ -95,7 +98,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 34] = [
+    pub const ALL: [Attack; 35] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -121,6 +124,7 @@ impl Attack {
         Attack::BlkNoStatus,
         Attack::WarnFlood,
         Attack::VsockResetFlood,
+        Attack::VsockConnectionFlood,
         Attack::VsockCreditOverflow,
         Attack::ConsoleWritableTx,
         Attack::ConsoleDescLoop,
@@ -160,6 +164,7 @@ impl Attack {
             Attack::BlkNoStatus => "blk_no_status",
             Attack::WarnFlood => "warn_flood",
             Attack::VsockResetFlood => "vsock_reset_flood",
+            Attack::VsockConnectionFlood => "vsock_connection_flood",
             Attack::VsockCreditOverflow => "vsock_credit_overflow",
             Attack::ConsoleWritableTx => "console_writable_tx",
             Attack::ConsoleDescLoop => "console_desc_loop",
@@ -190,7 +195,10 @@ impl Attack {
 
     /// Whether it targets the socket device.
     pub fn on_vsock(self) -> bool {
-        matches!(self, Attack::VsockResetFlood | Attack::VsockCreditOverflow)
+        matches!(
+            self,
+            Attack::VsockResetFlood | Attack::VsockConnectionFlood | Attack::VsockCreditOverflow
+        )
     }
 
     /// Whether it targets the console device's transmit queue.
