@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use testkit::{require_kvm, SharedBuffer};
-use vmm_core::config::{DiskConfig, RngConfig, VsockConfig};
+use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
 use vmm_core::{
     BootProtocol, ConsoleConfig, ExitReason, MemSize, SerialOutput, VirtioTransport, VmBuilder,
     VmConfig,
@@ -279,6 +279,34 @@ const CATALOGUE: &[Case] = &[
         answer: "dropped, counted in `malformed`",
     },
     Case {
+        name: "net_tx_writable",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "a transmit descriptor marked device-writable",
+        answer: "frame dropped unsent, counted in `tx_malformed`",
+    },
+    Case {
+        name: "net_tx_short",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "a 4-byte transmit chain (the virtio-net header alone is 12)",
+        answer: "frame dropped unsent, counted in `tx_malformed`",
+    },
+    Case {
+        name: "net_tx_oversize",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "a 1 MiB transmit chain (16 × 64 KiB)",
+        answer: "over the largest frame: dropped unsent, counted in `tx_malformed`",
+    },
+    Case {
+        name: "net_tx_loop",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "two transmit descriptors whose `next` point at each other",
+        answer: "dropped unsent as unterminated, counted in `tx_malformed`",
+    },
+    Case {
         name: "msix_vector_out_of_range",
         device: "rng (PCI)",
         outcome: "vectors=0xffff,0xffff",
@@ -374,6 +402,20 @@ fn attack_config(name: &str) -> VmConfig {
         output: SerialOutput::File(console_path(name)),
         ..ConsoleConfig::default()
     });
+    if name.starts_with("net_") {
+        // A TAP device of its own (created by Keel, gone with the VM).
+        let index = CATALOGUE
+            .iter()
+            .position(|case| case.name == name)
+            .unwrap_or(0);
+        config.nets.push(NetConfig {
+            id: "net0".into(),
+            tap: format!("kh{}x{index}", std::process::id() % 100_000),
+            mac: Some("52:54:00:12:34:56".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        });
+    }
     config.vsock = Some(VsockConfig {
         id: "vsock0".into(),
         guest_cid: 3,
@@ -588,8 +630,24 @@ fn run_attack(name: &str, alone: bool) -> Run {
         "blk" => "disk0",
         "vsock" => "vsock0",
         "console" => "console0",
+        "net" => "net0",
         _ => "rng0",
     };
+    if case.device == "net" {
+        let net = |counter| {
+            last.device("net0")
+                .and_then(|device| device.get(counter))
+                .unwrap_or(0)
+        };
+        assert!(
+            net("tx_malformed") >= 1,
+            "{name}: no malformed frame counted"
+        );
+        assert!(
+            net("tx_frames") + net("tx_backend_errors") >= 1,
+            "{name}: the probe frame did not reach the TAP"
+        );
+    }
     // The console's output has the probe line and nothing of the attacks' buffers.
     let console_out = std::fs::read_to_string(console_path(name)).unwrap_or_default();
     let _ = std::fs::remove_file(console_path(name));
@@ -682,6 +740,10 @@ attacks!(
     console_desc_loop,
     console_huge_chain,
     console_addr_beyond_memory,
+    net_tx_writable,
+    net_tx_short,
+    net_tx_oversize,
+    net_tx_loop,
     msix_vector_out_of_range,
     msix_table_abuse,
     bar_over_ram,

@@ -83,17 +83,23 @@ pub fn run(
     blk: Option<Transport>,
     vsock: Option<Transport>,
     console: Option<Transport>,
+    net: Option<Transport>,
     options: &VirtioOptions,
 ) {
     let name = attack.name();
-    if attack.on_console() {
-        let Some(transport) = console else {
+    if attack.on_console() || attack.on_net() {
+        let target = if attack.on_net() { net } else { console };
+        let Some(transport) = target else {
             report!("FAIL attack {name} no device");
             return;
         };
-        let outcome = attack_console(attack, &transport);
+        let outcome = attack_tx(attack, &transport);
         transport.reset();
-        let served = probe_console(&transport, options);
+        let served = if attack.on_net() {
+            probe_net(&transport, options)
+        } else {
+            probe_console(&transport, options)
+        };
         transport.reset();
         match (outcome, served) {
             (Ok(outcome), Ok(())) => report!("attack {name} outcome={outcome} then=served"),
@@ -494,8 +500,9 @@ fn probe_live(
     }
 }
 
-/// The console's receive (0) and transmit (1) queues ready, DRIVER_OK set.
-fn live_console(transport: &Transport) -> Result<(Virtqueue, DmaArena), DriverError> {
+/// A console or network device with its receive (0) and transmit (1) queues ready, DRIVER_OK
+/// set; returns the transmit queue.
+fn live_two_queues(transport: &Transport) -> Result<(Virtqueue, DmaArena), DriverError> {
     transport.negotiate(0, 0)?;
     // SAFETY: as in `live`.
     let mut arena = unsafe { DmaArena::take() };
@@ -505,19 +512,23 @@ fn live_console(transport: &Transport) -> Result<(Virtqueue, DmaArena), DriverEr
     Ok((tx, arena))
 }
 
-fn attack_console(attack: Attack, transport: &Transport) -> Result<Outcome, DriverError> {
+/// A malformed chain on the transmit queue (1) of a console or network device.
+fn attack_tx(attack: Attack, transport: &Transport) -> Result<Outcome, DriverError> {
     const R: u16 = 0;
-    let (mut tx, mut arena) = live_console(transport)?;
+    let (mut tx, mut arena) = live_two_queues(transport)?;
     let buffer = arena.alloc(64, 64)?;
     buffer.with_bytes(|bytes| bytes.fill(b'!'));
     let addr = buffer.addr();
     match attack {
-        Attack::ConsoleWritableTx => tx.write_raw_desc(0, addr, 64, DESC_F_WRITE, 0),
-        Attack::ConsoleDescLoop => {
+        Attack::ConsoleWritableTx | Attack::NetTxWritable => {
+            tx.write_raw_desc(0, addr, 64, DESC_F_WRITE, 0)
+        }
+        Attack::NetTxShort => tx.write_raw_desc(0, addr, 4, R, 0),
+        Attack::ConsoleDescLoop | Attack::NetTxLoop => {
             tx.write_raw_desc(0, addr, 32, DESC_F_NEXT, 1);
             tx.write_raw_desc(1, addr + 32, 32, DESC_F_NEXT, 0);
         }
-        Attack::ConsoleHugeChain => {
+        Attack::ConsoleHugeChain | Attack::NetTxOversize => {
             // 16 descriptors of 64 KiB over guest memory from 1 MiB (the guest's own image
             // and what follows; the device only reads).
             for index in 0..MAX_QUEUE_SIZE {
@@ -532,12 +543,28 @@ fn attack_console(attack: Attack, transport: &Transport) -> Result<Outcome, Driv
     Ok(send(transport, &mut tx, 0))
 }
 
+/// A fresh set-up and one well-formed frame (virtio-net header, broadcast Ethernet header,
+/// padding to 60 bytes) on the network device's transmit queue, which must come back.
+fn probe_net(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {
+    let (mut tx, mut arena) = live_two_queues(transport)?;
+    let frame = arena.alloc(12 + 60, 8)?;
+    frame.with_bytes(|bytes| {
+        bytes[12..18].fill(0xff);
+        bytes[18..24].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        bytes[24..26].copy_from_slice(&[0x88, 0xb5]);
+    });
+    tx.submit(&[Segment::readable(frame)])?;
+    transport.notify(tx.index());
+    tx.wait_used(transport, deadline(options.wait_tsc), "the network probe")?;
+    Ok(())
+}
+
 /// The line `probe_console` sends; the host test looks for it in the console's output.
 const CONSOLE_PROBE: &[u8] = b"keel-attack-probe\n";
 
 /// A fresh set-up and one line on the console's transmit queue, which must come back.
 fn probe_console(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {
-    let (mut tx, mut arena) = live_console(transport)?;
+    let (mut tx, mut arena) = live_two_queues(transport)?;
     let line = arena.alloc(CONSOLE_PROBE.len(), 8)?;
     line.with_bytes(|bytes| bytes.copy_from_slice(CONSOLE_PROBE));
     tx.submit(&[Segment::readable(line)])?;

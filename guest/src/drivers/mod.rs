@@ -96,6 +96,7 @@ pub fn run(cmdline: &str, options: &VirtioOptions, bench_ram: bool) {
             first(ID_BLOCK),
             first(ID_VSOCK),
             first(ID_CONSOLE),
+            first(ID_NET),
             options,
         );
     }

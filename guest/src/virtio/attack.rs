@@ -5,7 +5,8 @@
 //! device-writable buffers, the simplest to abuse); `blk_*` target the first virtio-blk device.
 //! The `msix_*` and `bar*` ones need the device on virtio-pci (`keel.pci`); `vsock_*` target
 //! the first virtio-vsock device instead, `console_*` the first virtio-console device's
-//! transmit queue (whose chains go through the validation virtio-net and virtio-vsock share).
+//! transmit queue (whose chains go through the validation virtio-net and virtio-vsock share),
+//! `net_*` the first virtio-net device's transmit queue.
 //! After the attack the guest resets the device and sends one well-formed request, which must
 //! be served. The guest prints `attack NAME outcome=... then=served`, or a `FAIL attack` line.
 
@@ -82,6 +83,15 @@ pub enum Attack {
     ConsoleHugeChain,
     /// virtio-console: a transmit buffer at 1 TiB, beyond guest memory.
     ConsoleAddrBeyondMemory,
+    /// virtio-net: a transmit descriptor marked device-writable.
+    NetTxWritable,
+    /// virtio-net: a transmit chain of 4 bytes, shorter than the virtio-net header.
+    NetTxShort,
+    /// virtio-net: a transmit chain of 1 MiB (16 descriptors of 64 KiB), over the largest
+    /// frame.
+    NetTxOversize,
+    /// virtio-net: two transmit descriptors whose `next` point at each other.
+    NetTxLoop,
     /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
     /// for queue 0.
     MsixVectorOutOfRange,
@@ -98,7 +108,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 35] = [
+    pub const ALL: [Attack; 39] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -130,6 +140,10 @@ impl Attack {
         Attack::ConsoleDescLoop,
         Attack::ConsoleHugeChain,
         Attack::ConsoleAddrBeyondMemory,
+        Attack::NetTxWritable,
+        Attack::NetTxShort,
+        Attack::NetTxOversize,
+        Attack::NetTxLoop,
         Attack::MsixVectorOutOfRange,
         Attack::MsixTableAbuse,
         Attack::BarOverRam,
@@ -170,6 +184,10 @@ impl Attack {
             Attack::ConsoleDescLoop => "console_desc_loop",
             Attack::ConsoleHugeChain => "console_huge_chain",
             Attack::ConsoleAddrBeyondMemory => "console_addr_beyond_memory",
+            Attack::NetTxWritable => "net_tx_writable",
+            Attack::NetTxShort => "net_tx_short",
+            Attack::NetTxOversize => "net_tx_oversize",
+            Attack::NetTxLoop => "net_tx_loop",
             Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
             Attack::MsixTableAbuse => "msix_table_abuse",
             Attack::BarOverRam => "bar_over_ram",
@@ -209,6 +227,14 @@ impl Attack {
                 | Attack::ConsoleDescLoop
                 | Attack::ConsoleHugeChain
                 | Attack::ConsoleAddrBeyondMemory
+        )
+    }
+
+    /// Whether it targets the network device's transmit queue.
+    pub fn on_net(self) -> bool {
+        matches!(
+            self,
+            Attack::NetTxWritable | Attack::NetTxShort | Attack::NetTxOversize | Attack::NetTxLoop
         )
     }
 
