@@ -33,6 +33,60 @@ pub struct Cli {
 pub enum Command {
     /// Talk to a running keel over its API socket (like Cloud Hypervisor's ch-remote).
     Remote(RemoteArgs),
+    /// Start keel confined (as root): in a chroot of its own, new mount (and optionally PID)
+    /// namespace, cgroups, resource limits, as an unprivileged user (like Firecracker's jailer).
+    Jail(JailArgs),
+}
+
+/// `keel jail`.
+#[derive(Args, Debug)]
+pub struct JailArgs {
+    /// The jail's name: its directory (`CHROOT_BASE/keel/ID/root`) and cgroup (`keel/ID`).
+    #[arg(long)]
+    pub id: String,
+    /// The user the VMM runs as (not 0).
+    #[arg(long)]
+    pub uid: u32,
+    /// The group the VMM runs as (not 0).
+    #[arg(long)]
+    pub gid: u32,
+    /// Where jails are made.
+    #[arg(long, value_name = "DIR", default_value = "/srv/keel")]
+    pub chroot_base: PathBuf,
+    /// The static keel binary to run (default: this one, which must then be static).
+    #[arg(long, value_name = "PATH")]
+    pub exec_file: Option<PathBuf>,
+    /// A file the VM needs (kernel, initrd, disk image), hard-linked into the jail at DEST
+    /// (default `/` + its name; the jail's user must be able to read it, and write it for a
+    /// writable disk), or copied and given to the jail's user across file systems. Repeatable.
+    #[arg(long, value_name = "SRC[:DEST]")]
+    pub file: Vec<String>,
+    /// A cgroup setting, `CONTROLLER.FILE=VALUE` (`memory.max=512M`, `pids.max=64`, or on
+    /// cgroup v1 `memory.limit_in_bytes=...`). Repeatable.
+    #[arg(long, value_name = "FILE=VALUE")]
+    pub cgroup: Vec<String>,
+    /// The cgroup the jails' cgroups are made under.
+    #[arg(long, value_name = "PATH", default_value = "keel")]
+    pub cgroup_parent: String,
+    /// Where the cgroup file system is mounted.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
+    pub cgroup_fs: PathBuf,
+    /// A network namespace to join (e.g. `/var/run/netns/vm1`), holding the VM's TAP devices.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// Run the VMM as PID 1 of a new PID namespace (keel jail waits for it and exits with its
+    /// status).
+    #[arg(long)]
+    pub new_pid_ns: bool,
+    /// Detach: a new session, standard streams on /dev/null.
+    #[arg(long)]
+    pub daemonize: bool,
+    /// Resource limits: `no-file=N` (default 2048), `fsize=BYTES`, `nproc=N`.
+    #[arg(long, value_name = "no-file=N[,fsize=BYTES][,nproc=N]")]
+    pub resource_limit: Option<String>,
+    /// The VMM's flags, after `--`; their paths are the jail's.
+    #[arg(last = true, value_name = "KEEL FLAGS")]
+    pub vmm_args: Vec<String>,
 }
 
 /// `keel remote`.

@@ -28,6 +28,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+mod jail;
 pub mod metrics;
 mod migrate;
 pub mod openapi;
@@ -67,6 +68,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli, started: Instant) -> ExitCode {
     match cli.command {
         Some(Command::Remote(args)) => remote::run(args),
+        Some(Command::Jail(args)) => jail::run(args),
         None => run_vmm(cli.vmm, started),
     }
 }

@@ -1,0 +1,265 @@
+//! `keel jail` end to end, as root: a static keel built for the test runs the test guest on
+//! /dev/kvm inside the jail, and the test inspects the jailed process from outside through
+//! /proc: its user, groups, capabilities, no_new_privs, seccomp, root directory, mount and PID
+//! namespaces, cgroup, descriptor limit, environment and inherited descriptors.
+
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::require_kvm;
+
+const NOBODY: u32 = 65534;
+const FOREVER: &str = "keel.cpus=1 keel.ticks=0 keel.tick_tsc=2000000 keel.power_button";
+
+fn keel() -> &'static str {
+    env!("CARGO_BIN_EXE_keel")
+}
+
+/// The static (musl) keel the jail runs: `KEEL_STATIC_BIN` (CI builds it once for this test
+/// and the nested lane), or built here in a target directory of its own (the one this test
+/// runs from is locked by the cargo that runs it).
+fn static_keel() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEEL_STATIC_BIN") {
+        return PathBuf::from(path);
+    }
+    let root = testkit::workspace_root();
+    let target = root.join("target").join("jail-test");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", "keel", "--bin", "keel"])
+        .args(["--target", "x86_64-unknown-linux-musl", "--target-dir"])
+        .arg(&target)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the static keel failed");
+    target.join("x86_64-unknown-linux-musl/debug/keel")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `Key:` line of /proc/PID/status, whitespace-collapsed.
+fn status_line(pid: u32, key: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn wait_for(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no {what} at {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the jailed keel did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A pipe whose write end the jail inherits (no CLOEXEC); returns both ends.
+fn inheritable_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: pipe returned two new descriptors that nothing else owns.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn jail_command(base: &Path, id: &str, exec: &Path, guest: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(keel());
+    command
+        .args(["jail", "--id", id, "--uid", "65534", "--gid", "65534"])
+        .arg("--chroot-base")
+        .arg(base)
+        .arg("--exec-file")
+        .arg(exec)
+        .arg("--file")
+        .arg(format!("{}:/boot/guest", guest.display()))
+        .args(["--cgroup", "pids.max=32", "--resource-limit", "no-file=256"])
+        .args(extra)
+        .args(["--", "--kernel", "/boot/guest", "--cmdline", FOREVER])
+        .args(["--api-socket", "/api.sock", "--serial", "file=/console.log"])
+        .env("KEEL_SECRET", "not for the jail")
+        .stdin(Stdio::null());
+    command
+}
+
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let fs_root = Path::new("/sys/fs/cgroup");
+    [
+        fs_root.join("keel").join(id),
+        fs_root.join("pids/keel").join(id),
+    ]
+    .into_iter()
+    .filter(|dir| dir.is_dir())
+    .collect()
+}
+
+fn power_off(root: &Path) {
+    let status = Command::new(keel())
+        .args(["remote", "--api-socket"])
+        .arg(root.join("api.sock"))
+        .arg("power-button")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "power-button through the jail's API socket"
+    );
+}
+
+#[test]
+fn a_jailed_keel_runs_the_guest_confined_and_unprivileged() {
+    require_kvm!();
+    if !is_root() {
+        eprintln!("KEEL-JAIL-SKIP: keel jail needs root (CI runs as root)");
+        return;
+    }
+    let exec = static_keel();
+    let guest = testkit::build_test_guest().unwrap();
+    let base = testkit::workspace_root()
+        .join("target")
+        .join(format!("jail-base-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    let id = format!("jt-{}", std::process::id());
+    let root = base.join("keel").join(&id).join("root");
+
+    let (read_end, write_end) = inheritable_pipe();
+    let mut child = jail_command(&base, &id, &exec, &guest, &[])
+        .spawn()
+        .unwrap();
+    drop(write_end);
+    wait_for(&root.join("api.sock"), "API socket");
+    // Without a new PID namespace the jail execs keel in place.
+    let pid = child.id();
+
+    assert_eq!(
+        status_line(pid, "Uid"),
+        format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")
+    );
+    assert_eq!(
+        status_line(pid, "Gid"),
+        format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")
+    );
+    assert_eq!(status_line(pid, "Groups"), "");
+    assert_eq!(status_line(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_line(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_line(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_line(pid, "Seccomp"), "2");
+    // Its root is the jail: the guest is there, the host's /etc is not.
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(proc_root.join("boot/guest").is_file());
+    assert!(proc_root.join("dev/kvm").exists());
+    assert!(
+        !proc_root.join("etc").exists(),
+        "the host's tree is visible in the jail"
+    );
+    assert!(!proc_root.join("old-root").exists());
+    assert_ne!(
+        fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
+        fs::read_link("/proc/self/ns/mnt").unwrap()
+    );
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroups.contains(&format!("/keel/{id}")), "{cgroups}");
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("256")),
+        "{limits}"
+    );
+    assert_eq!(fs::read(format!("/proc/{pid}/environ")).unwrap(), b"");
+    // The pipe the test left open is not among the jailed process's descriptors.
+    let pipe = fs::read_link(format!("/proc/self/fd/{}", read_end.as_raw_fd())).unwrap();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let target = fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert_ne!(target, pipe, "an inherited descriptor leaked into the jail");
+    }
+
+    power_off(&root);
+    assert_eq!(wait_exit(&mut child), 0);
+    let console = fs::read_to_string(root.join("console.log")).unwrap();
+    assert!(console.contains("keel-guest: exit via=s5"), "{console}");
+    for dir in cgroup_dirs(&id) {
+        fs::remove_dir(dir).unwrap();
+    }
+
+    // With a new PID namespace, keel is PID 1 of its own.
+    let id2 = format!("{id}-pid");
+    let root2 = base.join("keel").join(&id2).join("root");
+    let mut child = jail_command(&base, &id2, &exec, &guest, &["--new-pid-ns"])
+        .spawn()
+        .unwrap();
+    wait_for(&root2.join("api.sock"), "API socket");
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+    let vmm: u32 = children.trim().parse().unwrap();
+    assert_eq!(status_line(vmm, "NSpid"), format!("{vmm} 1"));
+    assert_eq!(
+        status_line(vmm, "Uid"),
+        format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")
+    );
+    power_off(&root2);
+    assert_eq!(
+        wait_exit(&mut child),
+        0,
+        "keel jail passes the VMM's status on"
+    );
+    for dir in cgroup_dirs(&id2) {
+        fs::remove_dir(dir).unwrap();
+    }
+    fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn a_dynamically_linked_vmm_and_bad_flags_are_refused_before_anything_changes() {
+    let base = testkit::workspace_root()
+        .join("target")
+        .join(format!("jail-refused-{}", std::process::id()));
+    let cases: [(&[&str], &str); 3] = [
+        (&["--exec-file", keel()], "dynamically linked"),
+        (
+            &["--file", "/no/such/kernel"],
+            "--file: `/no/such/kernel` is not a file",
+        ),
+        (&["--cgroup", "pids.max"], "--cgroup: `pids.max`"),
+    ];
+    for (extra, expected) in cases {
+        let output = Command::new(keel())
+            .args([
+                "jail", "--id", "refused", "--uid", "65534", "--gid", "65534",
+            ])
+            .arg("--chroot-base")
+            .arg(&base)
+            .args(extra)
+            .args(["--", "--kernel", "/k"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(!base.exists(), "a refused jail left {}", base.display());
+    }
+}
