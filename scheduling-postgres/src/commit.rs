@@ -19,7 +19,7 @@
 //! replica that is wrong.
 
 use postgres::types::Json;
-use postgres::Client;
+use postgres::{Client, Statement};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -73,10 +73,83 @@ pub(crate) enum Verdict {
 /// `(project, user, class)` of a quota row.
 type QuotaKey = (String, String, String);
 
+const LOCK_OWNERS: &str =
+    "SELECT id, generation, disabled, name FROM keel_owners WHERE id = ANY($1)
+          ORDER BY id FOR UPDATE";
+
+const INSERT_GROUPS: &str = "INSERT INTO keel_server_groups (name, policy, max_per_host)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::integer[])
+             ON CONFLICT (name) DO NOTHING";
+
+const LOCK_GROUPS: &str = "SELECT name, policy, max_per_host, generation FROM keel_server_groups
+              WHERE name = ANY($1) ORDER BY name FOR UPDATE";
+
+const LOCK_QUOTAS: &str =
+    "SELECT project, usr, class, lim, used FROM keel_quotas WHERE project = ANY($1)
+              ORDER BY project, usr, class FOR UPDATE";
+
+const EXISTING: &str = "SELECT id FROM keel_consumers WHERE id = ANY($1)";
+
+const WRITE: &str = "WITH o AS (UPDATE keel_owners k SET generation = d.gen
+                      FROM unnest($1::integer[], $2::bigint[]) AS d(id, gen)
+                     WHERE k.id = d.id RETURNING 1),
+              g AS (UPDATE keel_server_groups k SET generation = d.gen
+                      FROM unnest($3::text[], $4::bigint[]) AS d(name, gen)
+                     WHERE k.name = d.name RETURNING 1),
+              c AS (INSERT INTO keel_consumers (id, host, generation, token, project, usr,
+                                                server_group, usage, placement)
+                    SELECT d.id, d.host, 1, d.token, d.project, d.usr, d.grp, d.usage, d.placement
+                      FROM unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[],
+                                  $10::text[], $11::jsonb[], $12::jsonb[])
+                           AS d(id, host, token, project, usr, grp, usage, placement)
+                    RETURNING 1),
+              a AS (INSERT INTO keel_allocations (consumer, provider, class, amount)
+                    SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::bigint[])
+                    RETURNING 1),
+              i AS (UPDATE keel_inventories k SET used = k.used + d.amount
+                      FROM unnest($17::text[], $18::text[], $19::bigint[]) AS d(provider, class, amount)
+                     WHERE k.provider = d.provider AND k.class = d.class RETURNING 1),
+              q AS (UPDATE keel_quotas k SET used = k.used + d.amount
+                      FROM unnest($20::text[], $21::text[], $22::text[], $23::bigint[])
+                           AS d(project, usr, class, amount)
+                     WHERE k.project = d.project AND k.usr = d.usr AND k.class = d.class
+                    RETURNING 1),
+              ch AS (INSERT INTO keel_changes (items) VALUES ($24) RETURNING seq)
+         SELECT (SELECT count(*) FROM i), (SELECT seq FROM ch)";
+
+/// The statements of a commit, prepared once per connection: each call is then one round trip
+/// and no parsing or planning from scratch.
+pub(crate) struct Statements {
+    lock_owners: Statement,
+    insert_groups: Statement,
+    lock_groups: Statement,
+    lock_quotas: Statement,
+    existing: Statement,
+    write: Statement,
+    /// The change feed's read (see `feed`).
+    pub(crate) feed: Statement,
+}
+
+impl Statements {
+    /// Prepares them on `client`.
+    pub(crate) fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+        Ok(Statements {
+            lock_owners: client.prepare(LOCK_OWNERS)?,
+            insert_groups: client.prepare(INSERT_GROUPS)?,
+            lock_groups: client.prepare(LOCK_GROUPS)?,
+            lock_quotas: client.prepare(LOCK_QUOTAS)?,
+            existing: client.prepare(EXISTING)?,
+            write: client.prepare(WRITE)?,
+            feed: client.prepare(crate::feed::READ)?,
+        })
+    }
+}
+
 /// Commits `items` in one transaction (those that pass; see the module's notes). On an error
 /// the transaction is rolled back and nothing was written.
 pub(crate) fn commit_places(
     client: &mut Client,
+    stmts: &Statements,
     items: &[PlaceItem],
 ) -> Result<Vec<Verdict>, postgres::Error> {
     let mut tx = client.transaction()?;
@@ -90,11 +163,7 @@ pub(crate) fn commit_places(
     owner_ids.sort_unstable();
     owner_ids.dedup();
     let mut owners: HashMap<usize, (i64, bool, String)> = HashMap::new();
-    for r in tx.query(
-        "SELECT id, generation, disabled, name FROM keel_owners WHERE id = ANY($1)
-          ORDER BY id FOR UPDATE",
-        &[&owner_ids],
-    )? {
+    for r in tx.query(&stmts.lock_owners, &[&owner_ids])? {
         let id: i32 = r.get(0);
         owners.insert(
             usize::try_from(id).unwrap_or(usize::MAX),
@@ -112,17 +181,8 @@ pub(crate) fn commit_places(
         let names: Vec<&str> = groups.keys().map(String::as_str).collect();
         let policies: Vec<&str> = groups.values().map(|g| g.0.as_str()).collect();
         let maxes: Vec<Option<i32>> = groups.values().map(|g| g.1).collect();
-        tx.execute(
-            "INSERT INTO keel_server_groups (name, policy, max_per_host)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::integer[])
-             ON CONFLICT (name) DO NOTHING",
-            &[&names, &policies, &maxes],
-        )?;
-        for r in tx.query(
-            "SELECT name, policy, max_per_host, generation FROM keel_server_groups
-              WHERE name = ANY($1) ORDER BY name FOR UPDATE",
-            &[&names],
-        )? {
+        tx.execute(&stmts.insert_groups, &[&names, &policies, &maxes])?;
+        for r in tx.query(&stmts.lock_groups, &[&names])? {
             group_rows.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
         }
     }
@@ -131,17 +191,13 @@ pub(crate) fn commit_places(
     projects.dedup();
     let mut quotas: HashMap<QuotaKey, (i64, i64)> = HashMap::new();
     if !projects.is_empty() {
-        for r in tx.query(
-            "SELECT project, usr, class, lim, used FROM keel_quotas WHERE project = ANY($1)
-              ORDER BY project, usr, class FOR UPDATE",
-            &[&projects],
-        )? {
+        for r in tx.query(&stmts.lock_quotas, &[&projects])? {
             quotas.insert((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4)));
         }
     }
     let ids: Vec<&str> = items.iter().map(|i| i.consumer.as_str()).collect();
     let mut existing: HashSet<String> = tx
-        .query("SELECT id FROM keel_consumers WHERE id = ANY($1)", &[&ids])?
+        .query(&stmts.existing, &[&ids])?
         .into_iter()
         .map(|r| r.get(0))
         .collect();
@@ -203,6 +259,7 @@ pub(crate) fn commit_places(
     }
     write(
         &mut tx,
+        stmts,
         &passed,
         &owners,
         &group_rows,
@@ -323,8 +380,10 @@ fn judge(
 }
 
 /// Writes the claims that passed, in one statement.
+#[allow(clippy::too_many_arguments)]
 fn write(
     tx: &mut postgres::Transaction<'_>,
+    stmts: &Statements,
     passed: &[(&PlaceItem, &Verdict)],
     owners: &HashMap<usize, (i64, bool, String)>,
     group_rows: &HashMap<String, (String, Option<i32>, i64)>,
@@ -407,32 +466,7 @@ fn write(
     let q_amount: Vec<i64> = q_delta.values().copied().collect();
     let changes = Json(Value::Array(changes));
     let row = tx.query_one(
-        "WITH o AS (UPDATE keel_owners k SET generation = d.gen
-                      FROM unnest($1::integer[], $2::bigint[]) AS d(id, gen)
-                     WHERE k.id = d.id RETURNING 1),
-              g AS (UPDATE keel_server_groups k SET generation = d.gen
-                      FROM unnest($3::text[], $4::bigint[]) AS d(name, gen)
-                     WHERE k.name = d.name RETURNING 1),
-              c AS (INSERT INTO keel_consumers (id, host, generation, token, project, usr,
-                                                server_group, usage, placement)
-                    SELECT d.id, d.host, 1, d.token, d.project, d.usr, d.grp, d.usage, d.placement
-                      FROM unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[],
-                                  $10::text[], $11::jsonb[], $12::jsonb[])
-                           AS d(id, host, token, project, usr, grp, usage, placement)
-                    RETURNING 1),
-              a AS (INSERT INTO keel_allocations (consumer, provider, class, amount)
-                    SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::bigint[])
-                    RETURNING 1),
-              i AS (UPDATE keel_inventories k SET used = k.used + d.amount
-                      FROM unnest($17::text[], $18::text[], $19::bigint[]) AS d(provider, class, amount)
-                     WHERE k.provider = d.provider AND k.class = d.class RETURNING 1),
-              q AS (UPDATE keel_quotas k SET used = k.used + d.amount
-                      FROM unnest($20::text[], $21::text[], $22::text[], $23::bigint[])
-                           AS d(project, usr, class, amount)
-                     WHERE k.project = d.project AND k.usr = d.usr AND k.class = d.class
-                    RETURNING 1),
-              ch AS (INSERT INTO keel_changes (items) VALUES ($24) RETURNING seq)
-         SELECT (SELECT count(*) FROM i), (SELECT seq FROM ch)",
+        &stmts.write,
         &[
             &owner_ids,
             &owner_gens,

@@ -20,25 +20,29 @@ use postgres::types::Json;
 use postgres::Client;
 use std::sync::RwLock;
 
+/// The read (prepared once per connection with the commit's statements).
+pub(crate) const READ: &str = "WITH s AS (SELECT pg_current_snapshot() AS snap)
+             SELECT pg_snapshot_xmin(s.snap)::text::bigint, c.seq, c.xid::text::bigint, c.items
+               FROM s LEFT JOIN keel_changes c
+                 ON c.xid >= $1::bigint::text::xid8 AND c.seq <> ALL($2::bigint[])
+              ORDER BY c.seq";
+
 /// How long a change may wait for an earlier one before the replica is rebuilt.
 const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads the changes committed since the last read and applies them to `replica`. Returns how
 /// many change rows were new.
-pub(crate) fn poll(client: &mut Client, replica: &RwLock<Replica>) -> Result<usize, PgStoreError> {
+pub(crate) fn poll(
+    client: &mut Client,
+    stmt: &postgres::Statement,
+    replica: &RwLock<Replica>,
+) -> Result<usize, PgStoreError> {
     let (floor, seen): (i64, Vec<i64>) = {
         let r = replica.read().unwrap_or_else(|e| e.into_inner());
         (r.floor, r.seen.iter().map(|s| s.0).collect())
     };
     let rows = client
-        .query(
-            "WITH s AS (SELECT pg_current_snapshot() AS snap)
-             SELECT pg_snapshot_xmin(s.snap)::text::bigint, c.seq, c.xid::text::bigint, c.items
-               FROM s LEFT JOIN keel_changes c
-                 ON c.xid >= $1::bigint::text::xid8 AND c.seq <> ALL($2::bigint[])
-              ORDER BY c.seq",
-            &[&floor, &seen],
-        )
+        .query(stmt, &[&floor, &seen])
         .map_err(PgStoreError::db("reading the change feed"))?;
     let mut xmin = floor;
     let mut new = Vec::with_capacity(rows.len());

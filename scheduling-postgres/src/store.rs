@@ -178,6 +178,7 @@ impl PgStore {
             shared: shared.clone(),
             target,
             client: Some(client),
+            stmts: None,
             scheduler: Scheduler::new(config.profile.clone(), config.seed),
             rng: config.seed ^ 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
             config: config.clone(),
@@ -359,6 +360,8 @@ struct Committer {
     shared: Arc<Shared>,
     target: Target,
     client: Option<Client>,
+    /// Statements prepared on `client` (prepared again after every reconnection).
+    stmts: Option<Arc<commit::Statements>>,
     scheduler: Scheduler,
     rng: u64,
     config: StoreConfig,
@@ -547,6 +550,7 @@ impl Committer {
             }
         }
         self.client = Some(client);
+        self.stmts = None;
         Ok(())
     }
 
@@ -594,11 +598,28 @@ impl Committer {
         Ok(())
     }
 
+    /// The statements prepared on the current connection (preparing them if needed).
+    fn statements(&mut self) -> Result<Option<Arc<commit::Statements>>, postgres::Error> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(None);
+        };
+        if self.stmts.is_none() {
+            self.stmts = Some(Arc::new(commit::Statements::prepare(client)?));
+        }
+        Ok(self.stmts.clone())
+    }
+
     fn poll(&mut self) -> Result<(), PgStoreError> {
+        let Some(stmts) = self
+            .statements()
+            .map_err(PgStoreError::db("preparing statements"))?
+        else {
+            return Ok(());
+        };
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
-        let n = feed::poll(client, &self.shared.replica)?;
+        let n = feed::poll(client, &stmts.feed, &self.shared.replica)?;
         self.shared
             .counters
             .changes
@@ -770,12 +791,20 @@ impl Committer {
             return Vec::new();
         }
         let decided = Instant::now();
-        let Some(client) = self.client.as_mut() else {
+        let outcome = match self.statements() {
+            Ok(Some(stmts)) => match self.client.as_mut() {
+                Some(client) => commit::commit_places(client, &stmts, &items),
+                None => Ok(Vec::new()),
+            },
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        };
+        if matches!(&outcome, Ok(v) if v.is_empty()) {
+            // No connection: decide again once reconnected.
             self.undo(&pending);
             self.requeue_front(pending.into_iter().map(|p| p.job).collect());
             return Vec::new();
-        };
-        let outcome = commit::commit_places(client, &items);
+        }
         self.shared
             .counters
             .transactions
