@@ -475,6 +475,16 @@ impl VmBuilder {
             let sizes = crate::sync::lock(&entry.device).queue_max_sizes().to_vec();
             crate::config::check_queue_sizes(&entry.id, &sizes, &self.limits)?;
         }
+        // Threads a device starts (a disk's I/O thread) install the blk filter first, on top
+        // of the one they inherit from the thread that started them.
+        if filters.has(ThreadKind::BlockIo) {
+            let blk = filters.clone();
+            let hook: devices::virtio::ThreadStart =
+                Arc::new(move || blk.apply_or_exit(ThreadKind::BlockIo));
+            for entry in &image.virtio {
+                crate::sync::lock(&entry.device).set_thread_start(hook.clone());
+            }
+        }
         let kvm = vm::open_kvm(self.config.vcpus)?;
         // Shared with the MSI-X routes, which update GSI routing from vCPU threads.
         let vm_fd = Arc::new(vm::create_vm(&kvm, &image.memory)?);

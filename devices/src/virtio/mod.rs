@@ -154,6 +154,10 @@ pub enum ActivateError {
 /// A virtio device shared between its transport (vCPU threads) and the event loop.
 pub type SharedVirtioDevice = std::sync::Arc<std::sync::Mutex<dyn VirtioDevice>>;
 
+/// What a device runs first on each thread of its own it starts (a disk's I/O thread): the
+/// VMM installs that thread's seccomp filter with it.
+pub type ThreadStart = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// Virtio device ID ([`TYPE_BLOCK`], ...).
@@ -170,6 +174,12 @@ pub trait VirtioDevice: Send {
 
     /// Reads device configuration space at `offset`; bytes beyond it read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Gives the device the hook to run first on each thread it starts from now on. Devices
+    /// that start no threads ignore it.
+    fn set_thread_start(&mut self, hook: ThreadStart) {
+        let _ = hook;
+    }
 
     /// Writes device configuration space; ignored by devices without writable fields.
     fn write_config(&mut self, offset: u64, data: &[u8]) {

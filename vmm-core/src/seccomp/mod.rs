@@ -228,6 +228,11 @@ impl Filters {
         Ok(())
     }
 
+    /// Whether there is a filter for `kind`.
+    pub(crate) fn has(&self, kind: ThreadKind) -> bool {
+        self.0.contains_key(&kind)
+    }
+
     /// Installs the filter of `kind` on the calling thread; a thread that cannot be filtered
     /// must not go on to serve the guest, so a failure ends the process with a report.
     pub fn apply_or_exit(&self, kind: ThreadKind) {

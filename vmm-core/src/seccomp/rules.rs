@@ -239,7 +239,12 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         }
         ThreadKind::BlockIo => {
             allow(DISK_IO);
-            allow(&[libc::SYS_eventfd2]);
+            // Its wake-up eventfd, and the rate limiter's timer.
+            allow(&[
+                libc::SYS_eventfd2,
+                libc::SYS_timerfd_settime,
+                libc::SYS_timerfd_gettime,
+            ]);
         }
         ThreadKind::Api => {
             allow(EVENTS);
@@ -566,6 +571,8 @@ mod tests {
     }
 
     #[test]
+    // A conversion on glibc's libc (c_ulong), a real one on musl's (c_int).
+    #[allow(clippy::useless_conversion)]
     fn fionbio_is_libcs() {
         assert_eq!(Some(FIONBIO), u64::try_from(libc::FIONBIO).ok());
     }

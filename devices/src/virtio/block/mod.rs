@@ -49,6 +49,7 @@ use crate::virtio::config_space::{read_config_bytes, BlockConfigSpace};
 use crate::virtio::snapshot::{
     restore_plain, DeviceExtra, QueueSnapshot, SnapshotError, VirtioDeviceState,
 };
+use crate::virtio::ThreadStart;
 use request::{ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE};
 use virtio_bindings::virtio_blk;
 
@@ -164,6 +165,8 @@ pub struct VirtioBlock<D: DiskBackend + 'static = RawFile> {
     metrics: Arc<Mutex<BlockMetrics>>,
     /// The rate limiter, shared with the executor (on the I/O thread while active).
     throttle: Arc<Mutex<Throttle>>,
+    /// Run first on the I/O thread (the VMM's seccomp filter for it).
+    thread_start: Option<ThreadStart>,
 }
 
 /// Where a block device performs its requests.
@@ -313,6 +316,7 @@ impl<D: DiskBackend + 'static> VirtioBlock<D> {
             io: Io::Idle(executor),
             metrics,
             throttle,
+            thread_start: None,
         })
     }
 
@@ -408,6 +412,10 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
         read_config_bytes(self.config.as_slice(), offset, data);
     }
 
+    fn set_thread_start(&mut self, hook: ThreadStart) {
+        self.thread_start = Some(hook);
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
@@ -424,9 +432,11 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
         };
         self.io = match self.mode {
             IoMode::Inline => Io::Inline(executor, active),
-            IoMode::Thread => Io::Thread(Worker::start(executor, active).map_err(|err| {
-                ActivateError::Backend(format!("cannot start the I/O thread: {err}"))
-            })?),
+            IoMode::Thread => Io::Thread(
+                Worker::start(executor, active, self.thread_start.clone()).map_err(|err| {
+                    ActivateError::Backend(format!("cannot start the I/O thread: {err}"))
+                })?,
+            ),
         };
         Ok(())
     }
@@ -488,7 +498,7 @@ impl<D: DiskBackend + 'static> VirtioDevice for VirtioBlock<D> {
                     ));
                 };
                 let saved = QueueSnapshot::of(&active.queue);
-                self.io = match Worker::start(executor, active) {
+                self.io = match Worker::start(executor, active, self.thread_start.clone()) {
                     Ok(worker) => Io::Thread(worker),
                     Err(err) => {
                         return Err(SnapshotError::Activate(format!(

@@ -36,6 +36,7 @@ use super::request::{
 use super::{DiskBackend, QUEUE_SIZE};
 use crate::virtio::queue_ops::{drain_queue_until, Served};
 use crate::virtio::single_queue::SingleQueue;
+use crate::virtio::ThreadStart;
 use virtio_queue::QueueT;
 
 /// io_uring entries: a queue's worth of requests plus the wake-up read, rounded up.
@@ -55,7 +56,11 @@ pub(crate) struct Worker<D: DiskBackend + 'static> {
 impl<D: DiskBackend + 'static> Worker<D> {
     /// Starts the thread on `active`'s queue; it looks at the queue at once (the driver may
     /// have made requests available before it set DRIVER_OK).
-    pub(crate) fn start(executor: Executor<D>, active: SingleQueue) -> io::Result<Self> {
+    pub(crate) fn start(
+        executor: Executor<D>,
+        active: SingleQueue,
+        thread_start: Option<ThreadStart>,
+    ) -> io::Result<Self> {
         // Blocking: the plain thread sleeps in read(); io_uring reads it asynchronously.
         let kick = EventFd::new(0)?;
         let thread_kick = kick.try_clone()?;
@@ -63,7 +68,12 @@ impl<D: DiskBackend + 'static> Worker<D> {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("keel-blk".into())
-            .spawn(move || run(executor, active, thread_kick, thread_stop))?;
+            .spawn(move || {
+                if let Some(hook) = thread_start {
+                    hook();
+                }
+                run(executor, active, thread_kick, thread_stop)
+            })?;
         let worker = Worker {
             kick,
             stop,
