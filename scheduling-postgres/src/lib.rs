@@ -76,7 +76,8 @@ pub struct PgStoreStats {
     pub conflicts: u64,
     /// Transactions of the commit function.
     pub transactions: u64,
-    /// Times the replica was rebuilt from the database (after reconnecting).
+    /// Times the replica was rebuilt from the database (after reconnecting, or after one claim
+    /// conflicted 8 times in a row or a change waited too long for an earlier one).
     pub reloads: u64,
     /// Change rows read from the feed.
     pub changes_read: u64,

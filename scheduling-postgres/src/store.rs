@@ -179,6 +179,7 @@ impl PgStore {
             target,
             client: Some(client),
             stmts: None,
+            reload_wanted: false,
             scheduler: Scheduler::new(config.profile.clone(), config.seed),
             rng: config.seed ^ 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
             config: config.clone(),
@@ -362,6 +363,8 @@ struct Committer {
     client: Option<Client>,
     /// Statements prepared on `client` (prepared again after every reconnection).
     stmts: Option<Arc<commit::Statements>>,
+    /// Rebuild the replica before the next batch.
+    reload_wanted: bool,
     scheduler: Scheduler,
     rng: u64,
     config: StoreConfig,
@@ -446,6 +449,14 @@ impl Committer {
                 self.fail_queue(&e);
                 continue;
             }
+            if self.reload_wanted {
+                self.reload_wanted = false;
+                if let Err(e) = self.reload() {
+                    self.broken(e);
+                    self.requeue_front(jobs);
+                    continue;
+                }
+            }
             let t = Instant::now();
             let polled = self.poll();
             log::trace!("feed read in {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
@@ -496,10 +507,31 @@ impl Committer {
             job.answer(Err(PgStoreError::Conflicts { attempts, last }));
             return;
         }
+        if job.attempt == RELOAD_AFTER {
+            // The same claim refused this many times in a row, each time after a fresh read of
+            // the feed: the replica may be missing a change. Rebuild it from the database.
+            log::warn!(
+                "{} conflicting commits in a row (the last: {}): reloading the replica",
+                job.attempt,
+                job.last_conflict
+            );
+            self.reload_wanted = true;
+        }
         // Jitter: up to attempt² × 100 µs, so deciders racing for one host fall out of step.
         let span = u64::from(job.attempt * job.attempt) * 100;
         job.not_before = Instant::now() + Duration::from_micros(self.next_random() % span.max(1));
         self.shared.queue().jobs.push_back(job);
+    }
+
+    /// Rebuilds the replica from the database on the current connection.
+    fn reload(&mut self) -> Result<(), PgStoreError> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        let replica = Replica::from_snapshot(db::snapshot(client)?)?;
+        *self.replica() = replica;
+        self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Drops the connection after an error that means it is gone.
@@ -1301,6 +1333,9 @@ fn move_item(
         "placement": placement,
     })
 }
+
+/// Consecutive conflicts of one claim after which the replica is rebuilt from the database.
+const RELOAD_AFTER: u32 = 8;
 
 /// A database that is starting up or shutting down answers connections with these.
 fn is_starting(e: &PgStoreError) -> bool {
