@@ -89,6 +89,35 @@ fn init_logging(args: &VmmArgs) -> Result<(), String> {
         .map_err(|err| format!("cannot set up logging: {err}"))
 }
 
+/// Raises the soft limit on open descriptors to the hard one, as Go programs do at start: a
+/// guest may open up to `MAX_CONNECTIONS` (1,024) host vsock connections, the whole of the
+/// usual soft limit, and the VMM must keep descriptors for its API and snapshots. Under
+/// `keel jail` both limits are the jail's `no-file`.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out pointer for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit that outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::debug!(
+                "open file limit raised from {} to {}",
+                limit.rlim_cur,
+                limit.rlim_max
+            );
+        }
+    }
+}
+
 /// Takes ownership of the TAP descriptors `--net fd=N` named: each must be open (it was
 /// inherited from the manager that started keel).
 fn adopt_tap_fds(fds: Vec<(String, i32)>) -> Result<Vec<(String, OwnedFd)>, String> {
@@ -148,6 +177,7 @@ fn run_vmm(args: VmmArgs, started: Instant) -> ExitCode {
         eprintln!("keel: {message}");
         return ExitCode::from(EXIT_USAGE);
     }
+    raise_open_file_limit();
     let (config, tap_fds) = match cli::vm_config(&args) {
         Ok(Some(vm)) => (Some(vm.config), vm.tap_fds),
         Ok(None) => (None, Vec::new()),
