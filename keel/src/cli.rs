@@ -81,6 +81,10 @@ pub struct JailArgs {
     /// Detach: a new session, standard streams on /dev/null.
     #[arg(long)]
     pub daemonize: bool,
+    /// A descriptor to pass on to the VMM (e.g. a TAP device for `--net fd=N`); every other
+    /// one above 2 is closed. Repeatable.
+    #[arg(long, value_name = "FD")]
+    pub keep_fd: Vec<u32>,
     /// Resource limits: `no-file=N` (default 2048), `fsize=BYTES`, `nproc=N`.
     #[arg(long, value_name = "no-file=N[,fsize=BYTES][,nproc=N]")]
     pub resource_limit: Option<String>,

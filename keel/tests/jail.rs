@@ -148,10 +148,14 @@ fn a_jailed_keel_runs_the_guest_confined_and_unprivileged() {
     let root = base.join("keel").join(&id).join("root");
 
     let (read_end, write_end) = inheritable_pipe();
-    let mut child = jail_command(&base, &id, &exec, &guest, &[])
+    // A second pipe whose write end the jail passes on (as a manager passes a TAP device).
+    let (kept_read, kept_write) = inheritable_pipe();
+    let kept = kept_write.as_raw_fd().to_string();
+    let mut child = jail_command(&base, &id, &exec, &guest, &["--keep-fd", &kept])
         .spawn()
         .unwrap();
     drop(write_end);
+    drop(kept_write);
     wait_for(&root.join("api.sock"), "API socket");
     // Without a new PID namespace the jail execs keel in place.
     let pid = child.id();
@@ -192,12 +196,17 @@ fn a_jailed_keel_runs_the_guest_confined_and_unprivileged() {
         "{limits}"
     );
     assert_eq!(fs::read(format!("/proc/{pid}/environ")).unwrap(), b"");
-    // The pipe the test left open is not among the jailed process's descriptors.
+    // The pipe the test left open is not among the jailed process's descriptors; the one it
+    // passed with --keep-fd is, at the same number.
     let pipe = fs::read_link(format!("/proc/self/fd/{}", read_end.as_raw_fd())).unwrap();
     for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
         let target = fs::read_link(fd.unwrap().path()).unwrap_or_default();
         assert_ne!(target, pipe, "an inherited descriptor leaked into the jail");
     }
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/fd/{kept}")).unwrap(),
+        fs::read_link(format!("/proc/self/fd/{}", kept_read.as_raw_fd())).unwrap()
+    );
 
     power_off(&root);
     assert_eq!(wait_exit(&mut child), 0);

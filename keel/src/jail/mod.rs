@@ -13,9 +13,9 @@
 //!    mounts them ([`cgroup`]);
 //! 4. sets resource limits, joins `--netns`, enters a new mount namespace whose root is the
 //!    jail (`pivot_root`, the old root detached), optionally a new PID namespace;
-//! 5. closes every descriptor above 2, drops all groups and capabilities by becoming
-//!    `--uid`/`--gid`, sets `no_new_privs`, and executes `/keel` with the arguments after
-//!    `--` and an empty environment.
+//! 5. closes every descriptor above 2 but those `--keep-fd` names, drops all groups and
+//!    capabilities by becoming `--uid`/`--gid`, sets `no_new_privs`, and executes `/keel`
+//!    with the arguments after `--` and an empty environment.
 //!
 //! Paths in the VMM's arguments are the jail's: `--kernel /vmlinux` after
 //! `--file /images/vmlinux:/vmlinux`, `--api-socket /api.sock` (on the host
@@ -129,6 +129,8 @@ struct Plan {
     netns: Option<PathBuf>,
     new_pid_ns: bool,
     daemonize: bool,
+    /// Descriptors passed on to the VMM (sorted, above 2).
+    keep_fds: Vec<u32>,
     rlimits: Vec<Rlimit>,
     /// The VMM's arguments (after `--`).
     vmm_args: Vec<CString>,
@@ -200,6 +202,15 @@ impl Plan {
             ));
         }
         let rlimits = parse_rlimits(args.resource_limit.as_deref())?;
+        let mut keep_fds = args.keep_fd.clone();
+        keep_fds.sort_unstable();
+        keep_fds.dedup();
+        if let Some(fd) = keep_fds.iter().find(|&&fd| fd < 3 || fd == u32::MAX) {
+            return Err(JailError::flag(
+                "--keep-fd",
+                format!("{fd} is a standard stream or out of range (give descriptors above 2)"),
+            ));
+        }
         let vmm_args = args
             .vmm_args
             .iter()
@@ -223,6 +234,7 @@ impl Plan {
             netns: args.netns.clone(),
             new_pid_ns: args.new_pid_ns,
             daemonize: args.daemonize,
+            keep_fds,
             rlimits,
             vmm_args,
         })
@@ -329,7 +341,7 @@ fn jail(args: &JailArgs) -> Result<ExitCode, JailError> {
     if plan.daemonize {
         sys::daemonize()?;
     }
-    sys::close_other_fds()?;
+    sys::close_other_fds(&plan.keep_fds)?;
     sys::drop_privileges(plan.uid, plan.gid)?;
     Err(sys::exec_vmm(&plan.vmm_args))
 }
@@ -374,6 +386,7 @@ mod tests {
             netns: None,
             new_pid_ns: false,
             daemonize: false,
+            keep_fds: Vec::new(),
             rlimits: Vec::new(),
             vmm_args: Vec::new(),
         }
@@ -389,6 +402,7 @@ mod tests {
         assert!(err(&["--cgroup", "pids.max"]).starts_with("--cgroup: `pids.max`"));
         assert!(err(&["--cgroup", "../x=1"]).starts_with("--cgroup: `../x`"));
         assert!(err(&["--cgroup-parent", "a/../b"]).starts_with("--cgroup-parent"));
+        assert!(err(&["--keep-fd", "1"]).starts_with("--keep-fd: 1 is a standard stream"));
         assert!(err(&["--chroot-base", "rel"]).starts_with("--chroot-base: `rel`"));
         assert!(err(&["--resource-limit", "no-file=many"])
             .starts_with("--resource-limit: key `no-file`"));

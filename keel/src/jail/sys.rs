@@ -181,13 +181,31 @@ pub(super) fn daemonize() -> Result<(), JailError> {
     Ok(())
 }
 
-/// Closes every descriptor above standard error: nothing the jail's caller had open leaks in.
-pub(super) fn close_other_fds() -> Result<(), JailError> {
-    // SAFETY: close_range takes integers only and closes descriptors this code no longer uses
-    // (Rust objects holding any of them were dropped by now).
-    let result = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if result < 0 {
-        return Err(JailError::sys("close_range"));
+/// Closes every descriptor above standard error but `keep` (sorted, each above 2), which stay
+/// open across the `execve` (`--net fd=N` TAP descriptors a manager passes in).
+pub(super) fn close_other_fds(keep: &[u32]) -> Result<(), JailError> {
+    let mut from = 3u32;
+    for &fd in keep.iter().chain([&u32::MAX]) {
+        if fd > from {
+            // SAFETY: close_range takes integers only and closes descriptors this code no
+            // longer uses (Rust objects holding any of them were dropped by now).
+            let result = unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+            if result < 0 {
+                return Err(JailError::sys("close_range"));
+            }
+        }
+        if fd == u32::MAX {
+            break;
+        }
+        let raw = i32::try_from(fd).map_err(|_| JailError::flag("--keep-fd", "out of range"))?;
+        // SAFETY: F_SETFD with 0 clears close-on-exec on `raw`; no pointers are involved.
+        if unsafe { libc::fcntl(raw, libc::F_SETFD, 0) } < 0 {
+            return Err(JailError::flag(
+                "--keep-fd",
+                format!("{fd} is not an open descriptor"),
+            ));
+        }
+        from = fd.saturating_add(1);
     }
     Ok(())
 }
