@@ -189,6 +189,17 @@ func (c *Config) SetVcpus(n uint32) error {
 	return c.do(func(id C.keel_config_t) C.keel_status { return C.keel_config_set_vcpus(id, C.uint32_t(n)) })
 }
 
+// SetSeccomp turns Keel's seccomp filters on the VM's threads on (the default) or off.
+// Under the filters each vCPU and device thread may make only the system calls its job needs;
+// turn them off to debug, or under tools that cannot run seccomp filters (valgrind).
+func (c *Config) SetSeccomp(on bool) error {
+	mode := C.int32_t(C.KEEL_SECCOMP_OFF)
+	if on {
+		mode = C.int32_t(C.KEEL_SECCOMP_ON)
+	}
+	return c.do(func(id C.keel_config_t) C.keel_status { return C.keel_config_set_seccomp(id, mode) })
+}
+
 // SetMemoryMiB sets guest memory.
 func (c *Config) SetMemoryMiB(mib uint64) error {
 	return c.do(func(id C.keel_config_t) C.keel_status { return C.keel_config_set_memory_mib(id, C.uint64_t(mib)) })

@@ -75,6 +75,52 @@ func TestBootPauseResumePowerButton(t *testing.T) {
 	}
 }
 
+// seccompOfVcpuThread reads the Seccomp field of this process's keel-vcpu-0 thread.
+func seccompOfVcpuThread(t *testing.T) string {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	must(t, err)
+	for _, task := range tasks {
+		comm, err := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "keel-vcpu-0" {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "status"))
+		must(t, err)
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "Seccomp:") {
+				return strings.TrimSpace(strings.TrimPrefix(line, "Seccomp:"))
+			}
+		}
+	}
+	t.Fatal("no keel-vcpu-0 thread")
+	return ""
+}
+
+func TestSeccompOnByDefaultAndOff(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		cfg, err := keel.NewConfig(guest(t))
+		must(t, err)
+		must(t, cfg.SetCmdline(forever))
+		if !on {
+			must(t, cfg.SetSeccomp(false))
+		}
+		vm, err := cfg.Build()
+		must(t, err)
+		must(t, vm.Start())
+		time.Sleep(100 * time.Millisecond) // the vCPU thread installs its filter as it starts
+		want := map[bool]string{true: "2", false: "0"}[on]
+		if got := seccompOfVcpuThread(t); got != want {
+			t.Fatalf("seccomp %v: vCPU thread has Seccomp %s, want %s", on, got, want)
+		}
+		must(t, vm.PowerButton())
+		_, err = vm.Wait(10 * time.Second)
+		must(t, err)
+		must(t, vm.Close())
+		must(t, cfg.Close())
+	}
+}
+
 func TestPlacement(t *testing.T) {
 	cluster, err := keel.LoadCluster(`{"hosts": [
 	  {"name": "a", "inventories": {"VCPU": {"total": 8}, "MEMORY_MB": {"total": 16384}}},
