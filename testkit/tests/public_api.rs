@@ -11,7 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The crates embedders depend on.
-const CRATES: [&str; 5] = ["devices", "vmm-core", "scheduling", "scheduling-postgres", "keel"];
+const CRATES: [&str; 5] = [
+    "devices",
+    "vmm-core",
+    "scheduling",
+    "scheduling-postgres",
+    "keel",
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
