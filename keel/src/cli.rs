@@ -74,10 +74,11 @@ pub struct JailArgs {
     /// A network namespace to join (e.g. `/var/run/netns/vm1`), holding the VM's TAP devices.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-    /// Run the VMM as PID 1 of a new PID namespace (keel jail waits for it and exits with its
-    /// status).
+    /// Run the VMM in keel jail's own PID namespace and execute it in place (its PID is the
+    /// one the manager started). Without it the VMM is PID 1 of a new PID namespace, and keel
+    /// jail waits for it, passes SIGTERM, SIGINT and SIGHUP on, and exits with its status.
     #[arg(long)]
-    pub new_pid_ns: bool,
+    pub same_pid_ns: bool,
     /// Detach: a new session, standard streams on /dev/null.
     #[arg(long)]
     pub daemonize: bool,

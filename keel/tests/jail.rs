@@ -151,13 +151,19 @@ fn a_jailed_keel_runs_the_guest_confined_and_unprivileged() {
     // A second pipe whose write end the jail passes on (as a manager passes a TAP device).
     let (kept_read, kept_write) = inheritable_pipe();
     let kept = kept_write.as_raw_fd().to_string();
-    let mut child = jail_command(&base, &id, &exec, &guest, &["--keep-fd", &kept])
-        .spawn()
-        .unwrap();
+    let mut child = jail_command(
+        &base,
+        &id,
+        &exec,
+        &guest,
+        &["--keep-fd", &kept, "--same-pid-ns"],
+    )
+    .spawn()
+    .unwrap();
     drop(write_end);
     drop(kept_write);
     wait_for(&root.join("api.sock"), "API socket");
-    // Without a new PID namespace the jail execs keel in place.
+    // In the same PID namespace the jail execs keel in place.
     let pid = child.id();
 
     assert_eq!(
@@ -216,25 +222,37 @@ fn a_jailed_keel_runs_the_guest_confined_and_unprivileged() {
         fs::remove_dir(dir).unwrap();
     }
 
-    // With a new PID namespace, keel is PID 1 of its own.
+    // By default keel is PID 1 of a PID namespace of its own.
     let id2 = format!("{id}-pid");
     let root2 = base.join("keel").join(&id2).join("root");
-    let mut child = jail_command(&base, &id2, &exec, &guest, &["--new-pid-ns"])
+    let mut child = jail_command(&base, &id2, &exec, &guest, &[])
         .spawn()
         .unwrap();
     wait_for(&root2.join("api.sock"), "API socket");
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
     let vmm: u32 = children.trim().parse().unwrap();
     assert_eq!(status_line(vmm, "NSpid"), format!("{vmm} 1"));
+    // The waiting keel jail gave up root too.
+    assert_eq!(
+        status_line(child.id(), "Uid"),
+        format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")
+    );
     assert_eq!(
         status_line(vmm, "Uid"),
         format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")
     );
-    power_off(&root2);
+    // A SIGTERM to keel jail reaches the VMM, which stops its VM and exits 128 + 15.
+    let jail_pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill takes integers only; the child is this test's own.
+    assert_eq!(unsafe { libc::kill(jail_pid, libc::SIGTERM) }, 0);
     assert_eq!(
         wait_exit(&mut child),
-        0,
-        "keel jail passes the VMM's status on"
+        128 + libc::SIGTERM,
+        "keel jail passes the signal on and the VMM's status back"
+    );
+    assert!(
+        !root2.join("api.sock").exists(),
+        "the VMM stopped cleanly, removing its socket"
     );
     for dir in cgroup_dirs(&id2) {
         fs::remove_dir(dir).unwrap();

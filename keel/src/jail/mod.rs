@@ -12,7 +12,8 @@
 //! 3. puts the process in `keel/<id>` cgroups with the `--cgroup` values, v2 or v1 as the host
 //!    mounts them ([`cgroup`]);
 //! 4. sets resource limits, joins `--netns`, enters a new mount namespace whose root is the
-//!    jail (`pivot_root`, the old root detached), optionally a new PID namespace;
+//!    jail (`pivot_root`, the old root detached), and a new PID namespace (unless
+//!    `--same-pid-ns`) where the VMM is PID 1 and this process waits, passing signals on;
 //! 5. closes every descriptor above 2 but those `--keep-fd` names, drops all groups and
 //!    capabilities by becoming `--uid`/`--gid`, sets `no_new_privs`, and executes `/keel`
 //!    with the arguments after `--` and an empty environment.
@@ -232,7 +233,7 @@ impl Plan {
             cgroup_parent: args.cgroup_parent.clone(),
             cgroup_fs: args.cgroup_fs.clone(),
             netns: args.netns.clone(),
-            new_pid_ns: args.new_pid_ns,
+            new_pid_ns: !args.same_pid_ns,
             daemonize: args.daemonize,
             keep_fds,
             rlimits,
@@ -306,7 +307,7 @@ fn parse_rlimits(spec: Option<&str>) -> Result<Vec<Rlimit>, JailError> {
 }
 
 /// Runs `keel jail`: on success it does not return (the process becomes the jailed VMM), or
-/// returns the jailed VMM's status with `--new-pid-ns`.
+/// returns the jailed VMM's status when it ran in a new PID namespace.
 pub fn run(args: JailArgs) -> ExitCode {
     match jail(&args) {
         Ok(code) => code,
@@ -333,7 +334,7 @@ fn jail(args: &JailArgs) -> Result<ExitCode, JailError> {
     }
     sys::enter_root(&plan.root)?;
     if plan.new_pid_ns {
-        if let Some(status) = sys::fork_into_pid_ns()? {
+        if let Some(status) = sys::fork_into_pid_ns(plan.uid, plan.gid)? {
             // The parent: the jailed VMM ran as PID 1 of its namespace and ended.
             return Ok(ExitCode::from(status));
         }

@@ -129,8 +129,9 @@ pub(super) fn enter_root(root: &Path) -> Result<(), JailError> {
 }
 
 /// Enters a new PID namespace: the child returned `None` is its PID 1 and goes on to become
-/// the VMM; the parent waits for it and returns its exit status.
-pub(super) fn fork_into_pid_ns() -> Result<Option<u8>, JailError> {
+/// the VMM; the parent drops to `uid`/`gid` too, passes signals on, waits for the child and
+/// returns its exit status.
+pub(super) fn fork_into_pid_ns(uid: u32, gid: u32) -> Result<Option<u8>, JailError> {
     // SAFETY: unshare takes flags only.
     check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || {
         "unshare(CLONE_NEWPID)".into()
@@ -143,6 +144,10 @@ pub(super) fn fork_into_pid_ns() -> Result<Option<u8>, JailError> {
     if pid == 0 {
         return Ok(None);
     }
+    forward_signals(pid)?;
+    // The waiting parent keeps nothing of root's either.
+    close_other_fds(&[])?;
+    drop_privileges(uid, gid)?;
     let mut status = 0;
     loop {
         // SAFETY: `status` is a valid out pointer for the call.
@@ -160,6 +165,35 @@ pub(super) fn fork_into_pid_ns() -> Result<Option<u8>, JailError> {
         128 + libc::WTERMSIG(status)
     };
     Ok(Some(u8::try_from(code).unwrap_or(u8::MAX)))
+}
+
+/// The VMM's PID, for [`forward`].
+static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Passes a signal on to the VMM.
+extern "C" fn forward(signal: libc::c_int) {
+    let child = CHILD.load(std::sync::atomic::Ordering::SeqCst);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe and takes integers only.
+        unsafe { libc::kill(child, signal) };
+    }
+}
+
+/// Makes SIGTERM, SIGINT and SIGHUP sent to keel jail reach the VMM (a manager stops the
+/// process it started), which stops its VM and exits with 128 + the signal.
+fn forward_signals(child: libc::pid_t) -> Result<(), JailError> {
+    CHILD.store(child, std::sync::atomic::Ordering::SeqCst);
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: an all-zero sigaction is a valid value to fill in.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = forward as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action` is a valid sigaction whose handler only loads an atomic and calls
+        // kill, both async-signal-safe.
+        let result = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+        check(result, || format!("sigaction {signal}"))?;
+    }
+    Ok(())
 }
 
 /// Detaches from the terminal: a new session, standard streams on `/dev/null`.
