@@ -105,8 +105,8 @@ CREATE INDEX keel_changes_xid ON keel_changes (xid);
 --   {"op": "disable", "host", "disabled": bool}
 -- Every row it will write is locked first, in one order (consumers, owners, groups, quotas), so
 -- concurrent batches never deadlock. Items are then checked and applied in order: an item whose
--- checks fail writes nothing and marks its owners, so that later items of the batch decided on
--- top of it fail too. With "atomic", the first failure aborts the whole batch (SQLSTATE KL409,
+-- checks fail writes nothing and marks its owners and server group, so that later items of the
+-- batch decided on top of it fail too (their generations could otherwise match by coincidence). With "atomic", the first failure aborts the whole batch (SQLSTATE KL409,
 -- the failure as JSON in the message). Returns {"seq", "results": [...]}, one result per item:
 -- {"ok": true, "gens": [[owner, generation], ...], "group": [name, generation]|null, "cgen"} or
 -- {"ok": false, "error": "conflict"|"duplicate"|"unknown_consumer"|"quota"|"group"|"disabled",
@@ -119,6 +119,7 @@ DECLARE
     results jsonb := '[]';
     changes jsonb := '[]';
     tainted integer[] := '{}';
+    tainted_groups text[] := '{}';
     op text;
     cid text;
     check_ids integer[];
@@ -220,7 +221,8 @@ BEGIN
             END IF;
         END IF;
         IF fail IS NULL AND op IN ('place', 'move') THEN
-            IF check_ids && tainted THEN
+            IF check_ids && tainted
+               OR coalesce(item->>'group', con.server_group) = ANY(tainted_groups) THEN
                 fail := 'conflict';
                 detail := 'decided on top of an earlier claim of this batch that failed';
             ELSE
@@ -285,6 +287,7 @@ BEGIN
                     MESSAGE = jsonb_build_object('error', fail, 'detail', detail, 'consumer', cid)::text;
             END IF;
             tainted := tainted || check_ids || old_ids;
+            tainted_groups := tainted_groups || coalesce(item->>'group', con.server_group);
             results := results || jsonb_build_array(
                 jsonb_build_object('ok', false, 'error', fail, 'detail', detail));
             CONTINUE;

@@ -9,7 +9,7 @@
 //!    change them: a claim commits only if every owner (and, for a claim that checked it, its
 //!    server group) is at the generation its decision saw, its host is enabled, its consumer new,
 //!    its group's definition the same, and its project's and user's quotas hold. A claim that
-//!    fails marks its owners, so the claims decided on top of it fail too.
+//!    fails marks its owners and its server group, so the claims decided on top of it fail too.
 //! 3. Write what passed in one statement (generations, consumers, allocations, inventory usage,
 //!    quota usage, the change row), and commit: one WAL flush for the batch.
 //!
@@ -68,6 +68,13 @@ pub(crate) enum Verdict {
     },
     /// Not committed.
     Refused(Refusal, String),
+}
+
+/// What the refused claims of a batch touched: later claims touching the same may not commit.
+#[derive(Default)]
+struct Tainted {
+    owners: HashSet<usize>,
+    groups: HashSet<String>,
 }
 
 /// `(project, user, class)` of a quota row.
@@ -206,7 +213,7 @@ pub(crate) fn commit_places(
     let mut gens: HashMap<usize, i64> = owners.iter().map(|(&o, v)| (o, v.0)).collect();
     let mut group_gens: HashMap<String, i64> =
         group_rows.iter().map(|(n, v)| (n.clone(), v.2)).collect();
-    let mut tainted: HashSet<usize> = HashSet::new();
+    let mut tainted = Tainted::default();
     let mut verdicts = Vec::with_capacity(items.len());
     for item in items {
         let refusal = judge(
@@ -221,7 +228,10 @@ pub(crate) fn commit_places(
         );
         match refusal {
             Some((kind, detail)) => {
-                tainted.extend(item.check.iter().map(|c| c.0));
+                tainted.owners.extend(item.check.iter().map(|c| c.0));
+                if let Some((name, _, _)) = &item.group {
+                    tainted.groups.insert(name.clone());
+                }
                 verdicts.push(Verdict::Refused(kind, detail));
             }
             None => {
@@ -296,13 +306,20 @@ fn judge(
     item: &PlaceItem,
     owners: &HashMap<usize, (i64, bool, String)>,
     gens: &HashMap<usize, i64>,
-    tainted: &HashSet<usize>,
+    tainted: &Tainted,
     existing: &HashSet<String>,
     group_rows: &HashMap<String, (String, Option<i32>, i64)>,
     group_gens: &HashMap<String, i64>,
     quotas: &HashMap<QuotaKey, (i64, i64)>,
 ) -> Option<(Refusal, String)> {
-    if item.check.iter().any(|c| tainted.contains(&c.0)) {
+    // A claim decided after a refused one of the batch counted on its generation bumps (of the
+    // owners and of the group it touched): its generations may now match the database's by
+    // coincidence, for another change than the one its decider assumed (an ABA). Refuse it.
+    let group_tainted = item
+        .group
+        .as_ref()
+        .is_some_and(|(name, _, _)| tainted.groups.contains(name));
+    if group_tainted || item.check.iter().any(|c| tainted.owners.contains(&c.0)) {
         return Some((
             Refusal::Conflict,
             "decided on top of an earlier claim of this batch that failed".into(),

@@ -155,25 +155,31 @@ impl Replica {
     }
 
     /// Records what a commit of this decider returned for a claim already applied to the state.
+    /// Returns false when a generation did not follow the replica's (the claim was decided on a
+    /// picture the database did not have): the replica must then be rebuilt.
     pub(crate) fn confirm(
         &mut self,
         gens: &[(usize, i64)],
         group: Option<&(String, i64)>,
         consumer: &str,
         cgen: Option<i64>,
-    ) {
+    ) -> bool {
+        let mut in_step = true;
         for &(o, g) in gens {
             if let Some(slot) = self.owner_gen.get_mut(o) {
+                in_step &= *slot == g - 1;
                 *slot = (*slot).max(g);
             }
         }
         if let Some((name, g)) = group {
             let slot = self.group_gen.entry(name.clone()).or_insert(0);
+            in_step &= *slot == g - 1;
             *slot = (*slot).max(*g);
         }
         if let Some(c) = cgen {
             self.consumer_gen.insert(consumer.to_string(), c);
         }
+        in_step
     }
 
     fn gate(&self, item: &ChangeItem) -> Gate {

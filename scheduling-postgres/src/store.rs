@@ -899,13 +899,21 @@ impl Committer {
 
     fn finish_batch(&mut self, pending: Vec<Pending>, verdicts: Vec<Verdict>) {
         let mut retry = Vec::new();
+        let mut out_of_step = false;
         {
             let shared = self.shared.clone();
             let mut r = shared.replica.write().unwrap_or_else(|e| e.into_inner());
             for (p, verdict) in pending.into_iter().zip(verdicts) {
                 let (kind, detail) = match verdict {
                     Verdict::Committed { gens, group } => {
-                        r.confirm(&gens, group.as_ref(), &p.consumer, Some(1));
+                        if !r.confirm(&gens, group.as_ref(), &p.consumer, Some(1)) {
+                            log::error!(
+                                "the commit of `{}` skipped a generation the replica holds: \
+                                 rebuilding the replica",
+                                p.consumer
+                            );
+                            out_of_step = true;
+                        }
                         shared.counters.commits.fetch_add(1, Ordering::Relaxed);
                         let placement = p.placement.clone();
                         p.job
@@ -926,6 +934,9 @@ impl Committer {
                     Refusal::Group => p.job.answer(Err(PgStoreError::ServerGroup(detail))),
                 }
             }
+        }
+        if out_of_step {
+            self.reload_wanted = true;
         }
         for (job, why) in retry {
             self.requeue_conflict(job, why);
