@@ -49,6 +49,9 @@ fn summary(child: Child) -> serde_json::Value {
     for line in stderr.lines() {
         eprintln!("  | {line}");
     }
+    // Losing the connection is expected here; a replica out of step with the database is not.
+    assert!(!stderr.contains("skipped a generation"), "{stderr}");
+    assert!(!stderr.contains("conflicting commits in a row"), "{stderr}");
     assert_eq!(s["other"], 0, "{s}\n{text}\n{stderr}");
     assert_eq!(s["unschedulable"], 0, "{s}");
     s
