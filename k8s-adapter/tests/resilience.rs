@@ -15,7 +15,8 @@ use harness::{
 use k8s_adapter::api::{Phase, VirtualMachineInstance};
 use k8s_adapter::controller::leader::{Attempt, LeaseLock};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
 use testkit::require_kvm;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -277,6 +278,114 @@ async fn a_vmi_deleted_while_its_agent_is_down_is_stopped_when_the_agent_returns
         vmis.get_opt("held").await.ok()?.is_none().then_some(())
     })
     .await;
+    assert!(
+        keel_processes_under(&run_dir).is_empty(),
+        "{}",
+        adapter.logs()
+    );
+}
+
+/// Launcher pods in `default`.
+async fn launcher_pods(client: &kube::Client) -> usize {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.list(&ListParams::default().labels("app.kubernetes.io/component=keel-launcher"))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// Waits (polling every 5 ms) until `count` keel processes run under `dir`.
+async fn until_vmms(dir: &std::path::Path, count: usize) {
+    let deadline = std::time::Instant::now() + LONG;
+    while keel_processes_under(dir).len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no keel process started under {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_killed_while_a_vmi_is_starting_converge_to_one_vmm_per_vmi() {
+    require_k8s!();
+    require_kvm!();
+    let _serial = serial().await;
+    let mut plane = ControlPlane::start(&scratch("mid-start"), true).unwrap();
+    let client = plane.client().await.unwrap();
+    plane
+        .create_node(&client, &NodeSpec::new("node-a", "4", "8Gi"))
+        .await
+        .unwrap();
+    install_crds(&plane);
+    let mut adapter = Adapter::start(&plane, &["node-a"]).await;
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let run_dir = adapter.agents[0].run_dir.clone();
+    eventually("controller-a to lead", LONG, || async {
+        (holder(&client).await.as_deref() == Some("controller-a")).then_some(())
+    })
+    .await;
+
+    // The controller dies as the VMI arrives (while it may be creating the launcher pod), and
+    // the agent dies the moment it has started the VMM, before it could report it running.
+    let manifest = vmi_manifest("interrupted", RUN_UNTIL_POWER_BUTTON, "64Mi", "");
+    assert!(plane
+        .kubectl_stdin(&["apply", "-f", "-"], &manifest)
+        .status
+        .success());
+    adapter.controller.kill();
+    adapter.controller = ControllerProcess::start(&plane, "controller-a");
+    until_vmms(&run_dir, 1).await;
+    adapter.agents[0].kill();
+    let started = keel_processes_under(&run_dir);
+    assert_eq!(started.len(), 1, "{}", adapter.logs());
+    adapter.agents[0].restart();
+    eventually("Running after both restarts", LONG, || async {
+        (phase(&vmis, "interrupted").await == Some(Phase::Running)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        keel_processes_under(&run_dir),
+        started,
+        "the VMM started before the agent died is the one that runs: {}",
+        adapter.logs()
+    );
+    assert_eq!(launcher_pods(&client).await, 1);
+
+    // kube-apiserver dies as the next VMI's VMM starts: the agent's report waits for it.
+    let manifest = vmi_manifest("through-outage", RUN_UNTIL_POWER_BUTTON, "64Mi", "");
+    assert!(plane
+        .kubectl_stdin(&["apply", "-f", "-"], &manifest)
+        .status
+        .success());
+    until_vmms(&run_dir, 2).await;
+    plane.kill_apiserver();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    plane.start_apiserver().unwrap();
+    eventually("Running after the API server came back", LONG, || async {
+        (phase(&vmis, "through-outage").await == Some(Phase::Running)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        keel_processes_under(&run_dir).len(),
+        2,
+        "{}",
+        adapter.logs()
+    );
+    assert_eq!(launcher_pods(&client).await, 2);
+
+    for name in ["interrupted", "through-outage"] {
+        let out = plane.kubectl(&["delete", "vmi", name, "--timeout=60s"]);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            adapter.logs()
+        );
+    }
     assert!(
         keel_processes_under(&run_dir).is_empty(),
         "{}",

@@ -150,8 +150,19 @@ impl Supervisor {
         let Some(vmi) = self.current() else { return };
         let uid = vmi.uid().unwrap_or_default();
         let mut vmm = Vmm::adopt(&self.config.run_dir, &uid).await;
-        if let Some(v) = &vmm {
+        if let Some(v) = &mut vmm {
             log::info!("{}: adopted VMM pid {}", Self::key(&vmi), v.pid);
+            if vmi.meta().deletion_timestamp.is_none() {
+                if let Err(message) = self.finish_start(&vmi, &uid, v).await {
+                    log::warn!("{}: {message}", Self::key(&vmi));
+                    v.stop(Duration::ZERO).await;
+                    let report =
+                        self.node_report(VmmState::Failed, 0, None, Some(message), Vec::new());
+                    self.report(&vmi, report).await;
+                    let _ = self.finalizer(&vmi, false).await;
+                    return;
+                }
+            }
         }
         if vmm.is_none() {
             if vmi.meta().deletion_timestamp.is_some() || !self.should_start(&vmi) {
@@ -174,6 +185,30 @@ impl Supervisor {
         }
         let Some(mut vmm) = vmm else { return };
         self.supervise(&mut vmm).await;
+    }
+
+    /// An adopted VMM whose VM an earlier agent had not yet created or booted gets both now.
+    async fn finish_start(
+        &self,
+        vmi: &VirtualMachineInstance,
+        uid: &str,
+        vmm: &Vmm,
+    ) -> Result<(), String> {
+        let config = vm_config(&vmi.spec, &console_socket(&self.config.run_dir, uid))
+            .map_err(|e| format!("cannot run this VM here: {e}"))?;
+        match vmm.finish_start(&config).await {
+            Ok(true) => {
+                log::info!(
+                    "{}: booted the adopted VMM pid {} (its start was cut short)",
+                    Self::key(vmi),
+                    vmm.pid
+                );
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(VmmError::Api(e)) => Err(format!("keel refused the VM: {e}")),
+            Err(other) => Err(other.to_string()),
+        }
     }
 
     async fn start(&self, vmi: &VirtualMachineInstance, uid: &str) -> Result<Vmm, String> {

@@ -169,6 +169,20 @@ impl Vmm {
         Ok(())
     }
 
+    /// Finishes a start that an earlier agent left half-way (it died between starting the
+    /// process and booting the VM): creates the VM if the VMM has none yet and boots it if it
+    /// was never started. Returns whether anything had to be done.
+    pub async fn finish_start(&self, config: &VmConfig) -> Result<bool, VmmError> {
+        match self.api.ping().await?.state {
+            ApiVmState::NotCreated => self.create_and_boot(config).await.map(|()| true),
+            ApiVmState::Created => {
+                self.api.act(Endpoint::VmBoot).await?;
+                Ok(true)
+            }
+            ApiVmState::Running | ApiVmState::Paused | ApiVmState::Exited => Ok(false),
+        }
+    }
+
     /// The VM's state, config and exit.
     pub async fn info(&self) -> Result<VmInfo, VmmError> {
         Ok(self.api.info().await?)
