@@ -381,5 +381,10 @@ impl Drop for ControlPlane {
         self.scheduler.take();
         self.apiserver.take();
         self.etcd.take();
+        // etcd's data (preallocated WAL and snapshot files, hundreds of MiB a test) goes with a
+        // test that passed; a failing test keeps it beside the logs for a look.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.dir.join("etcd"));
+        }
     }
 }
