@@ -148,6 +148,20 @@ impl SeccompPolicy {
     /// Compiles the filters of every kind now, so that a thread only installs one (and a
     /// policy that cannot compile fails the build, not a running VM).
     pub fn filters(&self) -> Result<Filters, SeccompError> {
+        if let SeccompPolicy::Keel = self {
+            // Keel's filters never change in a process: compiled once (about a millisecond),
+            // shared by every VM and by the keel program's own threads.
+            static KEEL: std::sync::OnceLock<Filters> = std::sync::OnceLock::new();
+            if let Some(filters) = KEEL.get() {
+                return Ok(filters.clone());
+            }
+            let filters = self.compile_all()?;
+            return Ok(KEEL.get_or_init(|| filters).clone());
+        }
+        self.compile_all()
+    }
+
+    fn compile_all(&self) -> Result<Filters, SeccompError> {
         let mut filters = BTreeMap::new();
         for kind in ThreadKind::ALL {
             let programs = match self {
