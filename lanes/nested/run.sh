@@ -25,6 +25,8 @@ l1_cpu="EPYC,+svm"
 l1_threads=multi
 case_timeout=120
 shutdown_grace=15
+max_l1_s=1500
+l1_retries=1
 mem_mib=256
 qemu_machine=pc
 keel_bin=
@@ -51,6 +53,9 @@ Usage: $0 [options]
                        TCG threading for L1: one host thread per vCPU, or all on one [$l1_threads]
   --l1-cpu MODEL       QEMU CPU model for L1; needs SVM [$l1_cpu]
   --case-timeout S     kill an L2 VMM after S seconds [$case_timeout]
+  --max-l1-s S         kill an L1 boot after at most S seconds [$max_l1_s]
+  --l1-retries N       boot a fresh L1 up to N times for the cases an L1 that stalled or
+                       died left without a result [$l1_retries]
   --qemu-machine M     machine type for --bench: pc or microvm [$qemu_machine]
   --l2-cmdline TEXT    L2 kernel command line [$l2_cmdline]
   --l2-image vmlinuz|vmlinux
@@ -74,6 +79,8 @@ while [ $# -gt 0 ]; do
     --l1-cpu) l1_cpu=$2; shift ;;
     --l1-threads) l1_threads=$2; shift ;;
     --case-timeout) case_timeout=$2; shift ;;
+    --max-l1-s) max_l1_s=$2; shift ;;
+    --l1-retries) l1_retries=$2; shift ;;
     --qemu-machine) qemu_machine=$2; shift ;;
     --l2-cmdline) l2_cmdline=$2; shift ;;
     --l2-image) l2_image=$2; shift ;;
@@ -105,7 +112,8 @@ for c in $cases; do
 done
 meta_package "$l1_kernel" > /dev/null
 [[ $l2_image =~ ^vmlinu[zx]$ ]] || die "--l2-image must be vmlinuz or vmlinux"
-for n in "$bench_runs" "$l1_smp" "$case_timeout"; do
+[[ $l1_retries =~ ^[0-9]+$ ]] || die "--l1-retries: '$l1_retries' is not a number"
+for n in "$bench_runs" "$l1_smp" "$case_timeout" "$max_l1_s"; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || die "'$n' is not a positive number"
 done
 l2_kernels=$(for c in $cases; do echo "${c%%:*}"; done | sort -u)
@@ -298,11 +306,13 @@ if [ "$bench" = 1 ]; then
   parts+=("$out/l1/qemu.cpio.gz")
 fi
 
-# The run's settings, read by l1-init.sh; small, so rebuilt every time.
-conf=$out/staging/conf
-rm -rf "$conf" && mkdir -p "$conf/etc"
-cat > "$conf/etc/lane.conf" <<EOF
-CASES="$cases"
+# The run's settings, read by l1-init.sh, and the initramfs with them (small, so rebuilt for
+# every L1 boot). write_initrd <cases>.
+write_initrd() {
+  local conf=$out/staging/conf part
+  rm -rf "$conf" && mkdir -p "$conf/etc"
+  cat > "$conf/etc/lane.conf" <<EOF
+CASES="$1"
 BENCH_RUNS=$(( bench * bench_runs ))
 MEM_MIB=$mem_mib
 L2_CMDLINE="$l2_cmdline"
@@ -313,38 +323,100 @@ QEMU_MACHINE=$qemu_machine
 L2_IMAGE=$l2_image
 KEEL_ARGS="$keel_args"
 EOF
-pack "$conf" > "$out/l1/conf.cpio"
-# Linux finds an uncompressed archive only at a 4-byte aligned offset and skips zero bytes
-# between archives, so each part is padded to a multiple of 4.
-for part in "${parts[@]}" "$out/l1/conf.cpio"; do
-  cat "$part"
-  head -c $(( (4 - $(stat -c %s "$part") % 4) % 4 )) /dev/zero
-done > "$out/l1/initrd.img"
-rm -rf "$out/staging"   # the parts are what is cached; the copies they were packed from are not
+  pack "$conf" > "$out/l1/conf.cpio"
+  # Linux finds an uncompressed archive only at a 4-byte aligned offset and skips zero bytes
+  # between archives, so each part is padded to a multiple of 4.
+  for part in "${parts[@]}" "$out/l1/conf.cpio"; do
+    cat "$part"
+    head -c $(( (4 - $(stat -c %s "$part") % 4) % 4 )) /dev/zero
+  done > "$out/l1/initrd.img"
+  rm -rf "$out/staging"   # the parts are what is cached; the copies they were packed from are not
+}
 
 # --- 6. Run L1 -----------------------------------------------------------------------------------
-# A hard limit for the whole run: L1's boot plus every case's worst time (QEMU's too with --bench).
+# L1 under TCG can stall as a whole (seen once in CI: no console output for over an hour, every
+# watchdog inside L1 silent). Two guards, both on this side:
+# - a stall watchdog kills QEMU when the console has been silent for longer than any case can
+#   legitimately be (a stuck L2 VMM is killed by L1 after --case-timeout, which prints);
+# - a hard limit per L1 boot: its boot plus every case's worst time, capped by --max-l1-s.
+# When L1 stalls or dies before its last case, a fresh L1 boots once more (--l1-retries) for the
+# cases still without a result, and the stall is reported with the console's last lines. Each
+# case still passes only on its own result line.
 ncases=$(wc -w <<< "$cases")
 hard_timeout=$(( 180 + ncases * (case_timeout + shutdown_grace + 5) * (1 + 2 * bench * bench_runs) ))
+[ "$hard_timeout" -le "$max_l1_s" ] || hard_timeout=$max_l1_s
+stall_s=$(( case_timeout + shutdown_grace + 120 ))
 stamp=$(date +%Y%m%d-%H%M%S)
 log=$out/console-$stamp.log
+: > "$log"
 ln -sfn "$(basename "$log")" "$out/console.log"
 # Keep the logs of the last 20 runs.
 find "$out" -maxdepth 1 -name 'console-*.log' | sort | head -n -19 | xargs -r rm -f
-say "booting L1 ($l1_kernel, -smp $l1_smp, $l1_threads-threaded TCG, -cpu $l1_cpu) with cases: $cases; log: $log"
+
+# stall_watchdog <pidfile> <log>: kills the QEMU in <pidfile> once <log> has not grown for
+# $stall_s seconds, and leaves a note in $out/l1/stalled.
+stall_watchdog() {
+  local size last=-1 quiet=0 pid
+  while sleep 5; do
+    size=$(stat -c %s "$2" 2> /dev/null || echo 0)
+    if [ "$size" = "$last" ]; then quiet=$(( quiet + 5 )); else quiet=0; last=$size; fi
+    if [ "$quiet" -ge "$stall_s" ]; then
+      pid=$(cat "$1" 2> /dev/null) || continue
+      echo "no console output for ${quiet}s" > "$out/l1/stalled"
+      kill -KILL "$pid" 2> /dev/null
+      return
+    fi
+  done
+}
+
+# boot_l1 <cases>: one L1 boot running <cases>, its console appended to $log. Sets qemu_status.
+boot_l1() {
+  write_initrd "$1"
+  rm -f "$out/l1/qemu.pid" "$out/l1/stalled"
+  say "booting L1 ($l1_kernel, -smp $l1_smp, $l1_threads-threaded TCG, -cpu $l1_cpu) with cases: $1; log: $log"
+  stall_watchdog "$out/l1/qemu.pid" "$log" &
+  local watchdog=$!
+  set +e
+  # stdin from /dev/null: QEMU leaves the terminal alone and Ctrl-C stops the run. -net none: no
+  # NIC, so SeaBIOS does not spend emulated time in the iPXE option ROM.
+  timeout -k 10 "$hard_timeout" qemu-system-x86_64 -accel "tcg,thread=$l1_threads" -cpu "$l1_cpu" \
+    -smp "$l1_smp" -m 2048 -nographic -no-reboot -net none -pidfile "$out/l1/qemu.pid" \
+    -kernel "$(kernel_dir "$l1_kernel")/vmlinuz" \
+    -initrd "$out/l1/initrd.img" -append "console=ttyS0 panic=-1 quiet" < /dev/null 2>&1 \
+    | sed -u 's/\r$//' | tee -a "$log" \
+    | if [ "$verbose" = 1 ]; then cat; else grep --line-buffered -e '^KEEL-' || true; fi
+  qemu_status=${PIPESTATUS[0]}
+  set -e
+  kill "$watchdog" 2> /dev/null || true
+  wait "$watchdog" 2> /dev/null || true
+  [ "$qemu_status" != 124 ] || say "L1 did not finish within ${hard_timeout}s and was killed"
+  if [ -e "$out/l1/stalled" ]; then
+    say "L1 stalled ($(cat "$out/l1/stalled")) and was killed; its console's last lines:"
+    tail -n 25 "$log" | sed 's/^/  | /' >&2
+  fi
+}
+
+# cases_left: the cases of this run without a result line in $log.
+cases_left() {
+  local c
+  for c in $cases; do grep -q "^KEEL-LANE case=$c " "$log" || echo "$c"; done | xargs
+}
+
 started=$(date +%s)
-set +e
-# stdin from /dev/null: QEMU leaves the terminal alone and Ctrl-C stops the run. -net none: no
-# NIC, so SeaBIOS does not spend emulated time in the iPXE option ROM.
-timeout -k 10 "$hard_timeout" qemu-system-x86_64 -accel "tcg,thread=$l1_threads" -cpu "$l1_cpu" -smp "$l1_smp" \
-  -m 2048 -nographic -no-reboot -net none -kernel "$(kernel_dir "$l1_kernel")/vmlinuz" \
-  -initrd "$out/l1/initrd.img" -append "console=ttyS0 panic=-1 quiet" < /dev/null 2>&1 \
-  | sed -u 's/\r$//' | tee "$log" \
-  | if [ "$verbose" = 1 ]; then cat; else grep --line-buffered -e '^KEEL-' || true; fi
-qemu_status=${PIPESTATUS[0]}
-set -e
+attempt=0
+stalls=0
+todo=$cases
+while :; do
+  boot_l1 "$todo"
+  grep -q '^KEEL-LANE done' "$log" && break
+  stalls=$(( stalls + 1 ))
+  todo=$(cases_left)
+  if [ -z "$todo" ] || [ "$attempt" -ge "$l1_retries" ]; then break; fi
+  attempt=$(( attempt + 1 ))
+  say "L1 ended before its last case (QEMU status $qemu_status); retry $attempt of $l1_retries in a fresh L1 for: $todo"
+  echo "KEEL-LANE-RETRY attempt=$attempt cases=${todo// /,}" >> "$log"
+done
 elapsed=$(( $(date +%s) - started ))
-[ "$qemu_status" = 124 ] && say "L1 did not finish within ${hard_timeout}s and was killed"
 
 # --- Results -------------------------------------------------------------------------------------
 failed=0
@@ -398,6 +470,7 @@ for c in $cases; do
   echo "--- $c: last lines of the L2 console and Keel's stderr"
   grep -F -e "L2|$c| " -e "VMM|$c| " "$log" | tail -n 15 || true
 done
+[ "$stalls" = 0 ] || say "L1 ended early $stalls time(s) (stall, crash or time limit); see KEEL-LANE-RETRY in $log"
 if ! grep -q '^KEEL-LANE done' "$log"; then
   say "L1 did not finish (no 'KEEL-LANE done'; QEMU status $qemu_status): see $log"
   grep -E '^\[ *[0-9.]+\] .*(Oops|BUG|panic|Call Trace)' "$log" | head -n 5 || true
