@@ -86,6 +86,9 @@ dmesg -n 1
 #   L2_ERRORS  1 if L2 reported a KEEL-L2-ERROR line (e.g. a module failed to load)
 #   VIRTIO, DEVICES  the fields of the KEEL-L2-VIRTIO and KEEL-L2-DEVICES lines
 #   KILLED  why the VMM was killed: "timeout", "no-exit-after-poweroff" or ""
+#   COUNT_FIRST, COUNT_LAST  the first and last KEEL-L2-COUNT numbers (snapshot case)
+#   COUNT_CS  centiseconds from starting the VMM to the first KEEL-L2-COUNT line
+# With SNAPSHOT_AT=n set, the line "KEEL-L2-COUNT n" starts snapshot_vm in the background.
 # The VMM's stderr is echoed afterwards, prefixed with "VMM|<tag>| ", and left in /tmp/stderr.
 # Two watchdogs kill it: one after CASE_TIMEOUT, and one SHUTDOWN_GRACE seconds after the
 # KEEL-L2-END line (L2 powers off, reboots or panics right after it), so a VM that does not end
@@ -101,6 +104,9 @@ run_vmm() {
   VIRTIO=
   DEVICES=
   BUTTON=
+  COUNT_FIRST=
+  COUNT_LAST=
+  COUNT_CS=
   now
   start=$NOW
   "$@" > /tmp/console 2> /tmp/stderr < /dev/null &
@@ -122,6 +128,22 @@ run_vmm() {
             && echo pressed >> /tmp/button.out & )
         ;;
       *"KEEL-L2-BUTTON pressed"*) BUTTON=pressed ;;
+      *"KEEL-L2-COUNT "*)
+        n=${line##*KEEL-L2-COUNT }
+        case $n in
+          ''|*[!0-9]*) ;;
+          *)
+            if [ -z "$COUNT_FIRST" ]; then
+              COUNT_FIRST=$n
+              now
+              COUNT_CS=$(( NOW - start ))
+            fi
+            COUNT_LAST=$n
+            # A grandchild, as for the button.
+            [ "$n" != "${SNAPSHOT_AT:-}" ] || ( snapshot_vm > /tmp/snap.out 2>&1 & )
+            ;;
+        esac
+        ;;
       *"KEEL-L2-END"*)
         if [ -z "$grace" ]; then
           (sleep "$SHUTDOWN_GRACE"; echo no-exit-after-poweroff > /tmp/killed; kill -KILL $pid) 2> /dev/null &
@@ -144,6 +166,18 @@ run_vmm() {
   wait $watchdog $grace 2> /dev/null
   KILLED=$(cat /tmp/killed 2> /dev/null)
   while IFS= read -r line; do echo "VMM|$tag| $line"; done < /tmp/stderr
+}
+
+# snapshot_vm: what a manager does to save a running VM through keel's API: pause, snapshot to
+# /tmp/snap, end the keel process. Prints snapshot_cs= (pause plus snapshot) and "ok" last.
+snapshot_vm() {
+  api="/bin/keel remote --api-socket /tmp/keel-api.sock"
+  now
+  t0=$NOW
+  $api pause && $api snapshot /tmp/snap || return 1
+  now
+  echo "snapshot_cs=$(( NOW - t0 ))"
+  $api shutdown-vmm && echo ok
 }
 
 # field <name> <fields>: the value of name=value in a space-separated list, or "-".
@@ -175,6 +209,12 @@ run_keel() {
       device_args="--disk path=/tmp/disk.img,id=lanedisk --net tap=keel0 --vsock cid=3,socket=/tmp/vsock.sock"
       device_args="$device_args --console file=/tmp/hvc.out"
       [ "$4" != devices-mmio ] || device_args="$device_args --transport mmio"
+      ;;
+    snapshot)
+      # L2 counts; run_vmm snapshots it through this API socket (snapshot_vm).
+      rm -rf /tmp/keel-api.sock /tmp/snap /tmp/snap.out
+      l2_args="keel.l2_action=count"
+      device_args="--api-socket /tmp/keel-api.sock"
       ;;
     button)
       # run_vmm presses the power button through this API socket when L2 is ready.
@@ -300,6 +340,47 @@ judge() {
 }
 seconds_or_dash() { if [ -n "$1" ]; then seconds "$1"; else echo -; fi; }
 
+# run_snapshot <case> <kernel> <vcpus>: boots L2 counting, snapshots it at count 5 and ends that
+# keel (snapshot_vm), then restores the snapshot in a new keel process, where L2 must count on
+# to 60 without booting again and power off. Judged like a power-off case on the first boot's
+# marker and the second keel's exit, plus:
+#   snapshot-api      pause, snapshot or shutdown-vmm failed (/tmp/snap.out)
+#   first-keel-exit   the first keel did not end with status 0 after shutdown-vmm
+#   count-continuity  the restored guest's first count is not the next one (one line may be
+#                     cut in two by the pause: +1 or +2)
+#   count-end         the restored guest did not count to 60
+#   booted-again      the second keel's console shows a boot marker
+run_snapshot() {
+  SNAPSHOT_AT=5
+  run_keel "$1" "$2" "$3" snapshot
+  SNAPSHOT_AT=
+  first_status=$STATUS first_killed=$KILLED first_last=$COUNT_LAST
+  first_marker=$MARKER first_virtio=$VIRTIO first_boot_cs=$BOOT_CS first_start=$start
+  # shellcheck disable=SC2086 # KEEL_LOG is one word
+  run_vmm "$1+restored" /bin/keel --log-level "$KEEL_LOG" --restore /tmp/snap
+  second_marker=$MARKER
+  MARKER=$first_marker VIRTIO=$first_virtio BOOT_CS=$first_boot_cs start=$first_start
+  judge "$1" "$3" snapshot
+  tail -n 1 /tmp/snap.out 2> /dev/null | grep -qx ok || reasons="$reasons,snapshot-api"
+  [ "$first_status" = 0 ] && [ -z "$first_killed" ] || reasons="$reasons,first-keel-exit"
+  [ -n "$first_last" ] && [ -n "$COUNT_FIRST" ] \
+    && [ "$COUNT_FIRST" -gt "$first_last" ] && [ "$COUNT_FIRST" -le $(( first_last + 2 )) ] \
+    || reasons="$reasons,count-continuity"
+  [ "$COUNT_LAST" = 60 ] || reasons="$reasons,count-end"
+  [ -z "$second_marker" ] || reasons="$reasons,booted-again"
+  snap_cs=$(sed -n 's/^snapshot_cs=//p' /tmp/snap.out 2> /dev/null)
+  JUDGED_STATUS=pass
+  [ -z "${reasons#,}" ] || JUDGED_STATUS=fail
+  JUDGED="KEEL-LANE case=$1 status=$JUDGED_STATUS exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")"
+  JUDGED="$JUDGED nproc=$(field nproc "$MARKER") memtotal_kib=$(field memtotal_kib "$MARKER")"
+  JUDGED="$JUDGED clocksource=$(field clocksource "$MARKER") uptime_s=$(field uptime "$MARKER")"
+  JUDGED="$JUDGED wall_s=$(seconds $wall_cs) vm_exit=${vm_exit:--} virtio_rng=$(field rng "$VIRTIO")"
+  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO") snapshot_at=${first_last:--}"
+  JUDGED="$JUDGED resumed_at=${COUNT_FIRST:--} counted_to=${COUNT_LAST:--}"
+  JUDGED="$JUDGED snapshot_s=$(seconds_or_dash "$snap_cs") restore_to_count_s=$(seconds_or_dash "$COUNT_CS")"
+  JUDGED="$JUDGED reason=${reasons#,}"
+}
+
 for case in $CASES; do
   kernel=${case%%:*}
   rest=${case#*:}
@@ -307,8 +388,12 @@ for case in $CASES; do
   action=poweroff
   [ "$rest" = "$vcpus" ] || action=${rest#*:}
   case $action in devices*) prepare_devices ;; esac
-  run_keel "$case" "$kernel" "$vcpus" "$action"
-  judge "$case" "$vcpus" "$action"
+  if [ "$action" = snapshot ]; then
+    run_snapshot "$case" "$kernel" "$vcpus"
+  else
+    run_keel "$case" "$kernel" "$vcpus" "$action"
+    judge "$case" "$vcpus" "$action"
+  fi
   echo "$JUDGED"
   # Bench rounds only for the plain power-off cases.
   [ "$action" = poweroff ] || continue

@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # /init of the L2 guest: the stock Debian kernel that Keel (or QEMU, for --bench) boots inside L1.
 # It reports what the kernel found in one marker line and ends the machine (power off, reboot or
-# panic, as the case asks), so the VMM's exit is part of the test. No `set -e`: a failed mount must not stop the marker line.
+# panic, as the case asks; the snapshot case counts first), so the VMM's exit is part of the test. No `set -e`: a failed mount must not stop the marker line.
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -73,6 +73,19 @@ if [ "$action" = button ]; then
   else
     echo "KEEL-L2-ERROR no power button input device"
   fi
+fi
+
+# count: a shell loop counts to 60, one line every 0.1 s, then powers off. L1 snapshots the VM
+# while it counts and restores it in a new keel process, or migrates it live to another one; the
+# count must go on from where it was (COUNT_TO lines in all, no second boot).
+if [ "$action" = count ]; then
+  i=1
+  while [ $i -le 60 ]; do
+    echo "KEEL-L2-COUNT $i"
+    i=$(( i + 1 ))
+    sleep 0.1
+  done
+  action=poweroff
 fi
 
 # How to end, from keel.l2_action=: power off (ACPI S5; the VMM should report "guest
