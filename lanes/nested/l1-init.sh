@@ -86,9 +86,11 @@ dmesg -n 1
 #   L2_ERRORS  1 if L2 reported a KEEL-L2-ERROR line (e.g. a module failed to load)
 #   VIRTIO, DEVICES  the fields of the KEEL-L2-VIRTIO and KEEL-L2-DEVICES lines
 #   KILLED  why the VMM was killed: "timeout", "no-exit-after-poweroff" or ""
-#   COUNT_FIRST, COUNT_LAST  the first and last KEEL-L2-COUNT numbers (snapshot case)
+#   COUNT_FIRST, COUNT_LAST  the first and last KEEL-L2-COUNT numbers (snapshot, migrate)
 #   COUNT_CS  centiseconds from starting the VMM to the first KEEL-L2-COUNT line
-# With SNAPSHOT_AT=n set, the line "KEEL-L2-COUNT n" starts snapshot_vm in the background.
+#   PINGS_OK_LAST  ping=1 among the last 10 KEEL-L2-COUNT lines (migrate); WRITES_FAILED
+# With SNAPSHOT_AT=n (MIGRATE_AT=n) set, the line "KEEL-L2-COUNT n" starts snapshot_vm
+# (migrate_vm) in the background.
 # The VMM's stderr is echoed afterwards, prefixed with "VMM|<tag>| ", and left in /tmp/stderr.
 # Two watchdogs kill it: one after CASE_TIMEOUT, and one SHUTDOWN_GRACE seconds after the
 # KEEL-L2-END line (L2 powers off, reboots or panics right after it), so a VM that does not end
@@ -107,6 +109,8 @@ run_vmm() {
   COUNT_FIRST=
   COUNT_LAST=
   COUNT_CS=
+  PINGS=
+  WRITES_FAILED=0
   now
   start=$NOW
   "$@" > /tmp/console 2> /tmp/stderr < /dev/null &
@@ -130,6 +134,9 @@ run_vmm() {
       *"KEEL-L2-BUTTON pressed"*) BUTTON=pressed ;;
       *"KEEL-L2-COUNT "*)
         n=${line##*KEEL-L2-COUNT }
+        n=${n%% *}
+        case $line in *" ping=1"*) PINGS="${PINGS}1" ;; *" ping=0"*) PINGS="${PINGS}0" ;; esac
+        case $line in *" write=fail"*) WRITES_FAILED=$(( WRITES_FAILED + 1 )) ;; esac
         case $n in
           ''|*[!0-9]*) ;;
           *)
@@ -141,6 +148,7 @@ run_vmm() {
             COUNT_LAST=$n
             # A grandchild, as for the button.
             [ "$n" != "${SNAPSHOT_AT:-}" ] || ( snapshot_vm > /tmp/snap.out 2>&1 & )
+            [ "$n" != "${MIGRATE_AT:-}" ] || ( migrate_vm > /tmp/migrate.out 2>&1 & )
             ;;
         esac
         ;;
@@ -180,6 +188,20 @@ snapshot_vm() {
   $api shutdown-vmm && echo ok
 }
 
+# migrate_vm: what a manager does to move a running VM to another keel on the same host. The
+# destination's config is the source's (from `keel remote info`) with its own TAP, keel1: the
+# source still holds keel0 until the switch-over. Then receive-migration at the destination and
+# send-migration at the source, which ends once the VM runs at the destination. Prints "ok".
+migrate_vm() {
+  /bin/keel remote --api-socket /tmp/keel-api.sock info \
+    | awk '/^  "config": \{/ { on = 1; print "{"; next } on && /^  \}/ { print "}"; exit } on' \
+    | sed 's/"tap": "keel0"/"tap": "keel1"/' > /tmp/dst.json
+  grep -q '"tap": "keel1"' /tmp/dst.json || { echo "no config with keel1"; return 1; }
+  /bin/keel remote --api-socket /tmp/dst.sock receive-migration unix:/tmp/mig.sock \
+    --config /tmp/dst.json || return 1
+  /bin/keel remote --api-socket /tmp/keel-api.sock send-migration unix:/tmp/mig.sock && echo ok
+}
+
 # field <name> <fields>: the value of name=value in a space-separated list, or "-".
 field() {
   for pair in $2; do
@@ -203,7 +225,17 @@ min_memtotal_kib=$(( MEM_MIB * 1024 * 78 / 100 ))   # the kernel keeps ~10-20% f
 run_keel() {
   l2_args="keel.l2_action=${4:-poweroff}"
   device_args=
+  level=$KEEL_LOG
   case ${4:-} in
+    migrate)
+      # The source: a disk and a NIC (a fixed MAC, which the destination's config keeps), an
+      # API socket for migrate_vm; info logs carry the migration's report.
+      rm -f /tmp/keel-api.sock /tmp/mig.sock /tmp/migrate.out
+      l2_args="keel.l2_action=migrate"
+      device_args="--disk path=/tmp/disk.img,id=lanedisk --net tap=keel0,mac=52:54:00:4b:45:4c"
+      device_args="$device_args --api-socket /tmp/keel-api.sock"
+      case $KEEL_LOG in error|warn) level=info ;; esac
+      ;;
     devices*)
       l2_args="keel.l2_action=poweroff keel.l2_devices=1 keel.l2_token=$TOKEN"
       device_args="--disk path=/tmp/disk.img,id=lanedisk --net tap=keel0 --vsock cid=3,socket=/tmp/vsock.sock"
@@ -223,7 +255,7 @@ run_keel() {
       ;;
   esac
   # shellcheck disable=SC2086 # KEEL_ARGS and device_args are lists of words
-  run_vmm "$1" /bin/keel --log-level "$KEEL_LOG" --kernel "/l2/$2/$L2_IMAGE" \
+  run_vmm "$1" /bin/keel --log-level "$level" --kernel "/l2/$2/$L2_IMAGE" \
     --initrd "/l2/$2/initrd.cpio.gz" --cpus "boot=$3" --memory "size=${MEM_MIB}M" \
     --cmdline "$L2_CMDLINE $l2_args" $KEEL_ARGS $device_args
 }
@@ -340,6 +372,94 @@ judge() {
 }
 seconds_or_dash() { if [ -n "$1" ]; then seconds "$1"; else echo -; fi; }
 
+# follow_destination: stands in for the destination keel in run_vmm (which reads one process's
+# console): waits for the destination started by run_migrate to end, then prints its console and
+# stderr and exits with its status.
+follow_destination() {
+  while [ ! -e /tmp/dst.status ]; do sleep 0.2; done
+  cat /tmp/dst.console
+  cat /tmp/dst.stderr >&2
+  exit "$(cat /tmp/dst.status)"
+}
+
+# run_migrate <case> <kernel> <vcpus>: a destination keel waits on its API socket; the source
+# boots L2 (disk, NIC), and at count 5 migrate_vm moves it live to the destination while L2 goes
+# on writing to its disk and pinging L1 (whose side of the NIC moves from keel0 to keel1 when
+# the source has gone). Judged like a power-off case on the source's boot marker and the
+# destination's exit, plus:
+#   migrate-api       receive-migration or send-migration failed (/tmp/migrate.out)
+#   source-exit       the source did not end with status 0 once the VM ran at the destination
+#   count-continuity  the destination's first count is not the next one (+1, or +2 when the
+#                     switch-over cut a line in two)
+#   count-end         L2 did not count to 60 at the destination
+#   booted-again      the destination's console shows a boot marker
+#   disk-lost-write   the image, mounted in L1 afterwards, does not hold 1..60 in order
+#   write-failed      L2 reported a failed write or sync
+#   ping-not-resumed  fewer than 8 of the last 10 pings at the destination were answered
+run_migrate() {
+  cp /l2/disk.ext4 /tmp/disk.img
+  rm -f /tmp/dst.sock /tmp/dst.status /tmp/dst.console /tmp/dst.stderr /tmp/tap.out
+  ( (/bin/keel --log-level "$KEEL_LOG" --api-socket /tmp/dst.sock > /tmp/dst.console \
+       2> /tmp/dst.stderr < /dev/null &
+     echo $! > /tmp/dst.pid
+     wait $!
+     echo $? > /tmp/dst.status) & )
+  # L1's side of the NIC: keel0 while the source runs, then keel1 once the source is gone, with
+  # keel0's MAC address: to L2 the network must look the same after the move, as when both TAPs
+  # are ports of one bridge (L2's ARP entry for 10.0.2.1 names that MAC).
+  ( (i=0
+     while [ ! -e /sys/class/net/keel0 ] && [ $i -lt 600 ]; do sleep 0.2; i=$(( i + 1 )); done
+     mac=$(cat /sys/class/net/keel0/address)
+     ip addr add 10.0.2.1/24 dev keel0 && ip link set keel0 up && echo keel0
+     i=0
+     while { [ -e /sys/class/net/keel0 ] || [ ! -e /sys/class/net/keel1 ]; } && [ $i -lt 900 ]; do
+       sleep 0.2
+       i=$(( i + 1 ))
+     done
+     ip link set keel1 address "$mac" && ip addr add 10.0.2.1/24 dev keel1 \
+       && ip link set keel1 up && echo keel1) > /tmp/tap.out 2>&1 & )
+  i=0
+  while [ ! -S /tmp/dst.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$(( i + 1 )); done
+  MIGRATE_AT=5
+  run_keel "$1" "$2" "$3" migrate
+  MIGRATE_AT=
+  source_status=$STATUS source_killed=$KILLED source_last=$COUNT_LAST
+  first_marker=$MARKER first_virtio=$VIRTIO first_boot_cs=$BOOT_CS first_start=$start
+  report=$(sed -n 's/.*migrated out: //p' /tmp/stderr)
+  run_vmm "$1+destination" follow_destination
+  [ -z "$KILLED" ] || kill -KILL "$(cat /tmp/dst.pid 2> /dev/null)" 2> /dev/null
+  second_marker=$MARKER
+  MARKER=$first_marker VIRTIO=$first_virtio BOOT_CS=$first_boot_cs start=$first_start
+  judge "$1" "$3" migrate
+  tail -n 1 /tmp/migrate.out 2> /dev/null | grep -qx ok || reasons="$reasons,migrate-api"
+  [ "$source_status" = 0 ] && [ -z "$source_killed" ] || reasons="$reasons,source-exit"
+  [ -n "$source_last" ] && [ -n "$COUNT_FIRST" ] \
+    && [ "$COUNT_FIRST" -gt "$source_last" ] && [ "$COUNT_FIRST" -le $(( source_last + 2 )) ] \
+    || reasons="$reasons,count-continuity"
+  [ "$COUNT_LAST" = 60 ] || reasons="$reasons,count-end"
+  [ -z "$second_marker" ] || reasons="$reasons,booted-again"
+  mkdir -p /mnt
+  written=none
+  if mount -t ext4 -o ro,loop /tmp/disk.img /mnt; then
+    written=$(tr '\n' ' ' < /mnt/count.log 2> /dev/null)
+    umount /mnt
+  fi
+  [ "$written" = "$(seq 1 60 | tr '\n' ' ')" ] || reasons="$reasons,disk-lost-write"
+  [ "$WRITES_FAILED" = 0 ] || reasons="$reasons,write-failed"
+  last_pings=$(echo "$PINGS" | tail -c 11 | tr -d '0\n')
+  [ ${#last_pings} -ge 8 ] || reasons="$reasons,ping-not-resumed"
+  JUDGED_STATUS=pass
+  [ -z "${reasons#,}" ] || JUDGED_STATUS=fail
+  JUDGED="KEEL-LANE case=$1 status=$JUDGED_STATUS exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")"
+  JUDGED="$JUDGED nproc=$(field nproc "$MARKER") memtotal_kib=$(field memtotal_kib "$MARKER")"
+  JUDGED="$JUDGED clocksource=$(field clocksource "$MARKER") uptime_s=$(field uptime "$MARKER")"
+  JUDGED="$JUDGED wall_s=$(seconds $wall_cs) vm_exit=${vm_exit:--} virtio_rng=$(field rng "$VIRTIO")"
+  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO") migrated_at=${source_last:--}"
+  JUDGED="$JUDGED resumed_at=${COUNT_FIRST:--} counted_to=${COUNT_LAST:--} pings=$PINGS"
+  JUDGED="$JUDGED tap=$(tr '\n' ',' < /tmp/tap.out) report=$(echo "${report:-none}" | tr ' ,' '_;')"
+  JUDGED="$JUDGED reason=${reasons#,}"
+}
+
 # run_snapshot <case> <kernel> <vcpus>: boots L2 counting, snapshots it at count 5 and ends that
 # keel (snapshot_vm), then restores the snapshot in a new keel process, where L2 must count on
 # to 60 without booting again and power off. Judged like a power-off case on the first boot's
@@ -390,6 +510,8 @@ for case in $CASES; do
   case $action in devices*) prepare_devices ;; esac
   if [ "$action" = snapshot ]; then
     run_snapshot "$case" "$kernel" "$vcpus"
+  elif [ "$action" = migrate ]; then
+    run_migrate "$case" "$kernel" "$vcpus"
   else
     run_keel "$case" "$kernel" "$vcpus" "$action"
     judge "$case" "$vcpus" "$action"

@@ -32,7 +32,7 @@ load_modules() {
 }
 # Always: lanes/nested/l2-modules.list. For the device cases: l2-device-modules.list.
 load_modules /lib/modules
-[ -z "$devices" ] || load_modules /lib/modules/devices
+[ -z "$devices" ] && [ "$action" != migrate ] || load_modules /lib/modules/devices
 
 read -r uptime _ < /proc/uptime
 memtotal=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)
@@ -75,16 +75,36 @@ if [ "$action" = button ]; then
   fi
 fi
 
-# count: a shell loop counts to 60, one line every 0.1 s, then powers off. L1 snapshots the VM
-# while it counts and restores it in a new keel process, or migrates it live to another one; the
-# count must go on from where it was (COUNT_TO lines in all, no second boot).
-if [ "$action" = count ]; then
+# count: a shell loop counts to 60, one line every 0.1 s, then powers off; L1 snapshots the VM
+# while it counts and restores it in a new keel process. migrate: the same loop also appends
+# each number to a file on the virtio-blk disk and syncs (the driver sends FLUSH), and pings
+# L1 over virtio-net once, while L1 migrates the VM live to another keel process. Either way
+# the count must go on from where it was, without a second boot.
+if [ "$action" = count ] || [ "$action" = migrate ]; then
+  if [ "$action" = migrate ]; then
+    mkdir -p /mnt
+    tries=0
+    while [ ! -e /sys/block/vda ] && [ $tries -lt 100 ]; do sleep 0.1; tries=$(( tries + 1 )); done
+    mount -t ext4 /dev/vda /mnt || echo "KEEL-L2-ERROR mount /dev/vda failed"
+    for dir in /sys/class/net/*; do [ "${dir##*/}" = lo ] || { net_if=${dir##*/}; break; }; done
+    { ip link set "$net_if" up && ip addr add 10.0.2.2/24 dev "$net_if"; } \
+      || echo "KEEL-L2-ERROR network set-up failed"
+  fi
   i=1
   while [ $i -le 60 ]; do
-    echo "KEEL-L2-COUNT $i"
+    if [ "$action" = migrate ]; then
+      write=fail
+      echo "$i" >> /mnt/count.log && sync && write=ok
+      ping=0
+      ping -c 1 -W 1 10.0.2.1 > /dev/null 2>&1 && ping=1
+      echo "KEEL-L2-COUNT $i write=$write ping=$ping"
+    else
+      echo "KEEL-L2-COUNT $i"
+      sleep 0.1
+    fi
     i=$(( i + 1 ))
-    sleep 0.1
   done
+  [ "$action" != migrate ] || umount /mnt || echo "KEEL-L2-ERROR umount failed"
   action=poweroff
 fi
 

@@ -16,7 +16,7 @@ cache=${KEEL_CACHE:-$HOME/.cache/keel}
 # shellcheck source=SCRIPTDIR/modules.sh
 source "$lane_dir/modules.sh"
 
-cases="6.12:1 6.12:2 6.1:1 6.12:1:reboot 6.12:1:panic 6.12:1:button 6.12:2:devices 6.1:1:devices 6.12:1:devices-mmio 6.12:1:snapshot"
+cases="6.12:1 6.12:2 6.1:1 6.12:1:reboot 6.12:1:panic 6.12:1:button 6.12:2:devices 6.1:1:devices 6.12:1:devices-mmio 6.12:1:snapshot 6.12:1:migrate"
 bench=0
 bench_runs=3
 l1_kernel=6.12
@@ -106,8 +106,8 @@ meta_package() {
 }
 
 for c in $cases; do
-  [[ $c =~ ^[0-9.]+:[1-9][0-9]*(:(poweroff|reboot|panic|button|devices|devices-mmio|snapshot))?$ ]] \
-    || die "bad case '$c': expected <kernel>:<vcpus>[:poweroff|reboot|panic|button|devices|devices-mmio|snapshot], e.g. 6.12:2"
+  [[ $c =~ ^[0-9.]+:[1-9][0-9]*(:(poweroff|reboot|panic|button|devices|devices-mmio|snapshot|migrate))?$ ]] \
+    || die "bad case '$c': expected <kernel>:<vcpus>[:poweroff|reboot|panic|button|devices|devices-mmio|snapshot|migrate], e.g. 6.12:2"
   meta_package "${c%%:*}" > /dev/null
 done
 meta_package "$l1_kernel" > /dev/null
@@ -288,9 +288,9 @@ build_qemu_part() {
 }
 parts=("$out/l1/base.cpio.gz" "$out/l1/keel.cpio.gz" "$out/l1/l2-images.cpio")
 
-# The device cases' disk: a fresh, empty ext4 file system made by this host's mkfs.ext4 (every
+# The device and migrate cases' disk: a fresh, empty ext4 file system made by this host's mkfs.ext4 (every
 # run, so no state carries over). L1 copies it for each case and mounts it afterwards.
-if [[ " $cases " == *:devices* ]]; then
+if [[ " $cases " == *:devices* || " $cases " == *:migrate* ]]; then
   build_disk_part() {
     local staging=$out/staging/disk
     rm -rf "$staging" && mkdir -p "$staging/l2"
