@@ -82,6 +82,10 @@ pub struct JailArgs {
     /// Detach: a new session, standard streams on /dev/null.
     #[arg(long)]
     pub daemonize: bool,
+    /// Do not restrict the VMM with Landlock (the jail's second layer, on by default where the
+    /// kernel has it), e.g. to debug a jailed VMM that is refused a file.
+    #[arg(long)]
+    pub no_landlock: bool,
     /// A descriptor to pass on to the VMM (e.g. a TAP device for `--net fd=N`); every other
     /// one above 2 is closed. Repeatable.
     #[arg(long, value_name = "FD")]

@@ -290,3 +290,127 @@ fn a_dynamically_linked_vmm_and_bad_flags_are_refused_before_anything_changes() 
         assert!(!base.exists(), "a refused jail left {}", base.display());
     }
 }
+
+/// A static C program the jail runs in place of keel: it tries what Landlock forbids and what
+/// it allows, one `name=result` line each (`ok`, or the error's text).
+const PROBE_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+static void report(const char *what, int failed) {
+    printf("%s=%s\n", what, failed ? strerror(errno) : "ok");
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--exit") == 0) return 0;
+    int fd = open("/made-here", O_CREAT | O_WRONLY, 0600);
+    report("create", fd < 0);
+    if (fd >= 0) close(fd);
+    report("symlink", symlink("/made-here", "/link-here") != 0);
+    int kvm = open("/dev/kvm", O_RDWR);
+    report("open-kvm", kvm < 0);
+    /* KVM_GET_API_VERSION is 12 on every kernel with KVM. */
+    report("ioctl-kvm", kvm < 0 || ioctl(kvm, 0xAE00, 0) != 12);
+    int null = open("/dev/null", O_RDWR);
+    struct termios t;
+    report("ioctl-null", null < 0 || ioctl(null, TCGETS, &t) != 0);
+    pid_t child = fork();
+    if (child == 0) {
+        char *args[] = {"/other", "--exit", NULL};
+        char *env[] = {NULL};
+        execve("/other", args, env);
+        _exit(errno);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    errno = WIFEXITED(status) ? WEXITSTATUS(status) : EINTR;
+    report("exec-other", errno != 0);
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+/// What the probe reported in a jail made with `extra` flags.
+fn probe_in_jail(base: &Path, probe: &Path, id: &str, extra: &[&str]) -> String {
+    let output = Command::new(keel())
+        .args(["jail", "--id", id, "--uid", "65534", "--gid", "65534"])
+        .arg("--chroot-base")
+        .arg(base)
+        .arg("--exec-file")
+        .arg(probe)
+        .arg("--file")
+        .arg(format!("{}:/other", probe.display()))
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    for dir in cgroup_dirs(id) {
+        fs::remove_dir(dir).unwrap();
+    }
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn landlock_keeps_the_jailed_process_from_executing_linking_and_device_ioctls() {
+    require_kvm!();
+    if !is_root() {
+        eprintln!("KEEL-JAIL-SKIP: keel jail needs root (CI runs as root)");
+        return;
+    }
+    let base = testkit::workspace_root()
+        .join("target")
+        .join(format!("jail-landlock-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(&base).unwrap();
+    let source = base.join("probe.c");
+    fs::write(&source, PROBE_C).unwrap();
+    let probe = base.join("probe");
+    let cc = Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&probe)
+        .arg(&source)
+        .status()
+        .expect("run cc (the C compiler CI installs for the C ABI's checks)");
+    assert!(cc.success(), "cc -static failed");
+
+    let id = format!("ll-{}", std::process::id());
+    let confined = probe_in_jail(&base, &probe, &id, &[]);
+    // Files under the root and the KVM device work as the VMM needs them.
+    assert!(confined.contains("create=ok\n"), "{confined}");
+    assert!(confined.contains("open-kvm=ok\n"), "{confined}");
+    assert!(confined.contains("ioctl-kvm=ok\n"), "{confined}");
+    // Landlock refuses the rest (EACCES), where the first layer alone allows it: below.
+    assert!(
+        confined.contains("symlink=Permission denied\n"),
+        "{confined}"
+    );
+    assert!(
+        confined.contains("ioctl-null=Permission denied\n"),
+        "{confined}"
+    );
+    assert!(
+        confined.contains("exec-other=Permission denied\n"),
+        "{confined}"
+    );
+
+    let id2 = format!("{id}-off");
+    let open = probe_in_jail(&base, &probe, &id2, &["--no-landlock"]);
+    assert!(open.contains("symlink=ok\n"), "{open}");
+    assert!(
+        open.contains("ioctl-null=Inappropriate ioctl for device\n"),
+        "{open}"
+    );
+    assert!(open.contains("exec-other=ok\n"), "{open}");
+    fs::remove_dir_all(&base).unwrap();
+}

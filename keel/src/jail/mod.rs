@@ -15,8 +15,11 @@
 //!    jail (`pivot_root`, the old root detached), and a new PID namespace (unless
 //!    `--same-pid-ns`) where the VMM is PID 1 and this process waits, passing signals on;
 //! 5. closes every descriptor above 2 but those `--keep-fd` names, drops all groups and
-//!    capabilities by becoming `--uid`/`--gid`, sets `no_new_privs`, and executes `/keel`
-//!    with the arguments after `--` and an empty environment.
+//!    capabilities by becoming `--uid`/`--gid`, sets `no_new_privs`;
+//! 6. restricts itself with Landlock (unless `--no-landlock`): under the root, no executing
+//!    but `/keel`, no device nodes or symbolic links, no ioctls but on `/dev/kvm` and
+//!    `/dev/net/tun`, no signals or abstract sockets outside ([`sandbox`]); and executes
+//!    `/keel` with the arguments after `--` and an empty environment.
 //!
 //! Paths in the VMM's arguments are the jail's: `--kernel /vmlinux` after
 //! `--file /images/vmlinux:/vmlinux`, `--api-socket /api.sock` (on the host
@@ -24,6 +27,7 @@
 
 mod cgroup;
 mod root;
+mod sandbox;
 mod sys;
 
 use std::ffi::CString;
@@ -130,6 +134,8 @@ struct Plan {
     netns: Option<PathBuf>,
     new_pid_ns: bool,
     daemonize: bool,
+    /// Restrict the VMM with Landlock.
+    landlock: bool,
     /// Descriptors passed on to the VMM (sorted, above 2).
     keep_fds: Vec<u32>,
     rlimits: Vec<Rlimit>,
@@ -235,6 +241,7 @@ impl Plan {
             netns: args.netns.clone(),
             new_pid_ns: !args.same_pid_ns,
             daemonize: args.daemonize,
+            landlock: !args.no_landlock,
             keep_fds,
             rlimits,
             vmm_args,
@@ -344,6 +351,17 @@ fn jail(args: &JailArgs) -> Result<ExitCode, JailError> {
     }
     sys::close_other_fds(&plan.keep_fds)?;
     sys::drop_privileges(plan.uid, plan.gid)?;
+    if plan.landlock {
+        match sandbox::restrict()? {
+            sandbox::Enforced::Fully => {}
+            sandbox::Enforced::Partially => log::info!(
+                "keel jail: this kernel's Landlock enforces part of the jail's rules"
+            ),
+            sandbox::Enforced::Not => eprintln!(
+                "keel jail: warning: this kernel has no Landlock; the jail relies on its other layers"
+            ),
+        }
+    }
     Err(sys::exec_vmm(&plan.vmm_args))
 }
 
@@ -387,6 +405,7 @@ mod tests {
             netns: None,
             new_pid_ns: false,
             daemonize: false,
+            landlock: true,
             keep_fds: Vec::new(),
             rlimits: Vec::new(),
             vmm_args: Vec::new(),
