@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use testkit::{require_kvm, SharedBuffer};
+use testkit::{require_kvm, PacketSocket, SharedBuffer, ETHERTYPE_TEST};
 use vmm_core::config::{DiskConfig, NetConfig, RngConfig, VsockConfig};
 use vmm_core::{
     BootProtocol, ConsoleConfig, ExitReason, MemSize, SerialOutput, VirtioTransport, VmBuilder,
@@ -307,6 +307,38 @@ const CATALOGUE: &[Case] = &[
         answer: "dropped unsent as unterminated, counted in `tx_malformed`",
     },
     Case {
+        name: "net_rx_read_only",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "a receive buffer the device may only read, while the host sends frames",
+        answer: "returned unused, nothing written, counted in `rx_malformed_chains`; the frame \
+                 waits for the next buffer",
+    },
+    Case {
+        name: "net_rx_short",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "a 4-byte receive buffer (the virtio-net header alone is 12), while the host \
+                sends frames",
+        answer: "returned unused, nothing written, counted in `rx_malformed_chains`",
+    },
+    Case {
+        name: "net_rx_beyond_memory",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "a receive buffer at 1 TiB, beyond guest memory, while the host sends frames",
+        answer: "returned unused, counted in `rx_malformed_chains`",
+    },
+    Case {
+        name: "net_rx_loop",
+        device: "net",
+        outcome: "returned_len=0",
+        abuse: "two receive descriptors whose `next` point at each other, while the host sends \
+                frames",
+        answer: "returned unused as unterminated, nothing written, counted in \
+                 `rx_malformed_chains`",
+    },
+    Case {
         name: "msix_vector_out_of_range",
         device: "rng (PCI)",
         outcome: "vectors=0xffff,0xffff",
@@ -404,13 +436,9 @@ fn attack_config(name: &str) -> VmConfig {
     });
     if name.starts_with("net_") {
         // A TAP device of its own (created by Keel, gone with the VM).
-        let index = CATALOGUE
-            .iter()
-            .position(|case| case.name == name)
-            .unwrap_or(0);
         config.nets.push(NetConfig {
             id: "net0".into(),
-            tap: format!("kh{}x{index}", std::process::id() % 100_000),
+            tap: vm_tap(name),
             mac: Some("52:54:00:12:34:56".into()),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
@@ -422,6 +450,46 @@ fn attack_config(name: &str) -> VmConfig {
         uds_path: vsock_path(name),
     });
     config
+}
+
+/// The TAP device of attack `name`'s NIC.
+fn vm_tap(name: &str) -> String {
+    let index = CATALOGUE
+        .iter()
+        .position(|case| case.name == name)
+        .unwrap_or(0);
+    format!("kh{}x{index}", std::process::id() % 100_000)
+}
+
+/// Brings the TAP Keel created up, so the host can send through it.
+fn link_up(tap: &str) -> String {
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "dev", tap, "up"])
+        .status()
+        .unwrap();
+    assert!(up.success(), "ip link set {tap} up");
+    tap.to_owned()
+}
+
+/// The host side of a `net_rx_*` attack: a frame for the guest into the TAP every 2 ms until
+/// `stop` is set; returns how many went in.
+fn host_frames(tap: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let socket = PacketSocket::open(tap, ETHERTYPE_TEST, Duration::from_millis(100), None).unwrap();
+    std::thread::spawn(move || {
+        let mut frame = vec![
+            0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5,
+        ];
+        frame.extend_from_slice(b"KEEL-HOSTILE-RX");
+        frame.resize(60, 0);
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if socket.send(&frame).is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sent
+    })
 }
 
 /// Where the virtio console's output of attack `name` goes.
@@ -543,6 +611,10 @@ fn run_attack(name: &str, alone: bool) -> Run {
     // The VM holds the image open; the name can go now.
     std::fs::remove_file(&image).unwrap();
     let handle = vm.handle();
+    let stop_frames = Arc::new(AtomicBool::new(false));
+    let frames = name
+        .starts_with("net_rx_")
+        .then(|| host_frames(&link_up(&vm_tap(name)), stop_frames.clone()));
     vm.start().unwrap();
     let mut device_cpu = HashMap::new();
     let mut vcpu_cpu = HashMap::new();
@@ -578,6 +650,13 @@ fn run_attack(name: &str, alone: bool) -> Run {
     assert!(!console.contains("FAIL"), "{name}:\n{console}");
     assert!(!console.contains("panicked"), "{name}:\n{console}");
     stop_peer.store(true, Ordering::Relaxed);
+    stop_frames.store(true, Ordering::Relaxed);
+    if let Some(frames) = frames {
+        assert!(
+            frames.join().unwrap() > 0,
+            "{name}: no frame reached the TAP"
+        );
+    }
     if let Some(peer) = peer {
         let held = peer.join().unwrap();
         if name == "vsock_connection_flood" {
@@ -639,14 +718,25 @@ fn run_attack(name: &str, alone: bool) -> Run {
                 .and_then(|device| device.get(counter))
                 .unwrap_or(0)
         };
-        assert!(
-            net("tx_malformed") >= 1,
-            "{name}: no malformed frame counted"
-        );
-        assert!(
-            net("tx_frames") + net("tx_backend_errors") >= 1,
-            "{name}: the probe frame did not reach the TAP"
-        );
+        if name.starts_with("net_rx_") {
+            assert!(
+                net("rx_malformed_chains") >= 1,
+                "{name}: no malformed receive chain counted"
+            );
+            assert!(
+                net("rx_frames") >= 1,
+                "{name}: the probe's buffer got no frame"
+            );
+        } else {
+            assert!(
+                net("tx_malformed") >= 1,
+                "{name}: no malformed frame counted"
+            );
+            assert!(
+                net("tx_frames") + net("tx_backend_errors") >= 1,
+                "{name}: the probe frame did not reach the TAP"
+            );
+        }
     }
     // The console's output has the probe line and nothing of the attacks' buffers.
     let console_out = std::fs::read_to_string(console_path(name)).unwrap_or_default();
@@ -744,6 +834,10 @@ attacks!(
     net_tx_short,
     net_tx_oversize,
     net_tx_loop,
+    net_rx_read_only,
+    net_rx_short,
+    net_rx_beyond_memory,
+    net_rx_loop,
     msix_vector_out_of_range,
     msix_table_abuse,
     bar_over_ram,

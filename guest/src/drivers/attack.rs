@@ -93,9 +93,15 @@ pub fn run(
             report!("FAIL attack {name} no device");
             return;
         };
-        let outcome = attack_tx(attack, &transport);
+        let outcome = if attack.on_net_rx() {
+            attack_rx(attack, &transport)
+        } else {
+            attack_tx(attack, &transport)
+        };
         transport.reset();
-        let served = if attack.on_net() {
+        let served = if attack.on_net_rx() {
+            probe_net_rx(&transport, options)
+        } else if attack.on_net() {
             probe_net(&transport, options)
         } else {
             probe_console(&transport, options)
@@ -541,6 +547,61 @@ fn attack_tx(attack: Attack, transport: &Transport) -> Result<Outcome, DriverErr
         _ => tx.write_raw_desc(0, 1 << 40, 64, R, 0),
     }
     Ok(send(transport, &mut tx, 0))
+}
+
+/// A malformed chain on the receive queue (0) of a network device, while the host sends
+/// frames: the device must return it unused (or mark itself broken), never write past it.
+fn attack_rx(attack: Attack, transport: &Transport) -> Result<Outcome, DriverError> {
+    transport.negotiate(0, 0)?;
+    // SAFETY: as in `live`.
+    let mut arena = unsafe { DmaArena::take() };
+    let mut rx = Virtqueue::new(transport, 0, &mut arena)?;
+    let _tx = Virtqueue::new(transport, 1, &mut arena)?;
+    transport.driver_ok()?;
+    // One page, filled with `!`: the attack's buffers are at its start; a malformed chain
+    // must come back unused, so none of it may change.
+    let buffer = arena.alloc(4096, 64)?;
+    buffer.with_bytes(|bytes| bytes.fill(b'!'));
+    let addr = buffer.addr();
+    match attack {
+        Attack::NetRxReadOnly => rx.write_raw_desc(0, addr, 1526, 0, 0),
+        Attack::NetRxShort => rx.write_raw_desc(0, addr, 4, DESC_F_WRITE, 0),
+        Attack::NetRxLoop => {
+            rx.write_raw_desc(0, addr, 32, DESC_F_WRITE | DESC_F_NEXT, 1);
+            rx.write_raw_desc(1, addr + 32, 32, DESC_F_WRITE | DESC_F_NEXT, 0);
+        }
+        _ => rx.write_raw_desc(0, 1 << 40, 1526, DESC_F_WRITE, 0),
+    }
+    let outcome = send(transport, &mut rx, 0);
+    let untouched = buffer.with_bytes(|bytes| bytes.iter().all(|&b| b == b'!'));
+    if !untouched {
+        return Err(DriverError::Misbehaved(
+            "wrote into a malformed receive chain",
+        ));
+    }
+    Ok(outcome)
+}
+
+/// A fresh set-up and one receive buffer, which a frame from the host must fill.
+fn probe_net_rx(transport: &Transport, options: &VirtioOptions) -> Result<(), DriverError> {
+    transport.negotiate(0, 0)?;
+    // SAFETY: as in `live`.
+    let mut arena = unsafe { DmaArena::take() };
+    let mut rx = Virtqueue::new(transport, 0, &mut arena)?;
+    let _tx = Virtqueue::new(transport, 1, &mut arena)?;
+    transport.driver_ok()?;
+    let buffer = arena.alloc(12 + 1514, 8)?;
+    rx.submit(&[Segment::writable(buffer)])?;
+    transport.notify(rx.index());
+    let (_, len) = rx.wait_used(
+        transport,
+        deadline(options.wait_tsc),
+        "a frame from the host",
+    )?;
+    if len <= 12 {
+        return Err(DriverError::Misbehaved("an empty frame from the host"));
+    }
+    Ok(())
 }
 
 /// A fresh set-up and one well-formed frame (virtio-net header, broadcast Ethernet header,

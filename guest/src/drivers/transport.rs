@@ -74,6 +74,8 @@ pub enum DriverError {
     NeedsReset,
     /// A packet longer than the driver's buffer for it.
     TooLong(usize),
+    /// The device did something the virtio spec forbids; the text says what.
+    Misbehaved(&'static str),
 }
 
 impl fmt::Display for DriverError {
@@ -92,6 +94,7 @@ impl fmt::Display for DriverError {
             Self::Timeout(what) => write!(f, "timeout waiting for {what}"),
             Self::NeedsReset => f.write_str("device set DEVICE_NEEDS_RESET"),
             Self::TooLong(len) => write!(f, "packet of {len} bytes too long for the buffer"),
+            Self::Misbehaved(what) => write!(f, "device misbehaved: {what}"),
         }
     }
 }

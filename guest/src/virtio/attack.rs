@@ -6,7 +6,8 @@
 //! The `msix_*` and `bar*` ones need the device on virtio-pci (`keel.pci`); `vsock_*` target
 //! the first virtio-vsock device instead, `console_*` the first virtio-console device's
 //! transmit queue (whose chains go through the validation virtio-net and virtio-vsock share),
-//! `net_*` the first virtio-net device's transmit queue.
+//! `net_tx_*` the first virtio-net device's transmit queue, `net_rx_*` its receive queue (the
+//! host test sends frames meanwhile).
 //! After the attack the guest resets the device and sends one well-formed request, which must
 //! be served. The guest prints `attack NAME outcome=... then=served`, or a `FAIL attack` line.
 
@@ -92,6 +93,15 @@ pub enum Attack {
     NetTxOversize,
     /// virtio-net: two transmit descriptors whose `next` point at each other.
     NetTxLoop,
+    /// virtio-net, while the host sends frames: a receive buffer the device may only read.
+    NetRxReadOnly,
+    /// virtio-net, while the host sends frames: a 4-byte receive buffer (the header is 12).
+    NetRxShort,
+    /// virtio-net, while the host sends frames: a receive buffer at 1 TiB, beyond memory.
+    NetRxBeyondMemory,
+    /// virtio-net, while the host sends frames: two receive descriptors whose `next` point
+    /// at each other.
+    NetRxLoop,
     /// virtio-pci: MSI-X vector 0x800 (past the device's table) for the configuration and
     /// for queue 0.
     MsixVectorOutOfRange,
@@ -108,7 +118,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack, in the catalogue's order.
-    pub const ALL: [Attack; 39] = [
+    pub const ALL: [Attack; 43] = [
         Attack::DescLoop,
         Attack::ChainTooLong,
         Attack::NextOutOfRange,
@@ -144,6 +154,10 @@ impl Attack {
         Attack::NetTxShort,
         Attack::NetTxOversize,
         Attack::NetTxLoop,
+        Attack::NetRxReadOnly,
+        Attack::NetRxShort,
+        Attack::NetRxBeyondMemory,
+        Attack::NetRxLoop,
         Attack::MsixVectorOutOfRange,
         Attack::MsixTableAbuse,
         Attack::BarOverRam,
@@ -188,6 +202,10 @@ impl Attack {
             Attack::NetTxShort => "net_tx_short",
             Attack::NetTxOversize => "net_tx_oversize",
             Attack::NetTxLoop => "net_tx_loop",
+            Attack::NetRxReadOnly => "net_rx_read_only",
+            Attack::NetRxShort => "net_rx_short",
+            Attack::NetRxBeyondMemory => "net_rx_beyond_memory",
+            Attack::NetRxLoop => "net_rx_loop",
             Attack::MsixVectorOutOfRange => "msix_vector_out_of_range",
             Attack::MsixTableAbuse => "msix_table_abuse",
             Attack::BarOverRam => "bar_over_ram",
@@ -230,11 +248,23 @@ impl Attack {
         )
     }
 
-    /// Whether it targets the network device's transmit queue.
+    /// Whether it targets the network device (its transmit queue, or with
+    /// [`on_net_rx`](Self::on_net_rx) its receive queue).
     pub fn on_net(self) -> bool {
         matches!(
             self,
             Attack::NetTxWritable | Attack::NetTxShort | Attack::NetTxOversize | Attack::NetTxLoop
+        ) || self.on_net_rx()
+    }
+
+    /// Whether it targets the network device's receive queue (the host sends frames).
+    pub fn on_net_rx(self) -> bool {
+        matches!(
+            self,
+            Attack::NetRxReadOnly
+                | Attack::NetRxShort
+                | Attack::NetRxBeyondMemory
+                | Attack::NetRxLoop
         )
     }
 
