@@ -188,14 +188,19 @@ async fn end_orphans(
         if known.contains(&uid) || running.contains_key(&uid) {
             continue;
         }
-        if let Some(mut vmm) = vmm::Vmm::adopt(&config.run_dir, &uid).await {
-            log::warn!(
-                "ending orphaned VMM {uid} (pid {}): its VMI is gone",
-                vmm.pid
-            );
-            vmm.stop(Duration::ZERO).await;
-        } else {
-            let _ = std::fs::remove_dir_all(entry.path());
+        match vmm::Vmm::adopt(&config.run_dir, &uid).await {
+            Ok(Some(mut vmm)) => {
+                log::warn!(
+                    "ending orphaned VMM {uid} (pid {}): its VMI is gone",
+                    vmm.pid
+                );
+                vmm.stop(Duration::ZERO).await;
+            }
+            Ok(None) => {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            // Alive but silent: its directory stays, and the next pass looks again.
+            Err(err) => log::warn!("orphaned VMM {uid}: {err}"),
         }
     }
 }

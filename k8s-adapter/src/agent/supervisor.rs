@@ -149,7 +149,18 @@ impl Supervisor {
     pub async fn run(mut self) {
         let Some(vmi) = self.current() else { return };
         let uid = vmi.uid().unwrap_or_default();
-        let mut vmm = Vmm::adopt(&self.config.run_dir, &uid).await;
+        let mut vmm = match Vmm::adopt(&self.config.run_dir, &uid).await {
+            Ok(vmm) => vmm,
+            Err(err) => {
+                // A keel holds this VMI's lock but does not answer: starting another would
+                // run the VM twice.
+                let message = err.to_string();
+                log::warn!("{}: {message}", Self::key(&vmi));
+                let report = self.node_report(VmmState::Failed, 0, None, Some(message), Vec::new());
+                self.report(&vmi, report).await;
+                return;
+            }
+        };
         if let Some(v) = &mut vmm {
             log::info!("{}: adopted VMM pid {}", Self::key(&vmi), v.pid);
             if vmi.meta().deletion_timestamp.is_none() {

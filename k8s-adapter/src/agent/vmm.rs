@@ -3,6 +3,12 @@
 //!
 //! The process runs with `--keep-alive`, so after the guest ends its API still answers with the
 //! exit reason; the agent reads it, reports it, then ends the process with `vmm.shutdown`.
+//!
+//! One VMI, one `keel`: the agent starts a `keel` holding an exclusive `flock` on the VMI's
+//! `vmm.lock`, on a descriptor the process inherits and keeps for its whole life. An agent that
+//! died between starting a `keel` and that `keel` opening its API socket left a process the
+//! next agent cannot ping yet; the lock tells it one is alive, and it waits for that one's API
+//! instead of starting a second VMM on the same disks.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,6 +38,16 @@ pub enum VmmError {
         keel: PathBuf,
         /// Cause.
         source: std::io::Error,
+    },
+    /// A `keel` for this VMI holds its lock: it is alive although its API did not answer.
+    #[error(
+        "a keel process for this VMI holds {lock} but its API did not answer within {seconds} s"
+    )]
+    Locked {
+        /// The lock file.
+        lock: PathBuf,
+        /// How long the agent waited.
+        seconds: u64,
     },
     /// The API did not come up.
     #[error("the VMM's API at {socket} did not answer within {seconds} s: {stderr}")]
@@ -80,6 +96,16 @@ impl Vmm {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(dir_err(e)),
         }
+        // Held from here by the child alone (the agent's copy closes when this function ends).
+        let lock = match VmmLock::take(&dir).map_err(dir_err)? {
+            Some(lock) => lock,
+            None => {
+                return Err(VmmError::Locked {
+                    lock: dir.join(LOCK_FILE),
+                    seconds: 0,
+                })
+            }
+        };
         let command = vmm_command(&keel.display().to_string(), run_dir, uid);
         let stderr = std::fs::File::create(dir.join("stderr")).map_err(dir_err)?;
         let stdout = std::fs::File::create(dir.join("stdout")).map_err(dir_err)?;
@@ -87,15 +113,17 @@ impl Vmm {
             keel: keel.to_path_buf(),
             source,
         };
-        let child = tokio::process::Command::new(&command[0])
+        let mut spawning = tokio::process::Command::new(&command[0]);
+        spawning
             .args(&command[1..])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(spawn_err)?;
+            .kill_on_drop(false);
+        lock.pass_to(&mut spawning);
+        let child = spawning.spawn().map_err(spawn_err)?;
+        drop(lock);
         let pid = child.id().unwrap_or(0);
         let mut vmm = Vmm {
             uid: uid.to_string(),
@@ -126,17 +154,48 @@ impl Vmm {
         Ok(vmm)
     }
 
-    /// The VMM of `uid` if one answers on its socket (after an agent restart).
-    pub async fn adopt(run_dir: &Path, uid: &str) -> Option<Vmm> {
+    /// The VMM of `uid` if one answers on its socket (after an agent restart), or one that is
+    /// alive (it holds the VMI's lock) and answers within [`API_TIMEOUT`]: an earlier agent
+    /// started it and died before its API was up. `Ok(None)`: there is none.
+    pub async fn adopt(run_dir: &Path, uid: &str) -> Result<Option<Vmm>, VmmError> {
+        Self::adopt_within(run_dir, uid, API_TIMEOUT).await
+    }
+
+    async fn adopt_within(
+        run_dir: &Path,
+        uid: &str,
+        timeout: Duration,
+    ) -> Result<Option<Vmm>, VmmError> {
         let api = AsyncClient::new(api_socket(run_dir, uid));
-        let ping = api.ping().await.ok()?;
-        Some(Vmm {
+        let dir = run_dir.join(uid);
+        let ping = match api.ping().await {
+            Ok(ping) => ping,
+            Err(_) if VmmLock::held(&dir) => {
+                let mut vmm = Vmm {
+                    uid: uid.to_string(),
+                    dir: dir.clone(),
+                    pid: 0,
+                    api,
+                    child: None,
+                };
+                if vmm.wait_for_api(timeout).await.is_err() {
+                    return Err(VmmError::Locked {
+                        lock: dir.join(LOCK_FILE),
+                        seconds: timeout.as_secs(),
+                    });
+                }
+                vmm.pid = vmm.api.ping().await?.pid;
+                return Ok(Some(vmm));
+            }
+            Err(_) => return Ok(None),
+        };
+        Ok(Some(Vmm {
             uid: uid.to_string(),
-            dir: run_dir.join(uid),
+            dir,
             pid: ping.pid,
             api,
             child: None,
-        })
+        }))
     }
 
     async fn wait_for_api(&mut self, timeout: Duration) -> Result<(), VmmError> {
@@ -244,6 +303,66 @@ impl Vmm {
     }
 }
 
+/// The lock file in a VMI's directory.
+const LOCK_FILE: &str = "vmm.lock";
+
+/// An exclusive `flock` on a VMI's `vmm.lock`, taken by the agent to hand to the `keel` it
+/// starts. A `flock` belongs to the open file, so the child's inherited descriptor holds it
+/// after the agent's is closed, and the kernel drops it when the last one closes: when that
+/// `keel` ends, however it ends.
+struct VmmLock {
+    file: std::fs::File,
+}
+
+impl VmmLock {
+    /// The lock, or `None` if a live process holds it.
+    fn take(dir: &Path) -> std::io::Result<Option<VmmLock>> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if taken == 0 {
+            return Ok(Some(VmmLock { file }));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
+    }
+
+    /// Whether a live process holds the lock in `dir` (a missing or unreadable file: no).
+    fn held(dir: &Path) -> bool {
+        if !dir.join(LOCK_FILE).exists() {
+            return false;
+        }
+        // Taking and dropping it at once: nobody was holding it.
+        matches!(Self::take(dir), Ok(None))
+    }
+
+    /// Makes `command`'s child inherit the locked descriptor (it is close-on-exec here, so
+    /// that no other child of the agent gets it).
+    fn pass_to(&self, command: &mut tokio::process::Command) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: fcntl(2) is one, and it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 /// Whether `pid` is a live process (not gone, not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     if pid == 0 {
@@ -277,6 +396,40 @@ fn kill(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_silent_process_holding_the_lock_is_reported_not_replaced() {
+        let run_dir = std::env::temp_dir().join(format!("keel-vmm-lock-{}", std::process::id()));
+        let dir = run_dir.join("vmi-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!VmmLock::held(&dir), "no lock file: nobody holds it");
+        // A process that inherited the lock and never opens an API (a keel stuck at start).
+        let lock = VmmLock::take(&dir).unwrap().expect("free");
+        let mut command = tokio::process::Command::new("sleep");
+        command.arg("30");
+        lock.pass_to(&mut command);
+        let mut holder = command.spawn().unwrap();
+        drop(lock);
+        assert!(
+            VmmLock::held(&dir),
+            "the child holds it after the agent let go"
+        );
+        assert!(VmmLock::take(&dir).unwrap().is_none());
+        let err = Vmm::adopt_within(&run_dir, "vmi-1", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VmmError::Locked { .. }), "{err}");
+        holder.kill().await.unwrap();
+        let _ = holder.wait().await;
+        assert!(!VmmLock::held(&dir), "the lock ends with its holder");
+        assert!(
+            Vmm::adopt_within(&run_dir, "vmi-1", Duration::from_millis(300))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        std::fs::remove_dir_all(&run_dir).unwrap();
+    }
 
     #[test]
     fn this_process_is_alive_and_pid_zero_is_not() {
