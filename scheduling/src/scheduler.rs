@@ -119,6 +119,10 @@ pub struct Scheduler {
     negative: IntMap<u64, NegativeEntry>,
     memo: IntMap<u64, FitMemo>,
     skipped: Vec<u32>,
+    /// The filters that apply to the request being decided (indexes into the profile's).
+    filter_ix: Vec<usize>,
+    /// The diagnosis of the decision under way, reused so that a success allocates nothing for it.
+    diag: Diagnosis,
     scratch: FitScratch,
     feasible: Vec<HostId>,
     feasible_allocs: Vec<SlotAllocation>,
@@ -143,6 +147,8 @@ impl Scheduler {
             negative: IntMap::default(),
             memo: IntMap::default(),
             skipped: Vec::new(),
+            filter_ix: Vec::new(),
+            diag: Diagnosis::new(0, false),
             scratch: FitScratch::default(),
             feasible: Vec::new(),
             feasible_allocs: Vec::new(),
@@ -174,9 +180,14 @@ impl Scheduler {
     /// Runs the pre-filters. Those whose result depends only on the request's static fields and the
     /// topology are served from the equivalence cache (keyed by [`CompiledRequest::prefilter_key`]); the
     /// others (server group, spread) run every time on the cached result.
-    fn prefilter(&mut self, cx: &mut CycleState<'_>, diag: &mut Diagnosis, use_cache: bool) {
+    fn prefilter(
+        &mut self,
+        profile: &Profile,
+        cx: &mut CycleState<'_>,
+        diag: &mut Diagnosis,
+        use_cache: bool,
+    ) {
         let req = cx.request;
-        let profile = self.profile.clone();
         let topo = cx.state.topology_version();
         let hit = use_cache
             && match self.cache.get(&req.prefilter_key) {
@@ -216,10 +227,12 @@ impl Scheduler {
     }
 
     /// Runs the filters on one host; records it if feasible. Returns whether enough hosts were found.
+    #[allow(clippy::too_many_arguments)]
     fn visit(
         &mut self,
         cx: &CycleState<'_>,
-        filters: &[&dyn crate::framework::FilterPlugin],
+        profile: &Profile,
+        filters: &[usize],
         host: HostId,
         diag: &mut Diagnosis,
         target: usize,
@@ -232,8 +245,8 @@ impl Scheduler {
                 return false;
             }
         }
-        for f in filters {
-            if let Err(reason) = f.filter(cx, &mut self.scratch, host) {
+        for &f in filters {
+            if let Err(reason) = profile.filters[f].filter(cx, &mut self.scratch, host) {
                 diag.add(host, reason);
                 if let (Some(m), true) = (memo.as_mut(), reason.is_resource()) {
                     m.infeasible.insert(host.idx());
@@ -304,17 +317,25 @@ impl Scheduler {
                 }
             }
         }
-        let mut diag = Diagnosis::new(cluster.host_count(), opts.per_host_reasons);
+        let mut diag = std::mem::replace(&mut self.diag, Diagnosis::new(0, false));
+        diag.total_hosts = cluster.host_count();
+        diag.counts.clear();
+        diag.per_host = opts.per_host_reasons.then(Vec::new);
         let mut cx = CycleState::new(state, req, opts.exclude);
-        self.prefilter(&mut cx, &mut diag, use_cache);
-
+        // One reference for the whole decision (the scheduler's fields are borrowed mutably below).
         let profile = self.profile.clone();
-        let filters: Vec<&dyn crate::framework::FilterPlugin> = profile
-            .filters
-            .iter()
-            .map(|f| f.as_ref())
-            .filter(|f| f.applies(req))
-            .collect();
+        self.prefilter(&profile, &mut cx, &mut diag, use_cache);
+
+        let mut filters = std::mem::take(&mut self.filter_ix);
+        filters.clear();
+        filters.extend(
+            profile
+                .filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.applies(req))
+                .map(|(i, _)| i),
+        );
         let n_candidates = self.candidates.count();
         let target = profile.sampling.target(n_candidates);
         self.feasible.clear();
@@ -331,7 +352,15 @@ impl Scheduler {
                 for h in candidates.iter_from(self.cursor % n_hosts) {
                     last = h;
                     visited += 1;
-                    if self.visit(&cx, &filters, HostId::new(h), &mut diag, target, &mut memo) {
+                    if self.visit(
+                        &cx,
+                        &profile,
+                        &filters,
+                        HostId::new(h),
+                        &mut diag,
+                        target,
+                        &mut memo,
+                    ) {
                         break;
                     }
                 }
@@ -363,7 +392,15 @@ impl Scheduler {
                     for h in scan.iter_from(rotation) {
                         visited += 1;
                         last = Some(h);
-                        if self.visit(&cx, &filters, HostId::new(h), &mut diag, target, &mut memo) {
+                        if self.visit(
+                            &cx,
+                            &profile,
+                            &filters,
+                            HostId::new(h),
+                            &mut diag,
+                            target,
+                            &mut memo,
+                        ) {
                             done = true;
                             break;
                         }
@@ -380,6 +417,7 @@ impl Scheduler {
             }
         }
         self.candidates = candidates;
+        self.filter_ix = filters;
         if self.feasible.is_empty() {
             if let Some(m) = memo.as_ref() {
                 for h in &self.skipped {
@@ -418,6 +456,7 @@ impl Scheduler {
                 diagnosis: diag,
             });
         }
+        self.diag = diag;
 
         // Score: one column per applicable plugin, normalised, then weighted.
         let nf = self.feasible.len();

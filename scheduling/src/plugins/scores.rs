@@ -15,13 +15,8 @@ use crate::request::{CompiledRequest, TopologyKey, WhenUnsatisfiable};
 #[inline]
 fn after<'a>(cx: &'a CycleState<'a>, host: HostId) -> impl Iterator<Item = (u64, u64)> + 'a {
     cx.request.totals.iter().filter_map(move |&(c, amount)| {
-        let cap = cx.cluster.host_capacity(host, c);
-        (cap > 0).then(|| {
-            (
-                cap,
-                cx.state.host_used(host, c).saturating_add(amount).min(cap),
-            )
-        })
+        let (cap, used) = cx.state.host_capacity_used(host, c);
+        (cap > 0).then(|| (cap, used.saturating_add(amount).min(cap)))
     })
 }
 

@@ -1,5 +1,6 @@
 //! The allocation table, sharded so that growing it never stalls a placement, and hashing each
-//! consumer id once.
+//! consumer id once. An entry's key is its allocation's request id, read from the request it
+//! already holds rather than kept as a second copy.
 //!
 //! One `HashMap` with hundreds of thousands of entries doubles by rehashing all of them at once (tens
 //! to hundreds of milliseconds at W2's 650,000 VMs); with the entries spread over many small tables,
@@ -15,13 +16,24 @@ use std::hash::BuildHasher;
 
 const SHARDS: usize = 128;
 
-/// One entry: the consumer id, its hash, its allocation.
+/// One entry: the consumer id's hash and its allocation (whose request id is the key).
 #[derive(Clone, Debug)]
 struct Entry {
     hash: u64,
-    consumer: String,
     allocation: Allocation,
 }
+
+impl Entry {
+    #[inline]
+    fn consumer(&self) -> &String {
+        &self.allocation.request.source().id
+    }
+}
+
+/// A consumer id's hash in an [`Allocations`] table: computed once, then used to look the id up
+/// and to insert it (a commit does both).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHash(u64);
 
 /// Allocations by consumer id.
 #[derive(Clone, Debug)]
@@ -48,8 +60,27 @@ impl Allocations {
     /// every probe compare keys.
     #[inline]
     fn hash(&self, consumer: &str) -> (u64, usize) {
-        let h = self.pick.hash_one(consumer);
-        (h, (h >> 40) as usize % SHARDS)
+        Self::split(self.key_hash(consumer))
+    }
+
+    #[inline]
+    fn split(h: KeyHash) -> (u64, usize) {
+        (h.0, (h.0 >> 40) as usize % SHARDS)
+    }
+
+    /// The hash of `consumer`, for [`Allocations::contains_hashed`] and [`Allocations::insert`].
+    #[inline]
+    pub(crate) fn key_hash(&self, consumer: &str) -> KeyHash {
+        KeyHash(self.pick.hash_one(consumer))
+    }
+
+    /// Whether `consumer`, whose hash is `h`, has an allocation.
+    #[inline]
+    pub(crate) fn contains_hashed(&self, consumer: &str, h: KeyHash) -> bool {
+        let (h, s) = Self::split(h);
+        self.shards[s]
+            .find(h, |e| e.consumer() == consumer)
+            .is_some()
     }
 
     /// Number of allocations.
@@ -66,7 +97,7 @@ impl Allocations {
     pub fn get(&self, consumer: &str) -> Option<&Allocation> {
         let (h, s) = self.hash(consumer);
         self.shards[s]
-            .find(h, |e| e.consumer == consumer)
+            .find(h, |e| e.consumer() == consumer)
             .map(|e| &e.allocation)
     }
 
@@ -79,7 +110,7 @@ impl Allocations {
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Allocation)> + '_ {
         self.shards
             .iter()
-            .flat_map(|s| s.iter().map(|e| (&e.consumer, &e.allocation)))
+            .flat_map(|s| s.iter().map(|e| (e.consumer(), &e.allocation)))
     }
 
     /// Allocations, in no particular order.
@@ -89,18 +120,19 @@ impl Allocations {
             .flat_map(|s| s.iter().map(|e| &e.allocation))
     }
 
-    /// Inserts or replaces the allocation of `consumer`.
-    pub(crate) fn insert(&mut self, consumer: String, a: Allocation) {
-        let (hash, s) = self.hash(&consumer);
+    /// Inserts or replaces the allocation of its request's consumer id, whose hash is `h` (from
+    /// [`Allocations::key_hash`] on this table).
+    pub(crate) fn insert(&mut self, a: Allocation, h: KeyHash) {
+        let (hash, s) = Self::split(h);
         let table = &mut self.shards[s];
-        match table.find_mut(hash, |e| e.consumer == consumer) {
+        let consumer = a.request.id();
+        match table.find_mut(hash, |e| e.consumer() == consumer) {
             Some(e) => e.allocation = a,
             None => {
                 table.insert_unique(
                     hash,
                     Entry {
                         hash,
-                        consumer,
                         allocation: a,
                     },
                     |e| e.hash,
@@ -113,7 +145,7 @@ impl Allocations {
     pub(crate) fn remove(&mut self, consumer: &str) -> Option<Allocation> {
         let (hash, s) = self.hash(consumer);
         let entry = self.shards[s]
-            .find_entry(hash, |e| e.consumer == consumer)
+            .find_entry(hash, |e| e.consumer() == consumer)
             .ok()?;
         self.len -= 1;
         Some(entry.remove().0.allocation)
@@ -145,13 +177,24 @@ mod tests {
         p.place(&PlacementRequest::new("a", &[("VCPU", 1)]))
             .unwrap();
         let a = p.state().allocation("a").unwrap().clone();
+        let named = |id: &str| {
+            let mut x = a.clone();
+            x.request = p
+                .state()
+                .compile(&PlacementRequest::new(id, &[("VCPU", 1)]))
+                .unwrap();
+            x
+        };
         let mut t = Allocations::default();
         for i in 0..5000 {
-            t.insert(format!("vm{i}"), a.clone());
+            let x = named(&format!("vm{i}"));
+            t.insert(x, t.key_hash(&format!("vm{i}")));
         }
         assert_eq!(t.len(), 5000);
-        t.insert("vm7".into(), a.clone());
+        t.insert(named("vm7"), t.key_hash("vm7"));
         assert_eq!(t.len(), 5000);
+        assert!(t.contains_hashed("vm7", t.key_hash("vm7")));
+        assert!(t.iter().all(|(k, x)| k == x.request().id()));
         assert!(t.contains_key("vm4999") && !t.contains_key("vm5000"));
         assert!(t.remove("vm10").is_some() && t.remove("vm10").is_none());
         assert_eq!((t.len(), t.iter().count()), (4999, 4999));

@@ -14,6 +14,7 @@ mod quota;
 mod restore;
 
 pub use allocations::Allocations;
+use allocations::KeyHash;
 pub(crate) use groups::validate_server_group;
 pub use groups::ServerGroupState;
 pub use quota::{QuotaLimits, QuotaScope, QuotaUsage};
@@ -284,6 +285,14 @@ impl State {
         self.cluster.cell(host, c).map_or(0, |i| self.host_used[i])
     }
 
+    /// `(capacity, used)` of class `c` in the tree of `host`, found with one matrix lookup.
+    #[inline]
+    pub(crate) fn host_capacity_used(&self, host: HostId, c: crate::model::ClassId) -> (u64, u64) {
+        self.cluster.cell(host, c).map_or((0, 0), |i| {
+            (self.cluster.host_capacity[i], self.host_used[i])
+        })
+    }
+
     /// Number of VMs on `host`.
     #[inline]
     pub fn vm_count(&self, host: HostId) -> u32 {
@@ -418,9 +427,20 @@ impl State {
     /// Validates a claim without applying it. `moving` names a consumer whose current allocation the claim
     /// replaces (migration), which exempts it from the duplicate check.
     pub fn check(&self, claim: &Claim, moving: Option<&str>) -> Result<(), CommitError> {
+        let key = self.allocations.key_hash(claim.request.id());
+        self.check_hashed(claim, moving, key)
+    }
+
+    /// [`State::check`], with the hash of the claim's consumer id computed beforehand.
+    fn check_hashed(
+        &self,
+        claim: &Claim,
+        moving: Option<&str>,
+        key: KeyHash,
+    ) -> Result<(), CommitError> {
         let c = &self.cluster;
         let id = claim.request.id();
-        if moving != Some(id) && self.allocations.contains_key(id) {
+        if moving != Some(id) && self.allocations.contains_hashed(id, key) {
             return Err(CommitError::DuplicateConsumer(id.to_string()));
         }
         if claim.host.idx() >= c.host_count() {
@@ -506,12 +526,26 @@ impl State {
 
     /// Commits a claim: checks generations, group epoch and capacity, then allocates. On error nothing changes.
     pub fn commit(&mut self, claim: Claim) -> Result<(), CommitError> {
-        self.check(&claim, None)?;
-        self.apply(claim.host, claim.allocations, claim.request);
+        // The consumer id is hashed once, for the duplicate check and the insertion.
+        let key = self.allocations.key_hash(claim.request.id());
+        self.check_hashed(&claim, None, key)?;
+        self.apply_hashed(claim.host, claim.allocations, claim.request, key);
         Ok(())
     }
 
     fn apply(&mut self, host: HostId, slots: Vec<SlotAllocation>, request: Arc<CompiledRequest>) {
+        let key = self.allocations.key_hash(request.id());
+        self.apply_hashed(host, slots, request, key);
+    }
+
+    /// Allocates `slots` on `host` for `request`, whose consumer id hashes to `key`.
+    fn apply_hashed(
+        &mut self,
+        host: HostId,
+        slots: Vec<SlotAllocation>,
+        request: Arc<CompiledRequest>,
+        key: KeyHash,
+    ) {
         for a in &slots {
             let (slot, amount) = (a.slot(), a.amount());
             // `check` proved used + amount ≤ capacity ≤ MAX_QUANTITY; saturating all the same, so
@@ -536,12 +570,12 @@ impl State {
         }
         self.quotas.count(&request, true);
         self.allocations.insert(
-            request.id().to_string(),
             Allocation {
                 host,
                 slots,
                 request,
             },
+            key,
         );
     }
 
