@@ -41,8 +41,16 @@
 //! # Ok::<(), vmm_core::Error>(())
 //! ```
 
+mod programs;
 mod report;
 mod rules;
+mod thread_kind;
+
+/// Keel's filters as `build.rs` compiled them (`programs(kind)`: BPF instructions as
+/// `(code, jt, jf, k)`).
+mod precompiled {
+    include!(concat!(env!("OUT_DIR"), "/keel_seccomp.rs"));
+}
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,52 +58,7 @@ use std::sync::Arc;
 
 pub use rules::rules;
 pub use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
-
-/// The kinds of thread Keel filters, each with its own list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ThreadKind {
-    /// A vCPU: `KVM_RUN` and the devices' register accesses it makes (MMIO and port I/O
-    /// exits), device activation.
-    Vcpu,
-    /// The event loop: queue notifications (ioeventfds), NICs, consoles, vsock, timers.
-    EventLoop,
-    /// A disk's I/O thread: reads, writes, flushes (io_uring or plain calls).
-    BlockIo,
-    /// A VMM program's own thread that builds, snapshots and migrates VMs (the `keel`
-    /// program's main thread): broad, but no `execve`, `ptrace`, mounts or module loading.
-    Vmm,
-    /// A VMM program's API server: sockets and the calls of its async runtime.
-    Api,
-}
-
-impl ThreadKind {
-    /// Every kind.
-    pub const ALL: [ThreadKind; 5] = [
-        ThreadKind::Vcpu,
-        ThreadKind::EventLoop,
-        ThreadKind::BlockIo,
-        ThreadKind::Vmm,
-        ThreadKind::Api,
-    ];
-
-    /// The kind's name in reports and in JSON filter files (`vcpu`, `events`, `blk`, `vmm`,
-    /// `api`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ThreadKind::Vcpu => "vcpu",
-            ThreadKind::EventLoop => "events",
-            ThreadKind::BlockIo => "blk",
-            ThreadKind::Vmm => "vmm",
-            ThreadKind::Api => "api",
-        }
-    }
-}
-
-impl fmt::Display for ThreadKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use thread_kind::ThreadKind;
 
 /// Errors building or installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +112,7 @@ impl SeccompPolicy {
     /// policy that cannot compile fails the build, not a running VM).
     pub fn filters(&self) -> Result<Filters, SeccompError> {
         if let SeccompPolicy::Keel = self {
-            // Keel's filters never change in a process: compiled once (about a millisecond),
+            // Keel's filters never change: compiled when vmm-core was built, copied once,
             // shared by every VM and by the keel program's own threads.
             static KEEL: std::sync::OnceLock<Filters> = std::sync::OnceLock::new();
             if let Some(filters) = KEEL.get() {
@@ -166,7 +129,7 @@ impl SeccompPolicy {
         for kind in ThreadKind::ALL {
             let programs = match self {
                 SeccompPolicy::Off => Vec::new(),
-                SeccompPolicy::Keel => keel_programs(kind)?,
+                SeccompPolicy::Keel => keel_programs(kind),
                 SeccompPolicy::Custom(policy) => policy(kind)?.into_iter().collect(),
             };
             if !programs.is_empty() {
@@ -187,35 +150,17 @@ impl fmt::Debug for SeccompPolicy {
     }
 }
 
-/// Keel's filters for `kind`: its rules, and for every kind but [`ThreadKind::Vmm`] a second
-/// filter that answers `open`/`openat` with `EACCES` instead of stopping the thread.
-///
-/// Memory allocators open files lazily on whatever thread happens to call them: glibc's
-/// malloc reads `/proc/sys/vm/overcommit_memory` the first time a thread's arena shrinks,
-/// jemalloc and mimalloc read `/proc` and `/sys` files too. Those threads need not open
-/// anything (the allocators carry on without the file), and a guest that took one over gains
-/// nothing from a refused `open`. The first filter allows the two calls, so that the second's
-/// `EACCES` is what the kernel applies (a trap would take precedence over it).
-fn keel_programs(kind: ThreadKind) -> Result<Vec<BpfProgram>, SeccompError> {
-    let mut rules = rules(kind);
-    if kind == ThreadKind::Vmm {
-        return Ok(vec![compile(rules)?]);
-    }
-    let refused = [libc::SYS_open, libc::SYS_openat];
-    for call in refused {
-        rules.insert(call, Vec::new());
-    }
-    let refuse = seccompiler::SeccompFilter::new(
-        refused.into_iter().map(|call| (call, Vec::new())).collect(),
-        seccompiler::SeccompAction::Allow,
-        seccompiler::SeccompAction::Errno(libc::EACCES.unsigned_abs()),
-        seccompiler::TargetArch::x86_64,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(SeccompError::Compile)?;
-    // The refusal first: with the rules installed last, a thread never has to install a
-    // filter (PR_SET_NO_NEW_PRIVS, seccomp) while its own rules already hold.
-    Ok(vec![refuse, compile(rules)?])
+/// Keel's filters for `kind`, compiled when vmm-core was built ([`programs`]).
+fn keel_programs(kind: ThreadKind) -> Vec<BpfProgram> {
+    precompiled::programs(kind)
+        .iter()
+        .map(|program| {
+            program
+                .iter()
+                .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+                .collect()
+        })
+        .collect()
 }
 
 /// Compiled filters by thread kind, shared by a VM's threads.
@@ -260,19 +205,23 @@ impl Filters {
 /// Compiles a rule set (for [`SeccompPolicy::custom`]): listed calls are allowed when a rule
 /// matches (an empty rule list: always), others trap to Keel's report.
 pub fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, SeccompError> {
-    let filter = seccompiler::SeccompFilter::new(
-        rules,
-        seccompiler::SeccompAction::Trap,
-        seccompiler::SeccompAction::Allow,
-        seccompiler::TargetArch::x86_64,
-    )
-    .map_err(SeccompError::Compile)?;
-    filter.try_into().map_err(SeccompError::Compile)
+    programs::compile(rules).map_err(SeccompError::Compile)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_programs_built_in_are_the_rules_compiled_now() {
+        for kind in ThreadKind::ALL {
+            assert_eq!(
+                keel_programs(kind),
+                programs::keel_programs(kind).unwrap(),
+                "{kind}: rebuild vmm-core (build.rs compiles the rules)"
+            );
+        }
+    }
 
     #[test]
     fn every_kind_compiles_and_custom_policies_are_used() {
