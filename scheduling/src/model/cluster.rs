@@ -107,7 +107,10 @@ impl Slot {
     /// Whether a single allocation of `amount` respects min/max/step (ignoring free capacity).
     #[inline]
     pub fn unit_ok(&self, amount: u64) -> bool {
-        amount >= self.min_unit && amount <= self.max_unit && amount.is_multiple_of(self.step_size)
+        // A step of 1 (the usual one) needs no division: the fit calls this for every slot it tries.
+        amount >= self.min_unit
+            && amount <= self.max_unit
+            && (self.step_size == 1 || amount.is_multiple_of(self.step_size))
     }
 }
 
