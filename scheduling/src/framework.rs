@@ -87,7 +87,7 @@ pub trait PreFilterPlugin: Send + Sync {
     /// Removes hosts from `candidates`, recording why in `diag` (see [`restrict`] and [`exclude`]).
     fn pre_filter(&self, cx: &mut CycleState<'_>, candidates: &mut HostSet, diag: &mut Diagnosis);
     /// Whether, for this request, the result depends only on the request fields hashed into
-    /// [`CompiledRequest::prefilter_key`] and the topology (so it may be cached). Plugins that read
+    /// [`crate::request::RequestShape::prefilter_key`] and the topology (so it may be cached). Plugins that read
     /// usage or membership, or write cycle data, must return `false` for such requests: they then run on
     /// every decision, after the cached ones.
     fn cacheable(&self, _request: &CompiledRequest) -> bool {

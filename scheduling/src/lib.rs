@@ -125,6 +125,7 @@ pub mod report;
 pub mod request;
 mod rng;
 pub mod scheduler;
+mod shapes;
 pub mod shared;
 pub mod state;
 pub mod store;

@@ -389,7 +389,117 @@ impl PlacementRequest {
 }
 
 impl PlacementRequest {
-    /// Hash of the resource part of the request (see [`CompiledRequest::fit_key`]).
+    /// The checks of [`CompiledRequest::compile`] on the id and the quota owners: the fields a
+    /// shared [`RequestShape`] does not cover.
+    fn validate_owners(&self) -> Result<(), PlacementRequestError> {
+        let invalid = |field: &'static str, reason: &str| PlacementRequestError::Invalid {
+            request: self.id.clone(),
+            field,
+            reason: reason.into(),
+        };
+        if self.id.is_empty() {
+            return Err(invalid("id", "must not be empty"));
+        }
+        if self.user.is_some() && self.project.is_none() {
+            return Err(invalid(
+                "user",
+                "needs `project` (quotas count a user's VMs within a project)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `self` and `other` are equal but for their ids and quota owners (`project`,
+    /// `user`): then they compile to the same [`RequestShape`].
+    pub(crate) fn same_but_owners(&self, other: &PlacementRequest) -> bool {
+        // Destructured, so that a field added later must be placed on one side or the other.
+        let Self {
+            id: _,
+            project: _,
+            user: _,
+            resources,
+            groups,
+            group_policy,
+            same_subtree,
+            required_traits,
+            forbidden_traits,
+            any_of_traits,
+            member_of,
+            zone,
+            node_selector,
+            node_affinity,
+            preferred_affinity,
+            tolerations,
+            server_group,
+            topology_spread,
+            priority,
+        } = self;
+        *resources == other.resources
+            && *groups == other.groups
+            && *group_policy == other.group_policy
+            && *same_subtree == other.same_subtree
+            && *required_traits == other.required_traits
+            && *forbidden_traits == other.forbidden_traits
+            && *any_of_traits == other.any_of_traits
+            && *member_of == other.member_of
+            && *zone == other.zone
+            && *node_selector == other.node_selector
+            && *node_affinity == other.node_affinity
+            && *preferred_affinity == other.preferred_affinity
+            && *tolerations == other.tolerations
+            && *server_group == other.server_group
+            && *topology_spread == other.topology_spread
+            && *priority == other.priority
+    }
+
+    /// A quick hash of the fields [`PlacementRequest::same_but_owners`] compares, for looking up
+    /// shapes (each hit is confirmed by comparing: unlike the keys of [`RequestShape`], which
+    /// caches trust, this hash may collide harmlessly).
+    pub(crate) fn shape_hash(&self) -> u64 {
+        let Self {
+            id: _,
+            project: _,
+            user: _,
+            resources,
+            groups,
+            group_policy,
+            same_subtree,
+            required_traits,
+            forbidden_traits,
+            any_of_traits,
+            member_of,
+            zone,
+            node_selector,
+            node_affinity,
+            preferred_affinity,
+            tolerations,
+            server_group,
+            topology_spread,
+            priority,
+        } = self;
+        let mut h = crate::fasthash::IntHasher::default();
+        (
+            resources,
+            groups,
+            group_policy,
+            same_subtree,
+            required_traits,
+        )
+            .hash(&mut h);
+        (
+            forbidden_traits,
+            any_of_traits,
+            member_of,
+            zone,
+            node_selector,
+        )
+            .hash(&mut h);
+        (node_affinity, preferred_affinity, tolerations, server_group).hash(&mut h);
+        (topology_spread, priority).hash(&mut h);
+        h.finish()
+    }
+
+    /// Hash of the resource part of the request (see [`RequestShape::fit_key`]).
     pub fn fit_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
@@ -402,7 +512,7 @@ impl PlacementRequest {
         h.finish()
     }
 
-    /// Hash of the fields static pre-filters depend on (see [`CompiledRequest::prefilter_key`]).
+    /// Hash of the fields static pre-filters depend on (see [`RequestShape::prefilter_key`]).
     pub fn prefilter_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         // The class names in order (each hash ends with a terminator), then their count: as
@@ -470,10 +580,32 @@ pub struct GroupRef {
 
 /// A request resolved against a cluster and state. Its ids are only meaningful for that cluster:
 /// obtain it from [`crate::state::State::compile`] of the state it is decided and committed on.
+///
+/// It is the request as given (with its id, the consumer id) and its resolved [`RequestShape`],
+/// whose fields it dereferences to (`compiled.totals`, `compiled.server_group`, ...). Requests that
+/// differ only in their id and quota owners have the same shape, and [`crate::Placer`] shares one
+/// between them: a placement then keeps only the request's own copy and two pointers.
 #[derive(Clone, Debug)]
 pub struct CompiledRequest {
     /// The request as given (its id is the consumer id).
     source: Arc<PlacementRequest>,
+    /// Everything resolved from it.
+    shape: Arc<RequestShape>,
+}
+
+impl std::ops::Deref for CompiledRequest {
+    type Target = RequestShape;
+
+    #[inline]
+    fn deref(&self) -> &RequestShape {
+        &self.shape
+    }
+}
+
+/// What a request resolves to against a cluster and state, apart from its id and quota owners
+/// (which [`CompiledRequest::source`] holds): read through a [`CompiledRequest`].
+#[derive(Clone, Debug)]
+pub struct RequestShape {
     /// Unnamed-group resources.
     pub unnamed: Vec<(ClassId, u64)>,
     /// Named groups.
@@ -521,6 +653,26 @@ pub struct CompiledRequest {
 }
 
 impl CompiledRequest {
+    /// `source` with the shape of `like`, which must have been compiled, against the same cluster
+    /// and state, from a request equal to `source` but for its id and quota owners (see
+    /// [`PlacementRequest::same_but_owners`]); `source`'s own fields are validated.
+    pub(crate) fn with_shape_of(
+        source: Arc<PlacementRequest>,
+        like: &CompiledRequest,
+    ) -> Result<Self, PlacementRequestError> {
+        debug_assert!(source.same_but_owners(&like.source));
+        source.validate_owners()?;
+        Ok(CompiledRequest {
+            source,
+            shape: like.shape.clone(),
+        })
+    }
+
+    /// The shape, to change (copied first if shared).
+    pub(crate) fn shape_mut(&mut self) -> &mut RequestShape {
+        Arc::make_mut(&mut self.shape)
+    }
+
     /// Consumer id (the request's id).
     #[inline]
     pub fn id(&self) -> &str {
@@ -568,15 +720,7 @@ impl CompiledRequest {
             field,
             reason,
         };
-        if req.id.is_empty() {
-            return Err(invalid("id", "must not be empty".into()));
-        }
-        if req.user.is_some() && req.project.is_none() {
-            return Err(invalid(
-                "user",
-                "needs `project` (quotas count a user's VMs within a project)".into(),
-            ));
-        }
+        req.validate_owners()?;
         let mut entries = 0usize;
         let mut totals: Vec<(ClassId, u64)> = Vec::new();
         let mut resolve =
@@ -744,7 +888,7 @@ impl CompiledRequest {
             }
         }
         let (equivalence_key, prefilter_key, fit_key) = req.keys();
-        Ok(CompiledRequest {
+        let shape = RequestShape {
             unnamed,
             groups,
             isolate: req.group_policy == GroupPolicy::Isolate,
@@ -785,7 +929,10 @@ impl CompiledRequest {
             equivalence_key,
             prefilter_key,
             fit_key,
+        };
+        Ok(CompiledRequest {
             source,
+            shape: Arc::new(shape),
         })
     }
 }

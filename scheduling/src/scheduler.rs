@@ -20,6 +20,7 @@ use crate::placement::Placement;
 use crate::profile::{Profile, ScanOrder};
 use crate::request::{CompiledRequest, PlacementRequest};
 use crate::rng::SplitMix64;
+use crate::shapes::ShapeCache;
 use crate::state::{Claim, State, FILL_BUCKETS};
 use serde::Serialize;
 use std::sync::Arc;
@@ -178,7 +179,7 @@ impl Scheduler {
     }
 
     /// Runs the pre-filters. Those whose result depends only on the request's static fields and the
-    /// topology are served from the equivalence cache (keyed by [`CompiledRequest::prefilter_key`]); the
+    /// topology are served from the equivalence cache (keyed by [`crate::request::RequestShape::prefilter_key`]); the
     /// others (server group, spread) run every time on the cached result.
     fn prefilter(
         &mut self,
@@ -587,9 +588,14 @@ pub enum PlaceError {
 }
 
 /// Single-threaded convenience: a state plus one decider.
+///
+/// Requests equal but for their ids and quota owners share one compiled shape (see
+/// [`crate::request::CompiledRequest`]), so placing many VMs of a few flavours resolves each
+/// flavour once.
 pub struct Placer {
     state: State,
     scheduler: Scheduler,
+    shapes: ShapeCache,
 }
 
 impl Placer {
@@ -598,6 +604,7 @@ impl Placer {
         Placer {
             state: State::new(cluster),
             scheduler: Scheduler::new(Arc::new(profile), seed),
+            shapes: ShapeCache::default(),
         }
     }
 
@@ -606,6 +613,7 @@ impl Placer {
         Placer {
             state,
             scheduler: Scheduler::new(Arc::new(profile), seed),
+            shapes: ShapeCache::default(),
         }
     }
 
@@ -636,7 +644,7 @@ impl Placer {
 
     /// Decides and commits.
     pub fn place(&mut self, req: &PlacementRequest) -> Result<Placement, PlaceError> {
-        let compiled = self.state.compile(req)?;
+        let compiled = self.shapes.compile(&self.state, req)?;
         self.place_compiled(&compiled, &DecideOptions::default())
     }
 
@@ -670,7 +678,7 @@ impl Placer {
         req: &PlacementRequest,
         opts: &DecideOptions<'_>,
     ) -> Result<Decision, PlaceError> {
-        let compiled = self.state.compile(req)?;
+        let compiled = self.shapes.compile(&self.state, req)?;
         self.scheduler
             .decide(&self.state, &compiled, opts)
             .map_err(|u| PlaceError::Unschedulable(Box::new(u.explain(self.state.cluster()))))

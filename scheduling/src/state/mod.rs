@@ -686,7 +686,7 @@ impl State {
         let mut compiled =
             CompiledRequest::clone(&*self.compile(new).map_err(ResizeError::Request)?);
         // Keep group membership as it is: resizing does not change a VM's server group.
-        compiled.server_group = old.request.server_group;
+        compiled.shape_mut().server_group = old.request.server_group;
         self.quotas
             .check(&self.cluster, &compiled, Some(&old.request))
             .map_err(|e| ResizeError::DoesNotFit(e.to_string()))?;
