@@ -155,7 +155,7 @@ impl Vmm {
     }
 
     /// The VMM of `uid` if one answers on its socket (after an agent restart), or one that is
-    /// alive (it holds the VMI's lock) and answers within [`API_TIMEOUT`]: an earlier agent
+    /// alive (it holds the VMI's lock) and answers within 20 s: an earlier agent
     /// started it and died before its API was up. `Ok(None)`: there is none.
     pub async fn adopt(run_dir: &Path, uid: &str) -> Result<Option<Vmm>, VmmError> {
         Self::adopt_within(run_dir, uid, API_TIMEOUT).await
