@@ -13,6 +13,19 @@
 //!   `place` returned, i.e. once its transaction committed; its latency is that call's, from
 //!   submission to the durable answer (queueing behind the batch in flight included).
 //! - **memory**: [`MemoryStore`] on the same cluster, called by `N` threads.
+//! - **placement** (only with `--placement VENV`, never in CI): upstream OpenStack Placement from
+//!   the Python environment `VENV` (one where `openstack-placement`, `psycopg2` and `gunicorn` are
+//!   importable; the bench installs nothing and says what is missing), served by gunicorn on a
+//!   database of the same PostgreSQL server, loaded with the same hosts through its API and
+//!   driven by `N` clients that claim as Nova's scheduler does (`GET /allocation_candidates`, `PUT
+//!   /allocations/{consumer}` with consumer generations, retried on 409): see
+//!   `pg_placement_upstream.rs`. Its latency is a claim's, first GET to the PUT's answer.
+//!   `PLACEMENT_SIZES` selects the sizes it joins (default: all), `PLACEMENT_REQUESTS` the requests
+//!   per run (default: as many as the others), `PLACEMENT_SECONDS` a time budget per run after
+//!   which no request is started (default 120; claims/s is over the run's wall time either way),
+//!   `PLACEMENT_WORKERS` gunicorn's worker processes (default 4), `PLACEMENT_API_LOAD` the largest
+//!   cluster loaded wholly through Placement's API (default 5,000; larger ones by SQL in the same
+//!   shape, see there).
 //!
 //! Requests: mixed flavours (scheduling's W2: 1–64 vCPU, some memory-heavy), `PG_REQUESTS` of them
 //! (default 20,000). `PG_SIZES=5000,100000` and `PG_DECIDERS=1,2,4` select; `--quick` (or
@@ -22,8 +35,7 @@
 //!
 //! Reference: upstream OpenStack Placement 16 on SQLite measured here does 1.2–4.7 placements/s per
 //! thread, 45–65 ms per claim. Target of issue 21: >= 5,000 durable claims/s with 4 deciders at
-//! 5,000 hosts, p99 commit <= 10 ms. Upstream Placement on the same PostgreSQL (`--placement`) is
-//! not part of this bench.
+//! 5,000 hosts, p99 commit <= 10 ms.
 
 use scheduling::generator::{self, ClusterShape};
 use scheduling::store::{MemoryStore, PlacementStore};
@@ -33,6 +45,9 @@ use scheduling_postgres::{PgStore, StoreConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "pg_placement_upstream.rs"]
+mod upstream;
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     match std::env::var(name) {
@@ -124,6 +139,27 @@ fn main() {
     let deciders = env_list("PG_DECIDERS", &[1, 2, 4]);
     let n_requests = env_usize("PG_REQUESTS", if quick { 2000 } else { 20_000 });
     let window = env_usize("PG_WINDOW", 32).max(1);
+    let args: Vec<String> = std::env::args().collect();
+    let venv = args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--placement" {
+            Some(args.get(i + 1).cloned().unwrap_or_default())
+        } else {
+            a.strip_prefix("--placement=").map(str::to_string)
+        }
+    });
+    let venv = venv.map(|v| {
+        let v = std::path::PathBuf::from(v);
+        if let Err(e) = upstream::check(&v) {
+            eprintln!("pg_placement: {e}");
+            std::process::exit(2);
+        }
+        v
+    });
+    let placement_sizes = env_list("PLACEMENT_SIZES", &sizes);
+    let placement_requests = env_usize("PLACEMENT_REQUESTS", n_requests);
+    let placement_budget = Duration::from_secs(env_usize("PLACEMENT_SECONDS", 120) as u64);
+    let placement_workers = env_usize("PLACEMENT_WORKERS", 4).max(1);
+    let placement_api_load = env_usize("PLACEMENT_API_LOAD", 5000);
 
     let server = match TempPostgres::start() {
         Ok(s) => s,
@@ -137,11 +173,22 @@ fn main() {
          synchronous_commit on, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if let Some(v) = &venv {
+        println!(
+            "placement: upstream openstack-placement {} from {}, gunicorn with {placement_workers} \
+             gthread workers, {placement_requests} requests per run or {} s, 1 client per decider",
+            upstream::version(v),
+            v.display(),
+            placement_budget.as_secs()
+        );
+    }
     println!(
         "{:<9} {:>7} {:>8} {:>8} {:>12} {:>9} {:>9} {:>10} {:>6}",
         "store", "hosts", "deciders", "claims", "claims/s", "p50 ms", "p99 ms", "conflicts", "txns"
     );
     let mut summary = Vec::new();
+    let mut placement_summary = Vec::new();
+    let mut runs = 0;
     for &hosts in &sizes {
         let spec = generator::cluster(ClusterShape::new(hosts, 7));
         let cluster = match Cluster::from_spec(&spec) {
@@ -152,6 +199,48 @@ fn main() {
             }
         };
         let requests = generator::mixed(n_requests, 11, "vm").requests;
+        let placement_name = format!("placement_{hosts}");
+        let placement = venv
+            .as_ref()
+            .filter(|_| placement_sizes.contains(&hosts))
+            .map(|v| {
+                let t = Instant::now();
+                let p = server
+                    .create_database(&placement_name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|conninfo| {
+                        let bin = scheduling_postgres::testing::find_binaries()
+                            .ok_or("PostgreSQL binaries not found")?;
+                        upstream::Placement::start(
+                            v,
+                            &bin,
+                            server.socket_dir(),
+                            &conninfo,
+                            &placement_name,
+                            placement_workers,
+                        )
+                    })
+                    .and_then(|p| p.load(&spec, 4, placement_api_load).map(|api| (p, api)));
+                match p {
+                    Ok((p, api)) => {
+                        eprintln!(
+                            "   (placement: {hosts} providers loaded {} in {:.1} s)",
+                            if api {
+                                "through the API"
+                            } else {
+                                "by SQL (the first through the API)"
+                            },
+                            t.elapsed().as_secs_f64()
+                        );
+                        p
+                    }
+                    Err(e) => {
+                        eprintln!("pg_placement: upstream Placement at {hosts} hosts: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            });
+        let placement_reqs = &generator::mixed(placement_requests, 11, "vm").requests;
         for &n in &deciders {
             let name = format!("bench_{hosts}_{n}");
             let db = match server.create_database(&name) {
@@ -232,6 +321,66 @@ fn main() {
                 p99,
                 memory.stats().conflicts,
                 "-"
+            );
+
+            if let Some(p) = &placement {
+                if let Err(e) = p.reset() {
+                    eprintln!("pg_placement: {e}");
+                    std::process::exit(2);
+                }
+                let r = p.drive(placement_reqs, n, runs, placement_budget);
+                runs += 1;
+                let mut run = Run {
+                    committed: r.latencies.len(),
+                    refused: r.refused,
+                    seconds: r.seconds,
+                    latencies: r.latencies,
+                };
+                let (p50, p99) = (run.percentile(0.5), run.percentile(0.99));
+                println!(
+                    "{:<9} {:>7} {:>8} {:>8} {:>12.1} {:>9.2} {:>9.2} {:>10} {:>6}{}",
+                    "placement",
+                    hosts,
+                    n,
+                    run.committed,
+                    run.rate(),
+                    p50,
+                    p99,
+                    r.conflicts,
+                    "-",
+                    if run.refused + r.skipped > 0 {
+                        format!(
+                            "  ({} refused, {} not started: time budget)",
+                            run.refused, r.skipped
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                eprintln!(
+                    "   (placement: mean GET /allocation_candidates {:.1} ms over {}, mean PUT \
+                     /allocations {:.1} ms over {})",
+                    r.get_seconds * 1e3 / r.gets.max(1) as f64,
+                    r.gets,
+                    r.put_seconds * 1e3 / r.puts.max(1) as f64,
+                    r.puts
+                );
+                placement_summary.push((hosts, n, run.rate()));
+            }
+        }
+        if placement.is_some() {
+            drop(placement);
+            if let Err(e) = server.drop_database(&placement_name) {
+                eprintln!("pg_placement: {e}");
+            }
+        }
+    }
+    for &(hosts, n, rate) in &placement_summary {
+        if let Some((_, _, keel, _)) = summary.iter().find(|s| s.0 == hosts && s.1 == n) {
+            println!(
+                "-- {hosts} hosts, {n} decider(s)/client(s): Keel on PostgreSQL {keel:.0} claims/s, \
+                 upstream Placement {rate:.1} claims/s ({:.0}x)",
+                keel / rate.max(1e-9)
             );
         }
     }
