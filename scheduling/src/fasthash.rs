@@ -17,11 +17,32 @@ impl Hasher for IntHasher {
         self.0
     }
 
+    /// Eight bytes per step; a last partial word carries its length in its top byte.
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.write_u64(u64::from_le_bytes(b));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            b[7] = rest.len() as u8;
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
     }
 
     #[inline]
@@ -49,6 +70,21 @@ mod tests {
             let mut h = IntHasher::default();
             h.write_u32(k);
             assert!(seen.insert(h.finish()));
+        }
+        let mut words = std::collections::HashSet::new();
+        for w in [
+            "",
+            "a",
+            "ab",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghi",
+            "VCPU",
+            "MEMORY_MB",
+        ] {
+            let mut h = IntHasher::default();
+            h.write(w.as_bytes());
+            assert!(words.insert(h.finish()), "{w}");
         }
         let mut m: IntMap<u32, u32> = IntMap::default();
         m.insert(7, 1);
