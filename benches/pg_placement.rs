@@ -72,6 +72,15 @@ struct Run {
 }
 
 impl Run {
+    fn of(latencies: Vec<Duration>) -> Run {
+        Run {
+            committed: latencies.len(),
+            refused: 0,
+            seconds: 0.0,
+            latencies,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.committed as f64 / self.seconds.max(1e-9)
     }
@@ -357,13 +366,17 @@ fn main() {
                         String::new()
                     }
                 );
+                let mut gets = Run::of(r.gets);
+                let mut puts = Run::of(r.puts);
                 eprintln!(
-                    "   (placement: mean GET /allocation_candidates {:.1} ms over {}, mean PUT \
-                     /allocations {:.1} ms over {})",
-                    r.get_seconds * 1e3 / r.gets.max(1) as f64,
-                    r.gets,
-                    r.put_seconds * 1e3 / r.puts.max(1) as f64,
-                    r.puts
+                    "   (placement: GET /allocation_candidates p50 {:.1} / p99 {:.1} ms over {}; \
+                     PUT /allocations p50 {:.1} / p99 {:.1} ms over {})",
+                    gets.percentile(0.5),
+                    gets.percentile(0.99),
+                    gets.latencies.len(),
+                    puts.percentile(0.5),
+                    puts.percentile(0.99),
+                    puts.latencies.len()
                 );
                 placement_summary.push((hosts, n, run.rate()));
             }

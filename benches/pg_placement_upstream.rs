@@ -342,14 +342,10 @@ pub struct PlacementRun {
     pub seconds: f64,
     /// Requests not started because the time budget ran out.
     pub skipped: usize,
-    /// Time spent in `GET /allocation_candidates` and in `PUT /allocations`, over all claims.
-    pub get_seconds: f64,
-    /// See `get_seconds`.
-    pub put_seconds: f64,
-    /// Number of GETs and PUTs.
-    pub gets: usize,
-    /// See `gets`.
-    pub puts: usize,
+    /// Duration of every `GET /allocation_candidates`.
+    pub gets: Vec<Duration>,
+    /// Duration of every `PUT /allocations/{consumer}` (the commit, whatever its answer).
+    pub puts: Vec<Duration>,
 }
 
 impl Placement {
@@ -609,7 +605,7 @@ impl Placement {
         let conflicts = AtomicUsize::new(0);
         let skipped = AtomicUsize::new(0);
         let all = Mutex::new(Vec::with_capacity(requests.len()));
-        let times = Mutex::new((0.0f64, 0.0f64, 0usize, 0usize));
+        let times = Mutex::new(Timing::default());
         let first_error = Mutex::new(None::<String>);
         let started = Instant::now();
         std::thread::scope(|s| {
@@ -643,10 +639,8 @@ impl Placement {
                     }
                     all.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
                     let mut x = times.lock().unwrap_or_else(|e| e.into_inner());
-                    x.0 += t.get.as_secs_f64();
-                    x.1 += t.put.as_secs_f64();
-                    x.2 += t.gets;
-                    x.3 += t.puts;
+                    x.get.extend(t.get);
+                    x.put.extend(t.put);
                 });
             }
         });
@@ -654,18 +648,15 @@ impl Placement {
         if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             eprintln!("   (placement: first refusal: {e})");
         }
-        let (get_seconds, put_seconds, gets, puts) =
-            times.into_inner().unwrap_or_else(|e| e.into_inner());
+        let t = times.into_inner().unwrap_or_else(|e| e.into_inner());
         PlacementRun {
             latencies: all.into_inner().unwrap_or_else(|e| e.into_inner()),
             refused: refused.into_inner(),
             conflicts: conflicts.into_inner(),
             seconds,
             skipped: skipped.into_inner(),
-            get_seconds,
-            put_seconds,
-            gets,
-            puts,
+            gets: t.get,
+            puts: t.put,
         }
     }
 }
@@ -722,10 +713,8 @@ fn load_host(http: &mut Http, i: usize, host: &HostSpec) -> Result<(), String> {
 
 #[derive(Default)]
 struct Timing {
-    get: Duration,
-    put: Duration,
-    gets: usize,
-    puts: usize,
+    get: Vec<Duration>,
+    put: Vec<Duration>,
 }
 
 /// One request placed as Nova's scheduler does; returns the number of 409s met.
@@ -750,8 +739,7 @@ fn claim(
         let r = http
             .request("GET", &uri, None)
             .map_err(|e| (conflicts, e))?;
-        t.get += t0.elapsed();
-        t.gets += 1;
+        t.get.push(t0.elapsed());
         if r.status != 200 {
             return Err((conflicts, format!("GET {uri}: {}", r.text())));
         }
@@ -777,8 +765,7 @@ fn claim(
                 let r = http
                     .request("PUT", &format!("/allocations/{consumer}"), Some(&body))
                     .map_err(|e| (conflicts, e))?;
-                t.put += t0.elapsed();
-                t.puts += 1;
+                t.put.push(t0.elapsed());
                 match r.status {
                     204 => return Ok(conflicts),
                     409 => {
