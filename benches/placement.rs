@@ -429,6 +429,27 @@ fn w1(size: usize, e: &Env, c: &Config, rows: &mut Vec<Row>) {
         start.elapsed(),
         "requests compiled beforehand; no Placement built".into(),
     ));
+    // The same requests handed over to the placer (as a manager that owns each request it
+    // received can), on a fresh prefilled state: W1 without copying the caller's request.
+    let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Spread), 1);
+    prefill(&mut p, e, 0.2, 7);
+    let shared: Vec<Arc<PlacementRequest>> = reqs.iter().cloned().map(Arc::new).collect();
+    let mut lat = Latencies(Vec::with_capacity(shared.len()));
+    let start = Clock::now();
+    for r in &shared {
+        let t = Instant::now();
+        if p.place_shared(r.clone()).is_ok() {
+            lat.0.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    rows.push(row(
+        size,
+        "W1 decide+commit, handed over (spread)",
+        lat,
+        start.elapsed(),
+        "Placer::place_shared: the request is kept, not copied".into(),
+    ));
+    drop(shared);
     let mut p = Placer::new(e.cluster.clone(), Profile::for_policy(Policy::Pack), 1);
     prefill(&mut p, e, 0.2, 7);
     let (lat, total, _) = run_requests(&mut p, &reqs);

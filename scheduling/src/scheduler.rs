@@ -648,6 +648,25 @@ impl Placer {
         self.place_compiled(&compiled, &DecideOptions::default())
     }
 
+    /// Decides and commits a request the caller hands over: as [`Placer::place`], but the request
+    /// itself is kept (in the state and the returned [`Placement`]) instead of a copy of it.
+    ///
+    /// ```
+    /// use scheduling::{Cluster, PlacementRequest, Placer, Profile};
+    /// use std::sync::Arc;
+    ///
+    /// let cluster = Arc::new(Cluster::from_json(r#"{"hosts": [
+    ///   {"name": "a", "inventories": {"VCPU": {"total": 8}}}]}"#).unwrap());
+    /// let mut placer = Placer::new(cluster, Profile::default(), 1);
+    /// let req = Arc::new(PlacementRequest::new("vm-1", &[("VCPU", 2)]));
+    /// let placed = placer.place_shared(req.clone()).unwrap();
+    /// assert!(Arc::ptr_eq(&placed.request, &req));
+    /// ```
+    pub fn place_shared(&mut self, req: Arc<PlacementRequest>) -> Result<Placement, PlaceError> {
+        let compiled = self.shapes.compile_shared(&self.state, req)?;
+        self.place_compiled(&compiled, &DecideOptions::default())
+    }
+
     /// Decides and commits an already compiled request.
     pub fn place_compiled(
         &mut self,

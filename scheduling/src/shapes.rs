@@ -30,8 +30,28 @@ impl ShapeCache {
         state: &State,
         req: &PlacementRequest,
     ) -> Result<Arc<CompiledRequest>, PlacementRequestError> {
+        self.compile_with(state, req, || Arc::new(req.clone()))
+    }
+
+    /// As [`ShapeCache::compile`], keeping `req` as the compiled request's source (no copy).
+    pub(crate) fn compile_shared(
+        &mut self,
+        state: &State,
+        req: Arc<PlacementRequest>,
+    ) -> Result<Arc<CompiledRequest>, PlacementRequestError> {
+        let source = req.clone();
+        self.compile_with(state, &req, move || source)
+    }
+
+    /// Compiles `req`, whose copy to keep `source` makes.
+    fn compile_with(
+        &mut self,
+        state: &State,
+        req: &PlacementRequest,
+        source: impl FnOnce() -> Arc<PlacementRequest>,
+    ) -> Result<Arc<CompiledRequest>, PlacementRequestError> {
         if req.server_group.is_some() {
-            return state.compile(req);
+            return state.compile_shared(source());
         }
         // Ids resolve against the cluster: a new one (a host added) starts the cache over.
         if !self
@@ -45,10 +65,10 @@ impl ShapeCache {
         let key = req.shape_hash();
         if let Some(like) = self.entries.get(&key) {
             if req.same_but_owners(like.source()) {
-                return CompiledRequest::with_shape_of(Arc::new(req.clone()), like).map(Arc::new);
+                return CompiledRequest::with_shape_of(source(), like).map(Arc::new);
             }
         }
-        let compiled = state.compile(req)?;
+        let compiled = state.compile_shared(source())?;
         if self.entries.len() >= LIMIT {
             self.entries.clear();
         }
@@ -101,6 +121,18 @@ mod tests {
             .compile(&s, &PlacementRequest::new("d", &[("VCPU", 3)]))
             .unwrap();
         assert_eq!(d.totals[0].1, 3);
+    }
+
+    #[test]
+    fn a_request_handed_over_is_kept_as_is() {
+        let s = state();
+        let mut cache = ShapeCache::default();
+        let first = Arc::new(PlacementRequest::new("a", &[("VCPU", 2)]));
+        let second = Arc::new(PlacementRequest::new("b", &[("VCPU", 2)]));
+        let a = cache.compile_shared(&s, first.clone()).unwrap();
+        let b = cache.compile_shared(&s, second.clone()).unwrap();
+        assert!(Arc::ptr_eq(a.source(), &first) && Arc::ptr_eq(b.source(), &second));
+        assert_eq!(shape(&a), shape(&b));
     }
 
     #[test]

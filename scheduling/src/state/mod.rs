@@ -256,7 +256,15 @@ impl State {
         &self,
         req: &PlacementRequest,
     ) -> Result<Arc<CompiledRequest>, PlacementRequestError> {
-        CompiledRequest::compile(req, &self.cluster, |name| {
+        self.compile_shared(Arc::new(req.clone()))
+    }
+
+    /// As [`State::compile`], keeping `req` as the compiled request's source instead of copying it.
+    pub fn compile_shared(
+        &self,
+        req: Arc<PlacementRequest>,
+    ) -> Result<Arc<CompiledRequest>, PlacementRequestError> {
+        CompiledRequest::compile_shared(req, &self.cluster, |name| {
             let id = self.group_id(name)?;
             let g = &self.groups[id.idx()];
             Some(GroupRef {
