@@ -347,7 +347,7 @@ fn main() {
                 };
                 let (p50, p99) = (run.percentile(0.5), run.percentile(0.99));
                 println!(
-                    "{:<9} {:>7} {:>8} {:>8} {:>12.1} {:>9.2} {:>9.2} {:>10} {:>6}{}",
+                    "{:<9} {:>7} {:>8} {:>8} {:>12.2} {:>9.2} {:>9.2} {:>10} {:>6}{}",
                     "placement",
                     hosts,
                     n,
@@ -392,7 +392,7 @@ fn main() {
         if let Some((_, _, keel, _)) = summary.iter().find(|s| s.0 == hosts && s.1 == n) {
             println!(
                 "-- {hosts} hosts, {n} decider(s)/client(s): Keel on PostgreSQL {keel:.0} claims/s, \
-                 upstream Placement {rate:.1} claims/s ({:.0}x)",
+                 upstream Placement {rate:.2} claims/s ({:.0}x)",
                 keel / rate.max(1e-9)
             );
         }
