@@ -16,7 +16,7 @@
 //!    provider per host (`POST /resource_providers`, `PUT …/inventories`; above
 //!    `PLACEMENT_API_LOAD` hosts, default 5,000, the first host so and the others by one SQL
 //!    transaction into Placement's tables in the same shape, read back through the API: the API
-//!    loads about 40 hosts/s on a 2-core machine, 40 minutes for 100,000) with the host tree's
+//!    loads 40–60 hosts/s on a 2-core machine, half an hour or more for 100,000) with the host tree's
 //!    `VCPU` (or `PCPU`), `MEMORY_MB` and `DISK_GB`, totals and reserved summed over the tree,
 //!    allocation ratios and the largest `max_unit` as Keel's cluster has them (Nova reports flat
 //!    compute nodes; the requests ask for the unnumbered group, which Keel too may take from any
