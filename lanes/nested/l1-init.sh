@@ -351,7 +351,10 @@ judge() {
   [ -z "$MARKER" ] || [ "$3" = devices-mmio ] || [ "$(field msix_irqs "$VIRTIO")" -gt 0 ] 2> /dev/null \
     || reasons="$reasons,msix"
   DEVICE_FIELDS=
-  case $3 in devices*) judge_devices "$3" ;; esac
+  case $3 in
+    devices*) judge_devices "$3" ;;
+    snapshot | migrate) judge_continued "$3" ;;
+  esac
   # button: Keel's API pressed the ACPI power button and L2's button driver saw the press.
   if [ "$3" = button ]; then
     [ "$BUTTON" = pressed ] || reasons="$reasons,button-not-seen"
@@ -382,20 +385,70 @@ follow_destination() {
   exit "$(cat /tmp/dst.status)"
 }
 
+# continue_in <tag> <command>...: the second process of a snapshot or migrate case. Keeps the
+# first one's results (FIRST_STATUS, FIRST_KILLED, FIRST_LAST: its last count; its boot
+# marker and timing, which judge reads), runs the second with run_vmm, and sets SECOND_MARKER
+# (a boot marker there means L2 booted again).
+continue_in() {
+  FIRST_STATUS=$STATUS FIRST_KILLED=$KILLED FIRST_LAST=$COUNT_LAST
+  first_marker=$MARKER first_virtio=$VIRTIO first_boot_cs=$BOOT_CS first_start=$start
+  run_vmm "$@"
+  SECOND_MARKER=$MARKER
+  MARKER=$first_marker VIRTIO=$first_virtio BOOT_CS=$first_boot_cs start=$first_start
+}
+
+# judge_continued <snapshot|migrate>: called by judge. Appends to $reasons and sets
+# DEVICE_FIELDS for the case line:
+#   snapshot-api / migrate-api  pause, snapshot and shutdown-vmm, or receive- and
+#                               send-migration failed (/tmp/snap.out, /tmp/migrate.out)
+#   first-keel-exit / source-exit  the first keel did not end with status 0
+#   count-continuity  the second keel's first count is not the next one (+1, or +2 when the
+#                     pause or the switch-over cut a line in two)
+#   count-end         L2 did not count to 60 in the second keel
+#   booted-again      the second keel's console shows a boot marker
+# and for migrate:
+#   disk-lost-write   the image, mounted in L1 afterwards, does not hold 1..60 in order
+#   write-failed      L2 reported a failed write or sync
+#   ping-not-resumed  fewer than 8 of the last 10 pings at the destination were answered
+judge_continued() {
+  if [ "$1" = snapshot ]; then
+    api=/tmp/snap.out api_reason=snapshot-api first_reason=first-keel-exit
+  else
+    api=/tmp/migrate.out api_reason=migrate-api first_reason=source-exit
+  fi
+  tail -n 1 "$api" 2> /dev/null | grep -qx ok || reasons="$reasons,$api_reason"
+  [ "$FIRST_STATUS" = 0 ] && [ -z "$FIRST_KILLED" ] || reasons="$reasons,$first_reason"
+  [ -n "$FIRST_LAST" ] && [ -n "$COUNT_FIRST" ] \
+    && [ "$COUNT_FIRST" -gt "$FIRST_LAST" ] && [ "$COUNT_FIRST" -le $(( FIRST_LAST + 2 )) ] \
+    || reasons="$reasons,count-continuity"
+  [ "$COUNT_LAST" = 60 ] || reasons="$reasons,count-end"
+  [ -z "$SECOND_MARKER" ] || reasons="$reasons,booted-again"
+  DEVICE_FIELDS=" $1_at=${FIRST_LAST:--} resumed_at=${COUNT_FIRST:--} counted_to=${COUNT_LAST:--}"
+  if [ "$1" = snapshot ]; then
+    snap_cs=$(sed -n 's/^snapshot_cs=//p' /tmp/snap.out 2> /dev/null)
+    DEVICE_FIELDS="$DEVICE_FIELDS snapshot_s=$(seconds_or_dash "$snap_cs")"
+    DEVICE_FIELDS="$DEVICE_FIELDS restore_to_count_s=$(seconds_or_dash "$COUNT_CS")"
+    return
+  fi
+  mkdir -p /mnt
+  written=none
+  if mount -t ext4 -o ro,loop /tmp/disk.img /mnt; then
+    written=$(tr '\n' ' ' < /mnt/count.log 2> /dev/null)
+    umount /mnt
+  fi
+  [ "$written" = "$(seq 1 60 | tr '\n' ' ')" ] || reasons="$reasons,disk-lost-write"
+  [ "$WRITES_FAILED" = 0 ] || reasons="$reasons,write-failed"
+  last_pings=$(echo "$PINGS" | tail -c 11 | tr -d '0\n')
+  [ ${#last_pings} -ge 8 ] || reasons="$reasons,ping-not-resumed"
+  DEVICE_FIELDS="$DEVICE_FIELDS pings=$PINGS tap=$(tr '\n' ',' < /tmp/tap.out)"
+  DEVICE_FIELDS="$DEVICE_FIELDS report=$(echo "${REPORT:-none}" | tr ' ,' '_;')"
+}
+
 # run_migrate <case> <kernel> <vcpus>: a destination keel waits on its API socket; the source
 # boots L2 (disk, NIC), and at count 5 migrate_vm moves it live to the destination while L2 goes
 # on writing to its disk and pinging L1 (whose side of the NIC moves from keel0 to keel1 when
 # the source has gone). Judged like a power-off case on the source's boot marker and the
-# destination's exit, plus:
-#   migrate-api       receive-migration or send-migration failed (/tmp/migrate.out)
-#   source-exit       the source did not end with status 0 once the VM ran at the destination
-#   count-continuity  the destination's first count is not the next one (+1, or +2 when the
-#                     switch-over cut a line in two)
-#   count-end         L2 did not count to 60 at the destination
-#   booted-again      the destination's console shows a boot marker
-#   disk-lost-write   the image, mounted in L1 afterwards, does not hold 1..60 in order
-#   write-failed      L2 reported a failed write or sync
-#   ping-not-resumed  fewer than 8 of the last 10 pings at the destination were answered
+# destination's exit, plus judge_continued's checks.
 run_migrate() {
   cp /l2/disk.ext4 /tmp/disk.img
   rm -f /tmp/dst.sock /tmp/dst.status /tmp/dst.console /tmp/dst.stderr /tmp/tap.out
@@ -423,82 +476,22 @@ run_migrate() {
   MIGRATE_AT=5
   run_keel "$1" "$2" "$3" migrate
   MIGRATE_AT=
-  source_status=$STATUS source_killed=$KILLED source_last=$COUNT_LAST
-  first_marker=$MARKER first_virtio=$VIRTIO first_boot_cs=$BOOT_CS first_start=$start
-  report=$(sed -n 's/.*migrated out: //p' /tmp/stderr)
-  run_vmm "$1+destination" follow_destination
+  REPORT=$(sed -n 's/.*migrated out: //p' /tmp/stderr)
+  continue_in "$1+destination" follow_destination
   [ -z "$KILLED" ] || kill -KILL "$(cat /tmp/dst.pid 2> /dev/null)" 2> /dev/null
-  second_marker=$MARKER
-  MARKER=$first_marker VIRTIO=$first_virtio BOOT_CS=$first_boot_cs start=$first_start
   judge "$1" "$3" migrate
-  tail -n 1 /tmp/migrate.out 2> /dev/null | grep -qx ok || reasons="$reasons,migrate-api"
-  [ "$source_status" = 0 ] && [ -z "$source_killed" ] || reasons="$reasons,source-exit"
-  [ -n "$source_last" ] && [ -n "$COUNT_FIRST" ] \
-    && [ "$COUNT_FIRST" -gt "$source_last" ] && [ "$COUNT_FIRST" -le $(( source_last + 2 )) ] \
-    || reasons="$reasons,count-continuity"
-  [ "$COUNT_LAST" = 60 ] || reasons="$reasons,count-end"
-  [ -z "$second_marker" ] || reasons="$reasons,booted-again"
-  mkdir -p /mnt
-  written=none
-  if mount -t ext4 -o ro,loop /tmp/disk.img /mnt; then
-    written=$(tr '\n' ' ' < /mnt/count.log 2> /dev/null)
-    umount /mnt
-  fi
-  [ "$written" = "$(seq 1 60 | tr '\n' ' ')" ] || reasons="$reasons,disk-lost-write"
-  [ "$WRITES_FAILED" = 0 ] || reasons="$reasons,write-failed"
-  last_pings=$(echo "$PINGS" | tail -c 11 | tr -d '0\n')
-  [ ${#last_pings} -ge 8 ] || reasons="$reasons,ping-not-resumed"
-  JUDGED_STATUS=pass
-  [ -z "${reasons#,}" ] || JUDGED_STATUS=fail
-  JUDGED="KEEL-LANE case=$1 status=$JUDGED_STATUS exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")"
-  JUDGED="$JUDGED nproc=$(field nproc "$MARKER") memtotal_kib=$(field memtotal_kib "$MARKER")"
-  JUDGED="$JUDGED clocksource=$(field clocksource "$MARKER") uptime_s=$(field uptime "$MARKER")"
-  JUDGED="$JUDGED wall_s=$(seconds $wall_cs) vm_exit=${vm_exit:--} virtio_rng=$(field rng "$VIRTIO")"
-  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO") migrated_at=${source_last:--}"
-  JUDGED="$JUDGED resumed_at=${COUNT_FIRST:--} counted_to=${COUNT_LAST:--} pings=$PINGS"
-  JUDGED="$JUDGED tap=$(tr '\n' ',' < /tmp/tap.out) report=$(echo "${report:-none}" | tr ' ,' '_;')"
-  JUDGED="$JUDGED reason=${reasons#,}"
 }
 
 # run_snapshot <case> <kernel> <vcpus>: boots L2 counting, snapshots it at count 5 and ends that
 # keel (snapshot_vm), then restores the snapshot in a new keel process, where L2 must count on
 # to 60 without booting again and power off. Judged like a power-off case on the first boot's
-# marker and the second keel's exit, plus:
-#   snapshot-api      pause, snapshot or shutdown-vmm failed (/tmp/snap.out)
-#   first-keel-exit   the first keel did not end with status 0 after shutdown-vmm
-#   count-continuity  the restored guest's first count is not the next one (one line may be
-#                     cut in two by the pause: +1 or +2)
-#   count-end         the restored guest did not count to 60
-#   booted-again      the second keel's console shows a boot marker
+# marker and the second keel's exit, plus judge_continued's checks.
 run_snapshot() {
   SNAPSHOT_AT=5
   run_keel "$1" "$2" "$3" snapshot
   SNAPSHOT_AT=
-  first_status=$STATUS first_killed=$KILLED first_last=$COUNT_LAST
-  first_marker=$MARKER first_virtio=$VIRTIO first_boot_cs=$BOOT_CS first_start=$start
-  # shellcheck disable=SC2086 # KEEL_LOG is one word
-  run_vmm "$1+restored" /bin/keel --log-level "$KEEL_LOG" --restore /tmp/snap
-  second_marker=$MARKER
-  MARKER=$first_marker VIRTIO=$first_virtio BOOT_CS=$first_boot_cs start=$first_start
+  continue_in "$1+restored" /bin/keel --log-level "$KEEL_LOG" --restore /tmp/snap
   judge "$1" "$3" snapshot
-  tail -n 1 /tmp/snap.out 2> /dev/null | grep -qx ok || reasons="$reasons,snapshot-api"
-  [ "$first_status" = 0 ] && [ -z "$first_killed" ] || reasons="$reasons,first-keel-exit"
-  [ -n "$first_last" ] && [ -n "$COUNT_FIRST" ] \
-    && [ "$COUNT_FIRST" -gt "$first_last" ] && [ "$COUNT_FIRST" -le $(( first_last + 2 )) ] \
-    || reasons="$reasons,count-continuity"
-  [ "$COUNT_LAST" = 60 ] || reasons="$reasons,count-end"
-  [ -z "$second_marker" ] || reasons="$reasons,booted-again"
-  snap_cs=$(sed -n 's/^snapshot_cs=//p' /tmp/snap.out 2> /dev/null)
-  JUDGED_STATUS=pass
-  [ -z "${reasons#,}" ] || JUDGED_STATUS=fail
-  JUDGED="KEEL-LANE case=$1 status=$JUDGED_STATUS exit=$STATUS boot_s=$(seconds_or_dash "$BOOT_CS")"
-  JUDGED="$JUDGED nproc=$(field nproc "$MARKER") memtotal_kib=$(field memtotal_kib "$MARKER")"
-  JUDGED="$JUDGED clocksource=$(field clocksource "$MARKER") uptime_s=$(field uptime "$MARKER")"
-  JUDGED="$JUDGED wall_s=$(seconds $wall_cs) vm_exit=${vm_exit:--} virtio_rng=$(field rng "$VIRTIO")"
-  JUDGED="$JUDGED msix_irqs=$(field msix_irqs "$VIRTIO") snapshot_at=${first_last:--}"
-  JUDGED="$JUDGED resumed_at=${COUNT_FIRST:--} counted_to=${COUNT_LAST:--}"
-  JUDGED="$JUDGED snapshot_s=$(seconds_or_dash "$snap_cs") restore_to_count_s=$(seconds_or_dash "$COUNT_CS")"
-  JUDGED="$JUDGED reason=${reasons#,}"
 }
 
 for case in $CASES; do
